@@ -1,0 +1,131 @@
+# kiln: one Makefile for the VMM, the guest, the tests and the benchmarks.
+#
+#   make            kiln-vmm, the guest kernel and initramfs (build/)
+#   make demo       boot a guest and run `uname -a` in it
+#   make test       unit tests, then integration tests that boot real guests
+#   make bench-boot boot-time benchmark against QEMU's microvm machine
+#   make fuzz       run the libFuzzer targets briefly
+
+CC      ?= gcc
+O       := build
+WERROR  ?= -Werror
+CFLAGS  ?= -O2 -g
+WARN    := -Wall -Wextra -Wshadow -Wformat=2 $(WERROR)
+CPPFLAGS := -D_GNU_SOURCE -Iguest -Ivmm -Idevices
+LDLIBS  := -pthread
+
+VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
+             devices/serial.c devices/i8042.c
+VMM_HDRS  := vmm/vmm.h devices/devices.h guest/abi.h guest/base64.h
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+.PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration \
+        bench-boot fuzz fuzz-build deps deps-test clean FORCE
+
+all: vmm guest
+
+vmm: $(O)/kiln-vmm
+guest: kernel initramfs
+initramfs: $(O)/guest/initramfs.cpio
+asan: $(O)/asan/kiln-vmm $(O)/asan/guest
+
+deps:
+	@scripts/deps.sh build
+
+deps-test:
+	@scripts/deps.sh test
+
+$(O)/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/main.c $(LDLIBS)
+
+# The same sources with AddressSanitizer and UBSan (Solo5's two tenders from one tree).
+$(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/main.c $(LDLIBS)
+
+$(O)/asan/guest: | $(O)
+	@mkdir -p $(O)/asan
+	ln -sfn ../guest $@
+
+$(O)/guest/init: guest/init.c guest/abi.h guest/base64.h
+	@mkdir -p $(@D)
+	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -o $@ guest/init.c
+
+$(O)/guest/initramfs.cpio: $(O)/guest/init guest/mkinitramfs.sh
+	guest/mkinitramfs.sh $(O)/guest/init $@
+
+# The kernel build is cached outside the repo (guest/build-kernel.sh); this
+# only links the cached vmlinux and bzImage into build/guest/.
+kernel: | $(O)
+	@mkdir -p $(O)/guest
+	@dir=$$(guest/build-kernel.sh) && \
+	  ln -sf "$$dir/vmlinux" $(O)/guest/vmlinux && \
+	  ln -sf "$$dir/bzImage" $(O)/guest/bzImage
+
+$(O):
+	@mkdir -p $(O)
+
+# ---- tests -----------------------------------------------------------------
+
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
+
+$(O)/unit-tests: $(UNIT_SRCS) $(VMM_SRCS) $(VMM_HDRS) tests/unit/unit.h | $(O)
+	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -Itests/unit -o $@ $(UNIT_SRCS) $(VMM_SRCS) $(CHECK_LIBS) $(LDLIBS)
+
+unit: $(O)/unit-tests
+
+test-unit: $(O)/unit-tests
+	$(O)/unit-tests
+
+# Integration tests boot real guests: directly where /dev/kvm works, else
+# inside a nested KVM host under QEMU's TCG (tests/nested/). Both the
+# release and the sanitizer builds of kiln-vmm are tested.
+test-integration: all asan
+	tests/nested/kvm-host.sh -- tests/integration/run.sh $(O)/kiln-vmm $(O)/asan/kiln-vmm
+
+test: deps-test
+	@$(MAKE) --no-print-directory all asan unit fuzz-build
+	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-integration
+
+# ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
+
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,$(O)/fuzz/fuzz_%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_SECONDS ?= 20
+
+$(O)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(VMM_SRCS) $(VMM_HDRS)
+	@mkdir -p $(@D)
+	clang $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(VMM_SRCS) $(LDLIBS)
+
+fuzz-build: $(FUZZ_TARGETS)
+
+# A short run of each target over its corpus in tests/fuzz/corpus/<name>/.
+fuzz-smoke: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  n=$$(basename $$t); mkdir -p $(O)/fuzz/new-$$n; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	  $$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 $(O)/fuzz/new-$$n tests/fuzz/corpus/$$n \
+	    2>$(O)/fuzz/$$n.log || { tail -n 40 $(O)/fuzz/$$n.log; exit 1; }; \
+	done
+
+fuzz: fuzz-build
+	@$(MAKE) --no-print-directory fuzz-smoke FUZZ_SECONDS=$${FUZZ_SECONDS:-300}
+
+# ---- running and benchmarks ----------------------------------------------------
+
+demo: deps-test
+	@$(MAKE) --no-print-directory all
+	tests/nested/kvm-host.sh -- $(O)/kiln-vmm -- uname -a
+
+$(O)/bench-boot: bench/boot.c | $(O)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ bench/boot.c $(LDLIBS)
+
+BENCH_RUNS ?= 10
+bench-boot: deps-test
+	@$(MAKE) --no-print-directory all $(O)/bench-boot
+	tests/nested/kvm-host.sh -- $(O)/bench-boot --runs $(BENCH_RUNS) --vmm $(O)/kiln-vmm \
+	  --kernel $(O)/guest/vmlinux --initrd $(O)/guest/initramfs.cpio
+
+clean:
+	rm -rf $(O)

@@ -1,0 +1,60 @@
+/*
+ * Devices the guest sees. Legacy PC devices here are port I/O handlers
+ * (struct pio_dev in vmm/vmm.h); their state is plain data so that unit tests
+ * drive them without KVM.
+ */
+#ifndef KILN_DEVICES_H
+#define KILN_DEVICES_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- 16550A UART (serial.c) ---------------------------------------------- */
+
+#define SERIAL_COM1_BASE	0x3f8
+#define SERIAL_COM1_IRQ		4
+#define SERIAL_NPORTS		8
+#define SERIAL_RX_SIZE		64
+
+struct serial {
+	pthread_mutex_t lock;
+	uint8_t ier, lcr, mcr, lsr_extra, msr, scr, dll, dlm, fcr;
+	int thre_pending;	/* transmitter-empty interrupt not yet seen */
+	uint8_t rx[SERIAL_RX_SIZE];
+	unsigned rx_head, rx_count;
+	int irq_level;
+	int out_fd;		/* where the guest's output goes; -1 drops it */
+	void (*set_irq)(void *opaque, int level);
+	void *irq_opaque;
+	uint64_t tx_bytes;
+};
+
+/*
+ * Initialise a UART writing its output to out_fd (-1: discard) and driving
+ * its interrupt line through set_irq(irq_opaque, level).
+ */
+void serial_init(struct serial *s, int out_fd, void (*set_irq)(void *, int), void *irq_opaque);
+void serial_destroy(struct serial *s);
+
+/* Port I/O handler for [SERIAL_COM1_BASE, +SERIAL_NPORTS). */
+void serial_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write);
+
+/* Queue input bytes for the guest; returns how many fitted in the FIFO. */
+size_t serial_input(struct serial *s, const uint8_t *buf, size_t len);
+
+/* ---- i8042 keyboard controller, reset line only (i8042.c) ---------------- */
+
+#define I8042_DATA_PORT		0x60
+#define I8042_CMD_PORT		0x64
+#define I8042_CMD_RESET		0xfe
+
+struct i8042 {
+	void (*reset)(void *opaque);	/* the guest pulsed the CPU reset line */
+	void *opaque;
+};
+
+/* Port I/O handler for 0x60 and 0x64. */
+void i8042_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write);
+
+#endif

@@ -1,0 +1,214 @@
+/*
+ * A 16550A UART on COM1: enough of the chip for Linux's 8250 driver to use
+ * it interrupt-driven (THRE and RX interrupts, FIFO detection, loopback).
+ * Register map: PC16550D datasheet, table 2.
+ */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "devices.h"
+
+#define UART_RBR	0	/* DLAB=0 read */
+#define UART_THR	0	/* DLAB=0 write */
+#define UART_IER	1
+#define UART_IIR	2	/* read */
+#define UART_FCR	2	/* write */
+#define UART_LCR	3
+#define UART_MCR	4
+#define UART_LSR	5
+#define UART_MSR	6
+#define UART_SCR	7
+
+#define IER_RDI		0x01
+#define IER_THRI	0x02
+#define IIR_NO_INT	0x01
+#define IIR_THRI	0x02
+#define IIR_RDI		0x04
+#define IIR_FIFO	0xc0
+#define FCR_ENABLE	0x01
+#define FCR_CLEAR_RX	0x02
+#define LCR_DLAB	0x80
+#define MCR_DTR		0x01
+#define MCR_RTS		0x02
+#define MCR_OUT1	0x04
+#define MCR_OUT2	0x08
+#define MCR_LOOP	0x10
+#define LSR_DR		0x01
+#define LSR_THRE	0x20
+#define LSR_TEMT	0x40
+#define MSR_CTS		0x10
+#define MSR_DSR		0x20
+#define MSR_RI		0x40
+#define MSR_DCD		0x80
+
+void serial_init(struct serial *s, int out_fd, void (*set_irq)(void *, int), void *irq_opaque)
+{
+	memset(s, 0, sizeof(*s));
+	pthread_mutex_init(&s->lock, NULL);
+	s->out_fd = out_fd;
+	s->set_irq = set_irq;
+	s->irq_opaque = irq_opaque;
+	s->msr = MSR_DCD | MSR_DSR | MSR_CTS;
+	s->mcr = MCR_OUT2;
+}
+
+void serial_destroy(struct serial *s)
+{
+	pthread_mutex_destroy(&s->lock);
+}
+
+static uint8_t serial_iir(const struct serial *s)
+{
+	uint8_t fifo = s->fcr & FCR_ENABLE ? IIR_FIFO : 0;
+
+	if ((s->ier & IER_RDI) && s->rx_count)
+		return fifo | IIR_RDI;
+	if ((s->ier & IER_THRI) && s->thre_pending)
+		return fifo | IIR_THRI;
+	return fifo | IIR_NO_INT;
+}
+
+/* Drive the line to match the pending interrupts; call with the lock held. */
+static void serial_update_irq(struct serial *s)
+{
+	int level = !(serial_iir(s) & IIR_NO_INT);
+
+	if (level != s->irq_level) {
+		s->irq_level = level;
+		if (s->set_irq)
+			s->set_irq(s->irq_opaque, level);
+	}
+}
+
+static void rx_push(struct serial *s, uint8_t b)
+{
+	if (s->rx_count == SERIAL_RX_SIZE)
+		return;		/* overrun: the byte is lost, as on the chip */
+	s->rx[(s->rx_head + s->rx_count) % SERIAL_RX_SIZE] = b;
+	s->rx_count++;
+}
+
+static void tx_byte(struct serial *s, uint8_t b)
+{
+	if (s->mcr & MCR_LOOP) {
+		rx_push(s, b);
+	} else if (s->out_fd >= 0) {
+		ssize_t n;
+
+		do
+			n = write(s->out_fd, &b, 1);
+		while (n < 0 && errno == EINTR);
+		s->tx_bytes++;
+	}
+	s->thre_pending = 1;	/* the byte left at once: THR is empty again */
+}
+
+static uint8_t serial_read(struct serial *s, unsigned reg)
+{
+	uint8_t v = 0;
+
+	switch (reg) {
+	case UART_RBR:
+		if (s->lcr & LCR_DLAB)
+			return s->dll;
+		if (s->rx_count) {
+			v = s->rx[s->rx_head];
+			s->rx_head = (s->rx_head + 1) % SERIAL_RX_SIZE;
+			s->rx_count--;
+		}
+		return v;
+	case UART_IER:
+		return s->lcr & LCR_DLAB ? s->dlm : s->ier;
+	case UART_IIR:
+		v = serial_iir(s);
+		/* Reading IIR with THRE as the source acknowledges it. */
+		if ((v & 0x0f) == IIR_THRI)
+			s->thre_pending = 0;
+		return v;
+	case UART_LCR:
+		return s->lcr;
+	case UART_MCR:
+		return s->mcr;
+	case UART_LSR:
+		return (uint8_t)(LSR_THRE | LSR_TEMT | (s->rx_count ? LSR_DR : 0));
+	case UART_MSR:
+		if (s->mcr & MCR_LOOP) {
+			/* Loopback wires DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD. */
+			return (uint8_t)((s->mcr & MCR_DTR ? MSR_DSR : 0) |
+					 (s->mcr & MCR_RTS ? MSR_CTS : 0) |
+					 (s->mcr & MCR_OUT1 ? MSR_RI : 0) |
+					 (s->mcr & MCR_OUT2 ? MSR_DCD : 0));
+		}
+		return s->msr;
+	case UART_SCR:
+		return s->scr;
+	}
+	return 0xff;
+}
+
+static void serial_write(struct serial *s, unsigned reg, uint8_t v)
+{
+	switch (reg) {
+	case UART_THR:
+		if (s->lcr & LCR_DLAB)
+			s->dll = v;
+		else
+			tx_byte(s, v);
+		break;
+	case UART_IER:
+		if (s->lcr & LCR_DLAB) {
+			s->dlm = v;
+		} else {
+			/* Enabling THRI with THR empty raises the interrupt at once. */
+			if ((v & IER_THRI) && !(s->ier & IER_THRI))
+				s->thre_pending = 1;
+			s->ier = v & 0x0f;
+		}
+		break;
+	case UART_FCR:
+		s->fcr = v & (FCR_ENABLE | 0xc0);
+		if (v & FCR_CLEAR_RX)
+			s->rx_count = 0;
+		break;
+	case UART_LCR:
+		s->lcr = v;
+		break;
+	case UART_MCR:
+		s->mcr = v & 0x1f;
+		break;
+	case UART_SCR:
+		s->scr = v;
+		break;
+	}
+}
+
+void serial_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write)
+{
+	struct serial *s = opaque;
+	unsigned reg = (unsigned)(port - SERIAL_COM1_BASE);
+
+	/* The UART's registers are bytes; wider accesses touch the first. */
+	(void)size;
+	if (reg >= SERIAL_NPORTS)
+		return;
+	pthread_mutex_lock(&s->lock);
+	if (is_write)
+		serial_write(s, reg, data[0]);
+	else
+		data[0] = serial_read(s, reg);
+	serial_update_irq(s);
+	pthread_mutex_unlock(&s->lock);
+}
+
+size_t serial_input(struct serial *s, const uint8_t *buf, size_t len)
+{
+	size_t n = 0;
+
+	pthread_mutex_lock(&s->lock);
+	while (n < len && s->rx_count < SERIAL_RX_SIZE)
+		rx_push(s, buf[n++]);
+	serial_update_irq(s);
+	pthread_mutex_unlock(&s->lock);
+	return n;
+}

@@ -1,0 +1,42 @@
+/*
+ * The contract between kiln-vmm and the guest's init: I/O ports the init
+ * writes and the kernel command-line parameters it reads. Shared by vmm/ and
+ * guest/ so that the two cannot drift apart.
+ */
+#ifndef KILN_GUEST_ABI_H
+#define KILN_GUEST_ABI_H
+
+/*
+ * The init writes a 32-bit status here when the guest command has finished;
+ * the VMM stops the VM and exits with it. QEMU's isa-debug-exit device sits
+ * on the same port, so the same initramfs also ends a QEMU guest (bench/).
+ */
+#define KILN_PORT_EXIT		0xf4
+/* The init writes any value here once it reaches userspace (boot timing). */
+#define KILN_PORT_MARK		0xf8
+
+/* Status word: bits 0-7 exit code or signal, bits 8-15 the kind below. */
+#define KILN_STATUS_EXITED	0	/* command exited with code */
+#define KILN_STATUS_SIGNALED	1	/* command was killed by signal */
+#define KILN_STATUS_NOTFOUND	2	/* command not found */
+#define KILN_STATUS_NOEXEC	3	/* command found but not executable */
+#define KILN_STATUS_INITFAIL	4	/* the init itself could not run it */
+#define KILN_STATUS(kind, val)	((((kind) & 0xffu) << 8) | ((val) & 0xffu))
+#define KILN_STATUS_KIND(s)	(((s) >> 8) & 0xffu)
+#define KILN_STATUS_VAL(s)	((s) & 0xffu)
+
+/*
+ * Kernel command-line parameters for the init. kiln.cmd carries the guest
+ * command as base64url (RFC 4648 section 5, no padding) of its arguments,
+ * each terminated by a NUL byte, so any byte survives the kernel's own
+ * command-line parsing. kiln.bootmark makes the init print KILN_BOOT_MARK on
+ * the console as soon as it runs (bench/ times both VMMs by it).
+ */
+#define KILN_PARAM_CMD		"kiln.cmd="
+#define KILN_PARAM_BOOTMARK	"kiln.bootmark"
+#define KILN_BOOT_MARK		"kiln-boot-mark"
+
+/* x86 COMMAND_LINE_SIZE: the kernel truncates anything longer. */
+#define KILN_CMDLINE_MAX	2048
+
+#endif

@@ -1,0 +1,275 @@
+/*
+ * kiln's guest init (PID 1): mounts the pseudo file systems, runs the command
+ * kiln-vmm put on the kernel command line (kiln.cmd=, see abi.h), reaps every
+ * orphan, reports the command's status on KILN_PORT_EXIT and ends the VM.
+ * Without a command it runs an interactive /bin/sh on the console.
+ *
+ * It is the seed of kiln-agent: the agent keeps this start-up and adds the
+ * vsock listener in place of the single command.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/io.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "abi.h"
+#include "base64.h"
+
+#define MAX_ARGS 256
+
+static int have_ports;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+	char buf[512];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		(void)!write(2, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+}
+
+static void mount_or_warn(const char *src, const char *dst, const char *type,
+			  unsigned long flags, const char *data)
+{
+	mkdir(dst, 0755);
+	if (mount(src, dst, type, flags, data) < 0 && errno != EBUSY)
+		say("kiln-init: mount %s on %s: %s\n", type, dst, strerror(errno));
+}
+
+static void setup_console(int raw)
+{
+	struct termios t;
+	int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+
+	if (fd < 0)
+		return;
+	dup2(fd, 0);
+	dup2(fd, 1);
+	dup2(fd, 2);
+	if (fd > 2)
+		close(fd);
+	/*
+	 * A command's output goes to a file or pipe on the host: keep its bytes
+	 * as they are (no \r\n) and do not echo. The host terminal, if any, adds
+	 * its own carriage returns.
+	 */
+	if (raw && tcgetattr(0, &t) == 0) {
+		t.c_oflag &= ~(tcflag_t)OPOST;
+		t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+		tcsetattr(0, TCSANOW, &t);
+	}
+}
+
+static void report(uint32_t status)
+{
+	if (have_ports)
+		outl(status, KILN_PORT_EXIT);
+}
+
+/* Read /proc/cmdline into buf; returns its length, 0 when unreadable. */
+static size_t read_cmdline(char *buf, size_t len)
+{
+	int fd = open("/proc/cmdline", O_RDONLY);
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, len - 1);
+
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		n = 0;
+	buf[n] = '\0';
+	return (size_t)n;
+}
+
+/* Is word (a whole whitespace-separated token) on the command line? */
+static const char *cmdline_find(const char *cmdline, const char *word, int prefix)
+{
+	size_t wl = strlen(word);
+	const char *p = cmdline;
+
+	while ((p = strstr(p, word)) != NULL) {
+		int start = p == cmdline || p[-1] == ' ';
+		char end = p[wl];
+
+		if (start && (prefix || end == '\0' || end == ' ' || end == '\n'))
+			return p;
+		p += wl;
+	}
+	return NULL;
+}
+
+/*
+ * Decode kiln.cmd= into argv (pointers into buf). Returns the argument count,
+ * 0 when there is no command, -1 when it is malformed.
+ */
+static int decode_command(const char *cmdline, uint8_t *buf, size_t buflen, char **argv)
+{
+	const char *p = cmdline_find(cmdline, KILN_PARAM_CMD, 1);
+	size_t n;
+	long len;
+	int argc = 0;
+	long i, start = 0;
+
+	if (!p)
+		return 0;
+	p += strlen(KILN_PARAM_CMD);
+	n = strcspn(p, " \n");
+	if (n / 4 * 3 + 3 > buflen)
+		return -1;
+	len = b64url_decode(p, n, buf);
+	if (len <= 0 || buf[len - 1] != '\0')
+		return -1;
+	for (i = 0; i < len; i++) {
+		if (buf[i] != '\0')
+			continue;
+		if (argc == MAX_ARGS - 1)
+			return -1;
+		argv[argc++] = (char *)buf + start;
+		start = i + 1;
+	}
+	argv[argc] = NULL;
+	return argc;
+}
+
+/*
+ * fork and exec argv on the console as a new session. Returns the child's
+ * pid; an exec failure comes back through *exec_errno (0 when exec worked),
+ * carried over a close-on-exec pipe.
+ */
+static pid_t spawn(char **argv, int *exec_errno)
+{
+	int pfd[2];
+	pid_t pid;
+	ssize_t n;
+
+	*exec_errno = 0;
+	if (pipe2(pfd, O_CLOEXEC) < 0)
+		return -1;
+	pid = fork();
+	if (pid < 0) {
+		close(pfd[0]);
+		close(pfd[1]);
+		return -1;
+	}
+	if (pid == 0) {
+		sigset_t all;
+		int err;
+
+		sigemptyset(&all);
+		sigprocmask(SIG_SETMASK, &all, NULL);
+		setsid();
+		ioctl(0, TIOCSCTTY, 1);
+		execvp(argv[0], argv);
+		err = errno;
+		(void)!write(pfd[1], &err, sizeof(err));
+		_exit(127);
+	}
+	close(pfd[1]);
+	do
+		n = read(pfd[0], exec_errno, sizeof(*exec_errno));
+	while (n < 0 && errno == EINTR);
+	if (n != sizeof(*exec_errno))
+		*exec_errno = 0;
+	close(pfd[0]);
+	return pid;
+}
+
+/* Reap every child until pid has ended; returns its wait status. */
+static int reap_until(pid_t pid)
+{
+	for (;;) {
+		int st;
+		pid_t r = wait(&st);
+
+		if (r == pid)
+			return st;
+		if (r < 0 && errno == ECHILD)
+			return 0;
+	}
+}
+
+static void finish(uint32_t status)
+{
+	/* The command has ended: so does its VM. Stop stragglers, flush disks. */
+	kill(-1, SIGKILL);
+	while (wait(NULL) > 0 || errno == EINTR)
+		;
+	sync();
+	report(status);
+	/* Not under kiln-vmm (no port): reset, which reboot=k turns into an exit. */
+	reboot(RB_AUTOBOOT);
+	for (;;)
+		pause();
+}
+
+int main(void)
+{
+	static char cmdline[KILN_CMDLINE_MAX + 1];
+	static uint8_t argbuf[KILN_CMDLINE_MAX];
+	char *argv[MAX_ARGS];
+	char *shell[] = { "/bin/sh", NULL };
+	int argc, exec_errno, st;
+	uint32_t status;
+	pid_t pid;
+
+	mount_or_warn("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
+	mount_or_warn("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	have_ports = ioperm(KILN_PORT_EXIT, 4, 1) == 0 && ioperm(KILN_PORT_MARK, 1, 1) == 0;
+	read_cmdline(cmdline, sizeof(cmdline));
+	argc = decode_command(cmdline, argbuf, sizeof(argbuf), argv);
+	setup_console(argc != 0);
+	if (have_ports)
+		outb(1, KILN_PORT_MARK);
+	if (cmdline_find(cmdline, KILN_PARAM_BOOTMARK, 0))
+		say("%s\n", KILN_BOOT_MARK);
+
+	mount_or_warn("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+	mount_or_warn("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666");
+	mount_or_warn("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	mount_or_warn("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+	mount_or_warn("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+	sethostname("kiln", 4);
+	setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+	setenv("HOME", "/root", 1);
+	setenv("TERM", "linux", 0);
+	chdir("/root");
+
+	if (argc < 0) {
+		say("kiln-init: kiln.cmd on the kernel command line is malformed\n");
+		finish(KILN_STATUS(KILN_STATUS_INITFAIL, 1));
+	}
+	if (argc == 0)
+		memcpy(argv, shell, sizeof(shell));
+
+	pid = spawn(argv, &exec_errno);
+	if (pid < 0) {
+		say("kiln-init: fork: %s\n", strerror(errno));
+		finish(KILN_STATUS(KILN_STATUS_INITFAIL, 1));
+	}
+	st = reap_until(pid);
+	if (exec_errno) {
+		say("kiln-init: %s: %s\n", argv[0], strerror(exec_errno));
+		status = KILN_STATUS(exec_errno == ENOENT ? KILN_STATUS_NOTFOUND : KILN_STATUS_NOEXEC, 0);
+	} else if (WIFSIGNALED(st)) {
+		status = KILN_STATUS(KILN_STATUS_SIGNALED, WTERMSIG(st));
+	} else {
+		status = KILN_STATUS(KILN_STATUS_EXITED, WEXITSTATUS(st));
+	}
+	finish(status);
+}

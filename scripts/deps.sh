@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install the Debian packages kiln needs to build, boot guests and run its
+# tests, when any is missing. Usage: scripts/deps.sh [build|test|bench]
+set -euo pipefail
+
+build_pkgs=(build-essential pkg-config flex bison bc libelf-dev libssl-dev
+	linux-source-6.1 busybox-static cpio check liburing-dev libcap-dev libnftnl-dev)
+test_pkgs=(qemu-system-x86 linux-image-amd64 kmod clang libclang-rt-14-dev util-linux)
+
+pkgs=("${build_pkgs[@]}")
+case "${1:-build}" in
+build) ;;
+test|bench) pkgs+=("${test_pkgs[@]}") ;;
+*) echo "usage: scripts/deps.sh [build|test|bench]" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${pkgs[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+		missing+=("$p")
+	fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=
+if [ "$(id -u)" != 0 ]; then
+	if ! command -v sudo >/dev/null; then
+		echo "deps: missing Debian packages: ${missing[*]} (run as root, or install sudo)" >&2
+		exit 1
+	fi
+	sudo=sudo
+fi
+echo "deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q >&2
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2

@@ -1,0 +1,27 @@
+#include <stdlib.h>
+
+#include "unit.h"
+
+void unit_mem(struct guest_mem *m, uint64_t mib)
+{
+	struct kiln_err err;
+
+	ck_assert_int_eq(guest_mem_alloc(m, mib * MIB, 0, &err), 0);
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(suite_memory());
+	int failed;
+
+	srunner_add_suite(sr, suite_loader());
+	srunner_add_suite(sr, suite_boot());
+	srunner_add_suite(sr, suite_exit());
+	srunner_add_suite(sr, suite_serial());
+	srunner_add_suite(sr, suite_cpuid());
+	srunner_add_suite(sr, suite_base64());
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

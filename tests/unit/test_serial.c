@@ -1,0 +1,141 @@
+/* The 16550A as Linux's 8250 driver drives it. */
+#include <string.h>
+#include <unistd.h>
+
+#include "../../devices/devices.h"
+#include "unit.h"
+
+static int irq_level, irq_changes;
+
+static void record_irq(void *opaque, int level)
+{
+	(void)opaque;
+	irq_level = level;
+	irq_changes++;
+}
+
+static uint8_t rd(struct serial *s, unsigned reg)
+{
+	uint8_t v = 0;
+
+	serial_io(s, (uint16_t)(SERIAL_COM1_BASE + reg), &v, 1, 0);
+	return v;
+}
+
+static void wr(struct serial *s, unsigned reg, uint8_t v)
+{
+	serial_io(s, (uint16_t)(SERIAL_COM1_BASE + reg), &v, 1, 1);
+}
+
+START_TEST(thre_interrupt_cycle)
+{
+	struct serial s;
+	int fds[2];
+	char c;
+
+	ck_assert_int_eq(pipe(fds), 0);
+	irq_level = irq_changes = 0;
+	serial_init(&s, fds[1], record_irq, NULL);
+	ck_assert_uint_eq(rd(&s, 2) & 0x0f, 0x01);	/* no interrupt */
+	wr(&s, 1, 0x02);				/* IER: THRI */
+	ck_assert_int_eq(irq_level, 1);
+	ck_assert_uint_eq(rd(&s, 2) & 0x0f, 0x02);	/* THRE, and reading acks it */
+	ck_assert_int_eq(irq_level, 0);
+	wr(&s, 0, 'x');
+	ck_assert_int_eq(irq_level, 1);
+	ck_assert_int_eq(read(fds[0], &c, 1), 1);
+	ck_assert_int_eq(c, 'x');
+	ck_assert_uint_eq(rd(&s, 5) & 0x60, 0x60);	/* LSR: THRE | TEMT */
+	wr(&s, 1, 0);
+	ck_assert_int_eq(irq_level, 0);
+	serial_destroy(&s);
+	close(fds[0]);
+	close(fds[1]);
+}
+END_TEST
+
+START_TEST(fifo_detected_as_16550a)
+{
+	struct serial s;
+
+	serial_init(&s, -1, NULL, NULL);
+	wr(&s, 2, 0x01);
+	ck_assert_uint_eq(rd(&s, 2) & 0xc0, 0xc0);
+	wr(&s, 7, 0x5a);
+	ck_assert_uint_eq(rd(&s, 7), 0x5a);
+	serial_destroy(&s);
+}
+END_TEST
+
+START_TEST(divisor_latch)
+{
+	struct serial s;
+
+	serial_init(&s, -1, NULL, NULL);
+	wr(&s, 3, 0x80);
+	wr(&s, 0, 0x01);
+	wr(&s, 1, 0x00);
+	ck_assert_uint_eq(rd(&s, 0), 0x01);
+	wr(&s, 3, 0x03);
+	ck_assert_uint_eq(rd(&s, 1), 0);		/* IER untouched by the DLM write */
+	serial_destroy(&s);
+}
+END_TEST
+
+START_TEST(input_and_loopback)
+{
+	struct serial s;
+	uint8_t big[200];
+	size_t i;
+
+	irq_level = 0;
+	serial_init(&s, -1, record_irq, NULL);
+	wr(&s, 1, 0x01);				/* IER: RDI */
+	ck_assert_uint_eq(serial_input(&s, (const uint8_t *)"hi", 2), 2);
+	ck_assert_int_eq(irq_level, 1);
+	ck_assert_uint_eq(rd(&s, 5) & 1, 1);
+	ck_assert_uint_eq(rd(&s, 0), 'h');
+	ck_assert_uint_eq(rd(&s, 0), 'i');
+	ck_assert_int_eq(irq_level, 0);
+	ck_assert_uint_eq(rd(&s, 0), 0);		/* empty FIFO reads 0 */
+	/* The FIFO is bounded: the rest waits for the guest to drain it. */
+	memset(big, 'z', sizeof(big));
+	ck_assert_uint_eq(serial_input(&s, big, sizeof(big)), SERIAL_RX_SIZE);
+	for (i = 0; i < SERIAL_RX_SIZE; i++)
+		ck_assert_uint_eq(rd(&s, 0), 'z');
+	/* Loopback: a transmitted byte comes back as input, not out. */
+	wr(&s, 4, 0x10 | 0x0b);
+	ck_assert_uint_eq(rd(&s, 6) & 0xf0, 0xb0);
+	wr(&s, 0, 'L');
+	ck_assert_uint_eq(rd(&s, 0), 'L');
+	ck_assert_uint_eq(s.tx_bytes, 0);
+	serial_destroy(&s);
+}
+END_TEST
+
+START_TEST(out_of_range_ports_ignored)
+{
+	struct serial s;
+	uint8_t v = 0x77;
+
+	serial_init(&s, -1, NULL, NULL);
+	serial_io(&s, SERIAL_COM1_BASE + 9, &v, 1, 0);
+	ck_assert_uint_eq(v, 0x77);
+	serial_io(&s, SERIAL_COM1_BASE - 1, &v, 1, 1);
+	serial_destroy(&s);
+}
+END_TEST
+
+Suite *suite_serial(void)
+{
+	Suite *s = suite_create("serial");
+	TCase *tc = tcase_create("16550a");
+
+	tcase_add_test(tc, thre_interrupt_cycle);
+	tcase_add_test(tc, fifo_detected_as_16550a);
+	tcase_add_test(tc, divisor_latch);
+	tcase_add_test(tc, input_and_loopback);
+	tcase_add_test(tc, out_of_range_ports_ignored);
+	suite_add_tcase(s, tc);
+	return s;
+}

@@ -1,0 +1,151 @@
+/*
+ * Exit dispatch: a table keyed by exit reason, and the port I/O bus. Pure with
+ * respect to KVM so that unit tests drive it with a made-up kvm_run.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "vmm.h"
+
+#define EXIT_TABLE_SIZE 64
+_Static_assert(KVM_EXIT_NOTIFY < EXIT_TABLE_SIZE, "exit table covers every KVM exit reason");
+
+typedef enum exit_action (*exit_fn)(struct vcpu *, struct kvm_run *);
+
+int vm_add_pio(struct vm *vm, uint16_t base, uint16_t len,
+	       void (*io)(void *, uint16_t, uint8_t *, uint32_t, int), void *opaque)
+{
+	int i;
+
+	if (vm->npio >= KILN_MAX_PIO)
+		return -ENOSPC;
+	for (i = 0; i < vm->npio; i++) {
+		const struct pio_dev *d = &vm->pio[i];
+
+		if (base < d->base + d->len && d->base < base + len)
+			return -EEXIST;
+	}
+	vm->pio[vm->npio++] = (struct pio_dev){ base, len, io, opaque };
+	return 0;
+}
+
+void guest_port_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write)
+{
+	struct vm *vm = opaque;
+	uint32_t status = 0;
+
+	if (!is_write)
+		return;
+	if (port == KILN_PORT_MARK) {
+		if (!vm->t_mark_ns)
+			vm->t_mark_ns = now_ns();
+		return;
+	}
+	if (port == KILN_PORT_EXIT) {
+		memcpy(&status, data, size < 4 ? size : 4);
+		vm->status = status;
+		vm_request_stop(vm, VM_STOP_STATUS, NULL);
+	}
+}
+
+static const struct pio_dev *pio_find(const struct vm *vm, uint16_t port)
+{
+	int i;
+
+	for (i = 0; i < vm->npio; i++)
+		if (port >= vm->pio[i].base && port - vm->pio[i].base < vm->pio[i].len)
+			return &vm->pio[i];
+	return NULL;
+}
+
+static enum exit_action exit_io(struct vcpu *v, struct kvm_run *run)
+{
+	uint32_t size = run->io.size, count = run->io.count, i;
+	int is_write = run->io.direction == KVM_EXIT_IO_OUT;
+	const struct pio_dev *d = pio_find(v->vm, run->io.port);
+	uint8_t *data = (uint8_t *)run + run->io.data_offset;
+
+	if ((size != 1 && size != 2 && size != 4) || count == 0 ||
+	    run->io.data_offset < sizeof(*run) ||
+	    (uint64_t)size * count > v->run_size - run->io.data_offset) {
+		vm_request_stop(v->vm, VM_STOP_ERROR, "KVM reported a malformed port I/O exit");
+		return EXIT_STOP;
+	}
+	for (i = 0; i < count; i++, data += size) {
+		if (!is_write)
+			memset(data, d ? 0 : 0xff, size);	/* unclaimed ports read all ones */
+		if (d)
+			d->io(d->opaque, run->io.port, data, size, is_write);
+	}
+	return atomic_load(&v->vm->stop) ? EXIT_STOP : EXIT_CONTINUE;
+}
+
+static enum exit_action exit_mmio(struct vcpu *v, struct kvm_run *run)
+{
+	/* No MMIO device claims this address: reads see zeros, writes vanish. */
+	if (!run->mmio.is_write)
+		memset(run->mmio.data, 0, sizeof(run->mmio.data));
+	return atomic_load(&v->vm->stop) ? EXIT_STOP : EXIT_CONTINUE;
+}
+
+static enum exit_action exit_continue(struct vcpu *v, struct kvm_run *run)
+{
+	(void)run;
+	return atomic_load(&v->vm->stop) ? EXIT_STOP : EXIT_CONTINUE;
+}
+
+static enum exit_action exit_reset(struct vcpu *v, struct kvm_run *run)
+{
+	const char *why = "the guest reset (triple fault)";
+
+	if (run->exit_reason == KVM_EXIT_HLT)
+		why = "the guest halted with interrupts off";
+	else if (run->exit_reason == KVM_EXIT_SYSTEM_EVENT)
+		why = "the guest asked for a system reset or shutdown";
+	vm_request_stop(v->vm, VM_STOP_RESET, why);
+	return EXIT_STOP;
+}
+
+static enum exit_action exit_fail_entry(struct vcpu *v, struct kvm_run *run)
+{
+	char msg[128];
+
+	snprintf(msg, sizeof(msg), "vCPU %d: KVM could not enter the guest (hardware reason %#llx)",
+		 v->id, (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+	vm_request_stop(v->vm, VM_STOP_ERROR, msg);
+	return EXIT_STOP;
+}
+
+static enum exit_action exit_internal_error(struct vcpu *v, struct kvm_run *run)
+{
+	char msg[128];
+
+	snprintf(msg, sizeof(msg), "vCPU %d: KVM internal error (suberror %u)",
+		 v->id, run->internal.suberror);
+	vm_request_stop(v->vm, VM_STOP_ERROR, msg);
+	return EXIT_STOP;
+}
+
+static const exit_fn exit_handlers[EXIT_TABLE_SIZE] = {
+	[KVM_EXIT_IO] = exit_io,
+	[KVM_EXIT_MMIO] = exit_mmio,
+	[KVM_EXIT_INTR] = exit_continue,
+	[KVM_EXIT_HLT] = exit_reset,
+	[KVM_EXIT_SHUTDOWN] = exit_reset,
+	[KVM_EXIT_SYSTEM_EVENT] = exit_reset,
+	[KVM_EXIT_FAIL_ENTRY] = exit_fail_entry,
+	[KVM_EXIT_INTERNAL_ERROR] = exit_internal_error,
+};
+
+enum exit_action handle_exit(struct vcpu *v, struct kvm_run *run)
+{
+	exit_fn fn = run->exit_reason < EXIT_TABLE_SIZE ? exit_handlers[run->exit_reason] : NULL;
+	char msg[96];
+
+	if (fn)
+		return fn(v, run);
+	snprintf(msg, sizeof(msg), "vCPU %d: unhandled KVM exit reason %u", v->id, run->exit_reason);
+	vm_request_stop(v->vm, VM_STOP_ERROR, msg);
+	return EXIT_STOP;
+}

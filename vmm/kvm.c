@@ -1,0 +1,220 @@
+/*
+ * /dev/kvm and the VM: capability checks, the in-kernel irqchip and PIT,
+ * memory slots, and stopping the VM from any thread.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "vmm.h"
+
+#define KVM_API_EXPECTED 12
+
+/* Thin wrapper that names the ioctl in the error (the selftests' vm_ioctl). */
+#define KVM_IOCTL(err, fd, req, arg)						\
+	({									\
+		int r_ = ioctl((fd), (req), (arg));				\
+		if (r_ < 0)							\
+			r_ = kiln_fail((err), errno, "%s: %s", #req, strerror(errno)); \
+		r_;								\
+	})
+
+static const struct {
+	int cap;
+	const char *name;
+} required_caps[] = {
+#define CAP(c) { c, #c }
+	CAP(KVM_CAP_IRQCHIP),
+	CAP(KVM_CAP_USER_MEMORY),
+	CAP(KVM_CAP_SET_TSS_ADDR),
+	CAP(KVM_CAP_SET_IDENTITY_MAP_ADDR),
+	CAP(KVM_CAP_PIT2),
+	CAP(KVM_CAP_EXT_CPUID),
+	CAP(KVM_CAP_MP_STATE),
+	CAP(KVM_CAP_IMMEDIATE_EXIT),
+	CAP(KVM_CAP_IRQ_INJECT_STATUS),
+#undef CAP
+};
+
+int kvm_open(const char *path, struct kiln_err *err)
+{
+	const char *extra = getenv("KILN_VMM_REQUIRE_CAP");
+	size_t i;
+	int fd, v;
+
+	if (!path)
+		path = "/dev/kvm";
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		int e = errno;
+
+		if (e == ENOENT)
+			return kiln_fail(err, e, "%s: not found (load kvm_intel or kvm_amd, or enable nested virtualisation on this VM)", path);
+		if (e == EACCES || e == EPERM)
+			return kiln_fail(err, e, "%s: permission denied (add yourself to group kvm)", path);
+		return kiln_fail(err, e, "%s: %s", path, strerror(e));
+	}
+	v = ioctl(fd, KVM_GET_API_VERSION, 0);
+	if (v < 0) {
+		close(fd);
+		return kiln_fail(err, ENOTTY, "%s: not a KVM device (KVM_GET_API_VERSION failed)", path);
+	}
+	if (v != KVM_API_EXPECTED) {
+		close(fd);
+		return kiln_fail(err, EPROTO, "%s: KVM API version %d, kiln needs %d", path, v, KVM_API_EXPECTED);
+	}
+	for (i = 0; i < sizeof(required_caps) / sizeof(required_caps[0]); i++) {
+		if (ioctl(fd, KVM_CHECK_EXTENSION, required_caps[i].cap) <= 0) {
+			close(fd);
+			return kiln_fail(err, ENOSYS, "%s lacks %s (a newer host kernel is needed)", path, required_caps[i].name);
+		}
+	}
+	/* A test hook: demand one more capability, by number, to exercise the error. */
+	if (extra) {
+		long cap = strtol(extra, NULL, 0);
+
+		if (ioctl(fd, KVM_CHECK_EXTENSION, cap) <= 0) {
+			close(fd);
+			return kiln_fail(err, ENOSYS, "%s lacks capability %ld (KILN_VMM_REQUIRE_CAP; a newer host kernel is needed)", path, cap);
+		}
+	}
+	return fd;
+}
+
+static int get_supported_cpuid(struct vm *vm, struct kiln_err *err)
+{
+	int n = 64;
+
+	for (;;) {
+		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
+
+		if (!c)
+			return kiln_fail(err, ENOMEM, "out of memory");
+		c->nent = (uint32_t)n;
+		if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			vm->cpuid = c;
+			return 0;
+		}
+		free(c);
+		if (errno != E2BIG || n >= 4096)
+			return kiln_fail(err, errno, "KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
+		n *= 2;
+	}
+}
+
+static int set_memory_slot(struct vm *vm, uint32_t slot, uint64_t gpa, uint64_t size,
+			   void *host, struct kiln_err *err)
+{
+	struct kvm_userspace_memory_region r = {
+		.slot = slot,
+		.guest_phys_addr = gpa,
+		.memory_size = size,
+		.userspace_addr = (uint64_t)(uintptr_t)host,
+	};
+
+	return KVM_IOCTL(err, vm->fd, KVM_SET_USER_MEMORY_REGION, &r);
+}
+
+int vm_create(struct vm *vm, int kvm_fd, struct guest_mem *m, struct kiln_err *err)
+{
+	struct kvm_pit_config pit = { .flags = 0 };
+	uint64_t ident = GUEST_IDENTITY_MAP;
+	int r;
+
+	memset(vm, 0, sizeof(*vm));
+	vm->kvm_fd = kvm_fd;
+	vm->fd = -1;
+	pthread_mutex_init(&vm->lock, NULL);
+	vm->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (vm->stop_efd < 0)
+		return kiln_fail(err, errno, "eventfd: %s", strerror(errno));
+
+	vm->fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
+	if (vm->fd < 0)
+		return kiln_fail(err, errno, "KVM_CREATE_VM: %s", strerror(errno));
+	r = KVM_IOCTL(err, vm->fd, KVM_SET_TSS_ADDR, (unsigned long)GUEST_TSS);
+	if (r < 0)
+		return r;
+	r = KVM_IOCTL(err, vm->fd, KVM_SET_IDENTITY_MAP_ADDR, &ident);
+	if (r < 0)
+		return r;
+	r = KVM_IOCTL(err, vm->fd, KVM_CREATE_IRQCHIP, 0);
+	if (r < 0)
+		return r;
+	r = KVM_IOCTL(err, vm->fd, KVM_CREATE_PIT2, &pit);
+	if (r < 0)
+		return r;
+
+	vm->mem = *m;
+	memset(m, 0, sizeof(*m));
+	r = set_memory_slot(vm, 0, 0, vm->mem.low_size, vm->mem.host, err);
+	if (r < 0)
+		return r;
+	if (vm->mem.size > vm->mem.low_size) {
+		r = set_memory_slot(vm, 1, GUEST_MMIO_GAP_END, vm->mem.size - vm->mem.low_size,
+				    vm->mem.host + vm->mem.low_size, err);
+		if (r < 0)
+			return r;
+	}
+	return get_supported_cpuid(vm, err);
+}
+
+void vm_destroy(struct vm *vm)
+{
+	int i;
+
+	for (i = 0; i < vm->nvcpus; i++) {
+		if (vm->vcpus[i].run)
+			munmap(vm->vcpus[i].run, vm->vcpus[i].run_size);
+		if (vm->vcpus[i].fd >= 0)
+			close(vm->vcpus[i].fd);
+	}
+	vm->nvcpus = 0;
+	if (vm->fd >= 0)
+		close(vm->fd);
+	vm->fd = -1;
+	if (vm->stop_efd >= 0)
+		close(vm->stop_efd);
+	vm->stop_efd = -1;
+	guest_mem_free(&vm->mem);
+	free(vm->cpuid);
+	vm->cpuid = NULL;
+	pthread_mutex_destroy(&vm->lock);
+}
+
+int vm_irq_line(struct vm *vm, uint32_t irq, int level)
+{
+	struct kvm_irq_level l = { .irq = irq, .level = (uint32_t)level };
+
+	return ioctl(vm->fd, KVM_IRQ_LINE, &l) < 0 ? -errno : 0;
+}
+
+void vm_request_stop(struct vm *vm, enum vm_stop reason, const char *detail)
+{
+	uint64_t one = 1;
+	int expected = VM_RUNNING;
+	int i;
+
+	pthread_mutex_lock(&vm->lock);
+	if (atomic_compare_exchange_strong(&vm->stop, &expected, (int)reason) && detail)
+		snprintf(vm->stop_detail, sizeof(vm->stop_detail), "%s", detail);
+	for (i = 0; i < vm->nvcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+
+		/* immediate_exit closes the race with a vCPU about to enter KVM_RUN. */
+		if (v->run)
+			__atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+		if (v->started && !pthread_equal(v->thread, pthread_self()))
+			pthread_kill(v->thread, SIGUSR1);
+	}
+	pthread_mutex_unlock(&vm->lock);
+	if (vm->stop_efd >= 0)
+		(void)!write(vm->stop_efd, &one, sizeof(one));
+}

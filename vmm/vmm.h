@@ -1,0 +1,267 @@
+/*
+ * kiln-vmm's core: KVM, guest memory, kernel loading, boot structures, vCPUs
+ * and the exit dispatch. Library code here returns 0 or -errno and, where a
+ * user needs to know what went wrong, writes one line into an error buffer;
+ * only main.c prints.
+ */
+#ifndef KILN_VMM_H
+#define KILN_VMM_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "abi.h"
+
+#define KIB (1ULL << 10)
+#define MIB (1ULL << 20)
+#define GIB (1ULL << 30)
+
+#define KILN_MAX_VCPUS	8
+#define KILN_MAX_PIO	8
+#define KILN_MIN_MEM_MIB 128
+#define KILN_MAX_MEM_MIB (1024ULL * 1024)
+
+/* An error message for the user: what went wrong and, where known, the fix. */
+struct kiln_err {
+	char msg[512];
+};
+
+/* Fill err with a formatted message; returns -errnum for `return kiln_fail(...)`. */
+int kiln_fail(struct kiln_err *err, int errnum, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* ---- Guest physical memory map (x86-64) ------------------------------- */
+
+/*
+ * Below 1 MiB live the boot structures; RAM runs from 0 to the MMIO gap and
+ * continues above 4 GiB. Devices (IOAPIC, LAPIC, virtio-mmio) sit in the gap.
+ */
+#define GUEST_GDT		0x500ULL
+#define GUEST_START_INFO	0x6000ULL	/* PVH hvm_start_info + tables */
+#define GUEST_ZERO_PAGE		0x7000ULL	/* Linux boot_params */
+#define GUEST_PML4		0x9000ULL
+#define GUEST_PDPT		0xa000ULL
+#define GUEST_PD		0xb000ULL	/* 4 pages: identity map of 4 GiB */
+#define GUEST_CMDLINE		0x20000ULL
+#define GUEST_MPTABLE		0x9fc00ULL	/* last KiB of base memory */
+#define GUEST_EBDA_END		0xa0000ULL
+#define GUEST_HIGH_START	0x100000ULL	/* kernels load at or above 1 MiB */
+#define GUEST_MMIO_GAP_START	0xc0000000ULL
+#define GUEST_MMIO_GAP_END	0x100000000ULL
+#define GUEST_IOAPIC		0xfec00000ULL
+#define GUEST_LAPIC		0xfee00000ULL
+#define GUEST_TSS		0xfffbd000ULL	/* KVM_SET_TSS_ADDR: 3 pages */
+#define GUEST_IDENTITY_MAP	0xfffbc000ULL
+
+/* Guest RAM: one host mapping, seen by the guest as one or two regions. */
+struct guest_mem {
+	uint8_t *host;		/* base of the host mapping */
+	uint64_t size;		/* bytes of guest RAM */
+	uint64_t low_size;	/* bytes at GPA 0; the rest starts at 4 GiB */
+	int hugepages;
+};
+
+/*
+ * Map size bytes of anonymous guest RAM (2 MiB huge pages if hugepages).
+ * Returns 0 or -errno with err set.
+ */
+int guest_mem_alloc(struct guest_mem *m, uint64_t size, int hugepages, struct kiln_err *err);
+void guest_mem_free(struct guest_mem *m);
+
+/*
+ * The one checked translation from a guest physical range to a host pointer:
+ * NULL (and a log line naming the caller) unless [gpa, gpa+len) lies wholly
+ * inside one RAM region. Use through GUEST_PTR so the log names the caller.
+ */
+void *guest_ptr_checked(const struct guest_mem *m, uint64_t gpa, uint64_t len,
+			const char *file, int line);
+#define GUEST_PTR(m, gpa, len) guest_ptr_checked((m), (gpa), (len), __FILE__, __LINE__)
+
+/* Does [gpa, gpa+len) lie wholly inside one RAM region? (no pointer, no log) */
+int guest_range_valid(const struct guest_mem *m, uint64_t gpa, uint64_t len);
+
+/* Highest guest physical address of RAM, plus one. */
+uint64_t guest_mem_end(const struct guest_mem *m);
+
+/* ---- Kernel loading (loader.c) ----------------------------------------- */
+
+enum boot_mode {
+	BOOT_PVH,	/* vmlinux ELF with XEN_ELFNOTE_PHYS32_ENTRY: 32-bit entry */
+	BOOT_LINUX64,	/* bzImage: 64-bit boot protocol entry */
+};
+
+struct kernel_info {
+	enum boot_mode mode;
+	uint64_t entry;		/* guest physical entry point */
+	uint64_t load_start;	/* lowest byte the kernel occupies */
+	uint64_t load_end;	/* one past the highest (incl. bss/init_size) */
+	/* bzImage only: the setup header to copy into boot_params. */
+	uint8_t setup_hdr[0x290 - 0x1f1];
+	size_t setup_hdr_len;
+	uint64_t initrd_addr_max;
+	uint32_t cmdline_size;
+};
+
+/*
+ * Load a kernel image (vmlinux ELF with a PVH note, or bzImage) from img into
+ * guest memory. Every segment must lie in RAM at or above GUEST_HIGH_START.
+ * Returns 0 or -errno (-ENOEXEC for an unusable image) with err set.
+ */
+int kernel_load(struct guest_mem *m, const uint8_t *img, size_t len,
+		struct kernel_info *ki, struct kiln_err *err);
+
+/* ---- Boot structures (boot.c) ------------------------------------------ */
+
+/* An e820 entry as the boot protocol and PVH's memmap both lay it out. */
+struct e820_entry {
+	uint64_t addr;
+	uint64_t size;
+	uint32_t type;
+} __attribute__((packed));
+
+#define E820_RAM	1
+#define E820_RESERVED	2
+#define E820_MAX	8
+
+/* Fill map with the guest's memory map; returns the number of entries. */
+int boot_e820(const struct guest_mem *m, struct e820_entry *map);
+
+struct boot_params_in {
+	const char *cmdline;
+	uint64_t initrd_gpa;	/* 0 when there is no initrd */
+	uint64_t initrd_size;
+	int vcpus;
+};
+
+/*
+ * Choose where the initrd of size bytes goes: page aligned, as high as the
+ * kernel allows, above the kernel. Returns 0 and *gpa, or -ENOSPC with err.
+ */
+int boot_place_initrd(const struct guest_mem *m, const struct kernel_info *ki,
+		      uint64_t size, uint64_t *gpa, struct kiln_err *err);
+
+/*
+ * Write the command line, e820 map, MP table, GDT and page tables, and the
+ * PVH start info or Linux zero page. Returns 0 or -errno with err set.
+ */
+int boot_setup(struct guest_mem *m, const struct kernel_info *ki,
+	       const struct boot_params_in *in, struct kiln_err *err);
+
+/* Write an Intel MP table for vcpus CPUs at GUEST_MPTABLE (exposed for tests). */
+int boot_write_mptable(struct guest_mem *m, int vcpus);
+
+/* ---- KVM and the VM (kvm.c, cpu.c) ------------------------------------- */
+
+struct vm;
+
+struct vcpu {
+	struct vm *vm;
+	int id;
+	int fd;
+	struct kvm_run *run;
+	size_t run_size;
+	pthread_t thread;
+	int started;		/* thread is running */
+	uint64_t exits;
+};
+
+/* Why the VM stopped. */
+enum vm_stop {
+	VM_RUNNING = 0,
+	VM_STOP_STATUS,		/* the init reported the command's status */
+	VM_STOP_RESET,		/* the guest reset (reboot, panic, triple fault) */
+	VM_STOP_ERROR,		/* KVM or the VMM failed */
+	VM_STOP_TIMEOUT,	/* --timeout expired */
+	VM_STOP_SIGNAL,		/* kiln-vmm was told to stop */
+};
+
+/* A port I/O device: handler for [base, base+len). */
+struct pio_dev {
+	uint16_t base;
+	uint16_t len;
+	/* data is the run's data buffer, size 1, 2 or 4; reads come pre-zeroed. */
+	void (*io)(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write);
+	void *opaque;
+};
+
+struct vm {
+	int kvm_fd;
+	int fd;
+	struct guest_mem mem;
+	int nvcpus;
+	struct vcpu vcpus[KILN_MAX_VCPUS];
+	struct kvm_cpuid2 *cpuid;	/* supported CPUID, filtered per vCPU */
+	struct pio_dev pio[KILN_MAX_PIO];	/* port I/O devices, see exit.c */
+	int npio;
+
+	pthread_mutex_t lock;
+	int stop_efd;			/* eventfd: signalled when the VM stops */
+	_Atomic int stop;		/* enum vm_stop once stopped */
+	uint32_t status;		/* KILN_STATUS_* word for VM_STOP_STATUS */
+	char stop_detail[256];		/* what went wrong, for VM_STOP_ERROR */
+	uint64_t t_mark_ns;		/* when the init reached userspace */
+};
+
+/*
+ * Open /dev/kvm (path may be NULL for the default) and check the API version
+ * and every capability kiln relies on. Returns the fd or -errno with err.
+ */
+int kvm_open(const char *path, struct kiln_err *err);
+
+/*
+ * Create the VM: irqchip, PIT, TSS and identity map, guest memory slots for
+ * m (ownership moves to vm), supported CPUID. Returns 0 or -errno with err.
+ */
+int vm_create(struct vm *vm, int kvm_fd, struct guest_mem *m, struct kiln_err *err);
+void vm_destroy(struct vm *vm);
+
+/* Assert (level 1) or deassert (0) an interrupt line of the in-kernel irqchip. */
+int vm_irq_line(struct vm *vm, uint32_t irq, int level);
+
+/*
+ * Stop the VM with reason (the first reason wins) and kick every vCPU out of
+ * KVM_RUN. Safe from any thread.
+ */
+void vm_request_stop(struct vm *vm, enum vm_stop reason, const char *detail);
+
+/*
+ * Create vCPU id with its CPUID, MSRs, FPU and LAPIC set up; vCPU 0 also gets
+ * the entry registers for ki. Returns 0 or -errno with err.
+ */
+int vcpu_create(struct vm *vm, int id, const struct kernel_info *ki, struct kiln_err *err);
+
+/*
+ * Adjust KVM's supported CPUID for vCPU id of nvcpus: hypervisor bit, APIC
+ * ids, topology, no PMU. Exposed for unit tests.
+ */
+void cpuid_filter(struct kvm_cpuid2 *cpuid, int id, int nvcpus);
+
+/* Run vCPU until the VM stops (thread body). */
+void *vcpu_thread(void *arg);
+
+/* ---- Exits (exit.c) ------------------------------------------------------ */
+
+enum exit_action {
+	EXIT_CONTINUE,
+	EXIT_STOP,
+};
+
+/*
+ * Handle one exit of vcpu described by run (pure with respect to KVM: tests
+ * drive it with a made-up kvm_run). Returns EXIT_STOP once the VM is stopping.
+ */
+enum exit_action handle_exit(struct vcpu *vcpu, struct kvm_run *run);
+
+/* Add a port I/O device; returns 0 or -ENOSPC/-EEXIST on overlap. */
+int vm_add_pio(struct vm *vm, uint16_t base, uint16_t len,
+	       void (*io)(void *, uint16_t, uint8_t *, uint32_t, int), void *opaque);
+
+/* The guest ABI ports (abi.h): the command's status and the boot mark. */
+void guest_port_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write);
+
+/* Nanoseconds on CLOCK_MONOTONIC. */
+uint64_t now_ns(void);
+
+#endif
