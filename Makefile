@@ -12,11 +12,12 @@ WERROR  ?= -Werror
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wformat=2 $(WERROR)
 CPPFLAGS := -D_GNU_SOURCE -Iguest -Ivmm -Idevices
-LDLIBS  := -pthread
+LDLIBS  := -luring -pthread
 
 VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
-             devices/serial.c devices/i8042.c
-VMM_HDRS  := vmm/vmm.h devices/devices.h guest/abi.h guest/base64.h
+             vmm/ioloop.c devices/serial.c devices/i8042.c devices/virtq.c devices/virtio_mmio.c \
+             devices/virtio_blk.c
+VMM_HDRS  := vmm/vmm.h vmm/ioloop.h devices/devices.h devices/virtio.h guest/abi.h guest/base64.h
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -118,7 +119,7 @@ demo: deps-test
 	@$(MAKE) --no-print-directory all
 	tests/nested/kvm-host.sh -- $(O)/kiln-vmm -- uname -a
 
-$(O)/bench-boot: bench/boot.c | $(O)
+$(O)/bench-boot: bench/boot.c guest/abi.h guest/base64.h | $(O)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ bench/boot.c $(LDLIBS)
 
 BENCH_RUNS ?= 10

@@ -1,6 +1,6 @@
 /*
  * Devices the guest sees. Legacy PC devices here are port I/O handlers
- * (struct pio_dev in vmm/vmm.h); their state is plain data so that unit tests
+ * (struct bus_dev in vmm/vmm.h); their state is plain data so that unit tests
  * drive them without KVM.
  */
 #ifndef KILN_DEVICES_H
@@ -38,9 +38,12 @@ void serial_init(struct serial *s, int out_fd, void (*set_irq)(void *, int), voi
 void serial_destroy(struct serial *s);
 
 /* Port I/O handler for [SERIAL_COM1_BASE, +SERIAL_NPORTS). */
-void serial_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write);
+void serial_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is_write);
 
-/* Queue input bytes for the guest; returns how many fitted in the FIFO. */
+/*
+ * Queue input bytes for the guest; returns how many fitted in the FIFO (none
+ * until the guest's driver has enabled the receive interrupt).
+ */
 size_t serial_input(struct serial *s, const uint8_t *buf, size_t len);
 
 /* ---- i8042 keyboard controller, reset line only (i8042.c) ---------------- */
@@ -55,6 +58,6 @@ struct i8042 {
 };
 
 /* Port I/O handler for 0x60 and 0x64. */
-void i8042_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write);
+void i8042_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is_write);
 
 #endif

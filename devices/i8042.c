@@ -5,7 +5,7 @@
  */
 #include "devices.h"
 
-void i8042_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write)
+void i8042_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is_write)
 {
 	struct i8042 *k = opaque;
 

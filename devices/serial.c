@@ -183,20 +183,20 @@ static void serial_write(struct serial *s, unsigned reg, uint8_t v)
 	}
 }
 
-void serial_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write)
+void serial_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is_write)
 {
 	struct serial *s = opaque;
-	unsigned reg = (unsigned)(port - SERIAL_COM1_BASE);
+	uint64_t reg = port - SERIAL_COM1_BASE;
 
 	/* The UART's registers are bytes; wider accesses touch the first. */
 	(void)size;
-	if (reg >= SERIAL_NPORTS)
+	if (port < SERIAL_COM1_BASE || reg >= SERIAL_NPORTS)
 		return;
 	pthread_mutex_lock(&s->lock);
 	if (is_write)
-		serial_write(s, reg, data[0]);
+		serial_write(s, (unsigned)reg, data[0]);
 	else
-		data[0] = serial_read(s, reg);
+		data[0] = serial_read(s, (unsigned)reg);
 	serial_update_irq(s);
 	pthread_mutex_unlock(&s->lock);
 }
@@ -206,7 +206,11 @@ size_t serial_input(struct serial *s, const uint8_t *buf, size_t len)
 	size_t n = 0;
 
 	pthread_mutex_lock(&s->lock);
-	while (n < len && s->rx_count < SERIAL_RX_SIZE)
+	/*
+	 * Hold input until the driver wants it: it clears the FIFO when it
+	 * starts the port, so bytes sent earlier would be lost.
+	 */
+	while ((s->ier & IER_RDI) && n < len && s->rx_count < SERIAL_RX_SIZE)
 		rx_push(s, buf[n++]);
 	serial_update_irq(s);
 	pthread_mutex_unlock(&s->lock);

@@ -126,23 +126,21 @@ static int set_msrs(struct vcpu *v, struct kiln_err *err)
 		{ 0x2ff, (1 << 11) | 6 },	/* MTRRdefType: enabled, write-back */
 	};
 	enum { N = sizeof(boot_msrs) / sizeof(boot_msrs[0]) };
-	struct {
-		struct kvm_msrs hdr;
-		struct kvm_msr_entry e[N];
-	} m;
+	_Alignas(struct kvm_msrs) uint8_t buf[sizeof(struct kvm_msrs) + N * sizeof(struct kvm_msr_entry)];
+	struct kvm_msrs *m = (struct kvm_msrs *)buf;
 	int i, r;
 
-	memset(&m, 0, sizeof(m));
-	m.hdr.nmsrs = N;
+	memset(buf, 0, sizeof(buf));
+	m->nmsrs = N;
 	for (i = 0; i < N; i++) {
-		m.e[i].index = boot_msrs[i].index;
-		m.e[i].data = boot_msrs[i].data;
+		m->entries[i].index = boot_msrs[i].index;
+		m->entries[i].data = boot_msrs[i].data;
 	}
-	r = ioctl(v->fd, KVM_SET_MSRS, &m);
+	r = ioctl(v->fd, KVM_SET_MSRS, m);
 	if (r < 0)
 		return kiln_fail(err, errno, "vCPU %d: KVM_SET_MSRS: %s", v->id, strerror(errno));
 	if (r < N)
-		return kiln_fail(err, EINVAL, "vCPU %d: KVM_SET_MSRS refused MSR %#x", v->id, m.e[r].index);
+		return kiln_fail(err, EINVAL, "vCPU %d: KVM_SET_MSRS refused MSR %#x", v->id, m->entries[r].index);
 	return 0;
 }
 

@@ -13,24 +13,36 @@ _Static_assert(KVM_EXIT_NOTIFY < EXIT_TABLE_SIZE, "exit table covers every KVM e
 
 typedef enum exit_action (*exit_fn)(struct vcpu *, struct kvm_run *);
 
-int vm_add_pio(struct vm *vm, uint16_t base, uint16_t len,
-	       void (*io)(void *, uint16_t, uint8_t *, uint32_t, int), void *opaque)
+int bus_add(struct bus *b, uint64_t base, uint64_t len,
+	    void (*io)(void *, uint64_t, uint8_t *, uint32_t, int), void *opaque)
 {
 	int i;
 
-	if (vm->npio >= KILN_MAX_PIO)
+	if (b->n >= KILN_MAX_BUS)
 		return -ENOSPC;
-	for (i = 0; i < vm->npio; i++) {
-		const struct pio_dev *d = &vm->pio[i];
+	if (len == 0 || base + len < base)
+		return -EINVAL;
+	for (i = 0; i < b->n; i++) {
+		const struct bus_dev *d = &b->dev[i];
 
 		if (base < d->base + d->len && d->base < base + len)
 			return -EEXIST;
 	}
-	vm->pio[vm->npio++] = (struct pio_dev){ base, len, io, opaque };
+	b->dev[b->n++] = (struct bus_dev){ base, len, io, opaque };
 	return 0;
 }
 
-void guest_port_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write)
+const struct bus_dev *bus_find(const struct bus *b, uint64_t addr)
+{
+	int i;
+
+	for (i = 0; i < b->n; i++)
+		if (addr >= b->dev[i].base && addr - b->dev[i].base < b->dev[i].len)
+			return &b->dev[i];
+	return NULL;
+}
+
+void guest_port_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is_write)
 {
 	struct vm *vm = opaque;
 	uint32_t status = 0;
@@ -49,21 +61,11 @@ void guest_port_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, in
 	}
 }
 
-static const struct pio_dev *pio_find(const struct vm *vm, uint16_t port)
-{
-	int i;
-
-	for (i = 0; i < vm->npio; i++)
-		if (port >= vm->pio[i].base && port - vm->pio[i].base < vm->pio[i].len)
-			return &vm->pio[i];
-	return NULL;
-}
-
 static enum exit_action exit_io(struct vcpu *v, struct kvm_run *run)
 {
 	uint32_t size = run->io.size, count = run->io.count, i;
 	int is_write = run->io.direction == KVM_EXIT_IO_OUT;
-	const struct pio_dev *d = pio_find(v->vm, run->io.port);
+	const struct bus_dev *d = bus_find(&v->vm->pio, run->io.port);
 	uint8_t *data = (uint8_t *)run + run->io.data_offset;
 
 	if ((size != 1 && size != 2 && size != 4) || count == 0 ||
@@ -83,9 +85,18 @@ static enum exit_action exit_io(struct vcpu *v, struct kvm_run *run)
 
 static enum exit_action exit_mmio(struct vcpu *v, struct kvm_run *run)
 {
-	/* No MMIO device claims this address: reads see zeros, writes vanish. */
+	const struct bus_dev *d = bus_find(&v->vm->mmio, run->mmio.phys_addr);
+	uint32_t len = run->mmio.len;
+
+	if (len == 0 || len > sizeof(run->mmio.data)) {
+		vm_request_stop(v->vm, VM_STOP_ERROR, "KVM reported a malformed MMIO exit");
+		return EXIT_STOP;
+	}
+	/* Reads start zeroed; an address no device claims reads zeros, writes vanish. */
 	if (!run->mmio.is_write)
 		memset(run->mmio.data, 0, sizeof(run->mmio.data));
+	if (d)
+		d->io(d->opaque, run->mmio.phys_addr, run->mmio.data, len, run->mmio.is_write);
 	return atomic_load(&v->vm->stop) ? EXIT_STOP : EXIT_CONTINUE;
 }
 

@@ -23,7 +23,9 @@
 #include <unistd.h>
 
 #include "../devices/devices.h"
+#include "../devices/virtio.h"
 #include "base64.h"
+#include "ioloop.h"
 #include "vmm.h"
 
 #define KILN_VERSION "0.1.0"
@@ -38,6 +40,28 @@
 #define DEFAULT_CMDLINE "console=ttyS0 reboot=k panic=-1 quiet no_timer_check"
 #define ESCAPE_CHAR 0x01	/* Ctrl-A, then x: leave an interactive console */
 
+#define MAX_DEVICES	16
+#define DEVICE_MMIO_BASE 0xd0000000ULL
+#define DEVICE_MMIO_STEP 0x1000ULL
+/* ISA-free IOAPIC pins for virtio devices (4 is COM1, 8 the RTC's). */
+static const uint32_t device_irqs[MAX_DEVICES] = {
+	5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+};
+
+/* A virtio device asked for on the command line. */
+struct device_spec {
+	const char *option;
+	virtio_create_fn *create;
+	const char *spec;
+};
+
+static const struct {
+	const char *option;
+	virtio_create_fn *create;
+} device_types[] = {
+	{ "disk", virtio_blk_create },
+};
+
 struct opts {
 	const char *kernel;
 	const char *initrd;
@@ -51,6 +75,8 @@ struct opts {
 	double timeout_s;
 	char **cmd;		/* guest command, NULL for an interactive shell */
 	int ncmd;
+	struct device_spec devices[MAX_DEVICES];
+	int ndevices;
 };
 
 static void usage(FILE *f)
@@ -74,6 +100,9 @@ static void usage(FILE *f)
 "  --timeout SEC     stop the guest after SEC seconds (exit %d)\n"
 "  --hugepages       back guest memory with 2 MiB huge pages\n"
 "  --kvm PATH        the KVM device (default /dev/kvm)\n"
+"  --disk PATH[,ro][,id=NAME]\n"
+"                    a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ...\n"
+"                    in the order given); ro refuses the guest's writes\n"
 "  -v, --verbose     report boot timings and exit counts on stderr\n"
 "  -h, --help        show this help\n"
 "  --version         show the version\n"
@@ -168,7 +197,7 @@ static const char *beside_exe(const char *rel)
 static void parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { OPT_KERNEL = 256, OPT_INITRD, OPT_MEM, OPT_VCPUS, OPT_CMDLINE, OPT_CONSOLE,
-	       OPT_TIMEOUT, OPT_HUGEPAGES, OPT_KVM, OPT_VERSION };
+	       OPT_TIMEOUT, OPT_HUGEPAGES, OPT_KVM, OPT_VERSION, OPT_DEVICE };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, OPT_KERNEL },
 		{ "initrd", required_argument, NULL, OPT_INITRD },
@@ -179,12 +208,13 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 		{ "hugepages", no_argument, NULL, OPT_HUGEPAGES },
 		{ "kvm", required_argument, NULL, OPT_KVM },
+		{ "disk", required_argument, NULL, OPT_DEVICE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, OPT_VERSION },
 		{ NULL, 0, NULL, 0 },
 	};
-	int c;
+	int c, idx;
 
 	memset(o, 0, sizeof(*o));
 	o->kernel = getenv("KILN_KERNEL");
@@ -194,7 +224,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 	o->mem_mib = 512;
 	o->vcpus = 1;
 	/* '+': stop at the first non-option so that CMD's own flags are left alone. */
-	while ((c = getopt_long(argc, argv, "+vh", longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+vh", longopts, &idx)) != -1) {
 		switch (c) {
 		case OPT_KERNEL: o->kernel = optarg; break;
 		case OPT_INITRD: o->initrd = optarg; break;
@@ -212,6 +242,18 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		}
 		case OPT_HUGEPAGES: o->hugepages = 1; break;
 		case OPT_KVM: o->kvm_dev = optarg; break;
+		case OPT_DEVICE: {
+			size_t t;
+
+			if (o->ndevices == MAX_DEVICES)
+				die("at most %d devices", MAX_DEVICES);
+			for (t = 0; t < sizeof(device_types) / sizeof(device_types[0]); t++)
+				if (strcmp(device_types[t].option, longopts[idx].name) == 0)
+					break;
+			o->devices[o->ndevices++] = (struct device_spec){
+				device_types[t].option, device_types[t].create, optarg };
+			break;
+		}
 		case 'v': o->verbose = 1; break;
 		case 'h': usage(stdout); exit(0);
 		case OPT_VERSION: printf("kiln-vmm %s\n", KILN_VERSION); exit(0);
@@ -254,8 +296,8 @@ static const uint8_t *map_file(const char *path, const char *what, size_t *len)
 	return p;
 }
 
-/* The kernel command line: kiln's defaults, the user's, then kiln.cmd=. */
-static char *build_cmdline(const struct opts *o)
+/* The kernel command line: kiln's defaults, devices, the user's, then kiln.cmd=. */
+static char *build_cmdline(const struct opts *o, const struct virtio_dev *devs, int ndevs)
 {
 	size_t raw_len = 0, len;
 	uint8_t *raw;
@@ -264,13 +306,21 @@ static char *build_cmdline(const struct opts *o)
 
 	for (i = 0; i < o->ncmd; i++)
 		raw_len += strlen(o->cmd[i]) + 1;
-	len = strlen(DEFAULT_CMDLINE) + 1 + strlen(o->cmdline) + 1 +
+	len = strlen(DEFAULT_CMDLINE) + 1 + strlen(o->cmdline) + 1 + (size_t)ndevs * 64 +
 	      strlen(KILN_PARAM_CMD) + b64url_encoded_len(raw_len) + 1;
 	raw = malloc(raw_len + 1);
 	out = malloc(len);
 	if (!raw || !out)
 		die("out of memory");
-	snprintf(out, len, "%s%s%s", DEFAULT_CMDLINE, *o->cmdline ? " " : "", o->cmdline);
+	strcpy(out, DEFAULT_CMDLINE);
+	for (i = 0; i < ndevs; i++) {
+		strcat(out, " ");
+		virtio_cmdline_arg(&devs[i], out + strlen(out), 64);
+	}
+	if (*o->cmdline) {
+		strcat(out, " ");
+		strcat(out, o->cmdline);
+	}
 	if (o->ncmd) {
 		size_t off = 0;
 
@@ -480,10 +530,12 @@ static int exit_status(const struct vm *vm, const struct opts *o, int signo)
 
 int main(int argc, char **argv)
 {
-	uint64_t t0 = now_ns();
+	uint64_t t0 = now_ns(), t_loop;
 	static struct vm vm;
 	static struct serial uart;
 	static struct i8042 kbc;
+	static struct ioloop loop;
+	static struct virtio_dev devs[MAX_DEVICES];
 	struct kernel_info ki;
 	struct guest_mem mem;
 	struct kiln_err err = { { 0 } };
@@ -500,7 +552,6 @@ int main(int argc, char **argv)
 	kimg = map_file(o.kernel, "kernel", &klen);
 	if (o.initrd)
 		iimg = map_file(o.initrd, "initrd", &ilen);
-	cmdline = build_cmdline(&o);
 	con_fd = open_console(o.console);
 
 	kvm_fd = kvm_open(o.kvm_dev, &err);
@@ -511,6 +562,17 @@ int main(int argc, char **argv)
 	if (vm_create(&vm, kvm_fd, &mem, &err) < 0)
 		die("%s", err.msg);
 	vm.nvcpus = o.vcpus;
+	t_loop = now_ns();
+	if (ioloop_init(&loop, 256, &err) < 0)
+		die("%s", err.msg);
+	t_loop = now_ns() - t_loop;
+	for (i = 0; i < o.ndevices; i++) {
+		if (o.devices[i].create(&devs[i], o.devices[i].spec, &vm, &vm.mem, &loop,
+					DEVICE_MMIO_BASE + (uint64_t)i * DEVICE_MMIO_STEP,
+					device_irqs[i], &err) < 0)
+			die("%s", err.msg);
+	}
+	cmdline = build_cmdline(&o, devs, o.ndevices);
 	if (kernel_load(&vm.mem, kimg, klen, &ki, &err) < 0)
 		die("%s: %s", o.kernel, err.msg);
 	if (iimg) {
@@ -530,11 +592,11 @@ int main(int argc, char **argv)
 	serial_init(&uart, con_fd, serial_irq, &vm);
 	kbc.reset = guest_reset;
 	kbc.opaque = &vm;
-	if (vm_add_pio(&vm, SERIAL_COM1_BASE, SERIAL_NPORTS, serial_io, &uart) < 0 ||
-	    vm_add_pio(&vm, I8042_DATA_PORT, 1, i8042_io, &kbc) < 0 ||
-	    vm_add_pio(&vm, I8042_CMD_PORT, 1, i8042_io, &kbc) < 0 ||
-	    vm_add_pio(&vm, KILN_PORT_EXIT, 4, guest_port_io, &vm) < 0 ||
-	    vm_add_pio(&vm, KILN_PORT_MARK, 1, guest_port_io, &vm) < 0)
+	if (bus_add(&vm.pio, SERIAL_COM1_BASE, SERIAL_NPORTS, serial_io, &uart) < 0 ||
+	    bus_add(&vm.pio, I8042_DATA_PORT, 1, i8042_io, &kbc) < 0 ||
+	    bus_add(&vm.pio, I8042_CMD_PORT, 1, i8042_io, &kbc) < 0 ||
+	    bus_add(&vm.pio, KILN_PORT_EXIT, 4, guest_port_io, &vm) < 0 ||
+	    bus_add(&vm.pio, KILN_PORT_MARK, 1, guest_port_io, &vm) < 0)
 		die("cannot register the port I/O devices");
 	for (i = 0; i < o.vcpus; i++)
 		if (vcpu_create(&vm, i, &ki, &err) < 0)
@@ -551,6 +613,8 @@ int main(int argc, char **argv)
 	sigaddset(&block, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &block, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	if ((rc = ioloop_start(&loop)) < 0)
+		die("cannot start the I/O thread: %s", strerror(-rc));
 	if (!o.ncmd)
 		console_setup();
 	for (i = 0; i < o.vcpus; i++) {
@@ -565,6 +629,7 @@ int main(int argc, char **argv)
 	vm_request_stop(&vm, VM_STOP_SIGNAL, NULL);	/* no-op if already stopped */
 	for (i = 0; i < o.vcpus; i++)
 		pthread_join(vm.vcpus[i].thread, NULL);
+	ioloop_stop(&loop);
 
 	if (o.verbose) {
 		uint64_t exits = 0;
@@ -574,11 +639,15 @@ int main(int argc, char **argv)
 		if (vm.t_mark_ns)
 			fprintf(stderr, "kiln-vmm: guest userspace reached %.2f ms after start\n",
 				(double)(vm.t_mark_ns - t0) / 1e6);
-		fprintf(stderr, "kiln-vmm: ran %.2f ms, %llu vCPU exits, %llu console bytes\n",
+		fprintf(stderr, "kiln-vmm: ran %.2f ms, %llu vCPU exits, %llu console bytes, %llu I/O completions; io_uring set up in %.1f us\n",
 			(double)(now_ns() - t0) / 1e6, (unsigned long long)exits,
-			(unsigned long long)uart.tx_bytes);
+			(unsigned long long)uart.tx_bytes, (unsigned long long)loop.completions,
+			(double)t_loop / 1e3);
 	}
 	rc = exit_status(&vm, &o, signo);
+	for (i = 0; i < o.ndevices; i++)
+		virtio_mmio_destroy(&devs[i]);
+	ioloop_destroy(&loop);
 	serial_destroy(&uart);
 	vm_destroy(&vm);
 	close(kvm_fd);

@@ -19,7 +19,7 @@
 #define GIB (1ULL << 30)
 
 #define KILN_MAX_VCPUS	8
-#define KILN_MAX_PIO	8
+#define KILN_MAX_BUS	16
 #define KILN_MIN_MEM_MIB 128
 #define KILN_MAX_MEM_MIB (1024ULL * 1024)
 
@@ -177,14 +177,26 @@ enum vm_stop {
 	VM_STOP_SIGNAL,		/* kiln-vmm was told to stop */
 };
 
-/* A port I/O device: handler for [base, base+len). */
-struct pio_dev {
-	uint16_t base;
-	uint16_t len;
-	/* data is the run's data buffer, size 1, 2 or 4; reads come pre-zeroed. */
-	void (*io)(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write);
+/* A device on the port I/O or MMIO bus: handler for [base, base+len). */
+struct bus_dev {
+	uint64_t base;
+	uint64_t len;
+	/* data holds size bytes (1, 2, 4 or 8); reads come pre-zeroed. */
+	void (*io)(void *opaque, uint64_t addr, uint8_t *data, uint32_t size, int is_write);
 	void *opaque;
 };
+
+struct bus {
+	struct bus_dev dev[KILN_MAX_BUS];
+	int n;
+};
+
+/* Add a device to a bus; returns 0, -ENOSPC when full, -EEXIST on overlap. */
+int bus_add(struct bus *b, uint64_t base, uint64_t len,
+	    void (*io)(void *, uint64_t, uint8_t *, uint32_t, int), void *opaque);
+
+/* The device covering addr, or NULL. */
+const struct bus_dev *bus_find(const struct bus *b, uint64_t addr);
 
 struct vm {
 	int kvm_fd;
@@ -193,8 +205,8 @@ struct vm {
 	int nvcpus;
 	struct vcpu vcpus[KILN_MAX_VCPUS];
 	struct kvm_cpuid2 *cpuid;	/* supported CPUID, filtered per vCPU */
-	struct pio_dev pio[KILN_MAX_PIO];	/* port I/O devices, see exit.c */
-	int npio;
+	struct bus pio;			/* port I/O devices, see exit.c */
+	struct bus mmio;		/* MMIO devices (virtio-mmio) */
 
 	pthread_mutex_t lock;
 	int stop_efd;			/* eventfd: signalled when the VM stops */
@@ -254,12 +266,8 @@ enum exit_action {
  */
 enum exit_action handle_exit(struct vcpu *vcpu, struct kvm_run *run);
 
-/* Add a port I/O device; returns 0 or -ENOSPC/-EEXIST on overlap. */
-int vm_add_pio(struct vm *vm, uint16_t base, uint16_t len,
-	       void (*io)(void *, uint16_t, uint8_t *, uint32_t, int), void *opaque);
-
 /* The guest ABI ports (abi.h): the command's status and the boot mark. */
-void guest_port_io(void *opaque, uint16_t port, uint8_t *data, uint32_t size, int is_write);
+void guest_port_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is_write);
 
 /* Nanoseconds on CLOCK_MONOTONIC. */
 uint64_t now_ns(void);

@@ -24,8 +24,8 @@ static void setup(void)
 	memset(runbuf, 0, sizeof(runbuf));
 	ck_assert_int_eq(pipe(pipefd), 0);
 	serial_init(&uart, pipefd[1], NULL, NULL);
-	ck_assert_int_eq(vm_add_pio(&vm, SERIAL_COM1_BASE, SERIAL_NPORTS, serial_io, &uart), 0);
-	ck_assert_int_eq(vm_add_pio(&vm, KILN_PORT_EXIT, 4, guest_port_io, &vm), 0);
+	ck_assert_int_eq(bus_add(&vm.pio, SERIAL_COM1_BASE, SERIAL_NPORTS, serial_io, &uart), 0);
+	ck_assert_int_eq(bus_add(&vm.pio, KILN_PORT_EXIT, 4, guest_port_io, &vm), 0);
 }
 
 static void teardown(void)
@@ -145,7 +145,7 @@ END_TEST
 
 START_TEST(pio_overlap_refused)
 {
-	ck_assert_int_eq(vm_add_pio(&vm, SERIAL_COM1_BASE + 4, 2, serial_io, &uart), -EEXIST);
+	ck_assert_int_eq(bus_add(&vm.pio, SERIAL_COM1_BASE + 4, 2, serial_io, &uart), -EEXIST);
 }
 END_TEST
 

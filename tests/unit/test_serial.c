@@ -90,6 +90,7 @@ START_TEST(input_and_loopback)
 
 	irq_level = 0;
 	serial_init(&s, -1, record_irq, NULL);
+	ck_assert_uint_eq(serial_input(&s, (const uint8_t *)"early", 5), 0);
 	wr(&s, 1, 0x01);				/* IER: RDI */
 	ck_assert_uint_eq(serial_input(&s, (const uint8_t *)"hi", 2), 2);
 	ck_assert_int_eq(irq_level, 1);

@@ -1,0 +1,205 @@
+/*
+ * virtio 1.x over MMIO: the split virtqueue (virtq.c) and the MMIO transport
+ * (virtio_mmio.c). Spec references are to "Virtual I/O Device (VIRTIO)
+ * Version 1.2".
+ */
+#ifndef KILN_VIRTIO_H
+#define KILN_VIRTIO_H
+
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "ioloop.h"
+#include "vmm.h"
+
+#define VIRTQ_MAX_SIZE		256
+
+#define VIRTQ_DESC_F_NEXT	1
+#define VIRTQ_DESC_F_WRITE	2
+#define VIRTQ_DESC_F_INDIRECT	4
+#define VIRTQ_AVAIL_F_NO_INTERRUPT 1
+
+struct virtq_desc {
+	uint64_t addr;
+	uint32_t len;
+	uint16_t flags;
+	uint16_t next;
+};
+
+struct virtq_used_elem {
+	uint32_t id;
+	uint32_t len;
+};
+
+/* A split virtqueue (2.7) as the device sees it. */
+struct virtq {
+	uint16_t size;		/* QueueNum, a power of two <= VIRTQ_MAX_SIZE */
+	uint16_t last_avail;	/* next avail ring slot to consume */
+	uint16_t used_idx;	/* next used ring slot to fill */
+	uint16_t signalled_used;/* used_idx when the driver was last notified */
+	int event_idx;		/* VIRTIO_F_RING_EVENT_IDX negotiated */
+	int broken;		/* the driver broke the ring: device needs reset */
+	uint64_t desc_gpa, avail_gpa, used_gpa;
+	/* Host views, valid once virtq_enable() succeeded. */
+	struct virtq_desc *desc;
+	uint16_t *avail;	/* flags, idx, ring[size], used_event */
+	uint16_t *used;		/* flags, idx, then used_elem ring, avail_event */
+};
+
+/* One request: its descriptors split into device-readable and -writable. */
+struct virtq_chain {
+	uint16_t head;
+	uint16_t nread, nwrite;
+	uint64_t read_len, write_len;
+	struct iovec read[VIRTQ_MAX_SIZE];
+	struct iovec write[VIRTQ_MAX_SIZE];
+};
+
+/*
+ * Check the driver's ring addresses for size entries and map them. Returns 0,
+ * or -EINVAL (with err) for a size that is not a power of two up to
+ * VIRTQ_MAX_SIZE, misaligned rings, or rings outside guest RAM.
+ */
+int virtq_enable(struct virtq *q, const struct guest_mem *m, struct kiln_err *err);
+
+/*
+ * Take the next available request into c. Returns 1 when one was taken, 0
+ * when the ring is empty, -EINVAL when the driver broke the ring (a loop, an
+ * index out of range, a buffer outside guest RAM, a readable descriptor after
+ * a writable one, an avail index that ran ahead); then q->broken is set, the
+ * reason is in err, and the device must go to NEEDS_RESET.
+ */
+int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *c,
+	      struct kiln_err *err);
+
+/* Return request head to the driver with len bytes written. */
+void virtq_push(struct virtq *q, uint16_t head, uint32_t len);
+
+/*
+ * Should the driver be interrupted for what was pushed since the last call?
+ * Honours VIRTQ_AVAIL_F_NO_INTERRUPT and, when negotiated, used_event.
+ */
+int virtq_should_notify(struct virtq *q);
+
+/* Copy up to len bytes out of iovecs (starting at byte off); returns bytes copied. */
+size_t iov_to_buf(const struct iovec *iov, unsigned n, size_t off, void *buf, size_t len);
+/* Copy up to len bytes into iovecs (starting at byte off); returns bytes copied. */
+size_t iov_from_buf(const struct iovec *iov, unsigned n, size_t off, const void *buf, size_t len);
+
+/* ---- virtio-mmio transport (virtio 1.2, 4.2.2) -------------------------- */
+
+#define VIRTIO_MMIO_SIZE	0x200
+#define VIRTIO_MMIO_CONFIG	0x100
+#define VIRTIO_MAX_QUEUES	8
+
+/* Device status (2.1). */
+#define VIRTIO_STATUS_ACKNOWLEDGE	1
+#define VIRTIO_STATUS_DRIVER		2
+#define VIRTIO_STATUS_DRIVER_OK		4
+#define VIRTIO_STATUS_FEATURES_OK	8
+#define VIRTIO_STATUS_NEEDS_RESET	64
+#define VIRTIO_STATUS_FAILED		128
+
+/* Reserved feature bits (6). */
+#define VIRTIO_F_RING_EVENT_IDX		29
+#define VIRTIO_F_VERSION_1		32
+
+#define VIRTIO_INT_USED		1
+#define VIRTIO_INT_CONFIG	2
+
+struct virtio_dev;
+
+/*
+ * What a device type provides; each device file exports one as a
+ * `static const` (kvmtool's pattern). Callbacks run with the device lock
+ * held: config_*, activate and reset on a vCPU thread, notify on the I/O
+ * thread. activate and reset must not touch the ring directly: use
+ * ioloop_call() to get onto the I/O thread.
+ */
+struct virtio_dev_ops {
+	const char *name;
+	uint32_t device_id;		/* 5.x: 1 net, 2 block, 19 vsock */
+	uint16_t num_queues;
+	uint16_t queue_max;		/* largest QueueNum the device accepts */
+	uint32_t config_size;
+	/* Device-specific features offered (VERSION_1 and EVENT_IDX are added). */
+	uint64_t features;
+	void (*config_read)(struct virtio_dev *d, uint32_t off, void *buf, uint32_t len);
+	void (*config_write)(struct virtio_dev *d, uint32_t off, const void *buf, uint32_t len);
+	/* The driver set DRIVER_OK. Return -errno to put the device in NEEDS_RESET. */
+	int (*activate)(struct virtio_dev *d);
+	/* The driver kicked queue q (I/O thread). */
+	void (*notify)(struct virtio_dev *d, unsigned q);
+	/* The driver reset the device: drop in-flight state. */
+	void (*reset)(struct virtio_dev *d);
+	/* kiln-vmm is done with the device: free priv (I/O thread stopped). */
+	void (*destroy)(struct virtio_dev *d);
+};
+
+struct virtio_dev {
+	const struct virtio_dev_ops *ops;
+	void *priv;			/* the device's own state */
+	struct vm *vm;
+	const struct guest_mem *mem;
+	struct ioloop *loop;
+	uint64_t base;			/* MMIO base address */
+	uint32_t irq;			/* GSI */
+	pthread_mutex_t lock;
+
+	uint32_t status;
+	uint32_t dev_feat_sel, drv_feat_sel, queue_sel, config_gen;
+	_Atomic uint32_t isr;
+	uint64_t offered, acked;
+	int queue_ready[VIRTIO_MAX_QUEUES];
+	struct virtq vq[VIRTIO_MAX_QUEUES];
+
+	int irqfd;			/* KVM_IRQFD: a write raises irq */
+	int kick_fd[VIRTIO_MAX_QUEUES];	/* KVM_IOEVENTFD on QueueNotify, one per queue */
+	struct io_op kick_op[VIRTIO_MAX_QUEUES];
+	uint64_t kicks, interrupts;
+};
+
+/*
+ * Set up a virtio-mmio device at base (VIRTIO_MMIO_SIZE bytes) raising irq:
+ * its irqfd, one ioeventfd per queue (watched on loop), and its MMIO region
+ * on vm. vm may be NULL for unit tests (no KVM: nothing is registered, and
+ * interrupts only set the ISR). Returns 0 or -errno with err.
+ */
+int virtio_mmio_init(struct virtio_dev *d, const struct virtio_dev_ops *ops, void *priv,
+		     struct vm *vm, const struct guest_mem *mem, struct ioloop *loop,
+		     uint64_t base, uint32_t irq, struct kiln_err *err);
+/* Undo virtio_mmio_init and call ops->destroy. */
+void virtio_mmio_destroy(struct virtio_dev *d);
+
+/* MMIO handler for the device's register window (vCPU thread). */
+void virtio_mmio_io(void *opaque, uint64_t addr, uint8_t *data, uint32_t size, int is_write);
+
+/* Run notify for queue q as a kick would (I/O thread; used by tests too). */
+void virtio_kick(struct virtio_dev *d, unsigned q);
+
+/* Interrupt the driver if queue q's ring asks for it (device lock held). */
+void virtio_signal_used(struct virtio_dev *d, unsigned q);
+
+/*
+ * The driver broke the device's rules (a bad ring, a bad request): log why,
+ * set DEVICE_NEEDS_RESET and tell the driver with a config interrupt (4.2.3.4).
+ */
+void virtio_needs_reset(struct virtio_dev *d, const char *why);
+
+/* Is the device live (DRIVER_OK, no NEEDS_RESET)? */
+int virtio_running(const struct virtio_dev *d);
+
+/*
+ * Device constructors for kiln-vmm's command-line options: each parses its
+ * option's SPEC, opens what it needs, allocates its state and calls
+ * virtio_mmio_init(). Return 0 or -errno with err naming the problem.
+ */
+typedef int virtio_create_fn(struct virtio_dev *d, const char *spec, struct vm *vm,
+			     const struct guest_mem *mem, struct ioloop *loop,
+			     uint64_t base, uint32_t irq, struct kiln_err *err);
+virtio_create_fn virtio_blk_create;	/* --disk PATH[,ro][,id=NAME] */
+
+/* "virtio_mmio.device=<size>@<base>:<irq>" for the kernel command line. */
+int virtio_cmdline_arg(const struct virtio_dev *d, char *buf, size_t len);
+
+#endif

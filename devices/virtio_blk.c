@@ -1,0 +1,404 @@
+/*
+ * virtio-blk (virtio 1.2, 5.2) on a raw image file, with reads, writes and
+ * flushes submitted to the I/O thread's io_uring. Requests past the end of
+ * the image are refused, not truncated; a read-only disk refuses writes.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "virtio.h"
+
+#define VIRTIO_ID_BLOCK		2
+#define VIRTIO_BLK_F_SEG_MAX	2
+#define VIRTIO_BLK_F_RO		5
+#define VIRTIO_BLK_F_BLK_SIZE	6
+#define VIRTIO_BLK_F_FLUSH	9
+
+#define VIRTIO_BLK_T_IN		0
+#define VIRTIO_BLK_T_OUT	1
+#define VIRTIO_BLK_T_FLUSH	4
+#define VIRTIO_BLK_T_GET_ID	8
+
+#define VIRTIO_BLK_S_OK		0
+#define VIRTIO_BLK_S_IOERR	1
+#define VIRTIO_BLK_S_UNSUPP	2
+
+#define SECTOR		512
+#define BLK_ID_BYTES	20
+#define BLK_QUEUE_SIZE	256
+#define BLK_SEG_MAX	(BLK_QUEUE_SIZE - 2)
+
+struct blk_req_hdr {
+	uint32_t type;
+	uint32_t reserved;
+	uint64_t sector;
+};
+
+struct blk_config {
+	uint64_t capacity;
+	uint32_t size_max;
+	uint32_t seg_max;
+	uint16_t cylinders;
+	uint8_t heads;
+	uint8_t sectors;
+	uint32_t blk_size;
+} __attribute__((packed));
+
+struct blk {
+	struct virtio_dev *dev;
+	int fd;
+	int ro;
+	uint64_t sectors;
+	char id[BLK_ID_BYTES + 1];
+	char path[256];
+	unsigned generation;	/* bumped on reset: stale completions are dropped */
+	unsigned inflight;
+	uint64_t reads, writes, flushes, errors;
+};
+
+/* One request in flight on the ring. */
+struct blk_req {
+	struct io_op op;
+	struct blk *blk;
+	unsigned generation;
+	uint16_t head;
+	uint8_t type;
+	uint8_t *status;
+	uint64_t expect;	/* bytes the I/O must move */
+	unsigned niov;
+	struct iovec iov[];
+};
+
+static void blk_finish(struct blk *b, uint16_t head, uint8_t *status, uint8_t st, uint32_t len)
+{
+	*status = st;
+	if (st != VIRTIO_BLK_S_OK)
+		b->errors++;
+	virtq_push(&b->dev->vq[0], head, len + 1);
+	virtio_signal_used(b->dev, 0);
+}
+
+static void blk_io_done(struct io_op *op, int res, unsigned flags)
+{
+	struct blk_req *r = (struct blk_req *)op;
+	struct blk *b = r->blk;
+	uint8_t st = VIRTIO_BLK_S_OK;
+	uint32_t len = 0;
+
+	(void)flags;
+	pthread_mutex_lock(&b->dev->lock);
+	b->inflight--;
+	if (r->generation == b->generation && virtio_running(b->dev)) {
+		if (res < 0 || (uint64_t)res != r->expect) {
+			fprintf(stderr, "kiln-vmm: %s: %s failed: %s\n", b->path,
+				r->type == VIRTIO_BLK_T_IN ? "read" : r->type == VIRTIO_BLK_T_OUT ? "write" : "flush",
+				res < 0 ? strerror(-res) : "short transfer");
+			st = VIRTIO_BLK_S_IOERR;
+		} else if (r->type == VIRTIO_BLK_T_IN) {
+			len = (uint32_t)res;
+		}
+		blk_finish(b, r->head, r->status, st, len);
+	}
+	pthread_mutex_unlock(&b->dev->lock);
+	free(r);
+}
+
+/*
+ * The data segments of a request: readable bytes after the 16-byte header
+ * for a write, writable bytes before the status byte for a read.
+ */
+static unsigned data_iov(const struct virtq_chain *c, int is_read, struct iovec *out)
+{
+	const struct iovec *src = is_read ? c->write : c->read;
+	unsigned n = is_read ? c->nwrite : c->nread, i, k = 0;
+	uint64_t skip = is_read ? 0 : sizeof(struct blk_req_hdr);
+	uint64_t keep = is_read ? c->write_len - 1 : c->read_len - skip;
+
+	for (i = 0; i < n && keep; i++) {
+		uint8_t *base = src[i].iov_base;
+		uint64_t len = src[i].iov_len;
+
+		if (skip >= len) {
+			skip -= len;
+			continue;
+		}
+		base += skip;
+		len -= skip;
+		skip = 0;
+		if (len > keep)
+			len = keep;
+		out[k++] = (struct iovec){ base, len };
+		keep -= len;
+	}
+	return k;
+}
+
+/* Handle one request; returns -1 if the chain cannot even carry a status. */
+static int blk_request(struct blk *b, struct virtq_chain *c)
+{
+	struct blk_req_hdr h;
+	struct blk_req *r;
+	struct io_uring_sqe *sqe;
+	uint8_t *status;
+	uint64_t bytes;
+	int is_read;
+	unsigned niov;
+
+	/* The status byte is the last byte the device may write (5.2.6). */
+	if (c->write_len == 0 || c->nwrite == 0 || c->write[c->nwrite - 1].iov_len == 0)
+		return -1;
+	status = (uint8_t *)c->write[c->nwrite - 1].iov_base + c->write[c->nwrite - 1].iov_len - 1;
+	if (iov_to_buf(c->read, c->nread, 0, &h, sizeof(h)) != sizeof(h)) {
+		blk_finish(b, c->head, status, VIRTIO_BLK_S_IOERR, 0);
+		return 0;
+	}
+	switch (h.type) {
+	case VIRTIO_BLK_T_GET_ID: {
+		size_t n = c->write_len - 1 < BLK_ID_BYTES ? c->write_len - 1 : BLK_ID_BYTES;
+		size_t done = iov_from_buf(c->write, c->nwrite, 0, b->id, n);
+
+		blk_finish(b, c->head, status, VIRTIO_BLK_S_OK, (uint32_t)done);
+		return 0;
+	}
+	case VIRTIO_BLK_T_FLUSH:
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			goto ioerr;
+		r->type = VIRTIO_BLK_T_FLUSH;
+		r->expect = 0;
+		sqe = ioloop_sqe(b->dev->loop, &r->op);
+		if (!sqe) {
+			free(r);
+			goto ioerr;
+		}
+		io_uring_prep_fsync(sqe, b->fd, IORING_FSYNC_DATASYNC);
+		b->flushes++;
+		break;
+	case VIRTIO_BLK_T_IN:
+	case VIRTIO_BLK_T_OUT:
+		is_read = h.type == VIRTIO_BLK_T_IN;
+		if (!is_read && b->ro)
+			goto ioerr;
+		bytes = is_read ? c->write_len - 1 : c->read_len - sizeof(h);
+		/* Whole sectors, wholly inside the image: refuse, never truncate. */
+		if (bytes % SECTOR || h.sector > b->sectors || bytes / SECTOR > b->sectors - h.sector ||
+		    bytes > INT32_MAX)
+			goto ioerr;
+		r = calloc(1, sizeof(*r) + (is_read ? c->nwrite : c->nread) * sizeof(struct iovec));
+		if (!r)
+			goto ioerr;
+		niov = data_iov(c, is_read, r->iov);
+		r->niov = niov;
+		r->type = (uint8_t)h.type;
+		r->expect = bytes;
+		sqe = ioloop_sqe(b->dev->loop, &r->op);
+		if (!sqe) {
+			free(r);
+			goto ioerr;
+		}
+		if (is_read) {
+			io_uring_prep_readv(sqe, b->fd, r->iov, niov, h.sector * SECTOR);
+			b->reads++;
+		} else {
+			io_uring_prep_writev(sqe, b->fd, r->iov, niov, h.sector * SECTOR);
+			b->writes++;
+		}
+		break;
+	default:
+		blk_finish(b, c->head, status, VIRTIO_BLK_S_UNSUPP, 0);
+		return 0;
+	}
+	r->op.done = blk_io_done;
+	r->blk = b;
+	r->generation = b->generation;
+	r->head = c->head;
+	r->status = status;
+	b->inflight++;
+	return 0;
+ioerr:
+	blk_finish(b, c->head, status, VIRTIO_BLK_S_IOERR, 0);
+	return 0;
+}
+
+static void blk_notify(struct virtio_dev *d, unsigned q)
+{
+	struct blk *b = d->priv;
+	static __thread struct virtq_chain chain;
+	struct kiln_err err;
+	int r;
+
+	if (q != 0)
+		return;
+	while ((r = virtq_pop(&d->vq[0], d->mem, &chain, &err)) == 1) {
+		if (blk_request(b, &chain) < 0) {
+			virtio_needs_reset(d, "block request without a status byte");
+			return;
+		}
+	}
+	if (r < 0)
+		virtio_needs_reset(d, err.msg);
+}
+
+static void blk_config_read(struct virtio_dev *d, uint32_t off, void *buf, uint32_t len)
+{
+	struct blk *b = d->priv;
+	uint8_t cfg[64] = { 0 };
+	struct blk_config c = {
+		.capacity = b->sectors,
+		.seg_max = BLK_SEG_MAX,
+		.blk_size = SECTOR,
+	};
+
+	memcpy(cfg, &c, sizeof(c));
+	if (off < sizeof(cfg) && len <= sizeof(cfg) - off)
+		memcpy(buf, cfg + off, len);
+}
+
+static void blk_reset(struct virtio_dev *d)
+{
+	struct blk *b = d->priv;
+
+	b->generation++;
+}
+
+static void blk_destroy(struct virtio_dev *d)
+{
+	struct blk *b = d->priv;
+
+	if (!b)
+		return;
+	if (b->fd >= 0)
+		close(b->fd);
+	free(b);
+	d->priv = NULL;
+}
+
+static const struct virtio_dev_ops blk_ops = {
+	.name = "virtio-blk",
+	.device_id = VIRTIO_ID_BLOCK,
+	.num_queues = 1,
+	.queue_max = BLK_QUEUE_SIZE,
+	.config_size = 64,
+	.features = 1ULL << VIRTIO_BLK_F_SEG_MAX | 1ULL << VIRTIO_BLK_F_BLK_SIZE |
+		    1ULL << VIRTIO_BLK_F_FLUSH,
+	.config_read = blk_config_read,
+	.notify = blk_notify,
+	.reset = blk_reset,
+	.destroy = blk_destroy,
+};
+
+static const struct virtio_dev_ops blk_ro_ops = {
+	.name = "virtio-blk",
+	.device_id = VIRTIO_ID_BLOCK,
+	.num_queues = 1,
+	.queue_max = BLK_QUEUE_SIZE,
+	.config_size = 64,
+	.features = 1ULL << VIRTIO_BLK_F_SEG_MAX | 1ULL << VIRTIO_BLK_F_BLK_SIZE |
+		    1ULL << VIRTIO_BLK_F_FLUSH | 1ULL << VIRTIO_BLK_F_RO,
+	.config_read = blk_config_read,
+	.notify = blk_notify,
+	.reset = blk_reset,
+	.destroy = blk_destroy,
+};
+
+/* Parse "PATH[,ro][,id=NAME]" into b. */
+static int blk_parse(struct blk *b, const char *spec, struct kiln_err *err)
+{
+	const char *comma = strchr(spec, ',');
+	size_t plen = comma ? (size_t)(comma - spec) : strlen(spec);
+
+	if (plen == 0 || plen >= sizeof(b->path))
+		return kiln_fail(err, EINVAL, "--disk %s: expected PATH[,ro][,id=NAME]", spec);
+	memcpy(b->path, spec, plen);
+	b->path[plen] = '\0';
+	snprintf(b->id, sizeof(b->id), "kiln");
+	while (comma) {
+		const char *opt = comma + 1;
+		size_t olen;
+
+		comma = strchr(opt, ',');
+		olen = comma ? (size_t)(comma - opt) : strlen(opt);
+		if (olen == 2 && strncmp(opt, "ro", 2) == 0) {
+			b->ro = 1;
+		} else if (olen > 3 && strncmp(opt, "id=", 3) == 0 && olen - 3 <= BLK_ID_BYTES) {
+			memcpy(b->id, opt + 3, olen - 3);
+			b->id[olen - 3] = '\0';
+		} else {
+			return kiln_fail(err, EINVAL, "--disk %s: unknown option '%.*s' (expected ro or id=NAME of at most %d bytes)",
+					 spec, (int)olen, opt, BLK_ID_BYTES);
+		}
+	}
+	return 0;
+}
+
+int virtio_blk_create(struct virtio_dev *d, const char *spec, struct vm *vm,
+		      const struct guest_mem *mem, struct ioloop *loop,
+		      uint64_t base, uint32_t irq, struct kiln_err *err)
+{
+	struct blk *b = calloc(1, sizeof(*b));
+	struct stat st;
+	uint64_t size;
+	int r;
+
+	if (!b)
+		return kiln_fail(err, ENOMEM, "out of memory");
+	b->fd = -1;
+	r = blk_parse(b, spec, err);
+	if (r < 0)
+		goto fail;
+	b->fd = open(b->path, (b->ro ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (b->fd < 0) {
+		r = kiln_fail(err, errno, "--disk %s: %s", b->path, strerror(errno));
+		goto fail;
+	}
+	/* Two VMMs writing one image corrupt it: take a lock for our lifetime. */
+	if (flock(b->fd, (b->ro ? LOCK_SH : LOCK_EX) | LOCK_NB) < 0) {
+		r = kiln_fail(err, EBUSY, "--disk %s: in use by another process (give each VM its own writable image, or add ,ro)",
+			      b->path);
+		goto fail;
+	}
+	if (fstat(b->fd, &st) < 0) {
+		r = kiln_fail(err, errno, "--disk %s: %s", b->path, strerror(errno));
+		goto fail;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		if (ioctl(b->fd, BLKGETSIZE64, &size) < 0) {
+			r = kiln_fail(err, errno, "--disk %s: BLKGETSIZE64: %s", b->path, strerror(errno));
+			goto fail;
+		}
+	} else if (S_ISREG(st.st_mode)) {
+		size = (uint64_t)st.st_size;
+	} else {
+		r = kiln_fail(err, EINVAL, "--disk %s: not a regular file or block device", b->path);
+		goto fail;
+	}
+	if (size == 0 || size % SECTOR) {
+		r = kiln_fail(err, EINVAL, "--disk %s: size %" PRIu64 " is not a positive multiple of 512 bytes (truncate -s to fix)",
+			      b->path, size);
+		goto fail;
+	}
+	b->sectors = size / SECTOR;
+	b->dev = d;
+	r = virtio_mmio_init(d, b->ro ? &blk_ro_ops : &blk_ops, b, vm, mem, loop, base, irq, err);
+	if (r < 0)
+		goto fail_dev;
+	return 0;
+fail:
+	if (b->fd >= 0)
+		close(b->fd);
+	free(b);
+	return r;
+fail_dev:
+	/* virtio_mmio_init set d->ops: destroy frees b. */
+	d->priv = b;
+	return r;
+}

@@ -1,0 +1,199 @@
+/*
+ * The liburing event loop. Everything a device waits on is a submission on
+ * this one ring, so the vCPU threads only ever handle config-space exits.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "ioloop.h"
+
+static void stop_done(struct io_op *op, int res, unsigned flags)
+{
+	(void)op;
+	(void)res;
+	(void)flags;
+}
+
+/* Run the functions queued by ioloop_call(), in order. */
+static void call_done(struct io_op *op, int res, unsigned flags)
+{
+	struct ioloop *l = (struct ioloop *)((char *)op - offsetof(struct ioloop, call_op));
+	uint64_t v;
+	unsigned i, n;
+
+	(void)res;
+	(void)flags;
+	(void)!read(l->call_efd, &v, sizeof(v));
+	for (;;) {
+		void (*fn)(void *);
+		void *arg;
+
+		pthread_mutex_lock(&l->call_lock);
+		n = l->ncalls;
+		if (n == 0) {
+			pthread_mutex_unlock(&l->call_lock);
+			break;
+		}
+		fn = l->calls[0].fn;
+		arg = l->calls[0].arg;
+		for (i = 1; i < n; i++)
+			l->calls[i - 1] = l->calls[i];
+		l->ncalls = n - 1;
+		pthread_mutex_unlock(&l->call_lock);
+		fn(arg);
+	}
+}
+
+int ioloop_call(struct ioloop *l, void (*fn)(void *arg), void *arg)
+{
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&l->call_lock);
+	if (l->ncalls == sizeof(l->calls) / sizeof(l->calls[0])) {
+		pthread_mutex_unlock(&l->call_lock);
+		return -ENOSPC;
+	}
+	l->calls[l->ncalls].fn = fn;
+	l->calls[l->ncalls].arg = arg;
+	l->ncalls++;
+	pthread_mutex_unlock(&l->call_lock);
+	(void)!write(l->call_efd, &one, sizeof(one));
+	return 0;
+}
+
+int ioloop_init(struct ioloop *l, unsigned entries, struct kiln_err *err)
+{
+	int r;
+
+	memset(l, 0, sizeof(*l));
+	pthread_mutex_init(&l->call_lock, NULL);
+	l->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	l->call_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (l->stop_efd < 0 || l->call_efd < 0)
+		return kiln_fail(err, errno, "eventfd: %s", strerror(errno));
+	r = io_uring_queue_init(entries, &l->ring, 0);
+	if (r < 0) {
+		close(l->stop_efd);
+		if (r == -ENOSYS || r == -EPERM)
+			return kiln_fail(err, -r, "io_uring is unavailable: %s (enable it: sysctl kernel.io_uring_disabled=0)",
+					 strerror(-r));
+		return kiln_fail(err, -r, "io_uring_queue_init: %s", strerror(-r));
+	}
+	l->ready = 1;
+	l->stop_op.done = stop_done;
+	l->call_op.done = call_done;
+	r = ioloop_watch(l, l->stop_efd, &l->stop_op);
+	return r < 0 ? r : ioloop_watch(l, l->call_efd, &l->call_op);
+}
+
+void ioloop_destroy(struct ioloop *l)
+{
+	if (l->ready)
+		io_uring_queue_exit(&l->ring);
+	l->ready = 0;
+	if (l->stop_efd >= 0)
+		close(l->stop_efd);
+	if (l->call_efd >= 0)
+		close(l->call_efd);
+	l->stop_efd = l->call_efd = -1;
+	pthread_mutex_destroy(&l->call_lock);
+}
+
+struct io_uring_sqe *ioloop_sqe(struct ioloop *l, struct io_op *op)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&l->ring);
+
+	if (!sqe) {
+		/* Ring full: hand what we have to the kernel and try again. */
+		io_uring_submit(&l->ring);
+		sqe = io_uring_get_sqe(&l->ring);
+		if (!sqe)
+			return NULL;
+	}
+	io_uring_sqe_set_data(sqe, op);
+	return sqe;
+}
+
+static int arm_watch(struct ioloop *l, struct io_op *op)
+{
+	struct io_uring_sqe *sqe = ioloop_sqe(l, op);
+
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_poll_multishot(sqe, op->watch_fd, POLLIN);
+	return 0;
+}
+
+int ioloop_watch(struct ioloop *l, int fd, struct io_op *op)
+{
+	op->is_watch = 1;
+	op->watch_fd = fd;
+	return arm_watch(l, op);
+}
+
+static void *ioloop_thread(void *arg)
+{
+	struct ioloop *l = arg;
+	sigset_t all;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	while (!atomic_load(&l->stopping)) {
+		struct io_uring_cqe *cqe;
+		unsigned head, n = 0;
+		int r = io_uring_submit_and_wait(&l->ring, 1);
+
+		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+			fprintf(stderr, "kiln-vmm: io_uring_submit_and_wait: %s\n", strerror(-r));
+			break;
+		}
+		io_uring_for_each_cqe(&l->ring, head, cqe) {
+			struct io_op *op = io_uring_cqe_get_data(cqe);
+			int res = cqe->res;
+			unsigned flags = cqe->flags;
+
+			int rearm;
+
+			n++;
+			if (!op)
+				continue;
+			/* A multishot poll that ended (no F_MORE) is armed again. Decide
+			 * before done(): a one-shot op may be freed by it. */
+			rearm = op->is_watch && !(flags & IORING_CQE_F_MORE) && res != -ECANCELED;
+			op->done(op, res, flags);
+			if (rearm)
+				arm_watch(l, op);
+		}
+		io_uring_cq_advance(&l->ring, n);
+		l->completions += n;
+	}
+	return NULL;
+}
+
+int ioloop_start(struct ioloop *l)
+{
+	int r = pthread_create(&l->thread, NULL, ioloop_thread, l);
+
+	if (r)
+		return -r;
+	l->started = 1;
+	return 0;
+}
+
+void ioloop_stop(struct ioloop *l)
+{
+	uint64_t one = 1;
+
+	atomic_store(&l->stopping, 1);
+	if (l->stop_efd >= 0)
+		(void)!write(l->stop_efd, &one, sizeof(one));
+	if (l->started)
+		pthread_join(l->thread, NULL);
+	l->started = 0;
+}
