@@ -15,8 +15,7 @@ CPPFLAGS := -D_GNU_SOURCE -Iguest -Ivmm -Idevices
 LDLIBS  := -luring -pthread
 
 VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
-             vmm/ioloop.c devices/serial.c devices/i8042.c devices/virtq.c devices/virtio_mmio.c \
-             devices/virtio_blk.c
+             vmm/ioloop.c $(sort $(wildcard devices/*.c))
 VMM_HDRS  := vmm/vmm.h vmm/ioloop.h devices/devices.h devices/virtio.h guest/abi.h guest/base64.h
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 
@@ -54,8 +53,15 @@ $(O)/guest/init: guest/init.c guest/abi.h guest/base64.h
 	@mkdir -p $(@D)
 	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -o $@ guest/init.c
 
-$(O)/guest/initramfs.cpio: $(O)/guest/init guest/mkinitramfs.sh
-	guest/mkinitramfs.sh $(O)/guest/init $@
+# Static helper programs for the guest (guest/tools/NAME.c -> /usr/bin/NAME).
+GUEST_TOOLS := $(patsubst guest/tools/%.c,$(O)/guest/tools/%,$(wildcard guest/tools/*.c))
+
+$(O)/guest/tools/%: guest/tools/%.c guest/abi.h
+	@mkdir -p $(@D)
+	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -Iguest -o $@ $<
+
+$(O)/guest/initramfs.cpio: $(O)/guest/init $(GUEST_TOOLS) guest/mkinitramfs.sh
+	guest/mkinitramfs.sh $(O)/guest/init $@ $(GUEST_TOOLS)
 
 # The kernel build is cached outside the repo (guest/build-kernel.sh); this
 # only links the cached vmlinux and bzImage into build/guest/.

@@ -108,7 +108,9 @@ void virtio_mmio_destroy(struct virtio_dev *d)
 {
 	unsigned q;
 
-	if (d->ops && d->ops->destroy)
+	if (!d->ops)
+		return;		/* never initialised */
+	if (d->ops->destroy)
 		d->ops->destroy(d);
 	for (q = 0; q < VIRTIO_MAX_QUEUES; q++)
 		if (d->kick_fd[q] >= 0)
@@ -117,6 +119,7 @@ void virtio_mmio_destroy(struct virtio_dev *d)
 		close(d->irqfd);
 	d->irqfd = -1;
 	pthread_mutex_destroy(&d->lock);
+	d->ops = NULL;
 }
 
 int virtio_running(const struct virtio_dev *d)
@@ -142,10 +145,11 @@ void virtio_signal_used(struct virtio_dev *d, unsigned q)
 
 void virtio_needs_reset(struct virtio_dev *d, const char *why)
 {
-	fprintf(stderr, "kiln-vmm: %s: the guest driver broke the device: %s (device needs reset)\n",
-		d->ops->name, why);
+	/* One line per reset cycle: a looping guest must not flood the log. */
 	if (d->status & VIRTIO_STATUS_NEEDS_RESET)
 		return;
+	fprintf(stderr, "kiln-vmm: %s: the guest driver broke the device: %s (device needs reset)\n",
+		d->ops->name, why);
 	d->status |= VIRTIO_STATUS_NEEDS_RESET;
 	if (d->status & VIRTIO_STATUS_DRIVER_OK)
 		raise_irq(d, VIRTIO_INT_CONFIG);

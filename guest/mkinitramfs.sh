@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Build kiln's guest initramfs: the init (PID 1) and Debian's busybox-static
 # with a link for every applet, as an uncompressed newc cpio (no decompression
-# at boot). Usage: mkinitramfs.sh INIT OUTPUT
+# at boot), plus any static TOOLS in /usr/bin.
+# Usage: mkinitramfs.sh INIT OUTPUT [TOOL...]
 set -euo pipefail
 
-init=${1:?usage: mkinitramfs.sh INIT OUTPUT}
-out=$(realpath -m "${2:?usage: mkinitramfs.sh INIT OUTPUT}")
+init=${1:?usage: mkinitramfs.sh INIT OUTPUT [TOOL...]}
+out=$(realpath -m "${2:?usage: mkinitramfs.sh INIT OUTPUT [TOOL...]}")
+shift 2
 busybox=${BUSYBOX:-/bin/busybox}
 
 if ! "$busybox" --list-full >/dev/null 2>&1; then
@@ -22,6 +24,9 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc,mnt,var}
 install -m 0755 "$init" "$stage/init"
 install -m 0755 "$busybox" "$stage/bin/busybox"
+for tool in "$@"; do
+	install -m 0755 "$tool" "$stage/usr/bin/$(basename "$tool")"
+done
 "$busybox" --list-full | while read -r applet; do
 	[ "$applet" = bin/busybox ] && continue
 	up=$(dirname "$applet" | sed -e 's|[^/]*|..|g')

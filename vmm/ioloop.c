@@ -117,6 +117,8 @@ struct io_uring_sqe *ioloop_sqe(struct ioloop *l, struct io_op *op)
 			return NULL;
 	}
 	io_uring_sqe_set_data(sqe, op);
+	if (!op->is_watch)
+		l->inflight++;
 	return sqe;
 }
 
@@ -137,6 +139,36 @@ int ioloop_watch(struct ioloop *l, int fd, struct io_op *op)
 	return arm_watch(l, op);
 }
 
+int ioloop_poll(struct ioloop *l, unsigned min)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+	int r = io_uring_submit_and_wait(&l->ring, min);
+
+	if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY)
+		return r;
+	io_uring_for_each_cqe(&l->ring, head, cqe) {
+		struct io_op *op = io_uring_cqe_get_data(cqe);
+		int res = cqe->res, rearm;
+		unsigned flags = cqe->flags;
+
+		n++;
+		if (!op)
+			continue;
+		/* A multishot poll that ended (no F_MORE) is armed again. Decide
+		 * before done(): a one-shot op may be freed by it. */
+		rearm = op->is_watch && !(flags & IORING_CQE_F_MORE) && res != -ECANCELED;
+		if (!op->is_watch && !(flags & IORING_CQE_F_MORE))
+			l->inflight--;
+		op->done(op, res, flags);
+		if (rearm)
+			arm_watch(l, op);
+	}
+	io_uring_cq_advance(&l->ring, n);
+	l->completions += n;
+	return (int)n;
+}
+
 static void *ioloop_thread(void *arg)
 {
 	struct ioloop *l = arg;
@@ -145,33 +177,12 @@ static void *ioloop_thread(void *arg)
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	while (!atomic_load(&l->stopping)) {
-		struct io_uring_cqe *cqe;
-		unsigned head, n = 0;
-		int r = io_uring_submit_and_wait(&l->ring, 1);
+		int r = ioloop_poll(l, 1);
 
-		if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+		if (r < 0) {
 			fprintf(stderr, "kiln-vmm: io_uring_submit_and_wait: %s\n", strerror(-r));
 			break;
 		}
-		io_uring_for_each_cqe(&l->ring, head, cqe) {
-			struct io_op *op = io_uring_cqe_get_data(cqe);
-			int res = cqe->res;
-			unsigned flags = cqe->flags;
-
-			int rearm;
-
-			n++;
-			if (!op)
-				continue;
-			/* A multishot poll that ended (no F_MORE) is armed again. Decide
-			 * before done(): a one-shot op may be freed by it. */
-			rearm = op->is_watch && !(flags & IORING_CQE_F_MORE) && res != -ECANCELED;
-			op->done(op, res, flags);
-			if (rearm)
-				arm_watch(l, op);
-		}
-		io_uring_cq_advance(&l->ring, n);
-		l->completions += n;
 	}
 	return NULL;
 }

@@ -33,6 +33,7 @@ struct ioloop {
 	pthread_t thread;
 	int started;
 	uint64_t completions;
+	unsigned inflight;		/* one-shot ops submitted, not yet completed */
 };
 
 /* Set up the ring (entries SQEs). Returns 0 or -errno with err. */
@@ -56,6 +57,13 @@ int ioloop_watch(struct ioloop *l, int fd, struct io_op *op);
  * -ENOSPC if too many calls are pending.
  */
 int ioloop_call(struct ioloop *l, void (*fn)(void *arg), void *arg);
+
+/*
+ * Submit what is queued and handle completions on the calling thread,
+ * waiting for at least min of them. For tests and for loops not started with
+ * ioloop_start(). Returns the number handled or -errno.
+ */
+int ioloop_poll(struct ioloop *l, unsigned min);
 
 /* Start the I/O thread. Returns 0 or -errno. */
 int ioloop_start(struct ioloop *l);
