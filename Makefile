@@ -22,7 +22,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration \
-        bench-boot fuzz fuzz-build deps deps-test clean FORCE
+        bench-boot bench-blk fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
 
@@ -133,6 +133,13 @@ bench-boot: deps-test
 	@$(MAKE) --no-print-directory all $(O)/bench-boot
 	tests/nested/kvm-host.sh -- $(O)/bench-boot --runs $(BENCH_RUNS) --vmm $(O)/kiln-vmm \
 	  --kernel $(O)/guest/vmlinux --initrd $(O)/guest/initramfs.cpio
+
+# virtio-blk against the host and QEMU microvm on the same backing device.
+BENCH_SECONDS ?= 3
+bench-blk: deps-test
+	@$(MAKE) --no-print-directory all
+	tests/nested/kvm-host.sh -- bench/blk.sh $(O)/kiln-vmm $(O)/guest/vmlinux \
+	  $(O)/guest/initramfs.cpio $(O)/guest/tools/kiln-blkbench $(BENCH_SECONDS)
 
 clean:
 	rm -rf $(O)
