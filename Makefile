@@ -22,7 +22,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration \
-        bench-boot bench-blk fuzz fuzz-build deps deps-test clean FORCE
+        bench-boot bench-blk bench-net bench-vsock fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
 
@@ -140,6 +140,18 @@ bench-blk: deps-test
 	@$(MAKE) --no-print-directory all
 	tests/nested/kvm-host.sh -- bench/blk.sh $(O)/kiln-vmm $(O)/guest/vmlinux \
 	  $(O)/guest/initramfs.cpio $(O)/guest/tools/kiln-blkbench $(BENCH_SECONDS)
+
+# virtio-net against a veth pair and QEMU microvm, through taps.
+BENCH_NET_MIB ?= 32
+bench-net: deps-test
+	@$(MAKE) --no-print-directory all
+	tests/nested/kvm-host.sh -- bench/net.sh $(O)/kiln-vmm $(O)/guest/vmlinux \
+	  $(O)/guest/initramfs.cpio $(BENCH_NET_MIB)
+
+# vsock echo latency and throughput against a plain unix socket.
+bench-vsock: deps-test
+	@$(MAKE) --no-print-directory all
+	tests/nested/kvm-host.sh -- bench/vsock.sh $(O)/kiln-vmm
 
 clean:
 	rm -rf $(O)

@@ -198,6 +198,24 @@ typedef int virtio_create_fn(struct virtio_dev *d, const char *spec, struct vm *
 			     const struct guest_mem *mem, struct ioloop *loop,
 			     uint64_t base, uint32_t irq, struct kiln_err *err);
 virtio_create_fn virtio_blk_create;	/* --disk PATH[,ro][,id=NAME] */
+virtio_create_fn virtio_vsock_create;	/* --vsock cid=N,uds=PATH */
+
+/*
+ * Tell the guest's vsock driver that every connection is gone
+ * (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, 5.10.6.7), e.g. after a snapshot is
+ * restored, and close them on the host side. Any thread.
+ */
+void virtio_vsock_transport_reset(struct virtio_dev *d);
+virtio_create_fn virtio_net_create;	/* --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx] */
+
+/*
+ * virtio-net over an already open fd instead of a tap (tests, fuzzing): each
+ * read or write is one frame behind a 12-byte virtio_net_hdr_v1, as on a
+ * tap with IFF_VNET_HDR. fd must be non-blocking and is taken over.
+ */
+int virtio_net_create_fd(struct virtio_dev *d, int fd, const uint8_t mac[6], struct vm *vm,
+			 const struct guest_mem *mem, struct ioloop *loop,
+			 uint64_t base, uint32_t irq, struct kiln_err *err);
 
 /* "virtio_mmio.device=<size>@<base>:<irq>" for the kernel command line. */
 int virtio_cmdline_arg(const struct virtio_dev *d, char *buf, size_t len);

@@ -34,6 +34,8 @@
  */
 #define KILN_PARAM_CMD		"kiln.cmd="
 #define KILN_PARAM_BOOTMARK	"kiln.bootmark"
+/* kiln.mount=DEV:DIR[:FSTYPE[:ro]]: the init mounts a disk (repeatable). */
+#define KILN_PARAM_MOUNT	"kiln.mount="
 #define KILN_BOOT_MARK		"kiln-boot-mark"
 
 /* x86 COMMAND_LINE_SIZE: the kernel truncates anything longer. */

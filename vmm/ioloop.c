@@ -117,7 +117,7 @@ struct io_uring_sqe *ioloop_sqe(struct ioloop *l, struct io_op *op)
 			return NULL;
 	}
 	io_uring_sqe_set_data(sqe, op);
-	if (!op->is_watch)
+	if (op && !op->is_watch)
 		l->inflight++;
 	return sqe;
 }

@@ -60,6 +60,8 @@ static const struct {
 	virtio_create_fn *create;
 } device_types[] = {
 	{ "disk", virtio_blk_create },
+	{ "vsock", virtio_vsock_create },
+	{ "net", virtio_net_create },
 };
 
 struct opts {
@@ -103,6 +105,14 @@ static void usage(FILE *f)
 "  --disk PATH[,ro][,id=NAME]\n"
 "                    a raw disk image as virtio-blk (/dev/vda, /dev/vdb, ...\n"
 "                    in the order given); ro refuses the guest's writes\n"
+"  --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx]\n"
+"                    virtio-net on tap NAME (the guest's eth0; MAC default\n"
+"                    06:00:ac:10:00:02); address it with\n"
+"                    --cmdline kiln.net=ADDR/PREFIX[,GATEWAY]\n"
+"  --vsock cid=N,uds=PATH\n"
+"                    virtio-vsock as guest CID N (3 and up); host programs\n"
+"                    connect to unix socket PATH and send \"CONNECT <port>\\n\",\n"
+"                    guest connections to CID 2 port P reach PATH_P\n"
 "  -v, --verbose     report boot timings and exit counts on stderr\n"
 "  -h, --help        show this help\n"
 "  --version         show the version\n"
@@ -209,6 +219,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		{ "hugepages", no_argument, NULL, OPT_HUGEPAGES },
 		{ "kvm", required_argument, NULL, OPT_KVM },
 		{ "disk", required_argument, NULL, OPT_DEVICE },
+		{ "vsock", required_argument, NULL, OPT_DEVICE },
+		{ "net", required_argument, NULL, OPT_DEVICE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, OPT_VERSION },

@@ -70,3 +70,16 @@ run "$v: blk: a missing image is a clear error" 125 'kiln-vmm: --disk /nonexiste
 	"$vmm" --disk /nonexistent.img -- true
 run "$v: blk: an image that is not whole sectors" 125 'not a positive multiple of 512' \
 	sh -c "head -c 1000 /dev/zero >'$work/odd.img' && '$vmm' --disk '$work/odd.img' -- true"
+
+# The init mounts a disk named on the kernel command line.
+blk_mount() {
+	local vmm=$1 work=$2
+	rm -rf "$work/fsroot" && mkdir -p "$work/fsroot" && echo "hello from ext4" >"$work/fsroot/hello"
+	rm -f "$work/fs.img"
+	mkfs.ext4 -q -F -d "$work/fsroot" "$work/fs.img" 32M || return 1
+	"$vmm" --disk "$work/fs.img" --cmdline 'kiln.mount=/dev/vda:/data' -- sh -c 'cat /data/hello && echo written >/data/new && sync' || return 1
+	debugfs -R 'cat /new' "$work/fs.img" 2>/dev/null
+}
+export -f blk_mount
+run "$v: blk: kiln.mount= mounts an ext4 disk read-write" 0 '^written$' \
+	bash -c 'blk_mount "$@"' _ "$vmm" "$work"

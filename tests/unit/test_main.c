@@ -21,7 +21,9 @@ int main(void)
 	srunner_add_suite(sr, suite_cpuid());
 	srunner_add_suite(sr, suite_base64());
 	srunner_add_suite(sr, suite_virtq());
+	srunner_add_suite(sr, suite_vsock());
 	srunner_add_suite(sr, suite_blk());
+	srunner_add_suite(sr, suite_net());
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);

@@ -14,7 +14,9 @@ Suite *suite_serial(void);
 Suite *suite_cpuid(void);
 Suite *suite_base64(void);
 Suite *suite_virtq(void);
+Suite *suite_vsock(void);
 Suite *suite_blk(void);
+Suite *suite_net(void);
 
 /* Guest memory of mib MiB for a test (fails the test if it cannot map). */
 void unit_mem(struct guest_mem *m, uint64_t mib);
