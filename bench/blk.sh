@@ -8,6 +8,8 @@
 # bench-blk goes through tests/nested/kvm-host.sh where there is none).
 # Usage: bench/blk.sh VMM KERNEL INITRD TOOL [SECONDS]
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 vmm=$1 kernel=$2 initrd=$3 tool=$4 secs=${5:-3}
 qemu=${QEMU:-qemu-system-x86_64}
@@ -20,11 +22,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ "${KILN_NESTED_HOST:-}" = 1 ]; then
-	echo "host: nested (KVM inside QEMU TCG): compare the ratios, not the absolute figures"
-else
-	echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), real KVM"
-fi
+bench_host_banner
 
 # A loop device over a file: O_DIRECT works on it wherever the file lives.
 echo "bench-blk: preparing a ${size_mib} MiB backing device" >&2
@@ -48,8 +46,7 @@ echo "bench-blk: kiln-vmm" >&2
 "$vmm" --mem 512 --vcpus 2 --disk "$loopdev" -- sh -c "$guest_script" >"$tmp/kiln"
 
 echo "bench-blk: QEMU microvm" >&2
-cmd=$(python3 -c 'import base64, sys; print(base64.urlsafe_b64encode(b"".join(a.encode() + b"\0" for a in sys.argv[1:])).decode().rstrip("="))' \
-	sh -c "$guest_script")
+cmd=$(bench_kiln_cmd sh -c "$guest_script")
 "$qemu" -M microvm,acpi=off -accel kvm -cpu host -m 512 -smp 2 -nodefaults -no-user-config \
 	-display none -serial stdio -no-reboot -kernel "$kernel" -initrd "$initrd" \
 	-append "console=ttyS0 reboot=k panic=-1 quiet no_timer_check kiln.cmd=$cmd" \
@@ -69,8 +66,7 @@ row() { # LABEL MODE QD FIELD
 	k=$(value "$tmp/kiln" "$2" "$3" "$4")
 	q=$(value "$tmp/qemu" "$2" "$3" "$4")
 	printf '%-26s %12s %12s %12s %10s %10s\n' "$1" "${h:-?}" "${k:-?}" "${q:-?}" \
-		"$(awk -v a="$k" -v b="$h" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else print "?" }')" \
-		"$(awk -v a="$k" -v b="$q" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else print "?" }')"
+		"$(bench_ratio "$k" "$h")" "$(bench_ratio "$k" "$q")"
 }
 row "4K random read QD1 IOPS" randread 1 iops
 row "4K random read QD32 IOPS" randread 32 iops

@@ -8,6 +8,8 @@
 # tests/nested/kvm-host.sh where there is none).
 # Usage: bench/net.sh VMM KERNEL INITRD [MIB]
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 vmm=$1 kernel=$2 initrd=$3 mib=${4:-64}
 qemu=${QEMU:-qemu-system-x86_64}
@@ -23,11 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ "${KILN_NESTED_HOST:-}" = 1 ]; then
-	echo "host: nested (KVM inside QEMU TCG): compare the ratios, not the absolute figures"
-else
-	echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), real KVM"
-fi
+bench_host_banner
 
 # receive ADDR PORT OUT: accept one connection, read $mib MiB, write MB/s from
 # the first byte to the last, then close (busybox nc does not half-close).
@@ -92,8 +90,7 @@ echo "bench-net: QEMU microvm" >&2
 ip tuntap add kbq0 mode tap
 ip addr add 172.32.0.1/24 dev kbq0 && ip link set kbq0 up
 receive 172.32.0.1 5001 "$tmp/qemu.tcp"
-cmd=$(python3 -c 'import base64, sys; print(base64.urlsafe_b64encode(b"".join(a.encode() + b"\0" for a in sys.argv[1:])).decode().rstrip("="))' \
-	sh -c "$(sender 172.32.0.1 busybox)")
+cmd=$(bench_kiln_cmd sh -c "$(sender 172.32.0.1 busybox)")
 "$qemu" -M microvm,acpi=off -accel kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \
 	-display none -serial stdio -no-reboot -kernel "$kernel" -initrd "$initrd" \
 	-append "console=ttyS0 reboot=k panic=-1 quiet no_timer_check kiln.net=172.32.0.2/24 kiln.cmd=$cmd" \
@@ -102,7 +99,6 @@ cmd=$(python3 -c 'import base64, sys; print(base64.urlsafe_b64encode(b"".join(a.
 	-device isa-debug-exit,iobase=0xf4,iosize=4 >"$tmp/qemu.out" 2>&1 || true
 wait
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else print "?" }'; }
 v_t=$(cut -d' ' -f1 "$tmp/veth.tcp" 2>/dev/null || true)
 k_t=$(cut -d' ' -f1 "$tmp/kiln.tcp" 2>/dev/null || true)
 q_t=$(cut -d' ' -f1 "$tmp/qemu.tcp" 2>/dev/null || true)
@@ -111,9 +107,9 @@ k_r=$(rtt_of "$tmp/kiln.out")
 q_r=$(rtt_of "$tmp/qemu.out")
 printf '\n%-28s %10s %10s %13s %11s %10s\n' metric veth kiln-vmm "QEMU microvm" kiln/veth kiln/QEMU
 printf '%-28s %10s %10s %13s %11s %10s\n' "TCP guest->host MB/s ($mib MiB)" "${v_t:-?}" "${k_t:-?}" "${q_t:-?}" \
-	"$(ratio "$k_t" "$v_t")" "$(ratio "$k_t" "$q_t")"
+	"$(bench_ratio "$k_t" "$v_t")" "$(bench_ratio "$k_t" "$q_t")"
 printf '%-28s %10s %10s %13s %11s %10s\n' "ping RTT avg ms" "${v_r:-?}" "${k_r:-?}" "${q_r:-?}" \
-	"$(ratio "$k_r" "$v_r")" "$(ratio "$k_r" "$q_r")"
+	"$(bench_ratio "$k_r" "$v_r")" "$(bench_ratio "$k_r" "$q_r")"
 for f in veth kiln qemu; do
 	if [ ! -s "$tmp/$f.tcp" ]; then
 		echo "bench-net: the $f run did not finish; its output:" >&2

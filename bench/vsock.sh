@@ -6,6 +6,8 @@
 # (make bench-vsock goes through tests/nested/kvm-host.sh where there is none).
 # Usage: bench/vsock.sh VMM [MIB] [ROUNDS]
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 vmm=$1 mib=${2:-32} rounds=${3:-2000}
 tmp=$(mktemp -d)
@@ -16,11 +18,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ "${KILN_NESTED_HOST:-}" = 1 ]; then
-	echo "host: nested (KVM inside QEMU TCG): compare the ratios, not the absolute figures"
-else
-	echo "host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), real KVM"
-fi
+bench_host_banner
 
 cat >"$tmp/client.py" <<'PY'
 import socket, sys, threading, time
@@ -111,12 +109,11 @@ echo "bench-vsock: kiln-vmm guest echo" >&2
 pids+=($!)
 kiln=$(python3 "$tmp/client.py" "$tmp/v.sock" 5000 "$mib" "$rounds")
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "?" }'; }
 set -- $base
 b50=$1 b99=$2 bt=$3
 set -- $kiln
 k50=$1 k99=$2 kt=$3
 printf '\n%-30s %12s %14s %10s\n' metric "unix socket" "kiln vsock" kiln/unix
-printf '%-30s %12s %14s %10s\n' "1-byte echo RTT p50 us" "$b50" "$k50" "$(ratio "$k50" "$b50")"
-printf '%-30s %12s %14s %10s\n' "1-byte echo RTT p99 us" "$b99" "$k99" "$(ratio "$k99" "$b99")"
-printf '%-30s %12s %14s %10s\n' "echo throughput MB/s ($mib MiB)" "$bt" "$kt" "$(ratio "$kt" "$bt")"
+printf '%-30s %12s %14s %10s\n' "1-byte echo RTT p50 us" "$b50" "$k50" "$(bench_ratio "$k50" "$b50")"
+printf '%-30s %12s %14s %10s\n' "1-byte echo RTT p99 us" "$b99" "$k99" "$(bench_ratio "$k99" "$b99")"
+printf '%-30s %12s %14s %10s\n' "echo throughput MB/s ($mib MiB)" "$bt" "$kt" "$(bench_ratio "$kt" "$bt")"

@@ -296,20 +296,6 @@ static const struct virtio_dev_ops blk_ops = {
 	.destroy = blk_destroy,
 };
 
-static const struct virtio_dev_ops blk_ro_ops = {
-	.name = "virtio-blk",
-	.device_id = VIRTIO_ID_BLOCK,
-	.num_queues = 1,
-	.queue_max = BLK_QUEUE_SIZE,
-	.config_size = 64,
-	.features = 1ULL << VIRTIO_BLK_F_SEG_MAX | 1ULL << VIRTIO_BLK_F_BLK_SIZE |
-		    1ULL << VIRTIO_BLK_F_FLUSH | 1ULL << VIRTIO_BLK_F_RO,
-	.config_read = blk_config_read,
-	.notify = blk_notify,
-	.reset = blk_reset,
-	.destroy = blk_destroy,
-};
-
 /* Parse "PATH[,ro][,id=NAME]" into b. */
 static int blk_parse(struct blk *b, const char *spec, struct kiln_err *err)
 {
@@ -388,9 +374,11 @@ int virtio_blk_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 	}
 	b->sectors = size / SECTOR;
 	b->dev = d;
-	r = virtio_mmio_init(d, b->ro ? &blk_ro_ops : &blk_ops, b, vm, mem, loop, base, irq, err);
+	r = virtio_mmio_init(d, &blk_ops, b, vm, mem, loop, base, irq, err);
 	if (r < 0)
 		goto fail_dev;
+	if (b->ro)
+		d->offered |= 1ULL << VIRTIO_BLK_F_RO;
 	return 0;
 fail:
 	if (b->fd >= 0)
