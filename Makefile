@@ -18,6 +18,8 @@ VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c
              vmm/ioloop.c $(sort $(wildcard devices/*.c))
 VMM_HDRS  := vmm/vmm.h vmm/ioloop.h devices/devices.h devices/virtio.h guest/abi.h guest/base64.h
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+PROTO_SRCS := guest/agent_proto.c
+PROTO_HDRS := guest/agent_proto.h
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
@@ -78,13 +80,13 @@ $(O):
 
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 
-$(O)/unit-tests: $(UNIT_SRCS) $(VMM_SRCS) $(VMM_HDRS) tests/unit/unit.h | $(O)
-	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -Itests/unit -o $@ $(UNIT_SRCS) $(VMM_SRCS) $(CHECK_LIBS) $(LDLIBS)
+$(O)/unit-tests: $(UNIT_SRCS) $(VMM_SRCS) $(PROTO_SRCS) $(VMM_HDRS) $(PROTO_HDRS) tests/unit/unit.h | $(O)
+	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -Itests/unit -o $@ $(UNIT_SRCS) $(VMM_SRCS) $(PROTO_SRCS) $(CHECK_LIBS) $(LDLIBS)
 
 unit: $(O)/unit-tests
 
 test-unit: $(O)/unit-tests
-	$(O)/unit-tests
+	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
 
 # Integration tests boot real guests: directly where /dev/kvm works, else
 # inside a nested KVM host under QEMU's TCG (tests/nested/). Both the
@@ -101,9 +103,9 @@ test: deps-test
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,$(O)/fuzz/fuzz_%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SECONDS ?= 20
 
-$(O)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(VMM_SRCS) $(VMM_HDRS)
+$(O)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(VMM_SRCS) $(PROTO_SRCS) $(VMM_HDRS) $(PROTO_HDRS)
 	@mkdir -p $(@D)
-	clang $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(VMM_SRCS) $(LDLIBS)
+	clang $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(VMM_SRCS) $(PROTO_SRCS) $(LDLIBS)
 
 fuzz-build: $(FUZZ_TARGETS)
 

@@ -24,6 +24,7 @@ int main(void)
 	srunner_add_suite(sr, suite_vsock());
 	srunner_add_suite(sr, suite_blk());
 	srunner_add_suite(sr, suite_net());
+	srunner_add_suite(sr, suite_proto());
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);

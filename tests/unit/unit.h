@@ -17,6 +17,7 @@ Suite *suite_virtq(void);
 Suite *suite_vsock(void);
 Suite *suite_blk(void);
 Suite *suite_net(void);
+Suite *suite_proto(void);
 
 /* Guest memory of mib MiB for a test (fails the test if it cannot map). */
 void unit_mem(struct guest_mem *m, uint64_t mib);
