@@ -17,7 +17,7 @@ LDLIBS  := -luring -pthread
 VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
              vmm/ioloop.c $(sort $(wildcard devices/*.c))
 VMM_HDRS  := vmm/vmm.h vmm/ioloop.h devices/devices.h devices/virtio.h guest/abi.h guest/base64.h
-UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_SRCS := $(wildcard tests/unit/*.c)
 PROTO_SRCS := guest/agent_proto.c
 PROTO_HDRS := guest/agent_proto.h
 

@@ -39,17 +39,12 @@ static int peer = -1;			/* the host network's end of the socketpair */
 static uint16_t next_avail[2];
 static const uint8_t mac[6] = { 0x06, 0x00, 0xac, 0x10, 0x00, 0x02 };
 
-static void mmio_w(uint32_t off, uint32_t v)
-{
-	virtio_mmio_io(&dev, BASE + off, (uint8_t *)&v, 4, 1);
-}
+#define mmio_w(off, v) vdrv_write(&dev, (off), (v))
+#define mmio_r(off) vdrv_read(&dev, (off))
 
-static uint32_t mmio_r(uint32_t off)
+static uint64_t ring_at(unsigned q)
 {
-	uint32_t v = 0;
-
-	virtio_mmio_io(&dev, BASE + off, (uint8_t *)&v, 4, 0);
-	return v;
+	return RING(q);
 }
 
 static uint16_t *avail(unsigned q)
@@ -112,7 +107,6 @@ static void spin_loop(unsigned n)
 /* The driver's side of 3.1.1, accepting the offered features in want. */
 static void driver_init(uint64_t want)
 {
-	uint64_t offered;
 	unsigned q;
 
 	mmio_w(0x70, 0);
@@ -121,31 +115,7 @@ static void driver_init(uint64_t want)
 		memset(used(q), 0, 4 + 8 * QSIZE + 2);
 		next_avail[q] = 0;
 	}
-	mmio_w(0x70, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
-	mmio_w(0x14, 0);
-	offered = mmio_r(0x10);
-	mmio_w(0x14, 1);
-	offered |= (uint64_t)mmio_r(0x10) << 32;
-	want &= offered;
-	mmio_w(0x24, 0);
-	mmio_w(0x20, (uint32_t)want);
-	mmio_w(0x24, 1);
-	mmio_w(0x20, (uint32_t)(want >> 32));
-	mmio_w(0x70, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK);
-	ck_assert_uint_ne(mmio_r(0x70) & VIRTIO_STATUS_FEATURES_OK, 0);
-	for (q = 0; q < 2; q++) {
-		mmio_w(0x30, q);
-		ck_assert_uint_eq(mmio_r(0x34), 256);
-		mmio_w(0x38, QSIZE);
-		mmio_w(0x80, (uint32_t)RING(q));
-		mmio_w(0x90, (uint32_t)(RING(q) + 0x1000));
-		mmio_w(0xa0, (uint32_t)(RING(q) + 0x2000));
-		mmio_w(0x44, 1);
-		ck_assert_uint_eq(mmio_r(0x44), 1);
-	}
-	mmio_w(0x70, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
-		     VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
-	ck_assert_int_eq(virtio_running(&dev), 1);
+	vdrv_init(&dev, want, 2, QSIZE, ring_at);
 	/* Let activation's hop onto the I/O thread run. */
 	ioloop_poll(&loop, 0);
 }

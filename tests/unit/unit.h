@@ -19,6 +19,21 @@ Suite *suite_blk(void);
 Suite *suite_net(void);
 Suite *suite_proto(void);
 
+struct virtio_dev;
+
+/* Register access to a virtio-mmio device at d->base, as its driver. */
+void vdrv_write(struct virtio_dev *d, uint32_t off, uint32_t v);
+uint32_t vdrv_read(struct virtio_dev *d, uint32_t off);
+
+/*
+ * The driver's side of virtio 1.2 3.1.1: reset, accept want & offered
+ * (failing the test unless FEATURES_OK sticks), set up nq queues of qsize
+ * with desc at ring(q), avail at +0x1000 and used at +0x2000, DRIVER_OK.
+ * Returns the features accepted.
+ */
+uint64_t vdrv_init(struct virtio_dev *d, uint64_t want, unsigned nq, unsigned qsize,
+		   uint64_t (*ring)(unsigned q));
+
 /* Guest memory of mib MiB for a test (fails the test if it cannot map). */
 void unit_mem(struct guest_mem *m, uint64_t mib);
 
