@@ -22,8 +22,12 @@ int guest_mem_alloc(struct guest_mem *m, uint64_t size, int hugepages, struct ki
 	if (size < KILN_MIN_MEM_MIB * MIB || size % (2 * MIB))
 		return kiln_fail(err, EINVAL, "guest memory of %llu bytes: must be a multiple of 2 MiB, at least %llu MiB",
 				 (unsigned long long)size, (unsigned long long)KILN_MIN_MEM_MIB);
+	/*
+	 * Huge pages are reserved at mmap time (no MAP_NORESERVE): a shortfall
+	 * is then an error here, not a SIGBUS when the guest touches memory.
+	 */
 	if (hugepages)
-		flags |= MAP_HUGETLB | MAP_HUGE_2MB;
+		flags = (flags & ~MAP_NORESERVE) | MAP_HUGETLB | MAP_HUGE_2MB;
 	p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
 	if (p == MAP_FAILED) {
 		int e = errno;

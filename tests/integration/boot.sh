@@ -66,3 +66,12 @@ run "$v: a missing KVM capability" 125 'lacks capability 99999' \
 	env KILN_VMM_REQUIRE_CAP=99999 "$vmm" -- true
 run "$v: unknown option" 125 "Try 'kiln-vmm --help'" "$vmm" --frobnicate
 run "$v: --help" 0 'Usage: kiln-vmm' "$vmm" --help
+
+# Huge pages: a clear error when none are reserved, a working guest when they are.
+if [ "$(cat /proc/sys/vm/nr_hugepages)" -lt 64 ]; then
+	run "$v: --hugepages without reserved huge pages" 125 'huge pages: .*reserve them: echo N > /proc/sys/vm/nr_hugepages' \
+		"$vmm" --mem 128 --hugepages -- true
+else
+	run "$v: --hugepages backs guest memory with 2 MiB pages" 0 '^hugepages-ok$' \
+		"$vmm" --mem 128 --hugepages -- echo hugepages-ok
+fi
