@@ -24,11 +24,11 @@ PROTO_HDRS := guest/agent_proto.h
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration \
-        bench-boot bench-blk bench-net bench-vsock fuzz fuzz-build deps deps-test clean FORCE
+        bench-boot bench-blk bench-net bench-vsock bench-agent fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
 
-vmm: $(O)/kiln-vmm
+vmm: $(O)/kiln-vmm $(O)/kiln
 guest: kernel initramfs
 initramfs: $(O)/guest/initramfs.cpio
 asan: $(O)/asan/kiln-vmm $(O)/asan/guest
@@ -42,6 +42,12 @@ deps-test:
 $(O)/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/main.c $(LDLIBS)
 
+# kiln: the CLI client of the guest agent (api/).
+KILN_SRCS := api/kiln.c api/agent_client.c $(PROTO_SRCS)
+
+$(O)/kiln: $(KILN_SRCS) api/agent_client.h $(PROTO_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ $(KILN_SRCS)
+
 # The same sources with AddressSanitizer and UBSan (Solo5's two tenders from one tree).
 $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS)
 	@mkdir -p $(@D)
@@ -51,9 +57,9 @@ $(O)/asan/guest: | $(O)
 	@mkdir -p $(O)/asan
 	ln -sfn ../guest $@
 
-$(O)/guest/init: guest/init.c guest/abi.h guest/base64.h
+$(O)/guest/init: guest/init.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) guest/abi.h guest/base64.h
 	@mkdir -p $(@D)
-	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -o $@ guest/init.c
+	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -o $@ guest/init.c guest/agent.c $(PROTO_SRCS)
 
 # Static helper programs for the guest (guest/tools/NAME.c -> /usr/bin/NAME).
 GUEST_TOOLS := $(patsubst guest/tools/%.c,$(O)/guest/tools/%,$(wildcard guest/tools/*.c))
@@ -154,6 +160,11 @@ bench-net: deps-test
 bench-vsock: deps-test
 	@$(MAKE) --no-print-directory all
 	tests/nested/kvm-host.sh -- bench/vsock.sh $(O)/kiln-vmm
+
+# The agent: exec round trips against host fork+exec, stdout and file throughput.
+bench-agent: deps-test
+	@$(MAKE) --no-print-directory all
+	tests/nested/kvm-host.sh -- bench/agent.sh $(O)/kiln-vmm $(O)/kiln
 
 clean:
 	rm -rf $(O)

@@ -36,6 +36,8 @@
 #define KILN_PARAM_BOOTMARK	"kiln.bootmark"
 /* kiln.mount=DEV:DIR[:FSTYPE[:ro]]: the init mounts a disk (repeatable). */
 #define KILN_PARAM_MOUNT	"kiln.mount="
+/* kiln.agent: the init serves the agent protocol on vsock (docs/agent-protocol.md). */
+#define KILN_PARAM_AGENT	"kiln.agent"
 #define KILN_BOOT_MARK		"kiln-boot-mark"
 
 /* x86 COMMAND_LINE_SIZE: the kernel truncates anything longer. */

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "abi.h"
+#include "agent.h"
 #include "base64.h"
 
 #define MAX_ARGS 256
@@ -344,6 +345,21 @@ static int reap_until(pid_t pid)
 	}
 }
 
+/*
+ * Wait, at most 2 s, until the console's output queue is empty. Bounded on
+ * purpose: a stuck console must not keep the VM alive.
+ */
+static void console_drain(void)
+{
+	int i, n = 0;
+
+	for (i = 0; i < 2000; i++) {
+		if (ioctl(STDOUT_FILENO, TIOCOUTQ, &n) < 0 || n == 0)
+			return;
+		usleep(1000);
+	}
+}
+
 static void finish(uint32_t status)
 {
 	/* The command has ended: so does its VM. Stop stragglers, flush disks. */
@@ -351,6 +367,12 @@ static void finish(uint32_t status)
 	while (wait(NULL) > 0 || errno == EINTR)
 		;
 	sync();
+	/*
+	 * The command's last output may still sit in the console's tty buffer,
+	 * drained by interrupts on any CPU: wait for it to reach the UART, or
+	 * the VM stops before the host sees it.
+	 */
+	console_drain();
 	report(status);
 	/* Not under kiln-vmm (no port): reset, which reboot=k turns into an exit. */
 	reboot(RB_AUTOBOOT);
@@ -364,7 +386,7 @@ int main(void)
 	static uint8_t argbuf[KILN_CMDLINE_MAX];
 	char *argv[MAX_ARGS];
 	char *shell[] = { "/bin/sh", NULL };
-	int argc, exec_errno, st;
+	int argc, exec_errno, st, agent;
 	uint32_t status;
 	pid_t pid;
 
@@ -373,7 +395,8 @@ int main(void)
 	have_ports = ioperm(KILN_PORT_EXIT, 4, 1) == 0 && ioperm(KILN_PORT_MARK, 1, 1) == 0;
 	read_cmdline(cmdline, sizeof(cmdline));
 	argc = decode_command(cmdline, argbuf, sizeof(argbuf), argv);
-	setup_console(argc != 0);
+	agent = cmdline_find(cmdline, KILN_PARAM_AGENT, 0) != NULL;
+	setup_console(argc != 0 || agent);
 	if (have_ports)
 		outb(1, KILN_PORT_MARK);
 	if (cmdline_find(cmdline, KILN_PARAM_BOOTMARK, 0))
@@ -393,6 +416,12 @@ int main(void)
 	setenv("TERM", "linux", 0);
 	chdir("/root");
 
+	if (agent) {
+		/* PID 1 serves the agent protocol until the VM is stopped. */
+		agent_main();
+		say("kiln-init: the agent could not start\n");
+		finish(KILN_STATUS(KILN_STATUS_INITFAIL, 2));
+	}
 	if (argc < 0) {
 		say("kiln-init: kiln.cmd on the kernel command line is malformed\n");
 		finish(KILN_STATUS(KILN_STATUS_INITFAIL, 1));

@@ -1,0 +1,1040 @@
+/*
+ * kiln agent client (docs/agent-protocol.md, host side). One engine runs every
+ * operation: send a REQUEST, then poll the socket (and, for streams, the
+ * input fd while the agent has granted credit, and the signal pipe) and
+ * dispatch the agent's frames until the request's terminal frame.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent_proto.h"
+#include "agent_client.h"
+
+#define KAC_WINDOW	KP_DEFAULT_WINDOW	/* credit we grant per channel */
+#define KAC_RBUF	(256u << 10)		/* socket read-ahead */
+#define KAC_CHUNK	(256u << 10)		/* largest DATA we send */
+#define KAC_SBUF	(KP_MAX_CONTROL + KP_HDR_LEN)
+
+struct kac {
+	int fd;
+	uint32_t next_id;
+	uint32_t peer_window;		/* the agent's initial credit per channel */
+	uint32_t peer_max;		/* the agent's max payload */
+	char agent[128];
+	struct kp_decoder dec;
+	uint8_t *dbuf;			/* decoder payload buffer, KP_MAX_PAYLOAD */
+	uint8_t *rbuf;			/* bytes read, not yet decoded: rbuf[rpos..rlen) */
+	uint32_t rpos, rlen;
+	uint8_t *sbuf;			/* record frames we send */
+	uint8_t *chunk;			/* stream input bytes we send */
+};
+
+/* One running request and what to do with its frames. */
+struct op {
+	uint32_t id;
+	int done;
+	int ret;			/* -errno from an ERROR, else 0 */
+	/* records: called for RESPONSE and EVENT payloads */
+	int (*on_rec)(struct op *o, const struct kp_frame *f);
+	void *arg;
+	/* channel 0 (host to guest) */
+	int in_fd;
+	int in_eof_sent;
+	uint64_t in_off;
+	uint64_t in_credit;
+	/* channels 1 and 2 (guest to host) */
+	int out_fd[3];
+	kac_data_fn out_fn;
+	void *out_arg;
+	uint64_t out_off[3];
+	uint64_t out_credit[3];
+	uint32_t out_pend[3];		/* consumed, credit not yet returned */
+	int out_dead[3];		/* our consumer failed: discard */
+	int out_err;
+	/* exec */
+	struct kac_exit *ex;
+	int sig_fd;
+	int sig_pending[8];
+	int nsig;
+	uint32_t sig_ids[8];		/* SIGNAL requests in flight, answers ignored */
+	int64_t size;			/* FILE_READ/FILE_WRITE result */
+};
+
+static int fail(struct kac_err *err, int errnum, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int fail(struct kac_err *err, int errnum, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err) {
+		va_start(ap, fmt);
+		vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+		va_end(ap);
+	}
+	return -errnum;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+	ssize_t w;
+
+	while (n) {
+		w = write(fd, b, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		b += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static int send_frame(struct kac *c, const void *p, size_t n, struct kac_err *err)
+{
+	int ret = write_all(c->fd, p, n);
+
+	if (ret)
+		return fail(err, -ret, "agent connection: send: %s", strerror(-ret));
+	return 0;
+}
+
+static uint32_t new_id(struct kac *c)
+{
+	if (++c->next_id == 0)
+		c->next_id = 1;
+	return c->next_id;
+}
+
+/* ---- connecting ------------------------------------------------------------- */
+
+/*
+ * One attempt: connect, CONNECT, read the OK line a byte at a time (the
+ * agent's HELLO may follow it at once). Returns 0, -EAGAIN when worth
+ * retrying (socket missing or refused, or closed without OK), or -errno.
+ */
+static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char line[64];
+	size_t n = 0;
+	int fd, ret;
+	struct pollfd p;
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	memcpy(sa.sun_path, uds, strlen(uds));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		ret = -errno;
+		close(fd);
+		return ret;
+	}
+	snprintf(line, sizeof(line), "CONNECT %u\n", KP_VSOCK_PORT);
+	ret = write_all(fd, line, strlen(line));
+	if (ret) {
+		close(fd);
+		return ret == -EPIPE || ret == -ECONNRESET ? -EAGAIN : ret;
+	}
+	for (;;) {
+		int64_t left = deadline - now_ms();
+		ssize_t r;
+
+		if (left <= 0) {
+			close(fd);
+			return -ETIMEDOUT;
+		}
+		p.fd = fd;
+		p.events = POLLIN;
+		ret = poll(&p, 1, (int)(left > 1000 ? 1000 : left));
+		if (ret < 0 && errno == EINTR)
+			continue;
+		if (ret <= 0)
+			continue;
+		r = read(fd, line + n, 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			close(fd);
+			return -EAGAIN;
+		}
+		if (line[n] == '\n')
+			break;
+		if (++n == sizeof(line) - 1) {
+			close(fd);
+			return -EPROTO;
+		}
+	}
+	line[n] = '\0';
+	if (strncmp(line, "OK ", 3) != 0) {
+		close(fd);
+		return -EPROTO;
+	}
+	*fdp = fd;
+	return 0;
+}
+
+static int read_frame(struct kac *c, struct kp_frame *f, int64_t deadline, struct kac_err *err);
+
+int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
+{
+	int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+	struct kac *c;
+	struct kp_frame f;
+	struct kp_rec r;
+	struct kp_field fl;
+	uint64_t v, version = 0;
+	int ret, last = 0, n;
+
+	if (err)
+		err->code = 0;
+	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		return fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
+			    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return fail(err, ENOMEM, "out of memory");
+	c->fd = -1;
+	c->dbuf = malloc(KP_MAX_PAYLOAD);
+	c->rbuf = malloc(KAC_RBUF);
+	c->sbuf = malloc(KAC_SBUF);
+	c->chunk = malloc(KP_DATA_HDR_LEN + KAC_CHUNK);
+	if (!c->dbuf || !c->rbuf || !c->sbuf || !c->chunk) {
+		ret = fail(err, ENOMEM, "out of memory");
+		goto err_free;
+	}
+	kp_dec_init(&c->dec, c->dbuf, KP_MAX_PAYLOAD);
+
+	for (;;) {
+		ret = vsock_connect_once(uds, deadline, &c->fd);
+		if (ret == 0)
+			break;
+		if (ret == -ENOENT || ret == -ECONNREFUSED || ret == -EAGAIN)
+			last = ret;
+		else if (ret != -ETIMEDOUT)
+			goto err_conn;
+		if (ret == -ETIMEDOUT || now_ms() >= deadline) {
+			if (last == -ENOENT || last == -ECONNREFUSED) {
+				ret = last;
+				goto err_conn;
+			}
+			ret = fail(err, ETIMEDOUT, "%s: the VM is up but no agent answered on vsock port %u "
+				   "within %d ms (boot the guest with --cmdline kiln.agent)",
+				   uds, KP_VSOCK_PORT, timeout_ms);
+			goto err_free;
+		}
+		usleep(50 * 1000);
+	}
+
+	n = kp_enc_hello(c->sbuf, KAC_SBUF, KAC_WINDOW, KP_MAX_PAYLOAD, "kiln 0.1");
+	if (n < 0) {
+		ret = fail(err, EINVAL, "HELLO: %s", kp_strerror(n));
+		goto err_close;
+	}
+	ret = send_frame(c, c->sbuf, (size_t)n, err);
+	if (ret)
+		goto err_close;
+	ret = read_frame(c, &f, deadline + 10000, err);
+	if (ret)
+		goto err_close;
+	if (f.type != KP_HELLO) {
+		ret = fail(err, EPROTO, "agent: sent %s before HELLO", kp_type_name(f.type));
+		goto err_close;
+	}
+	c->peer_window = KP_DEFAULT_WINDOW;
+	c->peer_max = KP_MAX_PAYLOAD;
+	kp_rec_open(&r, f.payload, f.len);
+	while (kp_rec_next(&r, &fl) == 1) {
+		if (fl.tag == KT_VERSION && !kp_field_u64(&fl, &v))
+			version = v;
+		else if (fl.tag == KT_WINDOW && !kp_field_u64(&fl, &v))
+			c->peer_window = v > 0xffffffffu ? 0xffffffffu : (uint32_t)v;
+		else if (fl.tag == KT_MAX_FRAME && !kp_field_u64(&fl, &v))
+			c->peer_max = v > KP_MAX_PAYLOAD ? KP_MAX_PAYLOAD : (uint32_t)v;
+		else if (fl.tag == KT_AGENT)
+			kp_field_str(&fl, c->agent, sizeof(c->agent));
+	}
+	if (version < 1) {
+		ret = fail(err, EPROTO, "agent: HELLO without a protocol version");
+		goto err_close;
+	}
+	if (c->peer_max < KP_MIN_PAYLOAD_CAP) {
+		ret = fail(err, EPROTO, "agent: HELLO max_frame %u below the minimum %u",
+			   c->peer_max, KP_MIN_PAYLOAD_CAP);
+		goto err_close;
+	}
+	*out = c;
+	return 0;
+
+err_conn:
+	if (ret == -ENOENT || ret == -ECONNREFUSED)
+		ret = fail(err, -ret, "%s: no VM listening (start kiln-vmm with --vsock cid=3,uds=%s "
+			   "--cmdline kiln.agent)", uds, uds);
+	else
+		ret = fail(err, -ret, "%s: %s", uds, strerror(-ret));
+	goto err_free;
+err_close:
+	close(c->fd);
+err_free:
+	free(c->chunk);
+	free(c->sbuf);
+	free(c->rbuf);
+	free(c->dbuf);
+	free(c);
+	return ret;
+}
+
+void kac_close(struct kac *c)
+{
+	if (!c)
+		return;
+	close(c->fd);
+	free(c->chunk);
+	free(c->sbuf);
+	free(c->rbuf);
+	free(c->dbuf);
+	free(c);
+}
+
+const char *kac_agent_name(const struct kac *c)
+{
+	return c->agent;
+}
+
+/* ---- frames in ---------------------------------------------------------------- */
+
+/*
+ * The next frame from the buffered bytes, reading the socket when they run
+ * out. Without may_read, returns -EAGAIN instead of reading.
+ * f's payload stays valid until the next call.
+ */
+static int next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_err *err)
+{
+	size_t used;
+	ssize_t r;
+	int ret;
+
+	for (;;) {
+		if (c->rpos < c->rlen) {
+			ret = kp_dec_feed(&c->dec, c->rbuf + c->rpos, c->rlen - c->rpos, &used, f);
+			c->rpos += (uint32_t)used;
+			if (ret < 0)
+				return fail(err, EPROTO, "agent: malformed frame: %s", kp_strerror(ret));
+			if (ret == 1)
+				return 0;
+		}
+		if (!may_read)
+			return -EAGAIN;
+		/* The decoder copied any partial frame; the read buffer is free. */
+		c->rpos = c->rlen = 0;
+		r = read(c->fd, c->rbuf, KAC_RBUF);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return fail(err, errno, "agent connection: %s", strerror(errno));
+		if (r == 0)
+			return fail(err, ECONNRESET, "agent closed the connection (did the VM stop?)");
+		c->rlen = (uint32_t)r;
+		may_read = 0;
+	}
+}
+
+/* Block (until deadline) for the next frame. */
+static int read_frame(struct kac *c, struct kp_frame *f, int64_t deadline, struct kac_err *err)
+{
+	struct pollfd p = { .fd = c->fd, .events = POLLIN };
+	int ret;
+
+	for (;;) {
+		ret = next_frame(c, f, 0, err);
+		if (ret != -EAGAIN)
+			return ret;
+		int64_t left = deadline - now_ms();
+		if (left <= 0)
+			return fail(err, ETIMEDOUT, "agent: no answer in time");
+		ret = poll(&p, 1, (int)(left > 60000 ? 60000 : left));
+		if (ret < 0 && errno != EINTR)
+			return fail(err, errno, "poll: %s", strerror(errno));
+		if (ret > 0) {
+			ret = next_frame(c, f, 1, err);
+			if (ret != -EAGAIN)
+				return ret;
+		}
+	}
+}
+
+/* An ERROR record into -errno and a message. */
+static int error_frame(const struct kp_frame *f, struct kac_err *err)
+{
+	struct kp_rec r;
+	struct kp_field fl;
+	uint64_t code = 0, eno = 0;
+	char msg[256] = "", path[200] = "";
+	int e;
+
+	kp_rec_open(&r, f->payload, f->len);
+	while (kp_rec_next(&r, &fl) == 1) {
+		if (fl.tag == KT_CODE)
+			kp_field_u64(&fl, &code);
+		else if (fl.tag == KT_ERRNO)
+			kp_field_u64(&fl, &eno);
+		else if (fl.tag == KT_MESSAGE)
+			kp_field_str(&fl, msg, sizeof(msg));
+		else if (fl.tag == KT_PATH)
+			kp_field_str(&fl, path, sizeof(path));
+	}
+	switch (code) {
+	case KP_ERR_OS:		e = eno && eno < 4096 ? (int)eno : EIO; break;
+	case KP_ERR_NO_SUCH:	e = ESRCH; break;
+	case KP_ERR_BAD_ARGS:	e = EINVAL; break;
+	case KP_ERR_UNKNOWN_OP:	e = EOPNOTSUPP; break;
+	case KP_ERR_LIMIT:	e = EAGAIN; break;
+	case KP_ERR_CANCELLED:	e = ECANCELED; break;
+	case KP_ERR_DETACHED:	e = EBUSY; break;
+	case KP_ERR_ID_IN_USE:	e = EEXIST; break;
+	case KP_ERR_VERSION:
+	case KP_ERR_PROTO:
+	case KP_ERR_CREDIT:	e = EPROTO; break;
+	default:		e = EIO; break;
+	}
+	if (err)
+		err->code = (uint32_t)code;
+	if (!msg[0])
+		snprintf(msg, sizeof(msg), "%s", strerror(e));
+	if (path[0])
+		return fail(err, e, "%s: %s", path, msg);
+	return fail(err, e, "%s", msg);
+}
+
+/* ---- the engine ------------------------------------------------------------- */
+
+static void op_init(struct op *o, uint32_t id)
+{
+	memset(o, 0, sizeof(*o));
+	o->id = id;
+	o->in_fd = -1;
+	o->out_fd[0] = o->out_fd[1] = o->out_fd[2] = -1;
+	o->sig_fd = -1;
+	o->out_credit[1] = o->out_credit[2] = KAC_WINDOW;
+}
+
+/* A request record: the caller fills w (opened by req_begin) after KT_OP. */
+static void req_begin(struct kac *c, struct kp_recw *w, uint64_t op)
+{
+	kp_recw_init(w, c->sbuf + KP_HDR_LEN, KAC_SBUF - KP_HDR_LEN);
+	kp_put_u64(w, KT_OP, op);
+}
+
+static int req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_err *err)
+{
+	int n = kp_enc_rec_frame(c->sbuf, KAC_SBUF, KP_REQUEST, 0, id, w);
+
+	if (n < 0)
+		return fail(err, n == -KP_ENOSPC || n == -KP_EOVERSIZE ? E2BIG : EINVAL,
+			    "request: %s", n == -KP_EREC ? "an argument contains a NUL byte" :
+			    n == -KP_ENOSPC || n == -KP_EOVERSIZE ? "arguments too long (256 KiB at most)" :
+			    kp_strerror(n));
+	return send_frame(c, c->sbuf, (size_t)n, err);
+}
+
+static int send_signal_req(struct kac *c, struct op *o, uint64_t handle, int sig, struct kac_err *err)
+{
+	struct kp_recw w;
+	uint32_t id = new_id(c);
+
+	req_begin(c, &w, KP_OP_SIGNAL);
+	kp_put_u64(&w, KT_HANDLE, handle);
+	kp_put_u64(&w, KT_SIGNAL, (uint64_t)sig);
+	if (o) {
+		memmove(o->sig_ids + 1, o->sig_ids, sizeof(o->sig_ids) - sizeof(o->sig_ids[0]));
+		o->sig_ids[0] = id;
+	}
+	return req_send(c, id, &w, err);
+}
+
+static int flush_credit(struct kac *c, struct op *o, int ch, struct kac_err *err)
+{
+	uint8_t win[KP_HDR_LEN + 4];
+	uint32_t n = o->out_pend[ch];
+
+	if (!n)
+		return 0;
+	o->out_pend[ch] = 0;
+	kp_enc_window(win, o->id, (uint16_t)ch, n);
+	return send_frame(c, win, sizeof(win), err);
+}
+
+/* Deliver DATA for channel ch to the op's sink, then return the credit. */
+static int on_data(struct kac *c, struct op *o, const struct kp_frame *f, struct kac_err *err)
+{
+	uint64_t off;
+	const uint8_t *p;
+	uint32_t n;
+	uint8_t win[KP_HDR_LEN + 4];
+	int ch = f->channel, ret = 0;
+
+	if (ch == KP_CHAN_IN || kp_parse_data(f, &off, &p, &n))
+		return fail(err, EPROTO, "agent: DATA on channel %d of request %u", ch, f->id);
+	if (n > o->out_credit[ch])
+		return fail(err, EPROTO, "agent: DATA beyond the granted credit on request %u", f->id);
+	/* A gap (only under KP_OVF_DROP, which we never ask for) is not an error. */
+	o->out_off[ch] = off + n;
+	if (!o->out_dead[ch] && n) {
+		if (o->out_fn)
+			ret = o->out_fn(o->out_arg, ch, p, n);
+		else if (o->out_fd[ch] >= 0)
+			ret = write_all(o->out_fd[ch], p, n);
+		if (ret) {
+			/*
+			 * Our consumer is gone. A process gets SIGPIPE, as it would
+			 * writing into a closed pipe on the host (`kiln exec -- yes |
+			 * head` ends); other streams are cancelled. The channel's
+			 * later output is discarded, its credit still returned.
+			 */
+			o->out_dead[ch] = 1;
+			if (!o->out_err)
+				o->out_err = ret;
+			if (o->ex && o->ex->handle)
+				ret = send_signal_req(c, o, o->ex->handle, SIGPIPE, err);
+			else if (!o->ex)
+				ret = send_frame(c, win, (size_t)kp_enc_cancel(win, f->id, KP_CHAN_ALL), err);
+			else
+				ret = 0;
+			if (ret)
+				return ret;
+		}
+	}
+	/* Credit goes back in batches: at half the window, or before we wait. */
+	o->out_pend[ch] += n;
+	if (o->out_pend[ch] >= KAC_WINDOW / 2)
+		return flush_credit(c, o, ch, err);
+	return 0;
+}
+
+static int dispatch(struct kac *c, struct op *o, const struct kp_frame *f, struct kac_err *err)
+{
+	uint8_t pong[KP_HDR_LEN + 8];
+	uint64_t v;
+	uint32_t inc;
+	int i, ret;
+
+	if (f->id == 0) {
+		switch (f->type) {
+		case KP_PING:
+			kp_parse_u64(f, &v);
+			kp_enc_ping(pong, KP_PONG, v);
+			return send_frame(c, pong, sizeof(pong), err);
+		case KP_PONG:
+			return 0;
+		case KP_ERROR:
+			ret = error_frame(f, err);
+			if (err) {
+				char m[sizeof(err->msg)];
+
+				snprintf(m, sizeof(m), "agent closed the connection: %.400s", err->msg);
+				memcpy(err->msg, m, sizeof(m));
+			}
+			return ret;
+		default:
+			return fail(err, EPROTO, "agent: unexpected %s on id 0", kp_type_name(f->type));
+		}
+	}
+	if (f->id != o->id) {
+		for (i = 0; i < 8; i++)
+			if (o->sig_ids[i] == f->id)
+				return 0;	/* answer to a forwarded signal */
+		return 0;			/* a late frame of an earlier request */
+	}
+	switch (f->type) {
+	case KP_RESPONSE:
+	case KP_EVENT:
+		if (o->on_rec) {
+			ret = o->on_rec(o, f);
+			if (ret)
+				return fail(err, -ret, "agent: malformed %s record", kp_type_name(f->type));
+		}
+		if (f->flags & KP_F_END)
+			o->done = 1;
+		return 0;
+	case KP_ERROR:
+		o->ret = error_frame(f, err);
+		o->done = 1;
+		return 0;
+	case KP_DATA:
+		return on_data(c, o, f, err);
+	case KP_EOF:
+		if (f->flags & KP_F_END)
+			o->done = 1;
+		return 0;
+	case KP_WINDOW:
+		if (f->channel != KP_CHAN_IN || kp_parse_window(f, &inc) || inc == 0 ||
+		    o->in_credit + inc > 0xffffffffu)
+			return fail(err, EPROTO, "agent: bad WINDOW on request %u", f->id);
+		o->in_credit += inc;
+		return 0;
+	default:
+		return fail(err, EPROTO, "agent: unexpected %s on request %u", kp_type_name(f->type), f->id);
+	}
+}
+
+/* Read up to the credit from in_fd and send it as DATA, or EOF at its end. */
+static int pump_in(struct kac *c, struct op *o, struct kac_err *err)
+{
+	uint32_t max = c->peer_max - 8, want = KAC_CHUNK;
+	uint8_t eof[KP_HDR_LEN + 8];
+	ssize_t r;
+	int ret;
+
+	if (want > max)
+		want = max;
+	if (want > o->in_credit)
+		want = (uint32_t)o->in_credit;
+	do
+		r = read(o->in_fd, c->chunk + KP_DATA_HDR_LEN, want);
+	while (r < 0 && errno == EINTR);
+	if (r < 0) {
+		if (errno == EAGAIN)
+			return 0;
+		return fail(err, errno, "reading input: %s", strerror(errno));
+	}
+	if (r == 0) {
+		kp_enc_eof(eof, o->id, KP_CHAN_IN, 0, o->in_off);
+		o->in_eof_sent = 1;
+		return send_frame(c, eof, sizeof(eof), err);
+	}
+	ret = kp_enc_data_hdr(c->chunk, o->id, KP_CHAN_IN, o->in_off, (uint32_t)r);
+	if (ret < 0)
+		return fail(err, EINVAL, "DATA: %s", kp_strerror(ret));
+	o->in_off += (uint64_t)r;
+	o->in_credit -= (uint64_t)r;
+	return send_frame(c, c->chunk, KP_DATA_HDR_LEN + (size_t)r, err);
+}
+
+/*
+ * Run o until its terminal frame. deadline_ms < 0: none. On the deadline,
+ * returns -ETIMEDOUT (the caller decides what to do about the request).
+ */
+static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err *err)
+{
+	struct pollfd p[3];
+	struct kp_frame f;
+	int ret, n, i, tmo;
+	uint8_t sig;
+
+	while (!o->done) {
+		/* Drain frames already buffered before polling. */
+		ret = next_frame(c, &f, 0, err);
+		if (ret == 0) {
+			ret = dispatch(c, o, &f, err);
+			if (ret)
+				return ret;
+			continue;
+		}
+		if (ret != -EAGAIN)
+			return ret;
+		for (i = KP_CHAN_OUT; i <= KP_CHAN_ERR; i++) {
+			ret = flush_credit(c, o, i, err);
+			if (ret)
+				return ret;
+		}
+		/* Signals that waited for the process handle. */
+		if (o->ex && o->ex->handle && o->nsig) {
+			for (i = 0; i < o->nsig; i++) {
+				ret = send_signal_req(c, o, o->ex->handle, o->sig_pending[i], err);
+				if (ret)
+					return ret;
+			}
+			o->nsig = 0;
+		}
+		n = 0;
+		p[n++] = (struct pollfd){ .fd = c->fd, .events = POLLIN };
+		int in_slot = -1, sig_slot = -1;
+		if (o->in_fd >= 0 && !o->in_eof_sent && o->in_credit > 0) {
+			in_slot = n;
+			p[n++] = (struct pollfd){ .fd = o->in_fd, .events = POLLIN };
+		}
+		if (o->sig_fd >= 0) {
+			sig_slot = n;
+			p[n++] = (struct pollfd){ .fd = o->sig_fd, .events = POLLIN };
+		}
+		tmo = -1;
+		if (deadline >= 0) {
+			int64_t left = deadline - now_ms();
+
+			if (left <= 0)
+				return fail(err, ETIMEDOUT, "timed out");
+			tmo = left > 60000 ? 60000 : (int)left;
+		}
+		ret = poll(p, (nfds_t)n, tmo);
+		if (ret < 0) {
+			if (errno == EINTR)
+				continue;
+			return fail(err, errno, "poll: %s", strerror(errno));
+		}
+		if (sig_slot >= 0 && p[sig_slot].revents) {
+			if (read(o->sig_fd, &sig, 1) == 1) {
+				if (o->ex && o->ex->handle) {
+					ret = send_signal_req(c, o, o->ex->handle, sig, err);
+					if (ret)
+						return ret;
+				} else if (o->nsig < 8) {
+					o->sig_pending[o->nsig++] = sig;
+				}
+			}
+		}
+		if (in_slot >= 0 && p[in_slot].revents) {
+			ret = pump_in(c, o, err);
+			if (ret)
+				return ret;
+		}
+		if (p[0].revents) {
+			ret = next_frame(c, &f, 1, err);
+			if (ret == 0)
+				ret = dispatch(c, o, &f, err);
+			if (ret && ret != -EAGAIN)
+				return ret;
+		}
+	}
+	return o->ret;
+}
+
+static int64_t deadline_of(int timeout_ms)
+{
+	return timeout_ms > 0 ? now_ms() + timeout_ms : -1;
+}
+
+/* A simple request: one REQUEST, RESPONSE|END or ERROR. */
+static int simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err)
+{
+	int ret;
+
+	if (err)
+		err->code = 0;
+	ret = req_send(c, o->id, w, err);
+	if (ret)
+		return ret;
+	return op_run(c, o, -1, err);
+}
+
+/* ---- exec ------------------------------------------------------------------- */
+
+static int exec_rec(struct op *o, const struct kp_frame *f)
+{
+	struct kac_exit *ex = o->ex;
+	struct kp_rec r;
+	struct kp_field fl;
+	uint64_t v;
+	int64_t i;
+	int b, ret;
+
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		switch (fl.tag) {
+		case KT_HANDLE: if (!kp_field_u64(&fl, &v)) ex->handle = v; break;
+		case KT_PID: if (!kp_field_u64(&fl, &v)) ex->pid = v; break;
+		case KT_CODE:
+			if (!kp_field_i64(&fl, &i))
+				ex->code = i;
+			else if (!kp_field_u64(&fl, &v))
+				ex->code = (int64_t)v;
+			break;
+		case KT_SIGNAL: if (!kp_field_u64(&fl, &v)) ex->signal = (int)v; break;
+		case KT_CORE: if (!kp_field_bool(&fl, &b)) ex->core = b; break;
+		case KT_OOM: if (!kp_field_bool(&fl, &b)) ex->oom = b; break;
+		}
+	}
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret, i;
+
+	if (err)
+		err->code = 0;
+	if (!eo->argv || !eo->argv[0])
+		return fail(err, EINVAL, "exec: no command given");
+	memset(ex, 0, sizeof(*ex));
+	ex->code = -1;
+	op_init(&o, new_id(c));
+	o.on_rec = exec_rec;
+	o.ex = ex;
+	o.in_fd = eo->stdin_fd;
+	o.in_credit = c->peer_window;
+	o.out_fd[1] = eo->stdout_fd;
+	o.out_fd[2] = eo->stderr_fd;
+	o.out_fn = eo->out_fn;
+	o.out_arg = eo->out_arg;
+	o.sig_fd = eo->sig_fd;
+
+	req_begin(c, &w, KP_OP_EXEC);
+	for (i = 0; eo->argv[i]; i++)
+		kp_put_str(&w, KT_ARG, eo->argv[i]);
+	for (i = 0; eo->env && eo->env[i]; i++)
+		kp_put_str(&w, KT_ENV, eo->env[i]);
+	if (eo->cwd)
+		kp_put_str(&w, KT_CWD, eo->cwd);
+	kp_put_u64(&w, KT_STDIN, eo->stdin_fd >= 0 ? KP_IO_PIPE : KP_IO_NULL);
+	kp_put_u64(&w, KT_STDOUT, KP_IO_PIPE);
+	kp_put_u64(&w, KT_STDERR, KP_IO_PIPE);
+	ret = req_send(c, o.id, &w, err);
+	if (ret)
+		return ret;
+	ret = op_run(c, &o, deadline_of(eo->timeout_ms), err);
+	if (ret == -ETIMEDOUT && !o.done && ex->handle) {
+		struct kac_err e2;
+
+		send_signal_req(c, NULL, ex->handle, SIGKILL, &e2);
+		return fail(err, ETIMEDOUT, "timed out after %d ms; the process (pid %llu) was killed",
+			    eo->timeout_ms, (unsigned long long)ex->pid);
+	}
+	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
+		return fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
+	return ret;
+}
+
+int kac_signal(struct kac *c, uint64_t handle, int sig, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_init(&o, new_id(c));
+	req_begin(c, &w, KP_OP_SIGNAL);
+	kp_put_u64(&w, KT_HANDLE, handle);
+	kp_put_u64(&w, KT_SIGNAL, (uint64_t)sig);
+	return simple(c, &o, &w, err);
+}
+
+/* ---- files -------------------------------------------------------------------- */
+
+static int size_rec(struct op *o, const struct kp_frame *f)
+{
+	struct kp_field fl;
+	uint64_t v;
+
+	if (kp_rec_find(f->payload, f->len, KT_SIZE, &fl) == 1 && !kp_field_u64(&fl, &v))
+		o->size = (int64_t)v;
+	return 0;
+}
+
+int64_t kac_file_write(struct kac *c, const char *path, int fd, uint32_t mode, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	if (err)
+		err->code = 0;
+	op_init(&o, new_id(c));
+	o.on_rec = size_rec;
+	o.size = -1;
+	o.in_fd = fd;
+	o.in_credit = c->peer_window;
+	req_begin(c, &w, KP_OP_FILE_WRITE);
+	kp_put_str(&w, KT_PATH, path);
+	kp_put_u64(&w, KT_MODE, mode & 07777);
+	kp_put_bool(&w, KT_CREATE, 1);
+	kp_put_bool(&w, KT_TRUNCATE, 1);
+	ret = req_send(c, o.id, &w, err);
+	if (ret)
+		return ret;
+	ret = op_run(c, &o, -1, err);
+	if (ret)
+		return ret;
+	return o.size >= 0 ? o.size : (int64_t)o.in_off;
+}
+
+int64_t kac_file_read(struct kac *c, const char *path, int fd, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	if (err)
+		err->code = 0;
+	op_init(&o, new_id(c));
+	o.on_rec = size_rec;
+	o.out_fd[1] = fd;
+	req_begin(c, &w, KP_OP_FILE_READ);
+	kp_put_str(&w, KT_PATH, path);
+	ret = req_send(c, o.id, &w, err);
+	if (ret)
+		return ret;
+	ret = op_run(c, &o, -1, err);
+	if (o.out_err)
+		return fail(err, -o.out_err, "writing the contents of %s: %s", path, strerror(-o.out_err));
+	if (ret)
+		return ret;
+	return (int64_t)o.out_off[1];
+}
+
+static int stat_rec(struct op *o, const struct kp_frame *f)
+{
+	struct kac_stat *st = o->arg;
+	struct kp_rec r;
+	struct kp_field fl;
+	uint64_t v;
+	int64_t t;
+	int ret;
+
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		if (fl.kind == KP_K_I64) {
+			if (kp_field_i64(&fl, &t))
+				continue;
+			if (fl.tag == KT_ATIME) st->atime_ns = t;
+			else if (fl.tag == KT_MTIME) st->mtime_ns = t;
+			else if (fl.tag == KT_CTIME) st->ctime_ns = t;
+			continue;
+		}
+		if (kp_field_u64(&fl, &v))
+			continue;
+		switch (fl.tag) {
+		case KT_TYPE: st->type = (uint32_t)v; break;
+		case KT_MODE: st->mode = (uint32_t)v; break;
+		case KT_SIZE: st->size = v; break;
+		case KT_INO: st->ino = v; break;
+		case KT_NLINK: st->nlink = v; break;
+		case KT_UID: st->uid = v; break;
+		case KT_GID: st->gid = v; break;
+		case KT_DEV: st->dev = v; break;
+		case KT_RDEV: st->rdev = v; break;
+		case KT_BLKSIZE: st->blksize = v; break;
+		case KT_BLOCKS: st->blocks = v; break;
+		}
+	}
+	if (!st->type)
+		st->type = st->mode & S_IFMT;
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int kac_stat(struct kac *c, const char *path, int nofollow, struct kac_stat *st, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	memset(st, 0, sizeof(*st));
+	op_init(&o, new_id(c));
+	o.on_rec = stat_rec;
+	o.arg = st;
+	req_begin(c, &w, KP_OP_STAT);
+	kp_put_str(&w, KT_PATH, path);
+	if (nofollow)
+		kp_put_bool(&w, KT_NOFOLLOW, 1);
+	return simple(c, &o, &w, err);
+}
+
+struct dir_arg {
+	kac_dirent_fn fn;
+	void *arg;
+	int ret;
+};
+
+static int dir_rec(struct op *o, const struct kp_frame *f)
+{
+	struct dir_arg *d = o->arg;
+	struct kp_rec r, e;
+	struct kp_field fl, ef;
+	char name[4096];
+	uint64_t type;
+	int ret;
+
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		if (fl.tag != KT_ENTRY || kp_field_rec(&fl, &e))
+			continue;
+		name[0] = '\0';
+		type = 0;
+		while (kp_rec_next(&e, &ef) == 1) {
+			if (ef.tag == KT_NAME)
+				kp_field_str(&ef, name, sizeof(name));
+			else if (ef.tag == KT_TYPE)
+				kp_field_u64(&ef, &type);
+		}
+		if (!d->ret && name[0])
+			d->ret = d->fn(d->arg, name, (uint32_t)type);
+	}
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int kac_readdir(struct kac *c, const char *path, kac_dirent_fn fn, void *arg, struct kac_err *err)
+{
+	struct dir_arg d = { fn, arg, 0 };
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	op_init(&o, new_id(c));
+	o.on_rec = dir_rec;
+	o.arg = &d;
+	req_begin(c, &w, KP_OP_READDIR);
+	kp_put_str(&w, KT_PATH, path);
+	ret = simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	if (d.ret)
+		return fail(err, -d.ret, "listing %s: %s", path, strerror(-d.ret));
+	return 0;
+}
+
+int kac_mkdir(struct kac *c, const char *path, uint32_t mode, int recursive, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_init(&o, new_id(c));
+	req_begin(c, &w, KP_OP_MKDIR);
+	kp_put_str(&w, KT_PATH, path);
+	kp_put_u64(&w, KT_MODE, mode & 07777);
+	if (recursive)
+		kp_put_bool(&w, KT_RECURSIVE, 1);
+	return simple(c, &o, &w, err);
+}
+
+int kac_remove(struct kac *c, const char *path, int recursive, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_init(&o, new_id(c));
+	req_begin(c, &w, KP_OP_REMOVE);
+	kp_put_str(&w, KT_PATH, path);
+	if (recursive)
+		kp_put_bool(&w, KT_RECURSIVE, 1);
+	return simple(c, &o, &w, err);
+}
+
+int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_init(&o, new_id(c));
+	req_begin(c, &w, KP_OP_RENAME);
+	kp_put_str(&w, KT_PATH, from);
+	kp_put_str(&w, KT_PATH2, to);
+	return simple(c, &o, &w, err);
+}

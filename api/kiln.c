@@ -1,0 +1,529 @@
+/*
+ * kiln: the command-line client of a sandbox's agent (docs/agent-protocol.md),
+ * reached through the VMM's vsock unix socket.
+ *
+ *   kiln exec --uds PATH [--env K=V]... [--cwd DIR] [--timeout S] [-i] -- CMD ARGS...
+ *   kiln cp   --uds PATH SRC DST          (one side guest:/path)
+ *   kiln ls|stat|mkdir|rm|mv --uds PATH ...
+ *
+ * Exit status of exec: the command's own; 128+N when it was killed by signal
+ * N; 124 on --timeout; 125 when kiln itself failed; 126 not executable; 127
+ * not found. Other commands: 0, 1 when the operation failed, 2 on bad usage,
+ * 125 when the agent could not be reached.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent_proto.h"
+#include "agent_client.h"
+
+#define EXIT_FAIL	1
+#define EXIT_USAGE	2
+#define EXIT_TIMEOUT	124
+#define EXIT_KILN	125
+#define EXIT_NOEXEC	126
+#define EXIT_NOTFOUND	127
+
+static const char usage_text[] =
+"usage: kiln COMMAND --uds PATH [OPTIONS] ARGS...\n"
+"\n"
+"Talk to the kiln agent of a VM started with\n"
+"  kiln-vmm --vsock cid=3,uds=PATH --cmdline kiln.agent\n"
+"\n"
+"commands:\n"
+"  exec [--env K=V]... [--cwd DIR] [--timeout S] [-i] -- CMD [ARGS...]\n"
+"        run CMD in the guest; its stdout and stderr become ours, its exit\n"
+"        code ours (128+N if killed by signal N, 124 on --timeout, 125 if kiln\n"
+"        failed, 126/127 if CMD is not executable/not found). stdin is\n"
+"        forwarded unless it is a terminal (-i forwards it anyway); Ctrl-C,\n"
+"        SIGTERM and SIGHUP are forwarded to the guest process.\n"
+"  cp SRC DST     copy a file; one side is guest:/path, '-' is stdin/stdout.\n"
+"                 Uploads keep the file's permission bits.\n"
+"  ls [--json] DIR           list a guest directory\n"
+"  stat [--json] PATH        stat a guest path\n"
+"  mkdir [-p] [--mode OCTAL] DIR\n"
+"  rm [-r] PATH\n"
+"  mv FROM TO\n"
+"        exit 0, 1 if the operation failed, 2 on bad usage, 125 if the agent\n"
+"        could not be reached\n"
+"\n"
+"common options:\n"
+"  --uds PATH             the VMM's vsock socket (or $KILN_UDS)\n"
+"  --connect-timeout S    wait this long for the VM and its agent (default 60)\n"
+"  -h, --help             this text\n";
+
+static const char *prog = "kiln";
+
+static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+static void die_usage(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s: ", prog);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, " (see kiln --help)\n");
+	exit(EXIT_USAGE);
+}
+
+struct common {
+	const char *uds;
+	int connect_ms;
+	int json;
+	int recursive;
+	int interactive;
+	int timeout_s;
+	const char *cwd;
+	const char **env;
+	int nenv;
+	uint32_t mode;
+};
+
+enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_JSON, OPT_MODE };
+
+static const struct option long_opts[] = {
+	{ "uds", required_argument, NULL, OPT_UDS },
+	{ "env", required_argument, NULL, OPT_ENV },
+	{ "cwd", required_argument, NULL, OPT_CWD },
+	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
+	{ "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
+	{ "json", no_argument, NULL, OPT_JSON },
+	{ "mode", required_argument, NULL, OPT_MODE },
+	{ "interactive", no_argument, NULL, 'i' },
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static int parse_secs(const char *s, const char *what)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || *end || v < 0 || v > 24 * 3600 * 365)
+		die_usage("%s %s: not a number of seconds", what, s);
+	return (int)v;
+}
+
+/* Options common to all commands; returns the index of the first operand. */
+static int parse_opts(int argc, char **argv, struct common *o)
+{
+	int c;
+	char *end;
+
+	memset(o, 0, sizeof(*o));
+	o->uds = getenv("KILN_UDS");
+	o->connect_ms = 60000;
+	o->mode = 0755;
+	optind = 1;
+	/* "+": stop at the first operand, so the guest command keeps its options. */
+	while ((c = getopt_long(argc, argv, "+hiprf", long_opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_UDS: o->uds = optarg; break;
+		case OPT_ENV:
+			if (!strchr(optarg, '='))
+				die_usage("--env %s: expected KEY=VALUE", optarg);
+			if (!o->env)
+				o->env = calloc((size_t)argc + 1, sizeof(*o->env));
+			if (!o->env) {
+				fprintf(stderr, "%s: out of memory\n", prog);
+				exit(EXIT_KILN);
+			}
+			o->env[o->nenv++] = optarg;
+			break;
+		case OPT_CWD: o->cwd = optarg; break;
+		case OPT_TIMEOUT: o->timeout_s = parse_secs(optarg, "--timeout"); break;
+		case OPT_CONNECT_TIMEOUT:
+			o->connect_ms = parse_secs(optarg, "--connect-timeout") * 1000;
+			break;
+		case OPT_JSON: o->json = 1; break;
+		case OPT_MODE:
+			errno = 0;
+			o->mode = (uint32_t)strtoul(optarg, &end, 8);
+			if (errno || *end || o->mode > 07777)
+				die_usage("--mode %s: expected octal permission bits like 0755", optarg);
+			break;
+		case 'i': o->interactive = 1; break;
+		case 'p': case 'r': o->recursive = 1; break;
+		case 'f': break;
+		case 'h': fputs(usage_text, stdout); exit(0);
+		default: die_usage("bad option");
+		}
+	}
+	if (!o->uds)
+		die_usage("--uds PATH is required (the socket of kiln-vmm --vsock cid=3,uds=PATH)");
+	return optind;
+}
+
+static struct kac *connect_or_die(const struct common *o)
+{
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	int ret = kac_connect(&c, o->uds, o->connect_ms, &err);
+
+	if (ret) {
+		fprintf(stderr, "%s: %s\n", prog, err.msg);
+		exit(EXIT_KILN);
+	}
+	return c;
+}
+
+/* ---- exec ------------------------------------------------------------------- */
+
+static int sig_pipe[2] = { -1, -1 };
+
+static void on_signal(int sig)
+{
+	int saved = errno;
+	unsigned char b = (unsigned char)sig;
+
+	if (write(sig_pipe[1], &b, 1) < 0) {
+		/* the pipe is full: the guest already has plenty of signals */
+	}
+	errno = saved;
+}
+
+static int cmd_exec(int argc, char **argv)
+{
+	struct common o;
+	struct kac_exec_opts eo;
+	struct kac_exit ex;
+	struct kac_err err = { "", 0 };
+	struct sigaction sa;
+	struct kac *c;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	if (i >= argc)
+		die_usage("exec: no command given (kiln exec --uds PATH -- CMD ARGS...)");
+	if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
+		fprintf(stderr, "%s: pipe: %s\n", prog, strerror(errno));
+		return EXIT_KILN;
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	sigaction(SIGQUIT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	c = connect_or_die(&o);
+	memset(&eo, 0, sizeof(eo));
+	eo.argv = (const char *const *)&argv[i];
+	eo.env = o.env;
+	eo.cwd = o.cwd;
+	eo.stdin_fd = o.interactive || !isatty(0) ? 0 : -1;
+	eo.stdout_fd = 1;
+	eo.stderr_fd = 2;
+	eo.sig_fd = sig_pipe[0];
+	eo.timeout_ms = o.timeout_s * 1000;
+	ret = kac_exec(c, &eo, &ex, &err);
+	kac_close(c);
+	free(o.env);
+	if (ret == -ENOENT && err.code == KP_ERR_OS) {
+		fprintf(stderr, "%s: %s: command not found in the guest (%s)\n", prog, argv[i], err.msg);
+		return EXIT_NOTFOUND;
+	}
+	if ((ret == -EACCES || ret == -ENOEXEC) && err.code == KP_ERR_OS) {
+		fprintf(stderr, "%s: %s: not executable in the guest (%s)\n", prog, argv[i], err.msg);
+		return EXIT_NOEXEC;
+	}
+	if (ret == -ETIMEDOUT) {
+		fprintf(stderr, "%s: %s: %s\n", prog, argv[i], err.msg);
+		return EXIT_TIMEOUT;
+	}
+	if (ret) {
+		fprintf(stderr, "%s: %s: %s\n", prog, argv[i], err.msg);
+		return EXIT_KILN;
+	}
+	if (ex.signal)
+		return 128 + (ex.signal & 0x7f);
+	return (int)(ex.code & 0xff);
+}
+
+/* ---- files ------------------------------------------------------------------ */
+
+static const char *guest_path(const char *s)
+{
+	return strncmp(s, "guest:", 6) == 0 ? s + 6 : NULL;
+}
+
+static int op_fail(const char *what, const struct kac_err *err)
+{
+	fprintf(stderr, "%s: %s: %s\n", prog, what, err->msg);
+	return EXIT_FAIL;
+}
+
+static int cmd_cp(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	const char *gsrc, *gdst, *src, *dst;
+	static char path[8192];
+	struct stat lst;
+	struct kac_stat gst;
+	int64_t n;
+	int i, fd, ret;
+
+	i = parse_opts(argc, argv, &o);
+	if (argc - i != 2)
+		die_usage("cp: expected SRC DST, one of them guest:/path");
+	src = argv[i];
+	dst = argv[i + 1];
+	gsrc = guest_path(src);
+	gdst = guest_path(dst);
+	if (!!gsrc == !!gdst)
+		die_usage("cp: exactly one of SRC and DST must be guest:/path");
+	if ((gsrc && !*gsrc) || (gdst && !*gdst))
+		die_usage("cp: guest: needs a path (guest:/tmp/file)");
+
+	if (gdst) {
+		/* upload */
+		if (strcmp(src, "-") == 0) {
+			fd = 0;
+			lst.st_mode = 0644;
+		} else {
+			fd = open(src, O_RDONLY | O_CLOEXEC);
+			if (fd < 0 || fstat(fd, &lst) < 0) {
+				fprintf(stderr, "%s: %s: %s\n", prog, src, strerror(errno));
+				return EXIT_FAIL;
+			}
+			if (S_ISDIR(lst.st_mode)) {
+				fprintf(stderr, "%s: %s: is a directory (kiln cp copies one file)\n", prog, src);
+				return EXIT_FAIL;
+			}
+		}
+		c = connect_or_die(&o);
+		if (gdst[strlen(gdst) - 1] == '/' && strcmp(src, "-") != 0) {
+			const char *b = strrchr(src, '/');
+
+			if ((size_t)snprintf(path, sizeof(path), "%s%s", gdst, b ? b + 1 : src) >= sizeof(path))
+				die_usage("%s: path too long", gdst);
+			gdst = path;
+		}
+		n = kac_file_write(c, gdst, fd, lst.st_mode & 07777, &err);
+		kac_close(c);
+		if (n < 0)
+			return op_fail(gdst, &err);
+		return 0;
+	}
+
+	/* download */
+	c = connect_or_die(&o);
+	ret = kac_stat(c, gsrc, 0, &gst, &err);
+	if (ret)
+		return op_fail(gsrc, &err);
+	if (S_ISDIR(gst.type)) {
+		fprintf(stderr, "%s: %s: is a directory in the guest (kiln cp copies one file)\n", prog, gsrc);
+		return EXIT_FAIL;
+	}
+	if (strcmp(dst, "-") == 0) {
+		fd = 1;
+	} else {
+		if (stat(dst, &lst) == 0 && S_ISDIR(lst.st_mode)) {
+			const char *b = strrchr(gsrc, '/');
+
+			if ((size_t)snprintf(path, sizeof(path), "%s/%s", dst, b ? b + 1 : gsrc) >= sizeof(path))
+				die_usage("%s: path too long", dst);
+			dst = path;
+		}
+		fd = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, gst.mode & 07777);
+		if (fd < 0) {
+			fprintf(stderr, "%s: %s: %s\n", prog, dst, strerror(errno));
+			return EXIT_FAIL;
+		}
+	}
+	signal(SIGPIPE, SIG_IGN);
+	n = kac_file_read(c, gsrc, fd, &err);
+	kac_close(c);
+	if (n < 0)
+		return op_fail(gsrc, &err);
+	if (fd != 1 && close(fd) < 0) {
+		fprintf(stderr, "%s: %s: %s\n", prog, dst, strerror(errno));
+		return EXIT_FAIL;
+	}
+	return 0;
+}
+
+static const char *type_name(uint32_t t)
+{
+	switch (t & S_IFMT) {
+	case S_IFREG: return "file";
+	case S_IFDIR: return "directory";
+	case S_IFLNK: return "symlink";
+	case S_IFCHR: return "char";
+	case S_IFBLK: return "block";
+	case S_IFIFO: return "fifo";
+	case S_IFSOCK: return "socket";
+	default: return "unknown";
+	}
+}
+
+/* A JSON string (names are bytes: escape controls, pass the rest). */
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if (ch == '"' || ch == '\\')
+			printf("\\%c", ch);
+		else if (ch < 0x20)
+			printf("\\u%04x", ch);
+		else
+			putchar(ch);
+	}
+	putchar('"');
+}
+
+struct ls_state {
+	int json;
+	int n;
+};
+
+static int ls_entry(void *arg, const char *name, uint32_t type)
+{
+	struct ls_state *s = arg;
+
+	if (s->json) {
+		printf("%s{\"name\":", s->n ? "," : "");
+		json_str(name);
+		printf(",\"type\":\"%s\"}", type_name(type));
+	} else {
+		printf("%s%s\n", name, (type & S_IFMT) == S_IFDIR ? "/" : "");
+	}
+	s->n++;
+	return 0;
+}
+
+static int cmd_ls(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct ls_state s = { 0, 0 };
+	struct kac *c;
+	const char *path;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	if (argc - i > 1)
+		die_usage("ls: one directory at a time");
+	path = i < argc ? argv[i] : "/";
+	if (guest_path(path))
+		path = guest_path(path);
+	s.json = o.json;
+	c = connect_or_die(&o);
+	if (s.json)
+		putchar('[');
+	ret = kac_readdir(c, path, ls_entry, &s, &err);
+	kac_close(c);
+	if (s.json)
+		puts("]");
+	return ret ? op_fail(path, &err) : 0;
+}
+
+static int cmd_stat(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct kac_stat st;
+	struct kac *c;
+	const char *path;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	if (argc - i != 1)
+		die_usage("stat: expected one PATH");
+	path = guest_path(argv[i]) ? guest_path(argv[i]) : argv[i];
+	c = connect_or_die(&o);
+	ret = kac_stat(c, path, 0, &st, &err);
+	kac_close(c);
+	if (ret)
+		return op_fail(path, &err);
+	if (o.json) {
+		printf("{\"path\":");
+		json_str(path);
+		printf(",\"type\":\"%s\",\"mode\":\"%04o\",\"size\":%llu,\"uid\":%llu,\"gid\":%llu,"
+		       "\"nlink\":%llu,\"ino\":%llu,\"mtime_ns\":%lld}\n",
+		       type_name(st.type), st.mode & 07777, (unsigned long long)st.size,
+		       (unsigned long long)st.uid, (unsigned long long)st.gid,
+		       (unsigned long long)st.nlink, (unsigned long long)st.ino,
+		       (long long)st.mtime_ns);
+	} else {
+		printf("%s: %s, mode %04o, %llu bytes, uid %llu, gid %llu, mtime %lld.%09lld\n",
+		       path, type_name(st.type), st.mode & 07777, (unsigned long long)st.size,
+		       (unsigned long long)st.uid, (unsigned long long)st.gid,
+		       (long long)(st.mtime_ns / 1000000000), (long long)(st.mtime_ns % 1000000000));
+	}
+	return 0;
+}
+
+static int cmd_simple(int argc, char **argv, const char *cmd)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	const char *path, *path2 = NULL;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	if (strcmp(cmd, "mv") == 0) {
+		if (argc - i != 2)
+			die_usage("mv: expected FROM TO");
+		path2 = guest_path(argv[i + 1]) ? guest_path(argv[i + 1]) : argv[i + 1];
+	} else if (argc - i != 1) {
+		die_usage("%s: expected one PATH", cmd);
+	}
+	path = guest_path(argv[i]) ? guest_path(argv[i]) : argv[i];
+	c = connect_or_die(&o);
+	if (strcmp(cmd, "mkdir") == 0)
+		ret = kac_mkdir(c, path, o.mode, o.recursive, &err);
+	else if (strcmp(cmd, "rm") == 0)
+		ret = kac_remove(c, path, o.recursive, &err);
+	else
+		ret = kac_rename(c, path, path2, &err);
+	kac_close(c);
+	return ret ? op_fail(path, &err) : 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd;
+
+	if (argc < 2)
+		die_usage("no command given");
+	cmd = argv[1];
+	if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+		fputs(usage_text, stdout);
+		return 0;
+	}
+	/* The subcommand's options start after it. */
+	argv++;
+	argc--;
+	if (strcmp(cmd, "exec") == 0)
+		return cmd_exec(argc, argv);
+	if (strcmp(cmd, "cp") == 0)
+		return cmd_cp(argc, argv);
+	if (strcmp(cmd, "ls") == 0)
+		return cmd_ls(argc, argv);
+	if (strcmp(cmd, "stat") == 0)
+		return cmd_stat(argc, argv);
+	if (strcmp(cmd, "mkdir") == 0 || strcmp(cmd, "rm") == 0 || strcmp(cmd, "mv") == 0)
+		return cmd_simple(argc, argv, cmd);
+	die_usage("%s: unknown command", cmd);
+}

@@ -1,0 +1,15 @@
+/*
+ * kiln-agent: the guest side of the agent protocol (docs/agent-protocol.md),
+ * run by the init as PID 1 when the kernel command line has kiln.agent.
+ */
+#ifndef KILN_AGENT_H
+#define KILN_AGENT_H
+
+/*
+ * Listen on vsock port KP_VSOCK_PORT and serve connections until the VM
+ * stops. Prints "kiln-agent: ready" on stderr once the listener is up.
+ * Returns only if the listener cannot be set up: a negative errno.
+ */
+int agent_main(void);
+
+#endif

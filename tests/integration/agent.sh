@@ -1,0 +1,137 @@
+# The guest agent (kiln.agent) through build/kiln, the host CLI: one guest
+# ($vmm, labelled $v) serves every test below over --vsock; the last test
+# stops it. docs/agent-protocol.md is the contract both sides follow.
+# shellcheck shell=bash
+
+kiln=${KILN_CLI:-$root/build/kiln}
+asock=$work/a.sock
+"$vmm" --timeout 900 --mem 1024 --console "$work/agent-console" \
+	--vsock "cid=3,uds=$asock" --cmdline kiln.agent </dev/null &
+agent_vmm=$!
+
+# ka STDOUT_FILE STDERR_FILE ARGS...: kiln ARGS with the socket, printing
+# "status=N" for the pattern to check.
+ka() {
+	local o=$1 e=$2
+	shift 2
+	"$kiln" "$1" --uds "$asock" "${@:2}" >"$o" 2>"$e"
+	echo "status=$?"
+}
+export -f ka
+export kiln asock work
+
+run "$v: agent: exec: stdout, stderr and exit code kept apart (first call waits for boot)" 0 \
+	'^status=3 out=\[out\] err=\[err\]$' \
+	bash -c 's=$(ka "$work/o" "$work/e" exec --connect-timeout 200 -- sh -c "echo out; echo err >&2; exit 3")
+	         echo "$s out=[$(cat "$work/o")] err=[$(cat "$work/e")]"'
+
+run "$v: agent: exec: a process killed by SIGKILL exits 137" 0 '^status=137$' \
+	bash -c 'ka /dev/null "$work/e" exec -- sh -c "kill -9 \$\$"'
+
+run "$v: agent: exec: SIGINT to kiln reaches the guest process (exit 130)" 0 '^status=130$' \
+	bash -c '"$kiln" exec --uds "$asock" -- sleep 60 & p=$!; sleep 2; kill -INT $p; wait $p; echo "status=$?"'
+
+run "$v: agent: exec: --env, --cwd and argv bytes pass through" 0 '^\[/tmp\] \[v a l\] \[a  b\]$' \
+	"$kiln" exec --uds "$asock" --env "K=v a l" --cwd /tmp -- sh -c 'echo "[$(pwd)] [$K] [$1]"' sh 'a  b'
+
+run "$v: agent: exec: 32 at once, each with its own output and status" 0 '^ok=32$' \
+	bash -c 'pids=(); for i in $(seq 32); do
+	           "$kiln" exec --uds "$asock" -- sh -c "echo hello-$i; exit $((i % 7))" >"$work/c$i" 2>&1 & pids+=($!); done
+	         ok=0; for i in $(seq 32); do wait "${pids[$((i - 1))]}"; st=$?
+	           [ "$st" = $((i % 7)) ] && [ "$(cat "$work/c$i")" = "hello-$i" ] && ok=$((ok + 1))
+	           [ "$st" = $((i % 7)) ] || echo "exec $i: status $st: $(cat "$work/c$i")"; done
+	         echo "ok=$ok"'
+
+run "$v: agent: exec: a closed stdout ends the guest process with SIGPIPE (exit 141)" 0 '^y y status=141$' \
+	bash -c '"$kiln" exec --uds "$asock" -- yes | head -n 2 >"$work/y"; st=${PIPESTATUS[0]}
+	         echo "$(tr "\n" " " <"$work/y")status=$st"'
+
+run "$v: agent: exec: stdin round trip, short and 8 MiB" 0 '^got \[world hello\] sums-equal$' \
+	bash -c 'a=$(printf "hello\nworld\n" | "$kiln" exec --uds "$asock" -- sh -c "read a; read b; echo \"\$b \$a\"")
+	         head -c 8388608 /dev/urandom >"$work/in8"
+	         g=$("$kiln" exec --uds "$asock" -- md5sum <"$work/in8" | cut -d" " -f1)
+	         h=$(md5sum <"$work/in8" | cut -d" " -f1)
+	         [ "$g" = "$h" ] && echo "got [$a] sums-equal" || echo "got [$a] guest=$g host=$h"'
+
+run "$v: agent: exec: 16 MiB of stdout streamed intact" 0 '^sums-equal$' \
+	bash -c 'g=$("$kiln" exec --uds "$asock" -- sh -c "head -c 16777216 /dev/zero | tr \"\\0\" x" | md5sum | cut -d" " -f1)
+	         h=$(head -c 16777216 /dev/zero | tr "\0" x | md5sum | cut -d" " -f1)
+	         [ "$g" = "$h" ] && echo sums-equal || echo "guest=$g host=$h"'
+
+run "$v: agent: cp: 100 MiB up and down, checksums and mode kept" 0 '^up=ok mode=640 down=ok$' \
+	bash -c 'head -c 104857600 /dev/urandom >"$work/big"; chmod 640 "$work/big"
+	         h=$(md5sum <"$work/big" | cut -d" " -f1)
+	         "$kiln" cp --uds "$asock" "$work/big" guest:/tmp/big || exit 1
+	         g=$("$kiln" exec --uds "$asock" -- md5sum /tmp/big | cut -d" " -f1)
+	         m=$("$kiln" exec --uds "$asock" -- stat -c %a /tmp/big)
+	         "$kiln" cp --uds "$asock" guest:/tmp/big "$work/big2" || exit 1
+	         d=$(md5sum <"$work/big2" | cut -d" " -f1)
+	         "$kiln" rm --uds "$asock" /tmp/big
+	         rm -f "$work/big" "$work/big2"
+	         echo "up=$([ "$g" = "$h" ] && echo ok || echo "$g!=$h") mode=$m down=$([ "$d" = "$h" ] && echo ok || echo "$d!=$h")"'
+
+run "$v: agent: mkdir -p, ls, stat, mv, rm -r" 0 '^ls=\[c/ f\] stat=directory moved=file gone=1$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         k mkdir -p /tmp/a/b/c || exit 1
+	         echo hi | k cp - guest:/tmp/a/b/f || exit 1
+	         l=$(k ls /tmp/a/b | sort | tr "\n" " ")
+	         s=$(k stat --json /tmp/a/b/c | sed -n "s/.*\"type\":\"\([a-z]*\)\".*/\1/p")
+	         k mv /tmp/a/b/f /tmp/a/g || exit 1
+	         t=$(k stat --json /tmp/a/g | sed -n "s/.*\"type\":\"\([a-z]*\)\".*/\1/p")
+	         k rm -r /tmp/a || exit 1
+	         k stat /tmp/a 2>/dev/null; echo "ls=[${l% }] stat=$s moved=$t gone=$?"'
+
+run "$v: agent: stat of a missing guest path fails with one clear line" 1 \
+	'^kiln: /nonexistent: .*No such file' \
+	"$kiln" stat --uds "$asock" /nonexistent
+
+run "$v: agent: exec --timeout kills the guest process and exits 124" 0 \
+	'^status=124 .*timed out after 2000 ms; the process \(pid [0-9]+\) was killed; then: ok$' \
+	bash -c 's=$(ka /dev/null "$work/e" exec --timeout 2 -- sleep 60)
+	         t=$("$kiln" exec --uds "$asock" -- sh -c "ps | grep -q \"[s]leep 60\" && echo still-running || echo then: ok")
+	         echo "$s $(cat "$work/e"); $t"'
+
+run "$v: agent: exec of a missing command: exit 127 and a clear error, quickly" 127 \
+	'^kiln: /no/such/cmd: command not found in the guest' \
+	timeout 20 "$kiln" exec --uds "$asock" -- /no/such/cmd arg
+
+run "$v: agent: a client sending garbage is dropped; the agent serves the next one" 0 \
+	'^garbage: closed; oversize: closed; then: alive$' \
+	bash -c 'python3 - "$asock" <<-"EOF" && "$kiln" exec --uds "$asock" -- echo alive | sed "s/^/then: /"
+	import socket, sys
+	def junk(payload):
+	    s = socket.socket(socket.AF_UNIX)
+	    s.settimeout(30)
+	    s.connect(sys.argv[1])
+	    s.sendall(b"CONNECT 1024\n")
+	    line = b""
+	    while not line.endswith(b"\n"):
+	        c = s.recv(1)
+	        if not c:
+	            sys.exit("no OK line")
+	        line += c
+	    s.sendall(payload)
+	    while True:           # the agent closes: recv returns b"" (after its ERROR, if any)
+	        try:
+	            d = s.recv(65536)
+	        except ConnectionResetError:
+	            d = b""
+	        if not d:
+	            return "closed"
+	import time
+	t0 = time.time()
+	print("garbage: %s; oversize: %s;" % (
+	    junk(b"\xff" * 64 + bytes(range(256)) * 8),
+	    junk(b"\x08\x00\x00\x01" + b"\x10\x00\x00\x00\x01\x00\x00\x00" + b"\x00" * 64)), end=" ")
+	print("(%.1fs)" % (time.time() - t0), file=sys.stderr)
+	EOF'
+
+run "$v: agent: the VM stops when killed, its socket removed" 0 '^stopped socket-removed=yes$' \
+	bash -c 'kill '"$agent_vmm"'; for i in $(seq 100); do kill -0 '"$agent_vmm"' 2>/dev/null || break; sleep 0.1; done
+	         kill -0 '"$agent_vmm"' 2>/dev/null && { echo still running; kill -9 '"$agent_vmm"'; }
+	         [ -e "$asock" ] && r=no || r=yes; echo "stopped socket-removed=$r"'
+wait "$agent_vmm" 2>/dev/null
+
+run "$v: agent: kiln against a socket nobody serves names the problem and the fix" 125 \
+	"^kiln: $asock: no VM listening \\(start kiln-vmm with --vsock cid=3,uds=$asock --cmdline kiln.agent\\)$" \
+	"$kiln" exec --uds "$asock" --connect-timeout 1 -- true
