@@ -155,7 +155,11 @@ struct virtio_dev {
 
 	int irqfd;			/* KVM_IRQFD: a write raises irq */
 	int kick_fd[VIRTIO_MAX_QUEUES];	/* KVM_IOEVENTFD on QueueNotify, one per queue */
-	struct io_op kick_op[VIRTIO_MAX_QUEUES];
+	struct virtio_kick {
+		struct io_op op;	/* first: the loop hands this back */
+		struct virtio_dev *dev;
+		unsigned q;
+	} kick[VIRTIO_MAX_QUEUES];
 	uint64_t kicks, interrupts;
 };
 

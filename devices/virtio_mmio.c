@@ -93,8 +93,10 @@ int virtio_mmio_init(struct virtio_dev *d, const struct virtio_dev_ops *ops, voi
 		ioe.fd = d->kick_fd[q];
 		if (ioctl(vm->fd, KVM_IOEVENTFD, &ioe) < 0)
 			return kiln_fail(err, errno, "%s: KVM_IOEVENTFD: %s", ops->name, strerror(errno));
-		d->kick_op[q].done = kick_done;
-		r = ioloop_watch(loop, d->kick_fd[q], &d->kick_op[q]);
+		d->kick[q].op.done = kick_done;
+		d->kick[q].dev = d;
+		d->kick[q].q = q;
+		r = ioloop_watch(loop, d->kick_fd[q], &d->kick[q].op);
 		if (r < 0)
 			return kiln_fail(err, -r, "%s: cannot watch its queue notifications", ops->name);
 	}
@@ -172,22 +174,13 @@ void virtio_kick(struct virtio_dev *d, unsigned q)
 
 static void kick_done(struct io_op *op, int res, unsigned flags)
 {
-	struct virtio_dev *d;
-	unsigned q;
+	struct virtio_kick *k = (struct virtio_kick *)op;
 	uint64_t v;
 
 	(void)flags;
-	/* kick_op[q] sits in an array inside the device: find both. */
-	for (q = 0; q < VIRTIO_MAX_QUEUES; q++) {
-		d = (struct virtio_dev *)((char *)(op - q) - offsetof(struct virtio_dev, kick_op));
-		if (&d->kick_op[q] == op && d->kick_fd[q] == op->watch_fd)
-			break;
-	}
-	if (q == VIRTIO_MAX_QUEUES || res < 0)
+	if (res < 0 || read(k->dev->kick_fd[k->q], &v, sizeof(v)) != sizeof(v))
 		return;
-	if (read(d->kick_fd[q], &v, sizeof(v)) != sizeof(v))
-		return;
-	virtio_kick(d, q);
+	virtio_kick(k->dev, k->q);
 }
 
 static void device_reset(struct virtio_dev *d)
