@@ -293,7 +293,7 @@ static int decode_command(const char *cmdline, uint8_t *buf, size_t buflen, char
  * pid; an exec failure comes back through *exec_errno (0 when exec worked),
  * carried over a close-on-exec pipe.
  */
-static pid_t spawn(char **argv, int *exec_errno)
+static pid_t spawn(char **argv, int ctty, int *exec_errno)
 {
 	int pfd[2];
 	pid_t pid;
@@ -315,7 +315,14 @@ static pid_t spawn(char **argv, int *exec_errno)
 		sigemptyset(&all);
 		sigprocmask(SIG_SETMASK, &all, NULL);
 		setsid();
-		ioctl(0, TIOCSCTTY, 1);
+		/*
+		 * Only an interactive shell gets the console as its controlling
+		 * tty: when a session leader with one exits, the kernel hangs the
+		 * tty up and discards output not yet sent (uart_hangup), which
+		 * lost a command's last lines on SMP guests.
+		 */
+		if (ctty)
+			ioctl(0, TIOCSCTTY, 1);
 		execvp(argv[0], argv);
 		err = errno;
 		(void)!write(pfd[1], &err, sizeof(err));
@@ -429,7 +436,7 @@ int main(void)
 	if (argc == 0)
 		memcpy(argv, shell, sizeof(shell));
 
-	pid = spawn(argv, &exec_errno);
+	pid = spawn(argv, argc == 0, &exec_errno);
 	if (pid < 0) {
 		say("kiln-init: fork: %s\n", strerror(errno));
 		finish(KILN_STATUS(KILN_STATUS_INITFAIL, 1));
