@@ -11,12 +11,12 @@ O       := build
 WERROR  ?= -Werror
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wformat=2 $(WERROR)
-CPPFLAGS := -D_GNU_SOURCE -Iguest -Ivmm -Idevices
+CPPFLAGS := -D_GNU_SOURCE -Iguest -Ivmm -Idevices -Isnapshot
 LDLIBS  := -luring -pthread
 
 VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
-             vmm/ioloop.c $(sort $(wildcard devices/*.c))
-VMM_HDRS  := vmm/vmm.h vmm/ioloop.h devices/devices.h devices/virtio.h guest/abi.h guest/base64.h
+             vmm/ioloop.c vmm/vmstate.c vmm/control.c $(sort $(wildcard devices/*.c)) $(sort $(wildcard snapshot/*.c))
+VMM_HDRS  := vmm/vmm.h vmm/ioloop.h vmm/control.h snapshot/snapshot.h devices/devices.h devices/virtio.h snapshot/snapfile.h guest/abi.h guest/base64.h
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 PROTO_SRCS := guest/agent_proto.c
 PROTO_HDRS := guest/agent_proto.h

@@ -69,6 +69,7 @@ struct op {
 	int nsig;
 	uint32_t sig_ids[8];		/* SIGNAL requests in flight, answers ignored */
 	int64_t size;			/* FILE_READ/FILE_WRITE result */
+	int port;			/* PORT_CONNECT: the guest's EOF ends our input too */
 };
 
 static int fail(struct kac_err *err, int errnum, const char *fmt, ...)
@@ -586,6 +587,14 @@ static int dispatch(struct kac *c, struct op *o, const struct kp_frame *f, struc
 	case KP_EOF:
 		if (f->flags & KP_F_END)
 			o->done = 1;
+		if (o->port && f->channel == KP_CHAN_OUT && !o->in_eof_sent) {
+			uint8_t eof[KP_HDR_LEN + 8];
+
+			/* The peer is done: stop reading our input, as nc does. */
+			kp_enc_eof(eof, o->id, KP_CHAN_IN, 0, o->in_off);
+			o->in_eof_sent = 1;
+			return send_frame(c, eof, sizeof(eof), err);
+		}
 		return 0;
 	case KP_WINDOW:
 		if (f->channel != KP_CHAN_IN || kp_parse_window(f, &inc) || inc == 0 ||
@@ -1036,5 +1045,404 @@ int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *
 	req_begin(c, &w, KP_OP_RENAME);
 	kp_put_str(&w, KT_PATH, from);
 	kp_put_str(&w, KT_PATH2, to);
+	return simple(c, &o, &w, err);
+}
+
+/* ---- control -------------------------------------------------------------------- */
+
+int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int i;
+
+	op_init(&o, new_id(c));
+	req_begin(c, &w, KP_OP_IDENTITY);
+	if (id->sandbox_id)
+		kp_put_str(&w, KT_SANDBOX_ID, id->sandbox_id);
+	if (id->hostname)
+		kp_put_str(&w, KT_HOSTNAME, id->hostname);
+	if (id->clear_env)
+		kp_put_bool(&w, KT_CLEAR_ENV, 1);
+	for (i = 0; id->env && id->env[i]; i++)
+		kp_put_str(&w, KT_ENV, id->env[i]);
+	if (id->set_clock) {
+		uint64_t ns = id->realtime_ns;
+
+		if (!ns) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+		}
+		kp_put_u64(&w, KT_REALTIME_NS, ns);
+	}
+	return simple(c, &o, &w, err);
+}
+
+int kac_shutdown(struct kac *c, int grace_ms, int reboot, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct kp_frame f;
+	struct op o;
+	int64_t deadline;
+	int ret;
+
+	op_init(&o, new_id(c));
+	req_begin(c, &w, KP_OP_SHUTDOWN);
+	if (grace_ms > 0)
+		kp_put_u64(&w, KT_TIMEOUT_MS, (uint64_t)grace_ms);
+	if (reboot)
+		kp_put_bool(&w, KT_REBOOT, 1);
+	ret = simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	/* Accepted: wait for the VM to stop, which closes the connection. */
+	deadline = now_ms() + (grace_ms > 0 ? grace_ms : 5000) + 30000;
+	for (;;) {
+		ret = read_frame(c, &f, deadline, err);
+		if (ret == -ECONNRESET)
+			return 0;
+		if (ret == -ETIMEDOUT)
+			return fail(err, ETIMEDOUT, "the agent accepted the shutdown but the VM was still up "
+				    "%d s later", (int)((grace_ms > 0 ? grace_ms : 5000) / 1000 + 30));
+		if (ret)
+			return ret;
+	}
+}
+
+struct health_arg {
+	uint64_t *uptime, *procs;
+};
+
+static int health_rec(struct op *o, const struct kp_frame *f)
+{
+	struct health_arg *h = o->arg;
+	struct kp_field fl;
+
+	if (kp_rec_find(f->payload, f->len, KT_UPTIME_NS, &fl) == 1)
+		kp_field_u64(&fl, h->uptime);
+	if (kp_rec_find(f->payload, f->len, KT_PROCS, &fl) == 1)
+		kp_field_u64(&fl, h->procs);
+	return 0;
+}
+
+int kac_health(struct kac *c, uint64_t *uptime_ns, uint64_t *procs, struct kac_err *err)
+{
+	struct health_arg h = { uptime_ns, procs };
+	struct kp_recw w;
+	struct op o;
+
+	*uptime_ns = *procs = 0;
+	op_init(&o, new_id(c));
+	o.on_rec = health_rec;
+	o.arg = &h;
+	req_begin(c, &w, KP_OP_HEALTH);
+	return simple(c, &o, &w, err);
+}
+
+static int env_get_rec(struct op *o, const struct kp_frame *f)
+{
+	char **v = o->arg;
+	struct kp_field fl;
+
+	if (kp_rec_find(f->payload, f->len, KT_VALUE, &fl) != 1 || fl.kind != KP_K_STR)
+		return 0;
+	free(*v);
+	*v = malloc(fl.len + 1);
+	if (!*v)
+		return -ENOMEM;
+	kp_field_str(&fl, *v, fl.len + 1);
+	return 0;
+}
+
+int kac_env_get(struct kac *c, const char *key, char **value, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	*value = NULL;
+	op_init(&o, new_id(c));
+	o.on_rec = env_get_rec;
+	o.arg = value;
+	req_begin(c, &w, KP_OP_ENV_GET);
+	kp_put_str(&w, KT_KEY, key);
+	ret = simple(c, &o, &w, err);
+	if (ret) {
+		free(*value);
+		*value = NULL;
+	}
+	return ret;
+}
+
+int kac_env_set(struct kac *c, const char *key, const char *value, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_init(&o, new_id(c));
+	req_begin(c, &w, KP_OP_ENV_SET);
+	kp_put_str(&w, KT_KEY, key);
+	kp_put_str(&w, KT_VALUE, value);
+	return simple(c, &o, &w, err);
+}
+
+int kac_env_unset(struct kac *c, const char *key, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_init(&o, new_id(c));
+	req_begin(c, &w, KP_OP_ENV_DELETE);
+	kp_put_str(&w, KT_KEY, key);
+	return simple(c, &o, &w, err);
+}
+
+struct str_arg {
+	kac_str_fn fn;
+	void *arg;
+	int ret;
+};
+
+static int env_list_rec(struct op *o, const struct kp_frame *f)
+{
+	struct str_arg *a = o->arg;
+	struct kp_rec r;
+	struct kp_field fl;
+	char *e;
+	int ret;
+
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		if (fl.tag != KT_ENV || fl.kind != KP_K_STR || a->ret)
+			continue;
+		e = malloc(fl.len + 1);
+		if (!e)
+			return -ENOMEM;
+		kp_field_str(&fl, e, fl.len + 1);
+		a->ret = a->fn(a->arg, e);
+		free(e);
+	}
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int kac_env_list(struct kac *c, kac_str_fn fn, void *arg, struct kac_err *err)
+{
+	struct str_arg a = { fn, arg, 0 };
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	op_init(&o, new_id(c));
+	o.on_rec = env_list_rec;
+	o.arg = &a;
+	req_begin(c, &w, KP_OP_ENV_LIST);
+	ret = simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	return a.ret ? fail(err, -a.ret, "env list: %s", strerror(-a.ret)) : 0;
+}
+
+/* ---- ports ---------------------------------------------------------------------- */
+
+static void port_args(struct kp_recw *w, uint16_t port, const char *addr)
+{
+	kp_put_u64(w, KT_PORT, port);
+	if (addr)
+		kp_put_str(w, KT_ADDR, addr);
+}
+
+int kac_port_connect(struct kac *c, uint16_t port, const char *addr, int in_fd, int out_fd,
+		     struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	if (err)
+		err->code = 0;
+	op_init(&o, new_id(c));
+	o.port = 1;
+	o.in_fd = in_fd;
+	o.in_credit = c->peer_window;
+	o.out_fd[1] = out_fd;
+	req_begin(c, &w, KP_OP_PORT_CONNECT);
+	port_args(&w, port, addr);
+	ret = req_send(c, o.id, &w, err);
+	if (ret)
+		return ret;
+	ret = op_run(c, &o, -1, err);
+	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
+		return fail(err, -o.out_err, "writing the port's bytes: %s", strerror(-o.out_err));
+	return ret;
+}
+
+/* Read exactly n bytes (the raw tunnel starts right after the RESPONSE: no read-ahead). */
+static int read_exact(int fd, uint8_t *p, size_t n, int64_t deadline)
+{
+	struct pollfd pf = { .fd = fd, .events = POLLIN };
+	ssize_t r;
+
+	while (n) {
+		int64_t left = deadline - now_ms();
+
+		if (left <= 0)
+			return -ETIMEDOUT;
+		if (poll(&pf, 1, (int)(left > 60000 ? 60000 : left)) <= 0)
+			continue;
+		r = read(fd, p, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ECONNRESET;
+		p += r;
+		n -= (size_t)r;
+	}
+	return 0;
+}
+
+int kac_port_raw(struct kac *c, uint16_t port, const char *addr, int *fd, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct kp_frame f;
+	struct kp_decoder dec;
+	uint8_t hdr[KP_HDR_LEN];
+	uint32_t len, id = new_id(c);
+	size_t used;
+	int64_t deadline = now_ms() + 120000;
+	int ret;
+
+	if (err)
+		err->code = 0;
+	if (c->rpos != c->rlen || c->next_id != 1) {
+		ret = fail(err, EINVAL, "raw port connection: needs a fresh agent connection");
+		goto out;
+	}
+	req_begin(c, &w, KP_OP_PORT_CONNECT);
+	port_args(&w, port, addr);
+	kp_put_bool(&w, KT_RAW, 1);
+	ret = req_send(c, id, &w, err);
+	if (ret)
+		goto out;
+	/* One frame, read by hand: the tunnel's bytes may follow it at once. */
+	ret = read_exact(c->fd, hdr, sizeof(hdr), deadline);
+	len = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 | (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
+	if (!ret && (len < 8 || len - 8 > KP_MAX_CONTROL))
+		ret = -EPROTO;
+	if (!ret)
+		ret = read_exact(c->fd, c->rbuf, len - 8, deadline);
+	if (ret) {
+		ret = fail(err, -ret, "raw port connection: %s", ret == -EPROTO ? "malformed answer" :
+			   ret == -ECONNRESET ? "the agent closed the connection" : strerror(-ret));
+		goto out;
+	}
+	kp_dec_init(&dec, c->dbuf, KP_MAX_PAYLOAD);
+	if (kp_dec_feed(&dec, hdr, sizeof(hdr), &used, &f) < 0 ||
+	    kp_dec_feed(&dec, c->rbuf, len - 8, &used, &f) != 1 || f.id != id) {
+		ret = fail(err, EPROTO, "raw port connection: malformed answer");
+		goto out;
+	}
+	if (f.type == KP_ERROR) {
+		ret = error_frame(&f, err);
+		goto out;
+	}
+	if (f.type != KP_RESPONSE) {
+		ret = fail(err, EPROTO, "raw port connection: %s instead of RESPONSE", kp_type_name(f.type));
+		goto out;
+	}
+	*fd = c->fd;
+	c->fd = -1;
+	ret = 0;
+out:
+	kac_close(c);
+	return ret;
+}
+
+struct lst_arg {
+	kac_listener_fn fn;
+	void *arg;
+	int ret;
+	struct kac_listener *one;	/* PORT_WAIT */
+};
+
+static void listener_of(struct kp_rec *e, struct kac_listener *l)
+{
+	struct kp_field ef;
+	uint64_t v;
+
+	memset(l, 0, sizeof(*l));
+	while (kp_rec_next(e, &ef) == 1) {
+		if (ef.tag == KT_PORT && !kp_field_u64(&ef, &v) && v <= 65535)
+			l->port = (uint16_t)v;
+		else if (ef.tag == KT_PID && !kp_field_u64(&ef, &v))
+			l->pid = v;
+		else if (ef.tag == KT_ADDR)
+			kp_field_str(&ef, l->addr, sizeof(l->addr));
+	}
+}
+
+static int lst_rec(struct op *o, const struct kp_frame *f)
+{
+	struct lst_arg *a = o->arg;
+	struct kp_rec r, e;
+	struct kp_field fl;
+	struct kac_listener l;
+	int ret;
+
+	if (a->one) {		/* the LISTEN event: its fields at the top level */
+		kp_rec_open(&e, f->payload, f->len);
+		listener_of(&e, a->one);
+		return 0;
+	}
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		if (fl.tag != KT_ENTRY || kp_field_rec(&fl, &e) || a->ret)
+			continue;
+		listener_of(&e, &l);
+		a->ret = a->fn(a->arg, &l);
+	}
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int kac_port_list(struct kac *c, uint64_t pid, kac_listener_fn fn, void *arg, struct kac_err *err)
+{
+	struct lst_arg a = { fn, arg, 0, NULL };
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	op_init(&o, new_id(c));
+	o.on_rec = lst_rec;
+	o.arg = &a;
+	req_begin(c, &w, KP_OP_PORT_LIST);
+	if (pid)
+		kp_put_u64(&w, KT_PID, pid);
+	ret = simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	return a.ret ? fail(err, -a.ret, "port list: %s", strerror(-a.ret)) : 0;
+}
+
+int kac_port_wait(struct kac *c, uint16_t port, uint64_t pid, int timeout_ms, struct kac_listener *l,
+		  struct kac_err *err)
+{
+	struct lst_arg a = { NULL, NULL, 0, l };
+	struct kp_recw w;
+	struct op o;
+
+	memset(l, 0, sizeof(*l));
+	op_init(&o, new_id(c));
+	o.on_rec = lst_rec;
+	o.arg = &a;
+	req_begin(c, &w, KP_OP_PORT_WAIT);
+	if (port)
+		kp_put_u64(&w, KT_PORT, port);
+	if (pid)
+		kp_put_u64(&w, KT_PID, pid);
+	if (timeout_ms > 0)
+		kp_put_u64(&w, KT_TIMEOUT_MS, (uint64_t)timeout_ms);
 	return simple(c, &o, &w, err);
 }

@@ -110,4 +110,84 @@ int kac_remove(struct kac *c, const char *path, int recursive, struct kac_err *e
 /* rename(2) within the guest. */
 int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *err);
 
+/* ---- control ------------------------------------------------------------------ */
+
+/* What IDENTITY sets; NULL or 0 fields leave that part unchanged. */
+struct kac_identity {
+	const char *sandbox_id;		/* 1-128 of [A-Za-z0-9._:-]: KILN_SANDBOX_ID and /run/kiln/sandbox-id */
+	const char *hostname;		/* 1-64 of [A-Za-z0-9.-]: sethostname and /etc/hostname */
+	const char *const *env;		/* NULL-terminated KEY=VALUE list set in the default env, or NULL */
+	int clear_env;			/* empty the default env first (KILN_SANDBOX_ID stays) */
+	int set_clock;			/* set the guest's CLOCK_REALTIME to realtime_ns */
+	uint64_t realtime_ns;		/* ns since the epoch; 0 with set_clock: the host's clock now */
+};
+
+/*
+ * Set the sandbox's identity after a boot or a snapshot restore, before
+ * anything else runs in it: validated whole before anything changes.
+ */
+int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *err);
+
+/*
+ * SHUTDOWN: the agent SIGTERMs every process, SIGKILLs what is left after
+ * grace_ms (0: the agent's default, 5000), syncs and powers off the VM
+ * (kiln-vmm then exits 0), or resets it with reboot. Returns 0 once the
+ * connection closed (the VM stopped), -ETIMEDOUT if it was still open
+ * grace_ms + 30 s later, or another -errno.
+ */
+int kac_shutdown(struct kac *c, int grace_ms, int reboot, struct kac_err *err);
+
+/* The agent's uptime in ns and count of live processes (HEALTH). */
+int kac_health(struct kac *c, uint64_t *uptime_ns, uint64_t *procs, struct kac_err *err);
+
+/* The default environment (the base of every exec). */
+/* *value: a malloc'd copy, or NULL when key is unset. */
+int kac_env_get(struct kac *c, const char *key, char **value, struct kac_err *err);
+int kac_env_set(struct kac *c, const char *key, const char *value, struct kac_err *err);
+int kac_env_unset(struct kac *c, const char *key, struct kac_err *err);
+/* Called with each KEY=VALUE entry. Return 0, or -errno to stop. */
+typedef int (*kac_str_fn)(void *arg, const char *s);
+int kac_env_list(struct kac *c, kac_str_fn fn, void *arg, struct kac_err *err);
+
+/* ---- ports --------------------------------------------------------------------- */
+
+/*
+ * Connect to TCP port on addr (an IP literal; NULL: 127.0.0.1) from inside
+ * the guest, multiplexed on c: bytes read from in_fd go to the socket, the
+ * socket's bytes are written to out_fd. When in_fd ends, the guest socket's
+ * write side is shut; when the guest peer ends its side, in_fd is no longer
+ * read (as nc does) and the call returns. Returns 0, or -errno
+ * (-ECONNREFUSED: nothing listens there).
+ */
+int kac_port_connect(struct kac *c, uint16_t port, const char *addr, int in_fd, int out_fd,
+		     struct kac_err *err);
+
+/*
+ * A dedicated raw connection to a guest TCP port: c must be a new
+ * connection with no request yet, and is consumed (freed) in all cases. On
+ * success *fd is a stream socket carrying the TCP connection's bytes
+ * unframed both ways (shutdown(SHUT_WR) is a half-close); the caller closes it.
+ */
+int kac_port_raw(struct kac *c, uint16_t port, const char *addr, int *fd, struct kac_err *err);
+
+struct kac_listener {
+	uint16_t port;
+	uint64_t pid;			/* 0 if no owner was found */
+	char addr[48];			/* the local address it listens on */
+};
+
+/* Called with each listening TCP socket. Return 0, or -errno to stop. */
+typedef int (*kac_listener_fn)(void *arg, const struct kac_listener *l);
+
+/* The guest's listening TCP sockets (of process pid and its descendants if pid != 0). */
+int kac_port_list(struct kac *c, uint64_t pid, kac_listener_fn fn, void *arg, struct kac_err *err);
+
+/*
+ * Wait until something listens on port (or, port 0, until process pid or a
+ * descendant listens on any port), at most timeout_ms (0: no limit).
+ * Returns 0 with *l filled, -ETIMEDOUT, or another -errno.
+ */
+int kac_port_wait(struct kac *c, uint16_t port, uint64_t pid, int timeout_ms, struct kac_listener *l,
+		  struct kac_err *err);
+
 #endif

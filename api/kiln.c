@@ -5,6 +5,8 @@
  *   kiln exec --uds PATH [--env K=V]... [--cwd DIR] [--timeout S] [-i] -- CMD ARGS...
  *   kiln cp   --uds PATH SRC DST          (one side guest:/path)
  *   kiln ls|stat|mkdir|rm|mv --uds PATH ...
+ *   kiln identity|shutdown|env --uds PATH ...
+ *   kiln connect|forward|ports --uds PATH ...
  *
  * Exit status of exec: the command's own; 128+N when it was killed by signal
  * N; 124 on --timeout; 125 when kiln itself failed; 126 not executable; 127
@@ -14,11 +16,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,6 +59,23 @@ static const char usage_text[] =
 "  mkdir [-p] [--mode OCTAL] DIR\n"
 "  rm [-r] PATH\n"
 "  mv FROM TO\n"
+"  identity [--id ID] [--hostname H] [--env K=V]... [--clear-env] [--clock now|none|NS]\n"
+"        set the sandbox id (env KILN_SANDBOX_ID, file /run/kiln/sandbox-id),\n"
+"        hostname, default environment and wall clock (default: the host's\n"
+"        clock now); send after every snapshot restore\n"
+"  shutdown [--timeout MS] [--reboot]\n"
+"        SIGTERM every guest process, SIGKILL after MS milliseconds (default\n"
+"        5000), sync and power off; returns once the VM has stopped\n"
+"  env [list [--json] | get KEY | set KEY VALUE | unset KEY]\n"
+"        the guest's default environment (the base of every exec)\n"
+"  connect [--raw] [--addr IP] PORT\n"
+"        connect stdin and stdout to guest TCP PORT (like nc); --raw uses a\n"
+"        dedicated unframed connection\n"
+"  forward [--addr IP] LOCALPORT:GUESTPORT\n"
+"        listen on 127.0.0.1:LOCALPORT, one guest connection per client\n"
+"  ports [--json]             the guest's listening TCP ports (port, pid, address)\n"
+"  ports [--timeout S] wait PORT\n"
+"        wait until something listens on guest PORT\n"
 "        exit 0, 1 if the operation failed, 2 on bad usage, 125 if the agent\n"
 "        could not be reached\n"
 "\n"
@@ -88,9 +111,16 @@ struct common {
 	const char **env;
 	int nenv;
 	uint32_t mode;
+	const char *timeout_arg;	/* --timeout as given (shutdown takes ms) */
+	const char *id, *hostname, *clock;
+	int clear_env;
+	int reboot;
+	int raw;
+	const char *addr;
 };
 
-enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_JSON, OPT_MODE };
+enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_JSON, OPT_MODE,
+       OPT_ID, OPT_HOSTNAME, OPT_CLEAR_ENV, OPT_CLOCK, OPT_REBOOT, OPT_RAW, OPT_ADDR };
 
 static const struct option long_opts[] = {
 	{ "uds", required_argument, NULL, OPT_UDS },
@@ -101,6 +131,13 @@ static const struct option long_opts[] = {
 	{ "json", no_argument, NULL, OPT_JSON },
 	{ "mode", required_argument, NULL, OPT_MODE },
 	{ "interactive", no_argument, NULL, 'i' },
+	{ "id", required_argument, NULL, OPT_ID },
+	{ "hostname", required_argument, NULL, OPT_HOSTNAME },
+	{ "clear-env", no_argument, NULL, OPT_CLEAR_ENV },
+	{ "clock", required_argument, NULL, OPT_CLOCK },
+	{ "reboot", no_argument, NULL, OPT_REBOOT },
+	{ "raw", no_argument, NULL, OPT_RAW },
+	{ "addr", required_argument, NULL, OPT_ADDR },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -144,7 +181,14 @@ static int parse_opts(int argc, char **argv, struct common *o)
 			o->env[o->nenv++] = optarg;
 			break;
 		case OPT_CWD: o->cwd = optarg; break;
-		case OPT_TIMEOUT: o->timeout_s = parse_secs(optarg, "--timeout"); break;
+		case OPT_TIMEOUT: o->timeout_arg = optarg; break;
+		case OPT_ID: o->id = optarg; break;
+		case OPT_HOSTNAME: o->hostname = optarg; break;
+		case OPT_CLEAR_ENV: o->clear_env = 1; break;
+		case OPT_CLOCK: o->clock = optarg; break;
+		case OPT_REBOOT: o->reboot = 1; break;
+		case OPT_RAW: o->raw = 1; break;
+		case OPT_ADDR: o->addr = optarg; break;
 		case OPT_CONNECT_TIMEOUT:
 			o->connect_ms = parse_secs(optarg, "--connect-timeout") * 1000;
 			break;
@@ -165,6 +209,13 @@ static int parse_opts(int argc, char **argv, struct common *o)
 	if (!o->uds)
 		die_usage("--uds PATH is required (the socket of kiln-vmm --vsock cid=3,uds=PATH)");
 	return optind;
+}
+
+/* --timeout in seconds (every command but shutdown). */
+static void timeout_secs(struct common *o)
+{
+	if (o->timeout_arg)
+		o->timeout_s = parse_secs(o->timeout_arg, "--timeout");
 }
 
 static struct kac *connect_or_die(const struct common *o)
@@ -206,6 +257,7 @@ static int cmd_exec(int argc, char **argv)
 	int i, ret;
 
 	i = parse_opts(argc, argv, &o);
+	timeout_secs(&o);
 	if (i >= argc)
 		die_usage("exec: no command given (kiln exec --uds PATH -- CMD ARGS...)");
 	if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
@@ -501,6 +553,374 @@ static int cmd_simple(int argc, char **argv, const char *cmd)
 	return ret ? op_fail(path, &err) : 0;
 }
 
+/* ---- control ------------------------------------------------------------------ */
+
+static int cmd_identity(int argc, char **argv)
+{
+	struct common o;
+	struct kac_identity id;
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	char *end;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	if (i != argc)
+		die_usage("identity: unexpected argument %s", argv[i]);
+	memset(&id, 0, sizeof(id));
+	id.sandbox_id = o.id;
+	id.hostname = o.hostname;
+	id.env = o.env;
+	id.clear_env = o.clear_env;
+	id.set_clock = 1;
+	if (o.clock && strcmp(o.clock, "none") == 0) {
+		id.set_clock = 0;
+	} else if (o.clock && strcmp(o.clock, "now") != 0) {
+		errno = 0;
+		id.realtime_ns = strtoull(o.clock, &end, 10);
+		if (errno || *end || !id.realtime_ns || id.realtime_ns > (uint64_t)INT64_MAX)
+			die_usage("--clock %s: expected now, none, or nanoseconds since the epoch", o.clock);
+	}
+	c = connect_or_die(&o);
+	ret = kac_identity(c, &id, &err);
+	kac_close(c);
+	free(o.env);
+	return ret ? op_fail("identity", &err) : 0;
+}
+
+static int cmd_shutdown(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	long ms = 0;
+	char *end;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	if (i != argc)
+		die_usage("shutdown: unexpected argument %s", argv[i]);
+	if (o.timeout_arg) {
+		errno = 0;
+		ms = strtol(o.timeout_arg, &end, 10);
+		if (errno || *end || ms < 1 || ms > 600000)
+			die_usage("shutdown --timeout %s: expected milliseconds, 1 to 600000", o.timeout_arg);
+	}
+	c = connect_or_die(&o);
+	ret = kac_shutdown(c, (int)ms, o.reboot, &err);
+	kac_close(c);
+	return ret ? op_fail("shutdown", &err) : 0;
+}
+
+struct env_state {
+	int json;
+	int n;
+};
+
+static int env_entry(void *arg, const char *e)
+{
+	struct env_state *s = arg;
+	size_t kl = strcspn(e, "=");
+	char key[4096];
+
+	if (!s->json) {
+		puts(e);
+		return 0;
+	}
+	snprintf(key, sizeof(key), "%.*s", (int)(kl < sizeof(key) ? kl : sizeof(key) - 1), e);
+	printf("%s", s->n++ ? "," : "{");
+	json_str(key);
+	putchar(':');
+	json_str(e[kl] ? e + kl + 1 : "");
+	return 0;
+}
+
+static int cmd_env(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct env_state st = { 0, 0 };
+	struct kac *c;
+	const char *sub;
+	char *val = NULL;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	sub = i < argc ? argv[i++] : "list";
+	if ((!strcmp(sub, "list") && i != argc) || (!strcmp(sub, "get") && argc - i != 1) ||
+	    (!strcmp(sub, "unset") && argc - i != 1) || (!strcmp(sub, "set") && argc - i != 2))
+		die_usage("env: expected list, get KEY, set KEY VALUE or unset KEY");
+	if (strcmp(sub, "list") && strcmp(sub, "get") && strcmp(sub, "set") && strcmp(sub, "unset"))
+		die_usage("env: %s: expected list, get, set or unset", sub);
+	c = connect_or_die(&o);
+	if (!strcmp(sub, "list")) {
+		st.json = o.json;
+		ret = kac_env_list(c, env_entry, &st, &err);
+		if (!ret && o.json)
+			puts(st.n ? "}" : "{}");
+	} else if (!strcmp(sub, "get")) {
+		ret = kac_env_get(c, argv[i], &val, &err);
+		if (!ret && !val) {
+			kac_close(c);
+			fprintf(stderr, "%s: env: %s is not set in the guest's default environment\n", prog, argv[i]);
+			return EXIT_FAIL;
+		}
+		if (!ret)
+			puts(val);
+		free(val);
+	} else if (!strcmp(sub, "set")) {
+		ret = kac_env_set(c, argv[i], argv[i + 1], &err);
+	} else {
+		ret = kac_env_unset(c, argv[i], &err);
+	}
+	kac_close(c);
+	return ret ? op_fail("env", &err) : 0;
+}
+
+/* ---- ports -------------------------------------------------------------------- */
+
+static uint16_t parse_port(const char *s, const char *what)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || *end || v < 1 || v > 65535)
+		die_usage("%s %s: expected a TCP port, 1 to 65535", what, s);
+	return (uint16_t)v;
+}
+
+/*
+ * Copy bytes both ways between (a_in, a_out) and b until both directions
+ * have ended; an ended direction is passed on as a half-close
+ * (shutdown(SHUT_WR) on a socket, close on a pipe). 0, or -errno.
+ */
+static int relay(int a_in, int a_out, int b)
+{
+	static char ab[65536], ba[65536];
+	size_t abn = 0, ban = 0;
+	int a_eof = 0, b_eof = 0, ab_done = 0, ba_done = 0;
+	ssize_t n;
+
+	while (!ab_done || !ba_done) {
+		struct pollfd p[3];
+		int k = 0, ia = -1, ib = -1, iw = -1;
+
+		if (!a_eof && !abn) {
+			ia = k;
+			p[k++] = (struct pollfd){ .fd = a_in, .events = POLLIN };
+		}
+		if ((!b_eof && !ban) || abn) {
+			ib = k;
+			p[k++] = (struct pollfd){ .fd = b, .events = (short)((!b_eof && !ban ? POLLIN : 0) |
+									       (abn ? POLLOUT : 0)) };
+		}
+		if (ban) {
+			iw = k;
+			p[k++] = (struct pollfd){ .fd = a_out, .events = POLLOUT };
+		}
+		if (poll(p, (nfds_t)k, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (ia >= 0 && p[ia].revents) {
+			n = read(a_in, ab, sizeof(ab));
+			if (n < 0 && errno != EINTR && errno != EAGAIN)
+				return -errno;
+			if (n == 0)
+				a_eof = 1;
+			else if (n > 0)
+				abn = (size_t)n;
+		}
+		if (ib >= 0 && (p[ib].revents & POLLOUT) && abn) {
+			n = send(b, ab, abn, MSG_NOSIGNAL);
+			if (n < 0 && errno != EINTR && errno != EAGAIN)
+				return -errno;
+			if (n > 0) {
+				memmove(ab, ab + n, abn - (size_t)n);
+				abn -= (size_t)n;
+			}
+		}
+		if (ib >= 0 && (p[ib].revents & (POLLIN | POLLHUP | POLLERR)) && !b_eof && !ban) {
+			n = read(b, ba, sizeof(ba));
+			if (n < 0 && errno != EINTR && errno != EAGAIN)
+				return -errno;
+			if (n == 0)
+				b_eof = 1;
+			else if (n > 0)
+				ban = (size_t)n;
+		}
+		if (iw >= 0 && p[iw].revents) {
+			n = write(a_out, ba, ban);
+			if (n < 0 && errno != EINTR && errno != EAGAIN)
+				return -errno;
+			if (n > 0) {
+				memmove(ba, ba + n, ban - (size_t)n);
+				ban -= (size_t)n;
+			}
+		}
+		if (a_eof && !abn && !ab_done) {
+			shutdown(b, SHUT_WR);
+			ab_done = 1;
+		}
+		if (b_eof && !ban && !ba_done) {
+			/* The guest side is done: like nc, stop here even if ours is not. */
+			if (a_out != a_in)
+				close(a_out);
+			else
+				shutdown(a_out, SHUT_WR);
+			ba_done = 1;
+			ab_done = 1;
+		}
+	}
+	return 0;
+}
+
+static int cmd_connect(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	uint16_t port;
+	int i, ret, fd;
+
+	i = parse_opts(argc, argv, &o);
+	if (argc - i != 1)
+		die_usage("connect: expected one guest PORT");
+	port = parse_port(argv[i], "connect:");
+	signal(SIGPIPE, SIG_IGN);
+	c = connect_or_die(&o);
+	if (!o.raw) {
+		ret = kac_port_connect(c, port, o.addr, 0, 1, &err);
+		kac_close(c);
+		return ret ? op_fail(argv[i], &err) : 0;
+	}
+	ret = kac_port_raw(c, port, o.addr, &fd, &err);
+	if (ret)
+		return op_fail(argv[i], &err);
+	ret = relay(0, 1, fd);
+	close(fd);
+	if (ret) {
+		fprintf(stderr, "%s: port %u: %s\n", prog, port, strerror(-ret));
+		return EXIT_FAIL;
+	}
+	return 0;
+}
+
+static int cmd_forward(int argc, char **argv)
+{
+	struct common o;
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	uint16_t lport, gport;
+	char spec[32], *colon;
+	int i, lfd, one = 1;
+
+	i = parse_opts(argc, argv, &o);
+	if (argc - i != 1 || strlen(argv[i]) >= sizeof(spec) || !(colon = strchr(argv[i], ':')))
+		die_usage("forward: expected LOCALPORT:GUESTPORT");
+	strcpy(spec, argv[i]);
+	colon = spec + (colon - argv[i]);
+	*colon = '\0';
+	lport = parse_port(spec, "forward: local port");
+	gport = parse_port(colon + 1, "forward: guest port");
+	signal(SIGPIPE, SIG_IGN);
+	signal(SIGCHLD, SIG_IGN);	/* one child per client, reaped by the kernel */
+	lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	sa.sin_port = htons(lport);
+	if (lfd < 0 || setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(lfd, 64) < 0) {
+		fprintf(stderr, "%s: forward: 127.0.0.1:%u: %s (pick another local port)\n", prog, lport,
+			strerror(errno));
+		return EXIT_FAIL;
+	}
+	fprintf(stderr, "%s: forwarding 127.0.0.1:%u to guest port %u\n", prog, lport, gport);
+	for (;;) {
+		int cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC), fd, ret;
+		struct kac_err err = { "", 0 };
+		struct kac *c;
+		pid_t pid;
+
+		if (cfd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE)
+				continue;
+			fprintf(stderr, "%s: forward: accept: %s\n", prog, strerror(errno));
+			return EXIT_FAIL;
+		}
+		pid = fork();
+		if (pid < 0) {
+			fprintf(stderr, "%s: forward: fork: %s\n", prog, strerror(errno));
+			close(cfd);
+			continue;
+		}
+		if (pid > 0) {
+			close(cfd);
+			continue;
+		}
+		close(lfd);
+		ret = kac_connect(&c, o.uds, o.connect_ms, &err);
+		if (!ret)
+			ret = kac_port_raw(c, gport, o.addr, &fd, &err);
+		if (ret) {
+			fprintf(stderr, "%s: forward: guest port %u: %s\n", prog, gport, err.msg);
+			_exit(EXIT_FAIL);
+		}
+		ret = relay(cfd, cfd, fd);
+		_exit(ret ? EXIT_FAIL : 0);
+	}
+}
+
+static int port_entry(void *arg, const struct kac_listener *l)
+{
+	int *json = arg;
+
+	if (json[0]) {
+		printf("%s{\"port\":%u,\"pid\":%llu,\"addr\":", json[1]++ ? "," : "", l->port,
+		       (unsigned long long)l->pid);
+		json_str(l->addr);
+		putchar('}');
+	} else {
+		printf("%u\t%llu\t%s\n", l->port, (unsigned long long)l->pid, l->addr);
+	}
+	return 0;
+}
+
+static int cmd_ports(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct kac_listener l;
+	struct kac *c;
+	int i, ret, json[2] = { 0, 0 };
+
+	i = parse_opts(argc, argv, &o);
+	timeout_secs(&o);
+	if (argc - i != 0 && !(argc - i == 2 && strcmp(argv[i], "wait") == 0))
+		die_usage("ports: expected no argument, or wait PORT");
+	c = connect_or_die(&o);
+	if (argc - i == 2) {
+		ret = kac_port_wait(c, parse_port(argv[i + 1], "ports wait"), 0, o.timeout_s * 1000, &l, &err);
+		kac_close(c);
+		if (ret)
+			return op_fail("ports wait", &err);
+		json[0] = o.json;
+		port_entry(json, &l);
+		if (o.json)
+			putchar('\n');
+		return 0;
+	}
+	json[0] = o.json;
+	if (o.json)
+		putchar('[');
+	ret = kac_port_list(c, 0, port_entry, json, &err);
+	kac_close(c);
+	if (o.json)
+		puts("]");
+	return ret ? op_fail("ports", &err) : 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd;
@@ -525,5 +945,17 @@ int main(int argc, char **argv)
 		return cmd_stat(argc, argv);
 	if (strcmp(cmd, "mkdir") == 0 || strcmp(cmd, "rm") == 0 || strcmp(cmd, "mv") == 0)
 		return cmd_simple(argc, argv, cmd);
+	if (strcmp(cmd, "identity") == 0)
+		return cmd_identity(argc, argv);
+	if (strcmp(cmd, "shutdown") == 0)
+		return cmd_shutdown(argc, argv);
+	if (strcmp(cmd, "env") == 0)
+		return cmd_env(argc, argv);
+	if (strcmp(cmd, "connect") == 0)
+		return cmd_connect(argc, argv);
+	if (strcmp(cmd, "forward") == 0)
+		return cmd_forward(argc, argv);
+	if (strcmp(cmd, "ports") == 0)
+		return cmd_ports(argc, argv);
 	die_usage("%s: unknown command", cmd);
 }

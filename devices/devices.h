@@ -37,6 +37,14 @@ struct serial {
 void serial_init(struct serial *s, int out_fd, void (*set_irq)(void *, int), void *irq_opaque);
 void serial_destroy(struct serial *s);
 
+/* Append the UART's registers to a snapshot (the receive FIFO is not kept). */
+struct snap_buf;
+struct snap_rd;
+struct kiln_err;
+void serial_save(struct serial *s, struct snap_buf *w);
+/* Validate and apply saved registers; 0 or -EINVAL with err set. */
+int serial_restore(struct serial *s, struct snap_rd *r, struct kiln_err *err);
+
 /* Port I/O handler for [SERIAL_COM1_BASE, +SERIAL_NPORTS). */
 void serial_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is_write);
 

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include "devices.h"
+#include "snapfile.h"
+#include "vmm.h"
 
 #define UART_RBR	0	/* DLAB=0 read */
 #define UART_THR	0	/* DLAB=0 write */
@@ -215,4 +217,57 @@ size_t serial_input(struct serial *s, const uint8_t *buf, size_t len)
 	serial_update_irq(s);
 	pthread_mutex_unlock(&s->lock);
 	return n;
+}
+
+/*
+ * The registers a driver programs. LSR and IIR follow from these and the
+ * FIFO; MSR is fixed; the receive FIFO is dropped (input is best effort).
+ */
+void serial_save(struct serial *s, struct snap_buf *w)
+{
+	pthread_mutex_lock(&s->lock);
+	snapw_u8(w, s->ier);
+	snapw_u8(w, s->lcr);
+	snapw_u8(w, s->mcr);
+	snapw_u8(w, s->scr);
+	snapw_u8(w, s->dll);
+	snapw_u8(w, s->dlm);
+	snapw_u8(w, s->fcr);
+	snapw_u8(w, (uint8_t)s->thre_pending);
+	pthread_mutex_unlock(&s->lock);
+}
+
+int serial_restore(struct serial *s, struct snap_rd *r, struct kiln_err *err)
+{
+	uint8_t ier, lcr, mcr, scr, dll, dlm, fcr, thre;
+
+	ier = snapr_u8(r, "IER");
+	lcr = snapr_u8(r, "LCR");
+	mcr = snapr_u8(r, "MCR");
+	scr = snapr_u8(r, "SCR");
+	dll = snapr_u8(r, "DLL");
+	dlm = snapr_u8(r, "DLM");
+	fcr = snapr_u8(r, "FCR");
+	thre = snapr_u8(r, "THRE pending");
+	if (snapr_end(r, "serial state") < 0)
+		return kiln_fail(err, EINVAL, "serial state: %s", r->err);
+	/* Only values serial_write can produce. */
+	if (ier & ~0x0f || mcr & ~0x1f || fcr & ~(FCR_ENABLE | 0xc0) || thre > 1)
+		return kiln_fail(err, EINVAL, "serial state: IER %#x, MCR %#x, FCR %#x or THRE %u out of range",
+				 ier, mcr, fcr, thre);
+	pthread_mutex_lock(&s->lock);
+	s->ier = ier;
+	s->lcr = lcr;
+	s->mcr = mcr;
+	s->scr = scr;
+	s->dll = dll;
+	s->dlm = dlm;
+	s->fcr = fcr;
+	s->thre_pending = thre;
+	s->rx_head = s->rx_count = 0;
+	/* A THRE interrupt the guest has not taken yet must reach it again. */
+	s->irq_level = 0;
+	serial_update_irq(s);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
 }

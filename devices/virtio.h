@@ -10,6 +10,7 @@
 #include <sys/uio.h>
 
 #include "ioloop.h"
+#include "snapfile.h"
 #include "vmm.h"
 
 #define VIRTQ_MAX_SIZE		256
@@ -134,6 +135,28 @@ struct virtio_dev_ops {
 	void (*reset)(struct virtio_dev *d);
 	/* kiln-vmm is done with the device: free priv (I/O thread stopped). */
 	void (*destroy)(struct virtio_dev *d);
+
+	/*
+	 * Snapshots (docs/snapshot.md). inflight: requests that may still read
+	 * or write guest memory; a snapshot waits (vCPUs paused) until every
+	 * device says 0. save: append the device-specific state (I/O thread,
+	 * lock held, inflight 0). restore: validate state written by save, as
+	 * strictly as guest input, and apply it to a device just created from
+	 * the same kind of spec (before the VM runs; err names what is wrong).
+	 * resumed: the restored VM is about to run (I/O thread): re-announce
+	 * what the guest must learn, e.g. vsock's TRANSPORT_RESET.
+	 * save runs before the transport's state is written and may give back
+	 * ring entries the device took but never used. restore gets a reader
+	 * over exactly the bytes save wrote and must consume all of them;
+	 * it runs before the transport state is applied, and on failure leaves
+	 * the device as it was.
+	 */
+	unsigned (*inflight)(struct virtio_dev *d);
+	int (*save)(struct virtio_dev *d, struct snap_buf *w);
+	int (*restore)(struct virtio_dev *d, struct snap_rd *r, struct kiln_err *err);
+	void (*resumed)(struct virtio_dev *d);
+	/* Append the device's counters as JSON members: `,"name":N...`; returns snprintf's count. */
+	int (*stats)(struct virtio_dev *d, char *buf, size_t len);
 };
 
 struct virtio_dev {
@@ -215,11 +238,53 @@ virtio_create_fn virtio_net_create;	/* --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx] */
 /*
  * virtio-net over an already open fd instead of a tap (tests, fuzzing): each
  * read or write is one frame behind a 12-byte virtio_net_hdr_v1, as on a
- * tap with IFF_VNET_HDR. fd must be non-blocking and is taken over.
+ * tap with IFF_VNET_HDR. fd must be non-blocking and is taken over. mac
+ * counts as given explicitly: a restore refuses state with another MAC.
  */
 int virtio_net_create_fd(struct virtio_dev *d, int fd, const uint8_t mac[6], struct vm *vm,
 			 const struct guest_mem *mem, struct ioloop *loop,
 			 uint64_t base, uint32_t irq, struct kiln_err *err);
+
+/*
+ * Snapshot the transport (status, features, selectors, ISR, every queue's
+ * addresses and indices) and then the device's own state (ops->save). I/O
+ * thread, device idle (virtio_mmio_inflight() 0, vCPUs paused); guest
+ * memory must be captured before the I/O thread handles anything else, as
+ * any later completion may write it. Returns 0 or -errno.
+ */
+int virtio_mmio_save(struct virtio_dev *d, struct snap_buf *w);
+
+/*
+ * Validate and apply state written by virtio_mmio_save to a device freshly
+ * created by the same constructor, before the VM runs: features within the
+ * offer, queue sizes and ring addresses as QueueReady would check them,
+ * indices within the queue size, then ops->restore. r must cover exactly
+ * what virtio_mmio_save wrote. Nothing is applied unless all of it is valid.
+ * Returns 0, -EINVAL with err naming the problem, or -EBUSY if the driver
+ * has already started the device.
+ */
+int virtio_mmio_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err *err);
+
+/*
+ * The restored VM is about to run (I/O thread): ops->resumed, then process
+ * anything the driver queued before the snapshot, and re-raise a pending
+ * interrupt.
+ */
+void virtio_mmio_resumed(struct virtio_dev *d);
+
+/*
+ * Requests of the device that may still write guest memory (ops->inflight,
+ * 0 if it has none). Any thread; takes the device lock.
+ */
+unsigned virtio_mmio_inflight(struct virtio_dev *d);
+
+/*
+ * One JSON object with the device's counters for the control socket, e.g.
+ * {"type":"blk","status":15,"kicks":N,"interrupts":N,"reads":N,...}. Any
+ * thread; takes the device lock. Returns its length, or -ENOSPC if len is
+ * too small.
+ */
+int virtio_mmio_stats(struct virtio_dev *d, char *buf, size_t len);
 
 /* "virtio_mmio.device=<size>@<base>:<irq>" for the kernel command line. */
 int virtio_cmdline_arg(const struct virtio_dev *d, char *buf, size_t len);

@@ -282,6 +282,62 @@ static void blk_destroy(struct virtio_dev *d)
 	d->priv = NULL;
 }
 
+static unsigned blk_inflight(struct virtio_dev *d)
+{
+	struct blk *b = d->priv;
+
+	return b->inflight;
+}
+
+/* What the guest has seen of the disk: its size, read-only flag and serial. */
+static int blk_save(struct virtio_dev *d, struct snap_buf *w)
+{
+	struct blk *b = d->priv;
+
+	snapw_u64(w, b->sectors);
+	snapw_u8(w, (uint8_t)b->ro);
+	snapw_blob(w, b->id, (uint32_t)strlen(b->id));
+	return 0;
+}
+
+/*
+ * The disk under a restored guest must look like the one it booted with: its
+ * page cache and filesystem already know the size and serial. The contents
+ * are the caller's business (a copy of the image the snapshot saw).
+ */
+static int blk_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err *err)
+{
+	struct blk *b = d->priv;
+	char id[BLK_ID_BYTES + 1];
+	uint64_t sectors;
+	uint8_t ro;
+
+	sectors = snapr_u64(r, "sectors");
+	ro = snapr_u8(r, "read-only flag");
+	snapr_str(r, id, sizeof(id), "disk id");
+	if (snapr_end(r, "virtio-blk state") < 0)
+		return kiln_fail(err, EINVAL, "virtio-blk state: %s", r->err);
+	if (sectors != b->sectors)
+		return kiln_fail(err, EINVAL, "virtio-blk state: the snapshot's disk had %" PRIu64 " sectors, %s has %" PRIu64,
+				 sectors, b->path, b->sectors);
+	if (ro > 1 || ro != b->ro)
+		return kiln_fail(err, EINVAL, "virtio-blk state: the snapshot's disk was %s, %s is %s",
+				 ro ? "read-only" : "writable", b->path, b->ro ? "read-only" : "writable");
+	if (strcmp(id, b->id) != 0)
+		return kiln_fail(err, EINVAL, "virtio-blk state: the snapshot's disk had id '%s', %s has '%s' (give the same id=)",
+				 id, b->path, b->id);
+	return 0;
+}
+
+static int blk_stats(struct virtio_dev *d, char *buf, size_t len)
+{
+	struct blk *b = d->priv;
+
+	return snprintf(buf, len, ",\"reads\":%" PRIu64 ",\"writes\":%" PRIu64 ",\"flushes\":%" PRIu64
+			",\"errors\":%" PRIu64 ",\"inflight\":%u",
+			b->reads, b->writes, b->flushes, b->errors, b->inflight);
+}
+
 static const struct virtio_dev_ops blk_ops = {
 	.name = "virtio-blk",
 	.device_id = VIRTIO_ID_BLOCK,
@@ -294,6 +350,10 @@ static const struct virtio_dev_ops blk_ops = {
 	.notify = blk_notify,
 	.reset = blk_reset,
 	.destroy = blk_destroy,
+	.inflight = blk_inflight,
+	.save = blk_save,
+	.restore = blk_restore,
+	.stats = blk_stats,
 };
 
 /* Parse "PATH[,ro][,id=NAME]" into b. */

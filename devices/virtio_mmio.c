@@ -43,6 +43,9 @@
 #define VIRTIO_MMIO_VERSION	2
 #define KILN_VENDOR_ID		0x4e4c494b	/* "KILN" */
 
+#define STATUS_KNOWN	(VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_DRIVER_OK | \
+			 VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_NEEDS_RESET | VIRTIO_STATUS_FAILED)
+
 static void kick_done(struct io_op *op, int res, unsigned flags);
 
 int virtio_mmio_init(struct virtio_dev *d, const struct virtio_dev_ops *ops, void *priv,
@@ -334,7 +337,8 @@ static void reg_write(struct virtio_dev *d, uint32_t off, uint32_t v)
 		atomic_fetch_and(&d->isr, ~v);
 		break;
 	case REG_STATUS:
-		set_status(d, v);
+		/* Bits 2.1 does not define are dropped, so a snapshot never holds them. */
+		set_status(d, v & STATUS_KNOWN);
 		break;
 	case REG_QUEUE_DESC_LOW:
 	case REG_QUEUE_DESC_HIGH:
@@ -385,4 +389,274 @@ void virtio_mmio_io(void *opaque, uint64_t addr, uint8_t *data, uint32_t size, i
 		}
 	}
 	pthread_mutex_unlock(&d->lock);
+}
+
+/* ---- snapshots ------------------------------------------------------------ */
+
+/*
+ * The transport's part of a device's state. The device's own part follows
+ * as a length-prefixed blob, so that it gets a reader bounded to exactly its
+ * bytes and the transport can check the whole layout before either part is
+ * applied. A new layout is a new version, refused by an older kiln-vmm.
+ */
+#define DEVSTATE_VERSION	1
+#define DEVSTATE_DEV_MAX	4096	/* bytes of device-specific state */
+
+int virtio_mmio_save(struct virtio_dev *d, struct snap_buf *w)
+{
+	struct snap_buf dev;
+	unsigned q;
+	int r = 0;
+
+	snapw_init(&dev);
+	pthread_mutex_lock(&d->lock);
+	/*
+	 * The device's part first: saving may hand back ring entries it took
+	 * but never used (moving last_avail back), which the queue state
+	 * written below must already show.
+	 */
+	if (d->ops->save)
+		r = d->ops->save(d, &dev);
+	snapw_u16(w, DEVSTATE_VERSION);
+	snapw_u32(w, d->ops->device_id);
+	snapw_u16(w, d->ops->num_queues);
+	snapw_u32(w, d->status);
+	snapw_u32(w, d->dev_feat_sel);
+	snapw_u32(w, d->drv_feat_sel);
+	snapw_u32(w, d->queue_sel);
+	snapw_u32(w, d->config_gen);
+	snapw_u32(w, atomic_load(&d->isr));
+	snapw_u64(w, d->offered);
+	snapw_u64(w, d->acked);
+	for (q = 0; q < d->ops->num_queues; q++) {
+		const struct virtq *vq = &d->vq[q];
+
+		snapw_u8(w, (uint8_t)d->queue_ready[q]);
+		snapw_u16(w, vq->size);
+		snapw_u16(w, vq->last_avail);
+		snapw_u16(w, vq->used_idx);
+		snapw_u16(w, vq->signalled_used);
+		snapw_u8(w, (uint8_t)vq->event_idx);
+		snapw_u8(w, (uint8_t)vq->broken);
+		snapw_u64(w, vq->desc_gpa);
+		snapw_u64(w, vq->avail_gpa);
+		snapw_u64(w, vq->used_gpa);
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (dev.len > DEVSTATE_DEV_MAX)
+		r = -E2BIG;
+	snapw_blob(w, dev.p, (uint32_t)dev.len);
+	if (dev.oom || w->oom)
+		r = -ENOMEM;
+	snapw_free(&dev);
+	return r;
+}
+
+/* The transport state as read, applied only once all of it is valid. */
+struct devstate {
+	uint32_t status, dev_feat_sel, drv_feat_sel, queue_sel, config_gen, isr;
+	uint64_t offered, acked;
+	int ready[VIRTIO_MAX_QUEUES];
+	struct virtq vq[VIRTIO_MAX_QUEUES];
+};
+
+/* Read and check one queue; a ready one is mapped as QueueReady would. */
+static int restore_queue(struct virtio_dev *d, struct snap_rd *r, unsigned q, struct devstate *s,
+			 struct kiln_err *err)
+{
+	const char *name = d->ops->name;
+	struct virtq *vq = &s->vq[q];
+	uint8_t ready, event_idx, broken;
+	uint16_t last_avail, used_idx, signalled;
+	struct kiln_err why;
+
+	ready = snapr_u8(r, "queue ready");
+	vq->size = snapr_u16(r, "queue size");
+	last_avail = snapr_u16(r, "queue last_avail");
+	used_idx = snapr_u16(r, "queue used_idx");
+	signalled = snapr_u16(r, "queue signalled_used");
+	event_idx = snapr_u8(r, "queue event_idx");
+	broken = snapr_u8(r, "queue broken");
+	vq->desc_gpa = snapr_u64(r, "queue desc address");
+	vq->avail_gpa = snapr_u64(r, "queue driver address");
+	vq->used_gpa = snapr_u64(r, "queue device address");
+	if (!snapr_ok(r))
+		return kiln_fail(err, EINVAL, "%s state: queue %u: %s", name, q, r->err);
+	if (ready > 1 || event_idx > 1 || broken > 1)
+		return kiln_fail(err, EINVAL, "%s state: queue %u: flags (ready %u, event_idx %u, broken %u) are not 0 or 1",
+				 name, q, ready, event_idx, broken);
+	s->ready[q] = ready;
+	vq->event_idx = event_idx;
+	if (!ready) {
+		/*
+		 * A queue being set up keeps what the driver wrote; QueueReady
+		 * checks it and zeroes the indices when the driver enables it.
+		 */
+		return 0;
+	}
+	if (vq->size == 0 || vq->size > d->ops->queue_max || (vq->size & (vq->size - 1)))
+		return kiln_fail(err, EINVAL, "%s state: queue %u size %u is not a power of two up to %u",
+				 name, q, vq->size, d->ops->queue_max);
+	if (virtq_enable(vq, d->mem, &why) < 0)
+		return kiln_fail(err, EINVAL, "%s state: queue %u: %s", name, q, why.msg);
+	/* The device never has more requests taken, or used entries unsignalled, than the ring holds. */
+	if ((uint16_t)(last_avail - used_idx) > vq->size)
+		return kiln_fail(err, EINVAL, "%s state: queue %u last_avail %u is more than its size %u ahead of used_idx %u",
+				 name, q, last_avail, vq->size, used_idx);
+	if ((uint16_t)(used_idx - signalled) > vq->size)
+		return kiln_fail(err, EINVAL, "%s state: queue %u used_idx %u is more than its size %u ahead of signalled_used %u",
+				 name, q, used_idx, vq->size, signalled);
+	vq->last_avail = last_avail;
+	vq->used_idx = used_idx;
+	vq->signalled_used = signalled;
+	vq->broken = broken;
+	return 0;
+}
+
+int virtio_mmio_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err *err)
+{
+	const struct virtio_dev_ops *ops = d->ops;
+	struct devstate s;
+	struct snap_rd dr;
+	const void *dev_part;
+	uint32_t dev_len, device_id;
+	uint16_t version, nq;
+	unsigned q;
+	int ret;
+
+	memset(&s, 0, sizeof(s));
+	version = snapr_u16(r, "version");
+	device_id = snapr_u32(r, "device id");
+	nq = snapr_u16(r, "queue count");
+	if (!snapr_ok(r))
+		return kiln_fail(err, EINVAL, "%s state: %s", ops->name, r->err);
+	if (version != DEVSTATE_VERSION)
+		return kiln_fail(err, EINVAL, "%s state: format version %u, this kiln-vmm reads version %u",
+				 ops->name, version, DEVSTATE_VERSION);
+	if (device_id != ops->device_id || nq != ops->num_queues)
+		return kiln_fail(err, EINVAL, "%s state: saved from virtio device type %u with %u queues, this is type %u with %u",
+				 ops->name, device_id, nq, ops->device_id, ops->num_queues);
+	s.status = snapr_u32(r, "status");
+	s.dev_feat_sel = snapr_u32(r, "device features select");
+	s.drv_feat_sel = snapr_u32(r, "driver features select");
+	s.queue_sel = snapr_u32(r, "queue select");
+	s.config_gen = snapr_u32(r, "config generation");
+	s.isr = snapr_u32(r, "interrupt status");
+	s.offered = snapr_u64(r, "offered features");
+	s.acked = snapr_u64(r, "acked features");
+	if (!snapr_ok(r))
+		return kiln_fail(err, EINVAL, "%s state: %s", ops->name, r->err);
+	if (s.offered != d->offered)
+		return kiln_fail(err, EINVAL, "%s state: the saved device offered features %#" PRIx64 ", this one offers %#" PRIx64 " (created with other options?)",
+				 ops->name, s.offered, d->offered);
+	if (s.acked & ~s.offered)
+		return kiln_fail(err, EINVAL, "%s state: acked features %#" PRIx64 " were never offered",
+				 ops->name, s.acked & ~s.offered);
+	if (s.status & ~(uint32_t)STATUS_KNOWN)
+		return kiln_fail(err, EINVAL, "%s state: status %#x has unknown bits", ops->name, s.status);
+	if ((s.status & VIRTIO_STATUS_DRIVER_OK) && !(s.status & VIRTIO_STATUS_FEATURES_OK))
+		return kiln_fail(err, EINVAL, "%s state: status %#x has DRIVER_OK without FEATURES_OK",
+				 ops->name, s.status);
+	if ((s.status & VIRTIO_STATUS_FEATURES_OK) && !(s.acked & 1ULL << VIRTIO_F_VERSION_1))
+		return kiln_fail(err, EINVAL, "%s state: FEATURES_OK without VIRTIO_F_VERSION_1 acked", ops->name);
+	if (s.dev_feat_sel > 1 || s.drv_feat_sel > 1)
+		return kiln_fail(err, EINVAL, "%s state: feature selects %u and %u, not 0 or 1",
+				 ops->name, s.dev_feat_sel, s.drv_feat_sel);
+	if (s.queue_sel >= ops->num_queues)
+		return kiln_fail(err, EINVAL, "%s state: queue select %u, the device has %u queues",
+				 ops->name, s.queue_sel, ops->num_queues);
+	if (s.isr > (VIRTIO_INT_USED | VIRTIO_INT_CONFIG))
+		return kiln_fail(err, EINVAL, "%s state: interrupt status %#x has unknown bits", ops->name, s.isr);
+	for (q = 0; q < nq; q++) {
+		ret = restore_queue(d, r, q, &s, err);
+		if (ret < 0)
+			return ret;
+	}
+	dev_part = snapr_blob(r, DEVSTATE_DEV_MAX, &dev_len, "device-specific state");
+	if (snapr_end(r, "device state") < 0)
+		return kiln_fail(err, EINVAL, "%s state: %s", ops->name, r->err);
+	snapr_init(&dr, dev_part, dev_len);
+
+	pthread_mutex_lock(&d->lock);
+	if (d->status != 0) {
+		pthread_mutex_unlock(&d->lock);
+		return kiln_fail(err, EBUSY, "%s: cannot restore state into a device the driver is using", ops->name);
+	}
+	/* The device validates its part before it applies any of it. */
+	ret = 0;
+	if (ops->restore)
+		ret = ops->restore(d, &dr, err);
+	else if (dev_len)
+		ret = kiln_fail(err, EINVAL, "%s state: %u bytes of device state, this device keeps none",
+				ops->name, dev_len);
+	if (ret == 0) {
+		d->status = s.status;
+		d->dev_feat_sel = s.dev_feat_sel;
+		d->drv_feat_sel = s.drv_feat_sel;
+		d->queue_sel = s.queue_sel;
+		d->config_gen = s.config_gen;
+		atomic_store(&d->isr, s.isr);
+		d->acked = s.acked;
+		for (q = 0; q < VIRTIO_MAX_QUEUES; q++) {
+			d->queue_ready[q] = s.ready[q];
+			d->vq[q] = s.vq[q];
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+void virtio_mmio_resumed(struct virtio_dev *d)
+{
+	uint64_t one = 1;
+	uint32_t isr;
+	unsigned q;
+
+	pthread_mutex_lock(&d->lock);
+	isr = atomic_load(&d->isr);
+	if (d->ops->resumed)
+		d->ops->resumed(d);
+	/* Kicks the driver sent before the snapshot died with the old VMM's ioeventfds. */
+	for (q = 0; q < d->ops->num_queues; q++)
+		if (d->queue_ready[q] && virtio_running(d))
+			d->ops->notify(d, q);
+	/* The driver may not have seen the interrupt behind a pending ISR yet. */
+	if (isr && d->irqfd >= 0)
+		(void)!write(d->irqfd, &one, sizeof(one));
+	pthread_mutex_unlock(&d->lock);
+}
+
+unsigned virtio_mmio_inflight(struct virtio_dev *d)
+{
+	unsigned n = 0;
+
+	pthread_mutex_lock(&d->lock);
+	if (d->ops->inflight)
+		n = d->ops->inflight(d);
+	pthread_mutex_unlock(&d->lock);
+	return n;
+}
+
+int virtio_mmio_stats(struct virtio_dev *d, char *buf, size_t len)
+{
+	const char *type = d->ops->name;
+	size_t n;
+	int r;
+
+	if (strncmp(type, "virtio-", 7) == 0)
+		type += 7;
+	pthread_mutex_lock(&d->lock);
+	r = snprintf(buf, len, "{\"type\":\"%s\",\"status\":%u,\"kicks\":%" PRIu64 ",\"interrupts\":%" PRIu64,
+		     type, d->status, d->kicks, d->interrupts);
+	n = r < 0 ? len : (size_t)r;
+	if (n < len && d->ops->stats) {
+		r = d->ops->stats(d, buf + n, len - n);
+		n += r < 0 ? len : (size_t)r;
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (n + 1 >= len)
+		return -ENOSPC;
+	buf[n++] = '}';
+	buf[n] = '\0';
+	return (int)n;
 }

@@ -97,6 +97,7 @@ struct net {
 	int fd;
 	int is_tap;
 	uint8_t mac[6];
+	int mac_given;			/* the spec named the MAC: a restore must not change it */
 	char spec[32];			/* for messages: "tap=NAME" */
 	unsigned generation;		/* bumped on reset: stale tx completions are dropped */
 
@@ -579,6 +580,90 @@ static void net_destroy(struct virtio_dev *d)
 	d->priv = NULL;
 }
 
+/* ---- snapshots ------------------------------------------------------------- */
+
+static unsigned net_inflight(struct virtio_dev *d)
+{
+	struct net *n = d->priv;
+	struct net_tx *t;
+	unsigned count = 0;
+
+	/*
+	 * Only tx writes read guest memory from the kernel. An rx read fills
+	 * the bounce buffer; its frame reaches the guest in the completion
+	 * handler on the I/O thread, and on an idle tap it never completes,
+	 * so it must not hold a snapshot up.
+	 */
+	for (t = n->tx_inflight; t; t = t->next)
+		count++;
+	return count;
+}
+
+static int net_save(struct virtio_dev *d, struct snap_buf *w)
+{
+	struct net *n = d->priv;
+
+	/*
+	 * A frame spread over some rx buffers and waiting for more: give those
+	 * buffers back to the ring (they were never used, so the driver has not
+	 * touched their avail entries) and start the frame over. The snapshot
+	 * then holds a consistent ring; this VM delivers the frame in full later,
+	 * a restored one never sees it, as if the tap had dropped it.
+	 */
+	if (n->rx_state == RX_HELD && n->rx_nused) {
+		d->vq[NET_RXQ].last_avail = (uint16_t)(d->vq[NET_RXQ].last_avail - n->rx_nused);
+		n->rx_off = 0;
+		n->rx_nused = 0;
+		n->rx_hdr_niov = 0;
+	}
+	snapw_bytes(w, n->mac, sizeof(n->mac));
+	return 0;
+}
+
+static int net_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err *err)
+{
+	struct net *n = d->priv;
+	uint8_t mac[6];
+
+	snapr_copy(r, mac, sizeof(mac), "MAC address");
+	if (snapr_end(r, "virtio-net state") < 0)
+		return kiln_fail(err, EINVAL, "virtio-net state: %s", r->err);
+	if (mac[0] & 1)
+		return kiln_fail(err, EINVAL, "virtio-net state: MAC %02x:%02x:%02x:%02x:%02x:%02x is a multicast address",
+				 mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+	/* The guest read its MAC at probe time and will not read it again. */
+	if (n->mac_given && memcmp(mac, n->mac, sizeof(mac)) != 0)
+		return kiln_fail(err, EINVAL, "virtio-net state: the snapshot's guest has MAC %02x:%02x:%02x:%02x:%02x:%02x, %s gives another (leave mac= out to keep it)",
+				 mac[0], mac[1], mac[2], mac[3], mac[4], mac[5], n->spec);
+	memcpy(n->mac, mac, sizeof(mac));
+	return 0;
+}
+
+/* A new tap knows nothing of the offloads the driver negotiated with the old one. */
+static void net_resumed(struct virtio_dev *d)
+{
+	struct net *n = d->priv;
+
+	if (n->is_tap && virtio_running(d) && ioctl(n->fd, TUNSETOFFLOAD, net_offloads(d->acked)) < 0) {
+		char why[96];
+
+		snprintf(why, sizeof(why), "TUNSETOFFLOAD %#x on the restored tap: %s",
+			 net_offloads(d->acked), strerror(errno));
+		virtio_needs_reset(d, why);
+	}
+}
+
+static int net_stats(struct virtio_dev *d, char *buf, size_t len)
+{
+	struct net *n = d->priv;
+
+	return snprintf(buf, len, ",\"tx_frames\":%" PRIu64 ",\"tx_bytes\":%" PRIu64 ",\"tx_dropped\":%" PRIu64
+			",\"tx_errors\":%" PRIu64 ",\"rx_frames\":%" PRIu64 ",\"rx_bytes\":%" PRIu64
+			",\"rx_dropped\":%" PRIu64 ",\"rx_errors\":%" PRIu64,
+			n->tx_frames, n->tx_bytes, n->tx_dropped, n->tx_errors,
+			n->rx_frames, n->rx_bytes, n->rx_dropped, n->rx_errors);
+}
+
 static const struct virtio_dev_ops net_ops = {
 	.name = "virtio-net",
 	.device_id = VIRTIO_ID_NET,
@@ -595,6 +680,11 @@ static const struct virtio_dev_ops net_ops = {
 	.notify = net_notify,
 	.reset = net_reset,
 	.destroy = net_destroy,
+	.inflight = net_inflight,
+	.save = net_save,
+	.restore = net_restore,
+	.resumed = net_resumed,
+	.stats = net_stats,
 };
 
 /* ---- construction -------------------------------------------------------- */
@@ -624,12 +714,14 @@ static int net_parse_mac(const char *spec, const char *s, size_t len, uint8_t ma
 }
 
 /* Parse "tap=NAME[,mac=xx:xx:xx:xx:xx:xx]" into ifname and mac. */
-static int net_parse(const char *spec, char ifname[IFNAMSIZ], uint8_t mac[6], struct kiln_err *err)
+static int net_parse(const char *spec, char ifname[IFNAMSIZ], uint8_t mac[6], int *mac_given,
+		     struct kiln_err *err)
 {
 	const char *opt = spec;
 
 	ifname[0] = '\0';
 	memcpy(mac, net_default_mac, 6);
+	*mac_given = 0;
 	while (*opt) {
 		const char *comma = strchr(opt, ',');
 		size_t olen = comma ? (size_t)(comma - opt) : strlen(opt);
@@ -647,6 +739,7 @@ static int net_parse(const char *spec, char ifname[IFNAMSIZ], uint8_t mac[6], st
 			r = net_parse_mac(spec, opt + 4, olen - 4, mac, err);
 			if (r < 0)
 				return r;
+			*mac_given = 1;
 		} else {
 			return kiln_fail(err, EINVAL, "--net %s: unknown option '%.*s' (expected tap=NAME[,mac=xx:xx:xx:xx:xx:xx])",
 					 spec, (int)olen, opt);
@@ -708,7 +801,7 @@ static int net_open_tap(const char *ifname, struct kiln_err *err)
 
 /* Build the device around fd (taken over, closed on failure). */
 static int net_create(struct virtio_dev *d, int fd, int is_tap, const char *label,
-		      const uint8_t mac[6], struct vm *vm, const struct guest_mem *mem,
+		      const uint8_t mac[6], int mac_given, struct vm *vm, const struct guest_mem *mem,
 		      struct ioloop *loop, uint64_t base, uint32_t irq, struct kiln_err *err)
 {
 	struct net *n = calloc(1, sizeof(*n));
@@ -722,6 +815,7 @@ static int net_create(struct virtio_dev *d, int fd, int is_tap, const char *labe
 	n->is_tap = is_tap;
 	n->dev = d;
 	memcpy(n->mac, mac, 6);
+	n->mac_given = mac_given;
 	snprintf(n->spec, sizeof(n->spec), "%s", label);
 	n->rx_read_op.done = net_rx_read_done;
 	n->rx_poll_op.done = net_rx_poll_done;
@@ -736,7 +830,7 @@ int virtio_net_create_fd(struct virtio_dev *d, int fd, const uint8_t mac[6], str
 	char label[32];
 
 	snprintf(label, sizeof(label), "fd=%d", fd);
-	return net_create(d, fd, 0, label, mac, vm, mem, loop, base, irq, err);
+	return net_create(d, fd, 0, label, mac, 1, vm, mem, loop, base, irq, err);
 }
 
 int virtio_net_create(struct virtio_dev *d, const char *spec, struct vm *vm,
@@ -745,14 +839,14 @@ int virtio_net_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 {
 	char ifname[IFNAMSIZ], label[IFNAMSIZ + 8];
 	uint8_t mac[6];
-	int fd, r;
+	int fd, r, mac_given;
 
-	r = net_parse(spec, ifname, mac, err);
+	r = net_parse(spec, ifname, mac, &mac_given, err);
 	if (r < 0)
 		return r;
 	fd = net_open_tap(ifname, err);
 	if (fd < 0)
 		return fd;
 	snprintf(label, sizeof(label), "tap=%s", ifname);
-	return net_create(d, fd, 1, label, mac, vm, mem, loop, base, irq, err);
+	return net_create(d, fd, 1, label, mac, mac_given, vm, mem, loop, base, irq, err);
 }

@@ -1010,16 +1010,71 @@ static void vsock_reset(struct virtio_dev *d)
 	vsock_reap_later(vs);
 }
 
-void virtio_vsock_transport_reset(struct virtio_dev *d)
+/* Drop every connection and tell the guest (device lock held). */
+static void vsock_transport_reset(struct vsock *vs)
 {
-	struct vsock *vs = d->priv;
-
-	pthread_mutex_lock(&d->lock);
 	vsock_close_all(vs);
 	vs->event_pending = 1;
 	vsock_event_run(vs);
 	vsock_reap_later(vs);
+}
+
+void virtio_vsock_transport_reset(struct virtio_dev *d)
+{
+	pthread_mutex_lock(&d->lock);
+	vsock_transport_reset(d->priv);
 	pthread_mutex_unlock(&d->lock);
+}
+
+/*
+ * Nothing here writes guest memory except on the I/O thread in answer to a
+ * completion, under the device lock, so a snapshot taken there with the
+ * vCPUs paused has nothing to wait for: no inflight callback.
+ */
+
+static int vsock_save(struct virtio_dev *d, struct snap_buf *w)
+{
+	struct vsock *vs = d->priv;
+
+	/*
+	 * An rx buffer taken but not yet filled goes back to the ring, or a
+	 * restored device would never fill or return it.
+	 */
+	if (vs->rx_held) {
+		d->vq[VSOCK_RXQ].last_avail--;
+		vs->rx_held = 0;
+	}
+	snapw_u64(w, vs->cid);
+	return 0;
+}
+
+static int vsock_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err *err)
+{
+	struct vsock *vs = d->priv;
+	uint64_t cid = snapr_u64(r, "guest CID");
+
+	if (snapr_end(r, "virtio-vsock state") < 0)
+		return kiln_fail(err, EINVAL, "virtio-vsock state: %s", r->err);
+	/* The guest read its CID at probe time; its sockets are bound to it. */
+	if (cid != vs->cid)
+		return kiln_fail(err, EINVAL, "virtio-vsock state: the snapshot's guest has CID %" PRIu64 ", --vsock gives cid=%" PRIu64,
+				 cid, vs->cid);
+	return 0;
+}
+
+/* The guest's connections ended with the old VMM: make it drop them now. */
+static void vsock_resumed(struct virtio_dev *d)
+{
+	vsock_transport_reset(d->priv);
+}
+
+static int vsock_stats(struct virtio_dev *d, char *buf, size_t len)
+{
+	struct vsock *vs = d->priv;
+
+	return snprintf(buf, len, ",\"rx_packets\":%" PRIu64 ",\"tx_packets\":%" PRIu64
+			",\"resets_sent\":%" PRIu64 ",\"connections\":%u",
+			vs->rx_pkts, vs->tx_pkts, vs->resets_sent, vs->nconns);
 }
 
 /* The I/O thread has stopped: close and free everything. */
@@ -1054,6 +1109,10 @@ static const struct virtio_dev_ops vsock_ops = {
 	.notify = vsock_notify,
 	.reset = vsock_reset,
 	.destroy = vsock_destroy,
+	.save = vsock_save,
+	.restore = vsock_restore,
+	.resumed = vsock_resumed,
+	.stats = vsock_stats,
 };
 
 /* ---- creation ------------------------------------------------------------------ */

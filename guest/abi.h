@@ -12,8 +12,14 @@
  * on the same port, so the same initramfs also ends a QEMU guest (bench/).
  */
 #define KILN_PORT_EXIT		0xf4
-/* The init writes any value here once it reaches userspace (boot timing). */
+/*
+ * Progress marks, one byte written to KILN_PORT_MARK: the init reached
+ * userspace (boot timing), and the agent is listening (kiln-vmm --template
+ * snapshots the VM at that moment; bench/ stops the boot clock there).
+ */
 #define KILN_PORT_MARK		0xf8
+#define KILN_MARK_USERSPACE	1
+#define KILN_MARK_AGENT_READY	2
 
 /* Status word: bits 0-7 exit code or signal, bits 8-15 the kind below. */
 #define KILN_STATUS_EXITED	0	/* command exited with code */

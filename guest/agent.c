@@ -11,7 +11,12 @@
  * This slice has no output ring: while no connection is attached (its
  * connection closed), a process's output is read and discarded, so it keeps
  * running, and its stdin is closed. ATTACH, WAIT and the ring come later.
+ *
+ * Port streams (PORT_CONNECT) are polled like pipes; a raw PORT_CONNECT turns
+ * its connection into an unframed relay between the vsock and the TCP socket.
  */
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -24,15 +29,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/io.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <netinet/in.h>
 #include <linux/vm_sockets.h>
 
 #include "agent.h"
+#include "abi.h"
 #include "agent_proto.h"
 
 #define AGENT_NAME	"kiln-agent 0.1"
@@ -44,6 +52,15 @@
 #define OUTQ_HIGH	(1u << 20)	/* stop producing for a connection above this */
 #define READ_CHUNK	(64u << 10)
 #define CLOSE_GRACE_S	5		/* wait for the host to close after our shutdown */
+#define MAX_PORTS	256		/* framed port streams, all connections */
+#define RAW_BUF		(64u << 10)	/* each direction of a raw port connection */
+#define MAX_ENV		1024		/* entries of the default environment */
+#define MAX_ENV_BYTES	(128u << 10)	/* and their bytes: one ENV_LIST record */
+#define MAX_LISTEN	1024		/* listening sockets PORT_LIST reports */
+#define SANDBOX_ID_MAX	128
+#define SANDBOX_ID_FILE	"/run/kiln/sandbox-id"
+#define SHUTDOWN_MS	5000		/* default grace between SIGTERM and SIGKILL */
+#define PORT_POLL_MS	50		/* PORT_WAIT rescans the socket tables this often */
 
 extern char **environ;
 
@@ -68,7 +85,7 @@ struct proc {
 	struct stream *st;	/* attached stream, NULL when detached */
 };
 
-enum stream_kind { ST_EXEC, ST_FWRITE, ST_FREAD };
+enum stream_kind { ST_EXEC, ST_FWRITE, ST_FREAD, ST_PORT, ST_PWAIT };
 
 struct stream {
 	struct stream *next;
@@ -79,7 +96,18 @@ struct stream {
 	struct proc *proc;	/* ST_EXEC */
 	int fd;			/* ST_FWRITE, ST_FREAD */
 	uint64_t remain;	/* ST_FREAD: bytes left to send */
-	uint64_t out_off, out_credit;	/* ST_FREAD channel 1 */
+	uint64_t out_off, out_credit;	/* ST_FREAD, ST_PORT channel 1 */
+	/* ST_PORT: fd is the TCP socket */
+	int connecting;		/* connect(2) in progress: RESPONSE when it completes */
+	uint8_t *inbuf;		/* channel 0 bytes received, not yet written */
+	size_t inlen;
+	int in_eof;		/* the host sent EOF on channel 0 */
+	int wr_shut;		/* shutdown(SHUT_WR) done on the socket */
+	int out_eof;		/* the socket's read side ended; EOF sent */
+	/* ST_PWAIT */
+	uint16_t wport;		/* 0: any port */
+	pid_t wpid;		/* 0: any process */
+	struct timespec deadline;
 };
 
 struct conn {
@@ -94,6 +122,21 @@ struct conn {
 	struct outq out;
 	struct stream *streams;
 	unsigned nstreams;
+	unsigned nreq;		/* requests received */
+	/*
+	 * Raw port mode (PORT_CONNECT with KT_RAW): 1 while connecting, 2 once
+	 * bytes are relayed between fd and raw_fd unframed: out carries
+	 * TCP-to-host bytes, rawin host-to-TCP bytes.
+	 */
+	int raw;
+	int raw_fd;
+	uint32_t raw_id;
+	uint8_t *rawin;
+	size_t rawin_len;
+	int rd_eof;		/* the host shut its side: shut the TCP write side */
+	int tcp_eof;		/* the TCP peer shut its side: shut ours to the host */
+	int tcp_wr_shut;
+	int vs_wr_shut;		/* shutdown(SHUT_WR) done on the vsock side */
 };
 
 static struct conn *conns;
@@ -101,6 +144,16 @@ static unsigned nconns;
 static struct proc *procs;
 static unsigned nprocs;
 static uint64_t next_handle = 1;
+static unsigned nports;
+static char **envs;		/* the default environment: malloc'd "KEY=VALUE" strings */
+static size_t nenvs, env_bytes;
+static char sandbox_id[SANDBOX_ID_MAX + 1];
+static struct {
+	int active;
+	int reboot;
+	struct timespec deadline;
+} stopping;
+static void (*agent_stop)(int reboot);
 static uint8_t scratch[KP_HDR_LEN + KP_MAX_CONTROL];
 
 /* ---- send queue --------------------------------------------------------------- */
@@ -243,8 +296,11 @@ static void stream_free(struct conn *c, struct stream *s)
 		fd_close(&s->proc->fd[0]);
 		s->proc->inlen = 0;
 	}
+	if (s->kind == ST_PORT)
+		nports--;
 	if (s->fd >= 0)
 		close(s->fd);
+	free(s->inbuf);
 	free(s);
 }
 
@@ -478,25 +534,23 @@ static void strv_free(char **v)
 
 /* ---- processes -------------------------------------------------------------------- */
 
-/* The child's environment: the agent's, with extra KEY=VALUE entries on top. */
+/* The child's environment: the default one, with extra KEY=VALUE entries on top. */
 static char **build_env(char **extra, size_t nextra, int clear)
 {
-	size_t n = 0, i, j, k = 0;
+	size_t n = clear ? 0 : nenvs, i, j, k = 0;
 	char **e;
 
-	for (i = 0; !clear && environ[i]; i++)
-		n++;
 	e = calloc(n + nextra + 1, sizeof(*e));
 	if (!e)
 		return NULL;
-	for (i = 0; !clear && environ[i]; i++) {
-		size_t kl = strcspn(environ[i], "=");
+	for (i = 0; i < n; i++) {
+		size_t kl = strcspn(envs[i], "=");
 
 		for (j = 0; j < nextra; j++)
-			if (strncmp(extra[j], environ[i], kl) == 0 && extra[j][kl] == '=')
+			if (strncmp(extra[j], envs[i], kl) == 0 && extra[j][kl] == '=')
 				break;
 		if (j == nextra)
-			e[k++] = environ[i];
+			e[k++] = envs[i];
 	}
 	for (j = 0; j < nextra; j++)
 		e[k++] = extra[j];
@@ -534,6 +588,10 @@ static void op_exec(struct conn *c, const struct kp_frame *f)
 	}
 	if (nprocs >= MAX_PROCS) {
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "exec: %d processes already", MAX_PROCS);
+		goto out;
+	}
+	if (stopping.active) {
+		send_error(c, f->id, KP_ERR_OS, ESHUTDOWN, "exec: the sandbox is shutting down");
 		goto out;
 	}
 	envp = build_env(envv, nenv, clear);
@@ -1013,6 +1071,779 @@ static void fread_pump(struct conn *c, struct stream *s)
 	}
 }
 
+/* ---- control: identity, environment, shutdown --------------------------------------- */
+
+/*
+ * The default environment (the base of every exec, what ENV_* edit) is kept
+ * here rather than in environ: setenv(3) leaks the strings it replaces, and a
+ * host may set variables forever. Bounded by MAX_ENV entries and MAX_ENV_BYTES.
+ */
+static int env_init(void)
+{
+	size_t i;
+
+	envs = calloc(MAX_ENV + 1, sizeof(*envs));
+	if (!envs)
+		return -ENOMEM;
+	for (i = 0; environ[i] && nenvs < MAX_ENV; i++) {
+		size_t n = strlen(environ[i]);
+
+		if (!strchr(environ[i], '=') || env_bytes + n > MAX_ENV_BYTES)
+			continue;
+		envs[nenvs] = strdup(environ[i]);
+		if (!envs[nenvs])
+			return -ENOMEM;
+		env_bytes += n;
+		nenvs++;
+	}
+	return 0;
+}
+
+/* Index of the entry for key (kl bytes), or -1. */
+static ssize_t env_find(const char *key, size_t kl)
+{
+	size_t i;
+
+	for (i = 0; i < nenvs; i++)
+		if (strncmp(envs[i], key, kl) == 0 && envs[i][kl] == '=')
+			return (ssize_t)i;
+	return -1;
+}
+
+static void env_unset(const char *key, size_t kl)
+{
+	ssize_t i = env_find(key, kl);
+
+	if (i < 0)
+		return;
+	env_bytes -= strlen(envs[i]);
+	free(envs[i]);
+	envs[i] = envs[--nenvs];
+	envs[nenvs] = NULL;
+}
+
+static void env_clear(void)
+{
+	while (nenvs)
+		env_unset(envs[0], strcspn(envs[0], "="));
+}
+
+/* Set key (kl bytes) to val. 0, -E2BIG past the limits, -ENOMEM. */
+static int env_set(const char *key, size_t kl, const char *val)
+{
+	size_t n = kl + 1 + strlen(val);
+	ssize_t i = env_find(key, kl);
+	size_t old = i >= 0 ? strlen(envs[i]) : 0;
+	char *e;
+
+	if ((i < 0 && nenvs >= MAX_ENV) || env_bytes - old + n > MAX_ENV_BYTES)
+		return -E2BIG;
+	e = malloc(n + 1);
+	if (!e)
+		return -ENOMEM;
+	memcpy(e, key, kl);
+	e[kl] = '=';
+	strcpy(e + kl + 1, val);
+	if (i >= 0) {
+		free(envs[i]);
+		envs[i] = e;
+	} else {
+		envs[nenvs++] = e;
+	}
+	env_bytes = env_bytes - old + n;
+	return 0;
+}
+
+/* A variable name: non-empty, no '=' (the bytes are otherwise the caller's business). */
+static int env_key_ok(const char *k, size_t kl)
+{
+	return kl > 0 && kl < MAX_ENV_BYTES && !memchr(k, '=', kl);
+}
+
+/* An entry "KEY=VALUE" with a valid key. */
+static int env_entry_ok(const char *e)
+{
+	const char *eq = strchr(e, '=');
+
+	return eq && env_key_ok(e, (size_t)(eq - e));
+}
+
+/* Sandbox ids and hostnames: letters, digits and . _ - : only (they land in files and prompts). */
+static int name_ok(const char *s, size_t max, const char *extra)
+{
+	size_t n = strlen(s), i;
+
+	if (n == 0 || n > max)
+		return 0;
+	for (i = 0; i < n; i++)
+		if (!isalnum((unsigned char)s[i]) && !strchr(extra, s[i]))
+			return 0;
+	return 1;
+}
+
+/* Write path atomically (a temporary file renamed over it), creating its directory. */
+static int write_small_file(const char *dir, const char *path, const char *text)
+{
+	char tmp[256];
+	size_t n = strlen(text);
+	int fd, ret = 0;
+
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, text, n) != (ssize_t)n)
+		ret = -EIO;
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+	if (!ret && rename(tmp, path) < 0)
+		ret = -errno;
+	if (ret)
+		unlink(tmp);
+	return ret;
+}
+
+static void op_identity(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0, ret, clear = (int)arg_u64(f, KT_CLEAR_ENV, 0, &bad);
+	char *id = arg_str(f, KT_SANDBOX_ID, &bad), *host = arg_str(f, KT_HOSTNAME, &bad);
+	size_t n = 0, i, add = 0;
+	char **ev = arg_list(f, KT_ENV, &n, &bad);
+	struct kp_field fl;
+	uint64_t rt = 0;
+	int has_rt = kp_rec_find(f->payload, f->len, KT_REALTIME_NS, &fl) == 1;
+	char line[SANDBOX_ID_MAX + 2];
+
+	if (has_rt && kp_field_u64(&fl, &rt) < 0)
+		bad = 1;
+	if (bad) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "identity: SANDBOX_ID and HOSTNAME are STR, ENV STR*, "
+			   "CLEAR_ENV BOOL, REALTIME_NS U64");
+		goto out;
+	}
+	/* Validate everything before changing anything. */
+	if (id && !name_ok(id, SANDBOX_ID_MAX, "._-:")) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "identity: sandbox id must be 1-%d letters, digits or . _ - :",
+			   SANDBOX_ID_MAX);
+		goto out;
+	}
+	if (host && !name_ok(host, 64, ".-")) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "identity: hostname must be 1-64 letters, digits, . or -");
+		goto out;
+	}
+	for (i = 0; i < n; i++) {
+		if (!env_entry_ok(ev[i])) {
+			send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "identity: env entry %zu is not KEY=VALUE", i);
+			goto out;
+		}
+		add += strlen(ev[i]);
+	}
+	if ((clear ? 0 : nenvs) + n + 1 > MAX_ENV ||
+	    (clear ? 0 : env_bytes) + add + SANDBOX_ID_MAX + 16 > MAX_ENV_BYTES) {
+		send_error(c, f->id, KP_ERR_LIMIT, 0, "identity: the environment would exceed %d entries or %u bytes",
+			   MAX_ENV, MAX_ENV_BYTES);
+		goto out;
+	}
+	if (has_rt && (rt == 0 || rt > (uint64_t)INT64_MAX)) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "identity: REALTIME_NS %llu is not a time",
+			   (unsigned long long)rt);
+		goto out;
+	}
+	/* The clock first: what follows (files written) carries the right times. */
+	if (has_rt) {
+		struct timespec ts = { .tv_sec = (time_t)(rt / 1000000000u), .tv_nsec = (long)(rt % 1000000000u) };
+
+		if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+			os_error(c, f->id, "identity: clock_settime", "", errno);
+			goto out;
+		}
+	}
+	if (host) {
+		if (sethostname(host, strlen(host)) < 0) {
+			os_error(c, f->id, "identity: sethostname", host, errno);
+			goto out;
+		}
+		snprintf(line, sizeof(line), "%s\n", host);
+		write_small_file("/etc", "/etc/hostname", line);
+	}
+	if (id) {
+		snprintf(line, sizeof(line), "%s\n", id);
+		ret = write_small_file("/run/kiln", SANDBOX_ID_FILE, line);
+		if (ret < 0) {
+			os_error(c, f->id, "identity: write", SANDBOX_ID_FILE, -ret);
+			goto out;
+		}
+		strcpy(sandbox_id, id);
+	}
+	if (clear)
+		env_clear();
+	for (i = 0; i < n; i++) {
+		size_t kl = strcspn(ev[i], "=");
+
+		if (env_set(ev[i], kl, ev[i] + kl + 1) < 0) {
+			send_error(c, f->id, KP_ERR_OS, ENOMEM, "identity: out of memory");
+			goto out;
+		}
+	}
+	/* The id survives CLEAR_ENV: processes can always find out where they run. */
+	if (sandbox_id[0] && env_set("KILN_SANDBOX_ID", 15, sandbox_id) < 0) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "identity: out of memory");
+		goto out;
+	}
+	send_ok(c, f->id);
+out:
+	free(id);
+	free(host);
+	strv_free(ev);
+}
+
+static void op_env(struct conn *c, const struct kp_frame *f, uint64_t op)
+{
+	int bad = 0, ret;
+	char *key = arg_str(f, KT_KEY, &bad), *val = arg_str(f, KT_VALUE, &bad);
+	struct kp_recw w;
+	ssize_t i;
+	size_t k;
+
+	if (bad || (op != KP_OP_ENV_LIST && (!key || !env_key_ok(key, strlen(key)))) ||
+	    (op == KP_OP_ENV_SET && !val)) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "env: wants KEY (STR, non-empty, no '=')%s",
+			   op == KP_OP_ENV_SET ? " and VALUE (STR)" : "");
+		goto out;
+	}
+	rec_begin(&w);
+	switch (op) {
+	case KP_OP_ENV_GET:
+		i = env_find(key, strlen(key));
+		if (i >= 0)
+			kp_put_str(&w, KT_VALUE, envs[i] + strlen(key) + 1);
+		break;
+	case KP_OP_ENV_SET:
+		ret = env_set(key, strlen(key), val);
+		if (ret == -E2BIG) {
+			send_error(c, f->id, KP_ERR_LIMIT, 0, "env: the environment would exceed %d entries or %u bytes",
+				   MAX_ENV, MAX_ENV_BYTES);
+			goto out;
+		} else if (ret < 0) {
+			send_error(c, f->id, KP_ERR_OS, -ret, "env: %s", strerror(-ret));
+			goto out;
+		}
+		break;
+	case KP_OP_ENV_DELETE:
+		env_unset(key, strlen(key));
+		break;
+	case KP_OP_ENV_LIST:
+		for (k = 0; k < nenvs; k++)
+			kp_put_str(&w, KT_ENV, envs[k]);
+		break;
+	}
+	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+out:
+	free(key);
+	free(val);
+}
+
+/*
+ * SHUTDOWN answers at once, then SIGTERMs every process; the main loop
+ * SIGKILLs what is left when they are all gone or the grace ends, flushes the
+ * connections and hands over to the init (agent_stop: sync, power off).
+ */
+static void op_shutdown(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0;
+	uint64_t ms = arg_u64(f, KT_TIMEOUT_MS, SHUTDOWN_MS, &bad);
+	int reboot = (int)arg_u64(f, KT_REBOOT, 0, &bad);
+	struct timespec now;
+	int64_t ns;
+
+	if (bad || ms > 600000) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "shutdown: TIMEOUT_MS at most 600000, REBOOT BOOL");
+		return;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	ns = (int64_t)now.tv_nsec + (int64_t)(ms % 1000) * 1000000;
+	now.tv_sec += (time_t)(ms / 1000) + (time_t)(ns / 1000000000);
+	now.tv_nsec = (long)(ns % 1000000000);
+	/* A second SHUTDOWN may shorten the grace, never lengthen it. */
+	if (!stopping.active || now.tv_sec < stopping.deadline.tv_sec ||
+	    (now.tv_sec == stopping.deadline.tv_sec && now.tv_nsec < stopping.deadline.tv_nsec))
+		stopping.deadline = now;
+	stopping.reboot |= reboot;
+	if (!stopping.active) {
+		stopping.active = 1;
+		fprintf(stderr, "kiln-agent: shutdown requested (%llu ms grace)\n", (unsigned long long)ms);
+		kill(-1, SIGTERM);
+	}
+	send_ok(c, f->id);
+}
+
+/* ---- ports ------------------------------------------------------------------------ */
+
+/*
+ * A non-blocking TCP connect to addr (an IPv4 or IPv6 literal; NULL:
+ * 127.0.0.1) and port. Returns the socket (connect in progress or done) or
+ * -errno; -EINVAL for an address that is not an IP literal.
+ */
+static int port_dial(const char *addr, uint16_t port)
+{
+	struct sockaddr_in6 s6 = { .sin6_family = AF_INET6, .sin6_port = htons(port) };
+	struct sockaddr_in s4 = { .sin_family = AF_INET, .sin_port = htons(port) };
+	struct sockaddr *sa;
+	socklen_t len;
+	int fd;
+
+	if (!addr)
+		addr = "127.0.0.1";
+	if (inet_pton(AF_INET, addr, &s4.sin_addr) == 1) {
+		sa = (struct sockaddr *)&s4;
+		len = sizeof(s4);
+	} else if (inet_pton(AF_INET6, addr, &s6.sin6_addr) == 1) {
+		sa = (struct sockaddr *)&s6;
+		len = sizeof(s6);
+	} else {
+		return -EINVAL;
+	}
+	fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, sa, len) < 0 && errno != EINPROGRESS) {
+		int err = errno;
+
+		close(fd);
+		return -err;
+	}
+	return fd;
+}
+
+/* The outcome of a non-blocking connect once fd is writable: 0 or an errno. */
+static int dial_result(int fd)
+{
+	int soerr = 0;
+	socklen_t sl = sizeof(soerr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+		return errno;
+	return soerr;
+}
+
+static void op_port_connect(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0, fd;
+	uint64_t port = arg_u64(f, KT_PORT, 0, &bad);
+	char *addr = arg_str(f, KT_ADDR, &bad);
+	int raw = (int)arg_u64(f, KT_RAW, 0, &bad);
+	struct stream *s;
+
+	if (bad || port == 0 || port > 65535) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "port connect: wants PORT (1-65535), ADDR STR?, RAW BOOL?");
+		goto out;
+	}
+	if (raw && (c->nreq != 1 || c->nstreams)) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0,
+			   "port connect: RAW must be the first request of a connection of its own");
+		goto out;
+	}
+	if (!raw && nports >= MAX_PORTS) {
+		send_error(c, f->id, KP_ERR_LIMIT, 0, "port connect: %d port streams already", MAX_PORTS);
+		goto out;
+	}
+	if (stopping.active) {
+		send_error(c, f->id, KP_ERR_OS, ESHUTDOWN, "port connect: the sandbox is shutting down");
+		goto out;
+	}
+	fd = port_dial(addr, (uint16_t)port);
+	if (fd == -EINVAL) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "port connect: ADDR %s is not an IPv4 or IPv6 address", addr);
+		goto out;
+	}
+	if (fd < 0) {
+		send_error(c, f->id, KP_ERR_OS, -fd, "connect to port %llu: %s", (unsigned long long)port,
+			   strerror(-fd));
+		goto out;
+	}
+	if (raw) {
+		c->rawin = malloc(RAW_BUF);
+		if (!c->rawin) {
+			close(fd);
+			send_error(c, f->id, KP_ERR_OS, ENOMEM, "port connect: out of memory");
+			goto out;
+		}
+		c->raw = 1;
+		c->raw_fd = fd;
+		c->raw_id = f->id;
+		goto out;
+	}
+	s = stream_new(c, ST_PORT, f->id);
+	if (!s) {
+		close(fd);
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "port connect: out of memory");
+		goto out;
+	}
+	nports++;
+	s->fd = fd;
+	s->connecting = 1;
+	s->in_credit = KP_DEFAULT_WINDOW;
+out:
+	free(addr);
+}
+
+static void port_pump_in(struct conn *c, struct stream *s);
+
+/* The connect of a port stream finished: RESPONSE, or ERROR and the stream ends. */
+static void port_connected(struct conn *c, struct stream *s)
+{
+	int err = dial_result(s->fd);
+	struct kp_recw w;
+
+	s->connecting = 0;
+	if (err) {
+		send_error(c, s->id, KP_ERR_OS, err, "connect: %s", strerror(err));
+		stream_free(c, s);
+		return;
+	}
+	rec_begin(&w);
+	rec_send(c, KP_RESPONSE, 0, s->id, &w);
+	port_pump_in(c, s);
+}
+
+/* Both directions of a port stream are finished: the terminal RESPONSE|END. */
+static void port_maybe_done(struct conn *c, struct stream *s)
+{
+	struct kp_recw w;
+
+	if (!s->out_eof || !s->in_eof || s->inlen)
+		return;
+	rec_begin(&w);
+	rec_send(c, KP_RESPONSE, KP_F_END, s->id, &w);
+	stream_free(c, s);
+}
+
+/* Socket to host: what credit allows, EOF when the peer shuts its side. */
+static void port_pump_out(struct conn *c, struct stream *s)
+{
+	static uint8_t buf[READ_CHUNK];
+	size_t want = max_data(c);
+	ssize_t n;
+
+	if (want > s->out_credit)
+		want = (size_t)s->out_credit;
+	if (!want || s->out_eof)
+		return;
+	n = recv(s->fd, buf, want, MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		uint8_t e[KP_HDR_LEN + 8];
+
+		/* A reset counts as the end: the host sees EOF, then the stream's end. */
+		conn_put(c, e, kp_enc_eof(e, s->id, KP_CHAN_OUT, 0, s->out_off));
+		s->out_eof = 1;
+		port_maybe_done(c, s);
+		return;
+	}
+	send_data(c, s->id, KP_CHAN_OUT, s->out_off, buf, (uint32_t)n);
+	s->out_off += (uint64_t)n;
+	s->out_credit -= (uint64_t)n;
+}
+
+/* Host to socket: write queued bytes, grant them back; half-close after EOF. */
+static void port_pump_in(struct conn *c, struct stream *s)
+{
+	uint8_t e[KP_HDR_LEN + 4];
+	ssize_t n = 0;
+
+	if (s->connecting)
+		return;		/* bytes sent before the RESPONSE wait for the connection */
+	if (s->inlen) {
+		n = send(s->fd, s->inbuf, s->inlen, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		if (n < 0)		/* the peer is gone: the rest is dropped, as on a closed pipe */
+			n = (ssize_t)s->inlen;
+		memmove(s->inbuf, s->inbuf + n, s->inlen - (size_t)n);
+		s->inlen -= (size_t)n;
+		s->in_credit += (uint64_t)n;
+		conn_put(c, e, kp_enc_window(e, s->id, 0, (uint32_t)n));
+	}
+	if (s->in_eof && !s->inlen && !s->wr_shut) {
+		shutdown(s->fd, SHUT_WR);
+		s->wr_shut = 1;
+	}
+	port_maybe_done(c, s);
+}
+
+struct listener {
+	uint16_t port;
+	uint64_t inode;
+	pid_t pid;		/* 0 until found */
+	char addr[INET6_ADDRSTRLEN];
+};
+
+/* Append the LISTEN sockets of /proc/net/tcp or tcp6 to l (at most max in all). */
+static size_t listeners_read(const char *path, int v6, struct listener *l, size_t n, size_t max)
+{
+	char line[512], hex[33];
+	unsigned port, st;
+	unsigned long long ino;
+	FILE *fp = fopen(path, "re");
+
+	if (!fp)
+		return n;	/* no IPv6 in the kernel: no tcp6 */
+	if (!fgets(line, sizeof(line), fp)) {	/* the header */
+		fclose(fp);
+		return n;
+	}
+	while (n < max && fgets(line, sizeof(line), fp)) {
+		uint32_t w[4];
+		size_t i, j;
+
+		if (sscanf(line, " %*u: %32[0-9A-Fa-f]:%x %*s %x %*s %*s %*s %*u %*u %llu",
+			   hex, &port, &st, &ino) != 4 || st != 0x0a)
+			continue;
+		if (strlen(hex) != (v6 ? 32u : 8u))
+			continue;
+		/* The kernel prints each 32-bit word of the address in host order. */
+		for (i = 0; i < (v6 ? 4u : 1u); i++) {
+			char word[9];
+
+			memcpy(word, hex + 8 * i, 8);
+			word[8] = '\0';
+			w[i] = (uint32_t)strtoul(word, NULL, 16);
+		}
+		memset(&l[n], 0, sizeof(l[n]));
+		l[n].port = (uint16_t)port;
+		l[n].inode = ino;
+		inet_ntop(v6 ? AF_INET6 : AF_INET, w, l[n].addr, sizeof(l[n].addr));
+		/* One entry per port and inode: a dual-stack socket shows once. */
+		for (j = 0; j < n; j++)
+			if (l[j].inode == ino)
+				break;
+		if (j == n)
+			n++;
+	}
+	fclose(fp);
+	return n;
+}
+
+/* The parent of pid from /proc/PID/stat, or 0. */
+static pid_t proc_ppid(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	int fd, ppid = 0;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	p = strrchr(buf, ')');	/* the command name may hold anything but ends at the last ')' */
+	if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
+		return 0;
+	return (pid_t)ppid;
+}
+
+/* pid is root or one of its descendants. */
+static int pid_under(pid_t pid, pid_t root)
+{
+	int depth;
+
+	for (depth = 0; pid > 1 && depth < 64; depth++, pid = proc_ppid(pid))
+		if (pid == root)
+			return 1;
+	return pid == root;
+}
+
+/* Fill in the owning pid of each listener by scanning /proc/PID/fd once. */
+static void listeners_owners(struct listener *l, size_t n)
+{
+	DIR *pd = opendir("/proc"), *fdd;
+	struct dirent *pe, *fe;
+	char path[64], link[64];
+	size_t i, found = 0;
+
+	if (!pd)
+		return;
+	while (found < n && (pe = readdir(pd)) != NULL) {
+		pid_t pid = (pid_t)atoi(pe->d_name);
+
+		if (pid <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+		fdd = opendir(path);
+		if (!fdd)
+			continue;
+		while ((fe = readdir(fdd)) != NULL) {
+			unsigned long long ino;
+			ssize_t k;
+
+			if (fe->d_name[0] == '.')
+				continue;
+			k = readlinkat(dirfd(fdd), fe->d_name, link, sizeof(link) - 1);
+			if (k <= 0)
+				continue;
+			link[k] = '\0';
+			if (sscanf(link, "socket:[%llu]", &ino) != 1)
+				continue;
+			for (i = 0; i < n; i++)
+				if (l[i].inode == ino && !l[i].pid) {
+					l[i].pid = pid;
+					found++;
+				}
+		}
+		closedir(fdd);
+	}
+	closedir(pd);
+}
+
+/* The listening TCP sockets (with owners when want_pid), at most MAX_LISTEN. Returns the count or -ENOMEM. */
+static ssize_t listeners_scan(struct listener **out, int want_pid)
+{
+	struct listener *l = calloc(MAX_LISTEN, sizeof(*l));
+	size_t n;
+
+	if (!l)
+		return -ENOMEM;
+	n = listeners_read("/proc/net/tcp", 0, l, 0, MAX_LISTEN);
+	n = listeners_read("/proc/net/tcp6", 1, l, n, MAX_LISTEN);
+	if (want_pid)
+		listeners_owners(l, n);
+	*out = l;
+	return (ssize_t)n;
+}
+
+static void op_port_list(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0;
+	uint64_t pid = arg_u64(f, KT_PID, 0, &bad);
+	struct listener *l;
+	struct kp_recw w;
+	ssize_t n, i;
+
+	if (bad || pid > INT32_MAX) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "port list: PID is a U64 process id");
+		return;
+	}
+	n = listeners_scan(&l, 1);
+	if (n < 0) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "port list: out of memory");
+		return;
+	}
+	rec_begin(&w);
+	for (i = 0; i < n; i++) {
+		uint32_t mark;
+
+		if (pid && (!l[i].pid || !pid_under(l[i].pid, (pid_t)pid)))
+			continue;
+		mark = kp_nest_begin(&w, KT_ENTRY);
+		kp_put_u64(&w, KT_PORT, l[i].port);
+		if (l[i].pid)
+			kp_put_u64(&w, KT_PID, (uint64_t)l[i].pid);
+		kp_put_str(&w, KT_ADDR, l[i].addr);
+		kp_nest_end(&w, mark);
+	}
+	free(l);
+	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+}
+
+/* PORT_WAIT: 1 when its port (or a port of its process) listens, sending the EVENT|END. */
+static int pwait_check(struct conn *c, struct stream *s, const struct listener *l, ssize_t n)
+{
+	struct kp_recw w;
+	ssize_t i;
+
+	for (i = 0; i < n; i++) {
+		if (s->wport && l[i].port != s->wport)
+			continue;
+		if (s->wpid && (!l[i].pid || !pid_under(l[i].pid, s->wpid)))
+			continue;
+		rec_begin(&w);
+		kp_put_u64(&w, KT_EVENT, KP_EV_LISTEN);
+		kp_put_u64(&w, KT_PORT, l[i].port);
+		if (l[i].pid)
+			kp_put_u64(&w, KT_PID, (uint64_t)l[i].pid);
+		rec_send(c, KP_EVENT, KP_F_END, s->id, &w);
+		stream_free(c, s);
+		return 1;
+	}
+	return 0;
+}
+
+static int ts_after(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec > b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec >= b->tv_nsec);
+}
+
+/* Rescan for every waiting PORT_WAIT; expire those past their deadline. */
+static void pwait_poll(void)
+{
+	struct listener *l = NULL;
+	ssize_t n = -1;
+	struct conn *c;
+	struct stream *s, *sn;
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	for (c = conns; c; c = c->next)
+		for (s = c->streams; s; s = sn) {
+			sn = s->next;
+			if (s->kind != ST_PWAIT)
+				continue;
+			if (n < 0 && (n = listeners_scan(&l, 1)) < 0)
+				return;
+			if (pwait_check(c, s, l, n))
+				continue;
+			if (s->deadline.tv_sec && ts_after(&now, &s->deadline)) {
+				send_error(c, s->id, KP_ERR_OS, ETIMEDOUT, "port wait: nothing listened in time");
+				stream_free(c, s);
+			}
+		}
+	free(l);
+}
+
+static void op_port_wait(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0;
+	uint64_t port = arg_u64(f, KT_PORT, 0, &bad), pid = arg_u64(f, KT_PID, 0, &bad);
+	uint64_t ms = arg_u64(f, KT_TIMEOUT_MS, 0, &bad);
+	struct stream *s;
+	struct listener *l;
+	ssize_t n;
+
+	if (bad || port > 65535 || pid > INT32_MAX || (!port && !pid) || ms > 24ull * 3600 * 1000) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "port wait: wants PORT (1-65535) or PID, TIMEOUT_MS? (at most a day)");
+		return;
+	}
+	s = stream_new(c, ST_PWAIT, f->id);
+	if (!s) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "port wait: out of memory");
+		return;
+	}
+	s->wport = (uint16_t)port;
+	s->wpid = (pid_t)pid;
+	s->in_credit = 0;
+	if (ms) {
+		clock_gettime(CLOCK_MONOTONIC, &s->deadline);
+		s->deadline.tv_sec += (time_t)(ms / 1000);
+		s->deadline.tv_nsec += (long)(ms % 1000) * 1000000;
+		if (s->deadline.tv_nsec >= 1000000000) {
+			s->deadline.tv_sec++;
+			s->deadline.tv_nsec -= 1000000000;
+		}
+	}
+	n = listeners_scan(&l, pid != 0);
+	if (n >= 0) {
+		pwait_check(c, s, l, n);
+		free(l);
+	}
+}
+
 /* ---- frames from the host ----------------------------------------------------------- */
 
 static void handle_request(struct conn *c, const struct kp_frame *f)
@@ -1028,12 +1859,22 @@ static void handle_request(struct conn *c, const struct kp_frame *f)
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "%d live requests already", MAX_IDS);
 		return;
 	}
+	c->nreq++;
 	if (bad || !op) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "request without a U64 OP");
 		return;
 	}
 	switch (op) {
 	case KP_OP_HEALTH:	op_health(c, f); break;
+	case KP_OP_IDENTITY:	op_identity(c, f); break;
+	case KP_OP_SHUTDOWN:	op_shutdown(c, f); break;
+	case KP_OP_ENV_GET:
+	case KP_OP_ENV_SET:
+	case KP_OP_ENV_DELETE:
+	case KP_OP_ENV_LIST:	op_env(c, f, op); break;
+	case KP_OP_PORT_CONNECT: op_port_connect(c, f); break;
+	case KP_OP_PORT_WAIT:	op_port_wait(c, f); break;
+	case KP_OP_PORT_LIST:	op_port_list(c, f); break;
 	case KP_OP_EXEC:	op_exec(c, f); break;
 	case KP_OP_SIGNAL:	op_signal(c, f); break;
 	case KP_OP_STAT:	op_stat(c, f); break;
@@ -1061,7 +1902,8 @@ static void stream_input(struct conn *c, struct stream *s, const struct kp_frame
 	} else {
 		kp_parse_u64(f, &off);
 	}
-	if (f->channel != KP_CHAN_IN || s->kind == ST_FREAD || (s->kind == ST_EXEC && s->proc->in_eof)) {
+	if (f->channel != KP_CHAN_IN || s->kind == ST_FREAD || s->kind == ST_PWAIT ||
+	    (s->kind == ST_EXEC && s->proc->in_eof) || (s->kind == ST_PORT && s->in_eof)) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "no input channel %u on this stream", f->channel);
 		goto end;
 	}
@@ -1105,6 +1947,24 @@ static void stream_input(struct conn *c, struct stream *s, const struct kp_frame
 			rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
 			goto end_quiet;
 		}
+		return;
+	}
+	if (s->kind == ST_PORT) {
+		/* queue for the socket (bounded by the window granted) */
+		if (n) {
+			uint8_t *nb = realloc(s->inbuf, s->inlen + n);
+
+			if (!nb) {
+				send_error(c, f->id, KP_ERR_OS, ENOMEM, "port: out of memory");
+				goto end;
+			}
+			s->inbuf = nb;
+			memcpy(s->inbuf + s->inlen, data, n);
+			s->inlen += n;
+		}
+		if (f->type == KP_EOF)
+			s->in_eof = 1;
+		port_pump_in(c, s);
 		return;
 	}
 	/* exec: queue for the process's stdin (bounded by the window granted) */
@@ -1210,7 +2070,7 @@ static int handle_frame(struct conn *c, const struct kp_frame *f)
 			return 0;
 		if (s->kind == ST_EXEC && f->channel)
 			cr = &s->proc->credit[f->channel];
-		else if (s->kind == ST_FREAD && f->channel == KP_CHAN_OUT)
+		else if ((s->kind == ST_FREAD || s->kind == ST_PORT) && f->channel == KP_CHAN_OUT)
 			cr = &s->out_credit;
 		if (!cr)
 			return 0;
@@ -1241,6 +2101,9 @@ static void conn_free(struct conn *c)
 			break;
 		}
 	close(c->fd);
+	if (c->raw)
+		close(c->raw_fd);
+	free(c->rawin);
 	free(c->rxbuf);
 	free(c->out.p);
 	free(c);
@@ -1271,6 +2134,7 @@ static void conn_accept(int lfd)
 		return;
 	}
 	c->fd = fd;
+	c->raw_fd = -1;
 	c->peer_window = KP_DEFAULT_WINDOW;
 	c->peer_max = KP_MIN_PAYLOAD_CAP;
 	kp_dec_init(&c->dec, c->rxbuf, RX_CAP);
@@ -1309,6 +2173,12 @@ static void conn_read(struct conn *c)
 		} else if (ret == 0) {
 			break;
 		}
+		if (c->raw) {
+			/* Bytes after a raw PORT_CONNECT are already the tunnel's (buf < RAW_BUF). */
+			memcpy(c->rawin, buf + off, (size_t)n - off);
+			c->rawin_len = (size_t)n - off;
+			break;
+		}
 	}
 }
 
@@ -1338,21 +2208,158 @@ static int conn_write(struct conn *c)
 	return 0;
 }
 
+/* ---- raw port connections ------------------------------------------------------------ */
+
+/* The raw connect finished: RESPONSE and unframed bytes from now on, or ERROR and close. */
+static void raw_connected(struct conn *c)
+{
+	int err = dial_result(c->raw_fd);
+	struct kp_recw w;
+
+	if (err) {
+		send_error(c, c->raw_id, KP_ERR_OS, err, "connect: %s", strerror(err));
+		close(c->raw_fd);
+		c->raw = 0;
+		c->raw_fd = -1;
+		conn_close(c);
+		return;
+	}
+	rec_begin(&w);
+	rec_send(c, KP_RESPONSE, KP_F_END, c->raw_id, &w);
+	c->raw = 2;
+}
+
+/*
+ * One step of a raw relay on the events seen: host bytes (rawin) to the TCP
+ * socket, TCP bytes to the host (the send queue, written by conn_write).
+ * Each side's end is passed on as a half-close; once both ends are through,
+ * the connection closes like any other. Returns -1 when c was freed.
+ */
+static int raw_step(struct conn *c, int vsock_in, int tcp_in, int tcp_out)
+{
+	static uint8_t buf[RAW_BUF];
+	ssize_t n;
+
+	if (vsock_in && !c->rd_eof && c->rawin_len < RAW_BUF) {
+		n = read(c->fd, c->rawin + c->rawin_len, RAW_BUF - c->rawin_len);
+		if (n == 0)
+			c->rd_eof = 1;
+		else if (n > 0)
+			c->rawin_len += (size_t)n;
+		else if (errno != EAGAIN && errno != EINTR)
+			goto fail;
+	}
+	if ((tcp_out || c->rawin_len) && c->rawin_len) {
+		n = send(c->raw_fd, c->rawin, c->rawin_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n > 0) {
+			memmove(c->rawin, c->rawin + n, c->rawin_len - (size_t)n);
+			c->rawin_len -= (size_t)n;
+		} else if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			goto fail;
+		}
+	}
+	if (c->rd_eof && !c->rawin_len && !c->tcp_wr_shut) {
+		shutdown(c->raw_fd, SHUT_WR);
+		c->tcp_wr_shut = 1;
+	}
+	if (tcp_in && !c->tcp_eof && c->out.len < RAW_BUF) {
+		n = recv(c->raw_fd, buf, RAW_BUF - c->out.len, MSG_DONTWAIT);
+		if (n == 0)
+			c->tcp_eof = 1;
+		else if (n > 0)
+			conn_put(c, buf, (int)n);
+		else if (errno != EAGAIN && errno != EINTR)
+			goto fail;
+	}
+	if (c->out.len && conn_write(c) < 0)
+		return -1;
+	if (c->tcp_eof && !c->out.len && !c->vs_wr_shut) {
+		/* The TCP peer is done sending: pass the half-close on to the host. */
+		shutdown(c->fd, SHUT_WR);
+		c->vs_wr_shut = 1;
+	}
+	if (c->vs_wr_shut && c->tcp_wr_shut) {
+		/*
+		 * Both ways are through and both ends shut: close. The close's
+		 * vsock SHUTDOWN follows our data, which the VMM delivers first.
+		 */
+		conn_free(c);
+		return -1;
+	}
+	return 0;
+fail:
+	conn_free(c);
+	return -1;
+}
+
+/* ---- shutdown ---------------------------------------------------------------------- */
+
+/*
+ * Called each loop turn while a SHUTDOWN is in progress: once every process
+ * has gone (or the grace has ended) flush what the connections still hold,
+ * for a short while, and hand over to the init, which does not return.
+ */
+static void shutdown_step(void)
+{
+	struct timespec now, until;
+	struct conn *c, *cn;
+	int busy;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!ts_after(&now, &stopping.deadline) && !(kill(-1, 0) < 0 && errno == ESRCH))
+		return;
+	kill(-1, SIGKILL);
+	until = now;
+	until.tv_sec += 1;
+	do {
+		busy = 0;
+		for (c = conns; c; c = cn) {
+			cn = c->next;
+			if (c->out.len && conn_write(c) == 0 && c->out.len)
+				busy = 1;
+		}
+		if (busy)
+			usleep(10000);
+		clock_gettime(CLOCK_MONOTONIC, &now);
+	} while (busy && !ts_after(&now, &until));
+	fprintf(stderr, "kiln-agent: %s\n", stopping.reboot ? "rebooting" : "powering off");
+	if (agent_stop)
+		agent_stop(stopping.reboot);
+	_exit(0);	/* not reached: the init powers off */
+}
+
 /* ---- the loop --------------------------------------------------------------------- */
 
-enum { PF_LISTEN, PF_SIGNAL, PF_CONN, PF_PROC };
+enum { PF_LISTEN, PF_SIGNAL, PF_CONN, PF_PROC, PF_PORT, PF_RAW };
+#define MAX_PFD	(2 + 2 * MAX_CONNS + 3 * MAX_PROCS + MAX_PORTS)
 
-int agent_main(void)
+static struct pollfd pfd[MAX_PFD];
+static void *obj[MAX_PFD];
+static uint8_t kind[MAX_PFD], chan[MAX_PFD];
+
+static struct conn *conn_live(void *o, int fd)
+{
+	struct conn *c;
+
+	for (c = conns; c && c != o; c = c->next)
+		;
+	return c && c->fd == fd ? c : NULL;
+}
+
+int agent_main(void (*stop)(int reboot))
 {
 	struct sockaddr_vm addr = {
 		.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = KP_VSOCK_PORT,
 	};
-	static struct pollfd pfd[2 + MAX_CONNS + 3 * MAX_PROCS];
-	static void *obj[2 + MAX_CONNS + 3 * MAX_PROCS];
-	static uint8_t kind[2 + MAX_CONNS + 3 * MAX_PROCS], chan[2 + MAX_CONNS + 3 * MAX_PROCS];
 	sigset_t chld;
-	int lfd, sfd;
+	int lfd, sfd, ret;
 
+	agent_stop = stop;
+	ret = env_init();
+	if (ret < 0) {
+		fprintf(stderr, "kiln-agent: environment: %s\n", strerror(-ret));
+		return ret;
+	}
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, NULL);
@@ -1366,14 +2373,18 @@ int agent_main(void)
 		return -err;
 	}
 	fprintf(stderr, "kiln-agent: ready\n");
+	/* Tell kiln-vmm (a template snapshots at this moment; the init has the port). */
+	if (ioperm(KILN_PORT_MARK, 1, 1) == 0)
+		outb(KILN_MARK_AGENT_READY, KILN_PORT_MARK);
 
 	for (;;) {
 		struct conn *c, *cn;
 		struct proc *p;
 		struct stream *s, *sn;
 		nfds_t n = 0, i;
-		unsigned nclosing;
+		unsigned nclosing, npwait = 0;
 		struct timespec now;
+		int tmo;
 
 		/* Producers without an fd to wait on: file reads with credit. */
 		for (c = conns; c; c = c->next)
@@ -1392,13 +2403,56 @@ int agent_main(void)
 			short ev = 0;
 
 			nclosing += c->closing == 2;
-			if (c->out.len < OUTQ_HIGH || c->closing)
-				ev |= POLLIN;
-			if (c->out.len)
-				ev |= POLLOUT;
+			if (c->raw == 1) {
+				ev = c->out.len ? POLLOUT : 0;
+				pfd[n] = (struct pollfd){ .fd = c->raw_fd, .events = POLLOUT };
+				obj[n] = c;
+				kind[n++] = PF_RAW;
+			} else if (c->raw == 2) {
+				/* Only what can still happen: an ended side would poll ready forever. */
+				short tev = (short)((!c->tcp_eof && c->out.len < RAW_BUF ? POLLIN : 0) |
+						    (c->rawin_len ? POLLOUT : 0));
+
+				if (!c->rd_eof && c->rawin_len < RAW_BUF)
+					ev |= POLLIN;
+				if (c->out.len)
+					ev |= POLLOUT;
+				if (tev) {
+					pfd[n] = (struct pollfd){ .fd = c->raw_fd, .events = tev };
+					obj[n] = c;
+					kind[n++] = PF_RAW;
+				}
+				if (!ev && c->rd_eof && c->vs_wr_shut)
+					continue;
+			} else {
+				if (c->out.len < OUTQ_HIGH || c->closing)
+					ev |= POLLIN;
+				if (c->out.len)
+					ev |= POLLOUT;
+			}
 			pfd[n] = (struct pollfd){ .fd = c->fd, .events = ev };
 			obj[n] = c;
 			kind[n++] = PF_CONN;
+			for (s = c->streams; s; s = s->next) {
+				short pev = 0;
+
+				npwait += s->kind == ST_PWAIT;
+				if (s->kind != ST_PORT)
+					continue;
+				if (s->connecting)
+					pev = POLLOUT;
+				else {
+					if (!s->out_eof && s->out_credit && c->out.len < OUTQ_HIGH)
+						pev |= POLLIN;
+					if (s->inlen)
+						pev |= POLLOUT;
+				}
+				if (!pev)
+					continue;
+				pfd[n] = (struct pollfd){ .fd = s->fd, .events = pev };
+				obj[n] = s;
+				kind[n++] = PF_PORT;
+			}
 		}
 		for (p = procs; p; p = p->next) {
 			struct conn *pc = p->st ? stream_conn(p->st) : NULL;
@@ -1421,12 +2475,17 @@ int agent_main(void)
 			}
 		}
 
-		if (poll(pfd, n, nclosing ? 1000 : -1) < 0)
+		tmo = nclosing ? 1000 : -1;
+		if (npwait)
+			tmo = PORT_POLL_MS;
+		if (stopping.active)
+			tmo = 20;
+		if (poll(pfd, n, tmo) < 0)
 			continue;
 
 		/*
-		 * Objects may be freed while handling: connections and processes
-		 * are looked up again by pointer before use.
+		 * Objects may be freed while handling: connections, streams and
+		 * processes are looked up again by pointer before use.
 		 */
 		for (i = 0; i < n; i++) {
 			if (!pfd[i].revents)
@@ -1438,14 +2497,53 @@ int agent_main(void)
 			case PF_SIGNAL:
 				break;	/* below, after the pipes are drained */
 			case PF_CONN:
-				for (c = conns; c && c != obj[i]; c = c->next)
-					;
-				if (!c || c->fd != pfd[i].fd)
+				c = conn_live(obj[i], pfd[i].fd);
+				if (!c)
 					break;
+				if (c->raw == 1) {
+					/* Connecting: no frames are read; the host may already send raw bytes. */
+					if (pfd[i].revents & (POLLERR | POLLHUP))
+						conn_free(c);
+					else if (pfd[i].revents & POLLOUT)
+						conn_write(c);
+					break;
+				}
+				if (c->raw == 2) {
+					if (pfd[i].revents & POLLERR)
+						conn_free(c);	/* the host reset the connection */
+					else
+						raw_step(c, !!(pfd[i].revents & (POLLIN | POLLHUP)), 0, 0);
+					break;
+				}
 				if ((pfd[i].revents & POLLOUT) && conn_write(c) < 0)
 					break;
 				if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
 					conn_read(c);
+				break;
+			case PF_RAW:
+				for (c = conns; c && c != obj[i]; c = c->next)
+					;
+				if (!c || c->raw_fd != pfd[i].fd)
+					break;
+				if (c->raw == 1)
+					raw_connected(c);
+				else
+					raw_step(c, 0, !!(pfd[i].revents & (POLLIN | POLLHUP | POLLERR)),
+						 !!(pfd[i].revents & (POLLOUT | POLLERR)));
+				break;
+			case PF_PORT:
+				s = obj[i];
+				c = stream_conn(s);
+				if (!c || s->fd != pfd[i].fd)
+					break;
+				if (s->connecting) {
+					port_connected(c, s);
+					break;
+				}
+				if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
+					port_pump_out(c, s);
+				if ((pfd[i].revents & (POLLOUT | POLLERR)) && stream_conn(s) == c)
+					port_pump_in(c, s);
 				break;
 			case PF_PROC:
 				for (p = procs; p && p != obj[i]; p = p->next)
@@ -1460,13 +2558,21 @@ int agent_main(void)
 			}
 		}
 		reap(sfd);
+		if (npwait)
+			pwait_poll();
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		for (c = conns; c; c = cn) {
 			cn = c->next;
+			if (c->raw == 2) {
+				raw_step(c, 0, 0, 0);
+				continue;
+			}
 			if (c->out.len || c->closing == 1)
 				conn_write(c);
 			else if (c->closing == 2 && now.tv_sec - c->closed_at.tv_sec > CLOSE_GRACE_S)
 				conn_free(c);	/* the host never closed its end */
 		}
+		if (stopping.active)
+			shutdown_step();
 	}
 }

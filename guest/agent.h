@@ -8,8 +8,10 @@
 /*
  * Listen on vsock port KP_VSOCK_PORT and serve connections until the VM
  * stops. Prints "kiln-agent: ready" on stderr once the listener is up.
+ * stop is called, after SHUTDOWN has stopped every process, to sync and power
+ * off (reboot 0) or reset (reboot 1) the VM; it must not return.
  * Returns only if the listener cannot be set up: a negative errno.
  */
-int agent_main(void);
+int agent_main(void (*stop)(int reboot));
 
 #endif

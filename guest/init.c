@@ -387,6 +387,21 @@ static void finish(uint32_t status)
 		pause();
 }
 
+/* The agent's SHUTDOWN: power off (kiln-vmm exits 0), or reset the VM. */
+static void agent_stop(int reset)
+{
+	if (!reset)
+		finish(KILN_STATUS(KILN_STATUS_EXITED, 0));
+	kill(-1, SIGKILL);
+	while (wait(NULL) > 0 || errno == EINTR)
+		;
+	sync();
+	console_drain();
+	reboot(RB_AUTOBOOT);
+	for (;;)
+		pause();
+}
+
 int main(void)
 {
 	static char cmdline[KILN_CMDLINE_MAX + 1];
@@ -405,7 +420,7 @@ int main(void)
 	agent = cmdline_find(cmdline, KILN_PARAM_AGENT, 0) != NULL;
 	setup_console(argc != 0 || agent);
 	if (have_ports)
-		outb(1, KILN_PORT_MARK);
+		outb(KILN_MARK_USERSPACE, KILN_PORT_MARK);
 	if (cmdline_find(cmdline, KILN_PARAM_BOOTMARK, 0))
 		say("%s\n", KILN_BOOT_MARK);
 
@@ -425,7 +440,7 @@ int main(void)
 
 	if (agent) {
 		/* PID 1 serves the agent protocol until the VM is stopped. */
-		agent_main();
+		agent_main(agent_stop);
 		say("kiln-init: the agent could not start\n");
 		finish(KILN_STATUS(KILN_STATUS_INITFAIL, 2));
 	}

@@ -229,10 +229,10 @@ static int set_entry_state(struct vcpu *v, const struct kernel_info *ki, struct 
 	return 0;
 }
 
-int vcpu_create(struct vm *vm, int id, const struct kernel_info *ki, struct kiln_err *err)
+int vcpu_create_bare(struct vm *vm, int id, struct kiln_err *err)
 {
 	struct vcpu *v = &vm->vcpus[id];
-	int sz, r;
+	int sz;
 
 	memset(v, 0, sizeof(*v));
 	v->vm = vm;
@@ -249,6 +249,16 @@ int vcpu_create(struct vm *vm, int id, const struct kernel_info *ki, struct kiln
 		return kiln_fail(err, errno, "vCPU %d: mmap of kvm_run: %s", id, strerror(errno));
 	}
 	v->run_size = (size_t)sz;
+	return 0;
+}
+
+int vcpu_create(struct vm *vm, int id, const struct kernel_info *ki, struct kiln_err *err)
+{
+	struct vcpu *v = &vm->vcpus[id];
+	int r;
+
+	if ((r = vcpu_create_bare(vm, id, err)) < 0)
+		return r;
 	if ((r = set_cpuid(v, err)) < 0 || (r = set_msrs(v, err)) < 0 ||
 	    (r = set_fpu_lapic(v, err)) < 0)
 		return r;
@@ -256,6 +266,22 @@ int vcpu_create(struct vm *vm, int id, const struct kernel_info *ki, struct kiln
 	if (id == 0)
 		return set_entry_state(v, ki, err);
 	return 0;
+}
+
+/* Wait outside KVM_RUN while the VM is paused (vm_pause). */
+static void vcpu_park(struct vcpu *v)
+{
+	struct vm *vm = v->vm;
+
+	pthread_mutex_lock(&vm->lock);
+	if (vm->pause_req && !atomic_load(&vm->stop)) {
+		vm->npaused++;
+		pthread_cond_broadcast(&vm->pause_cv);
+		while (vm->pause_req && !atomic_load(&vm->stop))
+			pthread_cond_wait(&vm->resume_cv, &vm->lock);
+		vm->npaused--;
+	}
+	pthread_mutex_unlock(&vm->lock);
 }
 
 void *vcpu_thread(void *arg)
@@ -273,7 +299,14 @@ void *vcpu_thread(void *arg)
 			char msg[128];
 
 			if (errno == EINTR || errno == EAGAIN) {
+				/*
+				 * A kick. KVM_RUN with immediate_exit has completed any
+				 * emulated I/O first, so the registers are whole: a
+				 * pause may park here and a snapshot read them.
+				 */
 				__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+				if (__atomic_load_n(&vm->pause_req, __ATOMIC_SEQ_CST))
+					vcpu_park(v);
 				continue;
 			}
 			/* Never read kvm_run after a failed run. */

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vmm.h"
 
@@ -50,8 +51,16 @@ void guest_port_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, in
 	if (!is_write)
 		return;
 	if (port == KILN_PORT_MARK) {
-		if (!vm->t_mark_ns)
+		if (data[0] == KILN_MARK_AGENT_READY) {
+			uint64_t one = 1;
+
+			if (!vm->t_agent_ns)
+				vm->t_agent_ns = now_ns();
+			if (vm->agent_efd >= 0)
+				(void)!write(vm->agent_efd, &one, sizeof(one));
+		} else if (!vm->t_mark_ns) {
 			vm->t_mark_ns = now_ns();
+		}
 		return;
 	}
 	if (port == KILN_PORT_EXIT) {

@@ -55,6 +55,10 @@ int ioloop_call(struct ioloop *l, void (*fn)(void *arg), void *arg)
 	uint64_t one = 1;
 
 	pthread_mutex_lock(&l->call_lock);
+	if (l->closed) {
+		pthread_mutex_unlock(&l->call_lock);
+		return -ESHUTDOWN;
+	}
 	if (l->ncalls == sizeof(l->calls) / sizeof(l->calls[0])) {
 		pthread_mutex_unlock(&l->call_lock);
 		return -ENOSPC;
@@ -64,6 +68,49 @@ int ioloop_call(struct ioloop *l, void (*fn)(void *arg), void *arg)
 	l->ncalls++;
 	pthread_mutex_unlock(&l->call_lock);
 	(void)!write(l->call_efd, &one, sizeof(one));
+	return 0;
+}
+
+struct sync_call {
+	void (*fn)(void *);
+	void *arg;
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	int done;
+};
+
+static void sync_call_run(void *arg)
+{
+	struct sync_call *c = arg;
+
+	c->fn(c->arg);
+	pthread_mutex_lock(&c->lock);
+	c->done = 1;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->lock);
+}
+
+int ioloop_call_sync(struct ioloop *l, void (*fn)(void *arg), void *arg)
+{
+	struct sync_call c = { .fn = fn, .arg = arg, .lock = PTHREAD_MUTEX_INITIALIZER,
+			       .cv = PTHREAD_COND_INITIALIZER };
+	int r;
+
+	if (!l->started) {
+		fn(arg);
+		return 0;
+	}
+	r = ioloop_call(l, sync_call_run, &c);
+	if (r == -ESHUTDOWN) {
+		fn(arg);	/* the I/O thread has finished: nothing runs beside us */
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&c.lock);
+	while (!c.done)
+		pthread_cond_wait(&c.cv, &c.lock);
+	pthread_mutex_unlock(&c.lock);
 	return 0;
 }
 
@@ -184,6 +231,11 @@ static void *ioloop_thread(void *arg)
 			break;
 		}
 	}
+	/* Calls queued while stopping still run: a caller may be waiting in ioloop_call_sync. */
+	pthread_mutex_lock(&l->call_lock);
+	l->closed = 1;
+	pthread_mutex_unlock(&l->call_lock);
+	l->call_op.done(&l->call_op, 0, 0);
 	return NULL;
 }
 

@@ -28,6 +28,7 @@ struct ioloop {
 	struct io_op call_op;
 	pthread_mutex_t call_lock;
 	unsigned ncalls;
+	int closed;			/* the thread has exited: no more calls */
 	struct { void (*fn)(void *); void *arg; } calls[64];
 	_Atomic int stopping;
 	pthread_t thread;
@@ -57,6 +58,13 @@ int ioloop_watch(struct ioloop *l, int fd, struct io_op *op);
  * -ENOSPC if too many calls are pending.
  */
 int ioloop_call(struct ioloop *l, void (*fn)(void *arg), void *arg);
+
+/*
+ * Run fn(arg) on the I/O thread and wait until it has returned (not from the
+ * I/O thread). Before ioloop_start(), runs it on the calling thread. Returns
+ * 0 or -ENOSPC.
+ */
+int ioloop_call_sync(struct ioloop *l, void (*fn)(void *arg), void *arg);
 
 /*
  * Submit what is queued and handle completions on the calling thread,

@@ -11,6 +11,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vmm.h"
@@ -132,8 +133,11 @@ int vm_create(struct vm *vm, int kvm_fd, struct guest_mem *m, struct kiln_err *e
 	vm->kvm_fd = kvm_fd;
 	vm->fd = -1;
 	pthread_mutex_init(&vm->lock, NULL);
+	pthread_cond_init(&vm->pause_cv, NULL);
+	pthread_cond_init(&vm->resume_cv, NULL);
 	vm->stop_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (vm->stop_efd < 0)
+	vm->agent_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (vm->stop_efd < 0 || vm->agent_efd < 0)
 		return kiln_fail(err, errno, "eventfd: %s", strerror(errno));
 
 	vm->fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
@@ -183,9 +187,14 @@ void vm_destroy(struct vm *vm)
 	if (vm->stop_efd >= 0)
 		close(vm->stop_efd);
 	vm->stop_efd = -1;
+	if (vm->agent_efd >= 0)
+		close(vm->agent_efd);
+	vm->agent_efd = -1;
 	guest_mem_free(&vm->mem);
 	free(vm->cpuid);
 	vm->cpuid = NULL;
+	pthread_cond_destroy(&vm->pause_cv);
+	pthread_cond_destroy(&vm->resume_cv);
 	pthread_mutex_destroy(&vm->lock);
 }
 
@@ -196,15 +205,11 @@ int vm_irq_line(struct vm *vm, uint32_t irq, int level)
 	return ioctl(vm->fd, KVM_IRQ_LINE, &l) < 0 ? -errno : 0;
 }
 
-void vm_request_stop(struct vm *vm, enum vm_stop reason, const char *detail)
+/* Kick every vCPU out of KVM_RUN (vm->lock held). */
+static void vm_kick_all(struct vm *vm)
 {
-	uint64_t one = 1;
-	int expected = VM_RUNNING;
 	int i;
 
-	pthread_mutex_lock(&vm->lock);
-	if (atomic_compare_exchange_strong(&vm->stop, &expected, (int)reason) && detail)
-		snprintf(vm->stop_detail, sizeof(vm->stop_detail), "%s", detail);
 	for (i = 0; i < vm->nvcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 
@@ -214,6 +219,60 @@ void vm_request_stop(struct vm *vm, enum vm_stop reason, const char *detail)
 		if (v->started && !pthread_equal(v->thread, pthread_self()))
 			pthread_kill(v->thread, SIGUSR1);
 	}
+}
+
+int vm_pause(struct vm *vm, int timeout_ms)
+{
+	struct timespec until;
+	int r = 0, started = 0, i;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&vm->lock);
+	/* pause_req before immediate_exit: a vCPU that sees the kick sees the request. */
+	__atomic_store_n(&vm->pause_req, 1, __ATOMIC_SEQ_CST);
+	vm_kick_all(vm);
+	for (i = 0; i < vm->nvcpus; i++)
+		started += vm->vcpus[i].started;
+	while (vm->npaused < started && !atomic_load(&vm->stop) && r == 0)
+		r = pthread_cond_timedwait(&vm->pause_cv, &vm->lock, &until);
+	if (atomic_load(&vm->stop))
+		r = -ESHUTDOWN;
+	else if (vm->npaused < started)
+		r = -ETIMEDOUT;
+	else
+		r = 0;
+	pthread_mutex_unlock(&vm->lock);
+	if (r)
+		vm_resume(vm);
+	return r;
+}
+
+void vm_resume(struct vm *vm)
+{
+	pthread_mutex_lock(&vm->lock);
+	__atomic_store_n(&vm->pause_req, 0, __ATOMIC_SEQ_CST);
+	pthread_cond_broadcast(&vm->resume_cv);
+	pthread_mutex_unlock(&vm->lock);
+}
+
+void vm_request_stop(struct vm *vm, enum vm_stop reason, const char *detail)
+{
+	uint64_t one = 1;
+	int expected = VM_RUNNING;
+
+	pthread_mutex_lock(&vm->lock);
+	if (atomic_compare_exchange_strong(&vm->stop, &expected, (int)reason) && detail)
+		snprintf(vm->stop_detail, sizeof(vm->stop_detail), "%s", detail);
+	vm_kick_all(vm);
+	/* Parked vCPUs and a waiting vm_pause must see the stop too. */
+	pthread_cond_broadcast(&vm->resume_cv);
+	pthread_cond_broadcast(&vm->pause_cv);
 	pthread_mutex_unlock(&vm->lock);
 	if (vm->stop_efd >= 0)
 		(void)!write(vm->stop_efd, &one, sizeof(one));

@@ -25,7 +25,9 @@
 #include "../devices/devices.h"
 #include "../devices/virtio.h"
 #include "base64.h"
+#include "control.h"
 #include "ioloop.h"
+#include "snapshot.h"
 #include "vmm.h"
 
 #define KILN_VERSION "0.1.0"
@@ -75,6 +77,12 @@ struct opts {
 	int hugepages;
 	int verbose;
 	double timeout_s;
+	const char *control;	/* --control PATH */
+	const char *template_dir;	/* --template DIR: boot, wait for the agent, snapshot, stop */
+	const char *restore;	/* --restore DIR or STATE */
+	const char *memory;	/* --memory FILE (restore) */
+	const char *clone_dir;	/* --clone-dir DIR (restore): keep the disks' copies there */
+	int kernel_set, mem_set, vcpus_set;	/* given explicitly: a restore checks them */
 	char **cmd;		/* guest command, NULL for an interactive shell */
 	int ncmd;
 	struct device_spec devices[MAX_DEVICES];
@@ -113,6 +121,17 @@ static void usage(FILE *f)
 "                    virtio-vsock as guest CID N (3 and up); host programs\n"
 "                    connect to unix socket PATH and send \"CONNECT <port>\\n\",\n"
 "                    guest connections to CID 2 port P reach PATH_P\n"
+"  --control PATH    serve pause, resume, snapshot DIR, shutdown and stats on\n"
+"                    unix socket PATH (docs/snapshot.md)\n"
+"  --template DIR    boot with the agent, snapshot the VM into DIR the moment\n"
+"                    the agent is ready, and stop (needs --vsock)\n"
+"  --restore DIR|STATE\n"
+"                    start from a snapshot instead of booting; --disk, --net\n"
+"                    and --vsock replace the snapshot's devices of that kind\n"
+"                    in order (each clone needs its own vsock uds and tap)\n"
+"  --memory FILE     the snapshot's memory file (default: beside STATE)\n"
+"  --clone-dir DIR   keep the copies of the snapshot's writable disks in DIR\n"
+"                    (default: unnamed files that vanish with the VM)\n"
 "  -v, --verbose     report boot timings and exit counts on stderr\n"
 "  -h, --help        show this help\n"
 "  --version         show the version\n"
@@ -207,7 +226,8 @@ static const char *beside_exe(const char *rel)
 static void parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { OPT_KERNEL = 256, OPT_INITRD, OPT_MEM, OPT_VCPUS, OPT_CMDLINE, OPT_CONSOLE,
-	       OPT_TIMEOUT, OPT_HUGEPAGES, OPT_KVM, OPT_VERSION, OPT_DEVICE };
+	       OPT_TIMEOUT, OPT_HUGEPAGES, OPT_KVM, OPT_VERSION, OPT_DEVICE, OPT_CONTROL,
+	       OPT_TEMPLATE, OPT_RESTORE, OPT_MEMORY, OPT_CLONE_DIR };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, OPT_KERNEL },
 		{ "initrd", required_argument, NULL, OPT_INITRD },
@@ -221,6 +241,11 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		{ "disk", required_argument, NULL, OPT_DEVICE },
 		{ "vsock", required_argument, NULL, OPT_DEVICE },
 		{ "net", required_argument, NULL, OPT_DEVICE },
+		{ "control", required_argument, NULL, OPT_CONTROL },
+		{ "template", required_argument, NULL, OPT_TEMPLATE },
+		{ "restore", required_argument, NULL, OPT_RESTORE },
+		{ "memory", required_argument, NULL, OPT_MEMORY },
+		{ "clone-dir", required_argument, NULL, OPT_CLONE_DIR },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, OPT_VERSION },
@@ -238,10 +263,15 @@ static void parse_args(int argc, char **argv, struct opts *o)
 	/* '+': stop at the first non-option so that CMD's own flags are left alone. */
 	while ((c = getopt_long(argc, argv, "+vh", longopts, &idx)) != -1) {
 		switch (c) {
-		case OPT_KERNEL: o->kernel = optarg; break;
+		case OPT_KERNEL: o->kernel = optarg; o->kernel_set = 1; break;
 		case OPT_INITRD: o->initrd = optarg; break;
-		case OPT_MEM: o->mem_mib = parse_mem(optarg); break;
-		case OPT_VCPUS: o->vcpus = parse_int("--vcpus", optarg, 1, KILN_MAX_VCPUS); break;
+		case OPT_MEM: o->mem_mib = parse_mem(optarg); o->mem_set = 1; break;
+		case OPT_VCPUS: o->vcpus = parse_int("--vcpus", optarg, 1, KILN_MAX_VCPUS); o->vcpus_set = 1; break;
+		case OPT_CONTROL: o->control = optarg; break;
+		case OPT_TEMPLATE: o->template_dir = optarg; break;
+		case OPT_RESTORE: o->restore = optarg; break;
+		case OPT_MEMORY: o->memory = optarg; break;
+		case OPT_CLONE_DIR: o->clone_dir = optarg; break;
 		case OPT_CMDLINE: o->cmdline = optarg; break;
 		case OPT_CONSOLE: o->console = optarg; break;
 		case OPT_TIMEOUT: {
@@ -278,6 +308,14 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		o->cmd = argv + optind;
 		o->ncmd = argc - optind;
 	}
+	if (o->template_dir && o->restore)
+		die("--template and --restore: one or the other (a template boots; a restore starts from one)");
+	if (o->template_dir && o->ncmd)
+		die("--template runs the agent, not a command: drop the command after --");
+	if (o->restore && (o->ncmd || *o->cmdline || o->hugepages))
+		die("--restore resumes a running guest: a command, --cmdline and --hugepages do not apply");
+	if ((o->memory || o->clone_dir) && !o->restore)
+		die("--memory and --clone-dir go with --restore");
 	if (!o->kernel)
 		o->kernel = beside_exe("guest/vmlinux");
 	if (!o->initrd)
@@ -319,6 +357,7 @@ static char *build_cmdline(const struct opts *o, const struct virtio_dev *devs, 
 	for (i = 0; i < o->ncmd; i++)
 		raw_len += strlen(o->cmd[i]) + 1;
 	len = strlen(DEFAULT_CMDLINE) + 1 + strlen(o->cmdline) + 1 + (size_t)ndevs * 64 +
+	      sizeof(" " KILN_PARAM_AGENT) +
 	      strlen(KILN_PARAM_CMD) + b64url_encoded_len(raw_len) + 1;
 	raw = malloc(raw_len + 1);
 	out = malloc(len);
@@ -333,6 +372,9 @@ static char *build_cmdline(const struct opts *o, const struct virtio_dev *devs, 
 		strcat(out, " ");
 		strcat(out, o->cmdline);
 	}
+	/* A template snapshots the moment the agent is ready, so it must run one. */
+	if (o->template_dir && !strstr(o->cmdline, KILN_PARAM_AGENT))
+		strcat(out, " " KILN_PARAM_AGENT);
 	if (o->ncmd) {
 		size_t off = 0;
 
@@ -447,8 +489,36 @@ static const char *signal_name(int sig)
 	return n ? n : "?";
 }
 
-/* Wait for the VM to stop, a signal, the timeout, or console input. */
-static int wait_for_stop(struct vm *vm, struct serial *uart, const struct opts *o)
+/* The agent is ready: snapshot the template and stop the VM. */
+static void template_take(struct vm *vm, const struct snap_source *src, const struct opts *o)
+{
+	struct kiln_err err = { { 0 } };
+	struct snap_result res;
+	char detail[600];
+	int r;
+
+	if ((r = vm_pause(vm, 2000)) < 0) {
+		vm_request_stop(vm, VM_STOP_ERROR, r == -ESHUTDOWN ? "the guest stopped before its snapshot"
+				: "--template: the vCPUs did not pause within 2 s");
+		return;
+	}
+	if (snapshot_take(src, o->template_dir, &res, &err) < 0) {
+		snprintf(detail, sizeof(detail), "--template %s: %s", o->template_dir, err.msg);
+		vm_request_stop(vm, VM_STOP_ERROR, detail);
+		vm_resume(vm);
+		return;
+	}
+	fprintf(stderr, "kiln-vmm: template %s: agent ready %.1f ms after start; state %llu KiB, memory %llu MiB of data (%llu MiB guest), disks %llu MiB; written in %.1f ms\n",
+		o->template_dir, (double)(vm->t_agent_ns - src->t_start) / 1e6,
+		(unsigned long long)(res.state_bytes >> 10), (unsigned long long)(res.memory_bytes >> 20),
+		(unsigned long long)(vm->mem.size >> 20), (unsigned long long)(res.disk_bytes >> 20), res.total_ms);
+	vm_request_stop(vm, VM_STOP_SHUTDOWN, NULL);
+	vm_resume(vm);
+}
+
+/* Wait for the VM to stop, a signal, the timeout, console input, or (template) the agent. */
+static int wait_for_stop(struct vm *vm, struct serial *uart, const struct opts *o,
+			 const struct snap_source *src)
 {
 	uint64_t deadline = o->timeout_s > 0 ? now_ns() + (uint64_t)(o->timeout_s * 1e9) : 0;
 	sigset_t sigs;
@@ -460,10 +530,11 @@ static int wait_for_stop(struct vm *vm, struct serial *uart, const struct opts *
 	sigaddset(&sigs, SIGHUP);
 	sfd = signalfd(-1, &sigs, SFD_CLOEXEC);
 	while (!atomic_load(&vm->stop)) {
-		struct pollfd p[3] = {
+		struct pollfd p[4] = {
 			{ .fd = vm->stop_efd, .events = POLLIN },
 			{ .fd = sfd, .events = POLLIN },
 			{ .fd = con_in.active && con_in.off == con_in.len ? STDIN_FILENO : -1, .events = POLLIN },
+			{ .fd = o->template_dir ? vm->agent_efd : -1, .events = POLLIN },
 		};
 		int timeout = -1;
 
@@ -479,8 +550,12 @@ static int wait_for_stop(struct vm *vm, struct serial *uart, const struct opts *
 		/* Input the UART could not take yet: retry shortly. */
 		if (con_in.off < con_in.len && (timeout < 0 || timeout > 10))
 			timeout = 10;
-		if (poll(p, 3, timeout) < 0 && errno != EINTR)
+		if (poll(p, 4, timeout) < 0 && errno != EINTR)
 			break;
+		if (p[3].revents & POLLIN) {
+			template_take(vm, src, o);
+			continue;
+		}
 		if (p[1].revents & POLLIN) {
 			struct signalfd_siginfo si;
 
@@ -532,6 +607,8 @@ static int exit_status(const struct vm *vm, const struct opts *o, int signo)
 		return EXIT_TIMEOUT;
 	case VM_STOP_SIGNAL:
 		return signo ? 128 + signo : 0;
+	case VM_STOP_SHUTDOWN:
+		return 0;
 	case VM_STOP_ERROR:
 	case VM_RUNNING:
 		break;
@@ -540,68 +617,313 @@ static int exit_status(const struct vm *vm, const struct opts *o, int signo)
 	return EXIT_VMM_ERROR;
 }
 
-int main(int argc, char **argv)
+/* Everything a kiln-vmm process runs: one VM, its devices and its threads. */
+static struct vm vm;
+static struct serial uart;
+static struct i8042 kbc;
+static struct ioloop loop;
+static struct virtio_dev devs[MAX_DEVICES];
+static int ndevs;
+static struct snap_source src;
+static char dev_spec_buf[MAX_DEVICES][4200];
+
+/* Create device i of kind from spec at the address and IRQ kiln gives slot i. */
+static void device_create(int i, const char *kind, const char *spec)
 {
-	uint64_t t0 = now_ns(), t_loop;
-	static struct vm vm;
-	static struct serial uart;
-	static struct i8042 kbc;
-	static struct ioloop loop;
-	static struct virtio_dev devs[MAX_DEVICES];
-	struct kernel_info ki;
-	struct guest_mem mem;
+	struct kiln_err err = { { 0 } };
+	size_t t;
+
+	for (t = 0; t < sizeof(device_types) / sizeof(device_types[0]); t++)
+		if (strcmp(device_types[t].option, kind) == 0)
+			break;
+	if (t == sizeof(device_types) / sizeof(device_types[0]))
+		die("unknown device kind %s", kind);
+	if (device_types[t].create(&devs[i], spec, &vm, &vm.mem, &loop,
+				   DEVICE_MMIO_BASE + (uint64_t)i * DEVICE_MMIO_STEP,
+				   device_irqs[i], &err) < 0)
+		die("%s", err.msg);
+	src.dev_kind[i] = device_types[t].option;
+	snprintf(dev_spec_buf[i], sizeof(dev_spec_buf[i]), "%s", spec);
+	src.dev_spec[i] = dev_spec_buf[i];
+}
+
+/* Boot: load the kernel and initrd, write the boot structures, create vCPUs. */
+static void boot_prepare(const struct opts *o)
+{
 	struct kiln_err err = { { 0 } };
 	struct boot_params_in bp = { 0 };
-	struct sigaction sa;
+	struct kernel_info ki;
 	const uint8_t *kimg, *iimg = NULL;
 	size_t klen, ilen = 0;
-	sigset_t block;
-	struct opts o;
 	char *cmdline;
-	int kvm_fd, con_fd, i, signo, rc;
+	int i;
 
-	parse_args(argc, argv, &o);
-	kimg = map_file(o.kernel, "kernel", &klen);
-	if (o.initrd)
-		iimg = map_file(o.initrd, "initrd", &ilen);
-	con_fd = open_console(o.console);
-
-	kvm_fd = kvm_open(o.kvm_dev, &err);
-	if (kvm_fd < 0)
-		die("%s", err.msg);
-	if (guest_mem_alloc(&mem, o.mem_mib * MIB, o.hugepages, &err) < 0)
-		die("%s", err.msg);
-	if (vm_create(&vm, kvm_fd, &mem, &err) < 0)
-		die("%s", err.msg);
-	vm.nvcpus = o.vcpus;
-	t_loop = now_ns();
-	if (ioloop_init(&loop, 256, &err) < 0)
-		die("%s", err.msg);
-	t_loop = now_ns() - t_loop;
-	for (i = 0; i < o.ndevices; i++) {
-		if (o.devices[i].create(&devs[i], o.devices[i].spec, &vm, &vm.mem, &loop,
-					DEVICE_MMIO_BASE + (uint64_t)i * DEVICE_MMIO_STEP,
-					device_irqs[i], &err) < 0)
-			die("%s", err.msg);
+	kimg = map_file(o->kernel, "kernel", &klen);
+	if (o->initrd)
+		iimg = map_file(o->initrd, "initrd", &ilen);
+	/* Only snapshots need the kernel's identity; the CRC costs a pass over it. */
+	if (o->control || o->template_dir) {
+		src.kernel_crc = snap_crc32c(0, kimg, klen);
+		src.kernel_size = klen;
 	}
-	cmdline = build_cmdline(&o, devs, o.ndevices);
+	for (i = 0; i < o->ndevices; i++)
+		device_create(i, o->devices[i].option, o->devices[i].spec);
+	ndevs = o->ndevices;
+	cmdline = build_cmdline(o, devs, ndevs);
 	if (kernel_load(&vm.mem, kimg, klen, &ki, &err) < 0)
-		die("%s: %s", o.kernel, err.msg);
+		die("%s: %s", o->kernel, err.msg);
 	if (iimg) {
 		if (boot_place_initrd(&vm.mem, &ki, ilen, &bp.initrd_gpa, &err) < 0)
-			die("%s: %s", o.initrd, err.msg);
+			die("%s: %s", o->initrd, err.msg);
 		memcpy(GUEST_PTR(&vm.mem, bp.initrd_gpa, ilen), iimg, ilen);
 		bp.initrd_size = ilen;
 		munmap((void *)iimg, ilen);
 	}
 	munmap((void *)kimg, klen);
 	bp.cmdline = cmdline;
-	bp.vcpus = o.vcpus;
+	bp.vcpus = o->vcpus;
 	if (boot_setup(&vm.mem, &ki, &bp, &err) < 0)
 		die("%s", err.msg);
 	free(cmdline);
+	for (i = 0; i < o->vcpus; i++)
+		if (vcpu_create(&vm, i, &ki, &err) < 0)
+			die("%s", err.msg);
+}
 
+/* Read a whole state file into memory (at most SNAP_MAX_FILE bytes). */
+static uint8_t *read_state_file(const char *path, size_t *len)
+{
+	struct stat st;
+	uint8_t *buf;
+	size_t off = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		die("--restore %s: %s", path, strerror(errno));
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		die("--restore %s: not a regular file", path);
+	if ((uint64_t)st.st_size > SNAP_MAX_FILE)
+		die("--restore %s: %lld bytes, more than a state file can be", path, (long long)st.st_size);
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf)
+		die("out of memory");
+	while (off < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + off, (size_t)st.st_size - off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			die("--restore %s: %s", path, n < 0 ? strerror(errno) : "shrank while being read");
+		off += (size_t)n;
+	}
+	close(fd);
+	*len = off;
+	return buf;
+}
+
+/*
+ * A clone's own copy of a snapshot's writable disk: in --clone-dir, or an
+ * unnamed file (O_TMPFILE) beside the snapshot, so a reflink can share its
+ * extents, else in $TMPDIR. Returns the path the disk device opens.
+ */
+static void clone_disk(const struct opts *o, const char *state_dir, int i, const char *disk,
+		       char *out, size_t outlen)
+{
+	struct kiln_err err = { { 0 } };
+	const char *tmpdir = getenv("TMPDIR");
+	int fd;
+
+	if (o->clone_dir) {
+		if (mkdir(o->clone_dir, 0700) < 0 && errno != EEXIST)
+			die("--clone-dir %s: %s", o->clone_dir, strerror(errno));
+		snprintf(out, outlen, "%s/disk%d.img", o->clone_dir, i);
+		if (snap_copy_file(disk, out, -1, NULL, &err) < 0)
+			die("%s", err.msg);
+		return;
+	}
+	fd = open(state_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0)
+		fd = open(tmpdir && *tmpdir ? tmpdir : "/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0)
+		die("cannot create a copy of %s for this clone: %s (or give --clone-dir DIR)", disk, strerror(errno));
+	if (snap_copy_file(disk, NULL, fd, NULL, &err) < 0)
+		die("%s", err.msg);
+	/* The disk device reopens it by this name; the file lives while that fd does. */
+	snprintf(out, outlen, "/proc/self/fd/%d", fd);
+}
+
+/* Restore: map the memory file, and bring back KVM, vCPU and device state. */
+static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t_kvm)
+{
+	struct kiln_err err = { { 0 } };
+	char state_path[4096], mem_path[4096], state_dir[4096], msg[512], vendor[13];
+	struct snap_state st;
+	struct stat sb;
+	struct guest_mem mem;
+	uint8_t *file;
+	size_t len;
+	int used[MAX_DEVICES] = { 0 }, i, j;
+	uint64_t t0 = now_ns();
+
+	if (stat(o->restore, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+		snprintf(state_dir, sizeof(state_dir), "%s", o->restore);
+		snprintf(state_path, sizeof(state_path), "%s/" SNAP_STATE_FILE, o->restore);
+	} else {
+		const char *slash = strrchr(o->restore, '/');
+
+		snprintf(state_path, sizeof(state_path), "%s", o->restore);
+		if (slash)
+			snprintf(state_dir, sizeof(state_dir), "%.*s", (int)(slash - o->restore), o->restore);
+		else
+			snprintf(state_dir, sizeof(state_dir), ".");
+	}
+	if (snprintf(mem_path, sizeof(mem_path), "%s%s", o->memory ? o->memory : state_dir,
+		     o->memory ? "" : "/" SNAP_MEMORY_FILE) >= (int)sizeof(mem_path))
+		die("--restore %s: path too long", o->restore);
+
+	file = read_state_file(state_path, &len);
+	if (snap_parse(file, len, &st, msg, sizeof(msg)) < 0)
+		die("--restore %s: %s", state_path, msg);
+	if (o->mem_set && o->mem_mib * MIB != st.meta.mem_size)
+		die("--restore %s: the snapshot's guest has %llu MiB of memory, not the %llu MiB asked for (drop --mem)",
+		    state_path, (unsigned long long)(st.meta.mem_size / MIB), (unsigned long long)o->mem_mib);
+	if (o->vcpus_set && (uint32_t)o->vcpus != st.meta.vcpus)
+		die("--restore %s: the snapshot's guest has %u vCPUs, not %d (drop --vcpus)", state_path,
+		    st.meta.vcpus, o->vcpus);
+	if (o->kernel_set) {
+		uint32_t crc;
+		uint64_t size;
+
+		if (snap_file_crc(o->kernel, &crc, &size) < 0)
+			die("--kernel %s: cannot read it", o->kernel);
+		if (crc != st.meta.kernel_crc || size != st.meta.kernel_size)
+			die("--restore %s: the snapshot's guest runs another kernel (%s, %llu bytes) than --kernel %s: take the template again with this kernel",
+			    state_path, st.meta.kernel, (unsigned long long)st.meta.kernel_size, o->kernel);
+	}
+	src.kernel_crc = st.meta.kernel_crc;
+	src.kernel_size = st.meta.kernel_size;
+	src.kernel_path = strdup(st.meta.kernel);
+	*t_parse = now_ns() - t0;
+
+	if (guest_mem_map_file(&mem, mem_path, st.meta.mem_size, &err) < 0)
+		die("--restore: %s", err.msg);
+	if (vm_create(&vm, vm.kvm_fd, &mem, &err) < 0)
+		die("%s", err.msg);
+	vm.nvcpus = (int)st.meta.vcpus;
+	snap_cpuid_vendor(vm.cpuid, vendor);
+	if (strcmp(vendor, st.meta.vendor))
+		die("--restore %s: taken on a %s CPU, this host has %s: take the template again on this host",
+		    state_path, st.meta.vendor, vendor);
+	for (i = 0; i < vm.nvcpus; i++)
+		if (snap_check_cpuid(vm.cpuid, &st.vcpu[i], vm.nvcpus, &err) < 0)
+			die("--restore %s: %s", state_path, err.msg);
+	if (vm_state_apply(&vm, &st.vm, &err) < 0)
+		die("--restore %s: %s", state_path, err.msg);
+	for (i = 0; i < vm.nvcpus; i++) {
+		if (vcpu_create_bare(&vm, i, &err) < 0)
+			die("%s", err.msg);
+		if (vcpu_state_apply(&vm.vcpus[i], &st.vcpu[i], &err) < 0)
+			die("--restore %s: %s", state_path, err.msg);
+	}
+	*t_kvm = now_ns() - t0 - *t_parse;
+
+	/* Devices: the snapshot's, each replaced by the next option of its kind if given. */
+	for (i = 0; i < (int)st.meta.ndevices; i++) {
+		const struct snap_device *sd = &st.dev[i];
+		const char *spec = sd->spec;
+		char path[4200];
+
+		if (sd->base != DEVICE_MMIO_BASE + (uint64_t)i * DEVICE_MMIO_STEP || sd->irq != device_irqs[i])
+			die("--restore %s: device %d at %#llx IRQ %u, not where kiln-vmm puts it", state_path, i,
+			    (unsigned long long)sd->base, sd->irq);
+		for (j = 0; j < o->ndevices; j++)
+			if (!used[j] && strcmp(o->devices[j].option, sd->kind) == 0)
+				break;
+		if (j < o->ndevices) {
+			used[j] = 1;
+			spec = o->devices[j].spec;
+		} else if (strcmp(sd->kind, "disk") == 0) {
+			char disk[4096], rel[4096];
+			const char *opts;
+			int ro;
+
+			/* Relative paths are the snapshot's own copies, beside the state file. */
+			snap_disk_spec_split(spec, rel, sizeof(rel), &opts, &ro);
+			if (snprintf(disk, sizeof(disk), "%s%s%s", rel[0] == '/' ? "" : state_dir,
+				     rel[0] == '/' ? "" : "/", rel) >= (int)sizeof(disk))
+				die("--restore %s: disk path too long", state_path);
+			if (!ro) {
+				char copy[4096];
+
+				clone_disk(o, state_dir, i, disk, copy, sizeof(copy));
+				snprintf(disk, sizeof(disk), "%s", copy);
+			}
+			if (snprintf(path, sizeof(path), "%s%s", disk, opts) >= (int)sizeof(path))
+				die("--restore %s: disk path too long", state_path);
+			spec = path;
+		}
+		device_create(i, sd->kind, spec);
+		if (virtio_mmio_restore(&devs[i], (struct snap_rd *)&sd->state, &err) < 0)
+			die("--restore %s: %s", state_path, err.msg);
+	}
+	ndevs = (int)st.meta.ndevices;
+	for (j = 0; j < o->ndevices; j++)
+		if (!used[j])
+			die("--restore %s: --%s %s: the snapshot has no further %s device to replace (a restore cannot add devices)",
+			    state_path, o->devices[j].option, o->devices[j].spec, o->devices[j].option);
+	if (serial_restore(&uart, &st.serial, &err) < 0)
+		die("--restore %s: %s", state_path, err.msg);
+	snap_state_free(&st);
+	free(file);
+}
+
+static void resume_device(void *arg)
+{
+	virtio_mmio_resumed(arg);
+}
+
+int main(int argc, char **argv)
+{
+	uint64_t t0 = now_ns(), t_loop, t_parse = 0, t_kvm = 0, t_ready;
+	static struct control ctl;
+	struct guest_mem mem;
+	struct kiln_err err = { { 0 } };
+	struct sigaction sa;
+	sigset_t block;
+	struct opts o;
+	int kvm_fd, con_fd, i, signo, rc;
+
+	parse_args(argc, argv, &o);
+	con_fd = open_console(o.console);
+	src.t_start = t0;
+	src.vmm_version = "kiln-vmm " KILN_VERSION;
+	src.kernel_path = o.kernel;
+
+	kvm_fd = kvm_open(o.kvm_dev, &err);
+	if (kvm_fd < 0)
+		die("%s", err.msg);
+	t_loop = now_ns();
+	if (ioloop_init(&loop, 256, &err) < 0)
+		die("%s", err.msg);
+	t_loop = now_ns() - t_loop;
 	serial_init(&uart, con_fd, serial_irq, &vm);
+	if (o.restore) {
+		vm.kvm_fd = kvm_fd;
+		restore_prepare(&o, &t_parse, &t_kvm);
+	} else {
+		if (guest_mem_alloc(&mem, o.mem_mib * MIB, o.hugepages, &err) < 0)
+			die("%s", err.msg);
+		if (vm_create(&vm, kvm_fd, &mem, &err) < 0)
+			die("%s", err.msg);
+		vm.nvcpus = o.vcpus;
+		boot_prepare(&o);
+	}
+	src.vm = &vm;
+	src.uart = &uart;
+	src.loop = &loop;
+	src.devs = devs;
+	src.ndevs = ndevs;
+
 	kbc.reset = guest_reset;
 	kbc.opaque = &vm;
 	if (bus_add(&vm.pio, SERIAL_COM1_BASE, SERIAL_NPORTS, serial_io, &uart) < 0 ||
@@ -610,9 +932,6 @@ int main(int argc, char **argv)
 	    bus_add(&vm.pio, KILN_PORT_EXIT, 4, guest_port_io, &vm) < 0 ||
 	    bus_add(&vm.pio, KILN_PORT_MARK, 1, guest_port_io, &vm) < 0)
 		die("cannot register the port I/O devices");
-	for (i = 0; i < o.vcpus; i++)
-		if (vcpu_create(&vm, i, &ki, &err) < 0)
-			die("%s", err.msg);
 
 	/* vCPU threads take SIGUSR1 (a kick out of KVM_RUN); the rest comes by signalfd. */
 	memset(&sa, 0, sizeof(sa));
@@ -627,9 +946,16 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if ((rc = ioloop_start(&loop)) < 0)
 		die("cannot start the I/O thread: %s", strerror(-rc));
-	if (!o.ncmd)
+	/* Queued work and lost kicks from before the snapshot, on the I/O thread. */
+	if (o.restore)
+		for (i = 0; i < ndevs; i++)
+			ioloop_call_sync(&loop, resume_device, &devs[i]);
+	if (o.control && control_start(&ctl, o.control, &src, &err) < 0)
+		die("%s", err.msg);
+	if (!o.ncmd && !o.restore && !o.template_dir)
 		console_setup();
-	for (i = 0; i < o.vcpus; i++) {
+	t_ready = now_ns();
+	for (i = 0; i < vm.nvcpus; i++) {
 		pthread_mutex_lock(&vm.lock);
 		rc = pthread_create(&vm.vcpus[i].thread, NULL, vcpu_thread, &vm.vcpus[i]);
 		vm.vcpus[i].started = rc == 0;
@@ -637,27 +963,36 @@ int main(int argc, char **argv)
 		if (rc)
 			die("cannot start vCPU thread %d: %s", i, strerror(rc));
 	}
-	signo = wait_for_stop(&vm, &uart, &o);
+	if (o.verbose && o.restore)
+		fprintf(stderr, "kiln-vmm: restored in %.2f ms (state file %.2f ms, KVM state %.2f ms, devices and threads %.2f ms)\n",
+			(double)(now_ns() - t0) / 1e6, (double)t_parse / 1e6, (double)t_kvm / 1e6,
+			(double)(t_ready - t0 - t_parse - t_kvm) / 1e6);
+	signo = wait_for_stop(&vm, &uart, &o, &src);
 	vm_request_stop(&vm, VM_STOP_SIGNAL, NULL);	/* no-op if already stopped */
-	for (i = 0; i < o.vcpus; i++)
+	if (o.control)
+		control_stop(&ctl);
+	for (i = 0; i < vm.nvcpus; i++)
 		pthread_join(vm.vcpus[i].thread, NULL);
 	ioloop_stop(&loop);
 
 	if (o.verbose) {
 		uint64_t exits = 0;
 
-		for (i = 0; i < o.vcpus; i++)
+		for (i = 0; i < vm.nvcpus; i++)
 			exits += vm.vcpus[i].exits;
 		if (vm.t_mark_ns)
 			fprintf(stderr, "kiln-vmm: guest userspace reached %.2f ms after start\n",
 				(double)(vm.t_mark_ns - t0) / 1e6);
+		if (vm.t_agent_ns)
+			fprintf(stderr, "kiln-vmm: guest agent ready %.2f ms after start\n",
+				(double)(vm.t_agent_ns - t0) / 1e6);
 		fprintf(stderr, "kiln-vmm: ran %.2f ms, %llu vCPU exits, %llu console bytes, %llu I/O completions; io_uring set up in %.1f us\n",
 			(double)(now_ns() - t0) / 1e6, (unsigned long long)exits,
 			(unsigned long long)uart.tx_bytes, (unsigned long long)loop.completions,
 			(double)t_loop / 1e3);
 	}
 	rc = exit_status(&vm, &o, signo);
-	for (i = 0; i < o.ndevices; i++)
+	for (i = 0; i < ndevs; i++)
 		virtio_mmio_destroy(&devs[i]);
 	ioloop_destroy(&loop);
 	serial_destroy(&uart);

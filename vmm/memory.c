@@ -3,9 +3,12 @@
  * other part of kiln reaches guest memory through GUEST_PTR.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "vmm.h"
 
@@ -94,4 +97,111 @@ void *guest_ptr_checked(const struct guest_mem *m, uint64_t gpa, uint64_t len,
 	fprintf(stderr, "kiln-vmm: %s:%d: guest range [%#llx, +%#llx) is outside guest RAM\n",
 		file, line, (unsigned long long)gpa, (unsigned long long)len);
 	return NULL;
+}
+
+int guest_mem_map_file(struct guest_mem *m, const char *path, uint64_t size, struct kiln_err *err)
+{
+	struct stat st;
+	void *p;
+	int fd;
+
+	memset(m, 0, sizeof(*m));
+	if (size < KILN_MIN_MEM_MIB * MIB || size % (2 * MIB))
+		return kiln_fail(err, EINVAL, "guest memory of %llu bytes: must be a multiple of 2 MiB, at least %llu MiB",
+				 (unsigned long long)size, (unsigned long long)KILN_MIN_MEM_MIB);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return kiln_fail(err, errno, "%s: %s (the snapshot's memory file)", path, strerror(errno));
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return kiln_fail(err, EINVAL, "%s: not a regular file (the snapshot's memory file)", path);
+	}
+	if ((uint64_t)st.st_size != size) {
+		close(fd);
+		return kiln_fail(err, EINVAL, "%s: %llu bytes, but the snapshot's guest has %llu MiB of memory (truncated, or the memory file of another snapshot)",
+				 path, (unsigned long long)st.st_size, (unsigned long long)(size / MIB));
+	}
+	/* Writable but private: the file itself is never written through this mapping. */
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED)
+		return kiln_fail(err, errno, "%s: mmap: %s", path, strerror(errno));
+	madvise(p, size, MADV_DONTDUMP);
+	m->host = p;
+	m->size = size;
+	m->low_size = size < GUEST_MMIO_GAP_START ? size : GUEST_MMIO_GAP_START;
+	return 0;
+}
+
+static int page_is_zero(const uint8_t *p, size_t len)
+{
+	const uint64_t *w = (const uint64_t *)p;
+	size_t i;
+
+	for (i = 0; i < len / 8; i++)
+		if (w[i])
+			return 0;
+	return 1;
+}
+
+int guest_mem_save(const struct guest_mem *m, const char *path, uint64_t *written, struct kiln_err *err)
+{
+	const size_t page = 4096;
+	uint64_t off = 0, total = 0;
+	int fd, e;
+
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return kiln_fail(err, errno, "%s: %s", path, strerror(errno));
+	if (ftruncate(fd, (off_t)m->size) < 0)
+		goto fail;
+	/* Runs of non-zero pages, each one pwrite: untouched memory costs a scan, not disk. */
+	while (off < m->size) {
+		uint64_t start, end;
+
+		while (off < m->size && page_is_zero(m->host + off, page))
+			off += page;
+		start = off;
+		while (off < m->size && off - start < 64 * MIB && !page_is_zero(m->host + off, page))
+			off += page;
+		end = off;
+		while (start < end) {
+			ssize_t n = pwrite(fd, m->host + start, end - start, (off_t)start);
+
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				goto fail;
+			start += (uint64_t)n;
+			total += (uint64_t)n;
+		}
+	}
+	if (fsync(fd) < 0)
+		goto fail;
+	close(fd);
+	*written = total;
+	return 0;
+fail:
+	e = errno ? errno : EIO;
+	close(fd);
+	unlink(path);
+	return kiln_fail(err, e, "%s: writing guest memory: %s", path, strerror(e));
+}
+
+uint64_t guest_mem_resident(const struct guest_mem *m)
+{
+	const size_t page = 4096, chunk = 64 * MIB;
+	unsigned char vec[64 * MIB / 4096];
+	uint64_t off, n = 0;
+	size_t i;
+
+	for (off = 0; off < m->size; off += chunk) {
+		size_t len = m->size - off < chunk ? m->size - off : chunk;
+
+		if (mincore(m->host + off, len, vec) < 0)
+			return 0;
+		for (i = 0; i < len / page; i++)
+			n += vec[i] & 1;
+	}
+	return n * page;
 }

@@ -82,6 +82,23 @@ void *guest_ptr_checked(const struct guest_mem *m, uint64_t gpa, uint64_t len,
 /* Does [gpa, gpa+len) lie wholly inside one RAM region? (no pointer, no log) */
 int guest_range_valid(const struct guest_mem *m, uint64_t gpa, uint64_t len);
 
+/*
+ * Map guest RAM of size bytes from a snapshot's memory file, MAP_PRIVATE:
+ * clean pages come from the page cache shared by every clone, writes stay
+ * private. The file must be exactly size bytes. Returns 0 or -errno with err.
+ */
+int guest_mem_map_file(struct guest_mem *m, const char *path, uint64_t size, struct kiln_err *err);
+
+/*
+ * Write guest RAM to path (created or truncated, mode 0600) as a sparse
+ * file: all-zero pages become holes. *written gets the bytes of data
+ * written. Returns 0 or -errno with err.
+ */
+int guest_mem_save(const struct guest_mem *m, const char *path, uint64_t *written, struct kiln_err *err);
+
+/* Bytes of guest RAM resident in this process (mincore). */
+uint64_t guest_mem_resident(const struct guest_mem *m);
+
 /* Highest guest physical address of RAM, plus one. */
 uint64_t guest_mem_end(const struct guest_mem *m);
 
@@ -175,6 +192,7 @@ enum vm_stop {
 	VM_STOP_ERROR,		/* KVM or the VMM failed */
 	VM_STOP_TIMEOUT,	/* --timeout expired */
 	VM_STOP_SIGNAL,		/* kiln-vmm was told to stop */
+	VM_STOP_SHUTDOWN,	/* the control socket or a template asked for it: exit 0 */
 };
 
 /* A device on the port I/O or MMIO bus: handler for [base, base+len). */
@@ -214,6 +232,14 @@ struct vm {
 	uint32_t status;		/* KILN_STATUS_* word for VM_STOP_STATUS */
 	char stop_detail[256];		/* what went wrong, for VM_STOP_ERROR */
 	uint64_t t_mark_ns;		/* when the init reached userspace */
+	uint64_t t_agent_ns;		/* when the agent started listening */
+	int agent_efd;			/* eventfd: signalled when the agent is ready */
+
+	/* Pausing (vm_pause): vCPUs park outside KVM_RUN until resumed. */
+	pthread_cond_t pause_cv;	/* a vCPU parked, or the VM stopped */
+	pthread_cond_t resume_cv;	/* pause_req cleared, or the VM stopped */
+	int pause_req;
+	int npaused;
 };
 
 /*
@@ -252,6 +278,67 @@ void cpuid_filter(struct kvm_cpuid2 *cpuid, int id, int nvcpus);
 
 /* Run vCPU until the VM stops (thread body). */
 void *vcpu_thread(void *arg);
+
+/*
+ * Create vCPU id with only its fd and kvm_run mapping, for a restore that
+ * sets every register from a snapshot. Returns 0 or -errno with err.
+ */
+int vcpu_create_bare(struct vm *vm, int id, struct kiln_err *err);
+
+/*
+ * Stop every vCPU outside KVM_RUN, with any emulated instruction completed,
+ * and wait (at most timeout_ms) until all are parked. Returns 0, -ETIMEDOUT,
+ * or -ESHUTDOWN if the VM stopped meanwhile. Not from a vCPU thread.
+ */
+int vm_pause(struct vm *vm, int timeout_ms);
+/* Let paused vCPUs run again. */
+void vm_resume(struct vm *vm);
+
+/* ---- Snapshots of KVM state (vmstate.c; layout in docs/snapshot.md) ---- */
+
+struct snap_buf;
+struct snap_rd;
+
+#define SNAP_MAX_CPUID	256
+#define SNAP_MAX_MSRS	512
+#define SNAP_MAX_XSAVE	(64u << 10)
+
+struct snap_vm {
+	struct kvm_irqchip chip[3];	/* PIC master, PIC slave, IOAPIC */
+	struct kvm_pit_state2 pit;
+	struct kvm_clock_data clock;
+};
+
+struct snap_vcpu {
+	uint32_t id;
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+	const void *xsave;		/* points into the state file */
+	uint32_t xsave_len;
+	struct kvm_xcrs xcrs;
+	struct kvm_debugregs dregs;
+	struct kvm_lapic_state lapic;
+	struct kvm_mp_state mp;
+	struct kvm_vcpu_events events;
+	uint32_t tsc_khz;
+	uint32_t ncpuid, nmsrs;
+	struct kvm_cpuid_entry2 cpuid[SNAP_MAX_CPUID];
+	struct kvm_msr_entry msrs[SNAP_MAX_MSRS];
+};
+
+/* Append the VM's irqchips, PIT and clock as a SNAP_SEC_VM section (vCPUs paused). */
+int vm_state_save(struct vm *vm, struct snap_buf *w, struct kiln_err *err);
+/* Parse a SNAP_SEC_VM section (no KVM); 0 or -EINVAL with r->err. */
+int vm_state_parse(struct snap_rd *r, struct snap_vm *s);
+/* Apply parsed VM state to a VM created with vm_create. */
+int vm_state_apply(struct vm *vm, const struct snap_vm *s, struct kiln_err *err);
+
+/* Append a paused vCPU's whole state as a SNAP_SEC_VCPU section. */
+int vcpu_state_save(struct vcpu *v, struct snap_buf *w, struct kiln_err *err);
+/* Parse a SNAP_SEC_VCPU section (no KVM); 0 or -EINVAL with r->err. */
+int vcpu_state_parse(struct snap_rd *r, struct snap_vcpu *s);
+/* Apply parsed state to a vCPU from vcpu_create_bare, in the order KVM needs. */
+int vcpu_state_apply(struct vcpu *v, const struct snap_vcpu *s, struct kiln_err *err);
 
 /* ---- Exits (exit.c) ------------------------------------------------------ */
 

@@ -126,10 +126,81 @@ run "$v: agent: a client sending garbage is dropped; the agent serves the next o
 	print("(%.1fs)" % (time.time() - t0), file=sys.stderr)
 	EOF'
 
-run "$v: agent: the VM stops when killed, its socket removed" 0 '^stopped socket-removed=yes$' \
-	bash -c 'kill '"$agent_vmm"'; for i in $(seq 100); do kill -0 '"$agent_vmm"' 2>/dev/null || break; sleep 0.1; done
-	         kill -0 '"$agent_vmm"' 2>/dev/null && { echo still running; kill -9 '"$agent_vmm"'; }
-	         [ -e "$asock" ] && r=no || r=yes; echo "stopped socket-removed=$r"'
+run "$v: agent: identity sets the sandbox id, hostname, env and clock; bad input changes nothing" 0 \
+	'^\[sbx-42 sbx-42 box1 bar 2100\] bad=1 .*hostname must be .* still=\[box1\] now=ok$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         k identity --id sbx-42 --hostname box1 --env FOO=bar --clock 4102444800000000000 || exit 1
+	         a=$(k exec -- sh -c "echo \"\$KILN_SANDBOX_ID \$(cat /run/kiln/sandbox-id) \$(hostname) \$FOO \$(date -u +%Y)\"")
+	         k identity --hostname "bad host!" --id other 2>"$work/e"; b=$?
+	         c=$(k exec -- sh -c "hostname; cat /run/kiln/sandbox-id" | tr "\n" " ")
+	         k identity || exit 1
+	         g=$(k exec -- date -u +%s); h=$(date -u +%s)
+	         [ $((g - h)) -lt 60 ] && [ $((h - g)) -lt 60 ] && n=ok || n="guest=$g host=$h"
+	         echo "[$a] bad=$b $(cat "$work/e") still=[${c%% *}] now=$n"'
+
+run "$v: agent: env set, get, list, unset; clear-env keeps the sandbox id" 0 \
+	'^get=\[a b\] listed=1 json=1 unset=1 cleared=\[1  sbx-42\]$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         k env set X "a b" || exit 1
+	         g=$(k env get X)
+	         l=$(k env list | grep -c "^X=a b$")
+	         j=$(k env --json list | grep -c "\"X\":\"a b\"")
+	         k env unset X; k env get X 2>/dev/null; u=$?
+	         k identity --clear-env --env A=1 --clock none || exit 1
+	         c=$(k exec -- sh -c "echo \"\$A \$FOO \$KILN_SANDBOX_ID\"")
+	         k env set PATH /usr/sbin:/usr/bin:/sbin:/bin
+	         echo "get=[$g] listed=$l json=$j unset=$u cleared=[$c]"'
+
+run "$v: agent: ports: a guest HTTP server through the agent, framed and raw, with PORT_WAIT and PORT_LIST" 0 \
+	'^listed=1 framed=ok raw=ok refused=1$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         h=$(k exec -- sh -c "mkdir -p /tmp/www && head -c 3000000 /dev/urandom >/tmp/www/f && httpd -p 8080 -h /tmp/www && md5sum </tmp/www/f" | cut -d" " -f1)
+	         k ports --timeout 30 wait 8080 >/dev/null || exit 1
+	         l=$(k ports | grep -c "^8080	[1-9][0-9]*	")
+	         body() { python3 -c "import sys,hashlib; d=sys.stdin.buffer.read(); print(hashlib.md5(d.split(b\"\r\n\r\n\",1)[1]).hexdigest())"; }
+	         f=$(printf "GET /f HTTP/1.0\r\n\r\n" | k connect 8080 | body)
+	         r=$(printf "GET /f HTTP/1.0\r\n\r\n" | k connect --raw 8080 | body)
+	         echo x | k connect 8099 2>"$work/e"; [ $? = 1 ] && grep -q "refused" "$work/e" && x=1 || x=0
+	         echo "listed=$l framed=$([ "$f" = "$h" ] && echo ok || echo "$f!=$h") raw=$([ "$r" = "$h" ] && echo ok || echo "$r!=$h") refused=$x"'
+
+run "$v: agent: ports: 4 MiB from the host to a guest nc, checksum intact" 0 '^sums-equal$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         head -c 4194304 /dev/urandom >"$work/up"
+	         k exec -- sh -c "nc -l -p 7002 | md5sum >/tmp/up.md5" & sp=$!
+	         k ports --timeout 30 wait 7002 >/dev/null || exit 1
+	         k connect 7002 <"$work/up" || exit 1
+	         wait $sp
+	         g=$(k exec -- cat /tmp/up.md5 | cut -d" " -f1); h=$(md5sum <"$work/up" | cut -d" " -f1)
+	         [ "$g" = "$h" ] && echo sums-equal || echo "guest=$g host=$h"'
+
+run "$v: agent: forward: host TCP clients reach the guest port, one raw connection each" 0 '^fwd=ok,ok,ok$' \
+	bash -c '"$kiln" forward --uds "$asock" 18080:8080 2>/dev/null & fp=$!
+	         h=$("$kiln" exec --uds "$asock" -- md5sum /tmp/www/f | cut -d" " -f1)
+	         python3 - "$h" <<-"EOF"; kill $fp
+	import hashlib, socket, sys, time, urllib.request
+	for _ in range(100):
+	    try:
+	        socket.create_connection(("127.0.0.1", 18080), timeout=1).close()
+	        break
+	    except OSError:
+	        time.sleep(0.1)
+	r = []
+	for _ in range(3):
+	    d = urllib.request.urlopen("http://127.0.0.1:18080/f", timeout=60).read()
+	    r.append("ok" if hashlib.md5(d).hexdigest() == sys.argv[1] else "bad")
+	print("fwd=" + ",".join(r))
+	EOF'
+
+run "$v: agent: shutdown: SIGTERM reaches guest processes, then the VM powers off (exit 0)" 0 \
+	'^exec=\[got-term\] 7 shutdown=0 vmm=0 socket-removed=yes$' \
+	bash -c '"$kiln" exec --uds "$asock" -- sh -c "trap \"echo got-term; exit 7\" TERM; sleep 1000 & wait" >"$work/t" 2>&1 & ep=$!
+	         sleep 2
+	         "$kiln" shutdown --uds "$asock" --timeout 5000; s=$?
+	         wait $ep; e=$?
+	         for i in $(seq 100); do kill -0 '"$agent_vmm"' 2>/dev/null || break; sleep 0.1; done
+	         wait '"$agent_vmm"'; m=$?
+	         [ -e "$asock" ] && r=no || r=yes
+	         echo "exec=[$(cat "$work/t")] $e shutdown=$s vmm=$m socket-removed=$r"'
 wait "$agent_vmm" 2>/dev/null
 
 run "$v: agent: kiln against a socket nobody serves names the problem and the fix" 125 \

@@ -25,6 +25,8 @@ int main(void)
 	srunner_add_suite(sr, suite_blk());
 	srunner_add_suite(sr, suite_net());
 	srunner_add_suite(sr, suite_proto());
+	srunner_add_suite(sr, suite_devsnap());
+	srunner_add_suite(sr, suite_snapshot());
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);

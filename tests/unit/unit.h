@@ -18,6 +18,8 @@ Suite *suite_vsock(void);
 Suite *suite_blk(void);
 Suite *suite_net(void);
 Suite *suite_proto(void);
+Suite *suite_devsnap(void);
+Suite *suite_snapshot(void);
 
 struct virtio_dev;
 

@@ -1,0 +1,127 @@
+# Snapshots and restore ($vmm, labelled $v): a template taken the moment the
+# agent is ready, clones restored from it with their own disks, sockets and
+# identities, snapshots of a running guest through the control socket, and
+# damaged or mismatched snapshots refused before anything runs.
+# shellcheck shell=bash
+
+kiln=${KILN_CLI:-$root/build/kiln}
+sn=$work/snap
+rm -rf "$sn" && mkdir -p "$sn"
+mkdir -p "$sn/fsroot" && echo "from the template" >"$sn/fsroot/base"
+mkfs.ext4 -q -F -d "$sn/fsroot" "$sn/data.img" 32M
+export kiln sn vmm
+
+# clone NAME [ARGS...]: restore $sn/tpl in the background as clone NAME, with
+# its own vsock socket ($sn/NAME.sock) and console; the pid goes to $sn/NAME.pid.
+clone() {
+	local n=$1
+	shift
+	"$vmm" --restore "$sn/tpl" --vsock "cid=3,uds=$sn/$n.sock" --console "$sn/$n.console" \
+		--timeout 600 "$@" </dev/null 2>"$sn/$n.err" &
+	echo $! >"$sn/$n.pid"
+}
+# unclone NAME: stop a clone and reap it.
+unclone() {
+	local p
+	p=$(cat "$sn/$1.pid")
+	kill "$p" 2>/dev/null
+	wait "$p" 2>/dev/null
+	return 0
+}
+export -f clone unclone
+
+run "$v: snapshot: --template boots, waits for the agent and writes state, memory and a disk copy" 0 \
+	'^state memory disk0.img rc=0$' \
+	bash -c '"$vmm" --mem 256 --disk "$sn/data.img" --cmdline "kiln.mount=/dev/vda:/data" \
+	           --vsock "cid=3,uds=$sn/tpl.sock" --console "$sn/tpl.console" --template "$sn/tpl" --timeout 300
+	         rc=$?; cd "$sn/tpl" && echo "$(ls state) $(ls memory) $(ls disk0.img) rc=$rc"'
+
+run "$v: snapshot: a clone answers exec, with the template'\''s disk and files" 0 \
+	'^hello from the template clone-a$' \
+	bash -c 'clone a; trap "unclone a" EXIT
+	         "$kiln" identity --uds "$sn/a.sock" --connect-timeout 60 --id clone-a --hostname clone-a >/dev/null || exit 1
+	         "$kiln" exec --uds "$sn/a.sock" -- sh -c "echo hello \$(cat /data/base) \$(hostname)"'
+
+run "$v: snapshot: a file written in one clone is not in another" 0 '^a-sees=mine b-sees=nothing$' \
+	bash -c 'clone a; clone b; trap "unclone a; unclone b" EXIT
+	         "$kiln" exec --uds "$sn/a.sock" --connect-timeout 60 -- sh -c "echo mine >/data/only-a; sync" || exit 1
+	         "$kiln" exec --uds "$sn/b.sock" --connect-timeout 60 -- true || exit 1
+	         a=$("$kiln" exec --uds "$sn/a.sock" -- cat /data/only-a)
+	         b=$("$kiln" exec --uds "$sn/b.sock" -- sh -c "cat /data/only-a 2>/dev/null || echo nothing")
+	         echo "a-sees=$a b-sees=$b"'
+
+run "$v: snapshot: 10 clones restored at once, each answering with its own id" 0 '^distinct=10$' \
+	bash -c 'for i in $(seq 10); do clone "m$i"; done
+	         trap "for i in \$(seq 10); do unclone m\$i; done" EXIT
+	         for i in $(seq 10); do
+	           ( "$kiln" identity --uds "$sn/m$i.sock" --connect-timeout 120 --id "sandbox-$i" >/dev/null &&
+	             "$kiln" exec --uds "$sn/m$i.sock" -- sh -c "echo \$KILN_SANDBOX_ID \$(cat /run/kiln/sandbox-id)" >"$sn/m$i.out" ) &
+	         done; wait
+	         for i in $(seq 10); do [ "$(cat "$sn/m$i.out")" = "sandbox-$i sandbox-$i" ] || { echo "m$i: $(cat "$sn/m$i.out")"; cat "$sn/m$i.err"; }; done
+	         echo "distinct=$(cat "$sn"/m*.out | sort -u | wc -l)"'
+
+run "$v: snapshot: a clone'\''s wall clock is right after IDENTITY, though the template is older" 0 '^clock-ok$' \
+	bash -c 'sleep 3; clone c; trap "unclone c" EXIT
+	         "$kiln" identity --uds "$sn/c.sock" --connect-timeout 60 --id c >/dev/null || exit 1
+	         g=$("$kiln" exec --uds "$sn/c.sock" -- date +%s); h=$(date +%s)
+	         d=$((h - g)); [ "${d#-}" -le 2 ] && echo clock-ok || echo "guest $g host $h"'
+
+run "$v: snapshot: a running guest with a busy disk and an open vsock connection, snapshot through --control" 0 \
+	'^snapshot ok; original: tmp=before data=before; clone: tmp=before data=before new=ok; busy-exec-alive$' \
+	bash -c '"$vmm" --mem 256 --disk "$sn/data.img" --cmdline "kiln.agent kiln.mount=/dev/vda:/data" \
+	           --vsock "cid=3,uds=$sn/live.sock" --control "$sn/live.ctl" --console "$sn/live.console" --timeout 600 </dev/null &
+	         live=$!; trap "kill $live 2>/dev/null; wait $live 2>/dev/null; unclone d" EXIT
+	         "$kiln" exec --uds "$sn/live.sock" --connect-timeout 120 -- sh -c "echo before >/tmp/t; echo before >/data/d; sync" || exit 1
+	         # A writer keeps the disk busy and its exec connection open across the snapshot.
+	         "$kiln" exec --uds "$sn/live.sock" -- sh -c "while :; do dd if=/dev/urandom of=/data/busy bs=64k count=16 conv=fsync 2>/dev/null; done" &
+	         busy=$!; sleep 2
+	         r=$(python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b\"snapshot %s\\n\" % sys.argv[2].encode()); print(s.makefile().readline())" "$sn/live.ctl" "$sn/live-snap")
+	         case $r in *"\"ok\":true"*) echo -n "snapshot ok; " ;; *) echo "snapshot failed: $r"; exit 1 ;; esac
+	         echo -n "original: $("$kiln" exec --uds "$sn/live.sock" -- sh -c "echo tmp=\$(cat /tmp/t) data=\$(cat /data/d)"); "
+	         "$vmm" --restore "$sn/live-snap" --vsock "cid=3,uds=$sn/d.sock" --console "$sn/d.console" --timeout 600 </dev/null 2>"$sn/d.err" &
+	         echo $! >"$sn/d.pid"
+	         echo "clone: $("$kiln" exec --uds "$sn/d.sock" --connect-timeout 60 -- sh -c "echo tmp=\$(cat /tmp/t) data=\$(cat /data/d) new=\$(echo x >/data/new && sync && echo ok)")"
+	         kill -0 $busy && echo busy-exec-alive; kill $busy 2>/dev/null'
+
+run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
+	'^paused running vcpus=1 touched=yes unknown=refused$' \
+	bash -c 'clone s --control "$sn/s.ctl"; trap "unclone s" EXIT
+	         "$kiln" exec --uds "$sn/s.sock" --connect-timeout 60 -- true || exit 1
+	         python3 - "$sn/s.ctl" <<-"EOF"
+	import json, socket, sys
+	s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile()
+	def req(line):
+	    s.sendall(line.encode() + b"\n"); return json.loads(f.readline())
+	p = req("pause"); st = req("stats"); r = req("resume"); u = req("frobnicate")
+	print(p["state"], r["state"], "vcpus=%d" % len(st["vcpus"]),
+	      "touched=%s" % ("yes" if 0 < st["memory"]["touched"] <= st["memory"]["size"] else "no"),
+	      "unknown=%s" % ("refused" if not u["ok"] and "unknown request" in u["error"] else "accepted"))
+	EOF'
+
+run "$v: snapshot: control socket shutdown stops the VM with status 0" 0 '^exit=0$' \
+	bash -c 'clone z --control "$sn/z.ctl"
+	         "$kiln" exec --uds "$sn/z.sock" --connect-timeout 60 -- true || exit 1
+	         python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b\"shutdown\\n\"); s.makefile().readline()" "$sn/z.ctl"
+	         wait "$(cat "$sn/z.pid")"; echo "exit=$?"'
+
+# Damaged and mismatched snapshots: refused with a reason, before the VM runs.
+cp -r "$sn/tpl" "$sn/bad"
+run "$v: snapshot: a truncated state file is refused" 125 'state: .*(truncated|checksum)' \
+	bash -c 'head -c 3000 "$sn/tpl/state" >"$sn/bad/state"; "$vmm" --restore "$sn/bad"'
+run "$v: snapshot: a state file with a flipped byte is refused (checksum)" 125 'checksum mismatch' \
+	bash -c 'cp "$sn/tpl/state" "$sn/bad/state"
+	         printf "\\xff" | dd of="$sn/bad/state" bs=1 seek=2000 conv=notrunc 2>/dev/null; "$vmm" --restore "$sn/bad"'
+run "$v: snapshot: a state file with the wrong magic is refused" 125 'not a kiln snapshot state file' \
+	bash -c 'cp "$sn/tpl/state" "$sn/bad/state"; printf "NOTSNAP!" | dd of="$sn/bad/state" conv=notrunc 2>/dev/null
+	         "$vmm" --restore "$sn/bad"'
+run "$v: snapshot: a memory file shorter than the guest's memory is refused" 125 'memory.*bytes, but the snapshot.s guest has 256 MiB' \
+	bash -c 'cp "$sn/tpl/state" "$sn/bad/state"; truncate -s 100M "$sn/bad/memory"; "$vmm" --restore "$sn/bad"'
+run "$v: snapshot: another memory size is refused" 125 'has 256 MiB of memory, not the 512 MiB' \
+	"$vmm" --restore "$sn/tpl" --mem 512
+run "$v: snapshot: another kernel is refused" 125 'runs another kernel' \
+	"$vmm" --restore "$sn/tpl" --kernel "$guest/bzImage"
+run "$v: snapshot: a restore cannot add devices" 125 'no further net device' \
+	"$vmm" --restore "$sn/tpl" --net tap=nope0
+run "$v: snapshot: another vsock CID is refused" 125 'vsock.*(cid|CID)' \
+	"$vmm" --restore "$sn/tpl" --vsock "cid=9,uds=$sn/x.sock"
+rm -rf "$sn"
