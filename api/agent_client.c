@@ -69,7 +69,6 @@ struct op {
 	int nsig;
 	uint32_t sig_ids[8];		/* SIGNAL requests in flight, answers ignored */
 	int64_t size;			/* FILE_READ/FILE_WRITE result */
-	int port;			/* PORT_CONNECT: the guest's EOF ends our input too */
 };
 
 static int fail(struct kac_err *err, int errnum, const char *fmt, ...)
@@ -587,14 +586,6 @@ static int dispatch(struct kac *c, struct op *o, const struct kp_frame *f, struc
 	case KP_EOF:
 		if (f->flags & KP_F_END)
 			o->done = 1;
-		if (o->port && f->channel == KP_CHAN_OUT && !o->in_eof_sent) {
-			uint8_t eof[KP_HDR_LEN + 8];
-
-			/* The peer is done: stop reading our input, as nc does. */
-			kp_enc_eof(eof, o->id, KP_CHAN_IN, 0, o->in_off);
-			o->in_eof_sent = 1;
-			return send_frame(c, eof, sizeof(eof), err);
-		}
 		return 0;
 	case KP_WINDOW:
 		if (f->channel != KP_CHAN_IN || kp_parse_window(f, &inc) || inc == 0 ||
@@ -1263,7 +1254,6 @@ int kac_port_connect(struct kac *c, uint16_t port, const char *addr, int in_fd, 
 	if (err)
 		err->code = 0;
 	op_init(&o, new_id(c));
-	o.port = 1;
 	o.in_fd = in_fd;
 	o.in_credit = c->peer_window;
 	o.out_fd[1] = out_fd;
@@ -1330,18 +1320,18 @@ int kac_port_raw(struct kac *c, uint16_t port, const char *addr, int *fd, struct
 	/* One frame, read by hand: the tunnel's bytes may follow it at once. */
 	ret = read_exact(c->fd, hdr, sizeof(hdr), deadline);
 	len = (uint32_t)hdr[0] | (uint32_t)hdr[1] << 8 | (uint32_t)hdr[2] << 16 | (uint32_t)hdr[3] << 24;
-	if (!ret && (len < 8 || len - 8 > KP_MAX_CONTROL))
+	if (!ret && (len < 8 || len - 8 > KAC_RBUF - KP_HDR_LEN))
 		ret = -EPROTO;
+	memcpy(c->rbuf, hdr, sizeof(hdr));
 	if (!ret)
-		ret = read_exact(c->fd, c->rbuf, len - 8, deadline);
+		ret = read_exact(c->fd, c->rbuf + KP_HDR_LEN, len - 8, deadline);
 	if (ret) {
 		ret = fail(err, -ret, "raw port connection: %s", ret == -EPROTO ? "malformed answer" :
 			   ret == -ECONNRESET ? "the agent closed the connection" : strerror(-ret));
 		goto out;
 	}
 	kp_dec_init(&dec, c->dbuf, KP_MAX_PAYLOAD);
-	if (kp_dec_feed(&dec, hdr, sizeof(hdr), &used, &f) < 0 ||
-	    kp_dec_feed(&dec, c->rbuf, len - 8, &used, &f) != 1 || f.id != id) {
+	if (kp_dec_feed(&dec, c->rbuf, KP_HDR_LEN + len - 8, &used, &f) != 1 || f.id != id) {
 		ret = fail(err, EPROTO, "raw port connection: malformed answer");
 		goto out;
 	}

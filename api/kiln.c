@@ -585,7 +585,9 @@ static int cmd_identity(int argc, char **argv)
 	ret = kac_identity(c, &id, &err);
 	kac_close(c);
 	free(o.env);
-	return ret ? op_fail("identity", &err) : 0;
+	if (ret)
+		fprintf(stderr, "%s: %s\n", prog, err.msg);
+	return ret ? EXIT_FAIL : 0;
 }
 
 static int cmd_shutdown(int argc, char **argv)
@@ -766,13 +768,12 @@ static int relay(int a_in, int a_out, int b)
 			ab_done = 1;
 		}
 		if (b_eof && !ban && !ba_done) {
-			/* The guest side is done: like nc, stop here even if ours is not. */
+			/* A half-close, passed on: our side may still send. */
 			if (a_out != a_in)
 				close(a_out);
 			else
 				shutdown(a_out, SHUT_WR);
 			ba_done = 1;
-			ab_done = 1;
 		}
 	}
 	return 0;

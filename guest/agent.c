@@ -1560,8 +1560,12 @@ static void port_pump_in(struct conn *c, struct stream *s)
 		n = send(s->fd, s->inbuf, s->inlen, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (n < 0 && (errno == EAGAIN || errno == EINTR))
 			return;
-		if (n < 0)		/* the peer is gone: the rest is dropped, as on a closed pipe */
-			n = (ssize_t)s->inlen;
+		if (n < 0) {
+			/* The peer is gone with bytes still to deliver: say so, end the stream. */
+			send_error(c, s->id, KP_ERR_OS, errno, "port: send: %s", strerror(errno));
+			stream_free(c, s);
+			return;
+		}
 		memmove(s->inbuf, s->inbuf + n, s->inlen - (size_t)n);
 		s->inlen -= (size_t)n;
 		s->in_credit += (uint64_t)n;
@@ -1768,6 +1772,7 @@ static int pwait_check(struct conn *c, struct stream *s, const struct listener *
 		kp_put_u64(&w, KT_PORT, l[i].port);
 		if (l[i].pid)
 			kp_put_u64(&w, KT_PID, (uint64_t)l[i].pid);
+		kp_put_str(&w, KT_ADDR, l[i].addr);
 		rec_send(c, KP_EVENT, KP_F_END, s->id, &w);
 		stream_free(c, s);
 		return 1;
@@ -1837,7 +1842,7 @@ static void op_port_wait(struct conn *c, const struct kp_frame *f)
 			s->deadline.tv_nsec -= 1000000000;
 		}
 	}
-	n = listeners_scan(&l, pid != 0);
+	n = listeners_scan(&l, 1);
 	if (n >= 0) {
 		pwait_check(c, s, l, n);
 		free(l);

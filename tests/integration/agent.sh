@@ -191,17 +191,22 @@ run "$v: agent: forward: host TCP clients reach the guest port, one raw connecti
 	print("fwd=" + ",".join(r))
 	EOF'
 
-run "$v: agent: shutdown: SIGTERM reaches guest processes, then the VM powers off (exit 0)" 0 \
-	'^exec=\[got-term\] 7 shutdown=0 vmm=0 socket-removed=yes$' \
+run "$v: agent: shutdown: SIGTERM reaches guest processes, then the VM powers off" 0 \
+	'^exec=\[got-term\] 7 shutdown=0 vm=gone$' \
 	bash -c '"$kiln" exec --uds "$asock" -- sh -c "trap \"echo got-term; exit 7\" TERM; sleep 1000 & wait" >"$work/t" 2>&1 & ep=$!
 	         sleep 2
 	         "$kiln" shutdown --uds "$asock" --timeout 5000; s=$?
 	         wait $ep; e=$?
 	         for i in $(seq 100); do kill -0 '"$agent_vmm"' 2>/dev/null || break; sleep 0.1; done
-	         wait '"$agent_vmm"'; m=$?
-	         [ -e "$asock" ] && r=no || r=yes
-	         echo "exec=[$(cat "$work/t")] $e shutdown=$s vmm=$m socket-removed=$r"'
-wait "$agent_vmm" 2>/dev/null
+	         kill -0 '"$agent_vmm"' 2>/dev/null && vm=running || vm=gone
+	         echo "exec=[$(cat "$work/t")] $e shutdown=$s vm=$vm"'
+# The VMM is this shell's child: its status is read here, checked below.
+kill -0 "$agent_vmm" 2>/dev/null && { sleep 10; kill -9 "$agent_vmm" 2>/dev/null; }
+wait "$agent_vmm"
+agent_vmm_status=$?
+
+run "$v: agent: after the shutdown kiln-vmm exited 0 and removed its socket" 0 '^vmm=0 socket-removed=yes$' \
+	bash -c '[ -e "$asock" ] && r=no || r=yes; echo "vmm='"$agent_vmm_status"' socket-removed=$r"'
 
 run "$v: agent: kiln against a socket nobody serves names the problem and the fix" 125 \
 	"^kiln: $asock: no VM listening \\(start kiln-vmm with --vsock cid=3,uds=$asock --cmdline kiln.agent\\)$" \
