@@ -150,12 +150,22 @@ struct vsock {
 	struct virtq_chain rx_chain;
 	int rx_held;
 	int event_pending;	/* a TRANSPORT_RESET event waits for an event buffer */
+	/*
+	 * A TRANSPORT_RESET went to the guest and it has not yet handled it:
+	 * a connection request sent now could be reset by it. The guest
+	 * refills the event buffer after handling the event, so a new avail
+	 * index on the event queue is the acknowledgement.
+	 */
+	int reset_unacked;
+	uint16_t reset_avail;	/* the event queue's avail index when the event went */
+	uint64_t reset_ns;
 	int reap_queued;	/* vsock_reap_call() is queued on the I/O thread */
 	unsigned nlogs;
 	uint64_t rx_pkts, tx_pkts, resets_sent;
 };
 
 static void vsock_rx_run(struct vsock *vs);
+static int vsock_reset_in_progress(struct vsock *vs);
 static void conn_in_done(struct io_op *op, int res, unsigned flags);
 static void conn_out_done(struct io_op *op, int res, unsigned flags);
 
@@ -566,6 +576,8 @@ static int conn_rx_one(struct vsock_conn *c)
 	uint32_t n;
 
 	if (c->pending & PEND_REQUEST) {
+		if (vsock_reset_in_progress(vs))
+			return 0;	/* sent once the guest has dropped its old connections */
 		h.op = VIRTIO_VSOCK_OP_REQUEST;
 		c->pending &= ~(unsigned)PEND_REQUEST;
 	} else if (c->pending & PEND_RESPONSE) {
@@ -934,6 +946,20 @@ static int vsock_tx_packet(struct vsock *vs, const struct virtq_chain *ch)
 	return 0;
 }
 
+/* Hold connection requests until the guest has handled a TRANSPORT_RESET (at most 2 s). */
+static int vsock_reset_in_progress(struct vsock *vs)
+{
+	struct virtio_dev *d = vs->dev;
+
+	if (!vs->reset_unacked)
+		return 0;
+	if (!d->queue_ready[VSOCK_EVQ] || !d->vq[VSOCK_EVQ].avail ||
+	    __atomic_load_n(&d->vq[VSOCK_EVQ].avail[1], __ATOMIC_ACQUIRE) != vs->reset_avail ||
+	    now_ns() - vs->reset_ns > 2000000000ULL)
+		vs->reset_unacked = 0;
+	return vs->reset_unacked;
+}
+
 /* Post a TRANSPORT_RESET event if one is owed and the guest gave a buffer. */
 static void vsock_event_run(struct vsock *vs)
 {
@@ -960,6 +986,9 @@ static void vsock_event_run(struct vsock *vs)
 	iov_from_buf(ch->write, ch->nwrite, 0, &id, sizeof(id));
 	virtq_push(&d->vq[VSOCK_EVQ], ch->head, sizeof(id));
 	vs->event_pending = 0;
+	vs->reset_unacked = 1;
+	vs->reset_avail = __atomic_load_n(&d->vq[VSOCK_EVQ].avail[1], __ATOMIC_ACQUIRE);
+	vs->reset_ns = now_ns();
 	virtio_signal_used(d, VSOCK_EVQ);
 }
 
@@ -1007,6 +1036,7 @@ static void vsock_reset(struct virtio_dev *d)
 	vsock_close_all(vs);
 	vs->rx_held = 0;	/* the ring is gone with the reset */
 	vs->event_pending = 0;
+	vs->reset_unacked = 0;
 	vsock_reap_later(vs);
 }
 
