@@ -4,6 +4,8 @@
 #   make demo       boot a guest and run `uname -a` in it
 #   make test       unit tests, then integration tests that boot real guests
 #   make bench-boot boot-time benchmark against QEMU's microvm machine
+#   make bench-snapshot  snapshot restore against cold boot (also bench-agent,
+#                   bench-vsock, bench-blk, bench-net)
 #   make fuzz       run the libFuzzer targets briefly
 
 CC      ?= gcc
@@ -24,7 +26,7 @@ PROTO_HDRS := guest/agent_proto.h
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration \
-        bench-boot bench-blk bench-net bench-vsock bench-agent fuzz fuzz-build deps deps-test clean FORCE
+        bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
 
@@ -133,7 +135,7 @@ demo: deps-test
 	@$(MAKE) --no-print-directory all
 	tests/nested/kvm-host.sh -- $(O)/kiln-vmm -- uname -a
 
-$(O)/bench-boot: bench/boot.c guest/abi.h guest/base64.h | $(O)
+$(O)/bench-boot: bench/boot.c guest/abi.h | $(O)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ bench/boot.c $(LDLIBS)
 
 BENCH_RUNS ?= 10
@@ -165,6 +167,16 @@ bench-vsock: deps-test
 bench-agent: deps-test
 	@$(MAKE) --no-print-directory all
 	tests/nested/kvm-host.sh -- bench/agent.sh $(O)/kiln-vmm $(O)/kiln
+
+# Snapshot restore against cold boot: first exec, clones at once, memory.
+# Knobs (make bench-snapshot BENCH_SNAP_CLONES=20 ...): BENCH_SNAP_ROUNDS
+# (default 20; 5 in the nested host), BENCH_SNAP_CLONES (50; 10 nested),
+# BENCH_SNAP_MEMVMS (10), BENCH_SNAP_MEM (MiB, 256), BENCH_SNAP_TIMEOUT (s, 120; 300 nested).
+BENCH_SNAP_ENV = BENCH_SNAP_ROUNDS BENCH_SNAP_CLONES BENCH_SNAP_MEMVMS BENCH_SNAP_MEM BENCH_SNAP_TIMEOUT
+bench-snapshot: deps-test
+	@$(MAKE) --no-print-directory all
+	KILN_NESTED_PASSENV="$${KILN_NESTED_PASSENV:-} $(BENCH_SNAP_ENV)" \
+	  tests/nested/kvm-host.sh -- bench/snapshot.sh $(O)/kiln-vmm $(O)/kiln
 
 clean:
 	rm -rf $(O)

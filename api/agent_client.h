@@ -48,6 +48,9 @@ const char *kac_agent_name(const struct kac *c);
 /* Called with each piece of output of channel chan (1 stdout, 2 stderr). Return 0, or -errno to stop. */
 typedef int (*kac_data_fn)(void *arg, int chan, const void *p, size_t n);
 
+/* Called when the agent reports that bytes [from, to) of channel chan were lost (overwritten in its ring). */
+typedef void (*kac_gap_fn)(void *arg, int chan, uint64_t from, uint64_t to);
+
 struct kac_exec_opts {
 	const char *const *argv;	/* NULL-terminated; argv[0] looked up in PATH */
 	const char *const *env;		/* NULL-terminated KEY=VALUE list, or NULL */
@@ -58,6 +61,18 @@ struct kac_exec_opts {
 	void *out_arg;
 	int sig_fd;			/* -1, or a pipe whose bytes are signal numbers to forward */
 	int timeout_ms;			/* <= 0: none; on expiry SIGKILL is sent, -ETIMEDOUT returned */
+	int detach;			/* return once the process started (ex->handle, ex->pid); its
+					 * output stays in the agent's rings for kac_attach */
+	int pty;			/* a pseudo-terminal of rows x cols (0: 24 x 80) for stdin,
+					 * stdout and stderr; output arrives on channel 1 */
+	unsigned rows, cols;
+	int tty_fd;			/* with pty: SIGWINCH read from sig_fd resizes the guest's
+					 * terminal to this terminal's size; -1: none */
+	uint64_t ring;			/* output ring per channel in bytes, 0: the agent's 1 MiB */
+	int overflow_drop;		/* a full ring overwrites its oldest bytes (gaps) instead of
+					 * stopping the process */
+	kac_gap_fn gap_fn;		/* NULL: gaps are not reported */
+	void *gap_arg;
 };
 
 struct kac_exit {
@@ -71,6 +86,54 @@ struct kac_exit {
 
 /* Run a process and stream its output until it exits. A failed exec (no such command) is -ENOENT/-EACCES. */
 int kac_exec(struct kac *c, const struct kac_exec_opts *o, struct kac_exit *ex, struct kac_err *err);
+
+#define KAC_FROM_OLDEST	UINT64_MAX	/* attach from the oldest byte the ring still holds */
+
+struct kac_attach_opts {
+	uint64_t handle;
+	uint64_t out_offset, err_offset;	/* replay from these offsets, or KAC_FROM_OLDEST */
+	int stdin_fd;			/* -1, or take over the process's stdin and feed it from here */
+	int stdout_fd, stderr_fd;
+	int sig_fd;			/* as for kac_exec */
+	int tty_fd;			/* as for kac_exec, when the process has a pty; -1: none */
+	kac_gap_fn gap_fn;
+	void *gap_arg;
+};
+
+/*
+ * Attach to a running or exited process by handle: replay its output from the
+ * given offsets, then stream it until it exits (ex filled in). Bytes the ring
+ * no longer holds are reported through gap_fn. Another attach takes over and
+ * this one fails with -EBUSY (err->code KP_ERR_DETACHED).
+ */
+int kac_attach(struct kac *c, const struct kac_attach_opts *o, struct kac_exit *ex, struct kac_err *err);
+
+/* Wait for the process handle to exit (timeout_ms <= 0: no limit; else -ETIMEDOUT). */
+int kac_wait(struct kac *c, uint64_t handle, int timeout_ms, struct kac_exit *ex, struct kac_err *err);
+
+/* Forget an exited process and its output (-EBUSY while it runs). */
+int kac_release(struct kac *c, uint64_t handle, struct kac_err *err);
+
+/* Set the window size of a process's pty (the guest process gets SIGWINCH). */
+int kac_resize(struct kac *c, uint64_t handle, unsigned rows, unsigned cols, struct kac_err *err);
+
+#define KAC_PROC_ARGS	64
+
+struct kac_proc {
+	struct kac_exit exit;		/* handle and pid always; the rest when exited */
+	int exited;
+	int pty;
+	uint64_t out_offset, err_offset;	/* bytes written so far on stdout, stderr */
+	int argc;			/* argv, at most KAC_PROC_ARGS of them */
+	const char *argv[KAC_PROC_ARGS];
+	char argbuf[4200];
+};
+
+/* Called with each process the agent knows (valid during the call). Return 0, or -errno to stop. */
+typedef int (*kac_proc_fn)(void *arg, const struct kac_proc *p);
+
+/* The agent's processes, running and exited (until released). */
+int kac_proc_list(struct kac *c, kac_proc_fn fn, void *arg, struct kac_err *err);
 
 /* Send signal sig to the process with agent handle handle. */
 int kac_signal(struct kac *c, uint64_t handle, int sig, struct kac_err *err);

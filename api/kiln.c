@@ -2,7 +2,8 @@
  * kiln: the command-line client of a sandbox's agent (docs/agent-protocol.md),
  * reached through the VMM's vsock unix socket.
  *
- *   kiln exec --uds PATH [--env K=V]... [--cwd DIR] [--timeout S] [-i] -- CMD ARGS...
+ *   kiln exec --uds PATH [--env K=V]... [--cwd DIR] [--timeout S] [-i] [--tty] [--detach] -- CMD ARGS...
+ *   kiln shell|attach|ps|wait|release --uds PATH ...
  *   kiln cp   --uds PATH SRC DST          (one side guest:/path)
  *   kiln ls|stat|mkdir|rm|mv --uds PATH ...
  *   kiln identity|shutdown|env --uds PATH ...
@@ -25,7 +26,9 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +55,25 @@ static const char usage_text[] =
 "        failed, 126/127 if CMD is not executable/not found). stdin is\n"
 "        forwarded unless it is a terminal (-i forwards it anyway); Ctrl-C,\n"
 "        SIGTERM and SIGHUP are forwarded to the guest process.\n"
+"        --tty [--rows R --cols C]  run it on a pseudo-terminal (default: the size\n"
+"                  of ours, else 24x80); our terminal goes raw meanwhile and\n"
+"                  window changes follow; stdin is always forwarded\n"
+"        --detach  print the process handle and return at once; the output\n"
+"                  waits in the guest for kiln attach\n"
+"        --ring BYTES[K|M]  output kept per stream in the guest (default 1M,\n"
+"                  4K to 16M); --overflow block|drop: when it is full, stop\n"
+"                  the process until someone reads (default) or drop the oldest\n"
+"  shell [--rows R --cols C] [-- CMD ARGS...]\n"
+"        an interactive shell (/bin/sh -l, or CMD) on a guest pseudo-terminal;\n"
+"        exits with its status\n"
+"  attach [--from N] [--from-err N] [-i] HANDLE\n"
+"        replay a process's output from byte N of stdout (default 0) and of\n"
+"        stderr, follow it until it exits and exit with its status; lost bytes\n"
+"        (--overflow drop) are reported on stderr; -i feeds stdin to it. A\n"
+"        second attach takes over (the first exits 125)\n"
+"  ps [--json]    the guest's processes: handle, pid, status, command\n"
+"  wait [--timeout S] HANDLE   wait for a process; exit with its status\n"
+"  release HANDLE forget an exited process and its output\n"
 "  cp SRC DST     copy a file; one side is guest:/path, '-' is stdin/stdout.\n"
 "                 Uploads keep the file's permission bits.\n"
 "  ls [--json] DIR           list a guest directory\n"
@@ -117,10 +139,16 @@ struct common {
 	int reboot;
 	int raw;
 	const char *addr;
+	int detach, tty;
+	unsigned rows, cols;
+	uint64_t ring;
+	int drop;
+	uint64_t from, from_err;
 };
 
 enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_JSON, OPT_MODE,
-       OPT_ID, OPT_HOSTNAME, OPT_CLEAR_ENV, OPT_CLOCK, OPT_REBOOT, OPT_RAW, OPT_ADDR };
+       OPT_ID, OPT_HOSTNAME, OPT_CLEAR_ENV, OPT_CLOCK, OPT_REBOOT, OPT_RAW, OPT_ADDR,
+       OPT_DETACH, OPT_ROWS, OPT_COLS, OPT_RING, OPT_OVERFLOW, OPT_FROM, OPT_FROM_ERR };
 
 static const struct option long_opts[] = {
 	{ "uds", required_argument, NULL, OPT_UDS },
@@ -138,6 +166,14 @@ static const struct option long_opts[] = {
 	{ "reboot", no_argument, NULL, OPT_REBOOT },
 	{ "raw", no_argument, NULL, OPT_RAW },
 	{ "addr", required_argument, NULL, OPT_ADDR },
+	{ "detach", no_argument, NULL, OPT_DETACH },
+	{ "tty", no_argument, NULL, 't' },
+	{ "rows", required_argument, NULL, OPT_ROWS },
+	{ "cols", required_argument, NULL, OPT_COLS },
+	{ "ring", required_argument, NULL, OPT_RING },
+	{ "overflow", required_argument, NULL, OPT_OVERFLOW },
+	{ "from", required_argument, NULL, OPT_FROM },
+	{ "from-err", required_argument, NULL, OPT_FROM_ERR },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -154,6 +190,24 @@ static int parse_secs(const char *s, const char *what)
 	return (int)v;
 }
 
+/* An unsigned decimal number in [lo, hi], with an optional K or M suffix when units. */
+static uint64_t parse_num(const char *s, const char *what, uint64_t lo, uint64_t hi, int units)
+{
+	unsigned long long v;
+	char *end;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (units && (*end == 'K' || *end == 'k'))
+		v <<= 10, end++;
+	else if (units && (*end == 'M' || *end == 'm'))
+		v <<= 20, end++;
+	if (errno || *end || end == s || *s == '-' || v < lo || v > hi)
+		die_usage("%s %s: expected a number from %llu to %llu%s", what, s, (unsigned long long)lo,
+			  (unsigned long long)hi, units ? " (bytes; K and M suffixes allowed)" : "");
+	return v;
+}
+
 /* Options common to all commands; returns the index of the first operand. */
 static int parse_opts(int argc, char **argv, struct common *o)
 {
@@ -166,7 +220,7 @@ static int parse_opts(int argc, char **argv, struct common *o)
 	o->mode = 0755;
 	optind = 1;
 	/* "+": stop at the first operand, so the guest command keeps its options. */
-	while ((c = getopt_long(argc, argv, "+hiprf", long_opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+hiprft", long_opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_UDS: o->uds = optarg; break;
 		case OPT_ENV:
@@ -200,6 +254,18 @@ static int parse_opts(int argc, char **argv, struct common *o)
 				die_usage("--mode %s: expected octal permission bits like 0755", optarg);
 			break;
 		case 'i': o->interactive = 1; break;
+		case 't': o->tty = 1; break;
+		case OPT_DETACH: o->detach = 1; break;
+		case OPT_ROWS: o->rows = (unsigned)parse_num(optarg, "--rows", 1, 65535, 0); break;
+		case OPT_COLS: o->cols = (unsigned)parse_num(optarg, "--cols", 1, 65535, 0); break;
+		case OPT_RING: o->ring = parse_num(optarg, "--ring", 4096, 16u << 20, 1); break;
+		case OPT_FROM: o->from = parse_num(optarg, "--from", 0, INT64_MAX, 0); break;
+		case OPT_FROM_ERR: o->from_err = parse_num(optarg, "--from-err", 0, INT64_MAX, 0); break;
+		case OPT_OVERFLOW:
+			if (strcmp(optarg, "block") && strcmp(optarg, "drop"))
+				die_usage("--overflow %s: expected block or drop", optarg);
+			o->drop = !strcmp(optarg, "drop");
+			break;
 		case 'p': case 'r': o->recursive = 1; break;
 		case 'f': break;
 		case 'h': fputs(usage_text, stdout); exit(0);
@@ -235,34 +301,64 @@ static struct kac *connect_or_die(const struct common *o)
 
 static int sig_pipe[2] = { -1, -1 };
 
+
+static void json_str(const char *s);
+static int op_fail(const char *what, const struct kac_err *err);
+
+/* The host terminal, put in raw mode while a guest pty has it; restored on every way out. */
+static struct termios tty_saved;
+static int tty_raw_fd = -1;
+static volatile sig_atomic_t nsignals;
+
+static void tty_restore(void)
+{
+	if (tty_raw_fd >= 0)
+		tcsetattr(tty_raw_fd, TCSADRAIN, &tty_saved);
+	tty_raw_fd = -1;
+}
+
+static void tty_make_raw(int fd)
+{
+	struct termios t;
+
+	if (!isatty(fd) || tcgetattr(fd, &tty_saved) < 0)
+		return;
+	t = tty_saved;
+	cfmakeraw(&t);
+	if (tcsetattr(fd, TCSADRAIN, &t) == 0) {
+		tty_raw_fd = fd;
+		atexit(tty_restore);
+	}
+}
+
+/*
+ * Signals are forwarded to the guest through sig_pipe. A guest that ignores
+ * them must not trap the user: the third one restores the terminal and ends
+ * kiln (the guest process runs on, detached).
+ */
 static void on_signal(int sig)
 {
 	int saved = errno;
 	unsigned char b = (unsigned char)sig;
 
+	if (sig != SIGWINCH && ++nsignals >= 3) {
+		if (tty_raw_fd >= 0)
+			tcsetattr(tty_raw_fd, TCSADRAIN, &tty_saved);
+		_exit(128 + sig);
+	}
 	if (write(sig_pipe[1], &b, 1) < 0) {
 		/* the pipe is full: the guest already has plenty of signals */
 	}
 	errno = saved;
 }
 
-static int cmd_exec(int argc, char **argv)
+static int signals_forward(void)
 {
-	struct common o;
-	struct kac_exec_opts eo;
-	struct kac_exit ex;
-	struct kac_err err = { "", 0 };
 	struct sigaction sa;
-	struct kac *c;
-	int i, ret;
 
-	i = parse_opts(argc, argv, &o);
-	timeout_secs(&o);
-	if (i >= argc)
-		die_usage("exec: no command given (kiln exec --uds PATH -- CMD ARGS...)");
 	if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
 		fprintf(stderr, "%s: pipe: %s\n", prog, strerror(errno));
-		return EXIT_KILN;
+		return -1;
 	}
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_signal;
@@ -271,40 +367,300 @@ static int cmd_exec(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
 	sigaction(SIGQUIT, &sa, NULL);
+	sigaction(SIGWINCH, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	return 0;
+}
 
-	c = connect_or_die(&o);
-	memset(&eo, 0, sizeof(eo));
-	eo.argv = (const char *const *)&argv[i];
-	eo.env = o.env;
-	eo.cwd = o.cwd;
-	eo.stdin_fd = o.interactive || !isatty(0) ? 0 : -1;
-	eo.stdout_fd = 1;
-	eo.stderr_fd = 2;
-	eo.sig_fd = sig_pipe[0];
-	eo.timeout_ms = o.timeout_s * 1000;
-	ret = kac_exec(c, &eo, &ex, &err);
-	kac_close(c);
-	free(o.env);
-	if (ret == -ENOENT && err.code == KP_ERR_OS) {
-		fprintf(stderr, "%s: %s: command not found in the guest (%s)\n", prog, argv[i], err.msg);
+/* A guest process's exit as ours: its code, 128+N for signal N. */
+static int exit_status(const struct kac_exit *ex)
+{
+	if (ex->signal)
+		return 128 + (ex->signal & 0x7f);
+	return (int)(ex->code & 0xff);
+}
+
+static void on_gap(void *arg, int chan, uint64_t from, uint64_t to)
+{
+	(void)arg;
+	fprintf(stderr, "%s: %s bytes %llu to %llu were lost: the process wrote faster than it was read "
+		"(exec with a larger --ring, or --overflow block)%s\n", prog, chan == 1 ? "stdout" : "stderr",
+		(unsigned long long)from, (unsigned long long)to, tty_raw_fd >= 0 ? "\r" : "");
+}
+
+/* The size for a new pty: --rows/--cols, else our terminal's, else 24x80. */
+static void tty_size(const struct common *o, unsigned *rows, unsigned *cols)
+{
+	struct winsize ws;
+
+	*rows = 24;
+	*cols = 80;
+	if ((ioctl(0, TIOCGWINSZ, &ws) == 0 || ioctl(1, TIOCGWINSZ, &ws) == 0) && ws.ws_row && ws.ws_col) {
+		*rows = ws.ws_row;
+		*cols = ws.ws_col;
+	}
+	if (o->rows)
+		*rows = o->rows;
+	if (o->cols)
+		*cols = o->cols;
+}
+
+static int exec_failed(const char *cmd, int ret, const struct kac_err *err)
+{
+	if (ret == -ENOENT && err->code == KP_ERR_OS) {
+		fprintf(stderr, "%s: %s: command not found in the guest (%s)\n", prog, cmd, err->msg);
 		return EXIT_NOTFOUND;
 	}
-	if ((ret == -EACCES || ret == -ENOEXEC) && err.code == KP_ERR_OS) {
-		fprintf(stderr, "%s: %s: not executable in the guest (%s)\n", prog, argv[i], err.msg);
+	if ((ret == -EACCES || ret == -ENOEXEC) && err->code == KP_ERR_OS) {
+		fprintf(stderr, "%s: %s: not executable in the guest (%s)\n", prog, cmd, err->msg);
 		return EXIT_NOEXEC;
 	}
-	if (ret == -ETIMEDOUT) {
-		fprintf(stderr, "%s: %s: %s\n", prog, argv[i], err.msg);
-		return EXIT_TIMEOUT;
+	fprintf(stderr, "%s: %s: %s\n", prog, cmd, err->msg);
+	return ret == -ETIMEDOUT ? EXIT_TIMEOUT : EXIT_KILN;
+}
+
+static int run_exec(struct common *o, const char *const *argv, const char *const *env)
+{
+	struct kac_exec_opts eo;
+	struct kac_exit ex;
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	int ret;
+
+	if (o->detach && o->tty)
+		die_usage("exec: --detach and --tty do not go together (attach to the process later)");
+	if (o->detach && o->timeout_s)
+		die_usage("exec: --detach and --timeout do not go together (use kiln wait --timeout)");
+	if (!o->detach && signals_forward() < 0)
+		return EXIT_KILN;
+	c = connect_or_die(o);
+	memset(&eo, 0, sizeof(eo));
+	eo.argv = argv;
+	eo.env = env;
+	eo.cwd = o->cwd;
+	eo.stdin_fd = o->tty || o->interactive || !isatty(0) ? 0 : -1;
+	eo.stdout_fd = 1;
+	eo.stderr_fd = 2;
+	eo.sig_fd = o->detach ? -1 : sig_pipe[0];
+	eo.timeout_ms = o->timeout_s * 1000;
+	eo.detach = o->detach;
+	eo.ring = o->ring;
+	eo.overflow_drop = o->drop;
+	eo.gap_fn = on_gap;
+	eo.tty_fd = -1;
+	if (o->tty) {
+		eo.pty = 1;
+		tty_size(o, &eo.rows, &eo.cols);
+		eo.tty_fd = isatty(0) ? 0 : -1;
+		tty_make_raw(0);
 	}
-	if (ret) {
-		fprintf(stderr, "%s: %s: %s\n", prog, argv[i], err.msg);
+	ret = kac_exec(c, &eo, &ex, &err);
+	tty_restore();
+	kac_close(c);
+	if (ret)
+		return exec_failed(argv[0], ret, &err);
+	if (o->detach) {
+		printf("%llu\n", (unsigned long long)ex.handle);
+		return 0;
+	}
+	return exit_status(&ex);
+}
+
+static int cmd_exec(int argc, char **argv)
+{
+	struct common o;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	timeout_secs(&o);
+	if (i >= argc)
+		die_usage("exec: no command given (kiln exec --uds PATH -- CMD ARGS...)");
+	if ((o.rows || o.cols) && !o.tty)
+		die_usage("exec: --rows and --cols need --tty");
+	ret = run_exec(&o, (const char *const *)&argv[i], o.env);
+	free(o.env);
+	return ret;
+}
+
+static int cmd_shell(int argc, char **argv)
+{
+	static const char *const sh[] = { "/bin/sh", "-l", NULL };
+	static char term[256];
+	struct common o;
+	const char **env;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	timeout_secs(&o);
+	if (o.detach)
+		die_usage("shell: --detach makes no sense here (kiln exec --detach)");
+	o.tty = 1;
+	/* The guest's programs should draw for the terminal we have. */
+	env = calloc((size_t)o.nenv + 2, sizeof(*env));
+	if (!env) {
+		fprintf(stderr, "%s: out of memory\n", prog);
 		return EXIT_KILN;
 	}
-	if (ex.signal)
-		return 128 + (ex.signal & 0x7f);
-	return (int)(ex.code & 0xff);
+	for (int k = 0; k < o.nenv; k++)
+		env[k] = o.env[k];
+	if (getenv("TERM") && strlen(getenv("TERM")) < sizeof(term) - 6) {
+		snprintf(term, sizeof(term), "TERM=%s", getenv("TERM"));
+		env[o.nenv] = term;
+	}
+	ret = run_exec(&o, i < argc ? (const char *const *)&argv[i] : sh, env);
+	free(env);
+	free(o.env);
+	return ret;
+}
+
+static uint64_t parse_handle(int argc, char **argv, int i, const char *cmd)
+{
+	if (argc - i != 1)
+		die_usage("%s: expected one process HANDLE (see kiln ps)", cmd);
+	return parse_num(argv[i], "HANDLE", 1, UINT64_MAX, 0);
+}
+
+static int cmd_attach(int argc, char **argv)
+{
+	struct common o;
+	struct kac_attach_opts ao;
+	struct kac_exit ex;
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	memset(&ao, 0, sizeof(ao));
+	ao.handle = parse_handle(argc, argv, i, "attach");
+	ao.out_offset = o.from;
+	ao.err_offset = o.from_err;
+	ao.stdin_fd = o.interactive ? 0 : -1;
+	ao.stdout_fd = 1;
+	ao.stderr_fd = 2;
+	ao.tty_fd = -1;
+	ao.gap_fn = on_gap;
+	if (signals_forward() < 0)
+		return EXIT_KILN;
+	ao.sig_fd = sig_pipe[0];
+	c = connect_or_die(&o);
+	ret = kac_attach(c, &ao, &ex, &err);
+	kac_close(c);
+	if (ret) {
+		fprintf(stderr, "%s: attach %s: %s%s\n", prog, argv[i], err.msg,
+			err.code == KP_ERR_DETACHED ? " (another kiln attach took over)" : "");
+		return EXIT_KILN;
+	}
+	return exit_status(&ex);
+}
+
+static int cmd_wait(int argc, char **argv)
+{
+	struct common o;
+	struct kac_exit ex;
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	uint64_t h;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	timeout_secs(&o);
+	h = parse_handle(argc, argv, i, "wait");
+	c = connect_or_die(&o);
+	ret = kac_wait(c, h, o.timeout_s * 1000, &ex, &err);
+	kac_close(c);
+	if (ret) {
+		fprintf(stderr, "%s: wait %s: %s\n", prog, argv[i], err.msg);
+		return ret == -ETIMEDOUT ? EXIT_TIMEOUT : EXIT_KILN;
+	}
+	return exit_status(&ex);
+}
+
+static int cmd_release(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct kac *c;
+	uint64_t h;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	h = parse_handle(argc, argv, i, "release");
+	c = connect_or_die(&o);
+	ret = kac_release(c, h, &err);
+	kac_close(c);
+	return ret ? op_fail(argv[i], &err) : 0;
+}
+
+
+struct ps_out {
+	int json;
+	int n;
+};
+
+static int ps_entry(void *arg, const struct kac_proc *p)
+{
+	struct ps_out *st = arg;
+	char status[32];
+	int k;
+
+	if (!p->exited)
+		snprintf(status, sizeof(status), "running");
+	else if (p->exit.signal)
+		snprintf(status, sizeof(status), "signal %d", p->exit.signal);
+	else
+		snprintf(status, sizeof(status), "exit %lld", (long long)p->exit.code);
+	if (st->json) {
+		printf("%s{\"handle\":%llu,\"pid\":%llu,\"running\":%s,", st->n++ ? "," : "",
+		       (unsigned long long)p->exit.handle, (unsigned long long)p->exit.pid,
+		       p->exited ? "false" : "true");
+		if (p->exited)
+			printf("\"exit_code\":%lld,\"signal\":%d,", (long long)p->exit.code, p->exit.signal);
+		printf("\"pty\":%s,\"stdout_bytes\":%llu,\"stderr_bytes\":%llu,\"argv\":[", p->pty ? "true" : "false",
+		       (unsigned long long)p->out_offset, (unsigned long long)p->err_offset);
+		for (k = 0; k < p->argc; k++) {
+			if (k)
+				putchar(',');
+			json_str(p->argv[k]);
+		}
+		printf("]}");
+		return 0;
+	}
+	if (!st->n++)
+		printf("HANDLE\tPID\tSTATUS\tCOMMAND\n");
+	printf("%llu\t%llu\t%s\t", (unsigned long long)p->exit.handle, (unsigned long long)p->exit.pid, status);
+	for (k = 0; k < p->argc; k++) {
+		const char *a = p->argv[k];
+
+		/* One line per process: a newline in an argument is shown as a space. */
+		if (k)
+			putchar(' ');
+		for (; *a; a++)
+			putchar(*a == '\n' || *a == '\t' ? ' ' : *a);
+	}
+	putchar('\n');
+	return 0;
+}
+
+static int cmd_ps(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct ps_out st = { 0, 0 };
+	struct kac *c;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	if (i != argc)
+		die_usage("ps: unexpected argument %s", argv[i]);
+	st.json = o.json;
+	c = connect_or_die(&o);
+	if (st.json)
+		putchar('[');
+	ret = kac_proc_list(c, ps_entry, &st, &err);
+	kac_close(c);
+	if (st.json)
+		puts("]");
+	return ret ? op_fail("ps", &err) : 0;
 }
 
 /* ---- files ------------------------------------------------------------------ */
@@ -938,6 +1294,16 @@ int main(int argc, char **argv)
 	argc--;
 	if (strcmp(cmd, "exec") == 0)
 		return cmd_exec(argc, argv);
+	if (strcmp(cmd, "shell") == 0)
+		return cmd_shell(argc, argv);
+	if (strcmp(cmd, "attach") == 0)
+		return cmd_attach(argc, argv);
+	if (strcmp(cmd, "ps") == 0)
+		return cmd_ps(argc, argv);
+	if (strcmp(cmd, "wait") == 0)
+		return cmd_wait(argc, argv);
+	if (strcmp(cmd, "release") == 0)
+		return cmd_release(argc, argv);
 	if (strcmp(cmd, "cp") == 0)
 		return cmd_cp(argc, argv);
 	if (strcmp(cmd, "ls") == 0)

@@ -1,16 +1,19 @@
 /*
  * bench-boot: boot the same kernel and initramfs N times with kiln-vmm and
- * with QEMU's microvm machine, and compare how fast each reaches guest
- * userspace, how much CPU and memory the VMM itself uses. See bench/README.md.
+ * with QEMU's microvm machine, and compare how fast each gets its guest agent
+ * ready to take a command, how much CPU and memory the VMM itself uses. See
+ * bench/README.md.
  *
  *   bench-boot --vmm PATH --kernel VMLINUX --initrd CPIO [--runs N] [--mem MIB]
  *              [--qemu PATH] [--json]
  *
- * Both VMMs boot with kiln.bootmark on the kernel command line and run the
- * guest command `true`; kiln's init then prints KILN_BOOT_MARK on the serial
- * console (the VMM's stdout, read here through a pipe) as the first thing it
- * does in userspace. No shell is involved anywhere: the VMMs are fork/exec'd
- * directly, every descriptor of ours is close-on-exec.
+ * Both VMMs boot with kiln.bootmark and kiln.agent on the kernel command line
+ * and a vsock device; kiln's init prints KILN_BOOT_MARK on the serial console
+ * (the VMM's stdout, read here through a pipe) as the first thing it does in
+ * userspace, and kiln-agent prints AGENT_READY_MARK once it listens on vsock.
+ * The boot clock stops there (issue 4) and the VMM is killed. No shell is
+ * involved anywhere: the VMMs are fork/exec'd directly, every descriptor of
+ * ours is close-on-exec.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,9 +39,9 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#include <dirent.h>
 
 #include "abi.h"
-#include "base64.h"
 
 /*
  * kiln-vmm's default kernel command line (DEFAULT_CMDLINE in vmm/main.c). At
@@ -47,7 +50,10 @@
  * fallback.
  */
 #define KILN_DEFAULT_CMDLINE	"console=ttyS0 reboot=k panic=-1 quiet no_timer_check"
-#define GUEST_CMD		"true"
+/* What kiln-agent prints on its console once it listens (guest/agent.c). */
+#define AGENT_READY_MARK	"kiln-agent: ready"
+#define GUEST_PARAMS		KILN_PARAM_BOOTMARK " " KILN_PARAM_AGENT
+#define VHOST_VSOCK		"/dev/vhost-vsock"
 
 #define DEFAULT_RUNS		10
 #define DEFAULT_WARMUP		1
@@ -79,9 +85,11 @@ struct tail {
 	uint64_t total;
 };
 
-/* Finds KILN_BOOT_MARK at the end of a console line, across reads. */
+/* Finds a mark (KILN_BOOT_MARK, AGENT_READY_MARK) at the end of a console line, across reads. */
 struct marker {
-	char last[sizeof(KILN_BOOT_MARK) - 1];	/* last bytes of the current line */
+	const char *mark;
+	size_t mlen;
+	char last[64];		/* last mlen bytes of the current line */
 	size_t n;
 	int candidate;		/* the current line so far ends with the marker */
 	double t_candidate;	/* when the marker's last byte arrived */
@@ -90,17 +98,19 @@ struct marker {
 };
 
 struct run {
-	int ok;			/* marker seen and the VMM exited by itself in time */
+	int ok;			/* the last mark expected of this VMM seen in time */
 	char why[160];		/* why not */
-	int marker;
-	double t_mark_ms;	/* exec -> marker on the console */
-	double t_exit_ms;	/* exec -> VMM exit */
-	int exited;		/* status below is valid */
+	int marker;		/* KILN_BOOT_MARK seen */
+	int ready;		/* AGENT_READY_MARK seen */
+	double t_mark_ms;	/* exec -> KILN_BOOT_MARK on the console */
+	double t_ready_ms;	/* exec -> AGENT_READY_MARK on the console */
+	double cpu_mark_ms;	/* VMM CPU time (all its threads) at each mark */
+	double cpu_ready_ms;
+	int exited;		/* it ended by itself (a failure): status is valid */
 	int status;		/* wait status */
-	double cpu_user_ms, cpu_sys_ms;
 	int rss_ok;
-	long rss_vmm_kib;	/* RSS without guest RAM, at the marker */
-	long rss_guest_kib;	/* RSS of the guest RAM mapping, at the marker */
+	long rss_vmm_kib;	/* RSS without guest RAM, at the last mark */
+	long rss_guest_kib;	/* RSS of the guest RAM mapping, at the last mark */
 	char rss_why[192];
 	long maxrss_kib;	/* ru_maxrss: peak, guest RAM included */
 	uint64_t console_bytes;
@@ -215,9 +225,18 @@ static void tail_show(const char *what, const struct tail *t, int max_lines)
  * into still leaves the marker at the end of the line); it is timed by the
  * read that brought its last byte, and confirmed by the end of the line.
  */
+static void marker_init(struct marker *m, const char *mark)
+{
+	memset(m, 0, sizeof(*m));
+	m->mark = mark;
+	m->mlen = strlen(mark);
+	if (m->mlen > sizeof(m->last))
+		die("internal error: console mark \"%s\" too long", mark);
+}
+
 static void marker_feed(struct marker *m, const char *p, size_t n, double t)
 {
-	const size_t mlen = sizeof(m->last);
+	const size_t mlen = m->mlen;
 	size_t i;
 
 	for (i = 0; i < n && !m->found; i++) {
@@ -239,7 +258,7 @@ static void marker_feed(struct marker *m, const char *p, size_t n, double t)
 			m->n--;
 		}
 		m->last[m->n++] = c;
-		m->candidate = m->n == mlen && memcmp(m->last, KILN_BOOT_MARK, mlen) == 0;
+		m->candidate = m->n == mlen && memcmp(m->last, m->mark, mlen) == 0;
 		if (m->candidate)
 			m->t_candidate = t;
 	}
@@ -308,6 +327,60 @@ static int sample_rss(pid_t pid, uint64_t guest_bytes, struct run *r)
 	r->rss_guest_kib = best_rss;
 	r->rss_ok = 1;
 	return 0;
+}
+
+/*
+ * CPU time of every thread of pid so far, in ms: the sum of the first field
+ * of /proc/PID/task/TID/schedstat (run time in ns; a vCPU thread's guest time
+ * included), else utime+stime from /proc/PID/stat (clock ticks). NAN if
+ * neither can be read. The VMM keeps running: it is killed after the last mark.
+ */
+static double sample_cpu_ms(pid_t pid)
+{
+	char path[64], buf[512];
+	unsigned long long ns, sum = 0;
+	unsigned long ut, st;
+	struct dirent *d;
+	int n = 0, fd;
+	ssize_t len;
+	DIR *dir;
+	char *p;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	dir = opendir(path);
+	if (dir) {
+		while ((d = readdir(dir)) != NULL) {
+			FILE *f;
+
+			if (d->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "/proc/%d/task/%.16s/schedstat", (int)pid, d->d_name);
+			f = fopen(path, "re");
+			if (!f)
+				continue;
+			if (fscanf(f, "%llu", &ns) == 1) {
+				sum += ns;
+				n++;
+			}
+			fclose(f);
+		}
+		closedir(dir);
+		if (n)
+			return (double)sum / 1e6;
+	}
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NAN;
+	len = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (len <= 0)
+		return NAN;
+	buf[len] = '\0';
+	p = strrchr(buf, ')');	/* the command name may hold spaces */
+	if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+		return NAN;
+	return (double)(ut + st) * 1e3 / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* ---- processes ----------------------------------------------------------------- */
@@ -427,20 +500,45 @@ static ssize_t read_some(int fd, char *buf, size_t len)
 	return n;
 }
 
-/* One boot: exec argv, wait for the marker and the exit, all under the timeout. */
-static void boot_once(char *const argv[], const struct opts *o, struct run *r)
+/* Feed console bytes to both marks; take the timings and samples each one calls for. */
+static void console_feed(struct marker m[2], const char *p, size_t n, pid_t pid, int alive,
+			 double t0, struct run *r)
+{
+	marker_feed(&m[0], p, n, now_ms());
+	marker_feed(&m[1], p, n, now_ms());
+	if (m[0].found && !r->marker) {
+		r->marker = 1;
+		r->t_mark_ms = m[0].t_found - t0;
+		r->cpu_mark_ms = alive ? sample_cpu_ms(pid) : NAN;
+	}
+	if (m[1].found && !r->ready) {
+		r->ready = 1;
+		r->t_ready_ms = m[1].t_found - t0;
+		r->cpu_ready_ms = alive ? sample_cpu_ms(pid) : NAN;
+	}
+}
+
+/*
+ * One boot: exec argv and read its console until the last mark expected of
+ * it (AGENT_READY_MARK when the VMM has a vsock device, else KILN_BOOT_MARK),
+ * sample its memory there and kill it, all under the timeout. A VMM that
+ * exits before that mark failed.
+ */
+static void boot_once(char *const argv[], const struct opts *o, int want_ready, struct run *r)
 {
 	static char buf[65536];
-	int outp[2], errp[2], pidfd, exec_errno, killed = 0;
-	int out_open = 1, err_open = 1, exited = 0;
-	double t0, deadline, t_exit = 0;
-	struct marker m;
+	int outp[2], errp[2], pidfd, exec_errno, timed_out = 0;
+	int out_open = 1, err_open = 1, exited = 0, done = 0;
+	double t0, deadline;
+	struct marker m[2];
 	struct rusage ru;
 	pid_t pid;
 	int st;
 
 	memset(r, 0, sizeof(*r));
-	memset(&m, 0, sizeof(m));
+	r->cpu_mark_ms = r->cpu_ready_ms = NAN;
+	marker_init(&m[0], KILN_BOOT_MARK);
+	marker_init(&m[1], AGENT_READY_MARK);
 	if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
 		die("pipe: %s", strerror(errno));
 	/* A roomier pipe: the console never waits on us while we read smaps. */
@@ -461,19 +559,18 @@ static void boot_once(char *const argv[], const struct opts *o, struct run *r)
 	set_nonblock(errp[0]);
 	deadline = t0 + o->timeout_s * 1e3;
 
-	while (!exited) {
+	while (!exited && !done) {
 		struct pollfd p[3] = {
 			{ .fd = out_open ? outp[0] : -1, .events = POLLIN },
 			{ .fd = err_open ? errp[0] : -1, .events = POLLIN },
 			{ .fd = pidfd, .events = POLLIN },
 		};
-		double now = now_ms(), t_poll;
+		double now = now_ms();
 		int timeout_ms, reads;
 		ssize_t n;
 
 		if (now >= deadline) {
-			kill(pid, SIGKILL);
-			killed = 1;
+			timed_out = 1;
 			break;
 		}
 		timeout_ms = (int)(deadline - now) + 1;
@@ -482,23 +579,18 @@ static void boot_once(char *const argv[], const struct opts *o, struct run *r)
 			timeout_ms = 1;
 		if (poll(p, 3, timeout_ms) < 0 && errno != EINTR)
 			die("poll: %s", strerror(errno));
-		t_poll = now_ms();
 
 		/* (a bounded number of reads: a flood of output must not starve the
 		 * exit and the deadline) */
-		for (reads = 0; reads < 64 && out_open &&
+		for (reads = 0; reads < 64 && out_open && !done &&
 				(n = read_some(outp[0], buf, sizeof(buf))) != -1; reads++) {
 			if (n == 0) {
 				out_open = 0;
 				break;
 			}
-			marker_feed(&m, buf, (size_t)n, now_ms());
+			console_feed(m, buf, (size_t)n, pid, 1, t0, r);
 			tail_add(&r->con, buf, (size_t)n);
-			if (m.found && !r->marker) {
-				r->marker = 1;
-				r->t_mark_ms = m.t_found - t0;
-				sample_rss(pid, (uint64_t)o->mem_mib << 20, r);
-			}
+			done = want_ready ? r->ready : r->marker;
 		}
 		for (reads = 0; reads < 64 && err_open &&
 				(n = read_some(errp[0], buf, sizeof(buf))) != -1; reads++) {
@@ -508,24 +600,31 @@ static void boot_once(char *const argv[], const struct opts *o, struct run *r)
 			}
 			tail_add(&r->err, buf, (size_t)n);
 		}
-		if (pidfd >= 0 ? (p[2].revents & (POLLIN | POLLHUP)) != 0 : has_exited(pid)) {
-			t_exit = pidfd >= 0 ? t_poll : now_ms();
+		if (!done && (pidfd >= 0 ? (p[2].revents & (POLLIN | POLLHUP)) != 0 : has_exited(pid)))
 			exited = 1;
-		}
 	}
-
+	if (done)
+		sample_rss(pid, (uint64_t)o->mem_mib << 20, r);
+	if (!exited)
+		kill(pid, SIGKILL);
 	while (wait4(pid, &st, 0, &ru) < 0) {
 		if (errno != EINTR)
 			die("wait4: %s", strerror(errno));
 	}
-	/* What the VMM wrote before it exited is in the pipes (a descendant could
+	/* What the VMM wrote before it ended is in the pipes (a descendant could
 	 * keep them open: take what is there, do not wait for EOF). */
 	for (;;) {
 		ssize_t n = out_open ? read_some(outp[0], buf, sizeof(buf)) : 0;
 
 		if (n <= 0)
 			break;
-		marker_feed(&m, buf, (size_t)n, now_ms());
+		if (!done) {
+			console_feed(m, buf, (size_t)n, pid, 0, t0, r);
+			done = want_ready ? r->ready : r->marker;
+			if (done)
+				snprintf(r->rss_why, sizeof(r->rss_why),
+					 "the mark was read only after the VMM had exited");
+		}
 		tail_add(&r->con, buf, (size_t)n);
 	}
 	for (;;) {
@@ -535,37 +634,27 @@ static void boot_once(char *const argv[], const struct opts *o, struct run *r)
 			break;
 		tail_add(&r->err, buf, (size_t)n);
 	}
-	if (m.found && !r->marker) {
-		/* Read only after the exit: too late for an RSS sample. */
-		r->marker = 1;
-		r->t_mark_ms = m.t_found - t0;
-		snprintf(r->rss_why, sizeof(r->rss_why), "the marker was read only after the VMM had exited");
-	}
 	close(outp[0]);
 	close(errp[0]);
 	if (pidfd >= 0)
 		close(pidfd);
 
-	r->exited = 1;
+	r->exited = exited;
 	r->status = st;
-	r->t_exit_ms = killed ? NAN : t_exit - t0;
-	r->cpu_user_ms = (double)ru.ru_utime.tv_sec * 1e3 + (double)ru.ru_utime.tv_usec / 1e3;
-	r->cpu_sys_ms = (double)ru.ru_stime.tv_sec * 1e3 + (double)ru.ru_stime.tv_usec / 1e3;
 	r->maxrss_kib = ru.ru_maxrss;
 	r->console_bytes = r->con.total;
 
-	if (killed) {
-		snprintf(r->why, sizeof(r->why), "timed out after %g s (%s); killed", o->timeout_s,
-			 r->marker ? "after the marker" : "no marker");
-		r->exited = 0;
-	} else if (WIFSIGNALED(st)) {
-		snprintf(r->why, sizeof(r->why), "the VMM was killed by signal %d%s", WTERMSIG(st),
-			 r->marker ? "" : " before the marker");
-	} else if (!r->marker) {
-		snprintf(r->why, sizeof(r->why), "exited with status %d without printing %s",
-			 WEXITSTATUS(st), KILN_BOOT_MARK);
-	} else {
+	if (done) {
 		r->ok = 1;
+	} else if (timed_out) {
+		snprintf(r->why, sizeof(r->why), "timed out after %g s (%s); killed", o->timeout_s,
+			 r->marker ? "in userspace, the agent never got ready" : "no userspace mark");
+	} else if (WIFSIGNALED(st)) {
+		snprintf(r->why, sizeof(r->why), "the VMM was killed by signal %d before %s", WTERMSIG(st),
+			 want_ready ? AGENT_READY_MARK : KILN_BOOT_MARK);
+	} else {
+		snprintf(r->why, sizeof(r->why), "exited with status %d without printing %s",
+			 WEXITSTATUS(st), want_ready ? AGENT_READY_MARK : KILN_BOOT_MARK);
 	}
 }
 
@@ -704,14 +793,15 @@ static struct stat2 stats(double *v, int n)
 	return s;
 }
 
-enum metric { M_MARK, M_EXIT, M_CPU, M_RSS, M_MAXRSS, NMETRIC };
+enum metric { M_READY, M_MARK, M_CPU_READY, M_CPU_MARK, M_RSS, M_MAXRSS, NMETRIC };
 
 static const struct {
 	const char *key, *label, *unit;
 } metric_info[NMETRIC] = {
+	[M_READY] = { "exec_to_agent_ready_ms", "exec -> agent ready", "ms" },
 	[M_MARK] = { "exec_to_userspace_ms", "exec -> guest userspace", "ms" },
-	[M_EXIT] = { "exec_to_exit_ms", "exec -> VMM exit (total)", "ms" },
-	[M_CPU] = { "cpu_ms", "VMM CPU time (user+sys)", "ms" },
+	[M_CPU_READY] = { "cpu_to_agent_ready_ms", "VMM CPU time to agent ready", "ms" },
+	[M_CPU_MARK] = { "cpu_to_userspace_ms", "VMM CPU time to userspace", "ms" },
 	[M_RSS] = { "rss_excl_guest_kib", "VMM RSS excl. guest RAM", "KiB" },
 	[M_MAXRSS] = { "peak_rss_kib", "peak RSS incl. guest (info)", "KiB" },
 };
@@ -719,9 +809,10 @@ static const struct {
 static double metric_of(const struct run *r, enum metric m)
 {
 	switch (m) {
-	case M_MARK: return r->t_mark_ms;
-	case M_EXIT: return r->t_exit_ms;
-	case M_CPU: return r->cpu_user_ms + r->cpu_sys_ms;
+	case M_READY: return r->ready ? r->t_ready_ms : NAN;
+	case M_MARK: return r->marker ? r->t_mark_ms : NAN;
+	case M_CPU_READY: return r->ready ? r->cpu_ready_ms : NAN;
+	case M_CPU_MARK: return r->marker ? r->cpu_mark_ms : NAN;
 	case M_RSS: return r->rss_ok ? (double)r->rss_vmm_kib : NAN;
 	case M_MAXRSS: return (double)r->maxrss_kib;
 	case NMETRIC: break;
@@ -775,7 +866,7 @@ static void fmt_ratio(char *b, size_t len, double k, double q)
 		snprintf(b, len, "%.2f", k / q);
 }
 
-/* "0 x3, 123 x1" for the exit statuses of the runs. */
+/* "0 x3, 123 x1" for the exit statuses of the failed runs. */
 static void fmt_statuses(char *b, size_t len, const struct run *runs, int n)
 {
 	int seen[64][2], nseen = 0, i, j, killed = 0;	/* exit code, count */
@@ -784,6 +875,8 @@ static void fmt_statuses(char *b, size_t len, const struct run *runs, int n)
 	for (i = 0; i < n; i++) {
 		int code;
 
+		if (runs[i].ok)
+			continue;
 		if (!runs[i].exited) {
 			killed++;
 			continue;
@@ -804,23 +897,28 @@ static void fmt_statuses(char *b, size_t len, const struct run *runs, int n)
 	for (j = 0; j < nseen && off < len; j++)
 		off += (size_t)snprintf(b + off, len - off, "%s%d x%d", j ? ", " : "", seen[j][0], seen[j][1]);
 	if (killed && off < len)
-		snprintf(b + off, len - off, "%skilled x%d", nseen ? ", " : "", killed);
+		snprintf(b + off, len - off, "%stimed out x%d", nseen ? ", " : "", killed);
 	if (!nseen && !killed)
 		snprintf(b, len, "-");
 }
 
 static void print_table(const struct opts *o, const struct host *h, const char *qemu_version,
-			struct run *runs[NVMM], int n)
+			const char *qemu_vsock, struct run *runs[NVMM], int n)
 {
 	static const char *const vmm_title[NVMM] = { "kiln-vmm", "QEMU microvm" };
 	char a[32], b[32], c[32], st[2][96];
 	int v, m;
 
 	printf("%s\n", h->line);
-	printf("%d boots each (after %d warm-up), interleaved kiln/QEMU; %u MiB, %d vCPU, guest command `%s`\n",
-	       n, o->warmup, o->mem_mib, o->vcpus, GUEST_CMD);
-	printf("kiln: %s\nqemu: %s (%s) -M microvm,acpi=off\n", o->vmm, o->qemu,
-	       qemu_version ? qemu_version : "version unknown");
+	printf("%d boots each (after %d warm-up), interleaved kiln/QEMU; %u MiB, %d vCPU, guest agent (%s)\n",
+	       n, o->warmup, o->mem_mib, o->vcpus, GUEST_PARAMS);
+	printf("kiln: %s --vsock cid=3,uds=...\nqemu: %s (%s) -M microvm,acpi=off %s\n", o->vmm, o->qemu,
+	       qemu_version ? qemu_version : "version unknown",
+	       qemu_vsock ? "-device vhost-vsock-device" : "(no vsock device)");
+	if (!qemu_vsock)
+		printf("NOTE: no usable %s here, so QEMU's guest agent cannot listen: the agent-ready rows\n"
+		       "      have no QEMU column; compare the userspace rows. QEMU's RSS is sampled at its\n"
+		       "      userspace mark, kiln's at agent ready.\n", VHOST_VSOCK);
 	printf("\n%-30s %-6s %14s %14s %10s\n", "metric", "", vmm_title[0], vmm_title[1], "kiln/QEMU");
 	for (m = 0; m < NMETRIC; m++) {
 		struct stat2 s[NVMM];
@@ -839,10 +937,14 @@ static void print_table(const struct opts *o, const struct host *h, const char *
 	snprintf(a, sizeof(a), "%d/%d", count_ok(runs[0], n), n);
 	snprintf(b, sizeof(b), "%d/%d", count_ok(runs[1], n), n);
 	printf("%-30s %-6s %14s %14s\n", "successful boots", "", a, b);
-	for (v = 0; v < NVMM; v++)
-		fmt_statuses(st[v], sizeof(st[v]), runs[v], n);
-	printf("exit statuses: kiln-vmm %s; QEMU %s\n", st[0], st[1]);
-	printf("(QEMU exits with (status<<1)|1 through isa-debug-exit: 1 means the guest command succeeded)\n");
+	if (count_ok(runs[0], n) < n || count_ok(runs[1], n) < n) {
+		for (v = 0; v < NVMM; v++)
+			fmt_statuses(st[v], sizeof(st[v]), runs[v], n);
+		printf("failed boots' exit statuses: kiln-vmm %s; QEMU %s\n", st[0], st[1]);
+	}
+	printf("(each VMM is killed once its last mark is on the console; CPU time is the sum over\n"
+	       " the VMM's threads at the mark, vCPU time included; QEMU's vhost worker is a kernel\n"
+	       " thread and not counted)\n");
 }
 
 static void json_str(const char *s)
@@ -872,7 +974,7 @@ static void json_num(double v)
 }
 
 static void print_json(const struct opts *o, const struct host *h, const char *qemu_version,
-		       const char *cmdline, struct run *runs[NVMM], int n)
+		       const char *qemu_vsock, const char *cmdline, struct run *runs[NVMM], int n)
 {
 	int v, m, i;
 
@@ -898,8 +1000,11 @@ static void print_json(const struct opts *o, const struct host *h, const char *q
 		fputs("null", stdout);
 	printf(", \"cmdline\": ");
 	json_str(cmdline);
-	printf(", \"guest_command\": ");
-	json_str(GUEST_CMD);
+	printf(", \"qemu_vsock\": ");
+	if (qemu_vsock)
+		json_str(qemu_vsock);
+	else
+		fputs("null", stdout);
 	printf("},\n");
 	for (v = 0; v < NVMM; v++) {
 		printf("  \"%s\": {\n    \"ok\": %d,\n", vmm_label[v], count_ok(runs[v], n));
@@ -920,15 +1025,16 @@ static void print_json(const struct opts *o, const struct host *h, const char *q
 		for (i = 0; i < n; i++) {
 			const struct run *r = &runs[v][i];
 
-			printf("      {\"ok\": %s, \"marker\": %s, \"exec_to_userspace_ms\": ",
-			       r->ok ? "true" : "false", r->marker ? "true" : "false");
+			printf("      {\"ok\": %s, \"marker\": %s, \"ready\": %s, \"exec_to_userspace_ms\": ",
+			       r->ok ? "true" : "false", r->marker ? "true" : "false",
+			       r->ready ? "true" : "false");
 			json_num(r->marker ? r->t_mark_ms : NAN);
-			printf(", \"exec_to_exit_ms\": ");
-			json_num(r->exited ? r->t_exit_ms : NAN);
-			printf(", \"cpu_user_ms\": ");
-			json_num(r->cpu_user_ms);
-			printf(", \"cpu_sys_ms\": ");
-			json_num(r->cpu_sys_ms);
+			printf(", \"exec_to_agent_ready_ms\": ");
+			json_num(r->ready ? r->t_ready_ms : NAN);
+			printf(", \"cpu_to_userspace_ms\": ");
+			json_num(r->marker ? r->cpu_mark_ms : NAN);
+			printf(", \"cpu_to_agent_ready_ms\": ");
+			json_num(r->ready ? r->cpu_ready_ms : NAN);
 			printf(", \"rss_excl_guest_kib\": ");
 			json_num(r->rss_ok ? (double)r->rss_vmm_kib : NAN);
 			printf(", \"rss_guest_kib\": ");
@@ -979,8 +1085,10 @@ static void usage(FILE *f)
 	fprintf(f,
 "Usage: bench-boot --vmm PATH --kernel VMLINUX --initrd CPIO [OPTIONS]\n"
 "Boot the same guest N times with kiln-vmm and with QEMU's microvm machine\n"
-"(interleaved) and compare time to guest userspace, total time, VMM CPU time\n"
-"and VMM memory. Needs a working /dev/kvm (tests/nested/kvm-host.sh provides one).\n"
+"(interleaved), both with the guest agent and a vsock device, and compare the\n"
+"time to guest userspace and to agent ready, VMM CPU time and VMM memory. Needs\n"
+"a working /dev/kvm (tests/nested/kvm-host.sh provides one); QEMU's vsock needs\n"
+"/dev/vhost-vsock (without it QEMU's agent-ready column is empty).\n"
 "\n"
 "  --runs N        measured boots per VMM (default %d)\n"
 "  --warmup N      unmeasured boots per VMM first (default %d)\n"
@@ -990,7 +1098,7 @@ static void usage(FILE *f)
 "  --mem MIB       guest memory (default %d)\n"
 "  --vcpus N       guest vCPUs (default 1)\n"
 "  --qemu PATH     qemu-system-x86_64 binary (default: from PATH)\n"
-"  --timeout SEC   per boot; a VMM still running then is killed (default %g)\n"
+"  --timeout SEC   per boot; a VMM whose agent is not ready by then is killed (default %g)\n"
 "  --json          results as JSON on stdout (messages stay on stderr)\n"
 "  -v, --verbose   print the command lines and every failed run's output\n"
 "  -h, --help      this help\n"
@@ -1130,19 +1238,42 @@ static char *qemu_version_of(const char *qemu)
 	return out;
 }
 
-/* The kernel command line kiln-vmm builds: defaults, --cmdline, then kiln.cmd=. */
+/* The kernel command line kiln-vmm builds: its defaults, then --cmdline (no command). */
 static char *guest_cmdline(const char *defaults)
 {
-	static const char arg[] = GUEST_CMD;	/* with its NUL: the NUL-terminated argument */
-	size_t len = strlen(defaults) + 1 + strlen(KILN_PARAM_BOOTMARK) + 1 + strlen(KILN_PARAM_CMD) +
-		     b64url_encoded_len(sizeof(arg)) + 1;
+	size_t len = strlen(defaults) + 1 + strlen(GUEST_PARAMS) + 1;
 	char *out = xmalloc(len);
 
-	snprintf(out, len, "%s %s %s", defaults, KILN_PARAM_BOOTMARK, KILN_PARAM_CMD);
-	b64url_encode((const uint8_t *)arg, sizeof(arg), out + strlen(out));
+	snprintf(out, len, "%s %s", defaults, GUEST_PARAMS);
 	if (strlen(out) >= KILN_CMDLINE_MAX)
 		die("the kernel command line is too long (%zu bytes)", strlen(out));
 	return out;
+}
+
+/*
+ * QEMU's vsock device for its guest agent: vhost-vsock-device needs the host
+ * kernel's /dev/vhost-vsock (module vhost_vsock; the nested test host does not
+ * load it, so as root we try modprobe once). Returns the -device argument, or
+ * NULL when there is none: QEMU then gets no vsock and only its userspace mark
+ * is comparable. The guest CID is host-wide: pick one unlikely to be in use.
+ */
+static char *qemu_vsock_device(void)
+{
+	static char dev[64];
+
+	if (access(VHOST_VSOCK, R_OK | W_OK) < 0 && geteuid() == 0) {
+		char *argv[] = { "modprobe", "-q", "vhost_vsock", NULL };
+
+		free(capture(argv));
+	}
+	if (access(VHOST_VSOCK, R_OK | W_OK) < 0) {
+		msg("note: %s: %s; QEMU gets no vsock device, its agent cannot get ready "
+		    "(compare the userspace mark)", VHOST_VSOCK, strerror(errno));
+		return NULL;
+	}
+	snprintf(dev, sizeof(dev), "vhost-vsock-device,guest-cid=%u",
+		 1000u + (unsigned)getpid() % 1000000u);
+	return dev;
 }
 
 static void print_argv(const char *what, char *const argv[])
@@ -1158,8 +1289,12 @@ static void print_argv(const char *what, char *const argv[])
 static void report_run(const char *tag, int v, const struct run *r, int verbose)
 {
 	if (r->ok) {
-		fprintf(stderr, "%s: %s %-4s userspace %8.1f ms  exit %8.1f ms  cpu %8.1f ms  rss ",
-			prog, tag, vmm_label[v], r->t_mark_ms, r->t_exit_ms, r->cpu_user_ms + r->cpu_sys_ms);
+		fprintf(stderr, "%s: %s %-4s userspace %8.1f ms  agent ready ", prog, tag, vmm_label[v],
+			r->marker ? r->t_mark_ms : NAN);
+		if (r->ready)
+			fprintf(stderr, "%8.1f ms  cpu %8.1f ms  rss ", r->t_ready_ms, r->cpu_ready_ms);
+		else
+			fprintf(stderr, "%8s     cpu %8.1f ms  rss ", "n/a", r->cpu_mark_ms);
 		if (r->rss_ok)
 			fprintf(stderr, "%6.1f MiB (+%.1f MiB guest)\n", r->rss_vmm_kib / 1024.0,
 				r->rss_guest_kib / 1024.0);
@@ -1174,13 +1309,32 @@ static void report_run(const char *tag, int v, const struct run *r, int verbose)
 	}
 }
 
+/* kiln-vmm's vsock unix socket lives in a directory of ours, removed however we end. */
+static char sockdir[] = "/tmp/bench-boot.XXXXXX";
+static char sockpath[sizeof(sockdir) + 16];
+
+static void sockdir_remove(void)
+{
+	if (sockpath[0])
+		unlink(sockpath);
+	if (sockdir[sizeof(sockdir) - 7] != 'X')
+		rmdir(sockdir);
+}
+
+static void on_fatal_signal(int sig)
+{
+	sockdir_remove();	/* unlink and rmdir are async-signal-safe */
+	signal(sig, SIG_DFL);
+	raise(sig);		/* our VMM dies with us (PR_SET_PDEATHSIG) */
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
 	struct host h;
 	struct run *runs[NVMM], scratch;
-	char *defaults, *cmdline, *qver, mem[16], smp[16];
-	char *vmm_argv[16], *qemu_argv[48];
+	char *defaults, *cmdline, *qver, *qvsock, mem[16], smp[16], vsock[sizeof(sockpath) + 16];
+	char *vmm_argv[24], *qemu_argv[48];
 	char **argvs[NVMM];
 	int i, v, k, rc = 0;
 
@@ -1204,6 +1358,15 @@ int main(int argc, char **argv)
 		msg("warning: `%s --version` failed; is QEMU installed (qemu-system-x86)?", o.qemu);
 	snprintf(mem, sizeof(mem), "%u", o.mem_mib);
 	snprintf(smp, sizeof(smp), "%d", o.vcpus);
+	qvsock = qemu_vsock_device();
+	if (!mkdtemp(sockdir))
+		die("mkdtemp %s: %s", sockdir, strerror(errno));
+	atexit(sockdir_remove);
+	signal(SIGINT, on_fatal_signal);
+	signal(SIGTERM, on_fatal_signal);
+	signal(SIGHUP, on_fatal_signal);
+	snprintf(sockpath, sizeof(sockpath), "%s/vsock", sockdir);
+	snprintf(vsock, sizeof(vsock), "cid=3,uds=%s", sockpath);
 
 	k = 0;
 	vmm_argv[k++] = (char *)o.vmm;
@@ -1215,10 +1378,10 @@ int main(int argc, char **argv)
 	vmm_argv[k++] = mem;
 	vmm_argv[k++] = "--vcpus";
 	vmm_argv[k++] = smp;
+	vmm_argv[k++] = "--vsock";
+	vmm_argv[k++] = vsock;
 	vmm_argv[k++] = "--cmdline";
-	vmm_argv[k++] = KILN_PARAM_BOOTMARK;
-	vmm_argv[k++] = "--";
-	vmm_argv[k++] = GUEST_CMD;
+	vmm_argv[k++] = GUEST_PARAMS;
 	vmm_argv[k] = NULL;
 
 	k = 0;
@@ -1258,6 +1421,10 @@ int main(int argc, char **argv)
 	 */
 	qemu_argv[k++] = "-device";
 	qemu_argv[k++] = "i8042";
+	if (qvsock) {
+		qemu_argv[k++] = "-device";
+		qemu_argv[k++] = qvsock;
+	}
 	qemu_argv[k] = NULL;
 	argvs[VMM_KILN] = vmm_argv;
 	argvs[VMM_QEMU] = qemu_argv;
@@ -1274,7 +1441,8 @@ int main(int argc, char **argv)
 
 	for (i = 0; i < o.warmup; i++) {
 		for (v = 0; v < NVMM; v++) {
-			boot_once(argvs[v], &o, &scratch);
+			boot_once(argvs[v], &o, v == VMM_KILN || qvsock, &scratch);
+			unlink(sockpath);
 			report_run("warm-up", v, &scratch, o.verbose);
 		}
 	}
@@ -1283,15 +1451,16 @@ int main(int argc, char **argv)
 
 		snprintf(tag, sizeof(tag), "run %d/%d", i + 1, o.runs);
 		for (v = 0; v < NVMM; v++) {
-			boot_once(argvs[v], &o, &runs[v][i]);
+			boot_once(argvs[v], &o, v == VMM_KILN || qvsock, &runs[v][i]);
+			unlink(sockpath);
 			report_run(tag, v, &runs[v][i], o.verbose);
 		}
 	}
 
 	if (o.json)
-		print_json(&o, &h, qver, cmdline, runs, o.runs);
+		print_json(&o, &h, qver, qvsock, cmdline, runs, o.runs);
 	else
-		print_table(&o, &h, qver, runs, o.runs);
+		print_table(&o, &h, qver, qvsock, runs, o.runs);
 	fflush(stdout);
 	for (v = 0; v < NVMM; v++) {
 		if (count_ok(runs[v], o.runs) == 0) {

@@ -3,14 +3,21 @@
  * from PID 1. One poll(2) loop, no threads: a vsock listener, a signalfd for
  * SIGCHLD, each connection, and the pipes of each process it started.
  *
- * Memory is bounded: a process's output pipe is read only while its channel
- * has credit and its connection's send queue is below OUTQ_HIGH; a connection
- * whose send queue is above OUTQ_HIGH is not read from; stdin bytes queue only
- * up to the window the agent granted.
+ * Memory is bounded: a process's output pipes are read into per-channel
+ * rings (KT_RING bytes each, grown on demand, RING_TOTAL in all) and sent
+ * from the ring to the attached stream while it has credit and its
+ * connection's send queue is below OUTQ_HIGH; a connection whose send queue
+ * is above OUTQ_HIGH is not read from; stdin bytes queue only up to the
+ * window the agent granted.
  *
- * This slice has no output ring: while no connection is attached (its
- * connection closed), a process's output is read and discarded, so it keeps
- * running, and its stdin is closed. ATTACH, WAIT and the ring come later.
+ * The ring is what lets a process outlive its connection: while nobody is
+ * attached its output goes on into the ring, and ATTACH replays it from an
+ * offset. In KP_OVF_BLOCK mode the ring never overwrites bytes a host has
+ * not consumed (returned credit for): a full ring stops reading the pipe and
+ * the process blocks in write(2). In KP_OVF_DROP mode the pipe is always
+ * read and the oldest bytes are overwritten; a reader behind the ring gets a
+ * GAP event. Exited processes keep their status and rings until RELEASE or
+ * until MAX_EXITED newer ones evict them.
  *
  * Port streams (PORT_CONNECT) are polled like pipes; a raw PORT_CONNECT turns
  * its connection into an unframed relay between the vsock and the TCP socket.
@@ -21,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -28,8 +36,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <termios.h>
 #include <time.h>
 #include <sys/io.h>
+#include <sys/ioctl.h>
+#include <sys/sysinfo.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -61,6 +72,13 @@
 #define SANDBOX_ID_FILE	"/run/kiln/sandbox-id"
 #define SHUTDOWN_MS	5000		/* default grace between SIGTERM and SIGKILL */
 #define PORT_POLL_MS	50		/* PORT_WAIT rescans the socket tables this often */
+#define MAX_EXITED	64		/* exited processes kept for WAIT, ATTACH and PROC_LIST */
+#define RING_DEFAULT	(1u << 20)	/* output ring per channel */
+#define RING_MIN	(4u << 10)
+#define RING_MAX	(16u << 20)
+#define RING_FLOOR	(16u << 10)	/* a ring may always grow this far, whatever the total */
+#define RING_TOTAL_MAX	(256ull << 20)	/* all rings together, at most a quarter of RAM */
+#define CMD_MAX		4096		/* bytes of argv kept for PROC_LIST */
 
 extern char **environ;
 
@@ -71,29 +89,51 @@ struct outq {
 
 struct conn;
 
+/* The last bytes of one output channel: offsets [start, end) live at buf[off % alloc]. */
+struct ring {
+	uint8_t *buf;
+	size_t alloc;
+	uint64_t start, end;
+};
+
 struct proc {
 	struct proc *next;
 	pid_t pid;
 	uint64_t handle;
 	int fd[3];		/* stdin (write end), stdout, stderr (read ends); -1 closed */
-	uint64_t off[3];	/* bytes moved on each channel */
-	uint64_t credit[3];	/* output credit the host granted on channels 1, 2 */
+	int pty;		/* fd[0] and fd[1] are the pty master */
+	int drop;		/* KP_OVF_DROP */
+	size_t ring_cap;	/* KT_RING */
+	struct ring ring[3];	/* channels 1 and 2 */
+	uint64_t keep[3];	/* block mode: a host consumed the bytes below keep */
 	uint8_t *inbuf;		/* stdin bytes received, not yet written */
 	size_t inlen;
 	int in_eof;		/* host sent EOF on channel 0 */
 	int exited, status;
+	int done;		/* exited and both output pipes closed: the EXIT event may go */
+	int reported;		/* an attached stream delivered the EXIT event */
+	uint64_t exit_seq;	/* order of exit, for eviction */
+	char *cmd;		/* argv, NUL-separated, at most CMD_MAX bytes */
+	size_t cmdlen;
 	struct stream *st;	/* attached stream, NULL when detached */
 };
 
-enum stream_kind { ST_EXEC, ST_FWRITE, ST_FREAD, ST_PORT, ST_PWAIT };
+enum stream_kind { ST_EXEC, ST_FWRITE, ST_FREAD, ST_PORT, ST_PWAIT, ST_WAIT };
 
 struct stream {
 	struct stream *next;
 	enum stream_kind kind;
+	struct conn *conn;
 	uint32_t id;
 	uint64_t in_off;	/* channel 0 bytes received */
 	uint64_t in_credit;	/* channel 0 bytes the host may still send */
-	struct proc *proc;	/* ST_EXEC */
+	struct proc *proc;	/* ST_EXEC (attached) and ST_WAIT */
+	/* ST_EXEC output channels 1 and 2 */
+	uint64_t sent[3];	/* next offset to send */
+	uint64_t acked[3];	/* offset the host returned credit up to */
+	uint64_t credit[3];
+	int eof_sent[3];
+	int cancelled[3];	/* CANCEL on the channel: no more output */
 	int fd;			/* ST_FWRITE, ST_FREAD */
 	uint64_t remain;	/* ST_FREAD: bytes left to send */
 	uint64_t out_off, out_credit;	/* ST_FREAD, ST_PORT channel 1 */
@@ -142,7 +182,9 @@ struct conn {
 static struct conn *conns;
 static unsigned nconns;
 static struct proc *procs;
-static unsigned nprocs;
+static unsigned nlive, nexited;
+static uint64_t exit_seq;
+static uint64_t ring_total, ring_limit;
 static uint64_t next_handle = 1;
 static unsigned nports;
 static char **envs;		/* the default environment: malloc'd "KEY=VALUE" strings */
@@ -269,17 +311,23 @@ static struct stream *stream_new(struct conn *c, enum stream_kind kind, uint32_t
 	if (!s)
 		return NULL;
 	s->kind = kind;
+	s->conn = c;
 	s->id = id;
 	s->fd = -1;
 	s->in_credit = KP_DEFAULT_WINDOW;
 	s->out_credit = c->peer_window;
+	s->credit[1] = s->credit[2] = c->peer_window;
 	s->next = c->streams;
 	c->streams = s;
 	c->nstreams++;
 	return s;
 }
 
-/* Forget stream s; an exec stream's process is detached, not stopped. */
+/*
+ * Forget stream s. An exec stream's process is detached, not stopped: its
+ * output goes on into the rings and its stdin stays open for a later ATTACH;
+ * stdin bytes queued but not yet written are dropped with the stream.
+ */
 static void stream_free(struct conn *c, struct stream *s)
 {
 	struct stream **pp;
@@ -290,10 +338,8 @@ static void stream_free(struct conn *c, struct stream *s)
 			break;
 		}
 	c->nstreams--;
-	if (s->proc) {
-		/* Detached: nobody can feed stdin any more. */
+	if (s->kind == ST_EXEC && s->proc) {
 		s->proc->st = NULL;
-		fd_close(&s->proc->fd[0]);
 		s->proc->inlen = 0;
 	}
 	if (s->kind == ST_PORT)
@@ -316,85 +362,291 @@ static struct conn *stream_conn(const struct stream *s)
 	return NULL;
 }
 
+/* ---- output rings ---------------------------------------------------------------- */
+
+static void ring_copy_in(struct ring *r, uint64_t off, const uint8_t *p, size_t n)
+{
+	size_t i = (size_t)(off % r->alloc), k = r->alloc - i < n ? r->alloc - i : n;
+
+	memcpy(r->buf + i, p, k);
+	memcpy(r->buf, p + k, n - k);
+}
+
+/* Copy n bytes at offset off (within [start, end)) out of the ring. */
+static void ring_read(const struct ring *r, uint64_t off, uint8_t *p, size_t n)
+{
+	size_t i = (size_t)(off % r->alloc), k = r->alloc - i < n ? r->alloc - i : n;
+
+	memcpy(p, r->buf + i, k);
+	memcpy(p + k, r->buf, n - k);
+}
+
+/* Append n bytes, overwriting the oldest ones when the ring is full. */
+static void ring_write(struct ring *r, const uint8_t *p, size_t n)
+{
+	if (n > r->alloc) {	/* only the last alloc bytes can be kept */
+		r->end += n - r->alloc;
+		p += n - r->alloc;
+		n = r->alloc;
+		r->start = r->end;
+	}
+	if (!n)
+		return;
+	if (r->end + n - r->start > r->alloc)
+		r->start = r->end + n - r->alloc;
+	ring_copy_in(r, r->end, p, n);
+	r->end += n;
+}
+
+
+/*
+ * Make room for need more ring bytes within ring_limit by dropping the rings
+ * of exited processes whose output and exit were delivered, oldest first.
+ */
+static void ring_reclaim(uint64_t need)
+{
+	while (ring_total + need > ring_limit) {
+		struct proc *p, *v = NULL;
+
+		for (p = procs; p; p = p->next)
+			if (p->exited && p->reported && !p->st && (p->ring[1].alloc || p->ring[2].alloc) &&
+			    (!v || p->exit_seq < v->exit_seq))
+				v = p;
+		if (!v)
+			return;
+		for (int ch = 1; ch <= 2; ch++) {
+			ring_total -= v->ring[ch].alloc;
+			free(v->ring[ch].buf);
+			v->ring[ch].buf = NULL;
+			v->ring[ch].alloc = 0;
+			v->ring[ch].start = v->ring[ch].end;
+		}
+	}
+}
+
+/*
+ * Grow r toward cap so that it holds at least want bytes: doubling from
+ * RING_FLOOR, within ring_limit for all rings together (a ring may always
+ * reach RING_FLOOR). Returns 1 when it grew.
+ */
+static int ring_grow(struct ring *r, size_t cap, uint64_t want)
+{
+	size_t sz = r->alloc ? r->alloc : RING_FLOOR / 2;
+	uint8_t *nb;
+	struct ring old = *r;
+	uint64_t off;
+
+	if (r->alloc >= cap)
+		return 0;
+	do
+		sz *= 2;
+	while (sz < want && sz < cap);
+	if (sz > cap)
+		sz = cap;
+	if (sz > RING_FLOOR && ring_total + sz - r->alloc > ring_limit)
+		ring_reclaim(sz - r->alloc);
+	if (sz > RING_FLOOR && ring_total + sz - r->alloc > ring_limit) {
+		sz = r->alloc * 2;
+		if (sz <= r->alloc || sz > cap || ring_total + sz - r->alloc > ring_limit)
+			return 0;
+	}
+	nb = malloc(sz);
+	if (!nb)
+		return 0;
+	r->buf = nb;
+	r->alloc = sz;
+	for (off = old.start; off < old.end; ) {
+		uint8_t chunk[4096];
+		size_t n = old.end - off < sizeof(chunk) ? (size_t)(old.end - off) : sizeof(chunk);
+
+		ring_read(&old, off, chunk, n);
+		ring_copy_in(r, off, chunk, n);
+		off += n;
+	}
+	ring_total += sz - old.alloc;
+	free(old.buf);
+	return 1;
+}
+
+/*
+ * How many bytes of channel ch may be read from the pipe now: in block mode
+ * what fits without overwriting bytes no host consumed; in drop mode a chunk
+ * (the ring overwrites its oldest bytes).
+ */
+static size_t proc_out_room(struct proc *p, int ch)
+{
+	struct ring *r = &p->ring[ch];
+	uint64_t keep = p->keep[ch] > r->start ? p->keep[ch] : r->start, used = r->end - keep;
+
+	if (p->drop) {
+		if (r->end - r->start + READ_CHUNK > r->alloc)
+			ring_grow(r, p->ring_cap, r->end - r->start + READ_CHUNK);
+		return READ_CHUNK;
+	}
+	if (used >= r->alloc && !ring_grow(r, p->ring_cap, used + 1))
+		return 0;
+	return r->alloc - used < READ_CHUNK ? (size_t)(r->alloc - used) : READ_CHUNK;
+}
+
+/* ---- processes and their streams --------------------------------------------------- */
+
+static void put_exit(struct kp_recw *w, const struct proc *p)
+{
+	kp_put_i64(w, KT_CODE, WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1);
+	kp_put_u64(w, KT_SIGNAL, WIFSIGNALED(p->status) ? (uint64_t)WTERMSIG(p->status) : 0);
+	kp_put_bool(w, KT_CORE, WIFSIGNALED(p->status) && WCOREDUMP(p->status));
+	kp_put_bool(w, KT_OOM, 0);
+}
+
+/*
+ * Send what the attached stream may have of p's output: GAP events where it
+ * fell behind the ring, DATA within its credit, EOF on a finished channel,
+ * and once the process is done the EXIT event, which ends the stream.
+ */
+static void proc_flush(struct proc *p)
+{
+	static uint8_t buf[READ_CHUNK];
+	struct stream *s = p->st;
+	struct conn *c;
+	struct kp_recw w;
+	int ch;
+
+	if (!s)
+		return;
+	c = s->conn;
+	for (ch = 1; ch <= 2; ch++) {
+		struct ring *r = &p->ring[ch];
+
+		while (!s->eof_sent[ch] && !s->cancelled[ch] && c->out.len < OUTQ_HIGH && !c->closing) {
+			uint64_t avail;
+			size_t n;
+
+			if (s->sent[ch] < r->start) {
+				rec_begin(&w);
+				kp_put_u64(&w, KT_EVENT, KP_EV_GAP);
+				kp_put_u64(&w, KT_CHANNEL, (uint64_t)ch);
+				kp_put_u64(&w, KT_LOST_FROM, s->sent[ch]);
+				kp_put_u64(&w, KT_LOST_TO, r->start);
+				rec_send(c, KP_EVENT, 0, s->id, &w);
+				s->sent[ch] = r->start;
+				if (s->acked[ch] < r->start)
+					s->acked[ch] = r->start;
+			}
+			avail = r->end - s->sent[ch];
+			if (!avail) {
+				if (p->fd[ch] < 0) {
+					uint8_t e[KP_HDR_LEN + 8];
+
+					conn_put(c, e, kp_enc_eof(e, s->id, (uint16_t)ch, 0, r->end));
+					s->eof_sent[ch] = 1;
+				}
+				break;
+			}
+			n = max_data(c);
+			if (n > avail)
+				n = (size_t)avail;
+			if (n > s->credit[ch])
+				n = (size_t)s->credit[ch];
+			if (!n)
+				break;
+			ring_read(r, s->sent[ch], buf, n);
+			send_data(c, s->id, (uint16_t)ch, s->sent[ch], buf, (uint32_t)n);
+			s->sent[ch] += n;
+			s->credit[ch] -= n;
+		}
+	}
+	if (!p->done || !(s->eof_sent[1] || s->cancelled[1]) || !(s->eof_sent[2] || s->cancelled[2]))
+		return;
+	rec_begin(&w);
+	kp_put_u64(&w, KT_EVENT, KP_EV_EXIT);
+	put_exit(&w, p);
+	rec_send(c, KP_EVENT, KP_F_END, s->id, &w);
+	p->reported = 1;
+	stream_free(c, s);
+}
+
 static void proc_free(struct proc *p)
 {
 	struct proc **pp;
+	int ch;
 
 	for (pp = &procs; *pp; pp = &(*pp)->next)
 		if (*pp == p) {
 			*pp = p->next;
 			break;
 		}
+	if (p->st) {
+		send_error(p->st->conn, p->st->id, KP_ERR_DETACHED, 0, "process %llu was released",
+			   (unsigned long long)p->handle);
+		stream_free(p->st->conn, p->st);
+	}
 	fd_close(&p->fd[0]);
 	fd_close(&p->fd[1]);
 	fd_close(&p->fd[2]);
-	free(p->inbuf);
-	free(p);
-	nprocs--;
-}
-
-/* Once the process has exited and its output channels are closed: EXIT, END. */
-static void proc_maybe_done(struct proc *p)
-{
-	struct stream *s = p->st;
-	struct kp_recw w;
-	struct conn *c;
-
-	if (!p->exited || p->fd[1] >= 0 || p->fd[2] >= 0)
-		return;
-	if (s && (c = stream_conn(s)) != NULL) {
-		rec_begin(&w);
-		kp_put_u64(&w, KT_EVENT, KP_EV_EXIT);
-		kp_put_i64(&w, KT_CODE, WIFEXITED(p->status) ? WEXITSTATUS(p->status) : -1);
-		kp_put_u64(&w, KT_SIGNAL, WIFSIGNALED(p->status) ? (uint64_t)WTERMSIG(p->status) : 0);
-		kp_put_bool(&w, KT_CORE, WIFSIGNALED(p->status) && WCOREDUMP(p->status));
-		kp_put_bool(&w, KT_OOM, 0);
-		rec_send(c, KP_EVENT, KP_F_END, s->id, &w);
-		stream_free(c, s);
+	for (ch = 1; ch <= 2; ch++) {
+		ring_total -= p->ring[ch].alloc;
+		free(p->ring[ch].buf);
 	}
-	proc_free(p);
+	if (p->exited)
+		nexited--;
+	else
+		nlive--;
+	free(p->inbuf);
+	free(p->cmd);
+	free(p);
 }
 
-/* Read one chunk of channel ch (1 or 2) of p: DATA while attached, dropped while not. */
+/* Keep at most MAX_EXITED exited processes: forget the oldest, those already reported first. */
+static void proc_evict(void)
+{
+	while (nexited > MAX_EXITED) {
+		struct proc *p, *v = NULL;
+
+		for (p = procs; p; p = p->next) {
+			if (!p->exited || p->st)
+				continue;
+			if (!v || (p->reported > v->reported) ||
+			    (p->reported == v->reported && p->exit_seq < v->exit_seq))
+				v = p;
+		}
+		if (!v)
+			return;
+		proc_free(v);
+	}
+}
+
+static void proc_check_done(struct proc *p)
+{
+	if (p->exited && p->fd[1] < 0 && p->fd[2] < 0)
+		p->done = 1;
+	proc_flush(p);
+}
+
+/* Read one chunk of channel ch (1 or 2) of p into its ring, then pass it on. */
 static void proc_pump_out(struct proc *p, int ch)
 {
 	static uint8_t buf[READ_CHUNK];
-	struct conn *c = p->st ? stream_conn(p->st) : NULL;
-	size_t want = sizeof(buf);
+	size_t want = proc_out_room(p, ch);
 	ssize_t n;
 
-	if (c) {
-		if (p->credit[ch] < want)
-			want = (size_t)p->credit[ch];
-		if (max_data(c) < want)
-			want = max_data(c);
-		if (!want)
-			return;
-	}
+	if (!want)
+		return;
 	n = read(p->fd[ch], buf, want);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
-	if (n <= 0) {
+	if (n <= 0) {		/* a pty master reads EIO once the terminal's last user closed it */
 		fd_close(&p->fd[ch]);
-		if (c) {
-			uint8_t f[KP_HDR_LEN + 8];
-
-			conn_put(c, f, kp_enc_eof(f, p->st->id, (uint16_t)ch, 0, p->off[ch]));
-		}
-		proc_maybe_done(p);
+		proc_check_done(p);
 		return;
 	}
-	if (c) {
-		send_data(c, p->st->id, (uint16_t)ch, p->off[ch], buf, (uint32_t)n);
-		p->credit[ch] -= (uint64_t)n;
-	}
-	p->off[ch] += (uint64_t)n;
+	ring_write(&p->ring[ch], buf, (size_t)n);
+	proc_flush(p);
 }
 
 /* Write queued stdin; grant the written bytes back as credit. */
 static void proc_pump_in(struct proc *p)
 {
-	struct conn *c = p->st ? stream_conn(p->st) : NULL;
+	struct conn *c = p->st ? p->st->conn : NULL;
 	ssize_t n = 0;
 
 	if (p->fd[0] >= 0 && p->inlen) {
@@ -414,8 +666,16 @@ static void proc_pump_in(struct proc *p)
 		p->st->in_credit += (uint64_t)n;
 		conn_put(c, f, kp_enc_window(f, p->st->id, 0, (uint32_t)n));
 	}
-	if (p->in_eof && !p->inlen)
+	if (p->in_eof && !p->inlen && p->fd[0] >= 0) {
+		if (p->pty) {
+			/* A terminal has no end of input: type its EOF character (^D) instead. */
+			struct termios t;
+
+			if (tcgetattr(p->fd[0], &t) == 0 && t.c_cc[VEOF])
+				(void)!write(p->fd[0], &t.c_cc[VEOF], 1);
+		}
 		fd_close(&p->fd[0]);
+	}
 }
 
 static struct proc *proc_by_handle(uint64_t h)
@@ -426,6 +686,25 @@ static struct proc *proc_by_handle(uint64_t h)
 		if (p->handle == h)
 			return p;
 	return NULL;
+}
+
+/* Answer every WAIT on p: it has exited. */
+static void wait_answer(struct proc *p)
+{
+	struct conn *c;
+	struct stream *s, *sn;
+	struct kp_recw w;
+
+	for (c = conns; c; c = c->next)
+		for (s = c->streams; s; s = sn) {
+			sn = s->next;
+			if (s->kind != ST_WAIT || s->proc != p)
+				continue;
+			rec_begin(&w);
+			put_exit(&w, p);
+			rec_send(c, KP_RESPONSE, KP_F_END, s->id, &w);
+			stream_free(c, s);
+		}
 }
 
 static void reap(int sfd)
@@ -445,8 +724,13 @@ static void reap(int sfd)
 			continue;	/* an orphan reparented to PID 1 */
 		p->exited = 1;
 		p->status = st;
-		proc_maybe_done(p);
+		p->exit_seq = ++exit_seq;
+		nlive--;
+		nexited++;
+		wait_answer(p);
+		proc_check_done(p);
 	}
+	proc_evict();
 }
 
 /* ---- request arguments ----------------------------------------------------------- */
@@ -557,16 +841,72 @@ static char **build_env(char **extra, size_t nextra, int clear)
 	return e;
 }
 
+/* argv (or the shell line) as NUL-separated strings for PROC_LIST, cut at CMD_MAX bytes. */
+static char *cmd_copy(char **argv, size_t argc, const char *shell, size_t *len)
+{
+	const char *sh[] = { "/bin/sh", "-c", shell };
+	char *b = malloc(CMD_MAX);
+	size_t i, n = 0, k = shell ? 3 : argc;
+
+	*len = 0;
+	if (!b)
+		return NULL;
+	for (i = 0; i < k; i++) {
+		const char *a = shell ? sh[i] : argv[i];
+		size_t l = strlen(a) + 1;
+
+		if (n + l > CMD_MAX)
+			break;
+		memcpy(b + n, a, l);
+		n += l;
+	}
+	*len = n;
+	return b;
+}
+
+/* A pseudo-terminal of rows x cols: the master (non-blocking) in *master, the terminal in *term. */
+static int pty_open(unsigned rows, unsigned cols, int *master, int *term)
+{
+	struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
+	char name[64];
+	int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC), t, err;
+
+	if (m < 0)
+		return -errno;
+	if (grantpt(m) < 0 || unlockpt(m) < 0 || ptsname_r(m, name, sizeof(name)) != 0)
+		goto fail;
+	t = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (t < 0)
+		goto fail;
+	if (ioctl(t, TIOCSWINSZ, &ws) < 0) {
+		err = errno;
+		close(t);
+		close(m);
+		return -err;
+	}
+	*master = m;
+	*term = t;
+	return 0;
+fail:
+	err = errno;
+	close(m);
+	return -err;
+}
+
 static void op_exec(struct conn *c, const struct kp_frame *f)
 {
 	int bad = 0, io_in, io_out, io_err, p_in[2] = { -1, -1 }, p_out[2] = { -1, -1 };
 	int p_err[2] = { -1, -1 }, p_ex[2] = { -1, -1 }, child[3], nul = -1, ex[2] = { 0, 0 };
+	int pty_m = -1, pty_t = -1, ret;
 	size_t argc = 0, nenv = 0;
 	char **argv = arg_list(f, KT_ARG, &argc, &bad), **envv = arg_list(f, KT_ENV, &nenv, &bad);
 	char *shell = arg_str(f, KT_SHELL, &bad), *cwd = arg_str(f, KT_CWD, &bad), **envp = NULL;
 	char *sh[] = { "/bin/sh", "-c", shell, NULL };
 	uint64_t uid = arg_u64(f, KT_UID, 0, &bad), gid = arg_u64(f, KT_GID, 0, &bad);
 	int clear = (int)arg_u64(f, KT_CLEAR_ENV, 0, &bad);
+	int pty = (int)arg_u64(f, KT_PTY, 0, &bad);
+	uint64_t rows = arg_u64(f, KT_ROWS, 24, &bad), cols = arg_u64(f, KT_COLS, 80, &bad);
+	uint64_t ring = arg_u64(f, KT_RING, RING_DEFAULT, &bad), ovf = arg_u64(f, KT_OVERFLOW, KP_OVF_BLOCK, &bad);
 	struct proc *p = NULL;
 	struct stream *s;
 	struct kp_recw w;
@@ -577,16 +917,21 @@ static void op_exec(struct conn *c, const struct kp_frame *f)
 	io_in = (int)arg_u64(f, KT_STDIN, KP_IO_NULL, &bad);
 	io_out = (int)arg_u64(f, KT_STDOUT, KP_IO_PIPE, &bad);
 	io_err = (int)arg_u64(f, KT_STDERR, KP_IO_PIPE, &bad);
-	if (arg_u64(f, KT_PTY, 0, &bad)) {
-		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: pty mode is not implemented yet");
-		goto out;
-	}
 	if (bad || (!shell && argc == 0) || io_in > KP_IO_PIPE || io_out > KP_IO_PIPE ||
 	    io_err > KP_IO_MERGE || uid > 0xffffffffu || gid > 0xffffffffu) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: wants ARG* or SHELL; STDIN/STDOUT NULL or PIPE, STDERR NULL, PIPE or MERGE");
 		goto out;
 	}
-	if (nprocs >= MAX_PROCS) {
+	if (ring < RING_MIN || ring > RING_MAX || ovf > KP_OVF_DROP) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: RING must be %u to %u bytes, OVERFLOW BLOCK (0) or DROP (1)",
+			   RING_MIN, RING_MAX);
+		goto out;
+	}
+	if (pty && (rows < 1 || rows > 65535 || cols < 1 || cols > 65535)) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: ROWS and COLS must be 1 to 65535");
+		goto out;
+	}
+	if (nlive >= MAX_PROCS) {
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "exec: %d processes already", MAX_PROCS);
 		goto out;
 	}
@@ -598,15 +943,28 @@ static void op_exec(struct conn *c, const struct kp_frame *f)
 	p = calloc(1, sizeof(*p));
 	nul = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if (!envp || !p || nul < 0 || pipe2(p_ex, O_CLOEXEC) < 0 ||
-	    (io_in == KP_IO_PIPE && pipe2(p_in, O_CLOEXEC) < 0) ||
-	    (io_out == KP_IO_PIPE && pipe2(p_out, O_CLOEXEC) < 0) ||
-	    (io_err == KP_IO_PIPE && pipe2(p_err, O_CLOEXEC) < 0)) {
+	    (!pty && io_in == KP_IO_PIPE && pipe2(p_in, O_CLOEXEC) < 0) ||
+	    (!pty && io_out == KP_IO_PIPE && pipe2(p_out, O_CLOEXEC) < 0) ||
+	    (!pty && io_err == KP_IO_PIPE && pipe2(p_err, O_CLOEXEC) < 0)) {
 		send_error(c, f->id, KP_ERR_OS, errno, "exec: %s", strerror(errno));
 		goto out;
 	}
-	child[0] = io_in == KP_IO_PIPE ? p_in[0] : nul;
-	child[1] = io_out == KP_IO_PIPE ? p_out[1] : nul;
-	child[2] = io_err == KP_IO_PIPE ? p_err[1] : io_err == KP_IO_MERGE ? child[1] : nul;
+	if (pty) {
+		ret = pty_open((unsigned)rows, (unsigned)cols, &pty_m, &pty_t);
+		if (ret == 0 && (p_in[1] = fcntl(pty_m, F_DUPFD_CLOEXEC, 3)) < 0)
+			ret = -errno;
+		if (ret < 0) {
+			send_error(c, f->id, KP_ERR_OS, -ret, "exec: pseudo-terminal: %s", strerror(-ret));
+			goto out;
+		}
+		p_out[0] = pty_m;
+		pty_m = -1;
+		child[0] = child[1] = child[2] = pty_t;
+	} else {
+		child[0] = io_in == KP_IO_PIPE ? p_in[0] : nul;
+		child[1] = io_out == KP_IO_PIPE ? p_out[1] : nul;
+		child[2] = io_err == KP_IO_PIPE ? p_err[1] : io_err == KP_IO_MERGE ? child[1] : nul;
+	}
 	pid = fork();
 	if (pid < 0) {
 		send_error(c, f->id, KP_ERR_OS, errno, "exec: fork: %s", strerror(errno));
@@ -623,6 +981,9 @@ static void op_exec(struct conn *c, const struct kp_frame *f)
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		setsid();
+		/* The terminal becomes the new session's controlling tty: job control, SIGWINCH. */
+		if (pty)
+			ioctl(0, TIOCSCTTY, 0);
 		ex[0] = 1;
 		if (cwd && chdir(cwd) < 0)
 			goto child_fail;
@@ -659,6 +1020,10 @@ child_fail:
 	}
 	p->pid = pid;
 	p->handle = next_handle++;
+	p->pty = pty;
+	p->drop = ovf == KP_OVF_DROP;
+	p->ring_cap = (size_t)ring;
+	p->cmd = cmd_copy(argv, argc, shell, &p->cmdlen);
 	p->fd[0] = p_in[1];
 	p->fd[1] = p_out[0];
 	p->fd[2] = p_err[0];
@@ -666,26 +1031,19 @@ child_fail:
 	for (int i = 0; i < 3; i++)
 		if (p->fd[i] >= 0)
 			fcntl(p->fd[i], F_SETFL, O_NONBLOCK);
-	p->credit[1] = p->credit[2] = c->peer_window;
 	p->st = s;
 	s->proc = p;
 	if (p->fd[0] < 0)
 		s->in_credit = 0;
 	p->next = procs;
 	procs = p;
-	nprocs++;
-	p = NULL;
+	nlive++;
 	rec_begin(&w);
-	kp_put_u64(&w, KT_HANDLE, s->proc->handle);
+	kp_put_u64(&w, KT_HANDLE, p->handle);
 	kp_put_u64(&w, KT_PID, (uint64_t)pid);
 	rec_send(c, KP_RESPONSE, 0, f->id, &w);
-	/* Channels the process does not have end at once. */
-	for (int ch = 1; ch <= 2; ch++)
-		if (s->proc->fd[ch] < 0) {
-			uint8_t e[KP_HDR_LEN + 8];
-
-			conn_put(c, e, kp_enc_eof(e, f->id, (uint16_t)ch, 0, 0));
-		}
+	proc_flush(p);		/* channels the process does not have end at once */
+	p = NULL;
 out:
 	fd_close(&p_in[0]);
 	fd_close(&p_in[1]);
@@ -695,6 +1053,8 @@ out:
 	fd_close(&p_err[1]);
 	fd_close(&p_ex[0]);
 	fd_close(&p_ex[1]);
+	fd_close(&pty_m);
+	fd_close(&pty_t);
 	fd_close(&nul);
 	free(p);
 	free(envp);
@@ -702,6 +1062,181 @@ out:
 	strv_free(envv);
 	free(shell);
 	free(cwd);
+}
+
+static struct proc *proc_arg(struct conn *c, const struct kp_frame *f, const char *op, int *bad)
+{
+	uint64_t h = arg_u64(f, KT_HANDLE, 0, bad);
+	struct proc *p;
+
+	if (*bad || !h) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s: wants HANDLE (U64)", op);
+		return NULL;
+	}
+	p = proc_by_handle(h);
+	if (!p)
+		send_error(c, f->id, KP_ERR_NO_SUCH, 0, "%s: no process with handle %llu (see PROC_LIST)", op,
+			   (unsigned long long)h);
+	return p;
+}
+
+/*
+ * ATTACH: take over the output of a process from the given offsets (absent:
+ * the oldest byte the ring holds), and optionally its stdin. A stream already
+ * attached ends with ERROR DETACHED.
+ */
+static void op_attach(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0, ch;
+	struct proc *p = proc_arg(c, f, "attach", &bad);
+	uint64_t off[3] = { 0, arg_u64(f, KT_OUT_OFFSET, UINT64_MAX, &bad), arg_u64(f, KT_ERR_OFFSET, UINT64_MAX, &bad) };
+	uint64_t io_in = arg_u64(f, KT_STDIN, KP_IO_NULL, &bad);
+	struct stream *s;
+	struct kp_recw w;
+
+	if (!p)
+		return;
+	if (bad || io_in > KP_IO_PIPE) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "attach: OUT_OFFSET and ERR_OFFSET U64, STDIN NULL or PIPE");
+		return;
+	}
+	for (ch = 1; ch <= 2; ch++)
+		if (off[ch] != UINT64_MAX && off[ch] > p->ring[ch].end) {
+			send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "attach: %s offset %llu is beyond the %llu bytes written",
+				   ch == 1 ? "stdout" : "stderr", (unsigned long long)off[ch],
+				   (unsigned long long)p->ring[ch].end);
+			return;
+		}
+	if (io_in == KP_IO_PIPE && (p->fd[0] < 0 || p->in_eof)) {
+		send_error(c, f->id, KP_ERR_OS, EPIPE, "attach: the stdin of process %llu is closed",
+			   (unsigned long long)p->handle);
+		return;
+	}
+	s = stream_new(c, ST_EXEC, f->id);
+	if (!s) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "attach: out of memory");
+		return;
+	}
+	if (p->st) {
+		struct stream *old = p->st;
+
+		send_error(old->conn, old->id, KP_ERR_DETACHED, 0, "process %llu: another ATTACH took over",
+			   (unsigned long long)p->handle);
+		stream_free(old->conn, old);
+	}
+	p->st = s;
+	s->proc = p;
+	s->in_credit = io_in == KP_IO_PIPE ? KP_DEFAULT_WINDOW : 0;
+	for (ch = 1; ch <= 2; ch++) {
+		s->sent[ch] = s->acked[ch] = off[ch] == UINT64_MAX ? p->ring[ch].start : off[ch];
+		/* The host says it has what lies below its offset: block mode may overwrite it. */
+		if (off[ch] != UINT64_MAX && off[ch] > p->keep[ch])
+			p->keep[ch] = off[ch];
+	}
+	rec_begin(&w);
+	kp_put_u64(&w, KT_HANDLE, p->handle);
+	kp_put_u64(&w, KT_PID, (uint64_t)p->pid);
+	kp_put_u64(&w, KT_OUT_OFFSET, p->ring[1].end);
+	kp_put_u64(&w, KT_ERR_OFFSET, p->ring[2].end);
+	kp_put_bool(&w, KT_PTY, p->pty);
+	rec_send(c, KP_RESPONSE, 0, f->id, &w);
+	proc_flush(p);
+}
+
+static void op_wait(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0;
+	struct proc *p = proc_arg(c, f, "wait", &bad);
+	struct stream *s;
+	struct kp_recw w;
+
+	if (!p)
+		return;
+	if (p->exited) {
+		rec_begin(&w);
+		put_exit(&w, p);
+		rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+		return;
+	}
+	s = stream_new(c, ST_WAIT, f->id);
+	if (!s) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "wait: out of memory");
+		return;
+	}
+	s->proc = p;
+	s->in_credit = 0;
+}
+
+static void op_release(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0;
+	struct proc *p = proc_arg(c, f, "release", &bad);
+
+	if (!p)
+		return;
+	if (!p->exited) {
+		send_error(c, f->id, KP_ERR_OS, EBUSY, "release: process %llu is still running (SIGNAL it, then WAIT)",
+			   (unsigned long long)p->handle);
+		return;
+	}
+	proc_free(p);
+	send_ok(c, f->id);
+}
+
+static void op_proc_list(struct conn *c, const struct kp_frame *f)
+{
+	struct kp_recw w;
+	struct proc *p;
+
+	rec_begin(&w);
+	for (p = procs; p; p = p->next) {
+		uint32_t mark;
+		size_t i;
+
+		if (w.len > KP_MAX_CONTROL - CMD_MAX - 1024) {	/* a batch is full */
+			rec_send(c, KP_RESPONSE, 0, f->id, &w);
+			rec_begin(&w);
+		}
+		mark = kp_nest_begin(&w, KT_ENTRY);
+		kp_put_u64(&w, KT_HANDLE, p->handle);
+		kp_put_u64(&w, KT_PID, (uint64_t)p->pid);
+		for (i = 0; i < p->cmdlen; i += strlen(p->cmd + i) + 1)
+			kp_put_str(&w, KT_ARG, p->cmd + i);
+		kp_put_u64(&w, KT_OUT_OFFSET, p->ring[1].end);
+		kp_put_u64(&w, KT_ERR_OFFSET, p->ring[2].end);
+		kp_put_bool(&w, KT_PTY, p->pty);
+		if (p->exited)
+			put_exit(&w, p);
+		kp_nest_end(&w, mark);
+	}
+	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+}
+
+static void op_resize(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0;
+	struct proc *p = proc_arg(c, f, "resize", &bad);
+	uint64_t rows = arg_u64(f, KT_ROWS, 0, &bad), cols = arg_u64(f, KT_COLS, 0, &bad);
+	struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
+	int fd;
+
+	if (!p)
+		return;
+	if (bad || rows < 1 || rows > 65535 || cols < 1 || cols > 65535) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "resize: wants ROWS and COLS, 1 to 65535");
+		return;
+	}
+	fd = p->fd[1] >= 0 ? p->fd[1] : p->fd[0];
+	if (!p->pty || fd < 0) {
+		send_error(c, f->id, KP_ERR_OS, ENOTTY, "resize: process %llu has %s", (unsigned long long)p->handle,
+			   p->pty ? "closed its terminal" : "no terminal (exec it with PTY)");
+		return;
+	}
+	/* The kernel sends SIGWINCH to the terminal's foreground process group. */
+	if (ioctl(fd, TIOCSWINSZ, &ws) < 0)
+		send_error(c, f->id, KP_ERR_OS, errno, "resize: %s", strerror(errno));
+	else
+		send_ok(c, f->id);
 }
 
 static void op_signal(struct conn *c, const struct kp_frame *f)
@@ -735,7 +1270,7 @@ static void op_health(struct conn *c, const struct kp_frame *f)
 	clock_gettime(CLOCK_BOOTTIME, &ts);
 	rec_begin(&w);
 	kp_put_u64(&w, KT_UPTIME_NS, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
-	kp_put_u64(&w, KT_PROCS, nprocs);
+	kp_put_u64(&w, KT_PROCS, nlive);
 	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
 }
 
@@ -921,6 +1456,173 @@ static void op_rename(struct conn *c, const struct kp_frame *f)
 		send_ok(c, f->id);
 	free(from);
 	free(to);
+}
+
+/* CHMOD, CHOWN, LINK, SYMLINK, TRUNCATE, UTIME: one system call on one or two paths. */
+static void op_path_simple(struct conn *c, const struct kp_frame *f, uint64_t op)
+{
+	int bad = 0, ret = 0, has_mode, has_len;
+	char *path = arg_str(f, KT_PATH, &bad), *path2 = arg_str(f, KT_PATH2, &bad);
+	uint64_t mode = arg_u64(f, KT_MODE, UINT64_MAX, &bad), len = arg_u64(f, KT_LENGTH, 0, &bad);
+	uint64_t uid = arg_u64(f, KT_UID, UINT64_MAX, &bad), gid = arg_u64(f, KT_GID, UINT64_MAX, &bad);
+	struct kp_field fl;
+	int64_t at = 0, mt = 0;
+	const char *name = op == KP_OP_CHMOD ? "chmod" : op == KP_OP_CHOWN ? "chown" : op == KP_OP_LINK ? "link" :
+			   op == KP_OP_SYMLINK ? "symlink" : op == KP_OP_TRUNCATE ? "truncate" : "utime";
+
+	has_mode = mode != UINT64_MAX;
+	has_len = len <= (uint64_t)INT64_MAX;
+	if (op == KP_OP_UTIME) {
+		if (kp_rec_find(f->payload, f->len, KT_ATIME, &fl) != 1 || kp_field_i64(&fl, &at) ||
+		    kp_rec_find(f->payload, f->len, KT_MTIME, &fl) != 1 || kp_field_i64(&fl, &mt))
+			bad = 1;
+	}
+	if (bad || !path || ((op == KP_OP_LINK || op == KP_OP_SYMLINK) && !path2) ||
+	    (op == KP_OP_CHMOD && (!has_mode || mode > 07777)) || (op == KP_OP_TRUNCATE && !has_len) ||
+	    (op == KP_OP_CHOWN && ((uid != UINT64_MAX && uid >= 0xffffffffu) || (gid != UINT64_MAX && gid >= 0xffffffffu)))) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s: wants PATH%s", name,
+			   op == KP_OP_CHMOD ? " and MODE (at most 07777)" :
+			   op == KP_OP_CHOWN ? ", UID? and GID? (below 2^32 - 1)" :
+			   op == KP_OP_LINK || op == KP_OP_SYMLINK ? " (the target) and PATH2 (the new name)" :
+			   op == KP_OP_TRUNCATE ? " and LENGTH? (below 2^63)" : ", ATIME and MTIME (I64 ns)");
+		goto out;
+	}
+	switch (op) {
+	case KP_OP_CHMOD:	ret = chmod(path, (mode_t)mode); break;
+	case KP_OP_CHOWN:	ret = chown(path, (uid_t)uid, (gid_t)gid); break;	/* -1: unchanged */
+	case KP_OP_LINK:	ret = link(path, path2); break;
+	case KP_OP_SYMLINK:	ret = symlink(path, path2); break;
+	case KP_OP_TRUNCATE:	ret = truncate(path, (off_t)len); break;
+	case KP_OP_UTIME: {
+		struct timespec ts[2] = {
+			{ .tv_sec = at / 1000000000, .tv_nsec = at % 1000000000 },
+			{ .tv_sec = mt / 1000000000, .tv_nsec = mt % 1000000000 },
+		};
+
+		for (int i = 0; i < 2; i++)
+			if (ts[i].tv_nsec < 0) {	/* before the epoch: a negative second, a positive fraction */
+				ts[i].tv_sec--;
+				ts[i].tv_nsec += 1000000000;
+			}
+		ret = utimensat(AT_FDCWD, path, ts, 0);
+		break;
+	}
+	}
+	if (ret < 0)
+		os_error(c, f->id, name, path, errno);
+	else
+		send_ok(c, f->id);
+out:
+	free(path);
+	free(path2);
+}
+
+/* READLINK, REALPATH: a path in, a path out. */
+static void op_path_query(struct conn *c, const struct kp_frame *f, uint64_t op)
+{
+	int bad = 0;
+	char *path = arg_str(f, KT_PATH, &bad), *res = NULL;
+	const char *name = op == KP_OP_READLINK ? "readlink" : "realpath";
+	struct kp_recw w;
+	ssize_t n;
+
+	if (bad || !path) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s: wants PATH", name);
+		goto out;
+	}
+	res = malloc(PATH_MAX + 1);
+	if (!res) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "%s: out of memory", name);
+		goto out;
+	}
+	if (op == KP_OP_READLINK) {
+		n = readlink(path, res, PATH_MAX);
+		if (n >= 0)
+			res[n] = '\0';
+	} else {
+		n = realpath(path, res) ? 0 : -1;
+	}
+	if (n < 0) {
+		os_error(c, f->id, name, path, errno);
+		goto out;
+	}
+	rec_begin(&w);
+	kp_put_str(&w, KT_PATH, res);
+	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+out:
+	free(path);
+	free(res);
+}
+
+static void op_umask(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0;
+	uint64_t mode = arg_u64(f, KT_MODE, UINT64_MAX, &bad);
+	struct kp_recw w;
+	mode_t old;
+
+	if (bad || (mode != UINT64_MAX && mode > 0777)) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "umask: MODE? at most 0777");
+		return;
+	}
+	/* The agent's umask is what its processes and file operations inherit. */
+	old = umask(mode == UINT64_MAX ? 022 : (mode_t)mode);
+	if (mode == UINT64_MAX)
+		umask(old);
+	rec_begin(&w);
+	kp_put_u64(&w, KT_MODE, old);
+	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+}
+
+/* A name component for MKTEMP: no '/', not too long. */
+static int tmp_part_ok(const char *s)
+{
+	return !s || (strlen(s) <= 64 && !strchr(s, '/'));
+}
+
+static void op_mktemp(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0, fd;
+	char *dir = arg_str(f, KT_PATH, &bad), *pre = arg_str(f, KT_PREFIX, &bad), *suf = arg_str(f, KT_SUFFIX, &bad);
+	int is_dir = (int)arg_u64(f, KT_DIRECTORY, 0, &bad);
+	char path[PATH_MAX];
+	struct kp_recw w;
+	size_t sl = suf ? strlen(suf) : 0;
+
+	if (bad || !tmp_part_ok(pre) || !tmp_part_ok(suf)) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "mktemp: PATH? (a directory), PREFIX? and SUFFIX? "
+			   "(at most 64 bytes, no '/'), DIRECTORY BOOL?");
+		goto out;
+	}
+	if ((size_t)snprintf(path, sizeof(path), "%s/%sXXXXXX%s", dir ? dir : "/tmp", pre ? pre : "tmp",
+			     suf ? suf : "") >= sizeof(path)) {
+		send_error(c, f->id, KP_ERR_OS, ENAMETOOLONG, "mktemp: %s: %s", dir, strerror(ENAMETOOLONG));
+		goto out;
+	}
+	if (is_dir) {
+		if (sl) {	/* mkdtemp takes no suffix: the template must end in XXXXXX */
+			send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "mktemp: SUFFIX is for files only");
+			goto out;
+		}
+		if (!mkdtemp(path)) {
+			os_error(c, f->id, "mktemp", dir ? dir : "/tmp", errno);
+			goto out;
+		}
+	} else {
+		fd = mkostemps(path, (int)sl, O_CLOEXEC);
+		if (fd < 0) {
+			os_error(c, f->id, "mktemp", dir ? dir : "/tmp", errno);
+			goto out;
+		}
+		close(fd);
+	}
+	rec_begin(&w);
+	kp_put_str(&w, KT_PATH, path);
+	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+out:
+	free(dir);
+	free(pre);
+	free(suf);
 }
 
 /*
@@ -1882,6 +2584,11 @@ static void handle_request(struct conn *c, const struct kp_frame *f)
 	case KP_OP_PORT_LIST:	op_port_list(c, f); break;
 	case KP_OP_EXEC:	op_exec(c, f); break;
 	case KP_OP_SIGNAL:	op_signal(c, f); break;
+	case KP_OP_ATTACH:	op_attach(c, f); break;
+	case KP_OP_RESIZE:	op_resize(c, f); break;
+	case KP_OP_WAIT:	op_wait(c, f); break;
+	case KP_OP_RELEASE:	op_release(c, f); break;
+	case KP_OP_PROC_LIST:	op_proc_list(c, f); break;
 	case KP_OP_STAT:	op_stat(c, f); break;
 	case KP_OP_READDIR:	op_readdir(c, f); break;
 	case KP_OP_MKDIR:	op_mkdir(c, f); break;
@@ -1889,6 +2596,16 @@ static void handle_request(struct conn *c, const struct kp_frame *f)
 	case KP_OP_RENAME:	op_rename(c, f); break;
 	case KP_OP_FILE_WRITE:	op_file_write(c, f); break;
 	case KP_OP_FILE_READ:	op_file_read(c, f); break;
+	case KP_OP_CHMOD:
+	case KP_OP_CHOWN:
+	case KP_OP_LINK:
+	case KP_OP_SYMLINK:
+	case KP_OP_TRUNCATE:
+	case KP_OP_UTIME:	op_path_simple(c, f, op); break;
+	case KP_OP_READLINK:
+	case KP_OP_REALPATH:	op_path_query(c, f, op); break;
+	case KP_OP_UMASK:	op_umask(c, f); break;
+	case KP_OP_MKTEMP:	op_mktemp(c, f); break;
 	default:
 		send_error(c, f->id, KP_ERR_UNKNOWN_OP, 0, "unknown op 0x%llx", (unsigned long long)op);
 	}
@@ -1907,7 +2624,7 @@ static void stream_input(struct conn *c, struct stream *s, const struct kp_frame
 	} else {
 		kp_parse_u64(f, &off);
 	}
-	if (f->channel != KP_CHAN_IN || s->kind == ST_FREAD || s->kind == ST_PWAIT ||
+	if (f->channel != KP_CHAN_IN || s->kind == ST_FREAD || s->kind == ST_PWAIT || s->kind == ST_WAIT ||
 	    (s->kind == ST_EXEC && s->proc->in_eof) || (s->kind == ST_PORT && s->in_eof)) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "no input channel %u on this stream", f->channel);
 		goto end;
@@ -2000,6 +2717,46 @@ end_quiet:
 	stream_free(c, s);
 }
 
+/*
+ * CANCEL: the whole request (KP_CHAN_ALL) ends with ERROR CANCELLED (an exec
+ * stream detaches; the process runs on); one channel stops: output channels
+ * send nothing more (their unsent bytes stay in the ring for a later
+ * ATTACH), an input channel ends as with EOF, its queued bytes dropped.
+ */
+static void stream_cancel(struct conn *c, struct stream *s, uint16_t ch)
+{
+	if (ch != KP_CHAN_ALL && s->kind == ST_EXEC) {
+		struct proc *p = s->proc;
+
+		if (ch == KP_CHAN_IN) {
+			p->inlen = 0;
+			p->in_eof = 1;
+			s->in_credit = 0;
+			proc_pump_in(p);
+		} else {
+			s->cancelled[ch] = 1;
+			proc_flush(p);
+		}
+		return;
+	}
+	if (ch != KP_CHAN_ALL && s->kind == ST_PORT) {
+		if (ch == KP_CHAN_IN) {
+			s->inlen = 0;
+			s->in_eof = 1;
+			s->in_credit = 0;
+			port_pump_in(c, s);
+		} else if (!s->out_eof) {
+			shutdown(s->fd, SHUT_RD);
+			s->out_eof = 1;
+			port_maybe_done(c, s);
+		}
+		return;
+	}
+	/* A file stream has one channel, a wait none: cancelling any is cancelling it. */
+	send_error(c, s->id, KP_ERR_CANCELLED, 0, "cancelled");
+	stream_free(c, s);
+}
+
 /* Returns -1 when the connection must close after flushing. */
 static int handle_frame(struct conn *c, const struct kp_frame *f)
 {
@@ -2051,13 +2808,9 @@ static int handle_frame(struct conn *c, const struct kp_frame *f)
 		return 0;
 	case KP_CANCEL:
 		s = stream_find(c, f->id);
-		if (!s)
-			return 0;	/* raced with the request's end */
-		if (f->channel == KP_CHAN_ALL) {
-			send_error(c, f->id, KP_ERR_CANCELLED, 0, "cancelled");
-			stream_free(c, s);
-		}
-		return 0;	/* cancelling one channel: not yet (the output keeps its credit) */
+		if (s)
+			stream_cancel(c, s, f->channel);
+		return 0;	/* no stream: raced with the request's end */
 	case KP_DATA:
 	case KP_EOF:
 		/* A stream that already ended: drop, the bytes may have been in flight. */
@@ -2074,7 +2827,7 @@ static int handle_frame(struct conn *c, const struct kp_frame *f)
 		if (!s)
 			return 0;
 		if (s->kind == ST_EXEC && f->channel)
-			cr = &s->proc->credit[f->channel];
+			cr = &s->credit[f->channel];
 		else if ((s->kind == ST_FREAD || s->kind == ST_PORT) && f->channel == KP_CHAN_OUT)
 			cr = &s->out_credit;
 		if (!cr)
@@ -2084,6 +2837,15 @@ static int handle_frame(struct conn *c, const struct kp_frame *f)
 			return -1;
 		}
 		*cr += inc;
+		if (s->kind == ST_EXEC && f->channel) {
+			struct proc *p = s->proc;
+			uint64_t *a = &s->acked[f->channel];
+
+			/* Consumed by the host: block mode may now overwrite it. */
+			*a = *a + inc < s->sent[f->channel] ? *a + inc : s->sent[f->channel];
+			if (*a > p->keep[f->channel])
+				p->keep[f->channel] = *a;
+		}
 		return 0;
 	}
 	default:	/* RESPONSE, ERROR, EVENT: only the agent sends those */
@@ -2356,10 +3118,14 @@ int agent_main(void (*stop)(int reboot))
 	struct sockaddr_vm addr = {
 		.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = KP_VSOCK_PORT,
 	};
+	struct sysinfo si;
 	sigset_t chld;
 	int lfd, sfd, ret;
 
 	agent_stop = stop;
+	ring_limit = RING_TOTAL_MAX;
+	if (sysinfo(&si) == 0 && (uint64_t)si.totalram * si.mem_unit / 4 < ring_limit)
+		ring_limit = (uint64_t)si.totalram * si.mem_unit / 4;
 	ret = env_init();
 	if (ret < 0) {
 		fprintf(stderr, "kiln-agent: environment: %s\n", strerror(-ret));
@@ -2391,13 +3157,15 @@ int agent_main(void (*stop)(int reboot))
 		struct timespec now;
 		int tmo;
 
-		/* Producers without an fd to wait on: file reads with credit. */
+		/* Producers without an fd to wait on: file reads and rings with credit. */
 		for (c = conns; c; c = c->next)
 			for (s = c->streams; s; s = sn) {
 				sn = s->next;
 				if (s->kind == ST_FREAD)
 					fread_pump(c, s);
 			}
+		for (p = procs; p; p = p->next)
+			proc_flush(p);
 
 		pfd[n] = (struct pollfd){ .fd = lfd, .events = POLLIN };
 		kind[n++] = PF_LISTEN;
@@ -2460,8 +3228,6 @@ int agent_main(void (*stop)(int reboot))
 			}
 		}
 		for (p = procs; p; p = p->next) {
-			struct conn *pc = p->st ? stream_conn(p->st) : NULL;
-
 			for (int ch = 0; ch < 3; ch++) {
 				short ev = 0;
 
@@ -2469,7 +3235,7 @@ int agent_main(void (*stop)(int reboot))
 					continue;
 				if (ch == 0 && p->inlen)
 					ev = POLLOUT;
-				else if (ch && (!pc || (p->credit[ch] && pc->out.len < OUTQ_HIGH)))
+				else if (ch && proc_out_room(p, ch))
 					ev = POLLIN;
 				if (!ev)
 					continue;

@@ -191,6 +191,163 @@ run "$v: agent: forward: host TCP clients reach the guest port, one raw connecti
 	print("fwd=" + ",".join(r))
 	EOF'
 
+run "$v: agent: a process outlives its killed client; attach replays every line from 0 and exits with its status" 0 \
+	'^partial=yes lines=60 same=yes status=5$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         k exec -- sh -c "for i in \$(seq 1 60); do echo line-\$i; sleep 0.05; done; exit 5" >"$work/r1" & ep=$!
+	         for i in $(seq 600); do [ -s "$work/r1" ] && break; sleep 0.1; done
+	         kill -9 $ep; wait $ep 2>/dev/null
+	         n=$(wc -l <"$work/r1"); [ "$n" -gt 0 ] && [ "$n" -lt 60 ] && p=yes || p="no($n)"
+	         h=$(k ps | awk -F"\t" "/line-/ { h = \$1 } END { print h }")
+	         k attach "$h" >"$work/r2"; st=$?
+	         seq 1 60 | sed "s/^/line-/" | cmp -s - "$work/r2" && same=yes || same=no
+	         echo "partial=$p lines=$(wc -l <"$work/r2") same=$same status=$st"'
+
+run "$v: agent: exec --detach, wait, attach, ps --json, release" 0 \
+	'^wait=3 out=\[hi\] json=ok running-release=1 .*still running.* released=0 gone=125$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         h=$(k exec --detach -- sh -c "echo hi; exit 3") || exit 1
+	         k wait "$h"; w=$?
+	         o=$(k attach "$h")
+	         s=$(k exec --detach -- sleep 100) || exit 1
+	         j=$(k ps --json | python3 -c "import json, sys; ps = {p[\"handle\"]: p for p in json.load(sys.stdin)}; a, b = ps[$h], ps[$s]; print(\"ok\" if not a[\"running\"] and a[\"exit_code\"] == 3 and a[\"stdout_bytes\"] == 3 and b[\"running\"] and b[\"argv\"] == [\"sleep\", \"100\"] else (a, b))")
+	         k release "$s" 2>"$work/e"; r=$?
+	         k release "$h"; rr=$?
+	         k wait "$h" 2>/dev/null; g=$?
+	         echo "wait=$w out=[$o] json=$j running-release=$r $(cat "$work/e") released=$rr gone=$g"'
+
+run "$v: agent: a full ring in block mode stops the process until attach; nothing is lost" 0 \
+	'^before=running same=yes status=0$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         h=$(k exec --detach --ring 4K -- seq 1 100000) || exit 1
+	         sleep 3
+	         b=$(k ps | awk -F"\t" -v h="$h" "\$1 == h { print \$3 }")
+	         k attach "$h" >"$work/b"; st=$?
+	         seq 1 100000 | cmp -s - "$work/b" && same=yes || same=no
+	         echo "before=$b same=$same status=$st"'
+
+run "$v: agent: a full ring in drop mode overwrites the oldest output; attach reports the gap" 0 \
+	'^gap=\[kiln: stdout bytes 0 to [1-9][0-9]* were lost.*\] last=20000 short=yes$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         h=$(k exec --detach --ring 4K --overflow drop -- seq 1 20000) || exit 1
+	         k wait "$h" || exit 1
+	         k attach "$h" >"$work/d" 2>"$work/de" || exit 1
+	         n=$(wc -c <"$work/d"); [ "$n" -le 4096 ] && s=yes || s="no($n)"
+	         echo "gap=[$(cat "$work/de")] last=$(tail -n 1 "$work/d") short=$s"'
+
+run "$v: agent: a second attach takes over; the first ends with a clear error" 0 \
+	'^first=125 kiln: attach [0-9]+: .*took over.* second=0 out=\[done\]$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         h=$(k exec --detach -- sh -c "sleep 6; echo done") || exit 1
+	         k attach "$h" >/dev/null 2>"$work/a1" & a1=$!
+	         sleep 2
+	         k attach "$h" >"$work/a2"; s2=$?
+	         wait $a1; s1=$?
+	         echo "first=$s1 $(cat "$work/a1") second=$s2 out=[$(cat "$work/a2")]"'
+
+run "$v: agent: exec --tty: the guest sees a terminal of --rows x --cols" 0 '^33 101.?$' \
+	"$kiln" exec --uds "$asock" --tty --rows 33 --cols 101 -- stty size
+
+# The client below runs kiln on a host pty of its own, resizes it, and checks
+# that the guest process saw both sizes and that kiln gave the terminal back.
+cat >"$work/pty-resize.py" <<-"EOF"
+	import fcntl, os, pty, select, struct, sys, termios, time
+	kiln, uds = sys.argv[1], sys.argv[2]
+	script = 'stty size; trap "stty size; exit 4" WINCH; echo ready; while :; do sleep 0.1; done'
+	pid, fd = pty.fork()
+	if pid == 0:
+	    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 20, 70, 0, 0))
+	    os.execvp("bash", ["bash", "-c", 'a=$(stty -g); "$0" exec --uds "$1" --tty -- sh -c "$2"; s=$?; '
+	                       '[ "$(stty -g)" = "$a" ] && r=restored || r=raw; echo "status=$s tty=$r"',
+	                       kiln, uds, script])
+	out = b""
+	def read_until(pat, secs=200):
+	    global out
+	    end = time.time() + secs
+	    while (pat is None or pat not in out) and time.time() < end:
+	        if select.select([fd], [], [], 1)[0]:
+	            try:
+	                d = os.read(fd, 4096)
+	            except OSError:
+	                return
+	            if not d:
+	                return
+	            out += d
+	read_until(b"ready")
+	fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+	read_until(None)
+	os.waitpid(pid, 0)
+	print("[" + out.decode(errors="replace").replace("\r", "").replace("\n", "|") + "]")
+EOF
+run "$v: agent: exec --tty from a host terminal: raw mode, SIGWINCH becomes RESIZE, terminal restored" 0 \
+	'^\[20 70\|ready\|40 120\|status=4 tty=restored\|\]$' \
+	python3 "$work/pty-resize.py" "$kiln" "$asock"
+
+run "$v: agent: shell with a non-terminal stdin runs it on a guest pty and exits with its status" 0 \
+	'^status=6 size=yes$' \
+	bash -c 'printf "stty size\nexit 6\n" | "$kiln" shell --uds "$asock" --rows 5 --cols 50 >"$work/sh" 2>&1; s=$?
+	         grep -q "5 50" "$work/sh" && z=yes || z="no: $(tr -d "\r" <"$work/sh" | tr "\n" "|")"
+	         echo "status=$s size=$z"'
+
+# File operations beyond the CLI's, through the protocol itself (the Agent
+# class of agent-py-client.py).
+cat >"$work/file-ops.py" <<-"EOF"
+	import importlib.util, sys
+	spec = importlib.util.spec_from_file_location("apc", sys.argv[1])
+	apc = importlib.util.module_from_spec(spec)
+	spec.loader.exec_module(apc)
+	apc.KT.update(ATIME=71, MTIME=72, NLINK=67, PREFIX=81, SUFFIX=82, DIRECTORY=80)
+	apc.OP.update(CHMOD=0x27, CHOWN=0x28, LINK=0x2a, SYMLINK=0x2b, READLINK=0x2c, REALPATH=0x2d,
+	              TRUNCATE=0x2e, UTIME=0x2f, MKTEMP=0x30, UMASK=0x31)
+	K, get, S, U, I, B = apc.KT, apc.get, apc.STR, apc.U64, apc.I64, apc.BOOL
+	a = apc.Agent(sys.argv[2])
+	res = []
+	def ok(name, cond, detail):
+	    res.append(name if cond else "%s-FAILED:%r" % (name, detail))
+	def call(op, *f):
+	    return a.call(op, list(f))
+	def stat(p):
+	    return call("STAT", (K["PATH"], S, p), (K["NOFOLLOW"], B, True))[1]
+	t, r = call("MKTEMP", (K["PREFIX"], S, "kt-"), (K["SUFFIX"], S, ".txt"))
+	f = get(r, "PATH", b"").decode()
+	ok("mktemp", t == apc.RESPONSE and f.startswith("/tmp/kt-") and f.endswith(".txt") and
+	   get(stat(f), "TYPE") == 0o100000, r)
+	t, r = call("MKTEMP", (K["PATH"], S, "/tmp"), (K["DIRECTORY"], B, True))
+	d = get(r, "PATH", b"").decode()
+	ok("mktemp-dir", t == apc.RESPONSE and get(stat(d), "TYPE") == 0o040000, r)
+	call("TRUNCATE", (K["PATH"], S, f), (K["LENGTH"], U, 12345))
+	ok("truncate", get(stat(f), "SIZE") == 12345, stat(f))
+	call("CHMOD", (K["PATH"], S, f), (K["MODE"], U, 0o640))
+	ok("chmod", get(stat(f), "MODE") == 0o640, stat(f))
+	call("CHOWN", (K["PATH"], S, f), (K["UID"], U, 1234))
+	ok("chown", get(stat(f), "UID") == 1234 and get(stat(f), "GID") == 0, stat(f))
+	call("UTIME", (K["PATH"], S, f), (K["ATIME"], I, 1000000000123456789), (K["MTIME"], I, -1500000000))
+	ok("utime", get(stat(f), "ATIME") == 1000000000123456789 and get(stat(f), "MTIME") == -1500000000, stat(f))
+	call("SYMLINK", (K["PATH"], S, f), (K["PATH2"], S, d + "/sl"))
+	t, r = call("READLINK", (K["PATH"], S, d + "/sl"))
+	ok("symlink-readlink", get(r, "PATH") == f.encode(), r)
+	t, r = call("REALPATH", (K["PATH"], S, d + "/../" + d[5:] + "/sl"))
+	ok("realpath", get(r, "PATH") == f.encode(), r)
+	call("LINK", (K["PATH"], S, f), (K["PATH2"], S, d + "/hl"))
+	ok("link", get(stat(f), "NLINK") == 2, stat(f))
+	t, r = call("UMASK")
+	old = get(r, "MODE")
+	t, r = call("UMASK", (K["MODE"], U, 0o077))
+	t2, r2 = call("UMASK", (K["MODE"], U, old))
+	ok("umask", get(r, "MODE") == old and get(r2, "MODE") == 0o077, (r, r2))
+	t, r = call("CHMOD", (K["PATH"], S, f), (K["MODE"], U, 0o10000))
+	t2, r2 = call("READLINK", (K["PATH"], S, f))
+	t3, r3 = call("SYMLINK", (K["PATH"], S, f), (K["PATH2"], S, d + "/sl"))
+	ok("errors", get(r, "CODE") == apc.ERR_BAD_ARGS and get(r2, "ERRNO") == 22 and get(r3, "ERRNO") == 17,
+	   (r, r2, r3))
+	call("REMOVE", (K["PATH"], S, d), (K["RECURSIVE"], B, True))
+	call("REMOVE", (K["PATH"], S, f))
+	print(" ".join(res))
+EOF
+run "$v: agent: file ops: mktemp, truncate, chmod, chown, utime, symlink, readlink, realpath, link, umask" 0 \
+	'^mktemp mktemp-dir truncate chmod chown utime symlink-readlink realpath link umask errors$' \
+	python3 "$work/file-ops.py" "$root/tests/integration/agent-py-client.py" "$asock"
+
 run "$v: agent: shutdown: SIGTERM reaches guest processes, then the VM powers off" 0 \
 	'^exec=\[got-term\] 7 shutdown=0 vm=gone$' \
 	bash -c '"$kiln" exec --uds "$asock" -- sh -c "trap \"echo got-term; exit 7\" TERM; sleep 1000 & wait" >"$work/t" 2>&1 & ep=$!

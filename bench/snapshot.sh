@@ -1,0 +1,371 @@
+#!/usr/bin/env bash
+# Snapshot benchmark (issue 5): kiln-vmm --restore of a template against a
+# cold boot of the same guest, measured in the same run, interleaved:
+#   a. start -> first `kiln exec -- true` returns (p50, p99): a restore sends
+#      `kiln identity` first, as every clone must; a cold boot waits for
+#      "kiln-agent: ready" on its console and execs
+#   b. VMs per second with N started at once (50 on real KVM; 10 by default
+#      in the nested host)
+#   c. summed PSS (/proc/PID/smaps_rollup) of 10 clones against 10 cold VMs
+#   d. VMM RSS excluding guest memory (smaps: all Rss minus the guest mapping)
+# Needs /dev/kvm (make bench-snapshot goes through tests/nested/kvm-host.sh
+# where there is none).
+# Usage: bench/snapshot.sh VMM KILN [ROUNDS] [CLONES]
+# Environment: BENCH_SNAP_ROUNDS, BENCH_SNAP_CLONES (the arguments win),
+# BENCH_SNAP_MEMVMS (VMs of each kind for c, default 10), BENCH_SNAP_MEM
+# (guest MiB, default 256), BENCH_SNAP_TIMEOUT (seconds per step, default 120).
+set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+if (($# < 2)); then
+	echo "usage: $0 VMM KILN [ROUNDS] [CLONES]" >&2
+	exit 2
+fi
+vmm=$1 kiln=$2
+nested=${KILN_NESTED_HOST:-0}
+if [ "$nested" = 1 ]; then dr=5 dn=10 dt=300; else dr=20 dn=50 dt=120; fi
+rounds=${3:-${BENCH_SNAP_ROUNDS:-$dr}}
+clones=${4:-${BENCH_SNAP_CLONES:-$dn}}
+for f in "$vmm" "$kiln"; do
+	[ -x "$f" ] || { echo "bench-snapshot: $f: not an executable (make all builds it)" >&2; exit 2; }
+done
+# (-c first: <> would create a regular file where there is no /dev/kvm)
+if ! [ -c /dev/kvm ] || ! { : <>/dev/kvm; } 2>/dev/null; then
+	echo "bench-snapshot: /dev/kvm cannot be opened; run this under tests/nested/kvm-host.sh (make bench-snapshot does)" >&2
+	exit 2
+fi
+# Short paths: every VM's vsock socket lives here (sun_path holds 107 bytes).
+tmp=$(mktemp -d /tmp/bsnap.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+bench_host_banner
+python3 - "$vmm" "$kiln" "$rounds" "$clones" "${BENCH_SNAP_MEMVMS:-10}" \
+	"${BENCH_SNAP_MEM:-256}" "${BENCH_SNAP_TIMEOUT:-$dt}" "$tmp" "$nested" <<'PY'
+import ctypes, os, signal, socket, subprocess, sys, threading, time
+
+vmm, kiln = sys.argv[1], sys.argv[2]
+rounds, nclones, nmem, mem_mib, tmo = (int(a) for a in sys.argv[3:8])
+tmp, nested = sys.argv[8], sys.argv[9] == "1"
+CID = 3                      # a clone's CID must be the template's
+READY = b"kiln-agent: ready"
+RESET_ERR = "agent closed the connection"   # the vsock reset race after a restore
+MAX_RETRIES = 3
+
+def fail(msg):
+    raise SystemExit("bench-snapshot: " + msg)
+
+# SIGTERM/SIGINT/SIGHUP unwind through the finally below, which stops every VM.
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, lambda n, f: sys.exit(128 + n))
+
+libc = ctypes.CDLL(None, use_errno=True)
+def die_with_us():
+    libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG: no VM outlives the benchmark
+
+live = []                           # every VM started and not yet stopped
+seq = [0]
+
+class VM:
+    """One kiln-vmm: a cold boot (restore=None) or a restore of a template."""
+    def __init__(self, kind, restore=None):
+        seq[0] += 1
+        self.name = "%s%d" % (kind, seq[0])
+        self.uds = os.path.join(tmp, self.name + ".sock")
+        self.errpath = os.path.join(tmp, self.name + ".err")
+        self.ctl = None
+        argv = [vmm, "--timeout", "3600", "--vsock", "cid=%d,uds=%s" % (CID, self.uds)]
+        if restore:
+            self.ctl = os.path.join(tmp, self.name + ".ctl")   # for stats when a clone fails
+            argv += ["--restore", restore, "-v", "--control", self.ctl]
+        else:
+            argv += ["--mem", str(mem_mib), "--cmdline", "kiln.agent"]
+        self.ready = threading.Event()
+        self.t_ready = None
+        self.con = b""
+        err = open(self.errpath, "wb")
+        self.t0 = time.perf_counter()
+        # (spawned from the main thread only: PDEATHSIG follows the forking thread)
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=err, preexec_fn=die_with_us)
+        err.close()
+        live.append(self)
+        threading.Thread(target=self._console, daemon=True).start()
+
+    def _console(self):
+        buf = b""
+        while True:
+            b = self.p.stdout.read1(65536)
+            if not b:
+                break
+            if not self.ready.is_set():
+                buf = (buf + b)[-4096:]
+                if READY in buf:
+                    self.t_ready = time.perf_counter()
+                    self.ready.set()
+            self.con = (self.con + b)[-2048:]
+
+    def why(self):
+        rc = self.p.poll()
+        try:
+            err = open(self.errpath, "rb").read()[-1500:].decode(errors="replace")
+        except OSError:
+            err = ""
+        return "%s (%s): stderr: %s | console: %s%s" % (
+            self.name, "running" if rc is None else "exited %d" % rc, err.strip() or "-",
+            self.con[-600:].decode(errors="replace").strip() or "-", self.stats())
+
+    def stats(self):
+        if not self.ctl or self.p.poll() is not None:
+            return ""
+        try:
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(3)
+                c.connect(self.ctl)
+                c.sendall(b"stats\n")
+                return " | control stats: " + c.makefile("rb").readline().decode(errors="replace").strip()
+        except OSError as e:
+            return " | control stats: %s" % e
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        if self in live:
+            live.remove(self)
+
+    def restore_ms(self):
+        """kiln-vmm -v's own "restored in X ms" (its start to vCPUs running)."""
+        try:
+            for line in open(self.errpath, errors="replace"):
+                if "restored in " in line:
+                    return float(line.split("restored in ")[1].split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+def kiln_run(vm, args):
+    """Run `kiln ARGS` against vm; retry on the reset race; returns retries."""
+    # A restored agent is already listening: a clone silent for a quarter of
+    # the step timeout is stuck, and waiting longer only delays the report.
+    t = max(10, tmo // 4) if vm.restored else tmo
+    for attempt in range(MAX_RETRIES + 1):
+        try:
+            r = subprocess.run([kiln, args[0], "--uds", vm.uds, "--connect-timeout", str(t)] + args[1:],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, timeout=t + 10)
+        except subprocess.TimeoutExpired:
+            fail("`kiln %s` timed out after %d s: %s" % (" ".join(args), t + 10, vm.why()))
+        except OSError as e:
+            fail("cannot run %s: %s" % (kiln, e))
+        if r.returncode == 0:
+            return attempt
+        err = r.stderr.decode(errors="replace").strip()
+        if RESET_ERR not in err or attempt == MAX_RETRIES:
+            fail("`kiln %s` exited %d: %s; %s" % (" ".join(args), r.returncode, err, vm.why()))
+    return MAX_RETRIES
+
+def wait_for(cond, vm, what):
+    deadline = time.perf_counter() + tmo
+    while not cond():
+        if vm.p.poll() is not None:
+            fail("%s: the VMM exited before %s: %s" % (vm.name, what, vm.why()))
+        if time.perf_counter() > deadline:
+            fail("%s: no %s within %d s: %s" % (vm.name, what, tmo, vm.why()))
+        time.sleep(0.0005)
+
+def first_exec(vm, res):
+    """From the VMM's start to the first `kiln exec -- true` returning."""
+    try:
+        retries = 0
+        if vm.restored:
+            # The socket appears once the vsock device is up; kiln would poll every 50 ms.
+            wait_for(lambda: os.path.exists(vm.uds), vm, "vsock socket")
+            retries += kiln_run(vm, ["identity", "--id", vm.name, "--hostname", vm.name])
+        else:
+            wait_for(vm.ready.is_set, vm, "\"kiln-agent: ready\" on the console")
+        retries += kiln_run(vm, ["exec", "--", "true"])
+        res.update(ms=(time.perf_counter() - vm.t0) * 1e3, retries=retries, t_done=time.perf_counter(),
+                   ready_ms=(vm.t_ready - vm.t0) * 1e3 if vm.t_ready else None)
+    except SystemExit as e:
+        res["error"] = str(e)[len("bench-snapshot: "):]
+
+def start(kind):
+    vm = VM(kind, None if kind == "cold" else tpl)
+    vm.restored = kind != "cold"
+    return vm
+
+def one(kind):
+    vm = start(kind)
+    res = {}
+    try:
+        first_exec(vm, res)
+    finally:
+        vm.stop()
+    res["restore_ms"] = vm.restore_ms()
+    return res
+
+def smaps(pid, guest_path):
+    """(Pss of the process, its Rss minus the guest memory mapping's, guest Rss) in KiB."""
+    pss = None
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    total, maps, cur = 0, [], None
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                cur = [hi - lo, head[4], " ".join(head[5:]), 0]
+                maps.append(cur)
+            elif head[0] == "Rss:":
+                total += int(head[1])
+                cur[3] = int(head[1])
+    # Guest memory: the restored memory file (MAP_PRIVATE), or the smallest
+    # anonymous mapping at least as big as guest RAM (a cold boot's mmap).
+    want = mem_mib << 20
+    cand = [m for m in maps if m[0] >= want and (m[2] == guest_path or (m[1] == "0" and not m[2]))]
+    if not cand:
+        fail("pid %d: no guest memory mapping of %d MiB in smaps" % (pid, mem_mib))
+    g = sorted(cand, key=lambda m: (m[2] != guest_path, m[0]))[0]
+    return pss, total - g[3], g[3]
+
+def batch(kind, n):
+    """n VMs started at once, each to its first exec: (VMs/s of those that answered, results, VMs that answered)."""
+    vms, res, threads = [], [], []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        vm = start(kind)
+        r = {}
+        t = threading.Thread(target=first_exec, args=(vm, r), daemon=True)
+        t.start()
+        vms.append(vm), res.append(r), threads.append(t)
+    for t in threads:
+        t.join()
+    ok = [vm for vm, r in zip(vms, res) if "error" not in r]
+    for vm, r in zip(vms, res):
+        if "error" in r:
+            failures.append("%s batch of %d: %s" % (kind, n, r["error"]))
+            print("bench-snapshot: FAILED: " + failures[-1], file=sys.stderr)
+            vm.stop()
+    dt = max([r["t_done"] for r in res if "t_done" in r], default=t0) - t0
+    return (len(ok) / dt if ok else None), [r for r in res if "error" not in r], ok
+
+def memory(vms, guest_path):
+    s = [smaps(vm.p.pid, guest_path) for vm in vms]
+    if not s:
+        return None, None, None, 0
+    return sum(x[0] for x in s), med([x[1] for x in s]), med([x[2] for x in s]), len(s)
+
+def pct(v, q):
+    v = sorted(x for x in v if x is not None)
+    if not v:
+        return None
+    return v[min(len(v) - 1, max(0, -(-q * len(v) // 100) - 1))]   # nearest rank
+
+def med(v):
+    return pct(v, 50)
+
+tpl = os.path.join(tmp, "tpl")
+failures = []
+try:
+    # The template: boot with the agent, snapshot the moment it is ready, exit 0.
+    t = time.perf_counter()
+    r = subprocess.run([vmm, "--mem", str(mem_mib), "--vsock", "cid=%d,uds=%s/tpl.sock" % (CID, tmp),
+                        "--template", tpl, "--console", os.path.join(tmp, "tpl.console"),
+                        "--timeout", str(tmo)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=tmo + 10)
+    t_tpl = (time.perf_counter() - t) * 1e3
+    if r.returncode != 0:
+        fail("kiln-vmm --template exited %d: %s" % (r.returncode, r.stderr.decode(errors="replace").strip()))
+    guest_path = os.path.realpath(os.path.join(tpl, "memory"))
+
+    print("bench-snapshot: template written; %d rounds of restore and cold boot" % rounds, file=sys.stderr)
+    lat = {"restore": [], "cold": []}
+    for i in range(rounds + 1):                     # round 0 warms the page cache
+        for kind in ("restore", "cold"):
+            res = one(kind)
+            tag = "round %d" % i if i else "warm-up"
+            if "error" in res:
+                failures.append("%s %s: %s" % (tag, kind, res["error"]))
+                print("bench-snapshot: FAILED: " + failures[-1], file=sys.stderr)
+                continue
+            if i:
+                lat[kind].append(res)
+            print("bench-snapshot: %s %-7s first exec %8.1f ms%s" % (
+                tag, kind, res["ms"], "  (%d retries)" % res["retries"] if res["retries"] else ""),
+                file=sys.stderr)
+
+    tput, mem, bres = {}, {}, {}
+    for kind in ("restore", "cold"):
+        print("bench-snapshot: %d %s VMs at once" % (nclones, kind), file=sys.stderr)
+        rate, res, vms = batch(kind, nclones)
+        tput[kind], bres[kind] = rate, res
+        try:
+            if nmem == nclones:
+                mem[kind] = memory(vms, guest_path)
+        finally:
+            for vm in vms:
+                vm.stop()
+        if nmem != nclones:
+            print("bench-snapshot: %d %s VMs for memory" % (nmem, kind), file=sys.stderr)
+            _, _, vms = batch(kind, nmem)
+            try:
+                mem[kind] = memory(vms, guest_path)
+            finally:
+                for vm in vms:
+                    vm.stop()
+finally:
+    for vm in list(live):
+        vm.stop()
+
+def fmt(v, unit):
+    if v is None:
+        return "n/a"
+    if unit == "MiB":
+        return "%.1f MiB" % (v / 1024)
+    if unit == "/s":
+        return "%.1f /s" % v
+    return ("%.0f ms" if v >= 1000 else "%.1f ms") % v
+
+def row(label, stat, r, c, unit):
+    c = c if c else None
+    ratio = "%.3f" % (r / c) if r is not None and c else "n/a"
+    print("%-38s %-5s %14s %14s %9s" % (label, stat, fmt(r, unit), fmt(c, unit), ratio))
+
+R, C = lat["restore"], lat["cold"]
+retries = {k: sum(x["retries"] for x in lat[k]) + sum(x["retries"] for x in bres[k]) for k in lat}
+execs = {k: len(lat[k]) + len(bres[k]) for k in lat}
+print("kiln-vmm --restore of a template vs cold boot, same guest (%d MiB, 1 vCPU, kiln.agent), same run" % mem_mib)
+print("%d rounds each, interleaved, after 1 warm-up; p99 is nearest rank (the max below 100 rounds)" % rounds)
+print("batch: %d VMs started at once%s; memory: %d VMs of each kind running at once" % (
+    nclones, " (50 on real KVM; scaled down in the nested host, BENCH_SNAP_CLONES)" if nested and nclones < 50 else "", nmem))
+print()
+print("%-38s %-5s %14s %14s %9s" % ("metric", "", "restore", "cold boot", "rest/cold"))
+row("start -> first exec returns", "p50", med([x["ms"] for x in R]), med([x["ms"] for x in C]), "ms")
+row("  (restore: kiln identity, then exec)", "p99", pct([x["ms"] for x in R], 99), pct([x["ms"] for x in C], 99), "ms")
+row("start -> agent ready on the console", "p50", None, med([x["ready_ms"] for x in C]), "ms")
+row("kiln-vmm -v \"restored in\" (info)", "p50", med([x["restore_ms"] for x in R]), None, "ms")
+row("VMs/s, %d started at once" % nclones, "", tput["restore"], tput["cold"], "/s")
+row("  start -> first exec, in the batch", "p50", med([x["ms"] for x in bres["restore"]]), med([x["ms"] for x in bres["cold"]]), "ms")
+row("", "p99", pct([x["ms"] for x in bres["restore"]], 99), pct([x["ms"] for x in bres["cold"]], 99), "ms")
+row("summed PSS of %s VMs" % ("%d" % nmem if mem["restore"][3] == mem["cold"][3] == nmem else
+    "%d+%d" % (mem["restore"][3], mem["cold"][3])), "", mem["restore"][0], mem["cold"][0], "MiB")
+row("VMM RSS excl. guest memory", "p50", mem["restore"][1], mem["cold"][1], "MiB")
+row("guest memory RSS per VM (info)", "p50", mem["restore"][2], mem["cold"][2], "MiB")
+print("%-38s %-5s %14s %14s" % ("first-exec retries (\"%s\")" % RESET_ERR, "",
+      "%d of %d" % (retries["restore"], execs["restore"]), "%d of %d" % (retries["cold"], execs["cold"])))
+print("template (boot to agent ready + snapshot): %s; rest/cold below 1: restore is faster or smaller, "
+      "except VMs/s (above 1: restore starts more)" % fmt(t_tpl, "ms"))
+if failures:
+    print("FAILED: %d VM(s) never answered their first exec (left out above):" % len(failures))
+    for f in failures:
+        print("  " + f[:1500])
+    sys.exit(1)
+PY
