@@ -3,7 +3,7 @@
  * one request per line and answering each with one line of JSON. The
  * requests and answers are documented in docs/snapshot.md.
  *
- *   pause | resume | snapshot DIR | shutdown | stats | help
+ *   pause | resume | snapshot DIR | shutdown | stats | vcpus | help
  *
  * One thread serves one client at a time; requests never run on a vCPU or
  * the I/O thread, so a slow snapshot holds up nothing but its caller.
@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -155,6 +156,60 @@ static void req_stats(struct control *c, struct out *o)
 	outf(o, "],\"console_bytes\":%llu}}", (unsigned long long)c->src->uart->tx_bytes);
 }
 
+/*
+ * Where each vCPU is: registers, MP state, pending interrupts and the TSC
+ * deadline, read with the VM briefly paused. For a guest that seems hung.
+ */
+static void req_vcpus(struct control *c, struct out *o)
+{
+	struct vm *vm = c->src->vm;
+	int was_paused = c->paused, i, r;
+
+	if (!was_paused && (r = vm_pause(vm, PAUSE_TIMEOUT_MS)) < 0) {
+		out_error(o, r == -ESHUTDOWN ? "the VM has stopped" : "the vCPUs did not stop within 2 s");
+		return;
+	}
+	outf(o, "{\"ok\":true,\"vcpus\":[");
+	for (i = 0; i < vm->nvcpus; i++) {
+		struct vcpu *v = &vm->vcpus[i];
+		struct kvm_regs regs;
+		struct kvm_mp_state mp;
+		struct kvm_lapic_state lapic;
+		struct kvm_vcpu_events ev;
+		_Alignas(struct kvm_msrs) uint8_t buf[sizeof(struct kvm_msrs) + 2 * sizeof(struct kvm_msr_entry)];
+		struct kvm_msrs *m = (struct kvm_msrs *)buf;
+		unsigned irr = 0, isr = 0, k;
+
+		memset(buf, 0, sizeof(buf));
+		m->nmsrs = 2;
+		m->entries[0].index = 0x10;	/* TSC */
+		m->entries[1].index = 0x6e0;	/* TSC_DEADLINE */
+		if (ioctl(v->fd, KVM_GET_REGS, &regs) < 0 || ioctl(v->fd, KVM_GET_MP_STATE, &mp) < 0 ||
+		    ioctl(v->fd, KVM_GET_LAPIC, &lapic) < 0 || ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0) {
+			outf(o, "%s{\"id\":%d,\"error\":\"%s\"}", i ? "," : "", i, strerror(errno));
+			continue;
+		}
+		(void)ioctl(v->fd, KVM_GET_MSRS, m);
+		/* IRR at 0x200, ISR at 0x100: 8 registers of 32 bits, 16 bytes apart. */
+		for (k = 0; k < 8; k++) {
+			uint32_t a, b;
+
+			memcpy(&a, lapic.regs + 0x200 + k * 16, 4);
+			memcpy(&b, lapic.regs + 0x100 + k * 16, 4);
+			irr += (unsigned)__builtin_popcount(a);
+			isr += (unsigned)__builtin_popcount(b);
+		}
+		outf(o, "%s{\"id\":%d,\"rip\":\"%#llx\",\"rflags\":\"%#llx\",\"mp_state\":%u,\"irr\":%u,\"isr\":%u,\"nmi_pending\":%u,\"interrupt_injected\":%u,\"tsc\":%llu,\"tsc_deadline\":%llu,\"exits\":%llu}",
+		     i ? "," : "", i, (unsigned long long)regs.rip, (unsigned long long)regs.rflags, mp.mp_state,
+		     irr, isr, ev.nmi.pending, ev.interrupt.injected,
+		     (unsigned long long)m->entries[0].data, (unsigned long long)m->entries[1].data,
+		     (unsigned long long)v->exits);
+	}
+	outf(o, "]}");
+	if (!was_paused)
+		vm_resume(vm);
+}
+
 static void handle_line(struct control *c, char *line, struct out *o)
 {
 	char *arg = strchr(line, ' ');
@@ -174,8 +229,10 @@ static void handle_line(struct control *c, char *line, struct out *o)
 		outf(o, "{\"ok\":true,\"state\":\"stopped\"}");
 	} else if (strcmp(line, "stats") == 0 && !*arg)
 		req_stats(c, o);
+	else if (strcmp(line, "vcpus") == 0 && !*arg)
+		req_vcpus(c, o);
 	else if (strcmp(line, "help") == 0)
-		outf(o, "{\"ok\":true,\"requests\":[\"pause\",\"resume\",\"snapshot DIR\",\"shutdown\",\"stats\",\"help\"]}");
+		outf(o, "{\"ok\":true,\"requests\":[\"pause\",\"resume\",\"snapshot DIR\",\"shutdown\",\"stats\",\"vcpus\",\"help\"]}");
 	else {
 		char msg[200];
 

@@ -17,8 +17,18 @@ clone() {
 	local n=$1
 	shift
 	"$vmm" --restore "$sn/tpl" --vsock "cid=3,uds=$sn/$n.sock" --console "$sn/$n.console" \
-		--timeout 600 "$@" </dev/null 2>"$sn/$n.err" &
+		--control "$sn/$n.ctl" --timeout 600 "$@" </dev/null 2>"$sn/$n.err" &
 	echo $! >"$sn/$n.pid"
+}
+# diag NAME: what a clone that does not answer is doing (for the failure output).
+diag() {
+	echo "diag $1: $(cat "$sn/$1.err" 2>/dev/null)"
+	python3 - "$sn/$1.ctl" <<-"EOF"
+	import socket, sys
+	s = socket.socket(socket.AF_UNIX); s.settimeout(10); s.connect(sys.argv[1]); f = s.makefile()
+	for r in (b"stats\n", b"vcpus\n"):
+	    s.sendall(r); print(f.readline().strip())
+	EOF
 }
 # unclone NAME: stop a clone and reap it.
 unclone() {
@@ -28,7 +38,7 @@ unclone() {
 	wait "$p" 2>/dev/null
 	return 0
 }
-export -f clone unclone
+export -f clone unclone diag
 
 run "$v: snapshot: --template boots, waits for the agent and writes state, memory and a disk copy" 0 \
 	'^state memory disk0.img rc=0$' \
@@ -39,7 +49,7 @@ run "$v: snapshot: --template boots, waits for the agent and writes state, memor
 run "$v: snapshot: a clone answers exec, with the template'\''s disk and files" 0 \
 	'^hello from the template clone-a$' \
 	bash -c 'clone a; trap "unclone a" EXIT
-	         "$kiln" identity --uds "$sn/a.sock" --connect-timeout 60 --id clone-a --hostname clone-a >/dev/null || exit 1
+	         "$kiln" identity --uds "$sn/a.sock" --connect-timeout 60 --id clone-a --hostname clone-a >/dev/null || { diag a; exit 1; }
 	         "$kiln" exec --uds "$sn/a.sock" -- sh -c "echo hello \$(cat /data/base) \$(hostname)"'
 
 run "$v: snapshot: a file written in one clone is not in another" 0 '^a-sees=mine b-sees=nothing$' \
@@ -54,15 +64,15 @@ run "$v: snapshot: 10 clones restored at once, each answering with its own id" 0
 	bash -c 'for i in $(seq 10); do clone "m$i"; done
 	         trap "for i in \$(seq 10); do unclone m\$i; done" EXIT
 	         for i in $(seq 10); do
-	           ( "$kiln" identity --uds "$sn/m$i.sock" --connect-timeout 120 --id "sandbox-$i" >/dev/null &&
+	           ( "$kiln" identity --uds "$sn/m$i.sock" --connect-timeout 60 --id "sandbox-$i" >/dev/null &&
 	             "$kiln" exec --uds "$sn/m$i.sock" -- sh -c "echo \$KILN_SANDBOX_ID \$(cat /run/kiln/sandbox-id)" >"$sn/m$i.out" ) &
 	         done; wait
-	         for i in $(seq 10); do [ "$(cat "$sn/m$i.out")" = "sandbox-$i sandbox-$i" ] || { echo "m$i: $(cat "$sn/m$i.out")"; cat "$sn/m$i.err"; }; done
+	         for i in $(seq 10); do [ "$(cat "$sn/m$i.out")" = "sandbox-$i sandbox-$i" ] || { echo "m$i: $(cat "$sn/m$i.out")"; diag "m$i"; }; done
 	         echo "distinct=$(cat "$sn"/m*.out | sort -u | wc -l)"'
 
 run "$v: snapshot: a clone'\''s wall clock is right after IDENTITY, though the template is older" 0 '^clock-ok$' \
 	bash -c 'sleep 3; clone c; trap "unclone c" EXIT
-	         "$kiln" identity --uds "$sn/c.sock" --connect-timeout 60 --id c >/dev/null || exit 1
+	         "$kiln" identity --uds "$sn/c.sock" --connect-timeout 60 --id c >/dev/null || { diag c; exit 1; }
 	         g=$("$kiln" exec --uds "$sn/c.sock" -- date +%s); h=$(date +%s)
 	         d=$((h - g)); [ "${d#-}" -le 2 ] && echo clock-ok || echo "guest $g host $h"'
 
@@ -85,8 +95,8 @@ run "$v: snapshot: a running guest with a busy disk and an open vsock connection
 
 run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
 	'^paused running vcpus=1 touched=yes unknown=refused$' \
-	bash -c 'clone s --control "$sn/s.ctl"; trap "unclone s" EXIT
-	         "$kiln" exec --uds "$sn/s.sock" --connect-timeout 60 -- true || exit 1
+	bash -c 'clone s; trap "unclone s" EXIT
+	         "$kiln" exec --uds "$sn/s.sock" --connect-timeout 60 -- true || { diag s; exit 1; }
 	         python3 - "$sn/s.ctl" <<-"EOF"
 	import json, socket, sys
 	s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile()
@@ -99,7 +109,7 @@ run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
 	EOF'
 
 run "$v: snapshot: control socket shutdown stops the VM with status 0" 0 '^exit=0$' \
-	bash -c 'clone z --control "$sn/z.ctl"
+	bash -c 'clone z
 	         "$kiln" exec --uds "$sn/z.sock" --connect-timeout 60 -- true || exit 1
 	         python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b\"shutdown\\n\"); s.makefile().readline()" "$sn/z.ctl"
 	         wait "$(cat "$sn/z.pid")"; echo "exit=$?"'
