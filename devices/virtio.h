@@ -77,6 +77,13 @@ int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *c,
 void virtq_push(struct virtq *q, uint16_t head, uint32_t len);
 
 /*
+ * Ask the driver to kick on the very next buffer it adds (EVENT_IDX's
+ * avail_event, 2.7.10), though the ring still holds unused ones: for a
+ * queue whose buffers the device keeps in reserve, like vsock's events.
+ */
+void virtq_kick_on_next(struct virtq *q);
+
+/*
  * Should the driver be interrupted for what was pushed since the last call?
  * Honours VIRTQ_AVAIL_F_NO_INTERRUPT and, when negotiated, used_event.
  */

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -65,6 +66,7 @@
 #define VSOCK_HOST_PORT_BASE	(1U << 30)	/* ports for host-initiated connections */
 #define VSOCK_LINE_MAX		64		/* "CONNECT <port>\n" */
 #define VSOCK_MAX_LOGS		16
+#define VSOCK_RESET_HOLD_S	2		/* longest a request waits on a TRANSPORT_RESET */
 
 /* The packet header (5.10.6), little-endian like the host. */
 struct vsock_hdr {
@@ -159,6 +161,8 @@ struct vsock {
 	int reset_unacked;
 	uint16_t reset_avail;	/* the event queue's avail index when the event went */
 	uint64_t reset_ns;
+	int reset_tfd;		/* timerfd: the hold's deadline, should the guest never refill */
+	struct io_op reset_op;
 	int reap_queued;	/* vsock_reap_call() is queued on the I/O thread */
 	unsigned nlogs;
 	uint64_t rx_pkts, tx_pkts, resets_sent;
@@ -743,6 +747,20 @@ static void listen_done(struct io_op *op, int res, unsigned flags)
 	pthread_mutex_unlock(&vs->dev->lock);
 }
 
+/* The hold's deadline passed: send what waits, acknowledged or not. */
+static void reset_timer_done(struct io_op *op, int res, unsigned flags)
+{
+	struct vsock *vs = (struct vsock *)((char *)op - offsetof(struct vsock, reset_op));
+	uint64_t n;
+
+	(void)flags;
+	if (res < 0 || read(vs->reset_tfd, &n, sizeof(n)) != sizeof(n))
+		return;
+	pthread_mutex_lock(&vs->dev->lock);
+	vsock_rx_run(vs);
+	pthread_mutex_unlock(&vs->dev->lock);
+}
+
 /* ---- completions ------------------------------------------------------------ */
 
 static void conn_in_done(struct io_op *op, int res, unsigned flags)
@@ -955,7 +973,7 @@ static int vsock_reset_in_progress(struct vsock *vs)
 		return 0;
 	if (!d->queue_ready[VSOCK_EVQ] || !d->vq[VSOCK_EVQ].avail ||
 	    __atomic_load_n(&d->vq[VSOCK_EVQ].avail[1], __ATOMIC_ACQUIRE) != vs->reset_avail ||
-	    now_ns() - vs->reset_ns > 2000000000ULL)
+	    now_ns() - vs->reset_ns >= VSOCK_RESET_HOLD_S * 1000000000ULL)
 		vs->reset_unacked = 0;
 	return vs->reset_unacked;
 }
@@ -989,6 +1007,17 @@ static void vsock_event_run(struct vsock *vs)
 	vs->reset_unacked = 1;
 	vs->reset_avail = __atomic_load_n(&d->vq[VSOCK_EVQ].avail[1], __ATOMIC_ACQUIRE);
 	vs->reset_ns = now_ns();
+	/*
+	 * The refill is the acknowledgement, so it must be kicked: the ring
+	 * still holds spare event buffers, and with EVENT_IDX the driver would
+	 * otherwise add one silently and held requests would wait for ever.
+	 */
+	virtq_kick_on_next(&d->vq[VSOCK_EVQ]);
+	if (vs->reset_tfd >= 0) {
+		struct itimerspec its = { .it_value = { .tv_sec = VSOCK_RESET_HOLD_S } };
+
+		timerfd_settime(vs->reset_tfd, 0, &its, NULL);
+	}
 	virtio_signal_used(d, VSOCK_EVQ);
 }
 
@@ -1124,6 +1153,8 @@ static void vsock_destroy(struct virtio_dev *d)
 		close(vs->listen_fd);
 		unlink(vs->uds);
 	}
+	if (vs->reset_tfd >= 0)
+		close(vs->reset_tfd);
 	free(vs);
 	d->priv = NULL;
 }
@@ -1251,6 +1282,7 @@ int virtio_vsock_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 	if (!vs)
 		return kiln_fail(err, ENOMEM, "out of memory");
 	vs->listen_fd = -1;
+	vs->reset_tfd = -1;
 	vs->next_port = VSOCK_HOST_PORT_BASE;
 	vs->dev = d;
 	r = vsock_parse(vs, spec, err);
@@ -1267,6 +1299,17 @@ int virtio_vsock_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 	r = ioloop_watch(loop, vs->listen_fd, &vs->listen_op);
 	if (r < 0) {
 		r = kiln_fail(err, -r, "--vsock: cannot watch %s", vs->uds);
+		goto fail_dev;
+	}
+	vs->reset_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (vs->reset_tfd < 0) {
+		r = kiln_fail(err, errno, "virtio-vsock: timerfd_create: %s", strerror(errno));
+		goto fail_dev;
+	}
+	vs->reset_op.done = reset_timer_done;
+	r = ioloop_watch(loop, vs->reset_tfd, &vs->reset_op);
+	if (r < 0) {
+		r = kiln_fail(err, -r, "virtio-vsock: cannot watch its timer");
 		goto fail_dev;
 	}
 	return 0;

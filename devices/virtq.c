@@ -130,6 +130,15 @@ void virtq_push(struct virtq *q, uint16_t head, uint32_t len)
 	__atomic_store_n(&q->used[USED_IDX], q->used_idx, __ATOMIC_RELEASE);
 }
 
+void virtq_kick_on_next(struct virtq *q)
+{
+	if (!q->event_idx || !q->avail || !q->used)
+		return;
+	__atomic_store_n(&q->used[2 + 4 * q->size], load_acquire16(&q->avail[AVAIL_IDX]),
+			 __ATOMIC_RELEASE);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
 int virtq_should_notify(struct virtq *q)
 {
 	uint16_t old = q->signalled_used, new = q->used_idx;

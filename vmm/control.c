@@ -134,7 +134,7 @@ static void req_snapshot(struct control *c, const char *dir, struct out *o)
 static void req_stats(struct control *c, struct out *o)
 {
 	struct vm *vm = c->src->vm;
-	uint64_t exits = 0;
+	uint64_t exits = 0, touched, priv;
 	char dev[1024];
 	int i;
 
@@ -144,9 +144,10 @@ static void req_stats(struct control *c, struct out *o)
 		exits += vm->vcpus[i].exits;
 		outf(o, "%s{\"id\":%d,\"exits\":%llu}", i ? "," : "", i, (unsigned long long)vm->vcpus[i].exits);
 	}
-	outf(o, "],\"exits\":%llu,\"memory\":{\"size\":%llu,\"touched\":%llu},\"io\":{\"completions\":%llu,\"devices\":[",
+	guest_mem_usage(&vm->mem, &touched, &priv);
+	outf(o, "],\"exits\":%llu,\"memory\":{\"size\":%llu,\"touched\":%llu,\"private\":%llu},\"io\":{\"completions\":%llu,\"devices\":[",
 	     (unsigned long long)exits, (unsigned long long)vm->mem.size,
-	     (unsigned long long)guest_mem_resident(&vm->mem),
+	     (unsigned long long)touched, (unsigned long long)priv,
 	     (unsigned long long)c->src->loop->completions);
 	for (i = 0; i < c->src->ndevs; i++) {
 		if (virtio_mmio_stats(&c->src->devs[i], dev, sizeof(dev)) < 0)

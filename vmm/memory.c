@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -188,20 +189,31 @@ fail:
 	return kiln_fail(err, e, "%s: writing guest memory: %s", path, strerror(e));
 }
 
-uint64_t guest_mem_resident(const struct guest_mem *m)
+int guest_mem_usage(const struct guest_mem *m, uint64_t *touched, uint64_t *private_bytes)
 {
-	const size_t page = 4096, chunk = 64 * MIB;
-	unsigned char vec[64 * MIB / 4096];
-	uint64_t off, n = 0;
-	size_t i;
+	uintptr_t lo = (uintptr_t)m->host, hi = lo + m->size;
+	unsigned long long kb;
+	char line[512];
+	int inside = 0;
+	FILE *f;
 
-	for (off = 0; off < m->size; off += chunk) {
-		size_t len = m->size - off < chunk ? m->size - off : chunk;
+	*touched = *private_bytes = 0;
+	f = fopen("/proc/self/smaps", "re");
+	if (!f)
+		return -errno;
+	/* The guest's mapping may have been split into several areas: sum them. */
+	while (fgets(line, sizeof(line), f)) {
+		uintptr_t start, end;
 
-		if (mincore(m->host + off, len, vec) < 0)
-			return 0;
-		for (i = 0; i < len / page; i++)
-			n += vec[i] & 1;
+		if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &start, &end) == 2)
+			inside = start >= lo && end <= hi;
+		else if (!inside)
+			continue;
+		else if (sscanf(line, "Rss: %llu kB", &kb) == 1)
+			*touched += kb * 1024;
+		else if (sscanf(line, "Anonymous: %llu kB", &kb) == 1)
+			*private_bytes += kb * 1024;
 	}
-	return n * page;
+	fclose(f);
+	return 0;
 }

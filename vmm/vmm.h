@@ -96,8 +96,13 @@ int guest_mem_map_file(struct guest_mem *m, const char *path, uint64_t size, str
  */
 int guest_mem_save(const struct guest_mem *m, const char *path, uint64_t *written, struct kiln_err *err);
 
-/* Bytes of guest RAM resident in this process (mincore). */
-uint64_t guest_mem_resident(const struct guest_mem *m);
+/*
+ * Guest RAM this process has mapped in (*touched: the guest or a device
+ * used the page) and, of that, its own copies (*private: anonymous pages;
+ * for a clone, the pages it wrote, the rest are shared through the page
+ * cache), from /proc/self/smaps. Returns 0 or -errno.
+ */
+int guest_mem_usage(const struct guest_mem *m, uint64_t *touched, uint64_t *private_bytes);
 
 /* Highest guest physical address of RAM, plus one. */
 uint64_t guest_mem_end(const struct guest_mem *m);

@@ -29,11 +29,6 @@ for vmm in "$@"; do
 	for f in "$here"/*.sh; do
 		name=$(basename "$f" .sh)
 		case $name in lib|run) continue ;; esac
-		# snapshot.sh: restored clones with a disk sometimes never see their
-		# first vsock interrupt (issue 5, open); run it with KILN_TEST_ONLY=snapshot.
-		if [ "$name" = snapshot ] && [[ ",${KILN_TEST_ONLY:-}," != *",snapshot,"* ]]; then
-			continue
-		fi
 		if [ -n "${KILN_TEST_ONLY:-}" ] && [[ ",$KILN_TEST_ONLY," != *",$name,"* ]]; then
 			continue
 		fi

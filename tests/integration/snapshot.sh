@@ -63,10 +63,13 @@ run "$v: snapshot: a file written in one clone is not in another" 0 '^a-sees=min
 run "$v: snapshot: 10 clones restored at once, each answering with its own id" 0 '^distinct=10$' \
 	bash -c 'for i in $(seq 10); do clone "m$i"; done
 	         trap "for i in \$(seq 10); do unclone m\$i; done" EXIT
+	         # (wait for the clients only: the clones are this shell'''s children too)
+	         clients=
 	         for i in $(seq 10); do
 	           ( "$kiln" identity --uds "$sn/m$i.sock" --connect-timeout 60 --id "sandbox-$i" >/dev/null &&
 	             "$kiln" exec --uds "$sn/m$i.sock" -- sh -c "echo \$KILN_SANDBOX_ID \$(cat /run/kiln/sandbox-id)" >"$sn/m$i.out" ) &
-	         done; wait
+	           clients="$clients $!"
+	         done; wait $clients
 	         for i in $(seq 10); do [ "$(cat "$sn/m$i.out")" = "sandbox-$i sandbox-$i" ] || { echo "m$i: $(cat "$sn/m$i.out")"; diag "m$i"; }; done
 	         echo "distinct=$(cat "$sn"/m*.out | sort -u | wc -l)"'
 
@@ -83,7 +86,7 @@ run "$v: snapshot: a running guest with a busy disk and an open vsock connection
 	         live=$!; trap "kill $live 2>/dev/null; wait $live 2>/dev/null; unclone d" EXIT
 	         "$kiln" exec --uds "$sn/live.sock" --connect-timeout 120 -- sh -c "echo before >/tmp/t; echo before >/data/d; sync" || exit 1
 	         # A writer keeps the disk busy and its exec connection open across the snapshot.
-	         "$kiln" exec --uds "$sn/live.sock" -- sh -c "while :; do dd if=/dev/urandom of=/data/busy bs=64k count=16 conv=fsync 2>/dev/null; done" &
+	         "$kiln" exec --uds "$sn/live.sock" -- sh -c "while :; do dd if=/dev/urandom of=/data/busy bs=64k count=16 conv=fsync 2>/dev/null; done" 2>"$sn/busy.err" &
 	         busy=$!; sleep 2
 	         r=$(python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b\"snapshot %s\\n\" % sys.argv[2].encode()); print(s.makefile().readline())" "$sn/live.ctl" "$sn/live-snap")
 	         case $r in *"\"ok\":true"*) echo -n "snapshot ok; " ;; *) echo "snapshot failed: $r"; exit 1 ;; esac
@@ -91,10 +94,10 @@ run "$v: snapshot: a running guest with a busy disk and an open vsock connection
 	         "$vmm" --restore "$sn/live-snap" --vsock "cid=3,uds=$sn/d.sock" --console "$sn/d.console" --timeout 600 </dev/null 2>"$sn/d.err" &
 	         echo $! >"$sn/d.pid"
 	         echo "clone: $("$kiln" exec --uds "$sn/d.sock" --connect-timeout 60 -- sh -c "echo tmp=\$(cat /tmp/t) data=\$(cat /data/d) new=\$(echo x >/data/new && sync && echo ok)")"
-	         kill -0 $busy && echo busy-exec-alive; kill $busy 2>/dev/null'
+	         kill -0 $busy && echo busy-exec-alive; kill $busy 2>/dev/null; wait $busy 2>/dev/null; exit 0'
 
 run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
-	'^paused running vcpus=1 touched=yes unknown=refused$' \
+	'^paused running vcpus=1 touched=yes shared=yes unknown=refused$' \
 	bash -c 'clone s; trap "unclone s" EXIT
 	         "$kiln" exec --uds "$sn/s.sock" --connect-timeout 60 -- true || { diag s; exit 1; }
 	         python3 - "$sn/s.ctl" <<-"EOF"
@@ -105,6 +108,8 @@ run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
 	p = req("pause"); st = req("stats"); r = req("resume"); u = req("frobnicate")
 	print(p["state"], r["state"], "vcpus=%d" % len(st["vcpus"]),
 	      "touched=%s" % ("yes" if 0 < st["memory"]["touched"] <= st["memory"]["size"] else "no"),
+	      # a clone shares the pages it only read with the template'''s other clones
+	      "shared=%s" % ("yes" if st["memory"]["private"] < st["memory"]["touched"] else "no"),
 	      "unknown=%s" % ("refused" if not u["ok"] and "unknown request" in u["error"] else "accepted"))
 	EOF'
 

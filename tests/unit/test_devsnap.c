@@ -820,6 +820,51 @@ START_TEST(vsock_restored_device_resets_and_accepts)
 }
 END_TEST
 
+/*
+ * A guest with EVENT_IDX (Linux's) kicks the event queue only when the
+ * device asks through avail_event. Its refill after a TRANSPORT_RESET is
+ * the device's acknowledgement, so the device must ask for that kick
+ * though it still holds spare event buffers; and a guest that never
+ * refills costs a held request at most the hold's deadline.
+ */
+START_TEST(vsock_reset_refill_is_kicked_with_event_idx)
+{
+	uint16_t old, ev;
+	int fd;
+
+	open_vsock(&a, GUEST_CID, "v.sock");
+	driver_init(&a, 1ULL << VIRTIO_F_VERSION_1 | 1ULL << VIRTIO_F_RING_EVENT_IDX, 3);
+	set_desc(VS_EVQ, 0, BUF(VS_EVQ, 0), 8, VIRTQ_DESC_F_WRITE, 0);
+	set_desc(VS_EVQ, 1, BUF(VS_EVQ, 1), 8, VIRTQ_DESC_F_WRITE, 0);
+	offer(VS_EVQ, 0);
+	offer(VS_EVQ, 1);
+	virtio_kick(&a, VS_EVQ);
+	vs_post_rx(&a, 4);
+	spin(5);
+	save(&a);
+	old_vmm_exits();
+
+	open_vsock(&b, GUEST_CID, "v.sock");
+	ck_assert_msg(restore(&b, state.p, state.len) == 0, "%s", err.msg);
+	virtio_mmio_resumed(&b);
+	ck_assert_uint_eq(used_idx(VS_EVQ), 1);
+	/* vring_need_event(avail_event, new, old) for the guest's refill. */
+	old = next_avail[VS_EVQ];
+	ev = __atomic_load_n(&used(VS_EVQ)[2 + 4 * QSIZE], __ATOMIC_ACQUIRE);
+	ck_assert_msg((uint16_t)(old + 1 - ev - 1) < (uint16_t)1,
+		      "avail_event %u: the refill from avail index %u would not be kicked", ev, old);
+
+	/* The guest never refills: the request goes when the hold ends. */
+	fd = host_client(7002);
+	spin(200);
+	ck_assert_uint_eq(used_idx(VS_RXQ), 0);
+	settle(used_idx(VS_RXQ) == 1);
+	ck_assert_uint_eq(vs_rx_at(0).op, 1);
+	ck_assert_uint_eq(vs_rx_at(0).dst_port, 7002);
+	close(fd);
+}
+END_TEST
+
 /* ---- 16550A -------------------------------------------------------------------- */
 
 static int irq_level = -1;
@@ -916,6 +961,7 @@ Suite *suite_devsnap(void)
 	tcase_add_test(tc, net_restored_device_carries_on);
 	tcase_add_test(tc, wrong_device_type_refused);
 	tcase_add_test(tc, vsock_restored_device_resets_and_accepts);
+	tcase_add_test(tc, vsock_reset_refill_is_kicked_with_event_idx);
 	tcase_add_test(tc, serial_registers_round_trip);
 	suite_add_tcase(s, tc);
 	return s;
