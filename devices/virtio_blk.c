@@ -33,7 +33,6 @@
 #define VIRTIO_BLK_S_UNSUPP	2
 
 #define SECTOR		512
-#define BLK_ID_BYTES	20
 #define BLK_QUEUE_SIZE	256
 #define BLK_SEG_MAX	(BLK_QUEUE_SIZE - 2)
 
@@ -58,8 +57,8 @@ struct blk {
 	int fd;
 	int ro;
 	uint64_t sectors;
-	char id[BLK_ID_BYTES + 1];
-	char path[256];
+	char id[DISK_ID_BYTES + 1];
+	char path[sizeof(((struct disk_spec *)0)->path)];
 	unsigned generation;	/* bumped on reset: stale completions are dropped */
 	unsigned inflight;
 	uint64_t reads, writes, flushes, errors;
@@ -163,7 +162,7 @@ static int blk_request(struct blk *b, struct virtq_chain *c)
 	}
 	switch (h.type) {
 	case VIRTIO_BLK_T_GET_ID: {
-		size_t n = c->write_len - 1 < BLK_ID_BYTES ? c->write_len - 1 : BLK_ID_BYTES;
+		size_t n = c->write_len - 1 < DISK_ID_BYTES ? c->write_len - 1 : DISK_ID_BYTES;
 		size_t done = iov_from_buf(c->write, c->nwrite, 0, b->id, n);
 
 		blk_finish(b, c->head, status, VIRTIO_BLK_S_OK, (uint32_t)done);
@@ -308,7 +307,7 @@ static int blk_save(struct virtio_dev *d, struct snap_buf *w)
 static int blk_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err *err)
 {
 	struct blk *b = d->priv;
-	char id[BLK_ID_BYTES + 1];
+	char id[DISK_ID_BYTES + 1];
 	uint64_t sectors;
 	uint8_t ro;
 
@@ -357,16 +356,20 @@ static const struct virtio_dev_ops blk_ops = {
 };
 
 /* Parse "PATH[,ro][,id=NAME]" into b. */
-static int blk_parse(struct blk *b, const char *spec, struct kiln_err *err)
+int disk_spec_parse(const char *spec, struct disk_spec *ds, struct kiln_err *err)
 {
 	const char *comma = strchr(spec, ',');
 	size_t plen = comma ? (size_t)(comma - spec) : strlen(spec);
 
-	if (plen == 0 || plen >= sizeof(b->path))
+	memset(ds, 0, sizeof(*ds));
+	if (plen == 0)
 		return kiln_fail(err, EINVAL, "--disk %s: expected PATH[,ro][,id=NAME]", spec);
-	memcpy(b->path, spec, plen);
-	b->path[plen] = '\0';
-	snprintf(b->id, sizeof(b->id), "kiln");
+	if (plen >= sizeof(ds->path))
+		return kiln_fail(err, ENAMETOOLONG, "--disk %.40s...: a path of %zu bytes, at most %zu bytes",
+				 spec, plen, sizeof(ds->path) - 1);
+	memcpy(ds->path, spec, plen);
+	snprintf(ds->id, sizeof(ds->id), "kiln");
+	ds->opts = comma ? comma : "";
 	while (comma) {
 		const char *opt = comma + 1;
 		size_t olen;
@@ -374,15 +377,28 @@ static int blk_parse(struct blk *b, const char *spec, struct kiln_err *err)
 		comma = strchr(opt, ',');
 		olen = comma ? (size_t)(comma - opt) : strlen(opt);
 		if (olen == 2 && strncmp(opt, "ro", 2) == 0) {
-			b->ro = 1;
-		} else if (olen > 3 && strncmp(opt, "id=", 3) == 0 && olen - 3 <= BLK_ID_BYTES) {
-			memcpy(b->id, opt + 3, olen - 3);
-			b->id[olen - 3] = '\0';
+			ds->ro = 1;
+		} else if (olen > 3 && strncmp(opt, "id=", 3) == 0 && olen - 3 <= DISK_ID_BYTES) {
+			memcpy(ds->id, opt + 3, olen - 3);
+			ds->id[olen - 3] = '\0';
 		} else {
 			return kiln_fail(err, EINVAL, "--disk %s: unknown option '%.*s' (expected ro or id=NAME of at most %d bytes)",
-					 spec, (int)olen, opt, BLK_ID_BYTES);
+					 spec, (int)olen, opt, DISK_ID_BYTES);
 		}
 	}
+	return 0;
+}
+
+static int blk_parse(struct blk *b, const char *spec, struct kiln_err *err)
+{
+	struct disk_spec ds;
+	int r = disk_spec_parse(spec, &ds, err);
+
+	if (r < 0)
+		return r;
+	memcpy(b->path, ds.path, sizeof(b->path));
+	memcpy(b->id, ds.id, sizeof(b->id));
+	b->ro = ds.ro;
 	return 0;
 }
 

@@ -324,42 +324,19 @@ static void count_inflight(void *arg)
 		t->inflight += virtio_mmio_inflight(&t->src->devs[i]);
 }
 
-void snap_disk_spec_split(const char *spec, char *path, size_t len, const char **opts, int *ro)
-{
-	const char *comma = strchr(spec, ','), *o;
-	size_t n = comma ? (size_t)(comma - spec) : strlen(spec);
-
-	snprintf(path, len, "%.*s", (int)n, spec);
-	*opts = comma ? comma : "";
-	*ro = 0;
-	for (o = *opts; *o == ','; ) {
-		size_t tl = strcspn(o + 1, ",");
-
-		if (tl == 2 && strncmp(o + 1, "ro", 2) == 0)
-			*ro = 1;
-		o += 1 + tl;
-	}
-}
-
 static int write_all_file(const char *path, const void *p, size_t len, struct kiln_err *err)
 {
 	char tmp[4200];
 	int fd, e;
-	size_t off = 0;
 
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
 		return kiln_fail(err, ENAMETOOLONG, "%s: path too long", path);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return kiln_fail(err, errno, "%s: %s", tmp, strerror(errno));
-	while (off < len) {
-		ssize_t n = write(fd, (const uint8_t *)p + off, len - off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			goto fail;
-		off += (size_t)n;
+	if ((e = write_full(fd, p, len)) < 0) {
+		errno = -e;
+		goto fail;
 	}
 	if (fsync(fd) < 0)
 		goto fail;
@@ -399,9 +376,8 @@ static void take_on_io_thread(void *arg)
 
 	/* Writable disks first: the state records the copies' names. */
 	for (i = 0; i < src->ndevs; i++) {
-		char dpath[4096];
-		const char *opts;
-		int ro;
+		struct disk_spec ds;
+		const char *dpath = ds.path;
 		uint64_t n = 0;
 
 		if (snprintf(disk_spec[i], sizeof(disk_spec[i]), "%s", src->dev_spec[i]) >= (int)sizeof(disk_spec[i])) {
@@ -411,8 +387,9 @@ static void take_on_io_thread(void *arg)
 		}
 		if (strcmp(src->dev_kind[i], "disk"))
 			continue;
-		snap_disk_spec_split(src->dev_spec[i], dpath, sizeof(dpath), &opts, &ro);
-		if (ro) {
+		if ((t->rc = disk_spec_parse(src->dev_spec[i], &ds, t->err)) < 0)
+			goto out;
+		if (ds.ro) {
 			char abs[4096];
 
 			/* Shared, not copied: recorded by absolute path. */
@@ -420,7 +397,7 @@ static void take_on_io_thread(void *arg)
 				t->rc = kiln_fail(t->err, errno, "%s: %s", dpath, strerror(errno));
 				goto out;
 			}
-			if (snprintf(disk_spec[i], sizeof(disk_spec[i]), "%s%s", abs, opts) >= (int)sizeof(disk_spec[i])) {
+			if (snprintf(disk_spec[i], sizeof(disk_spec[i]), "%s%s", abs, ds.opts) >= (int)sizeof(disk_spec[i])) {
 				t->rc = kiln_fail(t->err, ENAMETOOLONG, "%s: path too long for a snapshot (at most %zu bytes)",
 						  abs, sizeof(disk_spec[i]) - 1);
 				goto out;
@@ -431,7 +408,7 @@ static void take_on_io_thread(void *arg)
 		if ((t->rc = snap_copy_file(dpath, path, -1, &n, t->err)) < 0)
 			goto out;
 		t->res->disk_bytes += n;
-		snprintf(disk_spec[i], sizeof(disk_spec[i]), "disk%d.img%s", ndisk, opts);
+		snprintf(disk_spec[i], sizeof(disk_spec[i]), "disk%d.img%s", ndisk, ds.opts);
 		ndisk++;
 	}
 

@@ -114,8 +114,6 @@ void snap_cpuid_vendor(const struct kvm_cpuid2 *c, char out[13]);
 int snap_check_cpuid(const struct kvm_cpuid2 *host, const struct snap_vcpu *s, int nvcpus,
 		     struct kiln_err *err);
 
-/* A disk spec's path (up to the first comma), its options (from the comma), and whether one is "ro". */
-void snap_disk_spec_split(const char *spec, char *path, size_t len, const char **opts, int *ro);
 
 /* CRC-32C and size of a file (the kernel image); 0 or -errno. */
 int snap_file_crc(const char *path, uint32_t *crc, uint64_t *size);

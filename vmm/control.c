@@ -243,21 +243,6 @@ static void handle_line(struct control *c, char *line, struct out *o)
 	}
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, p, n);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* Serve one client until it hangs up or kiln-vmm stops. */
 static void serve(struct control *c, int fd)
 {
@@ -298,7 +283,7 @@ static void serve(struct control *c, int fd)
 				outf(&o, "\n");
 				if (o.buf[o.len - 1] != '\n')
 					o.buf[o.len - 1] = '\n';
-				if (write_all(fd, o.buf, o.len) < 0)
+				if (write_full(fd, o.buf, o.len) < 0)
 					return;
 			}
 			memmove(line, line + used, len - used);

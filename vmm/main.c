@@ -843,22 +843,23 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 			used[j] = 1;
 			spec = o->devices[j].spec;
 		} else if (strcmp(sd->kind, "disk") == 0) {
-			char disk[4096], rel[4096];
-			const char *opts;
-			int ro;
+			struct disk_spec ds;
+			char disk[4096];
+			const char *rel = ds.path;
 
+			if (disk_spec_parse(spec, &ds, &err) < 0)
+				die("--restore %s: %s", state_path, err.msg);
 			/* Relative paths are the snapshot's own copies, beside the state file. */
-			snap_disk_spec_split(spec, rel, sizeof(rel), &opts, &ro);
 			if (snprintf(disk, sizeof(disk), "%s%s%s", rel[0] == '/' ? "" : state_dir,
 				     rel[0] == '/' ? "" : "/", rel) >= (int)sizeof(disk))
 				die("--restore %s: disk path too long", state_path);
-			if (!ro) {
+			if (!ds.ro) {
 				char copy[4096];
 
 				clone_disk(o, state_dir, i, disk, copy, sizeof(copy));
 				snprintf(disk, sizeof(disk), "%s", copy);
 			}
-			if (snprintf(path, sizeof(path), "%s%s", disk, opts) >= (int)sizeof(path))
+			if (snprintf(path, sizeof(path), "%s%s", disk, ds.opts) >= (int)sizeof(path))
 				die("--restore %s: disk path too long", state_path);
 			spec = path;
 		}

@@ -364,4 +364,7 @@ void guest_port_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, in
 /* Nanoseconds on CLOCK_MONOTONIC. */
 uint64_t now_ns(void);
 
+/* Write all n bytes to fd, through short writes and EINTR. 0, or -errno. */
+int write_full(int fd, const void *p, size_t n);
+
 #endif

@@ -33,6 +33,13 @@ for vmm in "$@"; do
 			continue
 		fi
 		echo "# $name"
+		# A file bash cannot parse would stop part way and look like a pass.
+		if ! bash -n "$f"; then
+			echo "not ok - $v: $name: tests/integration/$name.sh does not parse"
+			fail=$((fail + 1))
+			failed_names+=("$v: $name.sh does not parse")
+			continue
+		fi
 		# shellcheck source=/dev/null
 		. "$f"
 	done

@@ -63,7 +63,7 @@ run "$v: snapshot: a file written in one clone is not in another" 0 '^a-sees=min
 run "$v: snapshot: 10 clones restored at once, each answering with its own id" 0 '^distinct=10$' \
 	bash -c 'for i in $(seq 10); do clone "m$i"; done
 	         trap "for i in \$(seq 10); do unclone m\$i; done" EXIT
-	         # (wait for the clients only: the clones are this shell'''s children too)
+	         # (wait for the clients only: the clones are children of this shell too)
 	         clients=
 	         for i in $(seq 10); do
 	           ( "$kiln" identity --uds "$sn/m$i.sock" --connect-timeout 60 --id "sandbox-$i" >/dev/null &&
@@ -93,7 +93,7 @@ run "$v: snapshot: a running guest with a busy disk and an open vsock connection
 	         echo -n "original: $("$kiln" exec --uds "$sn/live.sock" -- sh -c "echo tmp=\$(cat /tmp/t) data=\$(cat /data/d)"); "
 	         "$vmm" --restore "$sn/live-snap" --vsock "cid=3,uds=$sn/d.sock" --console "$sn/d.console" --timeout 600 </dev/null 2>"$sn/d.err" &
 	         echo $! >"$sn/d.pid"
-	         echo "clone: $("$kiln" exec --uds "$sn/d.sock" --connect-timeout 60 -- sh -c "echo tmp=\$(cat /tmp/t) data=\$(cat /data/d) new=\$(echo x >/data/new && sync && echo ok)")"
+	         echo -n "clone: $("$kiln" exec --uds "$sn/d.sock" --connect-timeout 60 -- sh -c "echo tmp=\$(cat /tmp/t) data=\$(cat /data/d) new=\$(echo x >/data/new && sync && echo ok)"); "
 	         kill -0 $busy && echo busy-exec-alive; kill $busy 2>/dev/null; wait $busy 2>/dev/null; exit 0'
 
 run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
@@ -108,7 +108,7 @@ run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
 	p = req("pause"); st = req("stats"); r = req("resume"); u = req("frobnicate")
 	print(p["state"], r["state"], "vcpus=%d" % len(st["vcpus"]),
 	      "touched=%s" % ("yes" if 0 < st["memory"]["touched"] <= st["memory"]["size"] else "no"),
-	      # a clone shares the pages it only read with the template'''s other clones
+	      # a clone shares the pages it only read with the other clones
 	      "shared=%s" % ("yes" if st["memory"]["private"] < st["memory"]["touched"] else "no"),
 	      "unknown=%s" % ("refused" if not u["ok"] and "unknown request" in u["error"] else "accepted"))
 	EOF'

@@ -349,22 +349,33 @@ END_TEST
 
 START_TEST(disk_spec_split)
 {
-	char path[64];
-	const char *opts;
-	int ro;
+	struct disk_spec ds;
+	struct kiln_err err;
+	char long_path[5000];
 
-	snap_disk_spec_split("/d/a.img", path, sizeof(path), &opts, &ro);
-	ck_assert_str_eq(path, "/d/a.img");
-	ck_assert_str_eq(opts, "");
-	ck_assert_int_eq(ro, 0);
-	snap_disk_spec_split("a.img,ro,id=x", path, sizeof(path), &opts, &ro);
-	ck_assert_str_eq(path, "a.img");
-	ck_assert_str_eq(opts, ",ro,id=x");
-	ck_assert_int_eq(ro, 1);
-	snap_disk_spec_split("a.img,id=ro", path, sizeof(path), &opts, &ro);
-	ck_assert_int_eq(ro, 0);
-	snap_disk_spec_split("a,id=x,ro", path, sizeof(path), &opts, &ro);
-	ck_assert_int_eq(ro, 1);
+	ck_assert_int_eq(disk_spec_parse("/d/a.img", &ds, &err), 0);
+	ck_assert_str_eq(ds.path, "/d/a.img");
+	ck_assert_str_eq(ds.opts, "");
+	ck_assert_str_eq(ds.id, "kiln");
+	ck_assert_int_eq(ds.ro, 0);
+	ck_assert_int_eq(disk_spec_parse("a.img,ro,id=x", &ds, &err), 0);
+	ck_assert_str_eq(ds.path, "a.img");
+	ck_assert_str_eq(ds.opts, ",ro,id=x");
+	ck_assert_str_eq(ds.id, "x");
+	ck_assert_int_eq(ds.ro, 1);
+	ck_assert_int_eq(disk_spec_parse("a.img,id=ro", &ds, &err), 0);
+	ck_assert_int_eq(ds.ro, 0);
+	ck_assert_int_eq(disk_spec_parse("a,id=x,ro", &ds, &err), 0);
+	ck_assert_int_eq(ds.ro, 1);
+	/* A state file's spec is hostile: refused, never truncated. */
+	ck_assert_int_eq(disk_spec_parse("a,rw", &ds, &err), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "unknown option 'rw'"));
+	ck_assert_int_eq(disk_spec_parse(",ro", &ds, &err), -EINVAL);
+	ck_assert_int_eq(disk_spec_parse("a,id=123456789012345678901", &ds, &err), -EINVAL);
+	memset(long_path, 'a', sizeof(long_path) - 1);
+	long_path[sizeof(long_path) - 1] = '\0';
+	ck_assert_int_eq(disk_spec_parse(long_path, &ds, &err), -ENAMETOOLONG);
+	ck_assert_ptr_nonnull(strstr(err.msg, "at most 4095 bytes"));
 }
 END_TEST
 
