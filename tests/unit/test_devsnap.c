@@ -63,7 +63,6 @@ static struct virtio_dev a, b, c;	/* the original, its restored successor, a spa
 static struct kiln_err err;
 static struct snap_buf state;
 static char dir[64];
-static uint16_t next_avail[3];
 static unsigned nqueues;
 
 static void setup(void)
@@ -94,47 +93,7 @@ static void teardown(void)
 
 /* ---- a guest driver over any of the devices -------------------------------- */
 
-static uint64_t ring_at(unsigned q)
-{
-	return RING(q);
-}
-
-static uint16_t *avail(unsigned q)
-{
-	return GUEST_PTR(&m, RING(q) + 0x1000, 6 + 2 * QSIZE);
-}
-
-static uint16_t *used(unsigned q)
-{
-	return GUEST_PTR(&m, RING(q) + 0x2000, 6 + 8 * QSIZE);
-}
-
-static uint16_t used_idx(unsigned q)
-{
-	return __atomic_load_n(&used(q)[1], __ATOMIC_ACQUIRE);
-}
-
-static struct virtq_used_elem used_elem(unsigned q, unsigned i)
-{
-	struct virtq_used_elem e;
-
-	memcpy(&e, (uint8_t *)used(q) + 4 + 8 * (i % QSIZE), sizeof(e));
-	return e;
-}
-
-static void set_desc(unsigned q, unsigned i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
-{
-	struct virtq_desc *d = GUEST_PTR(&m, RING(q) + 16 * i, 16);
-
-	*d = (struct virtq_desc){ addr, len, flags, next };
-}
-
-/* Make head available on queue q, without a kick. */
-static void offer(unsigned q, uint16_t head)
-{
-	avail(q)[2 + next_avail[q] % QSIZE] = head;
-	__atomic_store_n(&avail(q)[1], ++next_avail[q], __ATOMIC_RELEASE);
-}
+#include "vrings.h"
 
 /* Run the I/O loop on this thread until cond holds or about 2 s pass. */
 #define settle(cond)								\

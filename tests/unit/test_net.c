@@ -36,53 +36,12 @@ static struct ioloop loop;
 static struct virtio_dev dev;
 static struct kiln_err err;
 static int peer = -1;			/* the host network's end of the socketpair */
-static uint16_t next_avail[2];
 static const uint8_t mac[6] = { 0x06, 0x00, 0xac, 0x10, 0x00, 0x02 };
 
 #define mmio_w(off, v) vdrv_write(&dev, (off), (v))
 #define mmio_r(off) vdrv_read(&dev, (off))
 
-static uint64_t ring_at(unsigned q)
-{
-	return RING(q);
-}
-
-static uint16_t *avail(unsigned q)
-{
-	return GUEST_PTR(&m, RING(q) + 0x1000, 4 + 2 * QSIZE + 2);
-}
-
-static uint16_t *used(unsigned q)
-{
-	return GUEST_PTR(&m, RING(q) + 0x2000, 4 + 8 * QSIZE + 2);
-}
-
-static uint16_t used_idx(unsigned q)
-{
-	return __atomic_load_n(&used(q)[1], __ATOMIC_ACQUIRE);
-}
-
-/* The used element at slot i of queue q. */
-static struct virtq_used_elem used_elem(unsigned q, unsigned i)
-{
-	struct virtq_used_elem e;
-
-	memcpy(&e, (uint8_t *)used(q) + 4 + 8 * (i % QSIZE), sizeof(e));
-	return e;
-}
-
-static void set_desc(unsigned q, unsigned i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
-{
-	struct virtq_desc *d = GUEST_PTR(&m, RING(q) + 16 * i, 16);
-
-	*d = (struct virtq_desc){ addr, len, flags, next };
-}
-
-static void offer(unsigned q, uint16_t head)
-{
-	avail(q)[2 + next_avail[q] % QSIZE] = head;
-	__atomic_store_n(&avail(q)[1], ++next_avail[q], __ATOMIC_RELEASE);
-}
+#include "vrings.h"
 
 /* Run the I/O loop on this thread until cond holds or about 2 s pass. */
 #define settle(cond)								\
@@ -110,11 +69,8 @@ static void driver_init(uint64_t want)
 	unsigned q;
 
 	mmio_w(0x70, 0);
-	for (q = 0; q < 2; q++) {
-		memset(avail(q), 0, 4 + 2 * QSIZE + 2);
-		memset(used(q), 0, 4 + 8 * QSIZE + 2);
-		next_avail[q] = 0;
-	}
+	for (q = 0; q < 2; q++)
+		vdrv_rings_clear(&rings, q);
 	vdrv_init(&dev, want, 2, QSIZE, ring_at);
 	/* Let activation's hop onto the I/O thread run. */
 	ioloop_poll(&loop, 0);

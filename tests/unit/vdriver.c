@@ -2,6 +2,8 @@
  * A guest driver for the device tests: register access and the driver's side
  * of device initialisation (virtio 1.2, 3.1.1) over the virtio-mmio transport.
  */
+#include <string.h>
+
 #include "unit.h"
 #include "virtio.h"
 
@@ -51,4 +53,57 @@ uint64_t vdrv_init(struct virtio_dev *d, uint64_t want, unsigned nq, unsigned qs
 	vdrv_write(d, 0x70, drv | VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
 	ck_assert_int_eq(virtio_running(d), 1);
 	return want;
+}
+
+void vdrv_rings_clear(struct vdrv_rings *r, unsigned q)
+{
+	ck_assert_uint_lt(q, VDRV_MAX_QUEUES);
+	memset(GUEST_PTR(r->m, r->ring(q), 16 * r->qsize), 0, 16 * r->qsize);
+	memset(vdrv_avail(r, q), 0, 6 + 2 * r->qsize);
+	memset(vdrv_used(r, q), 0, 6 + 8 * r->qsize);
+	r->next_avail[q] = 0;
+}
+
+uint16_t *vdrv_avail(struct vdrv_rings *r, unsigned q)
+{
+	uint16_t *p = GUEST_PTR(r->m, r->ring(q) + 0x1000, 6 + 2 * r->qsize);
+
+	ck_assert_ptr_nonnull(p);
+	return p;
+}
+
+uint16_t *vdrv_used(struct vdrv_rings *r, unsigned q)
+{
+	uint16_t *p = GUEST_PTR(r->m, r->ring(q) + 0x2000, 6 + 8 * r->qsize);
+
+	ck_assert_ptr_nonnull(p);
+	return p;
+}
+
+uint16_t vdrv_used_idx(struct vdrv_rings *r, unsigned q)
+{
+	return __atomic_load_n(&vdrv_used(r, q)[1], __ATOMIC_ACQUIRE);
+}
+
+void vdrv_used_elem(struct vdrv_rings *r, unsigned q, unsigned i, struct virtq_used_elem *e)
+{
+	memcpy(e, (uint8_t *)vdrv_used(r, q) + 4 + 8 * (i % r->qsize), sizeof(*e));
+}
+
+void vdrv_set_desc(struct vdrv_rings *r, unsigned q, unsigned i, uint64_t addr, uint32_t len,
+		   uint16_t flags, uint16_t next)
+{
+	struct virtq_desc *d = GUEST_PTR(r->m, r->ring(q) + 16 * i, 16);
+
+	ck_assert_ptr_nonnull(d);
+	*d = (struct virtq_desc){ addr, len, flags, next };
+}
+
+void vdrv_offer(struct vdrv_rings *r, unsigned q, uint16_t head)
+{
+	uint16_t *avail = vdrv_avail(r, q);
+
+	ck_assert_uint_lt(q, VDRV_MAX_QUEUES);
+	avail[2 + r->next_avail[q] % r->qsize] = head;
+	__atomic_store_n(&avail[1], ++r->next_avail[q], __ATOMIC_RELEASE);
 }
