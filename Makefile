@@ -135,6 +135,9 @@ demo: deps-test
 	@$(MAKE) --no-print-directory all
 	tests/nested/kvm-host.sh -- $(O)/kiln-vmm -- uname -a
 
+$(O)/kiln-firstexec: bench/firstexec.c $(filter-out api/kiln.c,$(KILN_SRCS)) api/agent_client.h $(PROTO_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ bench/firstexec.c $(filter-out api/kiln.c,$(KILN_SRCS))
+
 $(O)/bench-boot: bench/boot.c guest/abi.h | $(O)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ bench/boot.c $(LDLIBS)
 
@@ -174,9 +177,9 @@ bench-agent: deps-test
 # BENCH_SNAP_MEMVMS (10), BENCH_SNAP_MEM (MiB, 256), BENCH_SNAP_TIMEOUT (s, 120; 300 nested).
 BENCH_SNAP_ENV = BENCH_SNAP_ROUNDS BENCH_SNAP_CLONES BENCH_SNAP_MEMVMS BENCH_SNAP_MEM BENCH_SNAP_TIMEOUT
 bench-snapshot: deps-test
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all $(O)/kiln-firstexec
 	KILN_NESTED_PASSENV="$${KILN_NESTED_PASSENV:-} $(BENCH_SNAP_ENV)" \
-	  tests/nested/kvm-host.sh -- bench/snapshot.sh $(O)/kiln-vmm $(O)/kiln
+	  tests/nested/kvm-host.sh -- bench/snapshot.sh $(O)/kiln-vmm $(O)/kiln-firstexec
 
 clean:
 	rm -rf $(O)

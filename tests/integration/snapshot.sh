@@ -86,7 +86,7 @@ run "$v: snapshot: a running guest with a busy disk and an open vsock connection
 	         live=$!; trap "kill $live 2>/dev/null; wait $live 2>/dev/null; unclone d" EXIT
 	         "$kiln" exec --uds "$sn/live.sock" --connect-timeout 120 -- sh -c "echo before >/tmp/t; echo before >/data/d; sync" || exit 1
 	         # A writer keeps the disk busy and its exec connection open across the snapshot.
-	         "$kiln" exec --uds "$sn/live.sock" -- sh -c "while :; do dd if=/dev/urandom of=/data/busy bs=64k count=16 conv=fsync 2>/dev/null; done" 2>"$sn/busy.err" &
+	         "$kiln" exec --uds "$sn/live.sock" -- sh -c "while :; do dd if=/dev/zero of=/data/busy bs=64k count=16 conv=fsync 2>/dev/null; done" 2>"$sn/busy.err" &
 	         busy=$!; sleep 2
 	         r=$(python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b\"snapshot %s\\n\" % sys.argv[2].encode()); print(s.makefile().readline())" "$sn/live.ctl" "$sn/live-snap")
 	         case $r in *"\"ok\":true"*) echo -n "snapshot ok; " ;; *) echo "snapshot failed: $r"; exit 1 ;; esac
@@ -118,6 +118,33 @@ run "$v: snapshot: control socket shutdown stops the VM with status 0" 0 '^exit=
 	         "$kiln" exec --uds "$sn/z.sock" --connect-timeout 60 -- true || exit 1
 	         python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b\"shutdown\\n\"); s.makefile().readline()" "$sn/z.ctl"
 	         wait "$(cat "$sn/z.pid")"; echo "exit=$?"'
+
+# Clones on the network: each in its own namespace with its own tap kt0, whose
+# host side keeps the template's MAC (the guest's ARP cache remembers it).
+if [ -c /dev/net/tun ] && command -v unshare >/dev/null; then
+	cat >"$sn/netns.sh" <<-"EOF"
+	ip link set lo up
+	ip tuntap add kt0 mode tap || exit 99
+	ip link set kt0 address 02:6b:69:6c:6e:01
+	ip addr add 172.30.0.1/24 dev kt0
+	ip link set kt0 up
+	exec "$@"
+	EOF
+	run "$v: snapshot: a template with a tap" 0 '^rc=0$' \
+		bash -c 'unshare -n bash "$sn/netns.sh" "$vmm" --mem 256 --net tap=kt0 --cmdline "kiln.net=172.30.0.2/24,172.30.0.1" \
+		           --vsock "cid=3,uds=$sn/ntpl.sock" --console "$sn/ntpl.console" --template "$sn/ntpl" --timeout 300; echo "rc=$?"'
+	run "$v: snapshot: two clones, each on its own tap, reach the host" 0 '^n1: 1 packets received n2: 1 packets received $' \
+		bash -c 'pids=
+		         for n in n1 n2; do
+		           unshare -n bash "$sn/netns.sh" "$vmm" --restore "$sn/ntpl" --net tap=kt0 --vsock "cid=3,uds=$sn/$n.sock" \
+		             --console "$sn/$n.console" --timeout 200 </dev/null 2>"$sn/$n.err" &
+		           pids="$pids $!"
+		         done
+		         trap "kill $pids 2>/dev/null; wait" EXIT
+		         for n in n1 n2; do
+		           echo -n "$n: $("$kiln" exec --uds "$sn/$n.sock" --connect-timeout 60 -- ping -c 1 -W 10 172.30.0.1 | grep -o "1 packets received") "
+		         done; echo'
+fi
 
 # Damaged and mismatched snapshots: refused with a reason, before the VM runs.
 cp -r "$sn/tpl" "$sn/bad"
