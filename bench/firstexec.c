@@ -31,7 +31,7 @@ static double now_ms(void)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: kiln-firstexec --uds PATH [--identity NAME] [--timeout SEC]\n"
+	fprintf(f, "usage: kiln-firstexec --uds PATH [--identity NAME] [--timeout SEC] [--verbose]\n"
 		   "Waits for a line on stdin, then connects to the agent behind PATH, sends\n"
 		   "IDENTITY NAME if given, runs `true`, and prints \"ok MS RETRIES\" or\n"
 		   "\"error MESSAGE\" (MS: from the line to the exit status).\n");
@@ -43,6 +43,7 @@ int main(int argc, char **argv)
 		{ "uds", required_argument, NULL, 'u' },
 		{ "identity", required_argument, NULL, 'i' },
 		{ "timeout", required_argument, NULL, 't' },
+		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -56,7 +57,8 @@ int main(int argc, char **argv)
 	char line[64];
 	double t0, deadline;
 	long timeout_s = 120;
-	int opt, r, retries = 0;
+	int opt, r, retries = 0, verbose = 0;
+	double t_conn = 0, t_id = 0;
 
 	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (opt) {
@@ -69,6 +71,7 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'v': verbose = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -97,11 +100,13 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		r = kac_connect(&c, uds, left, &err);
+		t_conn = now_ms();
 		if (r == 0 && name) {
 			struct kac_identity id = { .sandbox_id = name, .hostname = name, .set_clock = 1 };
 
 			r = kac_identity(c, &id, &err);
 		}
+		t_id = now_ms();
 		if (r == 0 && (r = kac_exec(c, &eo, &ex, &err)) == 0)
 			break;
 		if (c)
@@ -117,6 +122,9 @@ int main(int argc, char **argv)
 		printf("error `true` exited %lld (signal %d)\n", (long long)ex.code, ex.signal);
 		return 1;
 	}
+	if (verbose)
+		fprintf(stderr, "kiln-firstexec: connected (HELLO done) %.1f ms, IDENTITY %.1f ms, exec %.1f ms\n",
+			t_conn - t0, t_id - t_conn, now_ms() - t_id);
 	printf("ok %.3f %d\n", now_ms() - t0, retries);
 	kac_close(c);
 	return 0;
