@@ -163,6 +163,7 @@ struct vsock {
 	uint64_t reset_ns;
 	int reset_tfd;		/* timerfd: the hold's deadline, should the guest never refill */
 	struct io_op reset_op;
+	int reset_on_resume;	/* restored from a device that had connections: reset them */
 	int reap_queued;	/* vsock_reap_call() is queued on the I/O thread */
 	unsigned nlogs;
 	uint64_t rx_pkts, tx_pkts, resets_sent;
@@ -1104,6 +1105,12 @@ static int vsock_save(struct virtio_dev *d, struct snap_buf *w)
 		vs->rx_held = 0;
 	}
 	snapw_u64(w, vs->cid);
+	/*
+	 * Whether the guest may hold connections the next VMM knows nothing of:
+	 * without any (a template, taken at agent-ready), a restore needs no
+	 * TRANSPORT_RESET, and its first connection need not wait for one.
+	 */
+	snapw_u8(w, vs->nconns || vs->nctrl);
 	return 0;
 }
 
@@ -1111,6 +1118,8 @@ static int vsock_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_er
 {
 	struct vsock *vs = d->priv;
 	uint64_t cid = snapr_u64(r, "guest CID");
+	/* (a state without the flag, from before it existed: reset to be safe) */
+	uint8_t conns = snapr_left(r) ? snapr_u8(r, "connections flag") : 1;
 
 	if (snapr_end(r, "virtio-vsock state") < 0)
 		return kiln_fail(err, EINVAL, "virtio-vsock state: %s", r->err);
@@ -1118,13 +1127,20 @@ static int vsock_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_er
 	if (cid != vs->cid)
 		return kiln_fail(err, EINVAL, "virtio-vsock state: the snapshot's guest has CID %" PRIu64 ", --vsock gives cid=%" PRIu64,
 				 cid, vs->cid);
+	if (conns > 1)
+		return kiln_fail(err, EINVAL, "virtio-vsock state: connections flag %u, not 0 or 1", conns);
+	vs->reset_on_resume = conns;
 	return 0;
 }
 
 /* The guest's connections ended with the old VMM: make it drop them now. */
 static void vsock_resumed(struct virtio_dev *d)
 {
-	vsock_transport_reset(d->priv);
+	struct vsock *vs = d->priv;
+
+	if (vs->reset_on_resume)
+		vsock_transport_reset(vs);
+	vs->reset_on_resume = 0;
 }
 
 static int vsock_stats(struct virtio_dev *d, char *buf, size_t len)

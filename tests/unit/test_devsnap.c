@@ -803,8 +803,14 @@ START_TEST(vsock_reset_refill_is_kicked_with_event_idx)
 	save(&a);
 	old_vmm_exits();
 
+	/*
+	 * A state from before the connections flag (its last byte) is reset
+	 * on resume, whether or not the device had connections.
+	 */
+	ck_assert_uint_eq(state.len, OFF_DEV(3) + 4 + 9);
+	put_le(state.p + OFF_DEV(3), 8, 4);
 	open_vsock(&b, GUEST_CID, "v.sock");
-	ck_assert_msg(restore(&b, state.p, state.len) == 0, "%s", err.msg);
+	ck_assert_msg(restore(&b, state.p, state.len - 1) == 0, "%s", err.msg);
 	virtio_mmio_resumed(&b);
 	ck_assert_uint_eq(used_idx(VS_EVQ), 1);
 	/* vring_need_event(avail_event, new, old) for the guest's refill. */
@@ -821,6 +827,45 @@ START_TEST(vsock_reset_refill_is_kicked_with_event_idx)
 	ck_assert_uint_eq(vs_rx_at(0).op, 1);
 	ck_assert_uint_eq(vs_rx_at(0).dst_port, 7002);
 	close(fd);
+}
+END_TEST
+
+/*
+ * A device without connections (a template, taken when the agent is ready)
+ * comes back without a TRANSPORT_RESET: the guest has nothing to drop, and
+ * the first host connection goes at once.
+ */
+START_TEST(vsock_quiet_device_resumes_without_reset)
+{
+	int fd;
+
+	open_vsock(&a, GUEST_CID, "v.sock");
+	driver_init(&a, 1ULL << VIRTIO_F_VERSION_1 | 1ULL << VIRTIO_F_RING_EVENT_IDX, 3);
+	set_desc(VS_EVQ, 0, BUF(VS_EVQ, 0), 8, VIRTQ_DESC_F_WRITE, 0);
+	offer(VS_EVQ, 0);
+	virtio_kick(&a, VS_EVQ);
+	vs_post_rx(&a, 4);
+	spin(5);
+	save(&a);
+	ck_assert_uint_eq(state.p[state.len - 1], 0);	/* no connections */
+	old_vmm_exits();
+
+	open_vsock(&b, GUEST_CID, "v.sock");
+	ck_assert_msg(restore(&b, state.p, state.len) == 0, "%s", err.msg);
+	virtio_mmio_resumed(&b);
+	spin(5);
+	ck_assert_uint_eq(used_idx(VS_EVQ), 0);
+	fd = host_client(7003);
+	settle(used_idx(VS_RXQ) == 1);
+	ck_assert_uint_eq(vs_rx_at(0).op, 1);
+	ck_assert_uint_eq(vs_rx_at(0).dst_port, 7003);
+	close(fd);
+
+	/* A flag that is neither 0 nor 1 is refused. */
+	state.p[state.len - 1] = 2;
+	open_vsock(&c, GUEST_CID, "c.sock");
+	ck_assert_int_eq(restore(&c, state.p, state.len), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "connections flag 2"));
 }
 END_TEST
 
@@ -921,6 +966,7 @@ Suite *suite_devsnap(void)
 	tcase_add_test(tc, wrong_device_type_refused);
 	tcase_add_test(tc, vsock_restored_device_resets_and_accepts);
 	tcase_add_test(tc, vsock_reset_refill_is_kicked_with_event_idx);
+	tcase_add_test(tc, vsock_quiet_device_resumes_without_reset);
 	tcase_add_test(tc, serial_registers_round_trip);
 	suite_add_tcase(s, tc);
 	return s;
