@@ -69,7 +69,8 @@ struct op {
 	int sig_pending[8];
 	int nsig;
 	uint32_t sig_ids[8];		/* SIGNAL requests in flight, answers ignored */
-	int64_t size;			/* FILE_READ/FILE_WRITE result */
+	int64_t size;			/* the U64 result field res_tag (u64_rec), -1 if absent */
+	uint8_t res_tag;
 	int detach;			/* exec: done at the RESPONSE */
 	int tty_fd;			/* SIGWINCH on sig_fd: RESIZE to this terminal's size */
 	kac_gap_fn gap_fn;
@@ -211,6 +212,7 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 	struct kp_field fl;
 	uint64_t v, version = 0;
 	int ret, last = 0, n;
+	useconds_t backoff_us = 1000;
 
 	if (err)
 		err->code = 0;
@@ -249,7 +251,10 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 				   uds, KP_VSOCK_PORT, timeout_ms);
 			goto err_free;
 		}
-		usleep(50 * 1000);
+		/* Quick at first (a VM being restored is up in milliseconds), then every 50 ms. */
+		usleep(backoff_us);
+		if (backoff_us < 50 * 1000)
+			backoff_us *= 2;
 	}
 
 	n = kp_enc_hello(c->sbuf, KAC_SBUF, KAC_WINDOW, KP_MAX_PAYLOAD, "kiln 0.1");
@@ -1070,14 +1075,25 @@ int kac_proc_list(struct kac *c, kac_proc_fn fn, void *arg, struct kac_err *err)
 
 /* ---- files -------------------------------------------------------------------- */
 
-static int size_rec(struct op *o, const struct kp_frame *f)
+/* The U64 result field o->res_tag (a size, a handle, an offset) into o->size. */
+static int u64_rec(struct op *o, const struct kp_frame *f)
 {
 	struct kp_field fl;
 	uint64_t v;
 
-	if (kp_rec_find(f->payload, f->len, KT_SIZE, &fl) == 1 && !kp_field_u64(&fl, &v))
+	if (kp_rec_find(f->payload, f->len, o->res_tag, &fl) == 1 && !kp_field_u64(&fl, &v) &&
+	    v <= (uint64_t)INT64_MAX)
 		o->size = (int64_t)v;
 	return 0;
+}
+
+/* An op whose answer is the U64 field tag (u64_rec). */
+static void op_init_u64(struct op *o, uint32_t id, uint8_t tag)
+{
+	op_init(o, id);
+	o->on_rec = u64_rec;
+	o->res_tag = tag;
+	o->size = -1;
 }
 
 int64_t kac_file_write(struct kac *c, const char *path, int fd, uint32_t mode, struct kac_err *err)
@@ -1088,9 +1104,7 @@ int64_t kac_file_write(struct kac *c, const char *path, int fd, uint32_t mode, s
 
 	if (err)
 		err->code = 0;
-	op_init(&o, new_id(c));
-	o.on_rec = size_rec;
-	o.size = -1;
+	op_init_u64(&o, new_id(c), KT_SIZE);
 	o.in_fd = fd;
 	o.in_credit = c->peer_window;
 	req_begin(c, &w, KP_OP_FILE_WRITE);
@@ -1115,8 +1129,7 @@ int64_t kac_file_read(struct kac *c, const char *path, int fd, struct kac_err *e
 
 	if (err)
 		err->code = 0;
-	op_init(&o, new_id(c));
-	o.on_rec = size_rec;
+	op_init_u64(&o, new_id(c), KT_SIZE);
 	o.out_fd[1] = fd;
 	req_begin(c, &w, KP_OP_FILE_READ);
 	kp_put_str(&w, KT_PATH, path);
@@ -1276,6 +1289,262 @@ int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *
 	req_begin(c, &w, KP_OP_RENAME);
 	kp_put_str(&w, KT_PATH, from);
 	kp_put_str(&w, KT_PATH2, to);
+	return simple(c, &o, &w, err);
+}
+
+/* ---- in-guest copy, walk, file handles --------------------------------------- */
+
+int64_t kac_copy(struct kac *c, const char *from, const char *to, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	op_init_u64(&o, new_id(c), KT_SIZE);
+	req_begin(c, &w, KP_OP_COPY);
+	kp_put_str(&w, KT_PATH, from);
+	kp_put_str(&w, KT_PATH2, to);
+	ret = simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	return o.size >= 0 ? o.size : 0;
+}
+
+struct walk_arg {
+	struct kac *c;
+	kac_walk_fn fn;
+	void *arg;
+	int ret;		/* the callback's error: the walk was cancelled */
+};
+
+static int walk_rec(struct op *o, const struct kp_frame *f)
+{
+	struct walk_arg *a = o->arg;
+	struct kp_rec r, e;
+	struct kp_field fl, ef;
+	char path[4096], name[256];
+	uint8_t cancel[KP_HDR_LEN];
+	uint64_t type;
+	int ret;
+
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		if (fl.tag != KT_ENTRY || kp_field_rec(&fl, &e) || a->ret)
+			continue;
+		path[0] = name[0] = '\0';
+		type = 0;
+		while (kp_rec_next(&e, &ef) == 1) {
+			if (ef.tag == KT_PATH)
+				kp_field_str(&ef, path, sizeof(path));
+			else if (ef.tag == KT_NAME)
+				kp_field_str(&ef, name, sizeof(name));
+			else if (ef.tag == KT_TYPE)
+				kp_field_u64(&ef, &type);
+		}
+		if (!path[0])
+			continue;
+		a->ret = a->fn(a->arg, path, name, (uint32_t)type);
+		/* The caller has had enough: stop the agent's walk, drain what is in flight. */
+		if (a->ret && !(f->flags & KP_F_END))
+			send_frame(a->c, cancel, (size_t)kp_enc_cancel(cancel, o->id, KP_CHAN_ALL), NULL);
+	}
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int kac_walk(struct kac *c, const char *path, uint64_t max_depth, int follow, kac_walk_fn fn, void *arg,
+	     struct kac_err *err)
+{
+	struct walk_arg a = { c, fn, arg, 0 };
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	op_init(&o, new_id(c));
+	o.on_rec = walk_rec;
+	o.arg = &a;
+	req_begin(c, &w, KP_OP_WALK);
+	kp_put_str(&w, KT_PATH, path);
+	if (max_depth != KAC_WALK_ALL)
+		kp_put_u64(&w, KT_MAX_DEPTH, max_depth);
+	if (!follow)
+		kp_put_bool(&w, KT_NOFOLLOW, 1);
+	ret = simple(c, &o, &w, err);
+	if (a.ret)
+		return fail(err, -a.ret, "walking %s: %s", path, strerror(-a.ret));
+	return ret;
+}
+
+/* A request on file handle fh: o opened (its result the U64 field res_tag, unless 0), w begun with op and KT_FH. */
+static void fh_begin(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op, uint64_t fh, uint8_t res_tag)
+{
+	if (res_tag)
+		op_init_u64(o, new_id(c), res_tag);
+	else
+		op_init(o, new_id(c));
+	req_begin(c, w, op);
+	kp_put_u64(w, KT_FH, fh);
+}
+
+int kac_fh_open(struct kac *c, const char *path, unsigned flags, uint32_t mode, uint64_t *fh,
+		struct kac_err *err)
+{
+	static const struct { unsigned flag; uint8_t tag; } bools[] = {
+		{ KAC_FH_READ, KT_READ }, { KAC_FH_WRITE, KT_WRITE }, { KAC_FH_APPEND, KT_APPEND },
+		{ KAC_FH_TRUNCATE, KT_TRUNCATE }, { KAC_FH_CREATE, KT_CREATE }, { KAC_FH_CREATE_NEW, KT_CREATE_NEW },
+	};
+	struct kp_recw w;
+	struct op o;
+	size_t i;
+	int ret;
+
+	*fh = 0;
+	op_init_u64(&o, new_id(c), KT_FH);
+	req_begin(c, &w, KP_OP_FH_OPEN);
+	kp_put_str(&w, KT_PATH, path);
+	for (i = 0; i < sizeof(bools) / sizeof(bools[0]); i++)
+		if (flags & bools[i].flag)
+			kp_put_bool(&w, bools[i].tag, 1);
+	kp_put_u64(&w, KT_MODE, mode & 07777);
+	ret = simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	if (o.size <= 0)
+		return fail(err, EPROTO, "agent: FH_OPEN answered without a handle");
+	*fh = (uint64_t)o.size;
+	return 0;
+}
+
+struct fh_read_arg {
+	void *buf;
+	size_t cap;
+	int64_t n;
+};
+
+static int fh_read_rec(struct op *o, const struct kp_frame *f)
+{
+	struct fh_read_arg *a = o->arg;
+	struct kp_field fl;
+
+	if (kp_rec_find(f->payload, f->len, KT_DATA, &fl) == 1) {
+		if (fl.kind != KP_K_BYTES || fl.len > a->cap)
+			return -EPROTO;
+		memcpy(a->buf, fl.val, fl.len);
+		a->n = fl.len;
+	} else if (kp_rec_find(f->payload, f->len, KT_EOF, &fl) == 1) {
+		a->n = 0;
+	}
+	return 0;
+}
+
+int64_t kac_fh_read(struct kac *c, uint64_t fh, void *buf, size_t len, struct kac_err *err)
+{
+	struct fh_read_arg a = { buf, len > KP_FH_IO_MAX ? KP_FH_IO_MAX : len, -1 };
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	fh_begin(c, &o, &w, KP_OP_FH_READ, fh, 0);
+	o.on_rec = fh_read_rec;
+	o.arg = &a;
+	kp_put_u64(&w, KT_LENGTH, a.cap);
+	ret = simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	return a.n >= 0 ? a.n : fail(err, EPROTO, "agent: FH_READ answered without DATA or EOF");
+}
+
+/* An FH_* request whose answer is the U64 field tag, sent with w already filled. */
+static int64_t fh_u64(struct kac *c, struct op *o, struct kp_recw *w, const char *what, struct kac_err *err)
+{
+	int ret = simple(c, o, w, err);
+
+	if (ret)
+		return ret;
+	return o->size >= 0 ? o->size : fail(err, EPROTO, "agent: %s answered without a result", what);
+}
+
+int64_t kac_fh_write(struct kac *c, uint64_t fh, const void *buf, size_t len, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	fh_begin(c, &o, &w, KP_OP_FH_WRITE, fh, KT_LENGTH);
+	kp_put_bytes(&w, KT_DATA, buf, (uint32_t)(len > KP_FH_IO_MAX ? KP_FH_IO_MAX : len));
+	return fh_u64(c, &o, &w, "FH_WRITE", err);
+}
+
+int64_t kac_fh_seek(struct kac *c, uint64_t fh, int64_t offset, int whence, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	if (whence != SEEK_SET && whence != SEEK_CUR && whence != SEEK_END)
+		return fail(err, EINVAL, "fh seek: whence must be SEEK_SET, SEEK_CUR or SEEK_END");
+	fh_begin(c, &o, &w, KP_OP_FH_SEEK, fh, KT_OFFSET);
+	kp_put_i64(&w, KT_OFFSET, offset);
+	kp_put_u64(&w, KT_WHENCE, whence == SEEK_SET ? 0 : whence == SEEK_CUR ? 1 : 2);
+	return fh_u64(c, &o, &w, "FH_SEEK", err);
+}
+
+int kac_fh_stat(struct kac *c, uint64_t fh, struct kac_stat *st, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	memset(st, 0, sizeof(*st));
+	fh_begin(c, &o, &w, KP_OP_FH_STAT, fh, 0);
+	o.on_rec = stat_rec;
+	o.arg = st;
+	return simple(c, &o, &w, err);
+}
+
+/* FH_SYNC, FH_TRUNCATE, FH_LOCK, FH_UNLOCK, FH_CLOSE: one optional argument, no result. */
+static int fh_simple(struct kac *c, uint64_t op, uint64_t fh, uint8_t tag, uint64_t v, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	fh_begin(c, &o, &w, op, fh, 0);
+	if (tag == KT_LENGTH)
+		kp_put_u64(&w, tag, v);
+	else if (tag)
+		kp_put_bool(&w, tag, (int)v);
+	return simple(c, &o, &w, err);
+}
+
+int kac_fh_sync(struct kac *c, uint64_t fh, int data_only, struct kac_err *err)
+{
+	return fh_simple(c, KP_OP_FH_SYNC, fh, data_only ? KT_DATA_ONLY : 0, 1, err);
+}
+
+int kac_fh_truncate(struct kac *c, uint64_t fh, uint64_t length, struct kac_err *err)
+{
+	return fh_simple(c, KP_OP_FH_TRUNCATE, fh, KT_LENGTH, length, err);
+}
+
+int kac_fh_lock(struct kac *c, uint64_t fh, int exclusive, struct kac_err *err)
+{
+	return fh_simple(c, KP_OP_FH_LOCK, fh, exclusive ? KT_EXCLUSIVE : 0, 1, err);
+}
+
+int kac_fh_unlock(struct kac *c, uint64_t fh, struct kac_err *err)
+{
+	return fh_simple(c, KP_OP_FH_UNLOCK, fh, 0, 0, err);
+}
+
+int kac_fh_close(struct kac *c, uint64_t fh, struct kac_err *err)
+{
+	return fh_simple(c, KP_OP_FH_CLOSE, fh, 0, 0, err);
+}
+
+int kac_fh_utime(struct kac *c, uint64_t fh, int64_t atime_ns, int64_t mtime_ns, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	fh_begin(c, &o, &w, KP_OP_FH_UTIME, fh, 0);
+	kp_put_i64(&w, KT_ATIME, atime_ns);
+	kp_put_i64(&w, KT_MTIME, mtime_ns);
 	return simple(c, &o, &w, err);
 }
 

@@ -173,6 +173,80 @@ int kac_remove(struct kac *c, const char *path, int recursive, struct kac_err *e
 /* rename(2) within the guest. */
 int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *err);
 
+/* ---- in-guest copy, walk, file handles (docs/agent-protocol.md, "Files") ---- */
+
+/*
+ * Copy the guest's regular file from to to, inside the guest: to is created
+ * or truncated and gets from's permission bits. Returns the byte count, or
+ * -errno (-EISDIR for a directory, -EINVAL for the same file or one that is
+ * not regular).
+ */
+int64_t kac_copy(struct kac *c, const char *from, const char *to, struct kac_err *err);
+
+#define KAC_WALK_ALL	UINT64_MAX	/* kac_walk without a depth limit */
+
+/* Called with each entry of a walk: its path, its name and S_IFMT type bits. Return 0, or -errno to stop. */
+typedef int (*kac_walk_fn)(void *arg, const char *path, const char *name, uint32_t type);
+
+/*
+ * Walk the guest tree under path, depth first: path itself (as a directory),
+ * then each entry at most max_depth levels below it (KAC_WALK_ALL: any),
+ * its path being path joined with the names on the way. follow: go down
+ * into symlinks to directories too (one back to an ancestor is listed, not
+ * entered). A callback's error cancels the walk and is returned.
+ */
+int kac_walk(struct kac *c, const char *path, uint64_t max_depth, int follow, kac_walk_fn fn, void *arg,
+	     struct kac_err *err);
+
+/*
+ * File handles: open guest files by handle, the SDK's open/create/file*
+ * calls. A handle belongs to this connection: kac_close closes them all.
+ * The agent keeps at most 256 open per connection (-EAGAIN beyond); a
+ * closed or unknown handle is -ESRCH.
+ */
+#define KAC_FH_READ		0x01
+#define KAC_FH_WRITE		0x02
+#define KAC_FH_APPEND		0x04
+#define KAC_FH_TRUNCATE		0x08
+#define KAC_FH_CREATE		0x10
+#define KAC_FH_CREATE_NEW	0x20
+
+/*
+ * Open path with KAC_FH_* flags (0: read only; as Rust's OpenOptions,
+ * TRUNCATE and CREATE* need WRITE or APPEND), creating it with permission
+ * bits mode (less the agent's umask). *fh is the handle.
+ */
+int kac_fh_open(struct kac *c, const char *path, unsigned flags, uint32_t mode, uint64_t *fh,
+		struct kac_err *err);
+
+/* Read up to len bytes (at most 240 KiB a call) at the handle's offset: the count, 0 at the end, or -errno. */
+int64_t kac_fh_read(struct kac *c, uint64_t fh, void *buf, size_t len, struct kac_err *err);
+
+/* Write up to len bytes (at most 240 KiB a call): the count written, or -errno. */
+int64_t kac_fh_write(struct kac *c, uint64_t fh, const void *buf, size_t len, struct kac_err *err);
+
+/* lseek(2) with whence SEEK_SET, SEEK_CUR or SEEK_END: the new offset, or -errno. */
+int64_t kac_fh_seek(struct kac *c, uint64_t fh, int64_t offset, int whence, struct kac_err *err);
+
+/* fstat(2) of the handle's file. */
+int kac_fh_stat(struct kac *c, uint64_t fh, struct kac_stat *st, struct kac_err *err);
+
+/* fsync(2), or fdatasync(2) with data_only. */
+int kac_fh_sync(struct kac *c, uint64_t fh, int data_only, struct kac_err *err);
+
+/* ftruncate(2) to length bytes. */
+int kac_fh_truncate(struct kac *c, uint64_t fh, uint64_t length, struct kac_err *err);
+
+/* flock(2), shared or exclusive: returns once the lock is held (the agent waits, not blocking). */
+int kac_fh_lock(struct kac *c, uint64_t fh, int exclusive, struct kac_err *err);
+int kac_fh_unlock(struct kac *c, uint64_t fh, struct kac_err *err);
+
+/* futimens(2): access and modification times in ns since the epoch. */
+int kac_fh_utime(struct kac *c, uint64_t fh, int64_t atime_ns, int64_t mtime_ns, struct kac_err *err);
+
+/* Close the handle (its id is never given again on this connection). */
+int kac_fh_close(struct kac *c, uint64_t fh, struct kac_err *err);
+
 /* ---- control ------------------------------------------------------------------ */
 
 /* What IDENTITY sets; NULL or 0 fields leave that part unchanged. */

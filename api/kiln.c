@@ -4,8 +4,8 @@
  *
  *   kiln exec --uds PATH [--env K=V]... [--cwd DIR] [--timeout S] [-i] [--tty] [--detach] -- CMD ARGS...
  *   kiln shell|attach|ps|wait|release --uds PATH ...
- *   kiln cp   --uds PATH SRC DST          (one side guest:/path)
- *   kiln ls|stat|mkdir|rm|mv --uds PATH ...
+ *   kiln cp   --uds PATH SRC DST          (guest:/path on one side, or both: copy in the guest)
+ *   kiln ls|stat|mkdir|rm|mv|copy|walk --uds PATH ...
  *   kiln identity|shutdown|env --uds PATH ...
  *   kiln connect|forward|ports --uds PATH ...
  *
@@ -75,12 +75,19 @@ static const char usage_text[] =
 "  wait [--timeout S] HANDLE   wait for a process; exit with its status\n"
 "  release HANDLE forget an exited process and its output\n"
 "  cp SRC DST     copy a file; one side is guest:/path, '-' is stdin/stdout.\n"
-"                 Uploads keep the file's permission bits.\n"
+"                 Uploads keep the file's permission bits. With guest: on both\n"
+"                 sides the file is copied inside the guest (as kiln copy)\n"
 "  ls [--json] DIR           list a guest directory\n"
 "  stat [--json] PATH        stat a guest path\n"
 "  mkdir [-p] [--mode OCTAL] DIR\n"
 "  rm [-r] PATH\n"
 "  mv FROM TO\n"
+"  copy FROM TO   copy a regular guest file inside the guest, permission bits\n"
+"                 kept (TO may be a directory)\n"
+"  walk [--max-depth N] [--follow] [--json] PATH\n"
+"        every path under guest PATH, PATH first, one a line (directories\n"
+"        end in /); --max-depth 1: PATH and its entries; --follow: go down\n"
+"        into symlinks to directories too\n"
 "  identity [--id ID] [--hostname H] [--env K=V]... [--clear-env] [--clock now|none|NS]\n"
 "        set the sandbox id (env KILN_SANDBOX_ID, file /run/kiln/sandbox-id),\n"
 "        hostname, default environment and wall clock (default: the host's\n"
@@ -144,11 +151,14 @@ struct common {
 	uint64_t ring;
 	int drop;
 	uint64_t from, from_err;
+	uint64_t max_depth;
+	int follow;
 };
 
 enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_JSON, OPT_MODE,
        OPT_ID, OPT_HOSTNAME, OPT_CLEAR_ENV, OPT_CLOCK, OPT_REBOOT, OPT_RAW, OPT_ADDR,
-       OPT_DETACH, OPT_ROWS, OPT_COLS, OPT_RING, OPT_OVERFLOW, OPT_FROM, OPT_FROM_ERR };
+       OPT_DETACH, OPT_ROWS, OPT_COLS, OPT_RING, OPT_OVERFLOW, OPT_FROM, OPT_FROM_ERR, OPT_MAX_DEPTH,
+       OPT_FOLLOW };
 
 static const struct option long_opts[] = {
 	{ "uds", required_argument, NULL, OPT_UDS },
@@ -174,6 +184,8 @@ static const struct option long_opts[] = {
 	{ "overflow", required_argument, NULL, OPT_OVERFLOW },
 	{ "from", required_argument, NULL, OPT_FROM },
 	{ "from-err", required_argument, NULL, OPT_FROM_ERR },
+	{ "max-depth", required_argument, NULL, OPT_MAX_DEPTH },
+	{ "follow", no_argument, NULL, OPT_FOLLOW },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -218,6 +230,7 @@ static int parse_opts(int argc, char **argv, struct common *o)
 	o->uds = getenv("KILN_UDS");
 	o->connect_ms = 60000;
 	o->mode = 0755;
+	o->max_depth = KAC_WALK_ALL;
 	optind = 1;
 	/* "+": stop at the first operand, so the guest command keeps its options. */
 	while ((c = getopt_long(argc, argv, "+hiprft", long_opts, NULL)) != -1) {
@@ -261,6 +274,8 @@ static int parse_opts(int argc, char **argv, struct common *o)
 		case OPT_RING: o->ring = parse_num(optarg, "--ring", 4096, 16u << 20, 1); break;
 		case OPT_FROM: o->from = parse_num(optarg, "--from", 0, INT64_MAX, 0); break;
 		case OPT_FROM_ERR: o->from_err = parse_num(optarg, "--from-err", 0, INT64_MAX, 0); break;
+		case OPT_MAX_DEPTH: o->max_depth = parse_num(optarg, "--max-depth", 0, INT64_MAX, 0); break;
+		case OPT_FOLLOW: o->follow = 1; break;
 		case OPT_OVERFLOW:
 			if (strcmp(optarg, "block") && strcmp(optarg, "drop"))
 				die_usage("--overflow %s: expected block or drop", optarg);
@@ -676,6 +691,39 @@ static int op_fail(const char *what, const struct kac_err *err)
 	return EXIT_FAIL;
 }
 
+/* Copy a file inside the guest (COPY); to an existing directory, under the source's name. */
+static int guest_copy(const struct common *o, const char *from, const char *to)
+{
+	struct kac_err err = { "", 0 };
+	static char path[8192];
+	struct kac_stat st;
+	struct kac *c = connect_or_die(o);
+	int64_t n;
+
+	if (to[strlen(to) - 1] == '/' || (kac_stat(c, to, 0, &st, &err) == 0 && S_ISDIR(st.type))) {
+		const char *b = strrchr(from, '/');
+
+		if ((size_t)snprintf(path, sizeof(path), "%s%s%s", to, to[strlen(to) - 1] == '/' ? "" : "/",
+				     b ? b + 1 : from) >= sizeof(path))
+			die_usage("%s: path too long", to);
+		to = path;
+	}
+	n = kac_copy(c, from, to, &err);
+	kac_close(c);
+	return n < 0 ? op_fail("copy", &err) : 0;
+}
+
+static int cmd_copy(int argc, char **argv)
+{
+	struct common o;
+	int i = parse_opts(argc, argv, &o);
+
+	if (argc - i != 2)
+		die_usage("copy: expected FROM TO (guest paths)");
+	return guest_copy(&o, guest_path(argv[i]) ? guest_path(argv[i]) : argv[i],
+			  guest_path(argv[i + 1]) ? guest_path(argv[i + 1]) : argv[i + 1]);
+}
+
 static int cmd_cp(int argc, char **argv)
 {
 	struct common o;
@@ -695,10 +743,12 @@ static int cmd_cp(int argc, char **argv)
 	dst = argv[i + 1];
 	gsrc = guest_path(src);
 	gdst = guest_path(dst);
-	if (!!gsrc == !!gdst)
-		die_usage("cp: exactly one of SRC and DST must be guest:/path");
+	if (!gsrc && !gdst)
+		die_usage("cp: SRC or DST (or both) must be guest:/path");
 	if ((gsrc && !*gsrc) || (gdst && !*gdst))
 		die_usage("cp: guest: needs a path (guest:/tmp/file)");
+	if (gsrc && gdst)
+		return guest_copy(&o, gsrc, gdst);
 
 	if (gdst) {
 		/* upload */
@@ -839,6 +889,53 @@ static int cmd_ls(int argc, char **argv)
 	if (s.json)
 		putchar('[');
 	ret = kac_readdir(c, path, ls_entry, &s, &err);
+	kac_close(c);
+	if (s.json)
+		puts("]");
+	return ret ? op_fail(path, &err) : 0;
+}
+
+struct walk_state {
+	int json;
+	unsigned long long n;
+};
+
+static int walk_entry(void *arg, const char *path, const char *name, uint32_t type)
+{
+	struct walk_state *s = arg;
+	int dir = (type & S_IFMT) == S_IFDIR, slash = dir && path[strlen(path) - 1] != '/';
+
+	if (s->json) {
+		printf("%s{\"path\":", s->n ? "," : "");
+		json_str(path);
+		printf(",\"name\":");
+		json_str(name);
+		printf(",\"type\":\"%s\"}", type_name(type));
+	} else {
+		printf("%s%s\n", path, slash ? "/" : "");
+	}
+	s->n++;
+	return ferror(stdout) ? -EIO : 0;
+}
+
+static int cmd_walk(int argc, char **argv)
+{
+	struct common o;
+	struct kac_err err = { "", 0 };
+	struct walk_state s = { 0, 0 };
+	struct kac *c;
+	const char *path;
+	int i, ret;
+
+	i = parse_opts(argc, argv, &o);
+	if (argc - i != 1)
+		die_usage("walk: expected one PATH");
+	path = guest_path(argv[i]) ? guest_path(argv[i]) : argv[i];
+	s.json = o.json;
+	c = connect_or_die(&o);
+	if (s.json)
+		putchar('[');
+	ret = kac_walk(c, path, o.max_depth, o.follow, walk_entry, &s, &err);
 	kac_close(c);
 	if (s.json)
 		puts("]");
@@ -1310,6 +1407,10 @@ int main(int argc, char **argv)
 		return cmd_ls(argc, argv);
 	if (strcmp(cmd, "stat") == 0)
 		return cmd_stat(argc, argv);
+	if (strcmp(cmd, "walk") == 0)
+		return cmd_walk(argc, argv);
+	if (strcmp(cmd, "copy") == 0)
+		return cmd_copy(argc, argv);
 	if (strcmp(cmd, "mkdir") == 0 || strcmp(cmd, "rm") == 0 || strcmp(cmd, "mv") == 0)
 		return cmd_simple(argc, argv, cmd);
 	if (strcmp(cmd, "identity") == 0)

@@ -39,6 +39,7 @@
 #include <termios.h>
 #include <time.h>
 #include <sys/io.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/sysinfo.h>
 #include <sys/signalfd.h>
@@ -79,6 +80,9 @@
 #define RING_FLOOR	(16u << 10)	/* a ring may always grow this far, whatever the total */
 #define RING_TOTAL_MAX	(256ull << 20)	/* all rings together, at most a quarter of RAM */
 #define CMD_MAX		4096		/* bytes of argv kept for PROC_LIST */
+#define MAX_WALKS	64		/* WALKs in progress, all connections */
+#define COPY_CHUNK	(1u << 20)	/* bytes a COPY moves per loop turn */
+#define LOCK_POLL_MS	50		/* a waiting FH_LOCK retries this often */
 
 extern char **environ;
 
@@ -118,7 +122,9 @@ struct proc {
 	struct stream *st;	/* attached stream, NULL when detached */
 };
 
-enum stream_kind { ST_EXEC, ST_FWRITE, ST_FREAD, ST_PORT, ST_PWAIT, ST_WAIT };
+enum stream_kind { ST_EXEC, ST_FWRITE, ST_FREAD, ST_PORT, ST_PWAIT, ST_WAIT, ST_WALK, ST_COPY, ST_LOCK };
+
+struct walk;
 
 struct stream {
 	struct stream *next;
@@ -134,7 +140,13 @@ struct stream {
 	uint64_t credit[3];
 	int eof_sent[3];
 	int cancelled[3];	/* CANCEL on the channel: no more output */
-	int fd;			/* ST_FWRITE, ST_FREAD */
+	int fd;			/* ST_FWRITE, ST_FREAD; ST_COPY: the source */
+	int fd2;		/* ST_COPY: the destination */
+	uint64_t copied;	/* ST_COPY */
+	int plain;		/* ST_COPY: read and write, copy_file_range cannot */
+	struct walk *walk;	/* ST_WALK */
+	uint64_t fh;		/* ST_LOCK: the handle waiting for its lock */
+	int exclusive;
 	uint64_t remain;	/* ST_FREAD: bytes left to send */
 	uint64_t out_off, out_credit;	/* ST_FREAD, ST_PORT channel 1 */
 	/* ST_PORT: fd is the TCP socket */
@@ -150,6 +162,12 @@ struct stream {
 	struct timespec deadline;
 };
 
+/* An open file handle (FH_OPEN): it belongs to the connection that opened it. */
+struct fh {
+	uint64_t id;
+	int fd;
+};
+
 struct conn {
 	struct conn *next;
 	int fd;
@@ -163,6 +181,9 @@ struct conn {
 	struct stream *streams;
 	unsigned nstreams;
 	unsigned nreq;		/* requests received */
+	struct fh *fh;		/* open file handles (KP_FH_MAX slots once the first is opened) */
+	unsigned nfh;
+	uint64_t fh_next;	/* the last handle id given: ids are never reused on a connection */
 	/*
 	 * Raw port mode (PORT_CONNECT with KT_RAW): 1 while connecting, 2 once
 	 * bytes are relayed between fd and raw_fd unframed: out carries
@@ -187,6 +208,7 @@ static uint64_t exit_seq;
 static uint64_t ring_total, ring_limit;
 static uint64_t next_handle = 1;
 static unsigned nports;
+static unsigned nwalks;
 static char **envs;		/* the default environment: malloc'd "KEY=VALUE" strings */
 static size_t nenvs, env_bytes;
 static char sandbox_id[SANDBOX_ID_MAX + 1];
@@ -294,6 +316,8 @@ static void fd_close(int *fd)
 }
 
 
+static void walk_free(struct walk *wk);
+
 static struct stream *stream_find(struct conn *c, uint32_t id)
 {
 	struct stream *s;
@@ -314,6 +338,7 @@ static struct stream *stream_new(struct conn *c, enum stream_kind kind, uint32_t
 	s->conn = c;
 	s->id = id;
 	s->fd = -1;
+	s->fd2 = -1;
 	s->in_credit = KP_DEFAULT_WINDOW;
 	s->out_credit = c->peer_window;
 	s->credit[1] = s->credit[2] = c->peer_window;
@@ -344,8 +369,12 @@ static void stream_free(struct conn *c, struct stream *s)
 	}
 	if (s->kind == ST_PORT)
 		nports--;
+	if (s->kind == ST_WALK)
+		walk_free(s->walk);
 	if (s->fd >= 0)
 		close(s->fd);
+	if (s->fd2 >= 0)
+		close(s->fd2);
 	free(s->inbuf);
 	free(s);
 }
@@ -1286,39 +1315,57 @@ static int64_t ts_ns(const struct statx_timestamp *t)
 	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
 }
 
+/* ns since the epoch as a timespec; before the epoch: a negative second, a positive fraction. */
+static struct timespec ns_timespec(int64_t ns)
+{
+	struct timespec ts = { .tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000 };
+
+	if (ts.tv_nsec < 0) {
+		ts.tv_sec--;
+		ts.tv_nsec += 1000000000;
+	}
+	return ts;
+}
+
+/* The stat record (STAT, FH_STAT) of sx, as the terminal RESPONSE of id. */
+static void send_statx(struct conn *c, uint32_t id, const struct statx *sx)
+{
+	struct kp_recw w;
+
+	rec_begin(&w);
+	kp_put_u64(&w, KT_TYPE, sx->stx_mode & S_IFMT);
+	kp_put_u64(&w, KT_MODE, sx->stx_mode & 07777);
+	kp_put_u64(&w, KT_SIZE, sx->stx_size);
+	kp_put_u64(&w, KT_DEV, makedev(sx->stx_dev_major, sx->stx_dev_minor));
+	kp_put_u64(&w, KT_INO, sx->stx_ino);
+	kp_put_u64(&w, KT_NLINK, sx->stx_nlink);
+	kp_put_u64(&w, KT_UID, sx->stx_uid);
+	kp_put_u64(&w, KT_GID, sx->stx_gid);
+	kp_put_u64(&w, KT_RDEV, makedev(sx->stx_rdev_major, sx->stx_rdev_minor));
+	kp_put_u64(&w, KT_BLKSIZE, sx->stx_blksize);
+	kp_put_u64(&w, KT_BLOCKS, sx->stx_blocks);
+	kp_put_i64(&w, KT_ATIME, ts_ns(&sx->stx_atime));
+	kp_put_i64(&w, KT_MTIME, ts_ns(&sx->stx_mtime));
+	kp_put_i64(&w, KT_CTIME, ts_ns(&sx->stx_ctime));
+	if (sx->stx_mask & STATX_BTIME)
+		kp_put_i64(&w, KT_BTIME, ts_ns(&sx->stx_btime));
+	rec_send(c, KP_RESPONSE, KP_F_END, id, &w);
+}
+
 static void op_stat(struct conn *c, const struct kp_frame *f)
 {
 	int bad = 0;
 	char *path = arg_str(f, KT_PATH, &bad);
 	int nofollow = (int)arg_u64(f, KT_NOFOLLOW, 0, &bad);
 	struct statx sx;
-	struct kp_recw w;
 
-	if (bad || !path) {
+	if (bad || !path)
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "stat: wants PATH");
-	} else if (statx(AT_FDCWD, path, nofollow ? AT_SYMLINK_NOFOLLOW : 0,
-			 STATX_BASIC_STATS | STATX_BTIME, &sx) < 0) {
+	else if (statx(AT_FDCWD, path, nofollow ? AT_SYMLINK_NOFOLLOW : 0,
+		       STATX_BASIC_STATS | STATX_BTIME, &sx) < 0)
 		os_error(c, f->id, "stat", path, errno);
-	} else {
-		rec_begin(&w);
-		kp_put_u64(&w, KT_TYPE, sx.stx_mode & S_IFMT);
-		kp_put_u64(&w, KT_MODE, sx.stx_mode & 07777);
-		kp_put_u64(&w, KT_SIZE, sx.stx_size);
-		kp_put_u64(&w, KT_DEV, makedev(sx.stx_dev_major, sx.stx_dev_minor));
-		kp_put_u64(&w, KT_INO, sx.stx_ino);
-		kp_put_u64(&w, KT_NLINK, sx.stx_nlink);
-		kp_put_u64(&w, KT_UID, sx.stx_uid);
-		kp_put_u64(&w, KT_GID, sx.stx_gid);
-		kp_put_u64(&w, KT_RDEV, makedev(sx.stx_rdev_major, sx.stx_rdev_minor));
-		kp_put_u64(&w, KT_BLKSIZE, sx.stx_blksize);
-		kp_put_u64(&w, KT_BLOCKS, sx.stx_blocks);
-		kp_put_i64(&w, KT_ATIME, ts_ns(&sx.stx_atime));
-		kp_put_i64(&w, KT_MTIME, ts_ns(&sx.stx_mtime));
-		kp_put_i64(&w, KT_CTIME, ts_ns(&sx.stx_ctime));
-		if (sx.stx_mask & STATX_BTIME)
-			kp_put_i64(&w, KT_BTIME, ts_ns(&sx.stx_btime));
-		rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
-	}
+	else
+		send_statx(c, f->id, &sx);
 	free(path);
 }
 
@@ -1494,16 +1541,8 @@ static void op_path_simple(struct conn *c, const struct kp_frame *f, uint64_t op
 	case KP_OP_SYMLINK:	ret = symlink(path, path2); break;
 	case KP_OP_TRUNCATE:	ret = truncate(path, (off_t)len); break;
 	case KP_OP_UTIME: {
-		struct timespec ts[2] = {
-			{ .tv_sec = at / 1000000000, .tv_nsec = at % 1000000000 },
-			{ .tv_sec = mt / 1000000000, .tv_nsec = mt % 1000000000 },
-		};
+		struct timespec ts[2] = { ns_timespec(at), ns_timespec(mt) };
 
-		for (int i = 0; i < 2; i++)
-			if (ts[i].tv_nsec < 0) {	/* before the epoch: a negative second, a positive fraction */
-				ts[i].tv_sec--;
-				ts[i].tv_nsec += 1000000000;
-			}
 		ret = utimensat(AT_FDCWD, path, ts, 0);
 		break;
 	}
@@ -1771,6 +1810,609 @@ static void fread_pump(struct conn *c, struct stream *s)
 		s->out_credit -= (uint64_t)n;
 		s->remain -= (uint64_t)n;
 	}
+}
+
+/* ---- COPY --------------------------------------------------------------------------- */
+
+/*
+ * COPY: a regular file's bytes and permission bits to PATH2 (created, or
+ * truncated), as Rust's fs::copy behind Deno's copyFile. The bytes move in
+ * the main loop, COPY_CHUNK a turn (copy_pump), so a large copy does not
+ * stall the agent's other work; the request ends with RESPONSE|END KT_SIZE.
+ */
+static void op_copy(struct conn *c, const struct kp_frame *f)
+{
+	int bad = 0, src = -1, dst = -1;
+	char *from = arg_str(f, KT_PATH, &bad), *to = arg_str(f, KT_PATH2, &bad);
+	struct stat ss, ds;
+	struct stream *s;
+
+	if (bad || !from || !to) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "copy: wants PATH (the file) and PATH2 (the copy)");
+		goto out;
+	}
+	/* O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below). */
+	src = open(from, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (src < 0 || fstat(src, &ss) < 0) {
+		os_error(c, f->id, "copy", from, errno);
+		goto out;
+	}
+	if (!S_ISREG(ss.st_mode)) {
+		send_error(c, f->id, KP_ERR_OS, S_ISDIR(ss.st_mode) ? EISDIR : EINVAL,
+			   "copy %s: %s (COPY copies one regular file)", from,
+			   S_ISDIR(ss.st_mode) ? "is a directory" : "not a regular file");
+		goto out;
+	}
+	dst = open_nonblock(c, f->id, to, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY, ss.st_mode & 07777);
+	if (dst < 0)
+		goto out;
+	if (fstat(dst, &ds) < 0) {
+		os_error(c, f->id, "copy", to, errno);
+		goto out;
+	}
+	if (ds.st_dev == ss.st_dev && ds.st_ino == ss.st_ino) {
+		/* Truncating the copy would empty the original. */
+		send_error(c, f->id, KP_ERR_OS, EINVAL, "copy %s to %s: the same file", from, to);
+		goto out;
+	}
+	/* An existing file gets the source's mode too; a new one had it masked by the umask. */
+	if (S_ISREG(ds.st_mode) && (ftruncate(dst, 0) < 0 || fchmod(dst, ss.st_mode & 07777) < 0)) {
+		os_error(c, f->id, "copy", to, errno);
+		goto out;
+	}
+	s = stream_new(c, ST_COPY, f->id);
+	if (!s) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "copy: out of memory");
+		goto out;
+	}
+	s->fd = src;
+	s->fd2 = dst;
+	s->in_credit = 0;
+	src = dst = -1;
+out:
+	fd_close(&src);
+	fd_close(&dst);
+	free(from);
+	free(to);
+}
+
+/* Write all n bytes to fd: 0, or -1 with errno (EIO for a device that takes no more). */
+static int write_full(int fd, const uint8_t *p, size_t n)
+{
+	while (n) {
+		ssize_t k = write(fd, p, n);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			if (k == 0 || errno == EAGAIN)
+				errno = EIO;
+			return -1;
+		}
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
+}
+
+/* Move up to COPY_CHUNK bytes of a COPY; at the end of the file, the terminal RESPONSE. */
+static void copy_pump(struct conn *c, struct stream *s)
+{
+	static uint8_t buf[READ_CHUNK];
+	struct kp_recw w;
+	size_t moved = 0;
+	ssize_t n;
+
+	while (moved < COPY_CHUNK) {
+		if (!s->plain) {
+			n = copy_file_range(s->fd, NULL, s->fd2, NULL, COPY_CHUNK - moved, 0);
+			if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+				s->plain = 1;	/* not between these two files (a device, an old kernel) */
+				continue;
+			}
+		} else {
+			n = read(s->fd, buf, sizeof(buf));
+			if (n > 0 && write_full(s->fd2, buf, (size_t)n) < 0)
+				n = -1;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			send_error(c, s->id, KP_ERR_OS, errno, "copy: %s", strerror(errno));
+			stream_free(c, s);
+			return;
+		}
+		if (n == 0) {
+			rec_begin(&w);
+			kp_put_u64(&w, KT_SIZE, s->copied);
+			rec_send(c, KP_RESPONSE, KP_F_END, s->id, &w);
+			stream_free(c, s);
+			return;
+		}
+		moved += (size_t)n;
+		s->copied += (uint64_t)n;
+	}
+}
+
+/* ---- WALK --------------------------------------------------------------------------- */
+
+/* One directory on a walk's way down: where to resume reading it, and which it is. */
+struct walk_level {
+	long pos;		/* telldir() past the entry being descended into */
+	size_t len;		/* its path's length in walk.path */
+	dev_t dev;		/* a followed symlink back to an ancestor is a loop */
+	ino_t ino;
+};
+
+/*
+ * A WALK in progress. Only the directory being read is open: going down
+ * closes it (its telldir kept), coming back reopens it by path and seeks, so
+ * a walk holds one DIR whatever its depth, and its memory is one path of
+ * PATH_MAX bytes and a level per directory on the way down (at most
+ * PATH_MAX / 2 of them).
+ */
+struct walk {
+	DIR *d;			/* the directory at level depth; NULL once it vanished */
+	unsigned depth;		/* 0: the root */
+	uint64_t max_depth;
+	int nofollow;
+	int started;		/* the root's own entry was sent */
+	struct walk_level *lv;
+	unsigned nlv;
+	char path[PATH_MAX];
+};
+
+#define WALK_BATCH	(KP_MAX_CONTROL - 2 * PATH_MAX - 1024)	/* a batch is full beyond this */
+
+static void walk_free(struct walk *wk)
+{
+	if (!wk)
+		return;
+	if (wk->d)
+		closedir(wk->d);
+	free(wk->lv);
+	free(wk);
+	nwalks--;
+}
+
+static void walk_put(struct kp_recw *w, const char *path, const char *name, unsigned type)
+{
+	uint32_t mark = kp_nest_begin(w, KT_ENTRY);
+
+	kp_put_str(w, KT_PATH, path);
+	kp_put_str(w, KT_NAME, name);
+	kp_put_u64(w, KT_TYPE, type);
+	kp_nest_end(w, mark);
+}
+
+/*
+ * Go down into entry name of the current directory (its path in wk->path,
+ * plen bytes): 1 when the walk is now in it, 0 when it is not a directory to
+ * enter (gone, a symlink to something else, a loop), or -errno.
+ */
+static int walk_down(struct walk *wk, const char *name, size_t plen, int is_link)
+{
+	int fd = openat(dirfd(wk->d), name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (is_link ? 0 : O_NOFOLLOW));
+	struct stat st;
+	unsigned i;
+	DIR *nd;
+
+	if (fd < 0)
+		return errno == ENOENT || errno == ENOTDIR || errno == ELOOP ? 0 : -errno;
+	if (fstat(fd, &st) < 0)
+		goto fail;
+	for (i = 0; i <= wk->depth; i++)
+		if (wk->lv[i].dev == st.st_dev && wk->lv[i].ino == st.st_ino) {
+			close(fd);
+			return 0;
+		}
+	if (wk->depth + 1 >= wk->nlv) {
+		struct walk_level *nl = realloc(wk->lv, 2 * wk->nlv * sizeof(*nl));
+
+		if (!nl) {
+			errno = ENOMEM;
+			goto fail;
+		}
+		wk->lv = nl;
+		wk->nlv *= 2;
+	}
+	wk->lv[wk->depth].pos = telldir(wk->d);
+	nd = fdopendir(fd);
+	if (!nd)
+		goto fail;
+	closedir(wk->d);
+	wk->d = nd;
+	wk->depth++;
+	wk->lv[wk->depth] = (struct walk_level){ .len = plen, .dev = st.st_dev, .ino = st.st_ino };
+	return 1;
+fail:
+	i = (unsigned)errno;
+	close(fd);
+	return -(int)i;
+}
+
+/*
+ * Send the walk's next entries, in batches of one RESPONSE each, while the
+ * connection's send queue is below half of OUTQ_HIGH: a host that stops
+ * reading stops the walk, whose state stays the same size. Half: the queue
+ * stays below OUTQ_HIGH, so the connection is still read (a CANCEL, other
+ * requests) while a walk has more to send. The last batch carries END.
+ */
+static void walk_pump(struct conn *c, struct stream *s)
+{
+	struct walk *wk = s->walk;
+	struct kp_recw w;
+	struct stat st;
+	int err = 0;
+
+	rec_begin(&w);
+	if (!wk->started) {
+		const char *b = strrchr(wk->path, '/');
+
+		walk_put(&w, wk->path, b && b[1] ? b + 1 : wk->path, S_IFDIR);
+		wk->started = 1;
+		if (!wk->max_depth)
+			goto done;
+	}
+	while (c->out.len < OUTQ_HIGH / 2) {
+		size_t len = wk->lv[wk->depth].len, cl = len, nl;
+		struct dirent *de = NULL;
+		unsigned type;
+		int ret;
+
+		if (w.len > WALK_BATCH) {
+			rec_send(c, KP_RESPONSE, 0, s->id, &w);
+			rec_begin(&w);
+			continue;
+		}
+		errno = 0;
+		if (wk->d)
+			de = readdir(wk->d);
+		if (!de && errno) {
+			err = errno;
+			break;
+		}
+		if (!de) {
+			/* This directory is done: back up to its parent, where we left it. */
+			if (wk->depth == 0)
+				goto done;
+			if (wk->d)
+				closedir(wk->d);
+			wk->depth--;
+			wk->path[wk->lv[wk->depth].len] = '\0';
+			wk->d = opendir(wk->path);
+			if (!wk->d && errno != ENOENT) {
+				err = errno;
+				break;
+			}
+			if (wk->d)	/* a parent that vanished meanwhile has nothing left to list */
+				seekdir(wk->d, wk->lv[wk->depth].pos);
+			continue;
+		}
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		nl = strlen(de->d_name);
+		if (len + 1 + nl >= PATH_MAX) {
+			err = ENAMETOOLONG;
+			break;
+		}
+		if (wk->path[cl - 1] != '/')
+			wk->path[cl++] = '/';
+		memcpy(wk->path + cl, de->d_name, nl + 1);
+		cl += nl;
+		type = DTTOIF(de->d_type);
+		if (de->d_type == DT_UNKNOWN)
+			type = fstatat(dirfd(wk->d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? (st.st_mode & S_IFMT) : 0;
+		walk_put(&w, wk->path, de->d_name, type);
+		ret = 0;
+		/* Entries of a directory at depth d are at d + 1: go down while that stays within max_depth. */
+		if (wk->depth + 1 < wk->max_depth && (S_ISDIR(type) || (S_ISLNK(type) && !wk->nofollow)))
+			ret = walk_down(wk, de->d_name, cl, S_ISLNK(type));
+		if (ret < 0) {
+			err = -ret;
+			break;
+		}
+		if (!ret)
+			wk->path[len] = '\0';
+	}
+	if (err) {
+		/* The batch first: the ERROR is built in the same scratch buffer. */
+		if (w.len)
+			rec_send(c, KP_RESPONSE, 0, s->id, &w);
+		send_error(c, s->id, KP_ERR_OS, err, "walk %s: %s", wk->path, strerror(err));
+		stream_free(c, s);
+		return;
+	}
+	if (w.len)
+		rec_send(c, KP_RESPONSE, 0, s->id, &w);
+	return;
+done:
+	rec_send(c, KP_RESPONSE, KP_F_END, s->id, &w);
+	stream_free(c, s);
+}
+
+static void op_walk(struct conn *c, const struct kp_frame *f)
+{
+	struct kp_walk_args a;
+	const char *why;
+	struct walk *wk;
+	struct stream *s;
+	struct stat st;
+	size_t n;
+
+	if (kp_args_walk(f->payload, f->len, &a, &why) < 0) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s", why);
+		return;
+	}
+	if (nwalks >= MAX_WALKS) {
+		send_error(c, f->id, KP_ERR_LIMIT, 0, "walk: %d walks in progress already", MAX_WALKS);
+		return;
+	}
+	if (a.path.len >= PATH_MAX) {
+		send_error(c, f->id, KP_ERR_OS, ENAMETOOLONG, "walk: %s", strerror(ENAMETOOLONG));
+		return;
+	}
+	wk = calloc(1, sizeof(*wk));
+	if (!wk || !(wk->lv = calloc(16, sizeof(*wk->lv)))) {
+		free(wk);
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "walk: out of memory");
+		return;
+	}
+	nwalks++;
+	wk->nlv = 16;
+	wk->max_depth = a.max_depth;
+	wk->nofollow = a.nofollow;
+	kp_field_str(&a.path, wk->path, sizeof(wk->path));
+	for (n = a.path.len; n > 1 && wk->path[n - 1] == '/'; )
+		wk->path[--n] = '\0';
+	/* The root itself is entered whatever it is: a symlink to a directory is followed. */
+	wk->d = opendir(wk->path);
+	if (!wk->d || fstat(dirfd(wk->d), &st) < 0) {
+		os_error(c, f->id, "walk", wk->path, errno);
+		walk_free(wk);
+		return;
+	}
+	wk->lv[0] = (struct walk_level){ .len = n, .dev = st.st_dev, .ino = st.st_ino };
+	s = stream_new(c, ST_WALK, f->id);
+	if (!s) {
+		walk_free(wk);
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "walk: out of memory");
+		return;
+	}
+	s->walk = wk;
+	s->in_credit = 0;
+}
+
+/* ---- file handles --------------------------------------------------------------------- */
+
+static const char *const fh_op_name[] = {
+	[KP_OP_FH_READ - KP_OP_FH_READ] = "read", [KP_OP_FH_WRITE - KP_OP_FH_READ] = "write",
+	[KP_OP_FH_SEEK - KP_OP_FH_READ] = "seek", [KP_OP_FH_STAT - KP_OP_FH_READ] = "stat",
+	[KP_OP_FH_SYNC - KP_OP_FH_READ] = "sync", [KP_OP_FH_TRUNCATE - KP_OP_FH_READ] = "truncate",
+	[KP_OP_FH_LOCK - KP_OP_FH_READ] = "lock", [KP_OP_FH_UNLOCK - KP_OP_FH_READ] = "unlock",
+	[KP_OP_FH_UTIME - KP_OP_FH_READ] = "utime", [KP_OP_FH_CLOSE - KP_OP_FH_READ] = "close",
+};
+_Static_assert(sizeof(fh_op_name) / sizeof(fh_op_name[0]) == KP_OP_FH_CLOSE - KP_OP_FH_READ + 1,
+	       "a name for every FH_* op");
+
+static struct fh *fh_find(struct conn *c, uint64_t id)
+{
+	unsigned i;
+
+	for (i = 0; i < c->nfh; i++)
+		if (c->fh[i].id == id)
+			return &c->fh[i];
+	return NULL;
+}
+
+/* Close every handle of c: handles belong to the connection that opened them. */
+static void fh_close_all(struct conn *c)
+{
+	while (c->nfh)
+		close(c->fh[--c->nfh].fd);
+	free(c->fh);
+	c->fh = NULL;
+}
+
+/* open(2) flags for checked KP_OPEN_* flags (kp_args_fh_open). */
+static int fh_open_flags(unsigned fl)
+{
+	int flags = O_CLOEXEC | O_NOCTTY, wr = fl & (KP_OPEN_WRITE | KP_OPEN_APPEND);
+
+	flags |= !wr ? O_RDONLY : (fl & KP_OPEN_READ) ? O_RDWR : O_WRONLY;
+	if (fl & KP_OPEN_APPEND)
+		flags |= O_APPEND;
+	if (fl & KP_OPEN_CREATE_NEW)
+		return flags | O_CREAT | O_EXCL;
+	if (fl & KP_OPEN_CREATE)
+		flags |= O_CREAT;
+	if (fl & KP_OPEN_TRUNCATE)
+		flags |= O_TRUNC;
+	return flags;
+}
+
+static void op_fh_open(struct conn *c, const struct kp_frame *f)
+{
+	struct kp_open_args a;
+	struct kp_recw w;
+	const char *why;
+	char *path;
+	int fd;
+
+	if (kp_args_fh_open(f->payload, f->len, &a, &why) < 0) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s", why);
+		return;
+	}
+	if (c->nfh >= KP_FH_MAX) {
+		send_error(c, f->id, KP_ERR_LIMIT, 0, "fh open: %d file handles are open on this connection "
+			   "already (FH_CLOSE one)", KP_FH_MAX);
+		return;
+	}
+	if (!c->fh)
+		c->fh = calloc(KP_FH_MAX, sizeof(*c->fh));
+	path = malloc(a.path.len + 1);
+	if (!c->fh || !path) {
+		free(path);
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "fh open: out of memory");
+		return;
+	}
+	kp_field_str(&a.path, path, a.path.len + 1);
+	fd = open_nonblock(c, f->id, path, fh_open_flags(a.flags), (mode_t)a.mode);
+	free(path);
+	if (fd < 0)
+		return;
+	c->fh[c->nfh].id = ++c->fh_next;
+	c->fh[c->nfh].fd = fd;
+	c->nfh++;
+	rec_begin(&w);
+	kp_put_u64(&w, KT_FH, c->fh_next);
+	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+}
+
+/* FH_READ .. FH_CLOSE on a handle of this connection. */
+static void op_fh(struct conn *c, const struct kp_frame *f, uint64_t op)
+{
+	static uint8_t buf[KP_FH_IO_MAX];
+	const char *name = fh_op_name[op - KP_OP_FH_READ], *why;
+	struct kp_fh_args a;
+	struct kp_recw w;
+	struct stream *s, *sn;
+	struct statx sx;
+	struct fh *h;
+	ssize_t n = 0;
+	size_t done = 0;
+	off_t off;
+	int ret = 0;
+
+	if (kp_args_fh(f->payload, f->len, op, &a, &why) < 0) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s", why);
+		return;
+	}
+	h = fh_find(c, a.fh);
+	if (!h) {
+		send_error(c, f->id, KP_ERR_NO_SUCH, 0, "fh %s: no file handle %llu on this connection "
+			   "(closed, or never opened here)", name, (unsigned long long)a.fh);
+		return;
+	}
+	rec_begin(&w);
+	switch (op) {
+	case KP_OP_FH_READ:
+		do
+			n = read(h->fd, buf, (size_t)a.length);
+		while (n < 0 && errno == EINTR);
+		if (n < 0)
+			goto fail;
+		if (n == 0 && a.length)
+			kp_put_bool(&w, KT_EOF, 1);
+		else
+			kp_put_bytes(&w, KT_DATA, buf, (uint32_t)n);
+		break;
+	case KP_OP_FH_WRITE:
+		while (done < a.data_len) {
+			n = write(h->fd, a.data + done, a.data_len - done);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				break;
+			done += (size_t)n;
+		}
+		/* Like write(2): what was written is the answer; an error only when nothing was. */
+		if (!done && a.data_len) {
+			if (n == 0)
+				errno = ENOSPC;
+			goto fail;
+		}
+		kp_put_u64(&w, KT_LENGTH, done);
+		break;
+	case KP_OP_FH_SEEK:
+		off = lseek(h->fd, (off_t)a.offset, a.whence == 0 ? SEEK_SET : a.whence == 1 ? SEEK_CUR : SEEK_END);
+		if (off < 0)
+			goto fail;
+		kp_put_u64(&w, KT_OFFSET, (uint64_t)off);
+		break;
+	case KP_OP_FH_STAT:
+		if (statx(h->fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_BTIME, &sx) < 0)
+			goto fail;
+		send_statx(c, f->id, &sx);
+		return;
+	case KP_OP_FH_SYNC:
+		ret = a.data_only ? fdatasync(h->fd) : fsync(h->fd);
+		break;
+	case KP_OP_FH_TRUNCATE:
+		ret = ftruncate(h->fd, (off_t)a.length);
+		break;
+	case KP_OP_FH_LOCK:
+		ret = flock(h->fd, (a.exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB);
+		if (ret < 0 && errno == EWOULDBLOCK) {
+			/* Held elsewhere: wait for it without blocking the agent (lock_poll). */
+			s = stream_new(c, ST_LOCK, f->id);
+			if (!s) {
+				send_error(c, f->id, KP_ERR_OS, ENOMEM, "fh lock: out of memory");
+				return;
+			}
+			s->fh = a.fh;
+			s->exclusive = a.exclusive;
+			s->in_credit = 0;
+			return;
+		}
+		break;
+	case KP_OP_FH_UNLOCK:
+		ret = flock(h->fd, LOCK_UN);
+		break;
+	case KP_OP_FH_UTIME: {
+		struct timespec ts[2] = { ns_timespec(a.atime), ns_timespec(a.mtime) };
+
+		ret = futimens(h->fd, ts);
+		break;
+	}
+	case KP_OP_FH_CLOSE:
+		for (s = c->streams; s; s = sn) {
+			sn = s->next;
+			if (s->kind == ST_LOCK && s->fh == a.fh) {
+				send_error(c, s->id, KP_ERR_NO_SUCH, 0, "fh lock: file handle %llu was closed",
+					   (unsigned long long)a.fh);
+				stream_free(c, s);
+			}
+		}
+		ret = close(h->fd);
+		*h = c->fh[--c->nfh];	/* the handle is gone even if close(2) reports an error */
+		if (ret < 0 && errno == EINTR)
+			ret = 0;
+		break;
+	}
+	if (ret < 0)
+		goto fail;
+	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+	return;
+fail:
+	send_error(c, f->id, KP_ERR_OS, errno, "fh %s %llu: %s", name, (unsigned long long)a.fh, strerror(errno));
+}
+
+/* Retry every waiting FH_LOCK (flock(2) has no fd to poll for). */
+static void lock_poll(void)
+{
+	struct conn *c;
+	struct stream *s, *sn;
+	struct fh *h;
+
+	for (c = conns; c; c = c->next)
+		for (s = c->streams; s; s = sn) {
+			sn = s->next;
+			if (s->kind != ST_LOCK)
+				continue;
+			h = fh_find(c, s->fh);
+			if (!h)
+				send_error(c, s->id, KP_ERR_NO_SUCH, 0, "fh lock: file handle %llu was closed",
+					   (unsigned long long)s->fh);
+			else if (flock(h->fd, (s->exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0)
+				send_ok(c, s->id);
+			else if (errno == EWOULDBLOCK || errno == EINTR)
+				continue;
+			else
+				send_error(c, s->id, KP_ERR_OS, errno, "fh lock %llu: %s", (unsigned long long)s->fh,
+					   strerror(errno));
+			stream_free(c, s);
+		}
 }
 
 /* ---- control: identity, environment, shutdown --------------------------------------- */
@@ -2606,6 +3248,19 @@ static void handle_request(struct conn *c, const struct kp_frame *f)
 	case KP_OP_REALPATH:	op_path_query(c, f, op); break;
 	case KP_OP_UMASK:	op_umask(c, f); break;
 	case KP_OP_MKTEMP:	op_mktemp(c, f); break;
+	case KP_OP_COPY:	op_copy(c, f); break;
+	case KP_OP_WALK:	op_walk(c, f); break;
+	case KP_OP_FH_OPEN:	op_fh_open(c, f); break;
+	case KP_OP_FH_READ:
+	case KP_OP_FH_WRITE:
+	case KP_OP_FH_SEEK:
+	case KP_OP_FH_STAT:
+	case KP_OP_FH_SYNC:
+	case KP_OP_FH_TRUNCATE:
+	case KP_OP_FH_LOCK:
+	case KP_OP_FH_UNLOCK:
+	case KP_OP_FH_UTIME:
+	case KP_OP_FH_CLOSE:	op_fh(c, f, op); break;
 	default:
 		send_error(c, f->id, KP_ERR_UNKNOWN_OP, 0, "unknown op 0x%llx", (unsigned long long)op);
 	}
@@ -2624,7 +3279,7 @@ static void stream_input(struct conn *c, struct stream *s, const struct kp_frame
 	} else {
 		kp_parse_u64(f, &off);
 	}
-	if (f->channel != KP_CHAN_IN || s->kind == ST_FREAD || s->kind == ST_PWAIT || s->kind == ST_WAIT ||
+	if (f->channel != KP_CHAN_IN || (s->kind != ST_EXEC && s->kind != ST_FWRITE && s->kind != ST_PORT) ||
 	    (s->kind == ST_EXEC && s->proc->in_eof) || (s->kind == ST_PORT && s->in_eof)) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "no input channel %u on this stream", f->channel);
 		goto end;
@@ -2862,6 +3517,7 @@ static void conn_free(struct conn *c)
 
 	while (c->streams)
 		stream_free(c, c->streams);
+	fh_close_all(c);
 	for (pp = &conns; *pp; pp = &(*pp)->next)
 		if (*pp == c) {
 			*pp = c->next;
@@ -2883,15 +3539,31 @@ static void conn_close(struct conn *c)
 {
 	while (c->streams)
 		stream_free(c, c->streams);
+	fh_close_all(c);
 	if (!c->closing)
 		c->closing = 1;
 }
+
+/*
+ * A descriptor held in reserve: out of descriptors, the agent gives it up to
+ * accept and close the waiting connection (the host sees it closed at once),
+ * or the listening socket would stay readable and the main loop would spin.
+ */
+static int reserve_fd = -1;
 
 static void conn_accept(int lfd)
 {
 	struct conn *c;
 	int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
+	if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
+		close(reserve_fd);
+		fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			close(fd);
+		reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		return;
+	}
 	if (fd < 0)
 		return;
 	if (nconns >= MAX_CONNS || !(c = calloc(1, sizeof(*c))) || !(c->rxbuf = malloc(RX_CAP))) {
@@ -3123,6 +3795,7 @@ int agent_main(void (*stop)(int reboot))
 	int lfd, sfd, ret;
 
 	agent_stop = stop;
+	reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	ring_limit = RING_TOTAL_MAX;
 	if (sysinfo(&si) == 0 && (uint64_t)si.totalram * si.mem_unit / 4 < ring_limit)
 		ring_limit = (uint64_t)si.totalram * si.mem_unit / 4;
@@ -3153,7 +3826,7 @@ int agent_main(void (*stop)(int reboot))
 		struct proc *p;
 		struct stream *s, *sn;
 		nfds_t n = 0, i;
-		unsigned nclosing, npwait = 0;
+		unsigned nclosing, npwait = 0, nlock = 0, ncopy = 0;
 		struct timespec now;
 		int tmo;
 
@@ -3163,6 +3836,10 @@ int agent_main(void (*stop)(int reboot))
 				sn = s->next;
 				if (s->kind == ST_FREAD)
 					fread_pump(c, s);
+				else if (s->kind == ST_WALK)
+					walk_pump(c, s);
+				else if (s->kind == ST_COPY)
+					copy_pump(c, s);
 			}
 		for (p = procs; p; p = p->next)
 			proc_flush(p);
@@ -3210,6 +3887,8 @@ int agent_main(void (*stop)(int reboot))
 				short pev = 0;
 
 				npwait += s->kind == ST_PWAIT;
+				nlock += s->kind == ST_LOCK;
+				ncopy += s->kind == ST_COPY;
 				if (s->kind != ST_PORT)
 					continue;
 				if (s->connecting)
@@ -3249,8 +3928,12 @@ int agent_main(void (*stop)(int reboot))
 		tmo = nclosing ? 1000 : -1;
 		if (npwait)
 			tmo = PORT_POLL_MS;
+		if (nlock && (tmo < 0 || tmo > LOCK_POLL_MS))
+			tmo = LOCK_POLL_MS;
 		if (stopping.active)
 			tmo = 20;
+		if (ncopy)
+			tmo = 0;	/* a COPY goes on next turn */
 		if (poll(pfd, n, tmo) < 0)
 			continue;
 
@@ -3331,6 +4014,8 @@ int agent_main(void (*stop)(int reboot))
 		reap(sfd);
 		if (npwait)
 			pwait_poll();
+		if (nlock)
+			lock_poll();
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		for (c = conns; c; c = cn) {
 			cn = c->next;

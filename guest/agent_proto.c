@@ -656,3 +656,193 @@ int kp_enc_error(uint8_t *buf, size_t cap, uint32_t id, uint32_t code, uint32_t 
 		kp_put_str(&w, KT_MESSAGE, msg);
 	return kp_enc_rec_frame(buf, cap, KP_ERROR, 0, id, &w);
 }
+
+/* ---- arguments of the file operations ------------------------------------------ */
+
+/*
+ * The first field tag of a request record, of kind kind: 1 found, 0 absent,
+ * -1 present with another kind (or a record that does not parse).
+ */
+static int arg_field(const uint8_t *rec, uint32_t len, uint8_t tag, uint8_t kind, struct kp_field *f)
+{
+	int ret = kp_rec_find(rec, len, tag, f);
+
+	if (ret < 0 || (ret == 1 && f->kind != kind))
+		return -1;
+	return ret;
+}
+
+/* An optional BOOL: 0 absent or false, 1 true, -1 of another kind. */
+static int arg_bool(const uint8_t *rec, uint32_t len, uint8_t tag)
+{
+	struct kp_field f;
+	int ret = arg_field(rec, len, tag, KP_K_BOOL, &f), v;
+
+	if (ret <= 0)
+		return ret;
+	return kp_field_bool(&f, &v) ? -1 : v;
+}
+
+/* An optional U64 into *v (left as is when absent): 0, or -1 of another kind. */
+static int arg_u64(const uint8_t *rec, uint32_t len, uint8_t tag, uint64_t *v)
+{
+	struct kp_field f;
+	int ret = arg_field(rec, len, tag, KP_K_U64, &f);
+
+	if (ret <= 0)
+		return ret;
+	return kp_field_u64(&f, v) ? -1 : 0;
+}
+
+/* A required I64 into *v; a U64 below 2^63 is taken as well (offsets are U64 elsewhere). */
+static int arg_i64(const uint8_t *rec, uint32_t len, uint8_t tag, int64_t *v)
+{
+	struct kp_field f;
+	uint64_t u;
+
+	if (kp_rec_find(rec, len, tag, &f) != 1)
+		return -1;
+	if (kp_field_i64(&f, v) == 0)
+		return 0;
+	if (kp_field_u64(&f, &u) || u > (uint64_t)INT64_MAX)
+		return -1;
+	*v = (int64_t)u;
+	return 0;
+}
+
+int kp_args_fh_open(const uint8_t *rec, uint32_t len, struct kp_open_args *a, const char **why)
+{
+	static const struct { uint8_t tag; unsigned flag; } bools[] = {
+		{ KT_READ, KP_OPEN_READ }, { KT_WRITE, KP_OPEN_WRITE }, { KT_APPEND, KP_OPEN_APPEND },
+		{ KT_TRUNCATE, KP_OPEN_TRUNCATE }, { KT_CREATE, KP_OPEN_CREATE },
+		{ KT_CREATE_NEW, KP_OPEN_CREATE_NEW },
+	};
+	uint64_t mode = 0666;
+	unsigned i, fl = 0, wr;
+
+	memset(a, 0, sizeof(*a));
+	if (arg_field(rec, len, KT_PATH, KP_K_STR, &a->path) != 1) {
+		*why = "fh open: wants PATH (STR)";
+		return -1;
+	}
+	for (i = 0; i < sizeof(bools) / sizeof(bools[0]); i++) {
+		int v = arg_bool(rec, len, bools[i].tag);
+
+		if (v < 0) {
+			*why = "fh open: READ, WRITE, APPEND, TRUNCATE, CREATE and CREATE_NEW are BOOL";
+			return -1;
+		}
+		if (v)
+			fl |= bools[i].flag;
+	}
+	if (arg_u64(rec, len, KT_MODE, &mode) < 0 || mode > 07777) {
+		*why = "fh open: MODE is U64 permission bits, at most 07777";
+		return -1;
+	}
+	if (!fl)
+		fl = KP_OPEN_READ;	/* Deno's open() without options */
+	wr = fl & (KP_OPEN_WRITE | KP_OPEN_APPEND);
+	if (!(fl & KP_OPEN_READ) && !wr) {
+		*why = "fh open: wants at least one of READ, WRITE and APPEND";
+		return -1;
+	}
+	if (!wr && (fl & (KP_OPEN_TRUNCATE | KP_OPEN_CREATE | KP_OPEN_CREATE_NEW))) {
+		*why = "fh open: TRUNCATE, CREATE and CREATE_NEW need WRITE or APPEND";
+		return -1;
+	}
+	if ((fl & KP_OPEN_APPEND) && (fl & KP_OPEN_TRUNCATE) && !(fl & KP_OPEN_CREATE_NEW)) {
+		*why = "fh open: TRUNCATE and APPEND together make no sense";
+		return -1;
+	}
+	a->flags = fl;
+	a->mode = (uint32_t)mode;
+	return 0;
+}
+
+int kp_args_fh(const uint8_t *rec, uint32_t len, uint64_t op, struct kp_fh_args *a, const char **why)
+{
+	struct kp_field f;
+	uint64_t whence = 0;
+	int v;
+
+	memset(a, 0, sizeof(*a));
+	if (op < KP_OP_FH_READ || op > KP_OP_FH_CLOSE) {
+		*why = "not a file handle operation";
+		return -1;
+	}
+	if (arg_u64(rec, len, KT_FH, &a->fh) < 0 || !a->fh) {
+		*why = "fh: wants FH (U64, from FH_OPEN)";
+		return -1;
+	}
+	switch (op) {
+	case KP_OP_FH_READ:
+		a->length = UINT64_MAX;
+		if (arg_u64(rec, len, KT_LENGTH, &a->length) < 0 || a->length > KP_FH_IO_MAX) {
+			*why = "fh read: wants LENGTH (U64), at most 240 KiB";
+			return -1;
+		}
+		break;
+	case KP_OP_FH_WRITE:
+		if (arg_field(rec, len, KT_DATA, KP_K_BYTES, &f) != 1 || f.len > KP_FH_IO_MAX) {
+			*why = "fh write: wants DATA (BYTES), at most 240 KiB";
+			return -1;
+		}
+		a->data = f.val;
+		a->data_len = f.len;
+		break;
+	case KP_OP_FH_SEEK:
+		if (arg_i64(rec, len, KT_OFFSET, &a->offset) < 0 || arg_u64(rec, len, KT_WHENCE, &whence) < 0 ||
+		    whence > 2) {
+			*why = "fh seek: wants OFFSET (I64) and WHENCE? (0 start, 1 current, 2 end)";
+			return -1;
+		}
+		a->whence = (int)whence;
+		break;
+	case KP_OP_FH_SYNC:
+		if ((v = arg_bool(rec, len, KT_DATA_ONLY)) < 0) {
+			*why = "fh sync: DATA_ONLY is BOOL";
+			return -1;
+		}
+		a->data_only = v;
+		break;
+	case KP_OP_FH_TRUNCATE:
+		if (arg_u64(rec, len, KT_LENGTH, &a->length) < 0 || a->length > (uint64_t)INT64_MAX) {
+			*why = "fh truncate: LENGTH? is U64, below 2^63";
+			return -1;
+		}
+		break;
+	case KP_OP_FH_LOCK:
+		if ((v = arg_bool(rec, len, KT_EXCLUSIVE)) < 0) {
+			*why = "fh lock: EXCLUSIVE is BOOL";
+			return -1;
+		}
+		a->exclusive = v;
+		break;
+	case KP_OP_FH_UTIME:
+		if (arg_field(rec, len, KT_ATIME, KP_K_I64, &f) != 1 || kp_field_i64(&f, &a->atime) ||
+		    arg_field(rec, len, KT_MTIME, KP_K_I64, &f) != 1 || kp_field_i64(&f, &a->mtime)) {
+			*why = "fh utime: wants ATIME and MTIME (I64 ns since the epoch)";
+			return -1;
+		}
+		break;
+	}
+	return 0;
+}
+
+int kp_args_walk(const uint8_t *rec, uint32_t len, struct kp_walk_args *a, const char **why)
+{
+	int v;
+
+	memset(a, 0, sizeof(*a));
+	a->max_depth = KP_WALK_UNLIMITED;
+	if (arg_field(rec, len, KT_PATH, KP_K_STR, &a->path) != 1) {
+		*why = "walk: wants PATH (STR)";
+		return -1;
+	}
+	if (arg_u64(rec, len, KT_MAX_DEPTH, &a->max_depth) < 0 || (v = arg_bool(rec, len, KT_NOFOLLOW)) < 0) {
+		*why = "walk: MAX_DEPTH is U64, NOFOLLOW BOOL";
+		return -1;
+	}
+	a->nofollow = v;
+	return 0;
+}

@@ -302,4 +302,57 @@ enum kp_stdio { KP_IO_NULL = 0, KP_IO_PIPE, KP_IO_MERGE };
 /* KT_OVERFLOW values: what a full output ring does. */
 enum kp_overflow { KP_OVF_BLOCK = 0, KP_OVF_DROP };
 
+/* ---- arguments of the file operations (checked here: pure, unit-tested) --------- */
+
+#define KP_FH_MAX		256		/* open file handles per connection */
+#define KP_FH_IO_MAX		(240u << 10)	/* bytes of one FH_READ or FH_WRITE */
+#define KP_WALK_UNLIMITED	UINT64_MAX	/* WALK without KT_MAX_DEPTH */
+
+/* What FH_OPEN asks for: its BOOL fields. */
+enum kp_open_flag {
+	KP_OPEN_READ = 1 << 0, KP_OPEN_WRITE = 1 << 1, KP_OPEN_APPEND = 1 << 2,
+	KP_OPEN_TRUNCATE = 1 << 3, KP_OPEN_CREATE = 1 << 4, KP_OPEN_CREATE_NEW = 1 << 5,
+};
+
+struct kp_open_args {
+	struct kp_field path;	/* STR */
+	unsigned flags;		/* KP_OPEN_*: a combination open(2) can honour */
+	uint32_t mode;		/* permission bits of a created file (default 0666, less the umask) */
+};
+
+/* The arguments of FH_READ .. FH_CLOSE; which are set depends on the op. */
+struct kp_fh_args {
+	uint64_t fh;		/* non-zero */
+	uint64_t length;	/* FH_READ (at most KP_FH_IO_MAX), FH_TRUNCATE (default 0) */
+	const uint8_t *data;	/* FH_WRITE: KT_DATA, at most KP_FH_IO_MAX bytes */
+	uint32_t data_len;
+	int64_t offset;		/* FH_SEEK */
+	int whence;		/* FH_SEEK: 0 start (default), 1 current, 2 end (SEEK_SET/CUR/END) */
+	int data_only;		/* FH_SYNC */
+	int exclusive;		/* FH_LOCK */
+	int64_t atime, mtime;	/* FH_UTIME: ns since the epoch */
+};
+
+struct kp_walk_args {
+	struct kp_field path;	/* STR */
+	uint64_t max_depth;	/* KP_WALK_UNLIMITED when absent; 0: PATH alone */
+	int nofollow;		/* do not descend into symlinks to directories */
+};
+
+/*
+ * Decode and check the arguments of a REQUEST record (rec, len) for FH_OPEN,
+ * for op one of FH_READ .. FH_CLOSE, and for WALK. Fields of the wrong kind,
+ * missing ones, values out of range and (FH_OPEN) flag combinations open(2)
+ * cannot honour are refused. Return 0, or -1 with *why set to a message for
+ * people (the agent answers it with KP_ERR_BAD_ARGS).
+ *
+ * FH_OPEN follows Rust's OpenOptions, which Deno's open() uses: at least one
+ * of READ, WRITE, APPEND (none of the flags at all: READ); TRUNCATE, CREATE
+ * and CREATE_NEW need WRITE or APPEND; TRUNCATE with APPEND only under
+ * CREATE_NEW (which then ignores it).
+ */
+int kp_args_fh_open(const uint8_t *rec, uint32_t len, struct kp_open_args *a, const char **why);
+int kp_args_fh(const uint8_t *rec, uint32_t len, uint64_t op, struct kp_fh_args *a, const char **why);
+int kp_args_walk(const uint8_t *rec, uint32_t len, struct kp_walk_args *a, const char **why);
+
 #endif

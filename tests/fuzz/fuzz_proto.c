@@ -54,6 +54,44 @@ static void walk_rec(const uint8_t *p, uint32_t len, unsigned depth, uint64_t *h
 		abort();
 }
 
+/*
+ * A request's arguments as the agent checks them for FH_OPEN, FH_* and WALK:
+ * whatever the record, the checks answer, and what they accept is in range
+ * and points into the record.
+ */
+static void check_args(const struct kp_frame *f)
+{
+	const uint8_t *end = f->payload + f->len;
+	struct kp_open_args o;
+	struct kp_fh_args a;
+	struct kp_walk_args w;
+	const char *why;
+	uint64_t op;
+
+	if (kp_args_fh_open(f->payload, f->len, &o, &why) == 0) {
+		if (o.mode > 07777 || !(o.flags & (KP_OPEN_READ | KP_OPEN_WRITE | KP_OPEN_APPEND)) ||
+		    o.path.kind != KP_K_STR || o.path.val < f->payload || o.path.val + o.path.len > end)
+			abort();
+	} else if (!why) {
+		abort();
+	}
+	for (op = KP_OP_FH_READ; op <= KP_OP_FH_CLOSE; op++) {
+		why = NULL;
+		if (kp_args_fh(f->payload, f->len, op, &a, &why) != 0) {
+			if (!why)
+				abort();
+			continue;
+		}
+		if (!a.fh || a.whence > 2 || (op == KP_OP_FH_READ && a.length > KP_FH_IO_MAX) ||
+		    (op == KP_OP_FH_WRITE && (a.data_len > KP_FH_IO_MAX || a.data < f->payload ||
+					      a.data + a.data_len > end)))
+			abort();
+	}
+	if (kp_args_walk(f->payload, f->len, &w, &why) == 0 &&
+	    (w.path.kind != KP_K_STR || w.path.val + w.path.len > end))
+		abort();
+}
+
 static void check_frame(const struct kp_frame *f, uint32_t cap, struct trace *t)
 {
 	struct kp_decoder d;
@@ -90,6 +128,8 @@ static void check_frame(const struct kp_frame *f, uint32_t cap, struct trace *t)
 		if (kp_rec_validate(f->payload, f->len))
 			abort();
 		walk_rec(f->payload, f->len, 1, &t->hash);
+		if (f->type == KP_REQUEST)
+			check_args(f);
 	}
 
 	len = kp_enc_frame(again, sizeof(again), f);

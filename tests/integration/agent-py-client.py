@@ -28,11 +28,16 @@ KT = dict(OP=1, VERSION=2, WINDOW=3, MAX_FRAME=4, FEATURE=5, AGENT=6, CODE=8, ER
           OVERFLOW=30, HANDLE=31, PID=32, SIGNAL=33, CORE=34, OOM=35, GROUP=36,
           PATH=48, PATH2=49, MODE=50, RECURSIVE=51, APPEND=52, CREATE=53, CREATE_NEW=54,
           TRUNCATE=55, READ=56, WRITE=57, OFFSET=58, LENGTH=59, SIZE=60, NOFOLLOW=61,
-          ENTRY=62, NAME=63, TYPE=64, UPTIME_NS=105, PROCS=106)
-OP = dict(HEALTH=0x01, EXEC=0x10, SIGNAL=0x12, STAT=0x20, READDIR=0x21, MKDIR=0x22,
-          REMOVE=0x23, RENAME=0x24, FILE_WRITE=0x25, FILE_READ=0x26)
+          ENTRY=62, NAME=63, TYPE=64, ATIME=71, MTIME=72, FH=75, WHENCE=76, EXCLUSIVE=77,
+          DATA=78, EOF=79, MAX_DEPTH=83, DATA_ONLY=84, UPTIME_NS=105, PROCS=106)
+OP = dict(HEALTH=0x01, EXEC=0x10, ATTACH=0x11, SIGNAL=0x12, RELEASE=0x15, STAT=0x20, READDIR=0x21,
+          MKDIR=0x22, REMOVE=0x23, RENAME=0x24, FILE_WRITE=0x25, FILE_READ=0x26, COPY=0x29,
+          WALK=0x32, FH_OPEN=0x38, FH_READ=0x39, FH_WRITE=0x3a, FH_SEEK=0x3b, FH_STAT=0x3c,
+          FH_SYNC=0x3d, FH_TRUNCATE=0x3e, FH_LOCK=0x3f, FH_UNLOCK=0x40, FH_UTIME=0x41,
+          FH_CLOSE=0x42)
 IO_NULL, IO_PIPE, IO_MERGE = 0, 1, 2
 ERR_PROTO, ERR_UNKNOWN_OP, ERR_BAD_ARGS, ERR_ID_IN_USE, ERR_OS, ERR_CREDIT = 1, 3, 4, 5, 10, 11
+ERR_NO_SUCH, ERR_CANCELLED, ERR_LIMIT = 6, 7, 9
 
 
 def rec_enc(fields):
@@ -200,6 +205,7 @@ def check(name, ok, detail=""):
 def selftest(uds):
     a = Agent(uds)
     check("HELLO from the agent first", get(a.hello, "VERSION") == 1, a.hello)
+    procs0 = get(a.call("HEALTH")[1], "PROCS")
     a.send(frame(PING, 0, struct.pack("<Q", 0x1234)))
     t, _, _, _, p = a.recv()
     check("PING answered with PONG", t == PONG and struct.unpack("<Q", p)[0] == 0x1234)
@@ -368,18 +374,42 @@ def selftest(uds):
     d.send(frame(REQUEST, 1, rec_enc([(KT["OP"], U64, 1)])))
     fr = d.recv()
     check("request before HELLO: ERROR PROTO", fr and fr[0] == ERROR and fr[3] == 0, fr)
-    # a connection dropping mid-stream: its process runs on, the agent survives
+    # A connection dropping mid-stream: its process runs on, detached. Its
+    # output is kept in its ring (1 MiB); once ring and pipe are full the
+    # process blocks in write(2) until an ATTACH reads it: nothing is lost.
+    a.call("REMOVE", [(KT["PATH"], STR, "/tmp/survived")])
     e = Agent(uds)
     e.request("EXEC", [(KT["SHELL"], STR, "head -c 10000000 /dev/zero; sleep 1; touch /tmp/survived")])
-    e.recv()
+    t, fl, ch, i, p = e.recv()
+    h = get(rec_dec(p), "HANDLE")
     e.s.close()
     time.sleep(3)
     t, r = a.call("STAT", [(KT["PATH"], STR, "/tmp/survived")])
-    check("a process outlives its connection (detached, output discarded)", t == RESPONSE, r)
+    check("a process outlives its connection; unread output fills its ring and blocks it",
+          t == ERROR and get(r, "ERRNO") == 2, r)
+    fid = a.request("ATTACH", [(KT["HANDLE"], U64, h)])
+    total, ex, first = 0, None, None
+    while ex is None:
+        t, fl, ch, i, p = a.recv()
+        assert i == fid, (t, i, fid)
+        if t == DATA and ch == 1:
+            if first is None:
+                first = struct.unpack_from("<Q", p)[0]
+            total += len(p) - 8
+            a.send(frame(WINDOW, fid, struct.pack("<I", len(p) - 8), 1))
+        elif t == EVENT and fl & F_END:
+            ex = rec_dec(p)
+        elif t == ERROR:
+            ex = rec_dec(p)
+    t, r = a.call("STAT", [(KT["PATH"], STR, "/tmp/survived")])
+    check("ATTACH replays the ring from byte 0; the process then runs to its end",
+          first == 0 and total == 10000000 and get(ex, "CODE") == 0 and t == RESPONSE, (first, total, ex, r))
+    a.call("RELEASE", [(KT["HANDLE"], U64, h)])
     resp, out, err, ex, _ = a.run(shell="cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ' || true")
     check("no zombies accumulate", out.strip() == b"0", out)
     t, r = a.call("HEALTH")
-    check("agent alive after hostile peers", t == RESPONSE and get(r, "PROCS") == 0, r)
+    check("agent alive after hostile peers, no process left behind",
+          t == RESPONSE and get(r, "PROCS") <= procs0, (r, procs0))
     return failures
 
 

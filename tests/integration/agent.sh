@@ -348,6 +348,221 @@ run "$v: agent: file ops: mktemp, truncate, chmod, chown, utime, symlink, readli
 	'^mktemp mktemp-dir truncate chmod chown utime symlink-readlink realpath link umask errors$' \
 	python3 "$work/file-ops.py" "$root/tests/integration/agent-py-client.py" "$asock"
 
+run "$v: agent: protocol selftest (agent-py-client.py): exec, flow control, files, hostile peers, ring on detach" 0 \
+	'^agent selftest: all passed$' \
+	python3 "$root/tests/integration/agent-py-client.py" selftest "$asock"
+
+run "$v: agent: copy inside the guest: bytes and mode kept; a directory, the same file and a missing one refused" 0 \
+	'^same=yes mode=777 into-dir=yes cp=yes existing-mode=777 dir=1 kiln: copy: .*is a directory.* self=1 missing=1$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         k exec -- sh -c "mkdir -p /tmp/cpd && head -c 3000000 /dev/urandom >/tmp/cpsrc && chmod 777 /tmp/cpsrc && echo x >/tmp/cpdst2 && chmod 600 /tmp/cpdst2" || exit 1
+	         k copy /tmp/cpsrc /tmp/cpdst || exit 1
+	         s=$(k exec -- sh -c "cmp /tmp/cpsrc /tmp/cpdst && echo yes")
+	         m=$(k exec -- stat -c %a /tmp/cpdst)
+	         k copy /tmp/cpsrc /tmp/cpd || exit 1
+	         d=$(k exec -- sh -c "cmp /tmp/cpsrc /tmp/cpd/cpsrc && echo yes")
+	         k cp guest:/tmp/cpsrc guest:/tmp/cpdst2 || exit 1
+	         c=$(k exec -- sh -c "cmp /tmp/cpsrc /tmp/cpdst2 && echo yes")
+	         e=$(k exec -- stat -c %a /tmp/cpdst2)
+	         k copy /tmp/cpd /tmp/cpx 2>"$work/e"; r=$?
+	         k copy /tmp/cpsrc /tmp/../tmp/cpsrc 2>/dev/null; f=$?
+	         k copy /tmp/nonexistent /tmp/cpx 2>/dev/null; n=$?
+	         k rm -r /tmp/cpd; k exec -- rm -f /tmp/cpsrc /tmp/cpdst /tmp/cpdst2
+	         echo "same=$s mode=$m into-dir=$d cp=$c existing-mode=$e dir=$r $(cat "$work/e") self=$f missing=$n"'
+
+run "$v: agent: walk: every path once, parents first, --max-depth, --json, --follow, a symlink loop listed not entered" 0 \
+	'^all=ok first=/tmp/w/ order=ok depth1=5 json=ok follow=ok dotdot=ok missing=1 kiln: .*No such file' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         k exec -- sh -c "rm -rf /tmp/w && mkdir -p /tmp/w/a/b/c /tmp/w/d && touch /tmp/w/a/f1 /tmp/w/a/b/f2 /tmp/w/a/b/c/f3 /tmp/w/f0 /tmp/w/d/f4 && ln -s .. /tmp/w/a/up && ln -s /tmp/w/d /tmp/w/dl" || exit 1
+	         k walk /tmp/w >"$work/w1" || exit 1
+	         want=$(k exec -- find /tmp/w | sort)
+	         [ "$(sed "s|/\$||" "$work/w1" | sort)" = "$want" ] && a=ok || a="no: $(tr "\n" " " <"$work/w1")"
+	         o=$(awk "{ p = \$0; sub(\"/\$\", \"\", p); d = p; sub(\"/[^/]*\$\", \"\", d); if (NR > 1 && !(d in seen)) bad = 1; seen[p] = 1 } END { print bad ? \"bad\" : \"ok\" }" "$work/w1")
+	         d1=$(k walk --max-depth 1 /tmp/w | wc -l)
+	         j=$(k walk --json --max-depth 1 /tmp/w | python3 -c "import json, sys; e = {x[\"name\"]: x[\"type\"] for x in json.load(sys.stdin)}; print(\"ok\" if e == {\"w\": \"directory\", \"a\": \"directory\", \"d\": \"directory\", \"dl\": \"symlink\", \"f0\": \"file\"} else e)")
+	         k walk --follow /tmp/w | sed "s|/\$||" | sort >"$work/w2"
+	         [ "$(cat "$work/w2")" = "$(printf "%s\n/tmp/w/dl/f4\n" "$want" | sort)" ] && f=ok || f="no: $(tr "\n" " " <"$work/w2")"
+	         [ "$(k walk /tmp/w/a/../d)" = "$(printf "/tmp/w/a/../d/\n/tmp/w/a/../d/f4")" ] && dd=ok || dd=no
+	         k walk /tmp/nonexistent 2>"$work/e"; m=$?
+	         echo "all=$a first=$(head -n 1 "$work/w1") order=$o depth1=$d1 json=$j follow=$f dotdot=$dd missing=$m $(cat "$work/e")"'
+
+# Big trees through the protocol: a walk nobody reads stops (the agent
+# serves others meanwhile), every entry then arrives once; CANCEL stops one;
+# at most 64 walks at a time, and a closed connection's walks are gone.
+cat >"$work/walk-big.py" <<-"EOF"
+	import importlib.util, sys, time
+	spec = importlib.util.spec_from_file_location("apc", sys.argv[1])
+	apc = importlib.util.module_from_spec(spec)
+	spec.loader.exec_module(apc)
+	K, get, S, U, frame = apc.KT, apc.get, apc.STR, apc.U64, apc.frame
+	uds, want = sys.argv[2], int(sys.argv[3])
+	res = []
+	def ok(name, cond, detail):
+	    res.append(name if cond else "%s-FAILED:%r" % (name, detail))
+	def drain(a, fid):
+	    paths, batches = [], 0
+	    while True:
+	        t, fl, ch, i, p = a.recv()
+	        assert i == fid, (t, i, fid)
+	        r = apc.rec_dec(p)
+	        if t == apc.ERROR:
+	            return paths, batches, r
+	        batches += 1
+	        paths += [get(e, "PATH") for tag, _, e in r if tag == K["ENTRY"]]
+	        if fl & apc.F_END:
+	            return paths, batches, None
+	a, b = apc.Agent(uds), apc.Agent(uds)
+	fid = a.request("WALK", [(K["PATH"], S, "/tmp/big")])
+	time.sleep(3)
+	t, r = b.call("HEALTH")
+	ok("others-served", t == apc.RESPONSE, r)
+	paths, batches, e = drain(a, fid)
+	ok("all-once", e is None and len(paths) == want and len(set(paths)) == want and batches > 4,
+	   (e, len(paths), len(set(paths)), batches))
+	fid = a.request("WALK", [(K["PATH"], S, "/tmp/big")])
+	a.recv()
+	a.send(frame(apc.CANCEL, fid, b"", 0xffff))
+	paths, batches, e = drain(a, fid)
+	ok("cancel", e is not None and get(e, "CODE") == apc.ERR_CANCELLED, (e, len(paths)))
+	c = apc.Agent(uds)
+	c.send(b"".join(frame(apc.REQUEST, n, apc.rec_enc([(K["OP"], U, apc.OP["WALK"]), (K["PATH"], S, "/tmp/big")]))
+	                for n in range(1, 66)))
+	while True:
+	    t, fl, ch, i, p = c.recv()
+	    if i == 65:
+	        break
+	ok("limit-64", t == apc.ERROR and get(apc.rec_dec(p), "CODE") == apc.ERR_LIMIT, apc.rec_dec(p))
+	c.s.close()
+	time.sleep(1)
+	t, r = b.call("WALK", [(K["PATH"], S, "/tmp/big"), (K["MAX_DEPTH"], U, 1)])
+	ok("freed-on-close", t == apc.RESPONSE and len([x for x in r if x[0] == K["ENTRY"]]) == 201, (t, len(r)))
+	print(" ".join(res))
+EOF
+cat >"$work/mkbig.sh" <<-"EOF"
+	mkdir -p /tmp/big && cd /tmp/big || exit 1
+	for d in $(seq 200); do
+		mkdir "dir-$d-with-a-long-name-to-make-entries-larger" && cd "dir-$d-with-a-long-name-to-make-entries-larger" || exit 1
+		seq 100 | sed 's/$/-file-with-a-long-name-to-make-the-entries-larger-than-usual/' | xargs touch || exit 1
+		cd ..
+	done
+EOF
+run "$v: agent: walk of 20000 entries: back-pressure, every entry once, cancel, 64-walk limit, freed on close" 0 \
+	'^others-served all-once cancel limit-64 freed-on-close$' \
+	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
+	         k cp "$work/mkbig.sh" guest:/tmp/mkbig.sh && k exec -- sh /tmp/mkbig.sh || exit 1
+	         n=$(k exec -- sh -c "find /tmp/big | wc -l")
+	         python3 "$work/walk-big.py" '"$root"'/tests/integration/agent-py-client.py "$asock" "$n"'
+
+# File handles (the SDK's open/create/file* calls) through the protocol.
+cat >"$work/fh-ops.py" <<-"EOF"
+	import importlib.util, os, sys, time
+	spec = importlib.util.spec_from_file_location("apc", sys.argv[1])
+	apc = importlib.util.module_from_spec(spec)
+	spec.loader.exec_module(apc)
+	K, get, S, U, I, B, BY = apc.KT, apc.get, apc.STR, apc.U64, apc.I64, apc.BOOL, apc.BYTES
+	uds = sys.argv[2]
+	a = apc.Agent(uds)
+	res = []
+	def ok(name, cond, detail):
+	    res.append(name if cond else "%s-FAILED:%r" % (name, detail))
+	def call(op, *f, conn=None):
+	    return (conn or a).call(op, list(f))
+	def fh(h):
+	    return (K["FH"], U, h)
+	def nfds():
+	    return int(a.run(shell="ls /proc/1/fd | wc -l")[1])
+	P = "/tmp/fh-test"
+	call("REMOVE", (K["PATH"], S, P))
+	fds0 = nfds()
+	t, r = call("FH_OPEN", (K["PATH"], S, P), (K["READ"], B, True), (K["WRITE"], B, True), (K["CREATE"], B, True),
+	            (K["TRUNCATE"], B, True), (K["MODE"], U, 0o640))
+	h = get(r, "FH")
+	ok("open", t == apc.RESPONSE and h, r)
+	t, r = call("FH_WRITE", fh(h), (K["DATA"], BY, b"hello world"))
+	ok("write", get(r, "LENGTH") == 11, r)
+	t, r = call("FH_SEEK", fh(h), (K["OFFSET"], I, -5), (K["WHENCE"], U, 2))
+	ok("seek", get(r, "OFFSET") == 6, r)
+	t, r = call("FH_READ", fh(h), (K["LENGTH"], U, 100))
+	t2, r2 = call("FH_READ", fh(h), (K["LENGTH"], U, 100))
+	ok("read-eof", get(r, "DATA") == b"world" and get(r2, "EOF") is True and get(r2, "DATA") is None, (r, r2))
+	big = os.urandom(240 << 10)
+	call("FH_SEEK", fh(h), (K["OFFSET"], I, 0))
+	t, r = call("FH_WRITE", fh(h), (K["DATA"], BY, big))
+	call("FH_SEEK", fh(h), (K["OFFSET"], I, 0))
+	t2, r2 = call("FH_READ", fh(h), (K["LENGTH"], U, 240 << 10))
+	ok("240k", get(r, "LENGTH") == len(big) and get(r2, "DATA") == big, (r, len(get(r2, "DATA", b""))))
+	t, r = call("FH_STAT", fh(h))
+	ok("stat", get(r, "SIZE") == len(big) and get(r, "MODE") == 0o640 and get(r, "TYPE") == 0o100000, r)
+	call("FH_TRUNCATE", fh(h), (K["LENGTH"], U, 100))
+	t, r = call("FH_SYNC", fh(h))
+	t2, r2 = call("FH_SYNC", fh(h), (K["DATA_ONLY"], B, True))
+	ok("truncate-sync", get(call("FH_STAT", fh(h))[1], "SIZE") == 100 and t == t2 == apc.RESPONSE, (r, r2))
+	call("FH_UTIME", fh(h), (K["ATIME"], I, 1000000000123456789), (K["MTIME"], I, -1500000000))
+	r = call("STAT", (K["PATH"], S, P))[1]
+	ok("utime", get(r, "ATIME") == 1000000000123456789 and get(r, "MTIME") == -1500000000, r)
+	# A second handle on the file: its exclusive lock waits (in the agent) for the first's unlock.
+	t, r = call("FH_OPEN", (K["PATH"], S, "/tmp/../tmp/fh-test"))
+	h2 = get(r, "FH")
+	t, r = call("FH_LOCK", fh(h), (K["EXCLUSIVE"], B, True))
+	lid = a.request("FH_LOCK", [fh(h2), (K["EXCLUSIVE"], B, True)])
+	a.s.settimeout(1)
+	try:
+	    early = a.recv()
+	except OSError:
+	    early = None
+	a.s.settimeout(30)
+	t2, r2 = call("FH_UNLOCK", fh(h))
+	late = a.recv()
+	ok("lock-waits", t == t2 == apc.RESPONSE and early is None and late[3] == lid and late[0] == apc.RESPONSE,
+	   (r, early, r2, late))
+	# A lock waiting on a handle that is closed ends: NO_SUCH, then the close's answer.
+	lid = a.request("FH_LOCK", [fh(h)])
+	cid = a.request("FH_CLOSE", [fh(h)])
+	f1, f2 = a.recv(), a.recv()
+	ok("close-ends-wait", f1[3] == lid and f1[0] == apc.ERROR and get(apc.rec_dec(f1[4]), "CODE") == apc.ERR_NO_SUCH
+	   and f2[3] == cid and f2[0] == apc.RESPONSE, (f1, f2))
+	call("FH_UNLOCK", fh(h2))
+	t, r = call("FH_READ", fh(h), (K["LENGTH"], U, 10))
+	t2, r2 = call("FH_STAT", fh(0))
+	t3, r3 = call("FH_STAT", fh(12345))
+	t4, r4 = call("FH_STAT", fh(h2), conn=apc.Agent(uds))
+	ok("stale-bad-foreign", get(r, "CODE") == apc.ERR_NO_SUCH and get(r2, "CODE") == apc.ERR_BAD_ARGS and
+	   get(r3, "CODE") == apc.ERR_NO_SUCH and get(r4, "CODE") == apc.ERR_NO_SUCH, (r, r2, r3, r4))
+	t, r = call("FH_OPEN", (K["PATH"], S, P), (K["APPEND"], B, True))
+	h3 = get(r, "FH")
+	call("FH_WRITE", fh(h3), (K["DATA"], BY, b"X"))
+	t2, r2 = call("FH_WRITE", fh(h2), (K["DATA"], BY, b"X"))
+	ok("ids-append-readonly", h3 > h2 > h and get(call("FH_STAT", fh(h3))[1], "SIZE") == 101 and
+	   get(r2, "ERRNO") == 9, (h, h2, h3, r2))
+	t, r = call("FH_OPEN", (K["PATH"], S, P), (K["CREATE"], B, True))
+	t2, r2 = call("FH_OPEN", (K["PATH"], S, P), (K["WRITE"], B, True), (K["CREATE_NEW"], B, True))
+	t3, r3 = call("FH_READ", fh(h2), (K["LENGTH"], U, (240 << 10) + 1))
+	t4, r4 = call("FH_SEEK", fh(h2), (K["OFFSET"], I, 0), (K["WHENCE"], U, 3))
+	a.run(argv=["mkfifo", "/tmp/fh-fifo"])
+	t5, r5 = call("FH_OPEN", (K["PATH"], S, "/tmp/fh-fifo"))
+	ok("refused", get(r, "CODE") == apc.ERR_BAD_ARGS and get(r2, "ERRNO") == 17 and
+	   get(r3, "CODE") == apc.ERR_BAD_ARGS and get(r4, "CODE") == apc.ERR_BAD_ARGS and get(r5, "ERRNO") == 22,
+	   (r, r2, r3, r4, r5))
+	# 256 handles per connection; a closed connection's handles are closed.
+	c = apc.Agent(uds)
+	got = [call("FH_OPEN", (K["PATH"], S, P), conn=c) for _ in range(257)]
+	fds1 = nfds()
+	c.s.close()
+	time.sleep(1)
+	fds2 = nfds()
+	ok("limit-256", all(t == apc.RESPONSE for t, _ in got[:256]) and get(got[256][1], "CODE") == apc.ERR_LIMIT,
+	   got[256])
+	call("FH_CLOSE", fh(h2))
+	call("FH_CLOSE", fh(h3))
+	ok("closed-with-connection", fds1 >= fds0 + 256 and nfds() == fds0 and fds2 == fds0 + 2, (fds0, fds1, fds2))
+	call("REMOVE", (K["PATH"], S, P))
+	call("REMOVE", (K["PATH"], S, "/tmp/fh-fifo"))
+	print(" ".join(res))
+EOF
+run "$v: agent: file handles: open, read, write, seek, stat, truncate, sync, utime, lock, close; stale and foreign handles; 256 a connection" 0 \
+	'^open write seek read-eof 240k stat truncate-sync utime lock-waits close-ends-wait stale-bad-foreign ids-append-readonly refused limit-256 closed-with-connection$' \
+	python3 "$work/fh-ops.py" "$root/tests/integration/agent-py-client.py" "$asock"
+
 run "$v: agent: shutdown: SIGTERM reaches guest processes, then the VM powers off" 0 \
 	'^exec=\[got-term\] 7 shutdown=0 vm=gone$' \
 	bash -c '"$kiln" exec --uds "$asock" -- sh -c "trap \"echo got-term; exit 7\" TERM; sleep 1000 & wait" >"$work/t" 2>&1 & ep=$!

@@ -483,11 +483,226 @@ START_TEST(records_round_trip)
 }
 END_TEST
 
+/* ---- the agent's argument checks for COPY/WALK/FH_* (kp_args_*) ---------------- */
+
+/* A request record with the given BOOL flags (tags, 0-terminated) and a PATH. */
+static uint32_t open_req(uint8_t *b, uint32_t cap, const uint8_t *tags)
+{
+	struct kp_recw w;
+
+	kp_recw_init(&w, b, cap);
+	kp_put_u64(&w, KT_OP, KP_OP_FH_OPEN);
+	kp_put_str(&w, KT_PATH, "/tmp/f");
+	for (; *tags; tags++)
+		kp_put_bool(&w, *tags, 1);
+	ck_assert_int_gt(kp_recw_done(&w), 0);
+	return w.len;
+}
+
+START_TEST(args_fh_open)
+{
+	static const struct {
+		uint8_t tags[4];
+		int ok;
+		unsigned flags;
+	} cases[] = {
+		{ { 0 }, 1, KP_OPEN_READ },				/* Deno's open() default */
+		{ { KT_READ }, 1, KP_OPEN_READ },
+		{ { KT_WRITE }, 1, KP_OPEN_WRITE },
+		{ { KT_READ, KT_WRITE }, 1, KP_OPEN_READ | KP_OPEN_WRITE },
+		{ { KT_WRITE, KT_CREATE, KT_TRUNCATE }, 1, KP_OPEN_WRITE | KP_OPEN_CREATE | KP_OPEN_TRUNCATE },
+		{ { KT_APPEND, KT_CREATE }, 1, KP_OPEN_APPEND | KP_OPEN_CREATE },
+		{ { KT_APPEND, KT_TRUNCATE, KT_CREATE_NEW }, 1,
+		  KP_OPEN_APPEND | KP_OPEN_TRUNCATE | KP_OPEN_CREATE_NEW },
+		{ { KT_CREATE }, 0, 0 },				/* create without write */
+		{ { KT_READ, KT_TRUNCATE }, 0, 0 },
+		{ { KT_CREATE_NEW }, 0, 0 },
+		{ { KT_APPEND, KT_TRUNCATE }, 0, 0 },
+	};
+	struct kp_open_args a;
+	struct kp_recw w;
+	uint8_t b[256];
+	const char *why = NULL;
+	uint32_t len;
+	unsigned i;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		len = open_req(b, sizeof(b), cases[i].tags);
+		why = NULL;
+		ck_assert_int_eq(kp_args_fh_open(b, len, &a, &why), cases[i].ok ? 0 : -1);
+		if (cases[i].ok) {
+			ck_assert_uint_eq(a.flags, cases[i].flags);
+			ck_assert_uint_eq(a.mode, 0666);
+			ck_assert_uint_eq(a.path.len, 6);
+			ck_assert_int_eq(memcmp(a.path.val, "/tmp/f", 6), 0);
+		} else {
+			ck_assert_ptr_nonnull(why);
+		}
+	}
+	/* No PATH, a PATH of the wrong kind, a flag of the wrong kind, a mode too large. */
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_bool(&w, KT_READ, 1);
+	ck_assert_int_eq(kp_args_fh_open(b, w.len, &a, &why), -1);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_bytes(&w, KT_PATH, "/x", 2);
+	ck_assert_int_eq(kp_args_fh_open(b, w.len, &a, &why), -1);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_str(&w, KT_PATH, "/x");
+	kp_put_u64(&w, KT_WRITE, 1);
+	ck_assert_int_eq(kp_args_fh_open(b, w.len, &a, &why), -1);
+	ck_assert_ptr_nonnull(strstr(why, "BOOL"));
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_str(&w, KT_PATH, "/x");
+	kp_put_u64(&w, KT_MODE, 010000);
+	ck_assert_int_eq(kp_args_fh_open(b, w.len, &a, &why), -1);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_str(&w, KT_PATH, "/x/../y");
+	kp_put_u64(&w, KT_MODE, 0600);
+	ck_assert_int_eq(kp_args_fh_open(b, w.len, &a, &why), 0);
+	ck_assert_uint_eq(a.mode, 0600);
+	/* A truncated record is refused, not read past its end. */
+	ck_assert_int_eq(kp_args_fh_open(b, w.len - 1, &a, &why), -1);
+}
+END_TEST
+
+START_TEST(args_fh)
+{
+	static uint8_t big[KP_FH_IO_MAX + 1];
+	static uint8_t b[KP_MAX_CONTROL];
+	struct kp_fh_args a;
+	struct kp_recw w;
+	const char *why;
+	uint64_t op;
+
+	/* Every FH op wants a non-zero U64 FH. */
+	for (op = KP_OP_FH_READ; op <= KP_OP_FH_CLOSE; op++) {
+		kp_recw_init(&w, b, sizeof(b));
+		ck_assert_int_eq(kp_args_fh(b, w.len, op, &a, &why), -1);
+		kp_put_u64(&w, KT_FH, 0);
+		ck_assert_int_eq(kp_args_fh(b, w.len, op, &a, &why), -1);
+		kp_recw_init(&w, b, sizeof(b));
+		kp_put_i64(&w, KT_FH, 3);
+		ck_assert_int_eq(kp_args_fh(b, w.len, op, &a, &why), -1);
+	}
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_OPEN, &a, &why), -1);	/* not this function's */
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_CLOSE, &a, &why), 0);
+	ck_assert_uint_eq(a.fh, 7);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_STAT, &a, &why), 0);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_TRUNCATE, &a, &why), 0);
+	ck_assert_uint_eq(a.length, 0);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_LOCK, &a, &why), 0);
+	ck_assert_int_eq(a.exclusive, 0);
+	/* FH_READ: LENGTH required, at most KP_FH_IO_MAX. */
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_READ, &a, &why), -1);
+	kp_put_u64(&w, KT_LENGTH, KP_FH_IO_MAX + 1);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_READ, &a, &why), -1);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	kp_put_u64(&w, KT_LENGTH, KP_FH_IO_MAX);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_READ, &a, &why), 0);
+	ck_assert_uint_eq(a.length, KP_FH_IO_MAX);
+	/* FH_WRITE: DATA BYTES required, at most KP_FH_IO_MAX. */
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_WRITE, &a, &why), -1);
+	kp_put_str(&w, KT_DATA, "abc");
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_WRITE, &a, &why), -1);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	kp_put_bytes(&w, KT_DATA, big, sizeof(big));
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_WRITE, &a, &why), -1);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	kp_put_bytes(&w, KT_DATA, big, KP_FH_IO_MAX);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_WRITE, &a, &why), 0);
+	ck_assert_uint_eq(a.data_len, KP_FH_IO_MAX);
+	/* FH_SEEK: OFFSET I64 (or a U64 below 2^63), WHENCE 0-2. */
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_SEEK, &a, &why), -1);
+	kp_put_i64(&w, KT_OFFSET, -5);
+	kp_put_u64(&w, KT_WHENCE, 2);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_SEEK, &a, &why), 0);
+	ck_assert_int_eq(a.offset, -5);
+	ck_assert_int_eq(a.whence, 2);
+	kp_put_u64(&w, KT_WHENCE, 3);		/* a repeated tag: the first one counts */
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_SEEK, &a, &why), 0);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	kp_put_u64(&w, KT_OFFSET, 1ull << 63);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_SEEK, &a, &why), -1);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	kp_put_u64(&w, KT_OFFSET, 10);
+	kp_put_u64(&w, KT_WHENCE, 3);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_SEEK, &a, &why), -1);
+	/* FH_UTIME: both times, I64. */
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	kp_put_i64(&w, KT_ATIME, -1);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_UTIME, &a, &why), -1);
+	kp_put_i64(&w, KT_MTIME, 123);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_UTIME, &a, &why), 0);
+	ck_assert_int_eq(a.atime, -1);
+	ck_assert_int_eq(a.mtime, 123);
+	/* FH_SYNC, FH_LOCK, FH_TRUNCATE options. */
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	kp_put_bool(&w, KT_DATA_ONLY, 1);
+	kp_put_bool(&w, KT_EXCLUSIVE, 1);
+	kp_put_u64(&w, KT_LENGTH, 99);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_SYNC, &a, &why), 0);
+	ck_assert_int_eq(a.data_only, 1);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_LOCK, &a, &why), 0);
+	ck_assert_int_eq(a.exclusive, 1);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_TRUNCATE, &a, &why), 0);
+	ck_assert_uint_eq(a.length, 99);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_u64(&w, KT_FH, 7);
+	kp_put_u64(&w, KT_EXCLUSIVE, 1);
+	kp_put_u64(&w, KT_LENGTH, 1ull << 63);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_LOCK, &a, &why), -1);
+	ck_assert_int_eq(kp_args_fh(b, w.len, KP_OP_FH_TRUNCATE, &a, &why), -1);
+}
+END_TEST
+
+START_TEST(args_walk)
+{
+	struct kp_walk_args a;
+	struct kp_recw w;
+	uint8_t b[256];
+	const char *why;
+
+	kp_recw_init(&w, b, sizeof(b));
+	ck_assert_int_eq(kp_args_walk(b, w.len, &a, &why), -1);
+	kp_put_str(&w, KT_PATH, "/tmp/../etc");
+	ck_assert_int_eq(kp_args_walk(b, w.len, &a, &why), 0);
+	ck_assert(a.max_depth == KP_WALK_UNLIMITED);
+	ck_assert_int_eq(a.nofollow, 0);
+	ck_assert_uint_eq(a.path.len, 11);
+	kp_put_u64(&w, KT_MAX_DEPTH, 0);
+	kp_put_bool(&w, KT_NOFOLLOW, 1);
+	ck_assert_int_eq(kp_args_walk(b, w.len, &a, &why), 0);
+	ck_assert(a.max_depth == 0);
+	ck_assert_int_eq(a.nofollow, 1);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_str(&w, KT_PATH, "/");
+	kp_put_i64(&w, KT_MAX_DEPTH, 2);
+	ck_assert_int_eq(kp_args_walk(b, w.len, &a, &why), -1);
+	kp_recw_init(&w, b, sizeof(b));
+	kp_put_str(&w, KT_PATH, "/");
+	kp_put_str(&w, KT_NOFOLLOW, "yes");
+	ck_assert_int_eq(kp_args_walk(b, w.len, &a, &why), -1);
+	ck_assert_ptr_nonnull(strstr(why, "NOFOLLOW"));
+}
+END_TEST
+
 Suite *suite_proto(void)
 {
 	Suite *s = suite_create("proto");
 	TCase *tc = tcase_create("frames");
 	TCase *tr = tcase_create("records");
+	TCase *ta = tcase_create("file op arguments");
 
 	tcase_add_test(tc, round_trip_every_type);
 	tcase_add_test(tc, split_at_every_boundary);
@@ -501,5 +716,9 @@ Suite *suite_proto(void)
 	tcase_add_test(tr, records_round_trip);
 	suite_add_tcase(s, tc);
 	suite_add_tcase(s, tr);
+	tcase_add_test(ta, args_fh_open);
+	tcase_add_test(ta, args_fh);
+	tcase_add_test(ta, args_walk);
+	suite_add_tcase(s, ta);
 	return s;
 }
