@@ -355,7 +355,6 @@ static const struct virtio_dev_ops blk_ops = {
 	.stats = blk_stats,
 };
 
-/* Parse "PATH[,ro][,id=NAME]" into b. */
 int disk_spec_parse(const char *spec, struct disk_spec *ds, struct kiln_err *err)
 {
 	const char *comma = strchr(spec, ',');
@@ -389,6 +388,7 @@ int disk_spec_parse(const char *spec, struct disk_spec *ds, struct kiln_err *err
 	return 0;
 }
 
+/* Parse "PATH[,ro][,id=NAME]" into b. */
 static int blk_parse(struct blk *b, const char *spec, struct kiln_err *err)
 {
 	struct disk_spec ds;

@@ -53,6 +53,13 @@ int virtq_enable(struct virtq *q, const struct guest_mem *m, struct kiln_err *er
 /* Mark the ring broken (the device needs a reset) and say why. */
 #define chain_broken(q, err, ...) ((q)->broken = 1, kiln_fail((err), EINVAL, __VA_ARGS__))
 
+/* Ask the driver to kick once its avail index passes idx (avail_event, 2.7.10). */
+static void set_avail_event(struct virtq *q, uint16_t idx)
+{
+	__atomic_store_n(&q->used[2 + 4 * q->size], idx, __ATOMIC_RELEASE);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
 int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *c,
 	      struct kiln_err *err)
 {
@@ -66,12 +73,11 @@ int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *c,
 		if (!q->event_idx)
 			return 0;
 		/*
-		 * Ask for a kick on the very next request (avail_event, 2.7.10),
-		 * then look again: one the driver added before it could see
-		 * the new avail_event would otherwise never be kicked.
+		 * Ask for a kick on the very next request, then look again: one
+		 * the driver added before it could see the new avail_event would
+		 * otherwise never be kicked.
 		 */
-		__atomic_store_n(&q->used[2 + 4 * q->size], q->last_avail, __ATOMIC_RELEASE);
-		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		set_avail_event(q, q->last_avail);
 		avail_idx = load_acquire16(&q->avail[AVAIL_IDX]);
 		if (avail_idx == q->last_avail)
 			return 0;
@@ -132,11 +138,8 @@ void virtq_push(struct virtq *q, uint16_t head, uint32_t len)
 
 void virtq_kick_on_next(struct virtq *q)
 {
-	if (!q->event_idx || !q->avail || !q->used)
-		return;
-	__atomic_store_n(&q->used[2 + 4 * q->size], load_acquire16(&q->avail[AVAIL_IDX]),
-			 __ATOMIC_RELEASE);
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if (q->event_idx && q->avail && q->used)
+		set_avail_event(q, load_acquire16(&q->avail[AVAIL_IDX]));
 }
 
 int virtq_should_notify(struct virtq *q)
