@@ -174,37 +174,50 @@ static void req_vcpus(struct control *c, struct out *o)
 	for (i = 0; i < vm->nvcpus; i++) {
 		struct vcpu *v = &vm->vcpus[i];
 		struct kvm_regs regs;
+		struct kvm_sregs sregs;
 		struct kvm_mp_state mp;
 		struct kvm_lapic_state lapic;
 		struct kvm_vcpu_events ev;
 		_Alignas(struct kvm_msrs) uint8_t buf[sizeof(struct kvm_msrs) + 2 * sizeof(struct kvm_msr_entry)];
 		struct kvm_msrs *m = (struct kvm_msrs *)buf;
 		unsigned irr = 0, isr = 0, k;
+		uint32_t lvtt, tmict, tmcct;
 
 		memset(buf, 0, sizeof(buf));
 		m->nmsrs = 2;
 		m->entries[0].index = 0x10;	/* TSC */
 		m->entries[1].index = 0x6e0;	/* TSC_DEADLINE */
-		if (ioctl(v->fd, KVM_GET_REGS, &regs) < 0 || ioctl(v->fd, KVM_GET_MP_STATE, &mp) < 0 ||
+		if (ioctl(v->fd, KVM_GET_REGS, &regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0 ||
+		    ioctl(v->fd, KVM_GET_MP_STATE, &mp) < 0 ||
 		    ioctl(v->fd, KVM_GET_LAPIC, &lapic) < 0 || ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0) {
 			outf(o, "%s{\"id\":%d,\"error\":\"%s\"}", i ? "," : "", i, strerror(errno));
 			continue;
 		}
 		(void)ioctl(v->fd, KVM_GET_MSRS, m);
-		/* IRR at 0x200, ISR at 0x100: 8 registers of 32 bits, 16 bytes apart. */
+		/*
+		 * IRR at 0x200, ISR at 0x100: 8 registers of 32 bits, 16 bytes
+		 * apart; report the highest vector set in each (0: none).
+		 */
 		for (k = 0; k < 8; k++) {
 			uint32_t a, b;
 
 			memcpy(&a, lapic.regs + 0x200 + k * 16, 4);
 			memcpy(&b, lapic.regs + 0x100 + k * 16, 4);
-			irr += (unsigned)__builtin_popcount(a);
-			isr += (unsigned)__builtin_popcount(b);
+			if (a)
+				irr = k * 32 + 31 - (unsigned)__builtin_clz(a);
+			if (b)
+				isr = k * 32 + 31 - (unsigned)__builtin_clz(b);
 		}
-		outf(o, "%s{\"id\":%d,\"rip\":\"%#llx\",\"rflags\":\"%#llx\",\"mp_state\":%u,\"irr\":%u,\"isr\":%u,\"nmi_pending\":%u,\"interrupt_injected\":%u,\"tsc\":%llu,\"tsc_deadline\":%llu,\"exits\":%llu}",
-		     i ? "," : "", i, (unsigned long long)regs.rip, (unsigned long long)regs.rflags, mp.mp_state,
+		/* The timer: LVT entry (mode, mask, vector), initial and current count. */
+		memcpy(&lvtt, lapic.regs + 0x320, 4);
+		memcpy(&tmict, lapic.regs + 0x380, 4);
+		memcpy(&tmcct, lapic.regs + 0x390, 4);
+		outf(o, "%s{\"id\":%d,\"rip\":\"%#llx\",\"rflags\":\"%#llx\",\"rsp\":\"%#llx\",\"cr3\":\"%#llx\",\"mp_state\":%u,\"irr\":%u,\"isr\":%u,\"nmi_pending\":%u,\"interrupt_injected\":%u,\"tsc\":%llu,\"tsc_deadline\":%llu,\"lvt_timer\":\"%#x\",\"timer_initial\":%u,\"timer_current\":%u,\"exits\":%llu}",
+		     i ? "," : "", i, (unsigned long long)regs.rip, (unsigned long long)regs.rflags,
+		     (unsigned long long)regs.rsp, (unsigned long long)sregs.cr3, mp.mp_state,
 		     irr, isr, ev.nmi.pending, ev.interrupt.injected,
 		     (unsigned long long)m->entries[0].data, (unsigned long long)m->entries[1].data,
-		     (unsigned long long)v->exits);
+		     lvtt, tmict, tmcct, (unsigned long long)v->exits);
 	}
 	outf(o, "]}");
 	if (!was_paused)

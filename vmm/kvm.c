@@ -100,6 +100,8 @@ static int get_supported_cpuid(struct vm *vm, struct kiln_err *err)
 			return kiln_fail(err, ENOMEM, "out of memory");
 		c->nent = (uint32_t)n;
 		if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0)
+				cpuid_set_tsc_deadline(c);
 			vm->cpuid = c;
 			return 0;
 		}

@@ -280,6 +280,7 @@ int vcpu_create(struct vm *vm, int id, const struct kernel_info *ki, struct kiln
  * ids, topology, no PMU. Exposed for unit tests.
  */
 void cpuid_filter(struct kvm_cpuid2 *cpuid, int id, int nvcpus);
+void cpuid_set_tsc_deadline(struct kvm_cpuid2 *cpuid);
 
 /* Run vCPU until the VM stops (thread body). */
 void *vcpu_thread(void *arg);

@@ -8,6 +8,9 @@ run "$v: bzImage through the 64-bit boot protocol" 0 '^6\.1\.[0-9]+$' \
 	"$vmm" --kernel "$guest/bzImage" -- uname -r
 run "$v: 4 vCPUs online" 0 '^4$' "$vmm" --vcpus 4 -- nproc
 run "$v: 1 vCPU" 0 '^1$' "$vmm" --vcpus 1 -- nproc
+# kiln sets the TSC-deadline CPUID bit KVM leaves to the VMM: no LAPIC calibration.
+run "$v: the guest's timer is the LAPIC in TSC-deadline mode" 0 '^lapic-deadline tsc_deadline_timer$' \
+	"$vmm" --vcpus 2 -- sh -c 'echo $(cat /sys/devices/system/clockevents/clockevent0/current_device) $(grep -o -m1 -w tsc_deadline_timer /proc/cpuinfo)'
 run "$v: 4096 MiB guest sees its memory above the MMIO gap" 0 '^MemTotal: +(39|40)[0-9]{5} kB' \
 	"$vmm" --mem 4096 -- grep MemTotal /proc/meminfo
 run "$v: 128 MiB guest" 0 '^MemTotal: +1[0-2][0-9]{4} kB' \

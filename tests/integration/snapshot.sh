@@ -97,7 +97,7 @@ run "$v: snapshot: a running guest with a busy disk and an open vsock connection
 	         kill -0 $busy && echo busy-exec-alive; kill $busy 2>/dev/null; wait $busy 2>/dev/null; exit 0'
 
 run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
-	'^paused running vcpus=1 touched=yes shared=yes unknown=refused$' \
+	'^paused running vcpus=1 touched=yes shared=yes unknown=refused rip=kernel timer=tsc-deadline$' \
 	bash -c 'clone s; trap "unclone s" EXIT
 	         "$kiln" exec --uds "$sn/s.sock" --connect-timeout 60 -- true || { diag s; exit 1; }
 	         python3 - "$sn/s.ctl" <<-"EOF"
@@ -105,12 +105,15 @@ run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
 	s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f = s.makefile()
 	def req(line):
 	    s.sendall(line.encode() + b"\n"); return json.loads(f.readline())
-	p = req("pause"); st = req("stats"); r = req("resume"); u = req("frobnicate")
+	p = req("pause"); st = req("stats"); vc = req("vcpus")["vcpus"][0]; r = req("resume"); u = req("frobnicate")
 	print(p["state"], r["state"], "vcpus=%d" % len(st["vcpus"]),
 	      "touched=%s" % ("yes" if 0 < st["memory"]["touched"] <= st["memory"]["size"] else "no"),
 	      # a clone shares the pages it only read with the other clones
 	      "shared=%s" % ("yes" if st["memory"]["private"] < st["memory"]["touched"] else "no"),
-	      "unknown=%s" % ("refused" if not u["ok"] and "unknown request" in u["error"] else "accepted"))
+	      "unknown=%s" % ("refused" if not u["ok"] and "unknown request" in u["error"] else "accepted"),
+	      # the idle guest sits in its kernel; its LAPIC timer mode (bits 17-18) is TSC deadline
+	      "rip=%s" % ("kernel" if int(vc["rip"], 16) >= 0xffffffff80000000 else vc["rip"]),
+	      "timer=%s" % ({0: "one-shot", 1: "periodic", 2: "tsc-deadline"}.get(int(vc["lvt_timer"], 16) >> 17 & 3, "?")))
 	EOF'
 
 run "$v: snapshot: control socket shutdown stops the VM with status 0" 0 '^exit=0$' \

@@ -49,6 +49,21 @@ START_TEST(single_vcpu)
 }
 END_TEST
 
+/* Leaf 1 gains the TSC-deadline bit; nothing else changes. */
+START_TEST(tsc_deadline_bit)
+{
+	struct kvm_cpuid2 *c = sample();
+
+	cpuid_set_tsc_deadline(c);
+	ck_assert_uint_eq(c->entries[0].ecx, 0x1 | 1u << 24);
+	ck_assert_uint_eq(c->entries[0].ebx, 0xffff0800);
+	ck_assert_uint_eq(c->entries[4].ecx, 0x3f);
+	cpuid_filter(c, 1, 2);
+	ck_assert_uint_ne(c->entries[0].ecx & (1u << 24), 0);
+	free(c);
+}
+END_TEST
+
 Suite *suite_cpuid(void)
 {
 	Suite *s = suite_create("cpuid");
@@ -56,6 +71,7 @@ Suite *suite_cpuid(void)
 
 	tcase_add_test(tc, apic_ids_and_topology);
 	tcase_add_test(tc, single_vcpu);
+	tcase_add_test(tc, tsc_deadline_bit);
 	suite_add_tcase(s, tc);
 	return s;
 }
