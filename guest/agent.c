@@ -41,6 +41,7 @@
 #include <sys/io.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/sysinfo.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -81,8 +82,16 @@
 #define RING_TOTAL_MAX	(256ull << 20)	/* all rings together, at most a quarter of RAM */
 #define CMD_MAX		4096		/* bytes of argv kept for PROC_LIST */
 #define MAX_WALKS	64		/* WALKs in progress, all connections */
+/*
+ * The agent's own descriptor limit: MAX_CONNS connections of KP_FH_MAX handles
+ * each, three pipes a process, and the walks' directories fit with room to
+ * spare. The processes it starts get back the limit it was given.
+ */
+#define AGENT_NOFILE	65536
 #define COPY_CHUNK	(1u << 20)	/* bytes a COPY moves per loop turn */
 #define LOCK_POLL_MS	50		/* a waiting FH_LOCK retries this often */
+
+static struct rlimit child_nofile;	/* the limit the agent was started with */
 
 extern char **environ;
 
@@ -1009,6 +1018,8 @@ static void op_exec(struct conn *c, const struct kp_frame *f)
 			dup2(fds[i], i);
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
+		if (child_nofile.rlim_max)
+			(void)setrlimit(RLIMIT_NOFILE, &child_nofile);
 		setsid();
 		/* The terminal becomes the new session's controlling tty: job control, SIGWINCH. */
 		if (pty)
@@ -3551,6 +3562,21 @@ static void conn_close(struct conn *c)
  */
 static int reserve_fd = -1;
 
+/* Raise the agent's own descriptor limit; remember the one its processes get. */
+static void nofile_init(void)
+{
+	struct rlimit r;
+
+	if (getrlimit(RLIMIT_NOFILE, &child_nofile) < 0)
+		return;
+	r.rlim_cur = r.rlim_max = child_nofile.rlim_max > AGENT_NOFILE ? child_nofile.rlim_max : AGENT_NOFILE;
+	/* Raising the hard limit needs CAP_SYS_RESOURCE: without it, up to the hard one. */
+	if (setrlimit(RLIMIT_NOFILE, &r) < 0) {
+		r.rlim_cur = r.rlim_max = child_nofile.rlim_max;
+		(void)setrlimit(RLIMIT_NOFILE, &r);
+	}
+}
+
 static void conn_accept(int lfd)
 {
 	struct conn *c;
@@ -3795,6 +3821,7 @@ int agent_main(void (*stop)(int reboot))
 	int lfd, sfd, ret;
 
 	agent_stop = stop;
+	nofile_init();
 	reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	ring_limit = RING_TOTAL_MAX;
 	if (sysinfo(&si) == 0 && (uint64_t)si.totalram * si.mem_unit / 4 < ring_limit)

@@ -555,12 +555,23 @@ cat >"$work/fh-ops.py" <<-"EOF"
 	call("FH_CLOSE", fh(h2))
 	call("FH_CLOSE", fh(h3))
 	ok("closed-with-connection", fds1 >= fds0 + 256 and nfds() == fds0 and fds2 == fds0 + 2, (fds0, fds1, fds2))
+	# The agent's descriptors are not the 1024 its processes get: 5 x 256 handles.
+	conns = [apc.Agent(uds) for _ in range(5)]
+	for cc in conns:                      # pipelined: 256 requests, then their 256 answers
+	    for _ in range(256):
+	        cc.request("FH_OPEN", [(K["PATH"], S, P)])
+	got = [cc.recv()[0:1] + (None,) for cc in conns for _ in range(256)]
+	lim = a.run(shell="ulimit -n")[1].strip()
+	for cc in conns:
+	    cc.s.close()
+	ok("1280-handles", all(t == apc.RESPONSE for t, _ in got) and lim in (b"1024", "1024"),
+	   (sum(t != apc.RESPONSE for t, _ in got), lim))
 	call("REMOVE", (K["PATH"], S, P))
 	call("REMOVE", (K["PATH"], S, "/tmp/fh-fifo"))
 	print(" ".join(res))
 EOF
-run "$v: agent: file handles: open, read, write, seek, stat, truncate, sync, utime, lock, close; stale and foreign handles; 256 a connection" 0 \
-	'^open write seek read-eof 240k stat truncate-sync utime lock-waits close-ends-wait stale-bad-foreign ids-append-readonly refused limit-256 closed-with-connection$' \
+run "$v: agent: file handles: open, read, write, seek, stat, truncate, sync, utime, lock, close; stale and foreign handles; 256 a connection, 1280 on five" 0 \
+	'^open write seek read-eof 240k stat truncate-sync utime lock-waits close-ends-wait stale-bad-foreign ids-append-readonly refused limit-256 closed-with-connection 1280-handles$' \
 	python3 "$work/fh-ops.py" "$root/tests/integration/agent-py-client.py" "$asock"
 
 run "$v: agent: shutdown: SIGTERM reaches guest processes, then the VM powers off" 0 \
