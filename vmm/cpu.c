@@ -96,12 +96,10 @@ void cpuid_filter(struct kvm_cpuid2 *cpuid, int id, int nvcpus)
 /*
  * KVM emulates the TSC-deadline mode of the LAPIC timer but leaves its CPUID
  * bit (leaf 1, ECX bit 24) for the VMM to set once KVM_CAP_TSC_DEADLINE_TIMER
- * says so. Without it Linux falls back to the one-shot mode, whose rate it
- * calibrates at boot by counting PIT ticks for 100 ms: a vCPU that loses its
- * host CPU during that window takes a period hundreds of times too long, and
- * every timer after fires that much late (an SMP boot then sits idle for
- * minutes). In deadline mode the guest needs no calibration: kvm-clock gives
- * it the TSC's rate.
+ * says so, as QEMU and Firecracker do. Without it Linux falls back to the
+ * one-shot mode: it calibrates the emulated bus clock at boot (100 ms of
+ * polling) and programs its timers as counts of it. In deadline mode it
+ * programs TSC values, whose rate kvm-clock already gave it.
  */
 void cpuid_set_tsc_deadline(struct kvm_cpuid2 *cpuid)
 {
