@@ -33,7 +33,7 @@ all: vmm guest
 vmm: $(O)/kiln-vmm $(O)/kiln
 guest: kernel initramfs
 initramfs: $(O)/guest/initramfs.cpio
-asan: $(O)/asan/kiln-vmm $(O)/asan/guest
+asan: $(O)/asan/kiln-vmm $(O)/asan/guest $(O)/asan/kac-fh-test
 
 deps:
 	@scripts/deps.sh build
@@ -54,6 +54,11 @@ $(O)/kiln: $(KILN_SRCS) api/agent_client.h $(PROTO_HDRS) | $(O)
 $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/main.c $(LDLIBS)
+
+# The C client's file-handle calls against a live agent (tests/integration/agent.sh).
+$(O)/asan/kac-fh-test: tests/integration/kac_fh.c api/agent_client.c api/agent_client.h $(PROTO_SRCS) $(PROTO_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ tests/integration/kac_fh.c api/agent_client.c $(PROTO_SRCS)
 
 $(O)/asan/guest: | $(O)
 	@mkdir -p $(O)/asan

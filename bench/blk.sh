@@ -49,7 +49,7 @@ echo "bench-blk: QEMU microvm" >&2
 cmd=$(bench_kiln_cmd sh -c "$guest_script")
 "$qemu" -M microvm,acpi=off -accel kvm -cpu host -m 512 -smp 2 -nodefaults -no-user-config \
 	-display none -serial stdio -no-reboot -kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 reboot=k panic=-1 quiet no_timer_check kiln.cmd=$cmd" \
+	-append "$(bench_qemu_cmdline) kiln.cmd=$cmd" \
 	-drive id=d0,file="$loopdev",format=raw,if=none \
 	-device virtio-blk-device,drive=d0 \
 	-device isa-debug-exit,iobase=0xf4,iosize=4 >"$tmp/qemu" 2>&1 || true

@@ -17,6 +17,14 @@ bench_kiln_cmd() {
 	python3 -c 'import base64, sys; print(base64.urlsafe_b64encode(b"".join(a.encode() + b"\0" for a in sys.argv[1:])).decode().rstrip("="))' "$@"
 }
 
+# The start of the kernel command line QEMU's guest gets: kiln-vmm's defaults,
+# with nohz=off in the nested host, where kiln-vmm adds it because the host
+# CPU is QEMU's TCG emulator (vmm/cpu.c, host_cpu_is_tcg), so that both
+# guests run alike.
+bench_qemu_cmdline() {
+	echo "console=ttyS0 reboot=k panic=-1 quiet no_timer_check${KILN_NESTED_HOST:+ nohz=off}"
+}
+
 # A / B to two places, or ? when either is missing.
 bench_ratio() {
 	awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b > 0) printf "%.2f", a / b; else print "?" }'

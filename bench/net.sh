@@ -93,7 +93,7 @@ receive 172.32.0.1 5001 "$tmp/qemu.tcp"
 cmd=$(bench_kiln_cmd sh -c "$(sender 172.32.0.1 busybox)")
 "$qemu" -M microvm,acpi=off -accel kvm -cpu host -m 512 -smp 1 -nodefaults -no-user-config \
 	-display none -serial stdio -no-reboot -kernel "$kernel" -initrd "$initrd" \
-	-append "console=ttyS0 reboot=k panic=-1 quiet no_timer_check kiln.net=172.32.0.2/24 kiln.cmd=$cmd" \
+	-append "$(bench_qemu_cmdline) kiln.net=172.32.0.2/24 kiln.cmd=$cmd" \
 	-netdev tap,id=n0,ifname=kbq0,script=no,downscript=no \
 	-device virtio-net-device,netdev=n0,mac=06:00:ac:10:00:02 \
 	-device isa-debug-exit,iobase=0xf4,iosize=4 >"$tmp/qemu.out" 2>&1 || true

@@ -2,6 +2,7 @@
  * vCPUs: CPUID, MSRs, FPU and LAPIC set-up, the entry state for the PVH and
  * 64-bit boot protocols, and the KVM_RUN loop (exit handling is exit.c's).
  */
+#include <cpuid.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -108,6 +109,30 @@ void cpuid_set_tsc_deadline(struct kvm_cpuid2 *cpuid)
 	for (i = 0; i < cpuid->nent; i++)
 		if (cpuid->entries[i].function == 0x1)
 			cpuid->entries[i].ecx |= 1u << 24;
+}
+
+/*
+ * Whether this host's CPU is QEMU's TCG emulator (its hypervisor leaf says
+ * "TCGTCGTCGTCG"), as in the nested KVM host kiln's tests boot on machines
+ * without /dev/kvm. The emulated SVM there (QEMU 7.2) saves a guest's
+ * interrupt shadow at #VMEXIT but does not restore it at VMRUN, so an exit
+ * that lands between the guest idle loop's STI and HLT lets KVM deliver the
+ * wakeup interrupt before the HLT: the handler runs, the vCPU then halts
+ * with a task waiting, and with its tick stopped nothing wakes it again.
+ */
+int host_cpu_is_tcg(void)
+{
+	unsigned int a, b, c, d;
+	char sig[12];
+
+	__cpuid(1, a, b, c, d);
+	if (!(c & (1u << 31)))
+		return 0;
+	__cpuid(0x40000000, a, b, c, d);
+	memcpy(sig, &b, 4);
+	memcpy(sig + 4, &c, 4);
+	memcpy(sig + 8, &d, 4);
+	return memcmp(sig, "TCGTCGTCGTCG", 12) == 0;
 }
 
 static int set_cpuid(struct vcpu *v, struct kiln_err *err)

@@ -40,6 +40,12 @@
 #define EXIT_NOTFOUND		127	/* the guest command was not found */
 
 #define DEFAULT_CMDLINE "console=ttyS0 reboot=k panic=-1 quiet no_timer_check"
+/*
+ * On a host whose CPU is QEMU's TCG emulator a vCPU can halt with a wakeup
+ * already spent (host_cpu_is_tcg in cpu.c): a periodic tick bounds that to
+ * one tick (4 ms) instead of forever.
+ */
+#define TCG_HOST_CMDLINE "nohz=off"
 #define ESCAPE_CHAR 0x01	/* Ctrl-A, then x: leave an interactive console */
 
 #define MAX_DEVICES	16
@@ -106,6 +112,7 @@ static void usage(FILE *f)
 "  --vcpus N         virtual CPUs, 1 to %d (default 1)\n"
 "  --cmdline STR     appended to the kernel command line\n"
 "                    (kiln's defaults: \"" DEFAULT_CMDLINE "\")\n"
+"                    (and " TCG_HOST_CMDLINE " where the host CPU is QEMU's TCG)\n"
 "  --console DEST    guest console: 'stdout' (default), 'none', or a file\n"
 "  --timeout SEC     stop the guest after SEC seconds (exit %d)\n"
 "  --hugepages       back guest memory with 2 MiB huge pages\n"
@@ -356,7 +363,7 @@ static char *build_cmdline(const struct opts *o, const struct virtio_dev *devs, 
 
 	for (i = 0; i < o->ncmd; i++)
 		raw_len += strlen(o->cmd[i]) + 1;
-	len = strlen(DEFAULT_CMDLINE) + 1 + strlen(o->cmdline) + 1 + (size_t)ndevs * 64 +
+	len = strlen(DEFAULT_CMDLINE) + sizeof(" " TCG_HOST_CMDLINE) + 1 + strlen(o->cmdline) + 1 + (size_t)ndevs * 64 +
 	      sizeof(" " KILN_PARAM_AGENT) +
 	      strlen(KILN_PARAM_CMD) + b64url_encoded_len(raw_len) + 1;
 	raw = malloc(raw_len + 1);
@@ -364,6 +371,11 @@ static char *build_cmdline(const struct opts *o, const struct virtio_dev *devs, 
 	if (!raw || !out)
 		die("out of memory");
 	strcpy(out, DEFAULT_CMDLINE);
+	if (host_cpu_is_tcg()) {
+		strcat(out, " " TCG_HOST_CMDLINE);
+		if (o->verbose)
+			fprintf(stderr, "kiln-vmm: the host CPU is QEMU's TCG emulator: the guest keeps its tick (" TCG_HOST_CMDLINE ")\n");
+	}
 	for (i = 0; i < ndevs; i++) {
 		strcat(out, " ");
 		virtio_cmdline_arg(&devs[i], out + strlen(out), 64);

@@ -281,6 +281,8 @@ int vcpu_create(struct vm *vm, int id, const struct kernel_info *ki, struct kiln
  */
 void cpuid_filter(struct kvm_cpuid2 *cpuid, int id, int nvcpus);
 void cpuid_set_tsc_deadline(struct kvm_cpuid2 *cpuid);
+/* Whether the host CPU is QEMU's TCG emulator (see cpu.c for why it matters). */
+int host_cpu_is_tcg(void);
 
 /* Run vCPU until the VM stops (thread body). */
 void *vcpu_thread(void *arg);

@@ -9,8 +9,8 @@ it), VCPUS_JSON the answer to the control socket's `vcpus` request (saved to
 a file). Prints lapic_timer_period, tsc_khz, system_state and jiffies; for
 each vCPU its rip and the kernel return addresses on its stack; every
 kernel stack in the first 4 MiB of vmalloc space that went through
-__schedule (kernel_init's marked INIT); then the printk buffer, oldest
-first. Assumes the guest kernel is not relocated (kiln loads vmlinux at its
+__schedule (kernel_init's marked INIT); each CPU's queued cross-CPU work
+and runnable count; then the printk buffer, oldest first. Assumes the guest kernel is not relocated (kiln loads vmlinux at its
 link address) and memory below 3 GiB (one mapping of --mem MiB, default 512).
 """
 import bisect, json, re, struct, subprocess, sys
@@ -92,6 +92,20 @@ def main():
         rsp = int(v["rsp"], 16)
         print("vCPU %d: rip %s, stack:" % (v["id"], sym(int(v["rip"], 16))),
               " <- ".join(returns(int(v["cr3"], 16), rsp, (rsp | (STACK - 1)) + 1)[:40]))
+    # Per CPU: work queued for it by other CPUs (call_single_queue, drained
+    # by the IPI handler) and its run queue's nr_running (struct rq's second
+    # field, after a 4-byte raw_spinlock_t in a kernel without lock debugging).
+    # Work queued on an idle CPU means its IPI was sent and lost.
+    if "__per_cpu_offset" in syms and "call_single_queue" in syms:
+        offs = syms["__per_cpu_offset"][0] - KERNEL_MAP
+        for v in vcpus:
+            off = struct.unpack("<Q", phys(offs + 8 * v["id"], 8))[0]
+            line = "cpu %d:" % v["id"]
+            for name, at, fmt in (("call_single_queue", 0, "<Q"), ("runqueues", 4, "<I")):
+                pa = walk(cr3, (syms[name][0] + off + at) & 0xffffffffffffffff) if name in syms else None
+                if pa is not None:
+                    line += " %s %#x" % (name, struct.unpack(fmt, phys(pa, struct.calcsize(fmt)))[0])
+            print(line)
     for va in range(VMALLOC, VMALLOC + (4 << 20), STACK):
         r = returns(cr3, va, va + STACK)
         if any(s.startswith("kernel_init+") for s in r):
