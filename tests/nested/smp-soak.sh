@@ -22,8 +22,10 @@ trap 'rm -rf "$tmp"' EXIT
 hung=0 failed=0
 cmd=(nproc)
 [ -n "${KILN_SOAK_CMD:-}" ] && cmd=(sh -c "$KILN_SOAK_CMD")
-# QEMU passes the command as kiln's init reads it: base64url of NUL-ended words.
-qcmd=$(python3 -c 'import base64, sys; print(base64.urlsafe_b64encode(b"".join(a.encode() + b"\0" for a in sys.argv[1:])).decode().rstrip("="))' "${cmd[@]}")
+# QEMU passes the command as kiln's init reads it (kiln.cmd=).
+# shellcheck source=bench/lib.sh
+. "$here/../../bench/lib.sh"
+qcmd=$(bench_kiln_cmd "${cmd[@]}")
 for i in $(seq 1 "$boots"); do
 	t0=$(date +%s)
 	rm -f "$tmp/vcpus.json"
