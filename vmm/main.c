@@ -609,8 +609,11 @@ static int exit_status(const struct vm *vm, const struct opts *o, int signo)
 			return EXIT_VMM_ERROR;
 		}
 	case VM_STOP_RESET:
-		if (!o->ncmd)
-			return 0;	/* an interactive guest that rebooted is done */
+		if (!o->ncmd) {
+			/* An interactive or agent guest that rebooted is done; say how. */
+			fprintf(stderr, "kiln-vmm: the VM stopped: %s\n", vm->stop_detail);
+			return 0;
+		}
 		fprintf(stderr, "kiln-vmm: guest crashed: %s before reporting the command's status (see the console output)\n",
 			vm->stop_detail);
 		return EXIT_GUEST_CRASH;

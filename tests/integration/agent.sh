@@ -8,6 +8,14 @@ asock=$work/a.sock
 "$vmm" --timeout 900 --mem 1024 --console "$work/agent-console" \
 	--vsock "cid=3,uds=$asock" --cmdline kiln.agent </dev/null &
 agent_vmm=$!
+# When a test fails because the shared agent VM is gone, show its end once.
+agent_vm_told=
+on_test_failure() {
+	[ -z "$agent_vm_told" ] && ! kill -0 "$agent_vmm" 2>/dev/null || return 0
+	agent_vm_told=1
+	echo "#   the agent VM ($v) is gone; the last lines of its console:"
+	tail -n 25 "$work/agent-console" 2>/dev/null | sed -e 's/^/#   | /'
+}
 
 # ka STDOUT_FILE STDERR_FILE ARGS...: kiln ARGS with the socket, printing
 # "status=N" for the pattern to check.
@@ -586,6 +594,7 @@ run "$v: agent: shutdown: SIGTERM reaches guest processes, then the VM powers of
 	         for i in $(seq 100); do kill -0 '"$agent_vmm"' 2>/dev/null || break; sleep 0.1; done
 	         kill -0 '"$agent_vmm"' 2>/dev/null && vm=running || vm=gone
 	         echo "exec=[$(cat "$work/t")] $e shutdown=$s vm=$vm"'
+unset -f on_test_failure
 # The VMM is this shell's child: its status is read here, checked below.
 kill -0 "$agent_vmm" 2>/dev/null && { sleep 10; kill -9 "$agent_vmm" 2>/dev/null; }
 wait "$agent_vmm"

@@ -30,6 +30,8 @@ run() {
 		printf 'not ok %d - %s: exit %s (wanted %s), output:\n' $((pass + fail)) "$name" "$st" "$want"
 		sed -e 's/^/#   /' "$out" | tail -n 25
 		printf '#   (wanted output matching: %s)\n' "$pattern"
+		# A test file may say more about a failure (e.g. a shared VM that died).
+		if declare -F on_test_failure >/dev/null; then on_test_failure; fi
 	fi
 }
 
