@@ -37,7 +37,9 @@ run "$v: agent: exec: a process killed by SIGKILL exits 137" 0 '^status=137$' \
 	bash -c 'ka /dev/null "$work/e" exec -- sh -c "kill -9 \$\$"'
 
 run "$v: agent: exec: SIGINT to kiln reaches the guest process (exit 130)" 0 '^status=130$' \
-	bash -c '"$kiln" exec --uds "$asock" -- sleep 60 & p=$!; sleep 2; kill -INT $p; wait $p; echo "status=$?"'
+	bash -c '"$kiln" exec --uds "$asock" -- sh -c "echo up; exec sleep 60" >"$work/si" & p=$!
+	         for i in $(seq 600); do [ -s "$work/si" ] && break; sleep 0.1; done
+	         kill -INT $p; wait $p; echo "status=$?"'
 
 run "$v: agent: exec: --env, --cwd and argv bytes pass through" 0 '^\[/tmp\] \[v a l\] \[a  b\]$' \
 	"$kiln" exec --uds "$asock" --env "K=v a l" --cwd /tmp -- sh -c 'echo "[$(pwd)] [$K] [$1]"' sh 'a  b'
@@ -244,14 +246,14 @@ run "$v: agent: a full ring in drop mode overwrites the oldest output; attach re
 	         echo "gap=[$(cat "$work/de")] last=$(tail -n 1 "$work/d") short=$s"'
 
 run "$v: agent: a second attach takes over; the first ends with a clear error" 0 \
-	'^first=125 kiln: attach [0-9]+: .*took over.* second=0 out=\[done\]$' \
+	'^first=125 kiln: attach [0-9]+: .*took over.* second=0 out=\[up done \]$' \
 	bash -c 'k() { "$kiln" "$1" --uds "$asock" "${@:2}"; }
-	         h=$(k exec --detach -- sh -c "sleep 6; echo done") || exit 1
-	         k attach "$h" >/dev/null 2>"$work/a1" & a1=$!
-	         sleep 2
+	         h=$(k exec --detach -- sh -c "echo up; sleep 5; echo done") || exit 1
+	         k attach "$h" >"$work/a1o" 2>"$work/a1" & a1=$!
+	         for i in $(seq 600); do [ -s "$work/a1o" ] && break; sleep 0.1; done
 	         k attach "$h" >"$work/a2"; s2=$?
 	         wait $a1; s1=$?
-	         echo "first=$s1 $(cat "$work/a1") second=$s2 out=[$(cat "$work/a2")]"'
+	         echo "first=$s1 $(cat "$work/a1") second=$s2 out=[$(tr "\n" " " <"$work/a2")]"'
 
 run "$v: agent: exec --tty: the guest sees a terminal of --rows x --cols" 0 '^33 101.?$' \
 	"$kiln" exec --uds "$asock" --tty --rows 33 --cols 101 -- stty size
@@ -441,8 +443,12 @@ cat >"$work/walk-big.py" <<-"EOF"
 	        break
 	ok("limit-64", t == apc.ERROR and get(apc.rec_dec(p), "CODE") == apc.ERR_LIMIT, apc.rec_dec(p))
 	c.s.close()
-	time.sleep(1)
-	t, r = b.call("WALK", [(K["PATH"], S, "/tmp/big"), (K["MAX_DEPTH"], U, 1)])
+	# The agent frees them when it sees the hang-up, which takes a while in a slow host: wait up to 30 s.
+	for _ in range(300):
+	    t, r = b.call("WALK", [(K["PATH"], S, "/tmp/big"), (K["MAX_DEPTH"], U, 1)])
+	    if t == apc.RESPONSE:
+	        break
+	    time.sleep(0.1)
 	ok("freed-on-close", t == apc.RESPONSE and len([x for x in r if x[0] == K["ENTRY"]]) == 201, (t, len(r)))
 	print(" ".join(res))
 EOF
@@ -556,8 +562,12 @@ cat >"$work/fh-ops.py" <<-"EOF"
 	got = [call("FH_OPEN", (K["PATH"], S, P), conn=c) for _ in range(257)]
 	fds1 = nfds()
 	c.s.close()
-	time.sleep(1)
-	fds2 = nfds()
+	# The agent closes them when it sees the hang-up, which takes a while in a slow host: wait up to 30 s.
+	for _ in range(60):
+	    fds2 = nfds()
+	    if fds2 <= fds0 + 2:
+	        break
+	    time.sleep(0.5)
 	ok("limit-256", all(t == apc.RESPONSE for t, _ in got[:256]) and get(got[256][1], "CODE") == apc.ERR_LIMIT,
 	   got[256])
 	call("FH_CLOSE", fh(h2))
@@ -586,14 +596,14 @@ run "$v: agent: file handles through the C client (kac_fh_*): every call, and it
 	'^kac-fh-test: [0-9]+ checks passed$' "$root/build/asan/kac-fh-test" "$asock"
 
 run "$v: agent: shutdown: SIGTERM reaches guest processes, then the VM powers off" 0 \
-	'^exec=\[got-term\] 7 shutdown=0 vm=gone$' \
-	bash -c '"$kiln" exec --uds "$asock" -- sh -c "trap \"echo got-term; exit 7\" TERM; sleep 1000 & wait" >"$work/t" 2>&1 & ep=$!
-	         sleep 2
+	'^exec=\[up got-term \] 7 shutdown=0 vm=gone$' \
+	bash -c '"$kiln" exec --uds "$asock" -- sh -c "trap \"echo got-term; exit 7\" TERM; echo up; sleep 1000 & wait" >"$work/t" 2>&1 & ep=$!
+	         for i in $(seq 600); do [ -s "$work/t" ] && break; sleep 0.1; done
 	         "$kiln" shutdown --uds "$asock" --timeout 5000; s=$?
 	         wait $ep; e=$?
 	         for i in $(seq 100); do kill -0 '"$agent_vmm"' 2>/dev/null || break; sleep 0.1; done
 	         kill -0 '"$agent_vmm"' 2>/dev/null && vm=running || vm=gone
-	         echo "exec=[$(cat "$work/t")] $e shutdown=$s vm=$vm"'
+	         echo "exec=[$(tr "\n" " " <"$work/t")] $e shutdown=$s vm=$vm"'
 unset -f on_test_failure
 # The VMM is this shell's child: its status is read here, checked below.
 kill -0 "$agent_vmm" 2>/dev/null && { sleep 10; kill -9 "$agent_vmm" 2>/dev/null; }
