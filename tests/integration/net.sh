@@ -113,6 +113,8 @@ run "$v: net: without CAP_NET_ADMIN" 125 'tap=kt-nocap: permission denied \(need
 	unshare -n setpriv --bounding-set -net_admin "$vmm" --net tap=kt-nocap -- true
 run "$v: net: a tap in use by another VM" 125 'tap=kt0: in use by another process' \
 	unshare -n bash "$work/net-ns.sh" none sh -c \
-	"'$vmm' --net tap=kt0 -- sleep 30 & sleep 3; '$vmm' --net tap=kt0 -- true; st=\$?; kill \$!; exit \$st"
+	"'$vmm' --net tap=kt0 -- sleep 30 & p=\$!
+	 for i in \$(seq 300); do grep -qs 'iff:[[:space:]]*kt0' /proc/\$p/fdinfo/* && break; sleep 0.1; done
+	 '$vmm' --net tap=kt0 -- true; st=\$?; kill \$p; exit \$st"
 
 fi
