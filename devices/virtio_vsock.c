@@ -63,6 +63,9 @@
 #define VSOCK_MAX_PAYLOAD	(64 * 1024)	/* largest packet payload we accept */
 #define VSOCK_MAX_CONNS		256
 #define VSOCK_MAX_CTRL		(VSOCK_MAX_CONNS + 64)
+/* How long the guest has to answer a host connection's REQUEST (connect-timeout=MS). */
+#define VSOCK_CONNECT_TIMEOUT_MS	5000
+#define VSOCK_CONNECT_TIMEOUT_MAX_MS	3600000
 #define VSOCK_HOST_PORT_BASE	(1U << 30)	/* ports for host-initiated connections */
 #define VSOCK_LINE_MAX		64		/* "CONNECT <port>\n" */
 #define VSOCK_MAX_LOGS		16
@@ -108,6 +111,7 @@ struct vsock_conn {
 	enum conn_state state;
 	uint32_t host_port, guest_port;
 	unsigned pending;
+	uint64_t req_deadline;	/* CONN_REQUESTED: closed if the guest has not answered by then (ns) */
 	int closing;		/* off the live list; freed when no poll is in flight */
 	int need_cancel;	/* closed off the I/O thread: its polls still need cancelling */
 	unsigned inflight;	/* polls submitted and not yet completed */
@@ -164,6 +168,10 @@ struct vsock {
 	int reset_tfd;		/* timerfd: the hold's deadline, should the guest never refill */
 	struct io_op reset_op;
 	int reset_on_resume;	/* restored from a device that had connections: reset them */
+	uint32_t connect_timeout_ms;
+	int req_tfd;		/* timerfd: the earliest REQUEST deadline */
+	struct io_op req_op;
+	uint64_t req_timer_at;	/* when req_tfd fires (ns, CLOCK_MONOTONIC); 0: disarmed */
 	int reap_queued;	/* vsock_reap_call() is queued on the I/O thread */
 	unsigned nlogs;
 	uint64_t rx_pkts, tx_pkts, resets_sent;
@@ -171,6 +179,7 @@ struct vsock {
 
 static void vsock_rx_run(struct vsock *vs);
 static int vsock_reset_in_progress(struct vsock *vs);
+static void req_timer_arm(struct vsock *vs, uint64_t at);
 static void conn_in_done(struct io_op *op, int res, unsigned flags);
 static void conn_out_done(struct io_op *op, int res, unsigned flags);
 
@@ -562,6 +571,18 @@ static uint32_t rx_put(struct vsock *vs, struct vsock_hdr *h, const uint8_t *pay
 	return len;
 }
 
+/* Have req_tfd fire by at (ns, CLOCK_MONOTONIC). */
+static void req_timer_arm(struct vsock *vs, uint64_t at)
+{
+	struct itimerspec its = { .it_value = { .tv_sec = (time_t)(at / 1000000000ULL),
+						.tv_nsec = (long)(at % 1000000000ULL) } };
+
+	if (vs->req_tfd < 0 || (vs->req_timer_at && vs->req_timer_at <= at))
+		return;
+	if (timerfd_settime(vs->req_tfd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
+		vs->req_timer_at = at;
+}
+
 /*
  * Send the guest the next packet connection c owes it, into the held rx
  * buffer. Returns 1 if a packet went, 0 if c had nothing to send.
@@ -722,6 +743,8 @@ static void conn_handshake(struct vsock_conn *c)
 	c->host_port = alloc_host_port(vs, c->guest_port);
 	c->state = CONN_REQUESTED;
 	c->pending |= PEND_REQUEST;
+	c->req_deadline = now_ns() + (uint64_t)vs->connect_timeout_ms * 1000000ULL;
+	req_timer_arm(vs, c->req_deadline);
 	vsock_rx_run(vs);
 }
 
@@ -758,6 +781,43 @@ static void reset_timer_done(struct io_op *op, int res, unsigned flags)
 	if (res < 0 || read(vs->reset_tfd, &n, sizeof(n)) != sizeof(n))
 		return;
 	pthread_mutex_lock(&vs->dev->lock);
+	vsock_rx_run(vs);
+	pthread_mutex_unlock(&vs->dev->lock);
+}
+
+/*
+ * A connection deadline passed: a guest that has not answered (or not even
+ * taken) a host client's REQUEST in time is treated as having refused it
+ * (RST to the guest if it saw the REQUEST, EOF without an OK line to the
+ * client), so a hung or hostile guest cannot hold host clients or
+ * connection slots for ever.
+ */
+static void req_timer_done(struct io_op *op, int res, unsigned flags)
+{
+	struct vsock *vs = (struct vsock *)((char *)op - offsetof(struct vsock, req_op));
+	struct vsock_conn *c, *next;
+	uint64_t n, now, soonest = 0;
+
+	(void)flags;
+	if (res < 0 || read(vs->req_tfd, &n, sizeof(n)) != sizeof(n))
+		return;
+	pthread_mutex_lock(&vs->dev->lock);
+	vs->req_timer_at = 0;
+	now = now_ns();
+	for (c = vs->conns; c; c = next) {
+		next = c->next;
+		if (c->state != CONN_REQUESTED)
+			continue;
+		if (c->req_deadline <= now) {
+			vsock_log(vs, "the guest did not %s a connection to its port %u in %u ms: closed (--vsock connect-timeout=MS)",
+				  c->pending & PEND_REQUEST ? "take" : "answer", c->guest_port, vs->connect_timeout_ms);
+			conn_reset(c);
+		} else if (!soonest || c->req_deadline < soonest) {
+			soonest = c->req_deadline;
+		}
+	}
+	if (soonest)
+		req_timer_arm(vs, soonest);
 	vsock_rx_run(vs);
 	pthread_mutex_unlock(&vs->dev->lock);
 }
@@ -1171,6 +1231,8 @@ static void vsock_destroy(struct virtio_dev *d)
 	}
 	if (vs->reset_tfd >= 0)
 		close(vs->reset_tfd);
+	if (vs->req_tfd >= 0)
+		close(vs->req_tfd);
 	free(vs);
 	d->priv = NULL;
 }
@@ -1195,6 +1257,21 @@ static const struct virtio_dev_ops vsock_ops = {
 /* ---- creation ------------------------------------------------------------------ */
 
 /* Parse "cid=N,uds=PATH" (either order) into vs. */
+/* The decimal number after "key=" (klen bytes) in option p (len bytes), from lo to hi; -1 if not. */
+static int opt_num(const char *p, size_t len, size_t klen, unsigned long long lo, unsigned long long hi,
+		   unsigned long long *v)
+{
+	char num[24], *end;
+
+	if (len - klen >= sizeof(num))
+		return -1;
+	memcpy(num, p + klen, len - klen);
+	num[len - klen] = '\0';
+	errno = 0;
+	*v = strtoull(num, &end, 10);
+	return errno || *end || num[0] < '0' || num[0] > '9' || *v < lo || *v > hi ? -1 : 0;
+}
+
 static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 {
 	const char *p = spec;
@@ -1204,17 +1281,10 @@ static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 		const char *comma = strchr(p, ',');
 		size_t len = comma ? (size_t)(comma - p) : strlen(p);
 
-		if (len > 4 && strncmp(p, "cid=", 4) == 0) {
-			char num[24], *end;
-			unsigned long long v;
+		unsigned long long v;
 
-			if (len - 4 >= sizeof(num))
-				goto bad_cid;
-			memcpy(num, p + 4, len - 4);
-			num[len - 4] = '\0';
-			errno = 0;
-			v = strtoull(num, &end, 10);
-			if (errno || *end || num[0] < '0' || num[0] > '9' || v < 3 || v > VSOCK_CID_MAX)
+		if (len > 4 && strncmp(p, "cid=", 4) == 0) {
+			if (opt_num(p, len, 4, 3, VSOCK_CID_MAX, &v) < 0)
 				goto bad_cid;
 			vs->cid = v;
 			have_cid = 1;
@@ -1224,8 +1294,12 @@ static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 						 spec, sizeof(vs->uds) - 1);
 			memcpy(vs->uds, p + 4, len - 4);
 			vs->uds[len - 4] = '\0';
+		} else if (len > 16 && strncmp(p, "connect-timeout=", 16) == 0) {
+			if (opt_num(p, len, 16, 1, VSOCK_CONNECT_TIMEOUT_MAX_MS, &v) < 0)
+				goto bad_timeout;
+			vs->connect_timeout_ms = (uint32_t)v;
 		} else {
-			return kiln_fail(err, EINVAL, "--vsock %s: unknown option '%.*s' (expected cid=N,uds=PATH)",
+			return kiln_fail(err, EINVAL, "--vsock %s: unknown option '%.*s' (expected cid=N,uds=PATH[,connect-timeout=MS])",
 					 spec, (int)len, p);
 		}
 		p += len + (comma ? 1 : 0);
@@ -1240,6 +1314,9 @@ static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 bad_cid:
 	return kiln_fail(err, EINVAL, "--vsock %s: cid must be a number from 3 to %llu (0-2 are reserved)",
 			 spec, VSOCK_CID_MAX);
+bad_timeout:
+	return kiln_fail(err, EINVAL, "--vsock %s: connect-timeout must be a number of milliseconds from 1 to %d",
+			 spec, VSOCK_CONNECT_TIMEOUT_MAX_MS);
 }
 
 /* Listen on vs->uds, replacing a stale socket left by an earlier run. */
@@ -1299,6 +1376,8 @@ int virtio_vsock_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 		return kiln_fail(err, ENOMEM, "out of memory");
 	vs->listen_fd = -1;
 	vs->reset_tfd = -1;
+	vs->req_tfd = -1;
+	vs->connect_timeout_ms = VSOCK_CONNECT_TIMEOUT_MS;
 	vs->next_port = VSOCK_HOST_PORT_BASE;
 	vs->dev = d;
 	r = vsock_parse(vs, spec, err);
@@ -1324,6 +1403,17 @@ int virtio_vsock_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 	}
 	vs->reset_op.done = reset_timer_done;
 	r = ioloop_watch(loop, vs->reset_tfd, &vs->reset_op);
+	if (r < 0) {
+		r = kiln_fail(err, -r, "virtio-vsock: cannot watch its timer");
+		goto fail_dev;
+	}
+	vs->req_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (vs->req_tfd < 0) {
+		r = kiln_fail(err, errno, "virtio-vsock: timerfd_create: %s", strerror(errno));
+		goto fail_dev;
+	}
+	vs->req_op.done = req_timer_done;
+	r = ioloop_watch(loop, vs->req_tfd, &vs->req_op);
 	if (r < 0) {
 		r = kiln_fail(err, -r, "virtio-vsock: cannot watch its timer");
 		goto fail_dev;

@@ -58,7 +58,39 @@ run "$v: vsock: connections to ports nobody listens on are refused on both sides
 	       cat /tmp/e; grep -Eq "reset by peer|refused" /tmp/e || exit 1
 	       wait $l'
 
+# A guest that cannot answer (paused through --control) does not keep a host
+# client waiting past connect-timeout; resumed, it answers the next one.
+cat >"$work/vs-paused.py" <<'EOF'
+import json, socket, sys, time
+uds, ctl = sys.argv[1], sys.argv[2]
+c = socket.socket(socket.AF_UNIX); c.connect(ctl); cf = c.makefile()
+def req(line):
+    c.sendall(line.encode() + b"\n"); return json.loads(cf.readline())
+assert req("pause")["state"] == "paused"
+s = socket.socket(socket.AF_UNIX); s.connect(uds); s.settimeout(60)
+t0 = time.monotonic()
+s.sendall(b"CONNECT 1024\n")
+got = s.recv(64)
+dt = time.monotonic() - t0
+print("%s after %s s;" % ("closed-without-ok" if got == b"" else "got %r" % got,
+                          "1.5-30" if 1.4 <= dt <= 30 else "%.1f" % dt), end=" ")
+assert req("resume")["state"] == "running"
+EOF
+run "$v: vsock: a guest that does not answer a connection (paused) is given up on after connect-timeout; resumed, it answers" 0 \
+	'^closed-without-ok after 1.5-30 s; resumed: exec=ok exit=0$' \
+	bash -c 'vmm=$1 w=$2 kiln=$3
+	         "$vmm" --timeout 240 --vsock "cid=3,uds=$w/vs6.sock,connect-timeout=1500" --control "$w/vs6.ctl" \
+	           --console "$w/vs6.console" --cmdline kiln.agent </dev/null & vp=$!
+	         "$kiln" exec --uds "$w/vs6.sock" --connect-timeout 120 -- true || { kill $vp; exit 1; }
+	         python3 "$w/vs-paused.py" "$w/vs6.sock" "$w/vs6.ctl" || { kill $vp; exit 1; }
+	         e=$("$kiln" exec --uds "$w/vs6.sock" --connect-timeout 30 -- echo ok)
+	         "$kiln" shutdown --uds "$w/vs6.sock" >/dev/null; wait $vp; st=$?
+	         echo "resumed: exec=$e exit=$st"' \
+	_ "$vmm" "$work" "$root/build/kiln"
+
 run "$v: vsock: bad options" 125 '--vsock cid=2,uds=.*: cid must be a number from 3' \
 	"$vmm" --vsock "cid=2,uds=$work/vs5.sock" -- true
 run "$v: vsock: uds is required" 125 '--vsock cid=3: uds=PATH is required' \
 	"$vmm" --vsock cid=3 -- true
+run "$v: vsock: a bad connect-timeout" 125 'connect-timeout must be a number of milliseconds from 1 to 3600000' \
+	"$vmm" --vsock "cid=3,uds=$work/vs7.sock,connect-timeout=5s" -- true

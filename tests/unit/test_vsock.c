@@ -98,21 +98,28 @@ static void driver_init(void)
 	vdrv_init(&dev, 1ULL << VIRTIO_F_VERSION_1, 3, QSIZE, ring_at);
 }
 
-static void setup(void)
+/* The device under test, with extra options (",opt=..." or ""), and its driver. */
+static void dev_create(const char *extra)
 {
-	char spec[160];
+	char spec[200];
 	uint64_t cid = 0;
 
+	snprintf(spec, sizeof(spec), "cid=%d,uds=%s%s", GUEST_CID, uds, extra);
+	memset(&dev, 0, sizeof(dev));
+	ck_assert_msg(virtio_vsock_create(&dev, spec, NULL, &m, &loop, BASE, 5, &err) == 0, "%s", err.msg);
+	virtio_mmio_io(&dev, BASE + 0x100, (uint8_t *)&cid, 8, 0);
+	ck_assert_uint_eq(cid, GUEST_CID);
+	driver_init();
+}
+
+static void setup(void)
+{
 	unit_mem(&m, 128);
 	ck_assert_int_eq(ioloop_init(&loop, 256, &err), 0);
 	snprintf(dir, sizeof(dir), "/tmp/kiln-vsock-XXXXXX");
 	ck_assert_ptr_nonnull(mkdtemp(dir));
 	snprintf(uds, sizeof(uds), "%s/v.sock", dir);
-	snprintf(spec, sizeof(spec), "cid=%d,uds=%s", GUEST_CID, uds);
-	ck_assert_msg(virtio_vsock_create(&dev, spec, NULL, &m, &loop, BASE, 5, &err) == 0, "%s", err.msg);
-	virtio_mmio_io(&dev, BASE + 0x100, (uint8_t *)&cid, 8, 0);
-	ck_assert_uint_eq(cid, GUEST_CID);
-	driver_init();
+	dev_create("");
 }
 
 static void teardown(void)
@@ -451,6 +458,49 @@ START_TEST(host_connect_refused)
 }
 END_TEST
 
+START_TEST(host_connect_timeout)
+{
+	char buf[64];
+	struct hdr h;
+	uint32_t hport, live_port;
+	int fd, live, eof;
+
+	/* A device of its own, on a loop of its own (the old loop still watches the old one). */
+	virtio_mmio_destroy(&dev);
+	ioloop_destroy(&loop);
+	ck_assert_int_eq(ioloop_init(&loop, 256, &err), 0);
+	dev_create(",connect-timeout=200");
+	rx_post(5, 4096 + 44);	/* 2 REQUESTs, 2 RSTs and a ping: then none left */
+	live = host_conn(7000, 65536, &live_port);
+	fd = host_connect("CONNECT 7003\n");
+	expect_pkt(&h, OP_REQUEST, 0, 7003);
+	hport = h.src_port;
+	/* The guest never answers: the client sees EOF without an OK line, the guest a RST. */
+	ck_assert_uint_eq(host_read(fd, buf, sizeof(buf), 2000, &eof), 0);
+	ck_assert_int_eq(eof, 1);
+	expect_pkt(&h, OP_RST, hport, 7003);
+	close(fd);
+	/* A late answer is for a connection that is gone. */
+	tx_send((struct hdr){ .src_port = 7003, .dst_port = hport, .op = OP_RESPONSE, .buf_alloc = 65536 },
+		NULL, 0, 0);
+	expect_pkt(&h, OP_RST, hport, 7003);
+	/* A connection the guest accepted in time lives on. */
+	ck_assert_int_eq(write(live, "ping", 4), 4);
+	ck_assert_int_eq(rx_next(&h, buf, sizeof(buf), 2000), 4);
+	ck_assert_uint_eq(h.op, OP_RW);
+	ck_assert_uint_eq(h.src_port, live_port);
+	/* A guest that takes no REQUEST at all (no rx buffers) does not hold the client either... */
+	fd = host_connect("CONNECT 7004\n");
+	ck_assert_uint_eq(host_read(fd, buf, sizeof(buf), 2000, &eof), 0);
+	ck_assert_int_eq(eof, 1);
+	close(fd);
+	/* ...and hears nothing of a connection it never saw. */
+	rx_post(1, 4096 + 44);
+	ck_assert_int_eq(rx_next(&h, buf, sizeof(buf), 300), -1);
+	close(live);
+}
+END_TEST
+
 START_TEST(host_bad_handshake)
 {
 	static const char *const bad[] = {
@@ -724,6 +774,11 @@ START_TEST(bad_options)
 		{ "uds=/tmp/x", "cid=N is required" },
 		{ "cid=3", "uds=PATH is required" },
 		{ "cid=3,uds=/tmp/x,port=1", "unknown option 'port=1'" },
+		{ "cid=3,uds=/tmp/x,connect-timeout=0", "connect-timeout must be a number of milliseconds" },
+		{ "cid=3,uds=/tmp/x,connect-timeout=3600001", "connect-timeout must be a number of milliseconds" },
+		{ "cid=3,uds=/tmp/x,connect-timeout=5s", "connect-timeout must be a number of milliseconds" },
+		{ "cid=3,uds=/tmp/x,connect-timeout=-1", "connect-timeout must be a number of milliseconds" },
+		{ "cid=3,uds=/tmp/x,connect-timeout=99999999999999999999", "connect-timeout must be a number" },
 		{ "", "cid=N is required" },
 	};
 	struct virtio_dev d2;
@@ -780,6 +835,7 @@ Suite *suite_vsock(void)
 	tcase_add_test(tc, host_connects_to_guest);
 	tcase_add_test(tc, host_data_pipelined_after_connect);
 	tcase_add_test(tc, host_connect_refused);
+	tcase_add_test(tc, host_connect_timeout);
 	tcase_add_test(tc, host_bad_handshake);
 	tcase_add_test(tc, unknown_and_foreign_packets);
 	tcase_add_test(tc, bad_lengths_reset_the_connection);
