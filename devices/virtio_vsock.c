@@ -111,7 +111,7 @@ struct vsock_conn {
 	enum conn_state state;
 	uint32_t host_port, guest_port;
 	unsigned pending;
-	uint64_t req_deadline;	/* CONN_REQUESTED: closed if the guest has not answered by then (ns) */
+	uint64_t deadline;	/* host client: closed if not ESTABLISHED by then (ns, CLOCK_MONOTONIC) */
 	int closing;		/* off the live list; freed when no poll is in flight */
 	int need_cancel;	/* closed off the I/O thread: its polls still need cancelling */
 	unsigned inflight;	/* polls submitted and not yet completed */
@@ -169,7 +169,7 @@ struct vsock {
 	struct io_op reset_op;
 	int reset_on_resume;	/* restored from a device that had connections: reset them */
 	uint32_t connect_timeout_ms;
-	int req_tfd;		/* timerfd: the earliest REQUEST deadline */
+	int req_tfd;		/* timerfd: the earliest host client's deadline */
 	struct io_op req_op;
 	uint64_t req_timer_at;	/* when req_tfd fires (ns, CLOCK_MONOTONIC); 0: disarmed */
 	int reap_queued;	/* vsock_reap_call() is queued on the I/O thread */
@@ -179,7 +179,6 @@ struct vsock {
 
 static void vsock_rx_run(struct vsock *vs);
 static int vsock_reset_in_progress(struct vsock *vs);
-static void req_timer_arm(struct vsock *vs, uint64_t at);
 static void conn_in_done(struct io_op *op, int res, unsigned flags);
 static void conn_out_done(struct io_op *op, int res, unsigned flags);
 
@@ -571,7 +570,7 @@ static uint32_t rx_put(struct vsock *vs, struct vsock_hdr *h, const uint8_t *pay
 	return len;
 }
 
-/* Have req_tfd fire by at (ns, CLOCK_MONOTONIC). */
+/* Have req_tfd fire by at (ns, CLOCK_MONOTONIC). Any thread, device lock held. */
 static void req_timer_arm(struct vsock *vs, uint64_t at)
 {
 	struct itimerspec its = { .it_value = { .tv_sec = (time_t)(at / 1000000000ULL),
@@ -743,8 +742,6 @@ static void conn_handshake(struct vsock_conn *c)
 	c->host_port = alloc_host_port(vs, c->guest_port);
 	c->state = CONN_REQUESTED;
 	c->pending |= PEND_REQUEST;
-	c->req_deadline = now_ns() + (uint64_t)vs->connect_timeout_ms * 1000000ULL;
-	req_timer_arm(vs, c->req_deadline);
 	vsock_rx_run(vs);
 }
 
@@ -766,6 +763,9 @@ static void listen_done(struct io_op *op, int res, unsigned flags)
 			close(fd);
 			continue;
 		}
+		/* From here the client has connect-timeout to send its line and the guest to answer it. */
+		c->deadline = now_ns() + (uint64_t)vs->connect_timeout_ms * 1000000ULL;
+		req_timer_arm(vs, c->deadline);
 		conn_handshake(c);
 	}
 	pthread_mutex_unlock(&vs->dev->lock);
@@ -786,11 +786,11 @@ static void reset_timer_done(struct io_op *op, int res, unsigned flags)
 }
 
 /*
- * A connection deadline passed: a guest that has not answered (or not even
- * taken) a host client's REQUEST in time is treated as having refused it
- * (RST to the guest if it saw the REQUEST, EOF without an OK line to the
- * client), so a hung or hostile guest cannot hold host clients or
- * connection slots for ever.
+ * A host client's deadline passed. A guest that has not answered (or not
+ * even taken) its REQUEST in time is treated as having refused it (RST to
+ * the guest if it saw the REQUEST, EOF without an OK line to the client),
+ * so a hung or hostile guest cannot hold host clients or connection slots
+ * for ever; nor can a client that never sends its CONNECT line.
  */
 static void req_timer_done(struct io_op *op, int res, unsigned flags)
 {
@@ -806,15 +806,17 @@ static void req_timer_done(struct io_op *op, int res, unsigned flags)
 	now = now_ns();
 	for (c = vs->conns; c; c = next) {
 		next = c->next;
-		if (c->state != CONN_REQUESTED)
+		if (c->state != CONN_REQUESTED && c->state != CONN_HANDSHAKE)
 			continue;
-		if (c->req_deadline <= now) {
+		if (c->deadline > now) {
+			if (!soonest || c->deadline < soonest)
+				soonest = c->deadline;
+			continue;
+		}
+		if (c->state == CONN_REQUESTED)
 			vsock_log(vs, "the guest did not %s a connection to its port %u in %u ms: closed (--vsock connect-timeout=MS)",
 				  c->pending & PEND_REQUEST ? "take" : "answer", c->guest_port, vs->connect_timeout_ms);
-			conn_reset(c);
-		} else if (!soonest || c->req_deadline < soonest) {
-			soonest = c->req_deadline;
-		}
+		conn_reset(c);
 	}
 	if (soonest)
 		req_timer_arm(vs, soonest);

@@ -497,6 +497,12 @@ START_TEST(host_connect_timeout)
 	/* ...and hears nothing of a connection it never saw. */
 	rx_post(1, 4096 + 44);
 	ck_assert_int_eq(rx_next(&h, buf, sizeof(buf), 300), -1);
+	/* A client that never finishes its CONNECT line is closed too. */
+	fd = host_connect("CONNECT 70");
+	ck_assert_uint_eq(host_read(fd, buf, sizeof(buf), 2000, &eof), 0);
+	ck_assert_int_eq(eof, 1);
+	close(fd);
+	ck_assert_int_eq(rx_next(&h, buf, sizeof(buf), 50), -1);
 	close(live);
 }
 END_TEST
