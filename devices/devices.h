@@ -23,11 +23,17 @@ struct serial {
 	int thre_pending;	/* transmitter-empty interrupt not yet seen */
 	uint8_t rx[SERIAL_RX_SIZE];
 	unsigned rx_head, rx_count;
+	/* Input the guest cleared from the FIFO unread: offered again with RX interrupts. */
+	uint8_t held[SERIAL_RX_SIZE];
+	unsigned nheld;
 	int irq_level;
 	int out_fd;		/* where the guest's output goes; -1 drops it */
 	void (*set_irq)(void *opaque, int level);
 	void *irq_opaque;
 	uint64_t tx_bytes;
+	uint64_t rx_bytes;	/* bytes of input the UART took */
+	uint64_t rbr_reads;	/* received bytes the guest has read */
+	uint64_t rx_requeued;	/* input bytes saved from a FIFO clear */
 };
 
 /*

@@ -91,6 +91,42 @@ static void rx_push(struct serial *s, uint8_t b)
 	s->rx_count++;
 }
 
+/* Offer held input again once the driver takes RX interrupts. */
+static void rx_refill(struct serial *s)
+{
+	unsigned i = 0;
+
+	if (!(s->ier & IER_RDI))
+		return;
+	while (i < s->nheld && s->rx_count < SERIAL_RX_SIZE)
+		rx_push(s, s->held[i++]);
+	memmove(s->held, s->held + i, s->nheld - i);
+	s->nheld -= i;
+}
+
+/*
+ * The driver clears the receive FIFO when it probes and starts the port,
+ * and Linux's probe sets IER to 0x0f for a moment: input that landed in
+ * that window was lost, and an interactive shell waited for it for ever.
+ * Host input the guest has not read goes back in front of the queue, to be
+ * offered when RX interrupts are on; the driver's own loopback bytes go.
+ */
+static void rx_clear(struct serial *s)
+{
+	unsigned n = s->rx_count, i;
+
+	if (s->mcr & MCR_LOOP)
+		n = 0;
+	if (n > SERIAL_RX_SIZE - s->nheld)
+		n = SERIAL_RX_SIZE - s->nheld;
+	memmove(s->held + n, s->held, s->nheld);
+	for (i = 0; i < n; i++)
+		s->held[i] = s->rx[(s->rx_head + i) % SERIAL_RX_SIZE];
+	s->nheld += n;
+	s->rx_requeued += n;
+	s->rx_count = 0;
+}
+
 static void tx_byte(struct serial *s, uint8_t b)
 {
 	if (s->mcr & MCR_LOOP) {
@@ -118,6 +154,7 @@ static uint8_t serial_read(struct serial *s, unsigned reg)
 			v = s->rx[s->rx_head];
 			s->rx_head = (s->rx_head + 1) % SERIAL_RX_SIZE;
 			s->rx_count--;
+			s->rbr_reads++;
 		}
 		return v;
 	case UART_IER:
@@ -166,12 +203,13 @@ static void serial_write(struct serial *s, unsigned reg, uint8_t v)
 			if ((v & IER_THRI) && !(s->ier & IER_THRI))
 				s->thre_pending = 1;
 			s->ier = v & 0x0f;
+			rx_refill(s);
 		}
 		break;
 	case UART_FCR:
 		s->fcr = v & (FCR_ENABLE | 0xc0);
 		if (v & FCR_CLEAR_RX)
-			s->rx_count = 0;
+			rx_clear(s);
 		break;
 	case UART_LCR:
 		s->lcr = v;
@@ -210,10 +248,12 @@ size_t serial_input(struct serial *s, const uint8_t *buf, size_t len)
 	pthread_mutex_lock(&s->lock);
 	/*
 	 * Hold input until the driver wants it: it clears the FIFO when it
-	 * starts the port, so bytes sent earlier would be lost.
+	 * starts the port. Held bytes go first.
 	 */
-	while ((s->ier & IER_RDI) && n < len && s->rx_count < SERIAL_RX_SIZE)
+	rx_refill(s);
+	while ((s->ier & IER_RDI) && !s->nheld && n < len && s->rx_count < SERIAL_RX_SIZE)
 		rx_push(s, buf[n++]);
+	s->rx_bytes += n;
 	serial_update_irq(s);
 	pthread_mutex_unlock(&s->lock);
 	return n;
@@ -264,7 +304,7 @@ int serial_restore(struct serial *s, struct snap_rd *r, struct kiln_err *err)
 	s->dlm = dlm;
 	s->fcr = fcr;
 	s->thre_pending = thre;
-	s->rx_head = s->rx_count = 0;
+	s->rx_head = s->rx_count = s->nheld = 0;
 	/* A THRE interrupt the guest has not taken yet must reach it again. */
 	s->irq_level = 0;
 	serial_update_irq(s);

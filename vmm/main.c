@@ -1008,6 +1008,11 @@ int main(int argc, char **argv)
 			(double)(now_ns() - t0) / 1e6, (unsigned long long)exits,
 			(unsigned long long)uart.tx_bytes, (unsigned long long)loop.completions,
 			(double)t_loop / 1e3);
+		if (uart.rx_bytes || con_in.len)
+			fprintf(stderr, "kiln-vmm: console input: %llu bytes to the UART, %llu read by the guest, %u held, %zu not taken; %llu saved from FIFO clears; RX interrupts %s\n",
+				(unsigned long long)uart.rx_bytes, (unsigned long long)uart.rbr_reads, uart.nheld,
+				con_in.len - con_in.off, (unsigned long long)uart.rx_requeued,
+				uart.ier & 1 ? "on" : "off");
 	}
 	rc = exit_status(&vm, &o, signo);
 	for (i = 0; i < ndevs; i++)

@@ -114,6 +114,39 @@ START_TEST(input_and_loopback)
 }
 END_TEST
 
+/* Linux's probe sets IER to 0x0f for a moment, then clears the FIFO: input that landed then is kept. */
+START_TEST(input_survives_a_fifo_clear)
+{
+	struct serial s;
+
+	irq_level = 0;
+	serial_init(&s, -1, record_irq, NULL);
+	wr(&s, 1, 0x0f);
+	ck_assert_uint_eq(serial_input(&s, (const uint8_t *)"ab", 2), 2);
+	ck_assert_uint_eq(rd(&s, 0), 'a');		/* the guest reads one byte */
+	wr(&s, 1, 0x00);
+	wr(&s, 2, 0x07);				/* FCR: enable, clear both FIFOs */
+	ck_assert_uint_eq(rd(&s, 5) & 1, 0);		/* LSR: nothing to read now */
+	ck_assert_uint_eq(rd(&s, 0), 0);
+	ck_assert_uint_eq(serial_input(&s, (const uint8_t *)"c", 1), 0);	/* still held */
+	wr(&s, 1, 0x01);				/* RX interrupts on: held input comes back first */
+	ck_assert_int_eq(irq_level, 1);
+	ck_assert_uint_eq(serial_input(&s, (const uint8_t *)"c", 1), 1);
+	ck_assert_uint_eq(rd(&s, 0), 'b');
+	ck_assert_uint_eq(rd(&s, 0), 'c');
+	ck_assert_int_eq(irq_level, 0);
+	ck_assert_uint_eq(s.rx_requeued, 1);
+	/* The driver's own loopback bytes are cleared for good. */
+	wr(&s, 4, 0x10);
+	wr(&s, 0, 'L');
+	wr(&s, 2, 0x03);
+	wr(&s, 4, 0x08);
+	wr(&s, 1, 0x01);
+	ck_assert_uint_eq(rd(&s, 5) & 1, 0);
+	serial_destroy(&s);
+}
+END_TEST
+
 START_TEST(out_of_range_ports_ignored)
 {
 	struct serial s;
@@ -136,6 +169,7 @@ Suite *suite_serial(void)
 	tcase_add_test(tc, fifo_detected_as_16550a);
 	tcase_add_test(tc, divisor_latch);
 	tcase_add_test(tc, input_and_loopback);
+	tcase_add_test(tc, input_survives_a_fifo_clear);
 	tcase_add_test(tc, out_of_range_ports_ignored);
 	suite_add_tcase(s, tc);
 	return s;
