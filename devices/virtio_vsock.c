@@ -1367,6 +1367,22 @@ static int vsock_listen(struct vsock *vs, struct kiln_err *err)
 	return 0;
 }
 
+/* A timerfd in *tfd whose expiries the I/O loop hands to done. */
+static int timer_watch(struct ioloop *loop, int *tfd, struct io_op *op,
+		       void (*done)(struct io_op *, int, unsigned), struct kiln_err *err)
+{
+	int r;
+
+	*tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (*tfd < 0)
+		return kiln_fail(err, errno, "virtio-vsock: timerfd_create: %s", strerror(errno));
+	op->done = done;
+	r = ioloop_watch(loop, *tfd, op);
+	if (r < 0)
+		return kiln_fail(err, -r, "virtio-vsock: cannot watch its timer");
+	return 0;
+}
+
 int virtio_vsock_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 			const struct guest_mem *mem, struct ioloop *loop,
 			uint64_t base, uint32_t irq, struct kiln_err *err)
@@ -1398,28 +1414,12 @@ int virtio_vsock_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 		r = kiln_fail(err, -r, "--vsock: cannot watch %s", vs->uds);
 		goto fail_dev;
 	}
-	vs->reset_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	if (vs->reset_tfd < 0) {
-		r = kiln_fail(err, errno, "virtio-vsock: timerfd_create: %s", strerror(errno));
+	r = timer_watch(loop, &vs->reset_tfd, &vs->reset_op, reset_timer_done, err);
+	if (r < 0)
 		goto fail_dev;
-	}
-	vs->reset_op.done = reset_timer_done;
-	r = ioloop_watch(loop, vs->reset_tfd, &vs->reset_op);
-	if (r < 0) {
-		r = kiln_fail(err, -r, "virtio-vsock: cannot watch its timer");
+	r = timer_watch(loop, &vs->req_tfd, &vs->req_op, req_timer_done, err);
+	if (r < 0)
 		goto fail_dev;
-	}
-	vs->req_tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	if (vs->req_tfd < 0) {
-		r = kiln_fail(err, errno, "virtio-vsock: timerfd_create: %s", strerror(errno));
-		goto fail_dev;
-	}
-	vs->req_op.done = req_timer_done;
-	r = ioloop_watch(loop, vs->req_tfd, &vs->req_op);
-	if (r < 0) {
-		r = kiln_fail(err, -r, "virtio-vsock: cannot watch its timer");
-		goto fail_dev;
-	}
 	return 0;
 fail:
 	free(vs);
