@@ -1258,7 +1258,6 @@ static const struct virtio_dev_ops vsock_ops = {
 
 /* ---- creation ------------------------------------------------------------------ */
 
-/* Parse "cid=N,uds=PATH" (either order) into vs. */
 /* The decimal number after "key=" (klen bytes) in option p (len bytes), from lo to hi; -1 if not. */
 static int opt_num(const char *p, size_t len, size_t klen, unsigned long long lo, unsigned long long hi,
 		   unsigned long long *v)
@@ -1274,6 +1273,7 @@ static int opt_num(const char *p, size_t len, size_t klen, unsigned long long lo
 	return errno || *end || num[0] < '0' || num[0] > '9' || *v < lo || *v > hi ? -1 : 0;
 }
 
+/* Parse "cid=N,uds=PATH[,connect-timeout=MS]" (any order) into vs. */
 static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 {
 	const char *p = spec;
@@ -1282,7 +1282,6 @@ static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 	while (*p) {
 		const char *comma = strchr(p, ',');
 		size_t len = comma ? (size_t)(comma - p) : strlen(p);
-
 		unsigned long long v;
 
 		if (len > 4 && strncmp(p, "cid=", 4) == 0) {
