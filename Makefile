@@ -33,7 +33,7 @@ all: vmm guest
 vmm: $(O)/kiln-vmm $(O)/kiln
 guest: kernel initramfs
 initramfs: $(O)/guest/initramfs.cpio
-asan: $(O)/asan/kiln-vmm $(O)/asan/guest $(O)/asan/kac-fh-test
+asan: $(O)/asan/kiln-vmm $(O)/asan/guest $(O)/asan/kac-fh-test $(O)/asan/kiln-agent-host
 
 deps:
 	@scripts/deps.sh build
@@ -59,6 +59,11 @@ $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS)
 $(O)/asan/kac-fh-test: tests/integration/kac_fh.c api/agent_client.c api/agent_client.h $(PROTO_SRCS) $(PROTO_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ tests/integration/kac_fh.c api/agent_client.c $(PROTO_SRCS)
+
+# The guest agent on the host (a unix socket, not vsock) for tests/agent-host/.
+$(O)/asan/kiln-agent-host: guest/agent_host.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) guest/abi.h guest/base64.h
+	@mkdir -p $(@D)
+	$(CC) $(ASAN_FLAGS) $(WARN) -D_GNU_SOURCE -o $@ guest/agent_host.c guest/agent.c $(PROTO_SRCS)
 
 $(O)/asan/guest: | $(O)
 	@mkdir -p $(O)/asan

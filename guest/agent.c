@@ -47,6 +47,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <netinet/in.h>
@@ -180,6 +181,9 @@ struct fh {
 struct conn {
 	struct conn *next;
 	int fd;
+	int preamble;		/* host mode: the "CONNECT PORT\n" line is still to come */
+	char line[32];
+	size_t linelen;
 	int closing;		/* 1 flushing, 2 shutdown(SHUT_WR) sent, waiting for the host */
 	struct timespec closed_at;
 	int got_hello;
@@ -227,6 +231,12 @@ static struct {
 	struct timespec deadline;
 } stopping;
 static void (*agent_stop)(int reboot);
+/*
+ * Host mode (agent_main_unix): a test harness on a unix socket, not PID 1.
+ * Nothing that belongs to the VM is touched: no port I/O, no clock or
+ * hostname, and signals go only to the processes the agent started.
+ */
+static int host_mode;
 static uint8_t scratch[KP_HDR_LEN + KP_MAX_CONTROL];
 
 /* ---- send queue --------------------------------------------------------------- */
@@ -2579,6 +2589,11 @@ static void op_identity(struct conn *c, const struct kp_frame *f)
 		goto out;
 	}
 	/* Validate everything before changing anything. */
+	if (host_mode && (host || has_rt)) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "identity: HOSTNAME and REALTIME_NS would change the host's; "
+			   "not in host mode (a test agent)");
+		goto out;
+	}
 	if (id && !name_ok(id, SANDBOX_ID_MAX, "._-:")) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "identity: sandbox id must be 1-%d letters, digits or . _ - :",
 			   SANDBOX_ID_MAX);
@@ -2625,7 +2640,7 @@ static void op_identity(struct conn *c, const struct kp_frame *f)
 	}
 	if (id) {
 		snprintf(line, sizeof(line), "%s\n", id);
-		ret = write_small_file("/run/kiln", SANDBOX_ID_FILE, line);
+		ret = host_mode ? 0 : write_small_file("/run/kiln", SANDBOX_ID_FILE, line);
 		if (ret < 0) {
 			os_error(c, f->id, "identity: write", SANDBOX_ID_FILE, -ret);
 			goto out;
@@ -2701,6 +2716,33 @@ out:
 }
 
 /*
+ * Signal every process of the sandbox: in the guest all of them (kill -1
+ * spares PID 1, the agent); in host mode only the process groups of the
+ * processes the agent started (each leads its own session), never the host's.
+ */
+static void signal_all(int sig)
+{
+	struct proc *p;
+
+	if (!host_mode) {
+		kill(-1, sig);
+		return;
+	}
+	/* An exited one whose pipes are open has children left in its group. */
+	for (p = procs; p; p = p->next)
+		if (!p->done)
+			kill(-p->pid, sig);
+}
+
+/* Whether any process signal_all would reach is left. */
+static int any_left(void)
+{
+	if (!host_mode)
+		return !(kill(-1, 0) < 0 && errno == ESRCH);
+	return nlive > 0;
+}
+
+/*
  * SHUTDOWN answers at once, then SIGTERMs every process; the main loop
  * SIGKILLs what is left when they are all gone or the grace ends, flushes the
  * connections and hands over to the init (agent_stop: sync, power off).
@@ -2729,7 +2771,7 @@ static void op_shutdown(struct conn *c, const struct kp_frame *f)
 	if (!stopping.active) {
 		stopping.active = 1;
 		fprintf(stderr, "kiln-agent: shutdown requested (%llu ms grace)\n", (unsigned long long)ms);
-		kill(-1, SIGTERM);
+		signal_all(SIGTERM);
 	}
 	send_ok(c, f->id);
 }
@@ -3606,7 +3648,45 @@ static void conn_accept(int lfd)
 	c->next = conns;
 	conns = c;
 	nconns++;
-	conn_put(c, scratch, kp_enc_hello(scratch, sizeof(scratch), KP_DEFAULT_WINDOW, RX_CAP, AGENT_NAME));
+	if (host_mode)
+		c->preamble = 1;	/* HELLO follows the OK line */
+	else
+		conn_put(c, scratch, kp_enc_hello(scratch, sizeof(scratch), KP_DEFAULT_WINDOW, RX_CAP, AGENT_NAME));
+}
+
+/*
+ * Host mode: take the "CONNECT PORT\n" line kiln-vmm's vsock socket expects
+ * and answer as it does ("OK PORT\n"), then HELLO, so build/kiln --uds talks
+ * to the agent unchanged. Returns the bytes of buf used, or -1 when c was
+ * freed (not the agent's port, or a line too long).
+ */
+static ssize_t conn_preamble(struct conn *c, const uint8_t *buf, size_t n)
+{
+	char want[sizeof(c->line)];
+	size_t i;
+	int k;
+
+	for (i = 0; i < n; i++) {
+		if (buf[i] != '\n') {
+			if (c->linelen + 1 >= sizeof(c->line))
+				break;
+			c->line[c->linelen++] = (char)buf[i];
+			continue;
+		}
+		c->line[c->linelen] = '\0';
+		snprintf(want, sizeof(want), "CONNECT %u", KP_VSOCK_PORT);
+		if (strcmp(c->line, want) != 0)
+			break;
+		k = snprintf(want, sizeof(want), "OK %u\n", KP_VSOCK_PORT);
+		conn_put(c, want, k);
+		conn_put(c, scratch, kp_enc_hello(scratch, sizeof(scratch), KP_DEFAULT_WINDOW, RX_CAP, AGENT_NAME));
+		c->preamble = 0;
+		return (ssize_t)i + 1;
+	}
+	if (i == n)
+		return (ssize_t)n;
+	conn_free(c);
+	return -1;
 }
 
 static void conn_read(struct conn *c)
@@ -3624,6 +3704,13 @@ static void conn_read(struct conn *c)
 	}
 	if (c->closing)
 		return;		/* discard input while flushing */
+	if (c->preamble) {
+		ssize_t used = conn_preamble(c, buf, (size_t)n);
+
+		if (used < 0)
+			return;
+		off = (size_t)used;
+	}
 	while (off < (size_t)n && !c->closing) {
 		struct kp_frame f;
 		size_t used;
@@ -3771,9 +3858,9 @@ static void shutdown_step(void)
 	int busy;
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (!ts_after(&now, &stopping.deadline) && !(kill(-1, 0) < 0 && errno == ESRCH))
+	if (!ts_after(&now, &stopping.deadline) && any_left())
 		return;
-	kill(-1, SIGKILL);
+	signal_all(SIGKILL);
 	until = now;
 	until.tv_sec += 1;
 	do {
@@ -3811,16 +3898,13 @@ static struct conn *conn_live(void *o, int fd)
 	return c && c->fd == fd ? c : NULL;
 }
 
-int agent_main(void (*stop)(int reboot))
+/* What both modes set up before listening: descriptors, ring budget, environment, SIGCHLD. */
+static int agent_setup(int *sfd)
 {
-	struct sockaddr_vm addr = {
-		.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = KP_VSOCK_PORT,
-	};
 	struct sysinfo si;
 	sigset_t chld;
-	int lfd, sfd, ret;
+	int ret;
 
-	agent_stop = stop;
 	nofile_init();
 	reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	ring_limit = RING_TOTAL_MAX;
@@ -3834,10 +3918,30 @@ int agent_main(void (*stop)(int reboot))
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &chld, NULL);
-	sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+	*sfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (*sfd < 0) {
+		ret = -errno;
+		fprintf(stderr, "kiln-agent: signalfd: %s\n", strerror(-ret));
+		return ret;
+	}
+	return 0;
+}
+
+static _Noreturn void agent_loop(int lfd, int sfd);
+
+int agent_main(void (*stop)(int reboot))
+{
+	struct sockaddr_vm addr = {
+		.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = KP_VSOCK_PORT,
+	};
+	int lfd, sfd, ret;
+
+	agent_stop = stop;
+	ret = agent_setup(&sfd);
+	if (ret < 0)
+		return ret;
 	lfd = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (sfd < 0 || lfd < 0 || bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
-	    listen(lfd, 64) < 0) {
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(lfd, 64) < 0) {
 		int err = errno;
 
 		fprintf(stderr, "kiln-agent: vsock port %d: %s\n", KP_VSOCK_PORT, strerror(err));
@@ -3847,7 +3951,55 @@ int agent_main(void (*stop)(int reboot))
 	/* Tell kiln-vmm (a template snapshots at this moment; the init has the port). */
 	if (ioperm(KILN_PORT_MARK, 1, 1) == 0)
 		outb(KILN_MARK_AGENT_READY, KILN_PORT_MARK);
+	agent_loop(lfd, sfd);
+}
 
+static const char *host_path;
+
+/* Host mode's SHUTDOWN end: nothing to power off; the socket goes. */
+static void host_stop(int reboot)
+{
+	(void)reboot;
+	unlink(host_path);
+	_exit(0);
+}
+
+int agent_main_unix(const char *path)
+{
+	struct sockaddr_un addr = { .sun_family = AF_UNIX };
+	int lfd, sfd, ret;
+	mode_t mask;
+
+	if (strlen(path) >= sizeof(addr.sun_path)) {
+		fprintf(stderr, "kiln-agent: %s: socket path too long (at most %zu bytes)\n", path,
+			sizeof(addr.sun_path) - 1);
+		return -ENAMETOOLONG;
+	}
+	memcpy(addr.sun_path, path, strlen(path));
+	host_mode = 1;
+	host_path = path;
+	agent_stop = host_stop;
+	ret = agent_setup(&sfd);
+	if (ret < 0)
+		return ret;
+	unlink(path);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	/* Owner only (bound under umask 077): whoever connects runs commands as the agent's user. */
+	mask = umask(077);
+	ret = lfd < 0 || bind(lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ? -1 : 0;
+	umask(mask);
+	if (ret < 0 || listen(lfd, 64) < 0) {
+		int err = errno;
+
+		fprintf(stderr, "kiln-agent: %s: %s\n", path, strerror(err));
+		return -err;
+	}
+	fprintf(stderr, "kiln-agent: ready (host mode, %s)\n", path);
+	agent_loop(lfd, sfd);
+}
+
+static _Noreturn void agent_loop(int lfd, int sfd)
+{
 	for (;;) {
 		struct conn *c, *cn;
 		struct proc *p;
