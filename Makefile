@@ -103,8 +103,9 @@ $(O)/unit-tests: $(UNIT_SRCS) $(VMM_SRCS) $(PROTO_SRCS) $(VMM_HDRS) $(PROTO_HDRS
 
 unit: $(O)/unit-tests
 
-test-unit: $(O)/unit-tests
+test-unit: $(O)/unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
 	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
+	tests/agent-host/run.sh $(O)/asan/kiln-agent-host $(O)/kiln
 
 # Integration tests boot real guests: directly where /dev/kvm works, else
 # inside a nested KVM host under QEMU's TCG (tests/nested/). Both the

@@ -76,6 +76,13 @@
 #define SHUTDOWN_MS	5000		/* default grace between SIGTERM and SIGKILL */
 #define PORT_POLL_MS	50		/* PORT_WAIT rescans the socket tables this often */
 #define MAX_EXITED	64		/* exited processes kept for WAIT, ATTACH and PROC_LIST */
+/*
+ * Every process object at once: running, or exited and still held (kept for
+ * WAIT, or attached with output to deliver while a background child keeps
+ * its pipes open). EXEC admits against this total, so the poll set (three
+ * descriptors a process) is sized by construction.
+ */
+#define MAX_PROC_OBJS	(MAX_PROCS + MAX_EXITED)
 #define RING_DEFAULT	(1u << 20)	/* output ring per channel */
 #define RING_MIN	(4u << 10)
 #define RING_MAX	(16u << 20)
@@ -979,8 +986,16 @@ static void op_exec(struct conn *c, const struct kp_frame *f)
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: ROWS and COLS must be 1 to 65535");
 		goto out;
 	}
+	proc_evict();		/* those a closed connection detached since the last exit */
 	if (nlive >= MAX_PROCS) {
-		send_error(c, f->id, KP_ERR_LIMIT, 0, "exec: %d processes already", MAX_PROCS);
+		send_error(c, f->id, KP_ERR_LIMIT, 0, "exec: %d processes already (SIGNAL some, or wait for them)",
+			   MAX_PROCS);
+		goto out;
+	}
+	if (nlive + nexited >= MAX_PROC_OBJS) {
+		send_error(c, f->id, KP_ERR_LIMIT, 0, "exec: %d processes held already (%u exited, their pipes "
+			   "still open or kept for WAIT): end their streams (CANCEL) or RELEASE some",
+			   MAX_PROC_OBJS, nexited);
 		goto out;
 	}
 	if (stopping.active) {
@@ -3883,11 +3898,34 @@ static void shutdown_step(void)
 /* ---- the loop --------------------------------------------------------------------- */
 
 enum { PF_LISTEN, PF_SIGNAL, PF_CONN, PF_PROC, PF_PORT, PF_RAW };
-#define MAX_PFD	(2 + 2 * MAX_CONNS + 3 * MAX_PROCS + MAX_PORTS)
+/* The listener and signalfd; a connection and its raw TCP socket; three pipes a process; port streams. */
+#define MAX_PFD	(2 + 2 * MAX_CONNS + 3 * MAX_PROC_OBJS + MAX_PORTS)
 
 static struct pollfd pfd[MAX_PFD];
 static void *obj[MAX_PFD];
 static uint8_t kind[MAX_PFD], chan[MAX_PFD];
+static unsigned long pfd_dropped;
+
+/*
+ * Add fd to the poll set. The limits that admit connections, processes and
+ * port streams keep it within MAX_PFD; should they not, a descriptor goes
+ * unpolled this turn (logged at powers of two) rather than past the array.
+ */
+static void pfd_add(nfds_t *n, int fd, short events, uint8_t k, void *o, uint8_t ch)
+{
+	if (*n >= MAX_PFD) {
+		pfd_dropped++;
+		if (!(pfd_dropped & (pfd_dropped - 1)))
+			fprintf(stderr, "kiln-agent: poll set full (%d): %lu descriptors left unpolled (a bug)\n",
+				MAX_PFD, pfd_dropped);
+		return;
+	}
+	pfd[*n] = (struct pollfd){ .fd = fd, .events = events };
+	obj[*n] = o;
+	kind[*n] = k;
+	chan[*n] = ch;
+	(*n)++;
+}
 
 static struct conn *conn_live(void *o, int fd)
 {
@@ -4023,10 +4061,8 @@ static _Noreturn void agent_loop(int lfd, int sfd)
 		for (p = procs; p; p = p->next)
 			proc_flush(p);
 
-		pfd[n] = (struct pollfd){ .fd = lfd, .events = POLLIN };
-		kind[n++] = PF_LISTEN;
-		pfd[n] = (struct pollfd){ .fd = sfd, .events = POLLIN };
-		kind[n++] = PF_SIGNAL;
+		pfd_add(&n, lfd, POLLIN, PF_LISTEN, NULL, 0);
+		pfd_add(&n, sfd, POLLIN, PF_SIGNAL, NULL, 0);
 		nclosing = 0;
 		for (c = conns; c; c = c->next) {
 			short ev = 0;
@@ -4034,9 +4070,7 @@ static _Noreturn void agent_loop(int lfd, int sfd)
 			nclosing += c->closing == 2;
 			if (c->raw == 1) {
 				ev = c->out.len ? POLLOUT : 0;
-				pfd[n] = (struct pollfd){ .fd = c->raw_fd, .events = POLLOUT };
-				obj[n] = c;
-				kind[n++] = PF_RAW;
+				pfd_add(&n, c->raw_fd, POLLOUT, PF_RAW, c, 0);
 			} else if (c->raw == 2) {
 				/* Only what can still happen: an ended side would poll ready forever. */
 				short tev = (short)((!c->tcp_eof && c->out.len < RAW_BUF ? POLLIN : 0) |
@@ -4046,11 +4080,8 @@ static _Noreturn void agent_loop(int lfd, int sfd)
 					ev |= POLLIN;
 				if (c->out.len)
 					ev |= POLLOUT;
-				if (tev) {
-					pfd[n] = (struct pollfd){ .fd = c->raw_fd, .events = tev };
-					obj[n] = c;
-					kind[n++] = PF_RAW;
-				}
+				if (tev)
+					pfd_add(&n, c->raw_fd, tev, PF_RAW, c, 0);
 				if (!ev && c->rd_eof && c->vs_wr_shut)
 					continue;
 			} else {
@@ -4059,9 +4090,7 @@ static _Noreturn void agent_loop(int lfd, int sfd)
 				if (c->out.len)
 					ev |= POLLOUT;
 			}
-			pfd[n] = (struct pollfd){ .fd = c->fd, .events = ev };
-			obj[n] = c;
-			kind[n++] = PF_CONN;
+			pfd_add(&n, c->fd, ev, PF_CONN, c, 0);
 			for (s = c->streams; s; s = s->next) {
 				short pev = 0;
 
@@ -4078,11 +4107,8 @@ static _Noreturn void agent_loop(int lfd, int sfd)
 					if (s->inlen)
 						pev |= POLLOUT;
 				}
-				if (!pev)
-					continue;
-				pfd[n] = (struct pollfd){ .fd = s->fd, .events = pev };
-				obj[n] = s;
-				kind[n++] = PF_PORT;
+				if (pev)
+					pfd_add(&n, s->fd, pev, PF_PORT, s, 0);
 			}
 		}
 		for (p = procs; p; p = p->next) {
@@ -4095,12 +4121,8 @@ static _Noreturn void agent_loop(int lfd, int sfd)
 					ev = POLLOUT;
 				else if (ch && proc_out_room(p, ch))
 					ev = POLLIN;
-				if (!ev)
-					continue;
-				pfd[n] = (struct pollfd){ .fd = p->fd[ch], .events = ev };
-				obj[n] = p;
-				chan[n] = (uint8_t)ch;
-				kind[n++] = PF_PROC;
+				if (ev)
+					pfd_add(&n, p->fd[ch], ev, PF_PROC, p, (uint8_t)ch);
 			}
 		}
 
