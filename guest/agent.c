@@ -3634,10 +3634,36 @@ static void nofile_init(void)
 	}
 }
 
+static unsigned long refused_peers;	/* connections from anyone but the host */
+
+/*
+ * Only the host may drive the agent. The guest kernel's vsock loopback lets
+ * any guest process connect to port 1024 too (CID 1, or the guest's own
+ * CID), and the agent runs commands as root: such a connection is closed
+ * before any frame, counted, and logged at powers of two. The listener
+ * stays bound to VMADDR_CID_ANY: binding to the guest's CID would still
+ * take loopback connections to that CID, so the peer check is what holds.
+ */
+static int conn_peer_ok(const struct sockaddr_vm *peer, socklen_t len)
+{
+	if (host_mode)
+		return 1;	/* a unix socket, owner only */
+	if (len >= sizeof(*peer) && peer->svm_family == AF_VSOCK && peer->svm_cid == VMADDR_CID_HOST)
+		return 1;
+	refused_peers++;
+	if (!(refused_peers & (refused_peers - 1)))
+		fprintf(stderr, "kiln-agent: refused a connection from CID %u port %u: only the host (CID %u) "
+			"may connect (%lu refused so far)\n", len >= sizeof(*peer) ? peer->svm_cid : 0,
+			len >= sizeof(*peer) ? peer->svm_port : 0, VMADDR_CID_HOST, refused_peers);
+	return 0;
+}
+
 static void conn_accept(int lfd)
 {
 	struct conn *c;
-	int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	struct sockaddr_vm peer;
+	socklen_t plen = sizeof(peer);
+	int fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
 	if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
 		close(reserve_fd);
@@ -3649,6 +3675,10 @@ static void conn_accept(int lfd)
 	}
 	if (fd < 0)
 		return;
+	if (!conn_peer_ok(&peer, plen)) {
+		close(fd);
+		return;
+	}
 	if (nconns >= MAX_CONNS || !(c = calloc(1, sizeof(*c))) || !(c->rxbuf = malloc(RX_CAP))) {
 		if (nconns < MAX_CONNS)
 			free(c);

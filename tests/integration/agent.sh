@@ -616,3 +616,28 @@ run "$v: agent: after the shutdown kiln-vmm exited 0 and removed its socket" 0 '
 run "$v: agent: kiln against a socket nobody serves names the problem and the fix" 125 \
 	"^kiln: $asock: no VM listening \\(start kiln-vmm with --vsock cid=3,uds=$asock --cmdline kiln.agent\\)$" \
 	"$kiln" exec --uds "$asock" --connect-timeout 1 -- true
+
+# Only the host may drive the agent (issue 11, finding 5): a guest process
+# reaching port 1024 over vsock loopback (CID 1, or the guest's own CID 3)
+# is closed on before any frame, whatever its uid. A VM of its own: the
+# one above was shut down.
+kiln=${KILN_CLI:-$root/build/kiln}
+psock=$work/p.sock
+"$vmm" --timeout 600 --mem 1024 --console "$work/peer-console" \
+	--vsock "cid=3,uds=$psock" --cmdline kiln.agent </dev/null &
+peer_vmm=$!
+on_test_failure() {
+	echo "#   the last lines of the guest's console:"
+	tail -n 15 "$work/peer-console" 2>/dev/null | sed -e 's/^/#   | /'
+}
+export kiln work psock
+run "$v: agent: a guest process (uid 65534, or root) connecting over vsock loopback is closed on, nothing runs" 0 \
+	'^cid1=\[closed\] cid3=\[closed\] root-cid1=\[closed\] host=\[0\] logged=yes$' \
+	bash -c 'p() { "$kiln" exec --uds "$psock" --connect-timeout 200 -- "$@"; }
+	         a=$(p kiln-agent-probe --uid 65534 1); b=$(p kiln-agent-probe --uid 65534 3)
+	         c=$(p kiln-agent-probe 1); h=$(p id -u)
+	         grep -q "kiln-agent: refused a connection from CID" "$work/peer-console" && l=yes || l=no
+	         echo "cid1=[$a] cid3=[$b] root-cid1=[$c] host=[$h] logged=$l"'
+unset -f on_test_failure
+kill "$peer_vmm" 2>/dev/null
+wait "$peer_vmm" 2>/dev/null
