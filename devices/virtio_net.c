@@ -99,7 +99,6 @@ struct net {
 	uint8_t mac[6];
 	int mac_given;			/* the spec named the MAC: a restore must not change it */
 	char spec[32];			/* for messages: "tap=NAME" */
-	unsigned generation;		/* bumped on reset: stale tx completions are dropped */
 
 	enum net_rx_state rx_state;
 	struct io_op rx_read_op, rx_poll_op;
@@ -107,6 +106,7 @@ struct net {
 	uint32_t rx_len;		/* bytes of the held frame, header included */
 	uint32_t rx_off;		/* bytes of it already copied into rx buffers */
 	uint16_t rx_nused;		/* rx buffers it has filled so far */
+	uint32_t rx_gen;		/* the rx queue's gen when they were taken */
 	struct virtq_used_elem rx_used[VIRTQ_MAX_SIZE];
 	/* Where num_buffers goes: the first buffer's first NET_HDR_LEN bytes. */
 	struct iovec rx_hdr_iov[NET_HDR_LEN];
@@ -125,7 +125,7 @@ struct net_tx {
 	struct io_op op;
 	struct net *net;
 	struct net_tx *prev, *next;
-	unsigned generation;
+	uint32_t gen;			/* the tx queue's gen when it was taken */
 	uint16_t head;
 	unsigned niov;
 	struct iovec iov[];
@@ -197,10 +197,9 @@ static void net_tx_done(struct io_op *op, int res, unsigned flags)
 		n->tx_frames++;
 		n->tx_bytes += (uint64_t)res;
 	}
-	if (t->generation == n->generation && virtio_running(d)) {
-		virtq_push(&d->vq[NET_TXQ], t->head, 0);
+	/* Not if the driver reset or disabled the queue meanwhile. */
+	if (virtio_running(d) && virtq_push_gen(&d->vq[NET_TXQ], t->gen, t->head, 0))
 		virtio_signal_used(d, NET_TXQ);
-	}
 	pthread_mutex_unlock(&d->lock);
 	free(t);
 }
@@ -243,7 +242,7 @@ static void net_tx_submit(struct net *n, const struct virtq_chain *c)
 	}
 	t->op = (struct io_op){ .done = net_tx_done };
 	t->net = n;
-	t->generation = n->generation;
+	t->gen = n->dev->vq[NET_TXQ].gen;
 	t->head = c->head;
 	t->niov = 0;
 	for (i = 0; i < c->nread; i++)
@@ -346,6 +345,12 @@ static int net_rx_deliver(struct net *n)
 	unsigned i;
 	int r;
 
+	if (n->rx_nused && n->rx_gen != q->gen) {
+		/* The buffers filled so far went with a ring the driver took down. */
+		n->rx_off = 0;
+		n->rx_nused = 0;
+		n->rx_hdr_niov = 0;
+	}
 	if (n->rx_off == 0 && !net_rx_acceptable(n)) {
 		n->rx_dropped++;
 		net_rx_clear(n);
@@ -385,8 +390,10 @@ static int net_rx_deliver(struct net *n)
 			return -1;
 		}
 		take = c->write_len < n->rx_len - n->rx_off ? c->write_len : n->rx_len - n->rx_off;
-		if (n->rx_nused == 0)
+		if (n->rx_nused == 0) {
 			net_rx_save_hdr(n, c);
+			n->rx_gen = q->gen;
+		}
 		iov_from_buf(c->write, c->nwrite, 0, n->rx_buf + n->rx_off, take);
 		n->rx_used[n->rx_nused++] = (struct virtq_used_elem){ c->head, (uint32_t)take };
 		n->rx_off += (uint32_t)take;
@@ -526,8 +533,7 @@ static void net_reset(struct virtio_dev *d)
 {
 	struct net *n = d->priv;
 
-	/* In-flight I/O finishes on its own; its results are not pushed. */
-	n->generation++;
+	/* In-flight I/O finishes on its own; the queues' gens drop its results. */
 	if (n->rx_state == RX_HELD)
 		n->rx_state = RX_IDLE;
 	net_rx_clear(n);
@@ -611,7 +617,8 @@ static int net_save(struct virtio_dev *d, struct snap_buf *w)
 	 * a restored one never sees it, as if the tap had dropped it.
 	 */
 	if (n->rx_state == RX_HELD && n->rx_nused) {
-		d->vq[NET_RXQ].last_avail = (uint16_t)(d->vq[NET_RXQ].last_avail - n->rx_nused);
+		if (n->rx_gen == d->vq[NET_RXQ].gen)
+			d->vq[NET_RXQ].last_avail = (uint16_t)(d->vq[NET_RXQ].last_avail - n->rx_nused);
 		n->rx_off = 0;
 		n->rx_nused = 0;
 		n->rx_hdr_niov = 0;

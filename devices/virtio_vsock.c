@@ -155,6 +155,7 @@ struct vsock {
 	/* An rx buffer taken from the ring but not yet filled. */
 	struct virtq_chain rx_chain;
 	int rx_held;
+	uint32_t rx_gen;	/* the rx queue's gen when it was taken */
 	int event_pending;	/* a TRANSPORT_RESET event waits for an event buffer */
 	/*
 	 * A TRANSPORT_RESET went to the guest and it has not yet handled it:
@@ -537,8 +538,10 @@ static int rx_take(struct vsock *vs)
 	struct kiln_err err;
 	int r;
 
-	if (vs->rx_held)
+	/* One held across a disabling of the queue went with its ring. */
+	if (vs->rx_held && vs->rx_gen == vs->dev->vq[VSOCK_RXQ].gen)
 		return 1;
+	vs->rx_held = 0;
 	r = virtq_pop(&vs->dev->vq[VSOCK_RXQ], vs->dev->mem, &vs->rx_chain, &err);
 	if (r < 0) {
 		virtio_needs_reset(vs->dev, err.msg);
@@ -549,6 +552,7 @@ static int rx_take(struct vsock *vs)
 		return 0;
 	}
 	vs->rx_held = r;
+	vs->rx_gen = vs->dev->vq[VSOCK_RXQ].gen;
 	return r;
 }
 
@@ -564,7 +568,7 @@ static uint32_t rx_put(struct vsock *vs, struct vsock_hdr *h, const uint8_t *pay
 	iov_from_buf(ch->write, ch->nwrite, 0, h, VSOCK_HDR);
 	if (len)
 		iov_from_buf(ch->write, ch->nwrite, VSOCK_HDR, payload, len);
-	virtq_push(&vs->dev->vq[VSOCK_RXQ], ch->head, (uint32_t)VSOCK_HDR + len);
+	virtq_push_gen(&vs->dev->vq[VSOCK_RXQ], vs->rx_gen, ch->head, (uint32_t)VSOCK_HDR + len);
 	vs->rx_held = 0;
 	vs->rx_pkts++;
 	return len;
@@ -1163,7 +1167,8 @@ static int vsock_save(struct virtio_dev *d, struct snap_buf *w)
 	 * restored device would never fill or return it.
 	 */
 	if (vs->rx_held) {
-		d->vq[VSOCK_RXQ].last_avail--;
+		if (vs->rx_gen == d->vq[VSOCK_RXQ].gen)
+			d->vq[VSOCK_RXQ].last_avail--;
 		vs->rx_held = 0;
 	}
 	snapw_u64(w, vs->cid);
