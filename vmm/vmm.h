@@ -284,6 +284,13 @@ void cpuid_set_tsc_deadline(struct kvm_cpuid2 *cpuid);
 /* Whether the host CPU is QEMU's TCG emulator (see cpu.c for why it matters). */
 int host_cpu_is_tcg(void);
 
+/*
+ * Does this CPU have hardware virtualisation (VMX or SVM)? A /dev/kvm
+ * without it is not KVM proper (e.g. PVM's kvm_pvm, which runs only
+ * PVM-enabled guest kernels).
+ */
+int host_cpu_has_virt(void);
+
 /* Run vCPU until the VM stops (thread body). */
 void *vcpu_thread(void *arg);
 
