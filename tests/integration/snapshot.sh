@@ -38,7 +38,11 @@ unclone() {
 	wait "$p" 2>/dev/null
 	return 0
 }
-export -f clone unclone diag
+# snap CTL DIR: ask the VMM at control socket CTL to snapshot into DIR; prints the answer.
+snap() {
+	python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b\"snapshot %s\\n\" % sys.argv[2].encode()); print(s.makefile().readline().strip())" "$1" "$2"
+}
+export -f clone unclone diag snap
 
 run "$v: snapshot: --template boots, waits for the agent and writes state, memory and a disk copy" 0 \
 	'^state memory disk0.img rc=0$' \
@@ -116,6 +120,17 @@ run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
 	      "timer=%s" % ({0: "one-shot", 1: "periodic", 2: "tsc-deadline"}.get(int(vc["lvt_timer"], 16) >> 17 & 3, "?")))
 	EOF'
 
+run "$v: snapshot: snapshot DIR never writes through a link planted in DIR, and replaces an older snapshot whole" 0 \
+	'^planted: refused victim=intact; again: ok ok files=disk0.img memory state leftovers=0$' \
+	bash -c 'clone p; trap "unclone p" EXIT
+	         "$kiln" exec --uds "$sn/p.sock" --connect-timeout 60 -- true || { diag p; exit 1; }
+	         echo precious >"$sn/victim"; mkdir -p "$sn/planted"; ln -sfn "$sn/victim" "$sn/planted/memory"
+	         case $(snap "$sn/p.ctl" "$sn/planted") in *"\"ok\":false"*) a=refused ;; *) a=accepted ;; esac
+	         [ "$(cat "$sn/victim")" = precious ] && w=intact || w=overwritten
+	         echo -n "planted: $a victim=$w; again: "
+	         for i in 1 2; do r=$(snap "$sn/p.ctl" "$sn/p-snap"); case $r in *"\"ok\":true"*) echo -n "ok " ;; *) echo -n "failed: $r " ;; esac; done
+	         echo "files=$(ls "$sn/p-snap" | tr "\n" " " | sed "s/ $//") leftovers=$(ls -A "$sn" | grep -c "^\.p-snap")"'
+
 run "$v: snapshot: control socket shutdown stops the VM with status 0" 0 '^exit=0$' \
 	bash -c 'clone z
 	         "$kiln" exec --uds "$sn/z.sock" --connect-timeout 60 -- true || exit 1
@@ -169,4 +184,7 @@ run "$v: snapshot: a restore cannot add devices" 125 'no further net device' \
 	"$vmm" --restore "$sn/tpl" --net tap=nope0
 run "$v: snapshot: another vsock CID is refused" 125 'vsock.*(cid|CID)' \
 	"$vmm" --restore "$sn/tpl" --vsock "cid=9,uds=$sn/x.sock"
+run "$v: snapshot: a state beside the memory file of another snapshot is refused" 125 'memory.*another snapshot' \
+	bash -c 'rm -rf "$sn/mixed" && cp -r "$sn/tpl" "$sn/mixed" && cp "$sn/live-snap/memory" "$sn/mixed/memory" &&
+	         "$vmm" --restore "$sn/mixed" --vsock "cid=3,uds=$sn/mx.sock" --timeout 30'
 rm -rf "$sn"

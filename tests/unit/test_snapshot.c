@@ -46,6 +46,7 @@ static void put_meta(struct snap_buf *w, enum fault f)
 	snapw_blob(w, "/boot/vmlinux", 13);
 	snapw_u64(w, 1700000000ULL * 1000000000ULL);
 	snapw_u32(w, f == F_DEVICES_17 ? 17 : 1);
+	snapw_bytes(w, "0123456789abcdef", SNAP_ID_LEN);
 	if (f == F_META_TRAILING)
 		snapw_u8(w, 0);
 	snapw_section_end(w, m);
@@ -243,11 +244,16 @@ START_TEST(bad_magic_and_version)
 	ck_assert_int_eq(parse(&w, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "not a kiln snapshot"));
 	w.p[0] = 'K';
-	w.p[8] = 2;	/* version 2 */
+	w.p[8] = SNAP_VERSION + 1;
 	reseal(&w);
 	ck_assert_int_eq(parse(&w, err, sizeof(err)), -EINVAL);
-	ck_assert_ptr_nonnull(strstr(err, "version 2"));
+	ck_assert_ptr_nonnull(strstr(err, "version 3"));
+	/* Version 1 had no snapshot id to bind its memory file: taken again, not read. */
 	w.p[8] = 1;
+	reseal(&w);
+	ck_assert_int_eq(parse(&w, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "version 1, this kiln-vmm reads version 2 (take the snapshot again"));
+	w.p[8] = SNAP_VERSION;
 	w.p[12] = 200;	/* section count */
 	reseal(&w);
 	ck_assert_int_eq(parse(&w, err, sizeof(err)), -EINVAL);
@@ -396,7 +402,7 @@ START_TEST(copy_file_keeps_holes_and_data)
 	ck_assert_int_eq(pwrite(fd, "start", 5, 0), 5);
 	ck_assert_int_eq(pwrite(fd, "end!!", 5, (64 << 20) - 5), 5);
 	close(fd);
-	ck_assert_msg(snap_copy_file(a, b, -1, &copied, &err) == 0, "%s", err.msg);
+	ck_assert_msg(snap_copy_file(a, b, &copied, &err) == 0, "%s", err.msg);
 	ck_assert_int_eq(stat(b, &st), 0);
 	ck_assert_int_eq(st.st_size, 64 << 20);
 	/* Sparse: far fewer blocks than 64 MiB (a reflink shares them, a copy skips holes). */
@@ -408,7 +414,7 @@ START_TEST(copy_file_keeps_holes_and_data)
 	ck_assert_int_eq(memcmp(buf, "end!!", 5), 0);
 	close(fd);
 	/* A missing source is an error naming it. */
-	ck_assert_int_lt(snap_copy_file("/nonexistent/x", b, -1, NULL, &err), 0);
+	ck_assert_int_lt(snap_copy_file("/nonexistent/x", b, NULL, &err), 0);
 	ck_assert_ptr_nonnull(strstr(err.msg, "/nonexistent/x"));
 	unlink(a);
 	unlink(b);
@@ -442,6 +448,210 @@ START_TEST(cpuid_check_names_the_leaf)
 }
 END_TEST
 
+/* A scratch directory for the file tests; path must hold 64 bytes. */
+static void scratch(char *path)
+{
+	strcpy(path, "/tmp/kiln-snapdir-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(path));
+}
+
+static void put_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+}
+
+static void get_file(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
+
+	buf[0] = '\0';
+	if (fd < 0)
+		return;
+	n = read(fd, buf, len - 1);
+	buf[n > 0 ? n : 0] = '\0';
+	close(fd);
+}
+
+START_TEST(memory_trailer_binds_memory_to_state)
+{
+	const uint8_t id[SNAP_ID_LEN] = "0123456789abcdef", other[SNAP_ID_LEN] = "fedcba9876543210";
+	static uint8_t trailer[SNAP_MEM_TRAILER];
+	const uint64_t size = 2 * MIB;
+	char dir[64], path[128];
+	struct kiln_err err;
+	int fd;
+
+	scratch(dir);
+	snprintf(path, sizeof(path), "%s/memory", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, (off_t)size), 0);
+	/* RAM without a trailer: a memory file cut short (or from kiln before version 2). */
+	ck_assert_int_eq(snap_mem_check(fd, path, size, id, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "but the snapshot's guest has 2 MiB"), "%s", err.msg);
+	ck_assert_int_eq(ftruncate(fd, (off_t)(size + SNAP_MEM_TRAILER)), 0);
+	ck_assert_int_eq(snap_mem_check(fd, path, size, id, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "no snapshot trailer"), "%s", err.msg);
+	snap_mem_trailer(trailer, id, size);
+	ck_assert_int_eq(pwrite(fd, trailer, sizeof(trailer), (off_t)size), (ssize_t)sizeof(trailer));
+	ck_assert_msg(snap_mem_check(fd, path, size, id, &err) == 0, "%s", err.msg);
+	/* The state of another snapshot beside this memory file. */
+	ck_assert_int_eq(snap_mem_check(fd, path, size, other, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "the memory file of another snapshot"), "%s", err.msg);
+	close(fd);
+	unlink(path);
+	rmdir(dir);
+}
+END_TEST
+
+/* Write a one-file snapshot "snap" into parent through snap_dir; 0 or -errno. */
+static int dir_write(const char *parent, const char *text, struct kiln_err *err)
+{
+	char dir[128];
+	struct snap_dir d;
+	int fd, r;
+
+	snprintf(dir, sizeof(dir), "%s/snap", parent);
+	if ((r = snap_dir_begin(&d, dir, err)) < 0)
+		return r;
+	fd = snap_dir_create(&d, SNAP_MEMORY_FILE, err);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	/* Never over a file already there, even in the fresh directory. */
+	ck_assert_int_eq(snap_dir_create(&d, SNAP_MEMORY_FILE, err), -EEXIST);
+	fd = snap_dir_create(&d, SNAP_STATE_FILE, err);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	return snap_dir_commit(&d, err);
+}
+
+/* Entries in dir other than . and .., space-separated and sorted, into out. */
+static void list_dir(const char *dir, char *out, size_t len)
+{
+	char cmd[200];
+	FILE *f;
+	size_t n;
+
+	snprintf(cmd, sizeof(cmd), "ls -A %s | tr '\\n' ' '", dir);
+	f = popen(cmd, "r");
+	ck_assert_ptr_nonnull(f);
+	n = fread(out, 1, len - 1, f);
+	out[n] = '\0';
+	pclose(f);
+}
+
+START_TEST(snapshot_dir_never_writes_through_links)
+{
+	char dir[64], path[128], victim[128], buf[64];
+	struct kiln_err err;
+
+	scratch(dir);
+	snprintf(victim, sizeof(victim), "%s/victim", dir);
+	put_file(victim, "precious");
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	ck_assert_int_eq(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/snap/memory", dir);
+	ck_assert_int_eq(symlink(victim, path), 0);
+	/* A planted link is refused, and the file it points to is untouched. */
+	ck_assert_int_lt(dir_write(dir, "guest bytes", &err), 0);
+	ck_assert_msg(strstr(err.msg, "snap/memory is not a regular file"), "%s", err.msg);
+	get_file(victim, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "precious");
+	list_dir(dir, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "snap victim ");
+	unlink(path);
+	/* The target itself a link: refused. */
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	ck_assert_int_eq(rmdir(path), 0);
+	ck_assert_int_eq(symlink(dir, path), 0);
+	ck_assert_int_lt(dir_write(dir, "guest bytes", &err), 0);
+	ck_assert_msg(strstr(err.msg, "is a symbolic link"), "%s", err.msg);
+	unlink(path);
+	unlink(victim);
+	rmdir(dir);
+}
+END_TEST
+
+START_TEST(snapshot_dir_is_replaced_whole)
+{
+	char dir[64], path[128], buf[128];
+	struct kiln_err err;
+	struct snap_dir d;
+
+	scratch(dir);
+	/* New, then an older snapshot replaced: no partial directory left beside it. */
+	ck_assert_msg(dir_write(dir, "first", &err) == 0, "%s", err.msg);
+	ck_assert_msg(dir_write(dir, "second", &err) == 0, "%s", err.msg);
+	snprintf(path, sizeof(path), "%s/snap/memory", dir);
+	get_file(path, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "second");
+	list_dir(dir, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "snap ");
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	list_dir(path, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "memory state ");
+	/* Given up half way (a failed or killed snapshot): the old one stays whole. */
+	ck_assert_int_eq(snap_dir_begin(&d, path, &err), 0);
+	close(snap_dir_create(&d, SNAP_MEMORY_FILE, &err));
+	snap_dir_abort(&d);
+	list_dir(dir, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "snap ");
+	snprintf(path, sizeof(path), "%s/snap/memory", dir);
+	get_file(path, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "second");
+	/* A directory that holds other files is not a snapshot to replace. */
+	snprintf(path, sizeof(path), "%s/snap/notes.txt", dir);
+	put_file(path, "mine");
+	ck_assert_int_lt(dir_write(dir, "third", &err), 0);
+	ck_assert_msg(strstr(err.msg, "holds notes.txt, which is not part of a snapshot"), "%s", err.msg);
+	unlink(path);
+	snprintf(buf, sizeof(buf), "rm -rf %s", dir);
+	ck_assert_int_eq(system(buf), 0);
+}
+END_TEST
+
+START_TEST(own_file_names)
+{
+	ck_assert(snap_is_own_file("state"));
+	ck_assert(snap_is_own_file("memory"));
+	ck_assert(snap_is_own_file("disk0.img"));
+	ck_assert(snap_is_own_file("disk15.img"));
+	ck_assert(!snap_is_own_file("disk.img"));
+	ck_assert(!snap_is_own_file("disk0.img.bak"));
+	ck_assert(!snap_is_own_file("disk-1.img"));
+	ck_assert(!snap_is_own_file("notes"));
+}
+END_TEST
+
+START_TEST(copy_file_never_writes_through_a_link)
+{
+	char dir[64], a[128], b[128], victim[128], buf[64];
+	struct kiln_err err;
+
+	scratch(dir);
+	snprintf(a, sizeof(a), "%s/a", dir);
+	snprintf(b, sizeof(b), "%s/b", dir);
+	snprintf(victim, sizeof(victim), "%s/victim", dir);
+	put_file(a, "disk bytes");
+	put_file(victim, "precious");
+	ck_assert_int_eq(symlink(victim, b), 0);
+	ck_assert_int_lt(snap_copy_file(a, b, NULL, &err), 0);
+	ck_assert_msg(strstr(err.msg, "symbolic link"), "%s", err.msg);
+	get_file(victim, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "precious");
+	unlink(a);
+	unlink(b);
+	unlink(victim);
+	rmdir(dir);
+}
+END_TEST
+
 Suite *suite_snapshot(void)
 {
 	Suite *s = suite_create("snapshot");
@@ -459,6 +669,11 @@ Suite *suite_snapshot(void)
 	tcase_add_test(tc, disk_spec_split);
 	tcase_add_test(tc, copy_file_keeps_holes_and_data);
 	tcase_add_test(tc, cpuid_check_names_the_leaf);
+	tcase_add_test(tc, memory_trailer_binds_memory_to_state);
+	tcase_add_test(tc, snapshot_dir_never_writes_through_links);
+	tcase_add_test(tc, snapshot_dir_is_replaced_whole);
+	tcase_add_test(tc, own_file_names);
+	tcase_add_test(tc, copy_file_never_writes_through_a_link);
 	suite_add_tcase(s, tc);
 	return s;
 }
