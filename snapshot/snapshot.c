@@ -46,6 +46,19 @@ static int meta_parse(struct snap_rd *r, struct snap_meta *m)
 	return snapr_end(r, "header");
 }
 
+/* A hostile string made safe for a message: at most 60 bytes, the unprintable as '?'. */
+static const char *printable(const char *str, char out[64])
+{
+	size_t i;
+
+	for (i = 0; str[i] && i < 60; i++)
+		out[i] = str[i] >= 0x20 && str[i] < 0x7f ? str[i] : '?';
+	out[i] = '\0';
+	if (str[i])
+		snprintf(out + 57, 4, "...");
+	return out;
+}
+
 /* A name for one of the snapshot's own files: nothing that could leave its directory. */
 static int name_is_local(const char *n)
 {
@@ -73,6 +86,19 @@ static int device_parse(struct snap_rd *r, struct snap_device *d)
 		return -EINVAL;
 	if (strcmp(d->kind, "disk") && strcmp(d->kind, "net") && strcmp(d->kind, "vsock"))
 		return snapr_fail(r, "unknown device kind \"%s\"", d->kind);
+	if (!strcmp(d->kind, "disk")) {
+		struct disk_spec ds;
+		struct kiln_err e;
+		char shown[64];
+
+		if (disk_spec_parse(d->spec, &ds, &e) < 0)
+			return snapr_fail(r, "disk: %s", e.msg);
+		d->ro_disk = ds.ro;
+		/* A copy lives in the snapshot; a path anywhere else would hand the guest a host file. */
+		if (!ds.ro && !name_is_local(ds.path))
+			return snapr_fail(r, "disk path \"%s\" is not a file in the snapshot's directory (a snapshot names only its own files; give a host disk with --disk)",
+					  printable(ds.path, shown));
+	}
 	/* The rest is the device's own: virtio_mmio_restore reads it. */
 	snapr_init(&d->state, r->p + r->off, snapr_left(r));
 	return 0;
@@ -169,6 +195,61 @@ void snap_state_free(struct snap_state *s)
 {
 	free(s->vcpu);
 	s->vcpu = NULL;
+}
+
+/* The CID in a vsock spec, for a message: digits after "cid=", or "N". */
+static const char *spec_cid(const char *spec, char out[24])
+{
+	const char *p = strstr(spec, "cid=");
+	size_t n = 0;
+
+	if (p && (p == spec || p[-1] == ','))
+		for (p += 4; n < 20 && p[n] >= '0' && p[n] <= '9'; n++)
+			out[n] = p[n];
+	if (!n)
+		out[n++] = 'N';
+	out[n] = '\0';
+	return out;
+}
+
+int snap_plan_devices(const struct snap_state *s, const char *const *kinds, const char *const *specs,
+		      int nopts, int *opt, struct kiln_err *err)
+{
+	int used[SNAP_MAX_DEVICES * 4] = { 0 }, i, j;
+	uint32_t d;
+
+	if (nopts < 0 || nopts > (int)(sizeof(used) / sizeof(used[0])))
+		return kiln_fail(err, EINVAL, "%d device options: at most %zu", nopts, sizeof(used) / sizeof(used[0]));
+	for (d = 0; d < s->meta.ndevices; d++) {
+		opt[d] = -1;
+		for (j = 0; j < nopts; j++)
+			if (!used[j] && !strcmp(kinds[j], s->dev[d].kind)) {
+				used[j] = 1;
+				opt[d] = j;
+				break;
+			}
+	}
+	/* An option left over first: the user asked for something that cannot be. */
+	for (j = 0; j < nopts; j++)
+		if (!used[j])
+			return kiln_fail(err, EINVAL, "--%s %s: the snapshot has no further %s device to replace (a restore cannot add devices)",
+					 kinds[j], specs[j], kinds[j]);
+	for (i = 0; i < (int)s->meta.ndevices; i++) {
+		const struct snap_device *sd = &s->dev[i];
+		char shown[64], cid[24];
+
+		if (opt[i] >= 0)
+			continue;
+		if (!strcmp(sd->kind, "net"))
+			return kiln_fail(err, EINVAL, "device %d is a net device: pass --net tap=NAME for it (a restore takes taps from its command line, never from the snapshot)", i);
+		if (!strcmp(sd->kind, "vsock"))
+			return kiln_fail(err, EINVAL, "device %d is a vsock device: pass --vsock cid=%s,uds=PATH for it (a restore takes host sockets from its command line, never from the snapshot)",
+					 i, spec_cid(sd->spec, cid));
+		if (sd->ro_disk)
+			return kiln_fail(err, EINVAL, "device %d is a read-only disk the snapshot shared (\"%s\"): pass --disk PATH,ro for it, after a --disk for each disk before it (a snapshot opens no host file outside its directory)",
+					 i, printable(sd->spec, shown));
+	}
+	return 0;
 }
 
 /* The trailer's fields: magic, id, RAM size, CRC-32C of those; zeros to the page's end. */

@@ -8,9 +8,9 @@
  *   diskN.img    a copy of each writable disk as the guest saw it
  *
  * It is written into a fresh directory beside its target and renamed into
- * place whole.
- *
- * Read-only disks are recorded by path and shared, never copied.
+ * place whole. A state file names no host file outside its directory and
+ * no host resource: read-only disks, taps and vsock sockets come from the
+ * restorer's options (snap_plan_devices).
  */
 #ifndef KILN_SNAPSHOT_H
 #define KILN_SNAPSHOT_H
@@ -47,7 +47,8 @@ struct snap_meta {
 /* One virtio device as recorded: enough to recreate it, then its state. */
 struct snap_device {
 	char kind[8];			/* "disk", "net", "vsock": kiln-vmm's option */
-	char spec[512];			/* the option's argument (disk paths relative to the snapshot) */
+	char spec[512];			/* the option's argument: for messages, but a writable disk's copy */
+	int ro_disk;			/* a read-only disk the snapshot shared, not copied */
 	uint64_t base;
 	uint32_t irq;
 	struct snap_rd state;		/* virtio_mmio_save's bytes */
@@ -65,12 +66,26 @@ struct snap_state {
 /*
  * Parse and validate a whole state file (no KVM, no files: fuzzed): the
  * container, then one META, one VM, meta.vcpus VCPU sections with ids in
- * order, one SERIAL and meta.ndevices DEVICE sections. Device state is only
- * located here; virtio_mmio_restore validates it. Returns 0 or -EINVAL with
- * err set; free with snap_state_free either way.
+ * order, one SERIAL and meta.ndevices DEVICE sections. A writable disk must
+ * be a file in the snapshot's directory (no '/', not . or ..). Device state
+ * is only located here; virtio_mmio_restore validates it. Returns 0 or
+ * -EINVAL with err set; free with snap_state_free either way.
  */
 int snap_parse(const void *p, size_t len, struct snap_state *s, char *err, size_t errlen);
 void snap_state_free(struct snap_state *s);
+
+/*
+ * Match a restorer's device options to the snapshot's devices: the n-th
+ * option of a kind replaces the snapshot's n-th device of that kind.
+ * kinds[j] and specs[j] are option j's kind ("disk", "net", "vsock") and
+ * argument. opt[i] gets the option for device i, or -1 where the device is
+ * the snapshot's own disk copy. A net or vsock device and a read-only disk
+ * must have an option: host resources come from the restorer, never from
+ * the file. Returns 0, or -EINVAL with err naming the option to pass or the
+ * option left over.
+ */
+int snap_plan_devices(const struct snap_state *s, const char *const *kinds, const char *const *specs,
+		      int nopts, int *opt, struct kiln_err *err);
 
 /* Is name one a snapshot directory holds (state, memory, diskN.img)? */
 int snap_is_own_file(const char *name);

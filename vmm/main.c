@@ -137,7 +137,8 @@ static void usage(FILE *f)
 "  --restore DIR|STATE\n"
 "                    start from a snapshot instead of booting; --disk, --net\n"
 "                    and --vsock replace the snapshot's devices of that kind\n"
-"                    in order (each clone needs its own vsock uds and tap)\n"
+"                    in order; its vsock and net devices and read-only disks\n"
+"                    must be given so (each clone its own uds and tap)\n"
 "  --memory FILE     the snapshot's memory file (default: beside STATE)\n"
 "  --clone-dir DIR   keep the copies of the snapshot's writable disks in DIR\n"
 "                    (default: unnamed files that vanish with the VM)\n"
@@ -787,14 +788,16 @@ static void clone_disk(const struct opts *o, int dfd, int i, int in, const char 
 
 /*
  * Restore: map the memory file, and bring back KVM, vCPU and device state.
- * The snapshot's own files are opened in its directory without following
- * links.
+ * The state file is hostile input (docs/snapshot.md, "Trust"): the files
+ * it names are opened in the snapshot's directory without following links,
+ * and host resources come from the options.
  */
 static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t_kvm)
 {
 	struct kiln_err err = { { 0 } };
 	char state_path[4096], mem_path[4200], state_dir[4096], msg[512], vendor[13];
-	int used[MAX_DEVICES] = { 0 }, j;
+	const char *kinds[MAX_DEVICES], *specs[MAX_DEVICES];
+	int plan[SNAP_MAX_DEVICES];
 	struct snap_state st;
 	struct stat sb;
 	struct guest_mem mem;
@@ -866,6 +869,14 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 		die("--restore: %s", err.msg);
 	close(mfd);
 
+	/* Devices: which option replaces which, and every host resource named by one. */
+	for (i = 0; i < o->ndevices; i++) {
+		kinds[i] = o->devices[i].option;
+		specs[i] = o->devices[i].spec;
+	}
+	if (snap_plan_devices(&st, kinds, specs, o->ndevices, plan, &err) < 0)
+		die("--restore %s: %s", state_path, err.msg);
+
 	if (vm_create(&vm, vm.kvm_fd, &mem, &err) < 0)
 		die("%s", err.msg);
 	vm.nvcpus = (int)st.meta.vcpus;
@@ -888,39 +899,25 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 
 	for (i = 0; i < (int)st.meta.ndevices; i++) {
 		const struct snap_device *sd = &st.dev[i];
-		const char *spec = sd->spec;
+		const char *spec;
 		char path[4200];
 
 		if (sd->base != DEVICE_MMIO_BASE + (uint64_t)i * DEVICE_MMIO_STEP || sd->irq != device_irqs[i])
 			die("--restore %s: device %d at %#llx IRQ %u, not where kiln-vmm puts it", state_path, i,
 			    (unsigned long long)sd->base, sd->irq);
-		for (j = 0; j < o->ndevices; j++)
-			if (!used[j] && strcmp(o->devices[j].option, sd->kind) == 0)
-				break;
-		if (j < o->ndevices) {
-			used[j] = 1;
-			spec = o->devices[j].spec;
-		} else if (strcmp(sd->kind, "disk") == 0) {
+		if (plan[i] >= 0) {
+			spec = o->devices[plan[i]].spec;
+		} else {
+			/* The snapshot's own copy of a writable disk: snap_parse allowed a bare name only. */
 			struct disk_spec ds;
 			char copy[4096], name[8200];
 			int in;
 
-			if (disk_spec_parse(spec, &ds, &err) < 0)
-				die("--restore %s: %s", state_path, err.msg);
-			/* Relative paths are the snapshot's own copies, beside the state file. */
-			if (ds.path[0] == '/') {
-				snprintf(name, sizeof(name), "%s", ds.path);
-				in = open(ds.path, O_RDONLY | O_CLOEXEC);
-				if (in < 0)
-					die("--restore %s: %s: %s", state_path, ds.path, strerror(errno));
-			} else {
-				snprintf(name, sizeof(name), "%s/%s", state_dir, ds.path);
-				in = open_snap_file(dfd, state_dir, ds.path);
-			}
-			if (!ds.ro)
-				clone_disk(o, dfd, i, in, name, copy, sizeof(copy));
-			else if (snprintf(copy, sizeof(copy), "%s", name) >= (int)sizeof(copy))
-				die("--restore %s: disk path too long", state_path);
+			if (strcmp(sd->kind, "disk") || disk_spec_parse(sd->spec, &ds, &err) < 0 || ds.ro)
+				die("--restore %s: device %d: no option for it", state_path, i);
+			in = open_snap_file(dfd, state_dir, ds.path);
+			snprintf(name, sizeof(name), "%s/%s", state_dir, ds.path);
+			clone_disk(o, dfd, i, in, name, copy, sizeof(copy));
 			close(in);
 			if (snprintf(path, sizeof(path), "%s%s", copy, ds.opts) >= (int)sizeof(path))
 				die("--restore %s: disk path too long", state_path);
@@ -931,10 +928,6 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 			die("--restore %s: %s", state_path, err.msg);
 	}
 	ndevs = (int)st.meta.ndevices;
-	for (j = 0; j < o->ndevices; j++)
-		if (!used[j])
-			die("--restore %s: --%s %s: the snapshot has no further %s device to replace (a restore cannot add devices)",
-			    state_path, o->devices[j].option, o->devices[j].spec, o->devices[j].option);
 	if (serial_restore(&uart, &st.serial, &err) < 0)
 		die("--restore %s: %s", state_path, err.msg);
 	snap_state_free(&st);

@@ -31,7 +31,28 @@ enum fault {
 	F_DEV_KIND,		/* unknown device kind */
 	F_META_TRAILING,	/* a stray byte after the header's fields */
 	F_XSAVE_HUGE,		/* XSAVE blob over the limit */
+	F_DISK_ABS,		/* a disk named by an absolute host path */
+	F_DISK_DOTDOT,		/* a disk named ../x, outside the snapshot */
+	F_DISK_SUBDIR,		/* a disk in a subdirectory (a link could lead anywhere) */
+	F_DISK_DOT,		/* a disk named by the snapshot directory itself */
+	F_DISK_COPY,		/* valid: the snapshot's own copy of a writable disk */
+	F_DISK_RO,		/* valid: a read-only disk the snapshot shared */
+	F_NET,			/* valid: a net device */
 };
+
+/* The disk path a fault puts in the state, or NULL for the default vsock device. */
+static const char *fault_disk(enum fault f)
+{
+	switch (f) {
+	case F_DISK_ABS: return "/etc/passwd";
+	case F_DISK_DOTDOT: return "../x";
+	case F_DISK_SUBDIR: return "sub/disk0.img";
+	case F_DISK_DOT: return ".,id=x";
+	case F_DISK_COPY: return "disk0.img,id=data";
+	case F_DISK_RO: return "/srv/rootfs.img,ro";
+	default: return NULL;
+	}
+}
 
 static void put_meta(struct snap_buf *w, enum fault f)
 {
@@ -130,8 +151,16 @@ static void build(struct snap_buf *w, enum fault f)
 		snapw_section_end(w, m);
 	}
 	m = snapw_section_begin(w, SNAP_SEC_DEVICE);
-	snapw_blob(w, f == F_DEV_KIND ? "gpu" : "vsock", f == F_DEV_KIND ? 3 : 5);
-	snapw_blob(w, "cid=3,uds=/tmp/v.sock", 21);
+	if (fault_disk(f)) {
+		snapw_blob(w, "disk", 4);
+		snapw_blob(w, fault_disk(f), (uint32_t)strlen(fault_disk(f)));
+	} else if (f == F_NET) {
+		snapw_blob(w, "net", 3);
+		snapw_blob(w, "tap=kt0", 7);
+	} else {
+		snapw_blob(w, f == F_DEV_KIND ? "gpu" : "vsock", f == F_DEV_KIND ? 3 : 5);
+		snapw_blob(w, "cid=3,uds=/tmp/v.sock", 21);
+	}
 	snapw_u64(w, 0xd0000000);
 	snapw_u32(w, 5);
 	snapw_u32(w, 0xdeadbeef);	/* the device's own bytes */
@@ -279,6 +308,11 @@ static const struct {
 	{ F_DEV_KIND, "unknown device kind" },
 	{ F_META_TRAILING, "trailing" },
 	{ F_XSAVE_HUGE, "XSAVE" },
+	/* A crafted state must not hand the guest a host file as its disk. */
+	{ F_DISK_ABS, "disk path \"/etc/passwd\" is not a file in the snapshot's directory" },
+	{ F_DISK_DOTDOT, "disk path \"../x\" is not a file in the snapshot's directory" },
+	{ F_DISK_SUBDIR, "is not a file in the snapshot's directory" },
+	{ F_DISK_DOT, "is not a file in the snapshot's directory" },
 };
 
 START_TEST(inconsistent_content_refused)
@@ -445,6 +479,54 @@ START_TEST(cpuid_check_names_the_leaf)
 	ck_assert_int_eq(snap_check_cpuid(host, &s, 1, &err), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err.msg, "CPUID leaves"));
 	free(host);
+}
+END_TEST
+
+/* Parse a built state with one device of fault f's kind, and plan it against options. */
+static int plan(enum fault f, int nopts, const char *const *kinds, const char *const *specs, int *opt,
+		struct kiln_err *err)
+{
+	struct snap_buf w;
+	struct snap_state s;
+	char msg[256] = "";
+	int r;
+
+	build(&w, f);
+	ck_assert_msg(snap_parse(w.p, w.len, &s, msg, sizeof(msg)) == 0, "%s", msg);
+	r = snap_plan_devices(&s, kinds, specs, nopts, opt, err);
+	snap_state_free(&s);
+	snapw_free(&w);
+	return r;
+}
+
+START_TEST(restore_takes_host_resources_from_options)
+{
+	const char *vk[] = { "vsock" }, *vs[] = { "cid=3,uds=/run/mine.sock" };
+	const char *nk[] = { "net" }, *ns[] = { "tap=mine0" };
+	const char *dk[] = { "disk" }, *ds[] = { "/srv/rootfs.img,ro" };
+	struct kiln_err err;
+	int opt[SNAP_MAX_DEVICES];
+
+	/* The state's uds=/tmp/v.sock is never used: the restorer names a socket or is refused. */
+	err.msg[0] = '\0';
+	ck_assert_int_eq(plan(F_NONE, 0, NULL, NULL, opt, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "device 0 is a vsock device: pass --vsock cid=3,uds=PATH"), "%s", err.msg);
+	ck_assert_msg(plan(F_NONE, 1, vk, vs, opt, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(opt[0], 0);
+	/* A tap, likewise. */
+	ck_assert_int_eq(plan(F_NET, 0, NULL, NULL, opt, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "net device: pass --net tap=NAME"), "%s", err.msg);
+	ck_assert_msg(plan(F_NET, 1, nk, ns, opt, &err) == 0, "%s", err.msg);
+	/* A read-only disk is a host file: the restorer names it. */
+	ck_assert_int_eq(plan(F_DISK_RO, 0, NULL, NULL, opt, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "pass --disk PATH,ro"), "%s", err.msg);
+	ck_assert_msg(plan(F_DISK_RO, 1, dk, ds, opt, &err) == 0, "%s", err.msg);
+	/* The snapshot's own disk copy needs no option. */
+	ck_assert_msg(plan(F_DISK_COPY, 0, NULL, NULL, opt, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(opt[0], -1);
+	/* An option with nothing to replace is refused, before anything is missing. */
+	ck_assert_int_eq(plan(F_NONE, 1, nk, ns, opt, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "--net tap=mine0: the snapshot has no further net device"), "%s", err.msg);
 }
 END_TEST
 
@@ -669,6 +751,7 @@ Suite *suite_snapshot(void)
 	tcase_add_test(tc, disk_spec_split);
 	tcase_add_test(tc, copy_file_keeps_holes_and_data);
 	tcase_add_test(tc, cpuid_check_names_the_leaf);
+	tcase_add_test(tc, restore_takes_host_resources_from_options);
 	tcase_add_test(tc, memory_trailer_binds_memory_to_state);
 	tcase_add_test(tc, snapshot_dir_never_writes_through_links);
 	tcase_add_test(tc, snapshot_dir_is_replaced_whole);
