@@ -137,7 +137,8 @@ static void usage(FILE *f)
 "  --restore DIR|STATE\n"
 "                    start from a snapshot instead of booting; --disk, --net\n"
 "                    and --vsock replace the snapshot's devices of that kind\n"
-"                    in order (each clone needs its own vsock uds and tap)\n"
+"                    in order; its vsock and net devices and read-only disks\n"
+"                    must be given so (each clone its own uds and tap)\n"
 "  --memory FILE     the snapshot's memory file (default: beside STATE)\n"
 "  --clone-dir DIR   keep the copies of the snapshot's writable disks in DIR\n"
 "                    (default: unnamed files that vanish with the VM)\n"
@@ -707,16 +708,13 @@ static void boot_prepare(const struct opts *o)
 			die("%s", err.msg);
 }
 
-/* Read a whole state file into memory (at most SNAP_MAX_FILE bytes). */
-static uint8_t *read_state_file(const char *path, size_t *len)
+/* Read a whole state file, open as fd, into memory (at most SNAP_MAX_FILE bytes). */
+static uint8_t *read_state_file(int fd, const char *path, size_t *len)
 {
 	struct stat st;
 	uint8_t *buf;
 	size_t off = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0)
-		die("--restore %s: %s", path, strerror(errno));
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 		die("--restore %s: not a regular file", path);
 	if ((uint64_t)st.st_size > SNAP_MAX_FILE)
@@ -738,12 +736,27 @@ static uint8_t *read_state_file(const char *path, size_t *len)
 	return buf;
 }
 
+/* One of the snapshot's own files, name, in its directory dfd: never through a link. */
+static int open_snap_file(int dfd, const char *dir, const char *name)
+{
+	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+
+	if (fd < 0)
+		die("--restore %s/%s: %s%s", dir, name, strerror(errno),
+		    errno == ELOOP ? " (a symbolic link: a snapshot's files must be regular files in its directory)" : "");
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		die("--restore %s/%s: not a regular file", dir, name);
+	return fd;
+}
+
 /*
- * A clone's own copy of a snapshot's writable disk: in --clone-dir, or an
- * unnamed file (O_TMPFILE) beside the snapshot, so a reflink can share its
- * extents, else in $TMPDIR. Returns the path the disk device opens.
+ * A clone's own copy of a snapshot's writable disk (open as in): in
+ * --clone-dir, or an unnamed file (O_TMPFILE) in the snapshot's directory,
+ * so a reflink can share its extents, else in $TMPDIR. Returns the path
+ * the disk device opens.
  */
-static void clone_disk(const struct opts *o, const char *state_dir, int i, const char *disk,
+static void clone_disk(const struct opts *o, int dfd, int i, int in, const char *disk,
 		       char *out, size_t outlen)
 {
 	struct kiln_err err = { { 0 } };
@@ -754,35 +767,47 @@ static void clone_disk(const struct opts *o, const char *state_dir, int i, const
 		if (mkdir(o->clone_dir, 0700) < 0 && errno != EEXIST)
 			die("--clone-dir %s: %s", o->clone_dir, strerror(errno));
 		snprintf(out, outlen, "%s/disk%d.img", o->clone_dir, i);
-		if (snap_copy_file(disk, out, -1, NULL, &err) < 0)
+		fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd < 0)
+			die("--clone-dir: %s: %s", out, strerror(errno));
+		if (snap_copy_fd(in, disk, fd, out, NULL, &err) < 0)
 			die("%s", err.msg);
+		close(fd);
 		return;
 	}
-	fd = open(state_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	fd = openat(dfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	if (fd < 0)
 		fd = open(tmpdir && *tmpdir ? tmpdir : "/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	if (fd < 0)
 		die("cannot create a copy of %s for this clone: %s (or give --clone-dir DIR)", disk, strerror(errno));
-	if (snap_copy_file(disk, NULL, fd, NULL, &err) < 0)
+	if (snap_copy_fd(in, disk, fd, "a clone's disk", NULL, &err) < 0)
 		die("%s", err.msg);
 	/* The disk device reopens it by this name; the file lives while that fd does. */
 	snprintf(out, outlen, "/proc/self/fd/%d", fd);
 }
 
-/* Restore: map the memory file, and bring back KVM, vCPU and device state. */
+/*
+ * Restore: map the memory file, and bring back KVM, vCPU and device state.
+ * The state file is hostile input (docs/snapshot.md, "Trust"): the files
+ * it names are opened in the snapshot's directory without following links,
+ * and host resources come from the options.
+ */
 static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t_kvm)
 {
 	struct kiln_err err = { { 0 } };
-	char state_path[4096], mem_path[4096], state_dir[4096], msg[512], vendor[13];
+	char state_path[4096], mem_path[4200], state_dir[4096], msg[512], vendor[13];
+	const char *kinds[MAX_DEVICES], *specs[MAX_DEVICES];
+	int plan[SNAP_MAX_DEVICES];
 	struct snap_state st;
 	struct stat sb;
 	struct guest_mem mem;
 	uint8_t *file;
 	size_t len;
-	int used[MAX_DEVICES] = { 0 }, i, j;
+	int dfd, sfd, mfd, i, is_dir;
 	uint64_t t0 = now_ns();
 
-	if (stat(o->restore, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+	is_dir = stat(o->restore, &sb) == 0 && S_ISDIR(sb.st_mode);
+	if (is_dir) {
 		snprintf(state_dir, sizeof(state_dir), "%s", o->restore);
 		snprintf(state_path, sizeof(state_path), "%s/" SNAP_STATE_FILE, o->restore);
 	} else {
@@ -790,15 +815,23 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 
 		snprintf(state_path, sizeof(state_path), "%s", o->restore);
 		if (slash)
-			snprintf(state_dir, sizeof(state_dir), "%.*s", (int)(slash - o->restore), o->restore);
+			snprintf(state_dir, sizeof(state_dir), "%.*s", slash == o->restore ? 1 : (int)(slash - o->restore),
+				 o->restore);
 		else
 			snprintf(state_dir, sizeof(state_dir), ".");
 	}
-	if (snprintf(mem_path, sizeof(mem_path), "%s%s", o->memory ? o->memory : state_dir,
-		     o->memory ? "" : "/" SNAP_MEMORY_FILE) >= (int)sizeof(mem_path))
+	if (strlen(o->restore) > 4000)
 		die("--restore %s: path too long", o->restore);
+	dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		die("--restore %s: %s", state_dir, strerror(errno));
+	/* The user named a state file: theirs to follow. The directory's own "state": no link. */
+	if (is_dir)
+		sfd = open_snap_file(dfd, state_dir, SNAP_STATE_FILE);
+	else if ((sfd = open(state_path, O_RDONLY | O_CLOEXEC)) < 0)
+		die("--restore %s: %s", state_path, strerror(errno));
 
-	file = read_state_file(state_path, &len);
+	file = read_state_file(sfd, state_path, &len);
 	if (snap_parse(file, len, &st, msg, sizeof(msg)) < 0)
 		die("--restore %s: %s", state_path, msg);
 	if (o->mem_set && o->mem_mib * MIB != st.meta.mem_size)
@@ -822,8 +855,28 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 	src.kernel_path = strdup(st.meta.kernel);
 	*t_parse = now_ns() - t0;
 
-	if (guest_mem_map_file(&mem, mem_path, st.meta.mem_size, &err) < 0)
+	/* The memory file: whole, and this state's (its trailer holds the state's id). */
+	if (o->memory) {
+		snprintf(mem_path, sizeof(mem_path), "%s", o->memory);
+		if ((mfd = open(o->memory, O_RDONLY | O_CLOEXEC)) < 0)
+			die("--memory %s: %s", o->memory, strerror(errno));
+	} else {
+		snprintf(mem_path, sizeof(mem_path), "%s/" SNAP_MEMORY_FILE, state_dir);
+		mfd = open_snap_file(dfd, state_dir, SNAP_MEMORY_FILE);
+	}
+	if (snap_mem_check(mfd, mem_path, st.meta.mem_size, st.meta.id, &err) < 0 ||
+	    guest_mem_map_fd(&mem, mfd, mem_path, st.meta.mem_size, &err) < 0)
 		die("--restore: %s", err.msg);
+	close(mfd);
+
+	/* Devices: which option replaces which, and every host resource named by one. */
+	for (i = 0; i < o->ndevices; i++) {
+		kinds[i] = o->devices[i].option;
+		specs[i] = o->devices[i].spec;
+	}
+	if (snap_plan_devices(&st, kinds, specs, o->ndevices, plan, &err) < 0)
+		die("--restore %s: %s", state_path, err.msg);
+
 	if (vm_create(&vm, vm.kvm_fd, &mem, &err) < 0)
 		die("%s", err.msg);
 	vm.nvcpus = (int)st.meta.vcpus;
@@ -844,39 +897,29 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 	}
 	*t_kvm = now_ns() - t0 - *t_parse;
 
-	/* Devices: the snapshot's, each replaced by the next option of its kind if given. */
 	for (i = 0; i < (int)st.meta.ndevices; i++) {
 		const struct snap_device *sd = &st.dev[i];
-		const char *spec = sd->spec;
+		const char *spec;
 		char path[4200];
 
 		if (sd->base != DEVICE_MMIO_BASE + (uint64_t)i * DEVICE_MMIO_STEP || sd->irq != device_irqs[i])
 			die("--restore %s: device %d at %#llx IRQ %u, not where kiln-vmm puts it", state_path, i,
 			    (unsigned long long)sd->base, sd->irq);
-		for (j = 0; j < o->ndevices; j++)
-			if (!used[j] && strcmp(o->devices[j].option, sd->kind) == 0)
-				break;
-		if (j < o->ndevices) {
-			used[j] = 1;
-			spec = o->devices[j].spec;
-		} else if (strcmp(sd->kind, "disk") == 0) {
+		if (plan[i] >= 0) {
+			spec = o->devices[plan[i]].spec;
+		} else {
+			/* The snapshot's own copy of a writable disk: snap_parse allowed a bare name only. */
 			struct disk_spec ds;
-			char disk[4096];
-			const char *rel = ds.path;
+			char copy[4096], name[8200];
+			int in;
 
-			if (disk_spec_parse(spec, &ds, &err) < 0)
-				die("--restore %s: %s", state_path, err.msg);
-			/* Relative paths are the snapshot's own copies, beside the state file. */
-			if (snprintf(disk, sizeof(disk), "%s%s%s", rel[0] == '/' ? "" : state_dir,
-				     rel[0] == '/' ? "" : "/", rel) >= (int)sizeof(disk))
-				die("--restore %s: disk path too long", state_path);
-			if (!ds.ro) {
-				char copy[4096];
-
-				clone_disk(o, state_dir, i, disk, copy, sizeof(copy));
-				snprintf(disk, sizeof(disk), "%s", copy);
-			}
-			if (snprintf(path, sizeof(path), "%s%s", disk, ds.opts) >= (int)sizeof(path))
+			if (strcmp(sd->kind, "disk") || disk_spec_parse(sd->spec, &ds, &err) < 0 || ds.ro)
+				die("--restore %s: device %d: no option for it", state_path, i);
+			in = open_snap_file(dfd, state_dir, ds.path);
+			snprintf(name, sizeof(name), "%s/%s", state_dir, ds.path);
+			clone_disk(o, dfd, i, in, name, copy, sizeof(copy));
+			close(in);
+			if (snprintf(path, sizeof(path), "%s%s", copy, ds.opts) >= (int)sizeof(path))
 				die("--restore %s: disk path too long", state_path);
 			spec = path;
 		}
@@ -885,14 +928,11 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 			die("--restore %s: %s", state_path, err.msg);
 	}
 	ndevs = (int)st.meta.ndevices;
-	for (j = 0; j < o->ndevices; j++)
-		if (!used[j])
-			die("--restore %s: --%s %s: the snapshot has no further %s device to replace (a restore cannot add devices)",
-			    state_path, o->devices[j].option, o->devices[j].spec, o->devices[j].option);
 	if (serial_restore(&uart, &st.serial, &err) < 0)
 		die("--restore %s: %s", state_path, err.msg);
 	snap_state_free(&st);
 	free(file);
+	close(dfd);
 }
 
 static void resume_device(void *arg)

@@ -90,11 +90,18 @@ int guest_range_valid(const struct guest_mem *m, uint64_t gpa, uint64_t len);
 int guest_mem_map_file(struct guest_mem *m, const char *path, uint64_t size, struct kiln_err *err);
 
 /*
- * Write guest RAM to path (created or truncated, mode 0600) as a sparse
- * file: all-zero pages become holes. *written gets the bytes of data
- * written. Returns 0 or -errno with err.
+ * The same from an open file (name for messages) of at least size bytes:
+ * its first size bytes become guest RAM. fd may be closed afterwards.
  */
-int guest_mem_save(const struct guest_mem *m, const char *path, uint64_t *written, struct kiln_err *err);
+int guest_mem_map_fd(struct guest_mem *m, int fd, const char *name, uint64_t size, struct kiln_err *err);
+
+/*
+ * Write guest RAM to fd, an empty file open for writing (name for
+ * messages), as a sparse file: all-zero pages become holes. *written gets
+ * the bytes of data written. No fsync: the caller decides when. Returns 0
+ * or -errno with err.
+ */
+int guest_mem_save(const struct guest_mem *m, int fd, const char *name, uint64_t *written, struct kiln_err *err);
 
 /*
  * Guest RAM this process has mapped in (*touched: the guest or a device
