@@ -1,6 +1,7 @@
 /*
- * Who may use kiln-vmm's unix sockets (vmm/usock.c), against real sockets
- * in a scratch directory. Clients of another uid are forked children that drop
+ * Who may use kiln-vmm's unix sockets (vmm/usock.c) and how the control
+ * socket serves its clients (vmm/control.c), against real sockets in a
+ * scratch directory. Clients of another uid are forked children that drop
  * to it, which needs root: those checks are skipped otherwise.
  */
 #include <errno.h>
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "unit.h"
+#include "control.h"
 #include "usock.h"
 
 #define NOBODY		65534
@@ -39,6 +41,17 @@ static void teardown(void)
 
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	ck_assert_int_eq(system(cmd), 0);
+}
+
+static int conn(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
 }
 
 /* Read one line (at most cap-1 bytes), waiting up to ms for each byte: its length, 0 at EOF, -1 on timeout. */
@@ -217,6 +230,102 @@ START_TEST(peer_check_other_users)
 }
 END_TEST
 
+/* A control socket on no VM: "help" is the one request that needs none. */
+static const struct snap_source no_vm;
+
+/*
+ * One client that sends nothing, and one that never ends its line, hold up
+ * no other; at most CONTROL_MAX_CLIENTS are served; and both are closed at
+ * their deadline while a client that has had an answer stays.
+ */
+START_TEST(control_clients_side_by_side)
+{
+	static struct control ctl;
+	int idle, part, b, more[CONTROL_MAX_CLIENTS], extra, i;
+	char buf[512], big[5000];
+	struct stat st;
+	mode_t old = umask(0);
+
+	i = control_start(&ctl, path, NULL, &no_vm, &err);
+	umask(old);
+	ck_assert_msg(i == 0, "%s", err.msg);
+	ck_assert_int_eq(lstat(path, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0600);
+
+	idle = conn();
+	part = conn();
+	ck_assert_int_eq(write(part, "he", 2), 2);
+	b = conn();
+	ck_assert_int_eq(write(b, "help\n", 5), 5);
+	ck_assert_int_gt(read_line(b, buf, sizeof(buf), 10000), 0);
+	ck_assert_msg(strncmp(buf, "{\"ok\":true,\"requests\"", 21) == 0, "%s", buf);
+	/* Requests sent together are answered in order. */
+	ck_assert_int_eq(write(b, "help\nhelp\n", 10), 10);
+	ck_assert_int_gt(read_line(b, buf, sizeof(buf), 10000), 0);
+	ck_assert_int_gt(read_line(b, buf, sizeof(buf), 10000), 0);
+	ck_assert_msg(strncmp(buf, "{\"ok\":true,\"requests\"", 21) == 0, "%s", buf);
+	/* A line too long is answered with an error, and the client served on. */
+	memset(big, 'x', sizeof(big));
+	big[sizeof(big) - 1] = '\n';
+	ck_assert_int_eq(write(b, big, sizeof(big)), (ssize_t)sizeof(big));
+	ck_assert_int_gt(read_line(b, buf, sizeof(buf), 10000), 0);
+	ck_assert_msg(strstr(buf, "longer than 4096"), "%s", buf);
+
+	/* 3 clients so far: fill the rest of the slots; one more is turned away. */
+	for (i = 0; i < CONTROL_MAX_CLIENTS - 3; i++)
+		more[i] = conn();
+	extra = conn();
+	ck_assert_int_gt(read_line(extra, buf, sizeof(buf), 10000), 0);
+	ck_assert_msg(strstr(buf, "too many control clients"), "%s", buf);
+	ck_assert_int_eq(read_line(extra, buf, sizeof(buf), 10000), 0);
+	close(extra);
+
+	/* The silent and the unfinished are closed at their deadline; b, answered, stays. */
+	ck_assert_int_eq(read_line(idle, buf, sizeof(buf), 20000), 0);
+	ck_assert_int_eq(read_line(part, buf, sizeof(buf), 20000), 0);
+	ck_assert_int_eq(write(b, "help\n", 5), 5);
+	ck_assert_int_gt(read_line(b, buf, sizeof(buf), 10000), 0);
+	for (i = 0; i < CONTROL_MAX_CLIENTS - 3; i++)
+		close(more[i]);
+	close(idle);
+	close(part);
+	close(b);
+	control_stop(&ctl);
+	ck_assert_int_eq(access(path, F_OK), -1);	/* removed */
+}
+END_TEST
+
+/* Another user is closed unanswered even with the mode opened; --control-group admits members. */
+START_TEST(control_other_users)
+{
+	static struct control ctl;
+	struct stat st;
+	char group[16];
+
+	if (geteuid() != 0)
+		return;
+	ck_assert_msg(control_start(&ctl, path, NULL, &no_vm, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(chmod(path, 0777), 0);
+	ck_assert_int_eq(peer_wait(peer_start(NOBODY, NOBODY, GROUP, "help\n")), 1);
+	ck_assert_int_eq(peer_wait(peer_start(0, NOBODY, 0, "help\n")), 0);
+	control_stop(&ctl);
+
+	snprintf(group, sizeof(group), "%d", GROUP);
+	ck_assert_msg(control_start(&ctl, path, group, &no_vm, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(lstat(path, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0660);
+	ck_assert_uint_eq(st.st_gid, GROUP);
+	ck_assert_int_eq(peer_wait(peer_start(NOBODY, NOBODY, GROUP, "help\n")), 0);
+	ck_assert_int_eq(peer_wait(peer_start(NOBODY, GROUP, 0, "help\n")), 0);
+	ck_assert_int_eq(chmod(path, 0777), 0);
+	ck_assert_int_eq(peer_wait(peer_start(NOBODY, NOBODY, 0, "help\n")), 1);
+	control_stop(&ctl);
+
+	ck_assert_int_eq(control_start(&ctl, path, "no-such-group-kiln", &no_vm, &err), -ENOENT);
+	ck_assert_ptr_nonnull(strstr(err.msg, "--control-group no-such-group-kiln: no such group"));
+}
+END_TEST
+
 Suite *suite_usock(void)
 {
 	Suite *s = suite_create("usock");
@@ -228,6 +337,8 @@ Suite *suite_usock(void)
 	tcase_add_test(tc, group_lookup);
 	tcase_add_test(tc, listen_modes);
 	tcase_add_test(tc, peer_check_other_users);
+	tcase_add_test(tc, control_clients_side_by_side);
+	tcase_add_test(tc, control_other_users);
 	suite_add_tcase(s, tc);
 	return s;
 }
