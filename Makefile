@@ -19,6 +19,9 @@ LDLIBS  := -luring -pthread
 VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
              vmm/ioloop.c vmm/vmstate.c vmm/control.c $(sort $(wildcard devices/*.c)) $(sort $(wildcard snapshot/*.c))
 VMM_HDRS  := vmm/vmm.h vmm/ioloop.h vmm/control.h snapshot/snapshot.h devices/devices.h devices/virtio.h snapshot/snapfile.h guest/abi.h guest/base64.h
+# Owner-only unix sockets with peer checks (--control, --vsock uds=).
+VMM_SRCS  += vmm/usock.c
+VMM_HDRS  += vmm/usock.h
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 PROTO_SRCS := guest/agent_proto.c
 PROTO_HDRS := guest/agent_proto.h

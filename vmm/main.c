@@ -84,6 +84,7 @@ struct opts {
 	int verbose;
 	double timeout_s;
 	const char *control;	/* --control PATH */
+	const char *control_group;	/* --control-group NAME: shares the control socket */
 	const char *template_dir;	/* --template DIR: boot, wait for the agent, snapshot, stop */
 	const char *restore;	/* --restore DIR or STATE */
 	const char *memory;	/* --memory FILE (restore) */
@@ -124,7 +125,7 @@ static void usage(FILE *f)
 "                    virtio-net on tap NAME (the guest's eth0; MAC default\n"
 "                    06:00:ac:10:00:02); address it with\n"
 "                    --cmdline kiln.net=ADDR/PREFIX[,GATEWAY]\n"
-"  --vsock cid=N,uds=PATH[,connect-timeout=MS]\n"
+"  --vsock cid=N,uds=PATH[,connect-timeout=MS][,group=NAME]\n"
 "                    virtio-vsock as guest CID N (3 and up); host programs\n"
 "                    connect to unix socket PATH and send \"CONNECT <port>\\n\",\n"
 "                    and are closed if the guest has not answered within MS\n"
@@ -132,6 +133,10 @@ static void usage(FILE *f)
 "                    PATH_P\n"
 "  --control PATH    serve pause, resume, snapshot DIR, shutdown and stats on\n"
 "                    unix socket PATH (docs/snapshot.md)\n"
+"  --control-group NAME\n"
+"                    the control socket is mode 0600, for kiln-vmm's user and\n"
+"                    root only; this makes it 0660 for group NAME's members\n"
+"                    too (--vsock's group=NAME does the same for its socket)\n"
 "  --template DIR    boot with the agent, snapshot the VM into DIR the moment\n"
 "                    the agent is ready, and stop (needs --vsock)\n"
 "  --restore DIR|STATE\n"
@@ -237,7 +242,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { OPT_KERNEL = 256, OPT_INITRD, OPT_MEM, OPT_VCPUS, OPT_CMDLINE, OPT_CONSOLE,
 	       OPT_TIMEOUT, OPT_HUGEPAGES, OPT_KVM, OPT_VERSION, OPT_DEVICE, OPT_CONTROL,
-	       OPT_TEMPLATE, OPT_RESTORE, OPT_MEMORY, OPT_CLONE_DIR };
+	       OPT_TEMPLATE, OPT_RESTORE, OPT_MEMORY, OPT_CLONE_DIR,
+	       OPT_CONTROL_GROUP };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, OPT_KERNEL },
 		{ "initrd", required_argument, NULL, OPT_INITRD },
@@ -252,6 +258,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		{ "vsock", required_argument, NULL, OPT_DEVICE },
 		{ "net", required_argument, NULL, OPT_DEVICE },
 		{ "control", required_argument, NULL, OPT_CONTROL },
+		{ "control-group", required_argument, NULL, OPT_CONTROL_GROUP },
 		{ "template", required_argument, NULL, OPT_TEMPLATE },
 		{ "restore", required_argument, NULL, OPT_RESTORE },
 		{ "memory", required_argument, NULL, OPT_MEMORY },
@@ -278,6 +285,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		case OPT_MEM: o->mem_mib = parse_mem(optarg); o->mem_set = 1; break;
 		case OPT_VCPUS: o->vcpus = parse_int("--vcpus", optarg, 1, KILN_MAX_VCPUS); o->vcpus_set = 1; break;
 		case OPT_CONTROL: o->control = optarg; break;
+		case OPT_CONTROL_GROUP: o->control_group = optarg; break;
 		case OPT_TEMPLATE: o->template_dir = optarg; break;
 		case OPT_RESTORE: o->restore = optarg; break;
 		case OPT_MEMORY: o->memory = optarg; break;
@@ -324,6 +332,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		die("--template runs the agent, not a command: drop the command after --");
 	if (o->restore && (o->ncmd || *o->cmdline || o->hugepages))
 		die("--restore resumes a running guest: a command, --cmdline and --hugepages do not apply");
+	if (o->control_group && !o->control)
+		die("--control-group goes with --control (the socket it lets the group use)");
 	if ((o->memory || o->clone_dir) && !o->restore)
 		die("--memory and --clone-dir go with --restore");
 	if (!o->kernel)
@@ -1008,7 +1018,7 @@ int main(int argc, char **argv)
 	if (o.restore)
 		for (i = 0; i < ndevs; i++)
 			ioloop_call_sync(&loop, resume_device, &devs[i]);
-	if (o.control && control_start(&ctl, o.control, &src, &err) < 0)
+	if (o.control && control_start(&ctl, o.control, o.control_group, &src, &err) < 0)
 		die("%s", err.msg);
 	if (!o.ncmd && !o.restore && !o.template_dir)
 		console_setup();
