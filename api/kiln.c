@@ -111,6 +111,10 @@ static const char usage_text[] =
 "common options:\n"
 "  --uds PATH             the VMM's vsock socket (or $KILN_UDS)\n"
 "  --connect-timeout S    wait this long for the VM and its agent (default 60)\n"
+"  --agent-timeout S      how long the agent may stay silent (default 30, 0: no\n"
+"                         limit): a request unanswered, or during a long exec,\n"
+"                         attach, cp or wait, no answer to kiln's keep-alive pings;\n"
+"                         kiln then fails (exec: 125) instead of waiting forever\n"
 "  -h, --help             this text\n";
 
 static const char *prog = "kiln";
@@ -132,6 +136,7 @@ static void die_usage(const char *fmt, ...)
 struct common {
 	const char *uds;
 	int connect_ms;
+	int agent_ms;
 	int json;
 	int recursive;
 	int interactive;
@@ -155,7 +160,7 @@ struct common {
 	int follow;
 };
 
-enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_JSON, OPT_MODE,
+enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_AGENT_TIMEOUT, OPT_JSON, OPT_MODE,
        OPT_ID, OPT_HOSTNAME, OPT_CLEAR_ENV, OPT_CLOCK, OPT_REBOOT, OPT_RAW, OPT_ADDR,
        OPT_DETACH, OPT_ROWS, OPT_COLS, OPT_RING, OPT_OVERFLOW, OPT_FROM, OPT_FROM_ERR, OPT_MAX_DEPTH,
        OPT_FOLLOW };
@@ -166,6 +171,7 @@ static const struct option long_opts[] = {
 	{ "cwd", required_argument, NULL, OPT_CWD },
 	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 	{ "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
+	{ "agent-timeout", required_argument, NULL, OPT_AGENT_TIMEOUT },
 	{ "json", no_argument, NULL, OPT_JSON },
 	{ "mode", required_argument, NULL, OPT_MODE },
 	{ "interactive", no_argument, NULL, 'i' },
@@ -229,6 +235,7 @@ static int parse_opts(int argc, char **argv, struct common *o)
 	memset(o, 0, sizeof(*o));
 	o->uds = getenv("KILN_UDS");
 	o->connect_ms = 60000;
+	o->agent_ms = KAC_TIMEOUT_DEFAULT_MS;
 	o->mode = 0755;
 	o->max_depth = KAC_WALK_ALL;
 	optind = 1;
@@ -256,8 +263,12 @@ static int parse_opts(int argc, char **argv, struct common *o)
 		case OPT_REBOOT: o->reboot = 1; break;
 		case OPT_RAW: o->raw = 1; break;
 		case OPT_ADDR: o->addr = optarg; break;
+		/* Seconds held as int milliseconds: at most 2,000,000 (23 days). */
 		case OPT_CONNECT_TIMEOUT:
-			o->connect_ms = parse_secs(optarg, "--connect-timeout") * 1000;
+			o->connect_ms = (int)parse_num(optarg, "--connect-timeout", 0, 2000000, 0) * 1000;
+			break;
+		case OPT_AGENT_TIMEOUT:
+			o->agent_ms = (int)parse_num(optarg, "--agent-timeout", 0, 2000000, 0) * 1000;
 			break;
 		case OPT_JSON: o->json = 1; break;
 		case OPT_MODE:
@@ -309,7 +320,15 @@ static struct kac *connect_or_die(const struct common *o)
 		fprintf(stderr, "%s: %s\n", prog, err.msg);
 		exit(EXIT_KILN);
 	}
+	kac_set_timeout(c, o->agent_ms);
 	return c;
+}
+
+/* What to add to an error: how to wait longer for a silent agent. */
+static const char *hint(const struct kac_err *err)
+{
+	return err->code == KAC_ERR_TIMEOUT ? " (is the guest overloaded or its agent stuck? "
+	       "--agent-timeout S waits longer, 0 without limit)" : "";
 }
 
 /* ---- exec ------------------------------------------------------------------- */
@@ -430,8 +449,8 @@ static int exec_failed(const char *cmd, int ret, const struct kac_err *err)
 		fprintf(stderr, "%s: %s: not executable in the guest (%s)\n", prog, cmd, err->msg);
 		return EXIT_NOEXEC;
 	}
-	fprintf(stderr, "%s: %s: %s\n", prog, cmd, err->msg);
-	return ret == -ETIMEDOUT ? EXIT_TIMEOUT : EXIT_KILN;
+	fprintf(stderr, "%s: %s: %s%s\n", prog, cmd, err->msg, hint(err));
+	return ret == -ETIMEDOUT && err->code != KAC_ERR_TIMEOUT ? EXIT_TIMEOUT : EXIT_KILN;
 }
 
 static int run_exec(struct common *o, const char *const *argv, const char *const *env)
@@ -562,7 +581,7 @@ static int cmd_attach(int argc, char **argv)
 	kac_close(c);
 	if (ret) {
 		fprintf(stderr, "%s: attach %s: %s%s\n", prog, argv[i], err.msg,
-			err.code == KP_ERR_DETACHED ? " (another kiln attach took over)" : "");
+			err.code == KP_ERR_DETACHED ? " (another kiln attach took over)" : hint(&err));
 		return EXIT_KILN;
 	}
 	return exit_status(&ex);
@@ -584,8 +603,8 @@ static int cmd_wait(int argc, char **argv)
 	ret = kac_wait(c, h, o.timeout_s * 1000, &ex, &err);
 	kac_close(c);
 	if (ret) {
-		fprintf(stderr, "%s: wait %s: %s\n", prog, argv[i], err.msg);
-		return ret == -ETIMEDOUT ? EXIT_TIMEOUT : EXIT_KILN;
+		fprintf(stderr, "%s: wait %s: %s%s\n", prog, argv[i], err.msg, hint(&err));
+		return ret == -ETIMEDOUT && err.code != KAC_ERR_TIMEOUT ? EXIT_TIMEOUT : EXIT_KILN;
 	}
 	return exit_status(&ex);
 }
@@ -687,7 +706,7 @@ static const char *guest_path(const char *s)
 
 static int op_fail(const char *what, const struct kac_err *err)
 {
-	fprintf(stderr, "%s: %s: %s\n", prog, what, err->msg);
+	fprintf(stderr, "%s: %s: %s%s\n", prog, what, err->msg, hint(err));
 	return EXIT_FAIL;
 }
 
@@ -1039,7 +1058,7 @@ static int cmd_identity(int argc, char **argv)
 	kac_close(c);
 	free(o.env);
 	if (ret)
-		fprintf(stderr, "%s: %s\n", prog, err.msg);
+		fprintf(stderr, "%s: %s%s\n", prog, err.msg, hint(&err));
 	return ret ? EXIT_FAIL : 0;
 }
 
@@ -1315,8 +1334,10 @@ static int cmd_forward(int argc, char **argv)
 		}
 		close(lfd);
 		ret = kac_connect(&c, o.uds, o.connect_ms, &err);
-		if (!ret)
+		if (!ret) {
+			kac_set_timeout(c, o.agent_ms);
 			ret = kac_port_raw(c, gport, o.addr, &fd, &err);
+		}
 		if (ret) {
 			fprintf(stderr, "%s: forward: guest port %u: %s\n", prog, gport, err.msg);
 			_exit(EXIT_FAIL);
