@@ -75,7 +75,9 @@ static const char usage_text[] =
 "  wait [--timeout S] HANDLE   wait for a process; exit with its status\n"
 "  release HANDLE forget an exited process and its output\n"
 "  cp SRC DST     copy a file; one side is guest:/path, '-' is stdin/stdout.\n"
-"                 Uploads keep the file's permission bits. With guest: on both\n"
+"                 Uploads keep the file's permission bits; downloads to a new\n"
+"                 file too, less setuid/setgid/sticky and our umask (as scp)\n"
+"                 and never through a dangling symlink. With guest: on both\n"
 "                 sides the file is copied inside the guest (as kiln copy)\n"
 "  ls [--json] DIR           list a guest directory\n"
 "  stat [--json] PATH        stat a guest path\n"
@@ -743,6 +745,31 @@ static int cmd_copy(int argc, char **argv)
 			  guest_path(argv[i + 1]) ? guest_path(argv[i + 1]) : argv[i + 1]);
 }
 
+/*
+ * Open the host file a download writes, as cp and scp do without -p: an
+ * existing file is truncated and keeps its mode (a symlink to one is
+ * followed); a new one gets the guest file's permission bits without
+ * setuid, setgid and sticky (the guest is not trusted), less our umask.
+ * O_EXCL keeps a dangling symlink, which could point anywhere, from being
+ * written through (GNU cp refuses it too). Returns the fd, or -1 (told).
+ */
+static int open_download(const char *dst, uint32_t guest_mode)
+{
+	int fd = open(dst, O_WRONLY | O_TRUNC | O_CLOEXEC);
+
+	if (fd < 0 && errno == ENOENT) {
+		fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, guest_mode & 0777);
+		if (fd < 0 && errno == EEXIST) {
+			fprintf(stderr, "%s: %s: not writing through a dangling symlink (remove it, or name "
+				"the file it points to)\n", prog, dst);
+			return -1;
+		}
+	}
+	if (fd < 0)
+		fprintf(stderr, "%s: %s: %s\n", prog, dst, strerror(errno));
+	return fd;
+}
+
 static int cmd_cp(int argc, char **argv)
 {
 	struct common o;
@@ -819,11 +846,9 @@ static int cmd_cp(int argc, char **argv)
 				die_usage("%s: path too long", dst);
 			dst = path;
 		}
-		fd = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, gst.mode & 07777);
-		if (fd < 0) {
-			fprintf(stderr, "%s: %s: %s\n", prog, dst, strerror(errno));
+		fd = open_download(dst, gst.mode);
+		if (fd < 0)
 			return EXIT_FAIL;
-		}
 	}
 	signal(SIGPIPE, SIG_IGN);
 	n = kac_file_read(c, gsrc, fd, &err);

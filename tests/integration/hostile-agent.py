@@ -17,6 +17,7 @@ import importlib.util
 import os
 import re
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -33,6 +34,7 @@ frame, rec_enc, rec_dec = apc.frame, apc.rec_enc, apc.rec_dec
 
 HARD_LIMIT = 60          # seconds; kiln is killed (and the test fails) past this
 AGENT_TIMEOUT = "2"      # kiln --agent-timeout for the tests that need one
+S_IFREG = 0o100000
 
 
 class Conn(apc.Agent):
@@ -167,6 +169,19 @@ def oversize(c, done):
         return
 
 
+def setuid_file(c, done):
+    """A guest file of mode 06755 (setuid, setgid), five bytes."""
+    for fid, op, r in c.requests():
+        if op == apc.OP["STAT"]:
+            c.response(fid, [(K["TYPE"], U64, S_IFREG), (K["MODE"], U64, 0o6755), (K["SIZE"], U64, 5)])
+        elif op == apc.OP["FILE_READ"]:
+            c.response(fid, [(K["SIZE"], U64, 5)], end=False)
+            c.send(frame(apc.DATA, fid, struct.pack("<Q", 0) + b"hello", 1))
+            c.send(frame(apc.EOF, fid, struct.pack("<Q", 5), 1, apc.F_END))
+        else:
+            c.send(frame(apc.ERROR, fid, rec_enc([(K["CODE"], U64, apc.ERR_UNKNOWN_OP)])))
+
+
 # ---- the tests ------------------------------------------------------------------
 
 results = [0, 0]
@@ -212,6 +227,14 @@ def run(name, behave, args, want_status, pattern, stdin=subprocess.DEVNULL, umas
                (st, want_status, err, pattern, extra))
 
 
+def mode_of(d, name, want):
+    try:
+        m = stat.S_IMODE(os.lstat(os.path.join(d, name)).st_mode)
+    except OSError as e:
+        return False, str(e)
+    return m == want, "mode %04o (wanted %04o)" % (m, want)
+
+
 kiln = os.path.abspath(sys.argv[1]) if len(sys.argv) == 2 else sys.exit("usage: hostile-agent.py KILN")
 T = AGENT_TIMEOUT
 
@@ -235,5 +258,26 @@ run("an agent that stops reading does not block kiln's sends forever (125)", no_
     stdin=open("/dev/zero", "rb"))
 run("a frame header announcing 2 GiB is refused before any allocation (125)", oversize,
     ["exec", "--uds", "{uds}", "--", "true"], 125, r"malformed frame: .*(large|size)")
+run("cp from the guest strips setuid/setgid and applies the umask (077: 0700)", setuid_file,
+    ["cp", "--uds", "{uds}", "guest:/bin/su", "{dir}/su"], 0, r"^$", umask=0o077,
+    after=lambda d: mode_of(d, "su", 0o700))
+run("cp from the guest with umask 022 gives 0755, never 06755", setuid_file,
+    ["cp", "--uds", "{uds}", "guest:/bin/su", "{dir}/su"], 0, r"^$", umask=0o022,
+    after=lambda d: mode_of(d, "su", 0o755))
+
+
+def dangling(d):
+    os.symlink(os.path.join(d, "victim"), os.path.join(d, "link"))
+
+
+def victim_absent(d):
+    made = os.path.lexists(os.path.join(d, "victim"))
+    return not made, "the symlink's target was created" if made else ""
+
+
+run("cp from the guest does not write through a dangling symlink (as GNU cp)", setuid_file,
+    ["cp", "--uds", "{uds}", "guest:/bin/su", "{dir}/link"], 1, r"dangling symlink",
+    before=dangling, after=victim_absent)
+
 print("%d passed, %d failed" % (results[0], results[1]))
 sys.exit(1 if results[1] else 0)
