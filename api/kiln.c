@@ -628,6 +628,31 @@ static int cmd_release(int argc, char **argv)
 }
 
 
+/*
+ * Print a name the guest chose (a file name, an argument, an env entry). On
+ * a terminal its control bytes become '?', as ls shows them: a crafted name
+ * must not move the cursor, retitle the window or type into the shell. Into
+ * a pipe or file the bytes pass as they are. sep: what newlines and tabs
+ * become (0: themselves).
+ */
+static void put_guest(const char *s, char sep)
+{
+	static int tty = -1;
+
+	if (tty < 0)
+		tty = isatty(1);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if ((ch == '\n' || ch == '\t') && sep)
+			putchar(sep);
+		else if (tty && (ch < 0x20 || ch == 0x7f))
+			putchar('?');
+		else
+			putchar(ch);
+	}
+}
+
 struct ps_out {
 	int json;
 	int n;
@@ -665,13 +690,10 @@ static int ps_entry(void *arg, const struct kac_proc *p)
 		printf("HANDLE\tPID\tSTATUS\tCOMMAND\n");
 	printf("%llu\t%llu\t%s\t", (unsigned long long)p->exit.handle, (unsigned long long)p->exit.pid, status);
 	for (k = 0; k < p->argc; k++) {
-		const char *a = p->argv[k];
-
 		/* One line per process: a newline in an argument is shown as a space. */
 		if (k)
 			putchar(' ');
-		for (; *a; a++)
-			putchar(*a == '\n' || *a == '\t' ? ' ' : *a);
+		put_guest(p->argv[k], ' ');
 	}
 	putchar('\n');
 	return 0;
@@ -907,7 +929,8 @@ static int ls_entry(void *arg, const char *name, uint32_t type)
 		json_str(name);
 		printf(",\"type\":\"%s\"}", type_name(type));
 	} else {
-		printf("%s%s\n", name, (type & S_IFMT) == S_IFDIR ? "/" : "");
+		put_guest(name, 0);
+		printf("%s\n", (type & S_IFMT) == S_IFDIR ? "/" : "");
 	}
 	s->n++;
 	return 0;
@@ -956,7 +979,8 @@ static int walk_entry(void *arg, const char *path, const char *name, uint32_t ty
 		json_str(name);
 		printf(",\"type\":\"%s\"}", type_name(type));
 	} else {
-		printf("%s%s\n", path, slash ? "/" : "");
+		put_guest(path, 0);
+		printf("%s\n", slash ? "/" : "");
 	}
 	s->n++;
 	return ferror(stdout) ? -EIO : 0;
@@ -1123,7 +1147,8 @@ static int env_entry(void *arg, const char *e)
 	char key[4096];
 
 	if (!s->json) {
-		puts(e);
+		put_guest(e, 0);
+		putchar('\n');
 		return 0;
 	}
 	snprintf(key, sizeof(key), "%.*s", (int)(kl < sizeof(key) ? kl : sizeof(key) - 1), e);

@@ -15,7 +15,9 @@ Prints "ok N - name" / "not ok N - name" lines; exits 1 if any failed.
 """
 import importlib.util
 import os
+import pty
 import re
+import select
 import socket
 import stat
 import struct
@@ -182,6 +184,15 @@ def setuid_file(c, done):
             c.send(frame(apc.ERROR, fid, rec_enc([(K["CODE"], U64, apc.ERR_UNKNOWN_OP)])))
 
 
+def escape_names(c, done):
+    """A directory whose entry names carry terminal escape sequences."""
+    for fid, op, r in c.requests():
+        if op == apc.OP["READDIR"]:
+            names = [b"\x1b]0;pwned\x07title", b"\x1b[2Jclear"]
+            c.response(fid, [(K["ENTRY"], apc.REC, [(K["NAME"], STR, n), (K["TYPE"], U64, S_IFREG)])
+                             for n in names])
+
+
 # ---- the tests ------------------------------------------------------------------
 
 results = [0, 0]
@@ -199,7 +210,7 @@ def report(name, good, detail):
 
 
 def run(name, behave, args, want_status, pattern, stdin=subprocess.DEVNULL, umask=None, before=None,
-        after=None):
+        after=None, tty_out=None):
     """Run KILN args against an agent that behaves so; args' {uds} and {dir} are filled in."""
     with tempfile.TemporaryDirectory(prefix="kiln-hostile-") as d:
         uds = os.path.join(d, "agent.sock")
@@ -212,14 +223,30 @@ def run(name, behave, args, want_status, pattern, stdin=subprocess.DEVNULL, umas
             time.sleep(0.01)
         argv = [kiln] + [a.format(uds=uds, dir=d) for a in args]
         pre = (lambda: os.umask(umask)) if umask is not None else None
+        out = subprocess.DEVNULL
+        if tty_out is not None:
+            master, out = pty.openpty()
         try:
-            p = subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            p = subprocess.run(argv, stdin=stdin, stdout=out, stderr=subprocess.PIPE,
                                timeout=HARD_LIMIT, preexec_fn=pre)
             st, err = p.returncode, p.stderr.decode(errors="replace")
         except subprocess.TimeoutExpired as e:
             st, err = "hung", (e.stderr or b"").decode(errors="replace") + \
                 "\n(still running after %d s: killed)" % HARD_LIMIT
         extra_ok, extra = (after(d) if after else (True, ""))
+        if tty_out is not None:
+            os.close(out)
+            got = b""
+            while select.select([master], [], [], 0)[0]:
+                try:
+                    b = os.read(master, 4096)
+                except OSError:
+                    break
+                if not b:
+                    break
+                got += b
+            os.close(master)
+            extra_ok, extra = tty_out(got), "terminal got %r" % got
         done.set()
         th.join()
         good = st == want_status and re.search(pattern, err) is not None and extra_ok
@@ -278,6 +305,10 @@ def victim_absent(d):
 run("cp from the guest does not write through a dangling symlink (as GNU cp)", setuid_file,
     ["cp", "--uds", "{uds}", "guest:/bin/su", "{dir}/link"], 1, r"dangling symlink",
     before=dangling, after=victim_absent)
+
+run("guest file names reach a terminal with their control bytes as '?' (no escape sequences)", escape_names,
+    ["ls", "--uds", "{uds}", "/tmp"], 0, r"^$",
+    tty_out=lambda got: b"\x1b" not in got and b"?]0;pwned?title" in got and b"?[2Jclear" in got)
 
 print("%d passed, %d failed" % (results[0], results[1]))
 sys.exit(1 if results[1] else 0)
