@@ -275,7 +275,7 @@ run("an exec stream whose agent falls silent (no PONG) ends with a clear error (
     ["exec", "--uds", "{uds}", "--agent-timeout", T, "--", "sleep", "1000"], 125,
     r"the agent did not answer within 2 s")
 run("a process that runs longer than --agent-timeout while the agent is alive is not cut off", exec_long,
-    ["exec", "--uds", "{uds}", "--agent-timeout", T, "--", "sleep", "100"], 0, r"^$")
+    ["exec", "--uds", "{uds}", "--agent-timeout", "4", "--", "sleep", "100"], 0, r"^$")
 run("stdout beyond the granted credit is a protocol violation (125)", flood,
     ["exec", "--uds", "{uds}", "--", "yes"], 125,
     r"sent more than the credit .*protocol violation")
