@@ -28,7 +28,7 @@ PROTO_HDRS := guest/agent_proto.h
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration \
+.PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration test-client \
         bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
@@ -57,6 +57,11 @@ $(O)/kiln: $(KILN_SRCS) api/agent_client.h $(PROTO_HDRS) | $(O)
 $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/main.c $(LDLIBS)
+
+# The CLI with ASan and UBSan, for the hostile-agent tests (test-client).
+$(O)/asan/kiln: $(KILN_SRCS) api/agent_client.h $(PROTO_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ $(KILN_SRCS)
 
 # The C client's file-handle calls against a live agent (tests/integration/agent.sh).
 $(O)/asan/kac-fh-test: tests/integration/kac_fh.c api/agent_client.c api/agent_client.h $(PROTO_SRCS) $(PROTO_HDRS)
@@ -110,9 +115,13 @@ test-unit: $(O)/unit-tests
 test-integration: all asan
 	tests/nested/kvm-host.sh -- tests/integration/run.sh $(O)/kiln-vmm $(O)/asan/kiln-vmm
 
+# The host client against fake hostile agents on unix sockets: no guest needed.
+test-client: $(O)/asan/kiln
+	python3 tests/integration/hostile-agent.py $(O)/asan/kiln
+
 test: deps-test
 	@$(MAKE) --no-print-directory all asan unit fuzz-build
-	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-integration
+	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-integration
 
 # ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
 
