@@ -1015,6 +1015,7 @@ int main(int argc, char **argv)
 				uart.ier & 1 ? "on" : "off");
 	}
 	rc = exit_status(&vm, &o, signo);
+	log_flush();
 	for (i = 0; i < ndevs; i++)
 		virtio_mmio_destroy(&devs[i]);
 	ioloop_destroy(&loop);

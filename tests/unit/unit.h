@@ -20,6 +20,7 @@ Suite *suite_net(void);
 Suite *suite_proto(void);
 Suite *suite_devsnap(void);
 Suite *suite_snapshot(void);
+Suite *suite_log(void);
 
 struct virtio_dev;
 
