@@ -104,9 +104,11 @@ static void blk_io_done(struct io_op *op, int res, unsigned flags)
 	b->inflight--;
 	if (r->gen == b->dev->vq[0].gen && virtio_running(b->dev)) {
 		if (res < 0 || (uint64_t)res != r->expect) {
-			fprintf(stderr, "kiln-vmm: %s: %s failed: %s\n", b->path,
-				r->type == VIRTIO_BLK_T_IN ? "read" : r->type == VIRTIO_BLK_T_OUT ? "write" : "flush",
-				res < 0 ? strerror(-res) : "short transfer");
+			static struct log_limit lim = LOG_LIMIT("virtio-blk");
+
+			log_guest(&lim, "%s: %s failed: %s", b->path,
+				  r->type == VIRTIO_BLK_T_IN ? "read" : r->type == VIRTIO_BLK_T_OUT ? "write" : "flush",
+				  res < 0 ? strerror(-res) : "short transfer");
 			st = VIRTIO_BLK_S_IOERR;
 		} else if (r->type == VIRTIO_BLK_T_IN) {
 			len = (uint32_t)res;

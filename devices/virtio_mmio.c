@@ -150,11 +150,12 @@ void virtio_signal_used(struct virtio_dev *d, unsigned q)
 
 void virtio_needs_reset(struct virtio_dev *d, const char *why)
 {
-	/* One line per reset cycle: a looping guest must not flood the log. */
+	static struct log_limit lim = LOG_LIMIT("virtio devices broken by their drivers");
+
+	/* One line per reset cycle at most, and a looping guest is rate-limited. */
 	if (d->status & VIRTIO_STATUS_NEEDS_RESET)
 		return;
-	fprintf(stderr, "kiln-vmm: %s: the guest driver broke the device: %s (device needs reset)\n",
-		d->ops->name, why);
+	log_guest(&lim, "%s: the guest driver broke the device: %s (device needs reset)", d->ops->name, why);
 	d->status |= VIRTIO_STATUS_NEEDS_RESET;
 	if (d->status & VIRTIO_STATUS_DRIVER_OK)
 		raise_irq(d, VIRTIO_INT_CONFIG);
@@ -205,6 +206,7 @@ static void device_reset(struct virtio_dev *d)
 
 static void set_status(struct virtio_dev *d, uint32_t v)
 {
+	static struct log_limit lim = LOG_LIMIT("virtio features refused");
 	char why[160];
 	uint32_t old = d->status;
 
@@ -215,12 +217,11 @@ static void set_status(struct virtio_dev *d, uint32_t v)
 	if ((v & VIRTIO_STATUS_FEATURES_OK) && !(old & VIRTIO_STATUS_FEATURES_OK)) {
 		/* 3.1.1: the device refuses features it never offered. */
 		if (d->acked & ~d->offered) {
-			fprintf(stderr, "kiln-vmm: %s: driver acked features %#" PRIx64 " that were never offered; refusing FEATURES_OK\n",
-				d->ops->name, d->acked & ~d->offered);
+			log_guest(&lim, "%s: driver acked features %#" PRIx64 " that were never offered; refusing FEATURES_OK",
+				  d->ops->name, d->acked & ~d->offered);
 			v &= ~(uint32_t)VIRTIO_STATUS_FEATURES_OK;
 		} else if (!(d->acked & 1ULL << VIRTIO_F_VERSION_1)) {
-			fprintf(stderr, "kiln-vmm: %s: driver did not accept VIRTIO_F_VERSION_1 (a legacy driver?)\n",
-				d->ops->name);
+			log_guest(&lim, "%s: driver did not accept VIRTIO_F_VERSION_1 (a legacy driver?)", d->ops->name);
 			v &= ~(uint32_t)VIRTIO_STATUS_FEATURES_OK;
 		}
 	}

@@ -71,8 +71,6 @@ struct virtio_net_hdr_v1 {
 /* The largest frame either way: 64 KiB of GSO payload plus Ethernet and VLAN headers. */
 #define NET_FRAME_MAX	65550u
 #define NET_BOUNCE_LEN	(NET_HDR_LEN + NET_FRAME_MAX)
-/* Guest mistakes logged per device before going quiet (counters keep counting). */
-#define NET_LOG_MAX	10
 
 _Static_assert(sizeof(struct virtio_net_hdr_v1) == 12, "virtio_net_hdr_v1 is 12 bytes");
 
@@ -115,7 +113,6 @@ struct net {
 	struct net_tx *tx_inflight;	/* writes submitted, not yet completed */
 	struct virtq_chain chain;	/* scratch for virtq_pop (device lock held) */
 
-	unsigned logged;
 	uint64_t tx_frames, tx_bytes, tx_dropped, tx_errors;
 	uint64_t rx_frames, rx_bytes, rx_dropped, rx_errors;
 };
@@ -136,16 +133,14 @@ static void net_rx_pump(struct net *n);
 static void net_log(struct net *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void net_log(struct net *n, const char *fmt, ...)
 {
+	static struct log_limit lim = LOG_LIMIT("virtio-net");
 	char msg[256];
 	va_list ap;
 
-	if (n->logged >= NET_LOG_MAX)
-		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "kiln-vmm: virtio-net %s: %s%s\n", n->spec, msg,
-		++n->logged == NET_LOG_MAX ? " (further messages suppressed)" : "");
+	log_guest(&lim, "virtio-net %s: %s", n->spec, msg);
 }
 
 static int net_has(const struct net *n, unsigned bit)
@@ -522,8 +517,7 @@ static int net_activate(struct virtio_dev *d)
 	if (n->is_tap && ioctl(n->fd, TUNSETOFFLOAD, net_offloads(d->acked)) < 0) {
 		int e = errno;
 
-		fprintf(stderr, "kiln-vmm: virtio-net %s: TUNSETOFFLOAD %#x: %s\n", n->spec,
-			net_offloads(d->acked), strerror(e));
+		net_log(n, "TUNSETOFFLOAD %#x: %s", net_offloads(d->acked), strerror(e));
 		return -e;
 	}
 	return ioloop_call(d->loop, net_start, n);

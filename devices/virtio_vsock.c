@@ -68,7 +68,6 @@
 #define VSOCK_CONNECT_TIMEOUT_MAX_MS	3600000
 #define VSOCK_HOST_PORT_BASE	(1U << 30)	/* ports for host-initiated connections */
 #define VSOCK_LINE_MAX		64		/* "CONNECT <port>\n" */
-#define VSOCK_MAX_LOGS		16
 #define VSOCK_RESET_HOLD_S	2		/* longest a request waits on a TRANSPORT_RESET */
 
 /* The packet header (5.10.6), little-endian like the host. */
@@ -175,7 +174,6 @@ struct vsock {
 	struct io_op req_op;
 	uint64_t req_timer_at;	/* when req_tfd fires (ns, CLOCK_MONOTONIC); 0: disarmed */
 	int reap_queued;	/* vsock_reap_call() is queued on the I/O thread */
-	unsigned nlogs;
 	uint64_t rx_pkts, tx_pkts, resets_sent;
 };
 
@@ -184,23 +182,19 @@ static int vsock_reset_in_progress(struct vsock *vs);
 static void conn_in_done(struct io_op *op, int res, unsigned flags);
 static void conn_out_done(struct io_op *op, int res, unsigned flags);
 
-/* A guest's mistake: logged, but only the first few, so a guest cannot flood stderr. */
+/* A guest's mistake: logged, rate-limited so a guest cannot flood stderr. */
 static void vsock_log(struct vsock *vs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void vsock_log(struct vsock *vs, const char *fmt, ...)
 {
+	static struct log_limit lim = LOG_LIMIT("virtio-vsock");
+	char msg[256];
 	va_list ap;
 
-	if (vs->nlogs > VSOCK_MAX_LOGS)
-		return;
-	if (vs->nlogs++ == VSOCK_MAX_LOGS) {
-		fprintf(stderr, "kiln-vmm: virtio-vsock: further guest errors are not logged\n");
-		return;
-	}
-	fputs("kiln-vmm: virtio-vsock: ", stderr);
+	(void)vs;
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	log_guest(&lim, "virtio-vsock: %s", msg);
 }
 
 static int rx_ready(const struct vsock *vs)

@@ -114,7 +114,12 @@ static void usage(FILE *f)
 "  --cmdline STR     appended to the kernel command line\n"
 "                    (kiln's defaults: \"" DEFAULT_CMDLINE "\")\n"
 "                    (and " TCG_HOST_CMDLINE " where the host CPU is QEMU's TCG)\n"
-"  --console DEST    guest console: 'stdout' (default), 'none', or a file\n"
+"  --console DEST    guest console: 'stdout' (default), 'none', or FILE[,max=SIZE]\n"
+"                    (a file of at most SIZE bytes, K/M/G suffixes, default\n"
+"                    16M, 0 for no cap; when full it starts over from a line\n"
+"                    \"kiln-vmm: console truncated at N bytes\"); output the\n"
+"                    reader of stdout leaves 64 KiB behind is dropped and\n"
+"                    counted, never waited for\n"
 "  --timeout SEC     stop the guest after SEC seconds (exit %d)\n"
 "  --hugepages       back guest memory with 2 MiB huge pages\n"
 "  --kvm PATH        the KVM device (default /dev/kvm)\n"
@@ -416,14 +421,52 @@ static char *build_cmdline(const struct opts *o, const struct virtio_dev *devs, 
 	return out;
 }
 
-static int open_console(const char *dest)
+#define CONSOLE_MAX_DEFAULT	(16 * MIB)
+
+/* --console FILE[,max=SIZE]: the file's cap (SIZE bytes, with a K, M or G suffix). */
+static uint64_t parse_console_max(const char *dest, const char *size)
 {
+	char *end;
+	unsigned long long v;
+	int shift = 0;
+
+	errno = 0;
+	v = strtoull(size, &end, 10);
+	if (*end == 'K' || *end == 'k')
+		shift = 10;
+	else if (*end == 'M' || *end == 'm')
+		shift = 20;
+	else if (*end == 'G' || *end == 'g')
+		shift = 30;
+	if (shift)
+		end++;
+	if (errno || end == size || *size == '-' || *end || v > (1ULL << 50) >> shift)
+		die("--console %s: max=%s is not a size (e.g. max=16M, or max=0 for no cap)", dest, size);
+	v <<= shift;
+	if (v && v < SERIAL_CONSOLE_MIN)
+		die("--console %s: max=%s is below the smallest cap, %dK", dest, size, SERIAL_CONSOLE_MIN >> 10);
+	return v;
+}
+
+static int open_console(const char *dest, uint64_t *max)
+{
+	const char *opt = strstr(dest, ",max=");
+	char path[PATH_MAX];
 	int fd;
 
+	*max = 0;
 	if (strcmp(dest, "stdout") == 0)
 		return STDOUT_FILENO;
 	if (strcmp(dest, "none") == 0)
 		return -1;
+	*max = CONSOLE_MAX_DEFAULT;
+	if (opt) {
+		*max = parse_console_max(dest, opt + strlen(",max="));
+		if ((size_t)(opt - dest) >= sizeof(path))
+			die("--console %s: path too long", dest);
+		snprintf(path, sizeof(path), "%.*s", (int)(opt - dest), dest);
+		dest = path;
+	}
 	fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		die("--console %s: %s", dest, strerror(errno));
@@ -960,9 +1003,10 @@ int main(int argc, char **argv)
 	sigset_t block;
 	struct opts o;
 	int kvm_fd, con_fd, i, signo, rc;
+	uint64_t con_max;
 
 	parse_args(argc, argv, &o);
-	con_fd = open_console(o.console);
+	con_fd = open_console(o.console, &con_max);
 	src.t_start = t0;
 	src.vmm_version = "kiln-vmm " KILN_VERSION;
 	src.kernel_path = o.kernel;
@@ -974,7 +1018,9 @@ int main(int argc, char **argv)
 	if (ioloop_init(&loop, 256, &err) < 0)
 		die("%s", err.msg);
 	t_loop = now_ns() - t_loop;
-	serial_init(&uart, con_fd, serial_irq, &vm);
+	if ((rc = serial_init(&uart, con_fd, serial_irq, &vm)) < 0)
+		die("cannot start the console's writer thread: %s", strerror(-rc));
+	serial_set_console_max(&uart, con_max);
 	if (o.restore) {
 		vm.kvm_fd = kvm_fd;
 		restore_prepare(&o, &t_parse, &t_kvm);
@@ -1042,6 +1088,8 @@ int main(int argc, char **argv)
 	for (i = 0; i < vm.nvcpus; i++)
 		pthread_join(vm.vcpus[i].thread, NULL);
 	ioloop_stop(&loop);
+	/* The guest's last output, unless the reader of stdout stopped reading a second ago. */
+	serial_flush(&uart, 1000);
 
 	if (o.verbose) {
 		uint64_t exits = 0;
@@ -1063,8 +1111,19 @@ int main(int argc, char **argv)
 				(unsigned long long)uart.rx_bytes, (unsigned long long)uart.rbr_reads, uart.nheld,
 				con_in.len - con_in.off, (unsigned long long)uart.rx_requeued,
 				uart.ier & 1 ? "on" : "off");
+		if (uart.tx_truncations)
+			fprintf(stderr, "kiln-vmm: console file: started over %llu times at max=%llu bytes\n",
+				(unsigned long long)uart.tx_truncations, (unsigned long long)con_max);
 	}
+	pthread_mutex_lock(&uart.lock);
+	if (uart.tx_dropped || uart.tx_count)
+		fprintf(stderr, "kiln-vmm: %llu of %llu bytes of console output were dropped: %s\n",
+			(unsigned long long)(uart.tx_dropped + uart.tx_count), (unsigned long long)uart.tx_bytes,
+			con_fd == STDOUT_FILENO ? "kiln-vmm's stdout was not read fast enough (or at all)"
+			: "the console file could not be written");
+	pthread_mutex_unlock(&uart.lock);
 	rc = exit_status(&vm, &o, signo);
+	log_flush();
 	for (i = 0; i < ndevs; i++)
 		virtio_mmio_destroy(&devs[i]);
 	ioloop_destroy(&loop);

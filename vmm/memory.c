@@ -91,12 +91,13 @@ int guest_range_valid(const struct guest_mem *m, uint64_t gpa, uint64_t len)
 void *guest_ptr_checked(const struct guest_mem *m, uint64_t gpa, uint64_t len,
 			const char *file, int line)
 {
+	static struct log_limit lim = LOG_LIMIT("guest ranges outside guest RAM");
 	int64_t off = guest_range_offset(m, gpa, len);
 
 	if (off >= 0)
 		return m->host + off;
-	fprintf(stderr, "kiln-vmm: %s:%d: guest range [%#llx, +%#llx) is outside guest RAM\n",
-		file, line, (unsigned long long)gpa, (unsigned long long)len);
+	log_guest(&lim, "%s:%d: guest range [%#llx, +%#llx) is outside guest RAM",
+		  file, line, (unsigned long long)gpa, (unsigned long long)len);
 	return NULL;
 }
 

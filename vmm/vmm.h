@@ -384,4 +384,42 @@ uint64_t now_ns(void);
 /* Write all n bytes to fd, through short writes and EINTR. 0, or -errno. */
 int write_full(int fd, const void *p, size_t n);
 
+/* ---- Log lines a guest can cause (util.c) ------------------------------- */
+
+/*
+ * A token bucket for one kind of log line a guest can cause: LOG_LIMIT_BURST
+ * lines at once, then one per LOG_LIMIT_PERIOD_NS; what it holds back is
+ * counted and summarised ("kiln-vmm: WHO: N similar messages suppressed")
+ * before its next line, or by log_flush() at exit. One per call site:
+ *     static struct log_limit lim = LOG_LIMIT("virtio-blk");
+ */
+#define LOG_LIMIT_BURST		10
+#define LOG_LIMIT_PERIOD_NS	1000000000ULL
+#define LOG_LIMIT(who_)		{ .who = (who_) }
+
+struct log_limit {
+	const char *who;	/* names the summary line; a string that lives for ever */
+	int started, listed;
+	unsigned tokens;
+	uint64_t refill_ns;	/* when the bucket last gained a token */
+	uint64_t suppressed;	/* lines held back since the last one printed */
+	struct log_limit *next;	/* the limiters log_flush() walks */
+};
+
+/*
+ * May a line go out at now (ns)? Returns 1 and sets *held to the lines held
+ * back before it (then forgotten), or 0 and counts this one. Pure: no lock,
+ * no clock, for tests; log_guest() is what devices call.
+ */
+int log_limit_allow(struct log_limit *l, uint64_t now, uint64_t *held);
+
+/*
+ * Print "kiln-vmm: " fmt "\n" on stderr if l allows it now, after a summary
+ * of the lines l held back. Safe from any thread.
+ */
+void log_guest(struct log_limit *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Print the summary of every limiter still holding lines back (at exit). */
+void log_flush(void);
+
 #endif

@@ -18,6 +18,7 @@ int main(void)
 	srunner_add_suite(sr, suite_boot());
 	srunner_add_suite(sr, suite_exit());
 	srunner_add_suite(sr, suite_serial());
+	srunner_add_suite(sr, suite_log());
 	srunner_add_suite(sr, suite_cpuid());
 	srunner_add_suite(sr, suite_base64());
 	srunner_add_suite(sr, suite_virtq());
