@@ -467,7 +467,7 @@ static int open_console(const char *dest, uint64_t *max)
 		snprintf(path, sizeof(path), "%.*s", (int)(opt - dest), dest);
 		dest = path;
 	}
-	fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		die("--console %s: %s", dest, strerror(errno));
 	return fd;
