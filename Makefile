@@ -19,13 +19,16 @@ LDLIBS  := -luring -pthread
 VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
              vmm/ioloop.c vmm/vmstate.c vmm/control.c $(sort $(wildcard devices/*.c)) $(sort $(wildcard snapshot/*.c))
 VMM_HDRS  := vmm/vmm.h vmm/ioloop.h vmm/control.h snapshot/snapshot.h devices/devices.h devices/virtio.h snapshot/snapfile.h guest/abi.h guest/base64.h
+# Owner-only unix sockets with peer checks (--control, --vsock uds=).
+VMM_SRCS  += vmm/usock.c
+VMM_HDRS  += vmm/usock.h
 UNIT_SRCS := $(wildcard tests/unit/*.c)
 PROTO_SRCS := guest/agent_proto.c
 PROTO_HDRS := guest/agent_proto.h
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration \
+.PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration test-client \
         bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
@@ -54,6 +57,11 @@ $(O)/kiln: $(KILN_SRCS) api/agent_client.h $(PROTO_HDRS) | $(O)
 $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/main.c $(LDLIBS)
+
+# The CLI with ASan and UBSan, for the hostile-agent tests (test-client).
+$(O)/asan/kiln: $(KILN_SRCS) api/agent_client.h $(PROTO_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ $(KILN_SRCS)
 
 # The C client's file-handle calls against a live agent (tests/integration/agent.sh).
 $(O)/asan/kac-fh-test: tests/integration/kac_fh.c api/agent_client.c api/agent_client.h $(PROTO_SRCS) $(PROTO_HDRS)
@@ -113,9 +121,13 @@ test-unit: $(O)/unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
 test-integration: all asan
 	tests/nested/kvm-host.sh -- tests/integration/run.sh $(O)/kiln-vmm $(O)/asan/kiln-vmm
 
+# The host client against fake hostile agents on unix sockets: no guest needed.
+test-client: $(O)/asan/kiln
+	python3 tests/integration/hostile-agent.py $(O)/asan/kiln
+
 test: deps-test
 	@$(MAKE) --no-print-directory all asan unit fuzz-build
-	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-integration
+	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-integration
 
 # ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
 

@@ -28,7 +28,11 @@
 #define KAC_SBUF	(KP_MAX_CONTROL + KP_HDR_LEN)
 
 struct kac {
-	int fd;
+	int fd;				/* non-blocking: every wait is a poll with a deadline */
+	int timeout_ms;			/* kac_set_timeout; 0: no limit */
+	int broken;			/* -errno once the connection is unusable (why says why) */
+	char why[sizeof(((struct kac_err *)0)->msg)];
+	uint64_t pings;			/* PINGs sent (their opaque values) */
 	uint32_t next_id;
 	uint32_t peer_window;		/* the agent's initial credit per channel */
 	uint32_t peer_max;		/* the agent's max payload */
@@ -41,10 +45,19 @@ struct kac {
 	uint8_t *chunk;			/* stream input bytes we send */
 };
 
+/* How long a request may go without a frame (kac_set_timeout). */
+enum op_wait {
+	OP_ANSWER,		/* answered soon: its next frame is due within the timeout */
+	OP_ALIVE,		/* any time while the agent is alive: a PING when quiet, any frame counts */
+	OP_ALIVE_STARTED,	/* OP_ANSWER until its first RESPONSE (a process started), then OP_ALIVE */
+};
+
 /* One running request and what to do with its frames. */
 struct op {
 	uint32_t id;
 	int done;
+	enum op_wait wait;
+	int started;			/* its first RESPONSE came */
 	int ret;			/* -errno from an ERROR, else 0 */
 	/* records: called for RESPONSE and EVENT payloads */
 	int (*on_rec)(struct op *o, const struct kp_frame *f);
@@ -117,12 +130,89 @@ static int write_all(int fd, const void *p, size_t n)
 	return 0;
 }
 
+/* "30 s" or "1500 ms": a timeout as the messages name it. */
+static const char *span(char *buf, size_t cap, int ms)
+{
+	if (ms % 1000 == 0)
+		snprintf(buf, cap, "%d s", ms / 1000);
+	else
+		snprintf(buf, cap, "%d ms", ms);
+	return buf;
+}
+
+/*
+ * The connection is unusable from here on (a protocol violation, a stall, a
+ * send cut short, the agent gone): remember why, so every later call fails
+ * at once with it, tell a misbehaving agent (ERROR KP_ERR_PROTO on id 0, if
+ * the socket takes it now) and hang up. Returns ret.
+ */
+static int conn_lost(struct kac *c, int ret, const struct kac_err *err)
+{
+	uint8_t buf[KP_HDR_LEN + 512];
+	int n;
+
+	if (c->broken)
+		return ret;
+	c->broken = ret;
+	snprintf(c->why, sizeof(c->why), "%s", err && err->msg[0] ? err->msg : strerror(-ret));
+	if (ret == -EPROTO && (!err || !err->code)) {
+		n = kp_enc_error(buf, sizeof(buf), 0, KP_ERR_PROTO, 0, c->why);
+		if (n > 0 && send(c->fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+			/* best effort: we are closing anyway */
+		}
+	}
+	shutdown(c->fd, SHUT_RDWR);
+	return ret;
+}
+
+/* The agent fell silent: -ETIMEDOUT, err->code KAC_ERR_TIMEOUT, the connection closed. */
+static int conn_stalled(struct kac *c, struct kac_err *err, const char *what)
+{
+	char t[32];
+
+	fail(err, ETIMEDOUT, "%s %s", what, span(t, sizeof(t), c->timeout_ms));
+	if (err)
+		err->code = KAC_ERR_TIMEOUT;
+	return conn_lost(c, -ETIMEDOUT, err);
+}
+
+/*
+ * Send a whole frame. The socket is non-blocking: an agent that stops
+ * reading leaves us waiting at most the timeout for room, then the
+ * connection is closed (a frame cut short cannot be taken back).
+ */
 static int send_frame(struct kac *c, const void *p, size_t n, struct kac_err *err)
 {
-	int ret = write_all(c->fd, p, n);
+	struct pollfd pf = { .fd = c->fd, .events = POLLOUT };
+	struct kac_err local;
+	const uint8_t *b = p;
+	int64_t due = -1, left;
+	ssize_t w;
 
-	if (ret)
-		return fail(err, -ret, "agent connection: send: %s", strerror(-ret));
+	if (!err)
+		err = &local;
+	if (c->broken)
+		return fail(err, -c->broken, "agent connection closed earlier: %s", c->why);
+	while (n) {
+		w = send(c->fd, b, n, MSG_NOSIGNAL);
+		if (w > 0) {
+			b += w;
+			n -= (size_t)w;
+			due = -1;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && errno != EAGAIN)
+			return conn_lost(c, fail(err, errno, "agent connection: send: %s", strerror(errno)), err);
+		if (c->timeout_ms > 0 && due < 0)
+			due = now_ms() + c->timeout_ms;
+		left = due < 0 ? -1 : due - now_ms();
+		if (due >= 0 && left <= 0)
+			return conn_stalled(c, err, "the agent stopped reading: nothing could be sent for");
+		if (poll(&pf, 1, left < 0 || left > 60000 ? 60000 : (int)left) < 0 && errno != EINTR)
+			return conn_lost(c, fail(err, errno, "poll: %s", strerror(errno)), err);
+	}
 	return 0;
 }
 
@@ -223,6 +313,7 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 	if (!c)
 		return fail(err, ENOMEM, "out of memory");
 	c->fd = -1;
+	c->timeout_ms = KAC_TIMEOUT_DEFAULT_MS;
 	c->dbuf = malloc(KP_MAX_PAYLOAD);
 	c->rbuf = malloc(KAC_RBUF);
 	c->sbuf = malloc(KAC_SBUF);
@@ -255,6 +346,10 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 		usleep(backoff_us);
 		if (backoff_us < 50 * 1000)
 			backoff_us *= 2;
+	}
+	if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0) {
+		ret = fail(err, errno, "%s: fcntl: %s", uds, strerror(errno));
+		goto err_close;
 	}
 
 	n = kp_enc_hello(c->sbuf, KAC_SBUF, KAC_WINDOW, KP_MAX_PAYLOAD, "kiln 0.1");
@@ -332,6 +427,11 @@ const char *kac_agent_name(const struct kac *c)
 	return c->agent;
 }
 
+void kac_set_timeout(struct kac *c, int timeout_ms)
+{
+	c->timeout_ms = timeout_ms > 0 ? timeout_ms : 0;
+}
+
 /* ---- frames in ---------------------------------------------------------------- */
 
 /*
@@ -361,6 +461,8 @@ static int next_frame(struct kac *c, struct kp_frame *f, int may_read, struct ka
 		r = read(c->fd, c->rbuf, KAC_RBUF);
 		if (r < 0 && errno == EINTR)
 			continue;
+		if (r < 0 && errno == EAGAIN)
+			return -EAGAIN;
 		if (r < 0)
 			return fail(err, errno, "agent connection: %s", strerror(errno));
 		if (r == 0)
@@ -469,6 +571,13 @@ static int req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_er
 	return send_frame(c, c->sbuf, (size_t)n, err);
 }
 
+/* A new request o of operation op, answered soon (OP_ANSWER): w opened for its arguments. */
+static void op_start(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op)
+{
+	op_init(o, new_id(c));
+	req_begin(c, w, op);
+}
+
 static int send_signal_req(struct kac *c, struct op *o, uint64_t handle, int sig, struct kac_err *err)
 {
 	struct kp_recw w;
@@ -513,6 +622,7 @@ static int flush_credit(struct kac *c, struct op *o, int ch, struct kac_err *err
 	if (!n)
 		return 0;
 	o->out_pend[ch] = 0;
+	o->out_credit[ch] += n;
 	kp_enc_window(win, o->id, (uint16_t)ch, n);
 	return send_frame(c, win, sizeof(win), err);
 }
@@ -529,7 +639,10 @@ static int on_data(struct kac *c, struct op *o, const struct kp_frame *f, struct
 	if (ch == KP_CHAN_IN || kp_parse_data(f, &off, &p, &n))
 		return fail(err, EPROTO, "agent: DATA on channel %d of request %u", ch, f->id);
 	if (n > o->out_credit[ch])
-		return fail(err, EPROTO, "agent: DATA beyond the granted credit on request %u", f->id);
+		return fail(err, EPROTO, "the agent sent more than the credit it was granted (%u bytes of %s "
+			    "on request %u, %llu granted): protocol violation, connection closed", n,
+			    ch == KP_CHAN_OUT ? "stdout" : "stderr", f->id, (unsigned long long)o->out_credit[ch]);
+	o->out_credit[ch] -= n;
 	/* A gap (only under KP_OVF_DROP, which we never ask for) is not an error. */
 	o->out_off[ch] = off + n;
 	if (!o->out_dead[ch] && n) {
@@ -601,6 +714,8 @@ static int dispatch(struct kac *c, struct op *o, const struct kp_frame *f, struc
 	switch (f->type) {
 	case KP_RESPONSE:
 	case KP_EVENT:
+		if (f->type == KP_RESPONSE)
+			o->started = 1;
 		if (o->on_rec) {
 			ret = o->on_rec(o, f);
 			if (ret)
@@ -663,26 +778,84 @@ static int pump_in(struct kac *c, struct op *o, struct kac_err *err)
 	return send_frame(c, c->chunk, KP_DATA_HDR_LEN + (size_t)r, err);
 }
 
+/* Whether any frame of the agent's (a PONG too) shows progress for o, or only o's own. */
+static int op_alive(const struct op *o)
+{
+	return o->wait == OP_ALIVE || (o->wait == OP_ALIVE_STARTED && o->started);
+}
+
 /*
- * Run o until its terminal frame. deadline_ms < 0: none. On the deadline,
+ * The next frame, dispatched: 0 when one was, -EAGAIN when none is there
+ * without reading (may_read 0) or none came of the bytes read, else -errno
+ * with the connection closed (malformed frame, protocol violation, agent
+ * gone). *heard is set to now (and *pinged cleared) when the frame shows
+ * progress for o.
+ */
+static int op_step(struct kac *c, struct op *o, int may_read, int64_t *heard, int *pinged,
+		   struct kac_err *err)
+{
+	struct kp_frame f;
+	int ret = next_frame(c, &f, may_read, err);
+
+	if (ret == 0)
+		ret = dispatch(c, o, &f, err);
+	if (ret == -EAGAIN)
+		return ret;
+	if (ret)
+		return conn_lost(c, ret, err);
+	if (f.id == o->id || op_alive(o)) {
+		*heard = now_ms();	/* after dispatch: time our consumer took is not the agent's */
+		*pinged = 0;
+	}
+	return 0;
+}
+
+/*
+ * How long to poll before the agent has been silent too long (c->timeout_ms
+ * since *heard), -1 without a limit. An alive op sends a PING half way, so a
+ * live agent answers in time however long the request takes. Returns the
+ * poll timeout in ms, or -errno (the connection closed) once silent too long.
+ */
+static int op_quiet(struct kac *c, struct op *o, int64_t heard, int *pinged, struct kac_err *err)
+{
+	uint8_t ping[KP_HDR_LEN + 8];
+	int64_t now = now_ms(), quiet = now - heard, half = c->timeout_ms / 2;
+	int ret;
+
+	if (c->timeout_ms <= 0)
+		return -1;
+	if (quiet >= c->timeout_ms)
+		return conn_stalled(c, err, "the agent did not answer within");
+	if (!op_alive(o))
+		return (int)(c->timeout_ms - quiet);
+	if (!*pinged && quiet >= half) {
+		kp_enc_ping(ping, KP_PING, ++c->pings);
+		ret = send_frame(c, ping, sizeof(ping), err);
+		if (ret)
+			return ret < -1 ? ret : -EIO;	/* -1 is "no limit" to the caller */
+		*pinged = 1;
+	}
+	return (int)((*pinged ? c->timeout_ms : half) - quiet);
+}
+
+/*
+ * Run o until its terminal frame. deadline < 0: none. On the deadline,
  * returns -ETIMEDOUT (the caller decides what to do about the request).
+ * Whatever the deadline, an agent silent for longer than the connection's
+ * timeout (op_quiet) closes the connection.
  */
 static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err *err)
 {
 	struct pollfd p[3];
-	struct kp_frame f;
-	int ret, n, i, tmo;
+	int64_t heard = now_ms();
+	int ret, n, i, tmo, pinged = 0;
 	uint8_t sig;
 
 	while (!o->done) {
 		/* Drain frames already buffered before polling. */
-		ret = next_frame(c, &f, 0, err);
-		if (ret == 0) {
-			ret = dispatch(c, o, &f, err);
-			if (ret)
-				return ret;
+		ret = op_step(c, o, 0, &heard, &pinged, err);
+		if (ret == 0)
 			continue;
-		}
 		if (ret != -EAGAIN)
 			return ret;
 		for (i = KP_CHAN_OUT; i <= KP_CHAN_ERR; i++) {
@@ -710,13 +883,16 @@ static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err 
 			sig_slot = n;
 			p[n++] = (struct pollfd){ .fd = o->sig_fd, .events = POLLIN };
 		}
-		tmo = -1;
+		tmo = op_quiet(c, o, heard, &pinged, err);
+		if (tmo < -1)
+			return tmo;
 		if (deadline >= 0) {
 			int64_t left = deadline - now_ms();
 
 			if (left <= 0)
 				return fail(err, ETIMEDOUT, "timed out");
-			tmo = left > 60000 ? 60000 : (int)left;
+			if (tmo < 0 || left < tmo)
+				tmo = left > 60000 ? 60000 : (int)left;
 		}
 		ret = poll(p, (nfds_t)n, tmo);
 		if (ret < 0) {
@@ -739,11 +915,11 @@ static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err 
 			ret = pump_in(c, o, err);
 			if (ret)
 				return ret;
+			if (op_alive(o))
+				heard = now_ms();	/* the agent took what we sent */
 		}
 		if (p[0].revents) {
-			ret = next_frame(c, &f, 1, err);
-			if (ret == 0)
-				ret = dispatch(c, o, &f, err);
+			ret = op_step(c, o, 1, &heard, &pinged, err);
 			if (ret && ret != -EAGAIN)
 				return ret;
 		}
@@ -756,8 +932,8 @@ static int64_t deadline_of(int timeout_ms)
 	return timeout_ms > 0 ? now_ms() + timeout_ms : -1;
 }
 
-/* A simple request: one REQUEST, RESPONSE|END or ERROR. */
-static int simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err)
+/* Send o's REQUEST (its record w) and run it to its end (op_run). */
+static int op_send_run(struct kac *c, struct op *o, struct kp_recw *w, int64_t deadline, struct kac_err *err)
 {
 	int ret;
 
@@ -766,7 +942,13 @@ static int simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err
 	ret = req_send(c, o->id, w, err);
 	if (ret)
 		return ret;
-	return op_run(c, o, -1, err);
+	return op_run(c, o, deadline, err);
+}
+
+/* A simple request: one REQUEST, RESPONSE|END or ERROR. */
+static int simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err)
+{
+	return op_send_run(c, o, w, -1, err);
 }
 
 /* ---- exec ------------------------------------------------------------------- */
@@ -829,7 +1011,7 @@ int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex,
 		return fail(err, EINVAL, "exec: no command given");
 	memset(ex, 0, sizeof(*ex));
 	ex->code = -1;
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_EXEC);
 	o.on_rec = exec_rec;
 	o.ex = ex;
 	o.in_fd = eo->stdin_fd;
@@ -848,7 +1030,6 @@ int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex,
 		o.sig_fd = -1;
 	}
 
-	req_begin(c, &w, KP_OP_EXEC);
 	for (i = 0; eo->argv[i]; i++)
 		kp_put_str(&w, KT_ARG, eo->argv[i]);
 	for (i = 0; eo->env && eo->env[i]; i++)
@@ -867,10 +1048,8 @@ int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex,
 		kp_put_u64(&w, KT_RING, eo->ring);
 	if (eo->overflow_drop)
 		kp_put_u64(&w, KT_OVERFLOW, KP_OVF_DROP);
-	ret = req_send(c, o.id, &w, err);
-	if (ret)
-		return ret;
-	ret = op_run(c, &o, deadline_of(eo->timeout_ms), err);
+	o.wait = OP_ALIVE_STARTED;
+	ret = op_send_run(c, &o, &w, deadline_of(eo->timeout_ms), err);
 	if (ret == 0 && eo->detach) {
 		uint8_t cancel[KP_HDR_LEN];
 
@@ -878,7 +1057,7 @@ int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex,
 		kp_enc_cancel(cancel, o.id, KP_CHAN_ALL);
 		return send_frame(c, cancel, sizeof(cancel), err);
 	}
-	if (ret == -ETIMEDOUT && !o.done && ex->handle) {
+	if (ret == -ETIMEDOUT && !o.done && ex->handle && !c->broken) {
 		struct kac_err e2;
 
 		send_signal_req(c, NULL, ex->handle, SIGKILL, &e2);
@@ -895,8 +1074,7 @@ int kac_signal(struct kac *c, uint64_t handle, int sig, struct kac_err *err)
 	struct kp_recw w;
 	struct op o;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_SIGNAL);
+	op_start(c, &o, &w, KP_OP_SIGNAL);
 	kp_put_u64(&w, KT_HANDLE, handle);
 	kp_put_u64(&w, KT_SIGNAL, (uint64_t)sig);
 	return simple(c, &o, &w, err);
@@ -912,7 +1090,7 @@ int kac_attach(struct kac *c, const struct kac_attach_opts *ao, struct kac_exit 
 		err->code = 0;
 	memset(ex, 0, sizeof(*ex));
 	ex->code = -1;
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_ATTACH);
 	o.on_rec = exec_rec;
 	o.ex = ex;
 	o.in_fd = ao->stdin_fd;
@@ -923,7 +1101,6 @@ int kac_attach(struct kac *c, const struct kac_attach_opts *ao, struct kac_exit 
 	o.tty_fd = ao->tty_fd;
 	o.gap_fn = ao->gap_fn;
 	o.gap_arg = ao->gap_arg;
-	req_begin(c, &w, KP_OP_ATTACH);
 	kp_put_u64(&w, KT_HANDLE, ao->handle);
 	if (ao->out_offset != KAC_FROM_OLDEST)
 		kp_put_u64(&w, KT_OUT_OFFSET, ao->out_offset);
@@ -931,10 +1108,8 @@ int kac_attach(struct kac *c, const struct kac_attach_opts *ao, struct kac_exit 
 		kp_put_u64(&w, KT_ERR_OFFSET, ao->err_offset);
 	if (ao->stdin_fd >= 0)
 		kp_put_u64(&w, KT_STDIN, KP_IO_PIPE);
-	ret = req_send(c, o.id, &w, err);
-	if (ret)
-		return ret;
-	ret = op_run(c, &o, -1, err);
+	o.wait = OP_ALIVE_STARTED;
+	ret = op_send_run(c, &o, &w, -1, err);
 	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
 		return fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
 	return ret;
@@ -951,16 +1126,13 @@ int kac_wait(struct kac *c, uint64_t handle, int timeout_ms, struct kac_exit *ex
 	memset(ex, 0, sizeof(*ex));
 	ex->code = -1;
 	ex->handle = handle;
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_WAIT);
 	o.on_rec = exec_rec;
 	o.ex = ex;
-	req_begin(c, &w, KP_OP_WAIT);
 	kp_put_u64(&w, KT_HANDLE, handle);
-	ret = req_send(c, o.id, &w, err);
-	if (ret)
-		return ret;
-	ret = op_run(c, &o, deadline_of(timeout_ms), err);
-	if (ret == -ETIMEDOUT && !o.done) {
+	o.wait = OP_ALIVE;
+	ret = op_send_run(c, &o, &w, deadline_of(timeout_ms), err);
+	if (ret == -ETIMEDOUT && !o.done && !c->broken) {
 		uint8_t cancel[KP_HDR_LEN];
 
 		kp_enc_cancel(cancel, o.id, KP_CHAN_ALL);
@@ -976,8 +1148,7 @@ int kac_release(struct kac *c, uint64_t handle, struct kac_err *err)
 	struct kp_recw w;
 	struct op o;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_RELEASE);
+	op_start(c, &o, &w, KP_OP_RELEASE);
 	kp_put_u64(&w, KT_HANDLE, handle);
 	return simple(c, &o, &w, err);
 }
@@ -987,8 +1158,7 @@ int kac_resize(struct kac *c, uint64_t handle, unsigned rows, unsigned cols, str
 	struct kp_recw w;
 	struct op o;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_RESIZE);
+	op_start(c, &o, &w, KP_OP_RESIZE);
 	kp_put_u64(&w, KT_HANDLE, handle);
 	kp_put_u64(&w, KT_ROWS, rows);
 	kp_put_u64(&w, KT_COLS, cols);
@@ -1064,10 +1234,9 @@ int kac_proc_list(struct kac *c, kac_proc_fn fn, void *arg, struct kac_err *err)
 		return fail(err, ENOMEM, "out of memory");
 	st->fn = fn;
 	st->arg = arg;
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_PROC_LIST);
 	o.on_rec = ps_rec;
 	o.arg = st;
-	req_begin(c, &w, KP_OP_PROC_LIST);
 	ret = simple(c, &o, &w, err);
 	free(st);
 	return ret;
@@ -1112,10 +1281,8 @@ int64_t kac_file_write(struct kac *c, const char *path, int fd, uint32_t mode, s
 	kp_put_u64(&w, KT_MODE, mode & 07777);
 	kp_put_bool(&w, KT_CREATE, 1);
 	kp_put_bool(&w, KT_TRUNCATE, 1);
-	ret = req_send(c, o.id, &w, err);
-	if (ret)
-		return ret;
-	ret = op_run(c, &o, -1, err);
+	o.wait = OP_ALIVE;
+	ret = op_send_run(c, &o, &w, -1, err);
 	if (ret)
 		return ret;
 	return o.size >= 0 ? o.size : (int64_t)o.in_off;
@@ -1133,10 +1300,8 @@ int64_t kac_file_read(struct kac *c, const char *path, int fd, struct kac_err *e
 	o.out_fd[1] = fd;
 	req_begin(c, &w, KP_OP_FILE_READ);
 	kp_put_str(&w, KT_PATH, path);
-	ret = req_send(c, o.id, &w, err);
-	if (ret)
-		return ret;
-	ret = op_run(c, &o, -1, err);
+	o.wait = OP_ALIVE;
+	ret = op_send_run(c, &o, &w, -1, err);
 	if (o.out_err)
 		return fail(err, -o.out_err, "writing the contents of %s: %s", path, strerror(-o.out_err));
 	if (ret)
@@ -1190,10 +1355,9 @@ int kac_stat(struct kac *c, const char *path, int nofollow, struct kac_stat *st,
 	struct op o;
 
 	memset(st, 0, sizeof(*st));
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_STAT);
 	o.on_rec = stat_rec;
 	o.arg = st;
-	req_begin(c, &w, KP_OP_STAT);
 	kp_put_str(&w, KT_PATH, path);
 	if (nofollow)
 		kp_put_bool(&w, KT_NOFOLLOW, 1);
@@ -1240,10 +1404,9 @@ int kac_readdir(struct kac *c, const char *path, kac_dirent_fn fn, void *arg, st
 	struct op o;
 	int ret;
 
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_READDIR);
 	o.on_rec = dir_rec;
 	o.arg = &d;
-	req_begin(c, &w, KP_OP_READDIR);
 	kp_put_str(&w, KT_PATH, path);
 	ret = simple(c, &o, &w, err);
 	if (ret)
@@ -1258,8 +1421,7 @@ int kac_mkdir(struct kac *c, const char *path, uint32_t mode, int recursive, str
 	struct kp_recw w;
 	struct op o;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_MKDIR);
+	op_start(c, &o, &w, KP_OP_MKDIR);
 	kp_put_str(&w, KT_PATH, path);
 	kp_put_u64(&w, KT_MODE, mode & 07777);
 	if (recursive)
@@ -1272,8 +1434,7 @@ int kac_remove(struct kac *c, const char *path, int recursive, struct kac_err *e
 	struct kp_recw w;
 	struct op o;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_REMOVE);
+	op_start(c, &o, &w, KP_OP_REMOVE);
 	kp_put_str(&w, KT_PATH, path);
 	if (recursive)
 		kp_put_bool(&w, KT_RECURSIVE, 1);
@@ -1285,8 +1446,7 @@ int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *
 	struct kp_recw w;
 	struct op o;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_RENAME);
+	op_start(c, &o, &w, KP_OP_RENAME);
 	kp_put_str(&w, KT_PATH, from);
 	kp_put_str(&w, KT_PATH2, to);
 	return simple(c, &o, &w, err);
@@ -1301,6 +1461,7 @@ int64_t kac_copy(struct kac *c, const char *from, const char *to, struct kac_err
 	int ret;
 
 	op_init_u64(&o, new_id(c), KT_SIZE);
+	o.wait = OP_ALIVE;	/* the agent copies 1 MiB a turn, answering PINGs meanwhile */
 	req_begin(c, &w, KP_OP_COPY);
 	kp_put_str(&w, KT_PATH, from);
 	kp_put_str(&w, KT_PATH2, to);
@@ -1359,10 +1520,9 @@ int kac_walk(struct kac *c, const char *path, uint64_t max_depth, int follow, ka
 	struct op o;
 	int ret;
 
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_WALK);
 	o.on_rec = walk_rec;
 	o.arg = &a;
-	req_begin(c, &w, KP_OP_WALK);
 	kp_put_str(&w, KT_PATH, path);
 	if (max_depth != KAC_WALK_ALL)
 		kp_put_u64(&w, KT_MAX_DEPTH, max_depth);
@@ -1505,6 +1665,8 @@ static int fh_simple(struct kac *c, uint64_t op, uint64_t fh, uint8_t tag, uint6
 	struct op o;
 
 	fh_begin(c, &o, &w, op, fh, 0);
+	if (op == KP_OP_FH_LOCK)
+		o.wait = OP_ALIVE;	/* held until the lock is had */
 	if (tag == KT_LENGTH)
 		kp_put_u64(&w, tag, v);
 	else if (tag)
@@ -1556,8 +1718,7 @@ int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *e
 	struct op o;
 	int i;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_IDENTITY);
+	op_start(c, &o, &w, KP_OP_IDENTITY);
 	if (id->sandbox_id)
 		kp_put_str(&w, KT_SANDBOX_ID, id->sandbox_id);
 	if (id->hostname)
@@ -1588,8 +1749,7 @@ int kac_shutdown(struct kac *c, int grace_ms, int reboot, struct kac_err *err)
 	int64_t deadline;
 	int ret;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_SHUTDOWN);
+	op_start(c, &o, &w, KP_OP_SHUTDOWN);
 	if (grace_ms > 0)
 		kp_put_u64(&w, KT_TIMEOUT_MS, (uint64_t)grace_ms);
 	if (reboot)
@@ -1634,10 +1794,9 @@ int kac_health(struct kac *c, uint64_t *uptime_ns, uint64_t *procs, struct kac_e
 	struct op o;
 
 	*uptime_ns = *procs = 0;
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_HEALTH);
 	o.on_rec = health_rec;
 	o.arg = &h;
-	req_begin(c, &w, KP_OP_HEALTH);
 	return simple(c, &o, &w, err);
 }
 
@@ -1663,10 +1822,9 @@ int kac_env_get(struct kac *c, const char *key, char **value, struct kac_err *er
 	int ret;
 
 	*value = NULL;
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_ENV_GET);
 	o.on_rec = env_get_rec;
 	o.arg = value;
-	req_begin(c, &w, KP_OP_ENV_GET);
 	kp_put_str(&w, KT_KEY, key);
 	ret = simple(c, &o, &w, err);
 	if (ret) {
@@ -1681,8 +1839,7 @@ int kac_env_set(struct kac *c, const char *key, const char *value, struct kac_er
 	struct kp_recw w;
 	struct op o;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_ENV_SET);
+	op_start(c, &o, &w, KP_OP_ENV_SET);
 	kp_put_str(&w, KT_KEY, key);
 	kp_put_str(&w, KT_VALUE, value);
 	return simple(c, &o, &w, err);
@@ -1693,8 +1850,7 @@ int kac_env_unset(struct kac *c, const char *key, struct kac_err *err)
 	struct kp_recw w;
 	struct op o;
 
-	op_init(&o, new_id(c));
-	req_begin(c, &w, KP_OP_ENV_DELETE);
+	op_start(c, &o, &w, KP_OP_ENV_DELETE);
 	kp_put_str(&w, KT_KEY, key);
 	return simple(c, &o, &w, err);
 }
@@ -1734,10 +1890,9 @@ int kac_env_list(struct kac *c, kac_str_fn fn, void *arg, struct kac_err *err)
 	struct op o;
 	int ret;
 
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_ENV_LIST);
 	o.on_rec = env_list_rec;
 	o.arg = &a;
-	req_begin(c, &w, KP_OP_ENV_LIST);
 	ret = simple(c, &o, &w, err);
 	if (ret)
 		return ret;
@@ -1762,16 +1917,13 @@ int kac_port_connect(struct kac *c, uint16_t port, const char *addr, int in_fd, 
 
 	if (err)
 		err->code = 0;
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_PORT_CONNECT);
 	o.in_fd = in_fd;
 	o.in_credit = c->peer_window;
 	o.out_fd[1] = out_fd;
-	req_begin(c, &w, KP_OP_PORT_CONNECT);
 	port_args(&w, port, addr);
-	ret = req_send(c, o.id, &w, err);
-	if (ret)
-		return ret;
-	ret = op_run(c, &o, -1, err);
+	o.wait = OP_ALIVE;
+	ret = op_send_run(c, &o, &w, -1, err);
 	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
 		return fail(err, -o.out_err, "writing the port's bytes: %s", strerror(-o.out_err));
 	return ret;
@@ -1791,7 +1943,7 @@ static int read_exact(int fd, uint8_t *p, size_t n, int64_t deadline)
 		if (poll(&pf, 1, (int)(left > 60000 ? 60000 : left)) <= 0)
 			continue;
 		r = read(fd, p, n);
-		if (r < 0 && errno == EINTR)
+		if (r < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (r < 0)
 			return -errno;
@@ -1850,6 +2002,11 @@ int kac_port_raw(struct kac *c, uint16_t port, const char *addr, int *fd, struct
 	}
 	if (f.type != KP_RESPONSE) {
 		ret = fail(err, EPROTO, "raw port connection: %s instead of RESPONSE", kp_type_name(f.type));
+		goto out;
+	}
+	/* The caller gets an ordinary (blocking) stream socket. */
+	if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+		ret = fail(err, errno, "raw port connection: fcntl: %s", strerror(errno));
 		goto out;
 	}
 	*fd = c->fd;
@@ -1913,10 +2070,9 @@ int kac_port_list(struct kac *c, uint64_t pid, kac_listener_fn fn, void *arg, st
 	struct op o;
 	int ret;
 
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_PORT_LIST);
 	o.on_rec = lst_rec;
 	o.arg = &a;
-	req_begin(c, &w, KP_OP_PORT_LIST);
 	if (pid)
 		kp_put_u64(&w, KT_PID, pid);
 	ret = simple(c, &o, &w, err);
@@ -1933,15 +2089,15 @@ int kac_port_wait(struct kac *c, uint16_t port, uint64_t pid, int timeout_ms, st
 	struct op o;
 
 	memset(l, 0, sizeof(*l));
-	op_init(&o, new_id(c));
+	op_start(c, &o, &w, KP_OP_PORT_WAIT);
 	o.on_rec = lst_rec;
 	o.arg = &a;
-	req_begin(c, &w, KP_OP_PORT_WAIT);
 	if (port)
 		kp_put_u64(&w, KT_PORT, port);
 	if (pid)
 		kp_put_u64(&w, KT_PID, pid);
 	if (timeout_ms > 0)
 		kp_put_u64(&w, KT_TIMEOUT_MS, (uint64_t)timeout_ms);
+	o.wait = OP_ALIVE;
 	return simple(c, &o, &w, err);
 }

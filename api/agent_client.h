@@ -13,6 +13,12 @@
  *
  * Every function returns 0 (or a count) on success and -errno on failure with
  * a message for people in err->msg; nothing here prints.
+ *
+ * The agent is not trusted: every frame is bounded by what we announced
+ * (1 MiB + 8 payload, 256 KiB records) before it is buffered, output beyond
+ * the credit we granted is a protocol violation, and no call waits on the
+ * agent without a deadline (kac_set_timeout). A violation or a silent agent
+ * closes the connection: that call and every later one on c fail.
  */
 #ifndef KILN_AGENT_CLIENT_H
 #define KILN_AGENT_CLIENT_H
@@ -23,8 +29,13 @@
 
 struct kac_err {
 	char msg[512];
-	uint32_t code;		/* KP_ERR_* from the agent's ERROR, 0 if local */
+	uint32_t code;		/* KP_ERR_* from the agent's ERROR, KAC_ERR_TIMEOUT, or 0 if local */
 };
+
+/* err->code of -ETIMEDOUT when the agent stayed silent past the connection's timeout. */
+#define KAC_ERR_TIMEOUT		0x10000
+
+#define KAC_TIMEOUT_DEFAULT_MS	30000
 
 struct kac;
 
@@ -41,6 +52,20 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 
 /* Close the connection (detaches, does not stop, its processes) and free c. */
 void kac_close(struct kac *c);
+
+/*
+ * How long the agent may stay silent, in ms (0: no limit; default
+ * KAC_TIMEOUT_DEFAULT_MS). A request that is answered at once (stat, mkdir,
+ * env, the start of an exec ...) fails when its answer or next batch is that
+ * late. A request that may take any time (an exec's or attach's stream, a
+ * file transfer, wait, port wait and connect, copy, an FH lock) is only cut
+ * off when the agent stops showing signs of life: when quiet for half the
+ * timeout the client sends PING, and any frame by the end of it will do.
+ * A send that finds no room in the socket for the timeout (the agent
+ * stopped reading) fails too. Each of these is -ETIMEDOUT with err->code
+ * KAC_ERR_TIMEOUT and closes the connection.
+ */
+void kac_set_timeout(struct kac *c, int timeout_ms);
 
 /* The agent's name and build from its HELLO ("" if it sent none). */
 const char *kac_agent_name(const struct kac *c);

@@ -75,7 +75,9 @@ static const char usage_text[] =
 "  wait [--timeout S] HANDLE   wait for a process; exit with its status\n"
 "  release HANDLE forget an exited process and its output\n"
 "  cp SRC DST     copy a file; one side is guest:/path, '-' is stdin/stdout.\n"
-"                 Uploads keep the file's permission bits. With guest: on both\n"
+"                 Uploads keep the file's permission bits; downloads to a new\n"
+"                 file too, less setuid/setgid/sticky and our umask (as scp)\n"
+"                 and never through a dangling symlink. With guest: on both\n"
 "                 sides the file is copied inside the guest (as kiln copy)\n"
 "  ls [--json] DIR           list a guest directory\n"
 "  stat [--json] PATH        stat a guest path\n"
@@ -111,6 +113,10 @@ static const char usage_text[] =
 "common options:\n"
 "  --uds PATH             the VMM's vsock socket (or $KILN_UDS)\n"
 "  --connect-timeout S    wait this long for the VM and its agent (default 60)\n"
+"  --agent-timeout S      how long the agent may stay silent (default 30, 0: no\n"
+"                         limit): a request unanswered, or during a long exec,\n"
+"                         attach, cp or wait, no answer to kiln's keep-alive pings;\n"
+"                         kiln then fails (exec: 125) instead of waiting forever\n"
 "  -h, --help             this text\n";
 
 static const char *prog = "kiln";
@@ -132,6 +138,7 @@ static void die_usage(const char *fmt, ...)
 struct common {
 	const char *uds;
 	int connect_ms;
+	int agent_ms;
 	int json;
 	int recursive;
 	int interactive;
@@ -155,7 +162,7 @@ struct common {
 	int follow;
 };
 
-enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_JSON, OPT_MODE,
+enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_AGENT_TIMEOUT, OPT_JSON, OPT_MODE,
        OPT_ID, OPT_HOSTNAME, OPT_CLEAR_ENV, OPT_CLOCK, OPT_REBOOT, OPT_RAW, OPT_ADDR,
        OPT_DETACH, OPT_ROWS, OPT_COLS, OPT_RING, OPT_OVERFLOW, OPT_FROM, OPT_FROM_ERR, OPT_MAX_DEPTH,
        OPT_FOLLOW };
@@ -166,6 +173,7 @@ static const struct option long_opts[] = {
 	{ "cwd", required_argument, NULL, OPT_CWD },
 	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
 	{ "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
+	{ "agent-timeout", required_argument, NULL, OPT_AGENT_TIMEOUT },
 	{ "json", no_argument, NULL, OPT_JSON },
 	{ "mode", required_argument, NULL, OPT_MODE },
 	{ "interactive", no_argument, NULL, 'i' },
@@ -229,6 +237,7 @@ static int parse_opts(int argc, char **argv, struct common *o)
 	memset(o, 0, sizeof(*o));
 	o->uds = getenv("KILN_UDS");
 	o->connect_ms = 60000;
+	o->agent_ms = KAC_TIMEOUT_DEFAULT_MS;
 	o->mode = 0755;
 	o->max_depth = KAC_WALK_ALL;
 	optind = 1;
@@ -256,8 +265,12 @@ static int parse_opts(int argc, char **argv, struct common *o)
 		case OPT_REBOOT: o->reboot = 1; break;
 		case OPT_RAW: o->raw = 1; break;
 		case OPT_ADDR: o->addr = optarg; break;
+		/* Seconds held as int milliseconds: at most 2,000,000 (23 days). */
 		case OPT_CONNECT_TIMEOUT:
-			o->connect_ms = parse_secs(optarg, "--connect-timeout") * 1000;
+			o->connect_ms = (int)parse_num(optarg, "--connect-timeout", 0, 2000000, 0) * 1000;
+			break;
+		case OPT_AGENT_TIMEOUT:
+			o->agent_ms = (int)parse_num(optarg, "--agent-timeout", 0, 2000000, 0) * 1000;
 			break;
 		case OPT_JSON: o->json = 1; break;
 		case OPT_MODE:
@@ -309,7 +322,15 @@ static struct kac *connect_or_die(const struct common *o)
 		fprintf(stderr, "%s: %s\n", prog, err.msg);
 		exit(EXIT_KILN);
 	}
+	kac_set_timeout(c, o->agent_ms);
 	return c;
+}
+
+/* What to add to an error: how to wait longer for a silent agent. */
+static const char *hint(const struct kac_err *err)
+{
+	return err->code == KAC_ERR_TIMEOUT ? " (is the guest overloaded or its agent stuck? "
+	       "--agent-timeout S waits longer, 0 without limit)" : "";
 }
 
 /* ---- exec ------------------------------------------------------------------- */
@@ -430,8 +451,8 @@ static int exec_failed(const char *cmd, int ret, const struct kac_err *err)
 		fprintf(stderr, "%s: %s: not executable in the guest (%s)\n", prog, cmd, err->msg);
 		return EXIT_NOEXEC;
 	}
-	fprintf(stderr, "%s: %s: %s\n", prog, cmd, err->msg);
-	return ret == -ETIMEDOUT ? EXIT_TIMEOUT : EXIT_KILN;
+	fprintf(stderr, "%s: %s: %s%s\n", prog, cmd, err->msg, hint(err));
+	return ret == -ETIMEDOUT && err->code != KAC_ERR_TIMEOUT ? EXIT_TIMEOUT : EXIT_KILN;
 }
 
 static int run_exec(struct common *o, const char *const *argv, const char *const *env)
@@ -562,7 +583,7 @@ static int cmd_attach(int argc, char **argv)
 	kac_close(c);
 	if (ret) {
 		fprintf(stderr, "%s: attach %s: %s%s\n", prog, argv[i], err.msg,
-			err.code == KP_ERR_DETACHED ? " (another kiln attach took over)" : "");
+			err.code == KP_ERR_DETACHED ? " (another kiln attach took over)" : hint(&err));
 		return EXIT_KILN;
 	}
 	return exit_status(&ex);
@@ -584,8 +605,8 @@ static int cmd_wait(int argc, char **argv)
 	ret = kac_wait(c, h, o.timeout_s * 1000, &ex, &err);
 	kac_close(c);
 	if (ret) {
-		fprintf(stderr, "%s: wait %s: %s\n", prog, argv[i], err.msg);
-		return ret == -ETIMEDOUT ? EXIT_TIMEOUT : EXIT_KILN;
+		fprintf(stderr, "%s: wait %s: %s%s\n", prog, argv[i], err.msg, hint(&err));
+		return ret == -ETIMEDOUT && err.code != KAC_ERR_TIMEOUT ? EXIT_TIMEOUT : EXIT_KILN;
 	}
 	return exit_status(&ex);
 }
@@ -606,6 +627,31 @@ static int cmd_release(int argc, char **argv)
 	return ret ? op_fail(argv[i], &err) : 0;
 }
 
+
+/*
+ * Print a name the guest chose (a file name, an argument, an env entry). On
+ * a terminal its control bytes become '?', as ls shows them: a crafted name
+ * must not move the cursor, retitle the window or type into the shell. Into
+ * a pipe or file the bytes pass as they are. sep: what newlines and tabs
+ * become (0: themselves).
+ */
+static void put_guest(const char *s, char sep)
+{
+	static int tty = -1;
+
+	if (tty < 0)
+		tty = isatty(1);
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+
+		if ((ch == '\n' || ch == '\t') && sep)
+			putchar(sep);
+		else if (tty && (ch < 0x20 || ch == 0x7f))
+			putchar('?');
+		else
+			putchar(ch);
+	}
+}
 
 struct ps_out {
 	int json;
@@ -644,13 +690,10 @@ static int ps_entry(void *arg, const struct kac_proc *p)
 		printf("HANDLE\tPID\tSTATUS\tCOMMAND\n");
 	printf("%llu\t%llu\t%s\t", (unsigned long long)p->exit.handle, (unsigned long long)p->exit.pid, status);
 	for (k = 0; k < p->argc; k++) {
-		const char *a = p->argv[k];
-
 		/* One line per process: a newline in an argument is shown as a space. */
 		if (k)
 			putchar(' ');
-		for (; *a; a++)
-			putchar(*a == '\n' || *a == '\t' ? ' ' : *a);
+		put_guest(p->argv[k], ' ');
 	}
 	putchar('\n');
 	return 0;
@@ -687,7 +730,7 @@ static const char *guest_path(const char *s)
 
 static int op_fail(const char *what, const struct kac_err *err)
 {
-	fprintf(stderr, "%s: %s: %s\n", prog, what, err->msg);
+	fprintf(stderr, "%s: %s: %s%s\n", prog, what, err->msg, hint(err));
 	return EXIT_FAIL;
 }
 
@@ -722,6 +765,31 @@ static int cmd_copy(int argc, char **argv)
 		die_usage("copy: expected FROM TO (guest paths)");
 	return guest_copy(&o, guest_path(argv[i]) ? guest_path(argv[i]) : argv[i],
 			  guest_path(argv[i + 1]) ? guest_path(argv[i + 1]) : argv[i + 1]);
+}
+
+/*
+ * Open the host file a download writes, as cp and scp do without -p: an
+ * existing file is truncated and keeps its mode (a symlink to one is
+ * followed); a new one gets the guest file's permission bits without
+ * setuid, setgid and sticky (the guest is not trusted), less our umask.
+ * O_EXCL keeps a dangling symlink, which could point anywhere, from being
+ * written through (GNU cp refuses it too). Returns the fd, or -1 (told).
+ */
+static int open_download(const char *dst, uint32_t guest_mode)
+{
+	int fd = open(dst, O_WRONLY | O_TRUNC | O_CLOEXEC);
+
+	if (fd < 0 && errno == ENOENT) {
+		fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, guest_mode & 0777);
+		if (fd < 0 && errno == EEXIST) {
+			fprintf(stderr, "%s: %s: not writing through a dangling symlink (remove it, or name "
+				"the file it points to)\n", prog, dst);
+			return -1;
+		}
+	}
+	if (fd < 0)
+		fprintf(stderr, "%s: %s: %s\n", prog, dst, strerror(errno));
+	return fd;
 }
 
 static int cmd_cp(int argc, char **argv)
@@ -800,11 +868,9 @@ static int cmd_cp(int argc, char **argv)
 				die_usage("%s: path too long", dst);
 			dst = path;
 		}
-		fd = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, gst.mode & 07777);
-		if (fd < 0) {
-			fprintf(stderr, "%s: %s: %s\n", prog, dst, strerror(errno));
+		fd = open_download(dst, gst.mode);
+		if (fd < 0)
 			return EXIT_FAIL;
-		}
 	}
 	signal(SIGPIPE, SIG_IGN);
 	n = kac_file_read(c, gsrc, fd, &err);
@@ -863,7 +929,8 @@ static int ls_entry(void *arg, const char *name, uint32_t type)
 		json_str(name);
 		printf(",\"type\":\"%s\"}", type_name(type));
 	} else {
-		printf("%s%s\n", name, (type & S_IFMT) == S_IFDIR ? "/" : "");
+		put_guest(name, 0);
+		printf("%s\n", (type & S_IFMT) == S_IFDIR ? "/" : "");
 	}
 	s->n++;
 	return 0;
@@ -912,7 +979,8 @@ static int walk_entry(void *arg, const char *path, const char *name, uint32_t ty
 		json_str(name);
 		printf(",\"type\":\"%s\"}", type_name(type));
 	} else {
-		printf("%s%s\n", path, slash ? "/" : "");
+		put_guest(path, 0);
+		printf("%s\n", slash ? "/" : "");
 	}
 	s->n++;
 	return ferror(stdout) ? -EIO : 0;
@@ -1039,7 +1107,7 @@ static int cmd_identity(int argc, char **argv)
 	kac_close(c);
 	free(o.env);
 	if (ret)
-		fprintf(stderr, "%s: %s\n", prog, err.msg);
+		fprintf(stderr, "%s: %s%s\n", prog, err.msg, hint(&err));
 	return ret ? EXIT_FAIL : 0;
 }
 
@@ -1079,7 +1147,8 @@ static int env_entry(void *arg, const char *e)
 	char key[4096];
 
 	if (!s->json) {
-		puts(e);
+		put_guest(e, 0);
+		putchar('\n');
 		return 0;
 	}
 	snprintf(key, sizeof(key), "%.*s", (int)(kl < sizeof(key) ? kl : sizeof(key) - 1), e);
@@ -1315,8 +1384,10 @@ static int cmd_forward(int argc, char **argv)
 		}
 		close(lfd);
 		ret = kac_connect(&c, o.uds, o.connect_ms, &err);
-		if (!ret)
+		if (!ret) {
+			kac_set_timeout(c, o.agent_ms);
 			ret = kac_port_raw(c, gport, o.addr, &fd, &err);
+		}
 		if (ret) {
 			fprintf(stderr, "%s: forward: guest port %u: %s\n", prog, gport, err.msg);
 			_exit(EXIT_FAIL);

@@ -4,7 +4,13 @@
  * Register map: PC16550D datasheet, table 2.
  */
 #include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "devices.h"
@@ -44,19 +50,194 @@
 #define MSR_RI		0x40
 #define MSR_DCD		0x80
 
-void serial_init(struct serial *s, int out_fd, void (*set_irq)(void *, int), void *irq_opaque)
+/*
+ * Write to out_fd, waiting as long as it takes: only the writer thread calls
+ * this, and only here may serial_destroy() cancel it. Returns bytes or -errno.
+ */
+static ssize_t tx_write(int fd, const uint8_t *p, size_t n)
 {
+	ssize_t w;
+	int e = 0;
+
+	pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+	for (;;) {
+		w = write(fd, p, n);
+		if (w > 0)
+			break;
+		e = w == 0 ? EIO : errno;
+		if (e == EINTR)
+			continue;
+		if (e == EAGAIN) {	/* someone made out_fd non-blocking */
+			struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+
+			(void)poll(&pfd, 1, -1);
+			continue;
+		}
+		break;
+	}
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+	return w > 0 ? w : -e;
+}
+
+/* The capped console file is full: start it over with a marker line. */
+static int console_restart(struct serial *s, uint64_t written)
+{
+	char mark[80];
+	int len = snprintf(mark, sizeof(mark), "kiln-vmm: console truncated at %" PRIu64 " bytes\n", written);
+
+	if (ftruncate(s->out_fd, 0) < 0 || lseek(s->out_fd, 0, SEEK_SET) < 0 ||
+	    write_full(s->out_fd, mark, (size_t)len) < 0)
+		return -1;
+	s->tx_file_off = (uint64_t)len;
+	return 0;
+}
+
+/* The writer thread: drains tx[] into out_fd, never holding the lock while it writes. */
+static void *serial_writer(void *arg)
+{
+	struct serial *s = arg;
+
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+	pthread_mutex_lock(&s->lock);
+	for (;;) {
+		const uint8_t *p;
+		size_t n;
+		ssize_t w;
+
+		while (!s->tx_count && !s->tx_stop)
+			pthread_cond_wait(&s->tx_cv, &s->lock);
+		if (s->tx_stop)
+			break;
+		/* The bytes in [tx_head, +n) stay put until tx_count drops: write them in place. */
+		p = s->tx + s->tx_head;
+		n = s->tx_count < SERIAL_TX_SIZE - s->tx_head ? s->tx_count : SERIAL_TX_SIZE - s->tx_head;
+		if (s->tx_max) {
+			uint64_t max = s->tx_max, written = s->tx_written;
+			int restart = s->tx_file_off >= max, failed = 0;
+
+			if (restart) {
+				pthread_mutex_unlock(&s->lock);
+				failed = console_restart(s, written) < 0;
+				pthread_mutex_lock(&s->lock);
+				s->tx_truncations += !failed;
+			}
+			if (failed) {
+				/* The file cannot start over: what is queued is lost. */
+				s->tx_dropped += s->tx_count;
+				s->tx_head = (s->tx_head + s->tx_count) % SERIAL_TX_SIZE;
+				s->tx_count = 0;
+				pthread_cond_broadcast(&s->tx_done_cv);
+				continue;
+			}
+			if (n > max - s->tx_file_off)
+				n = (size_t)(max - s->tx_file_off);
+		}
+		pthread_mutex_unlock(&s->lock);
+		w = tx_write(s->out_fd, p, n);
+		pthread_mutex_lock(&s->lock);
+		if (w < 0) {
+			s->tx_dropped += n;	/* a reader that went away, a full disk */
+			w = (ssize_t)n;
+		} else {
+			s->tx_written += (uint64_t)w;
+			s->tx_file_off += (uint64_t)w;
+		}
+		s->tx_head = (s->tx_head + (unsigned)w) % SERIAL_TX_SIZE;
+		s->tx_count -= (unsigned)w;
+		pthread_cond_broadcast(&s->tx_done_cv);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+int serial_init(struct serial *s, int out_fd, void (*set_irq)(void *, int), void *irq_opaque)
+{
+	pthread_condattr_t ca;
+	sigset_t all, old;
+	int r;
+
 	memset(s, 0, sizeof(*s));
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->tx_cv, &ca);
+	pthread_cond_init(&s->tx_done_cv, &ca);
+	pthread_condattr_destroy(&ca);
 	s->out_fd = out_fd;
 	s->set_irq = set_irq;
 	s->irq_opaque = irq_opaque;
 	s->msr = MSR_DCD | MSR_DSR | MSR_CTS;
 	s->mcr = MCR_OUT2;
+	if (out_fd < 0)
+		return 0;
+	/* Signals are for the main thread's signalfd and the vCPUs' kicks. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	r = pthread_create(&s->writer, NULL, serial_writer, s);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (r)
+		return -r;
+	s->writer_started = 1;
+	return 0;
+}
+
+void serial_set_console_max(struct serial *s, uint64_t max)
+{
+	struct stat st;
+	off_t off;
+
+	if (s->out_fd < 0 || fstat(s->out_fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return;
+	if (max && max < SERIAL_CONSOLE_MIN)
+		max = SERIAL_CONSOLE_MIN;	/* room for the marker line and more */
+	off = lseek(s->out_fd, 0, SEEK_CUR);
+	pthread_mutex_lock(&s->lock);
+	s->tx_file_off = off > 0 ? (uint64_t)off : 0;
+	s->tx_max = max;
+	pthread_mutex_unlock(&s->lock);
+}
+
+size_t serial_flush(struct serial *s, unsigned idle_ms)
+{
+	size_t left;
+
+	pthread_mutex_lock(&s->lock);
+	while (s->tx_count && s->writer_started) {
+		unsigned before = s->tx_count;
+		struct timespec ts;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += idle_ms / 1000;
+		ts.tv_nsec += (long)(idle_ms % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		while (s->tx_count == before)
+			if (pthread_cond_timedwait(&s->tx_done_cv, &s->lock, &ts) == ETIMEDOUT)
+				break;
+		if (s->tx_count == before)
+			break;		/* no progress for idle_ms */
+	}
+	left = s->tx_count;
+	pthread_mutex_unlock(&s->lock);
+	return left;
 }
 
 void serial_destroy(struct serial *s)
 {
+	if (s->writer_started) {
+		pthread_mutex_lock(&s->lock);
+		s->tx_stop = 1;
+		pthread_cond_signal(&s->tx_cv);
+		pthread_mutex_unlock(&s->lock);
+		/* A writer stuck in write() on a reader that never reads: cancel it there. */
+		pthread_cancel(s->writer);
+		pthread_join(s->writer, NULL);
+		s->writer_started = 0;
+	}
+	pthread_cond_destroy(&s->tx_done_cv);
+	pthread_cond_destroy(&s->tx_cv);
 	pthread_mutex_destroy(&s->lock);
 }
 
@@ -132,12 +313,14 @@ static void tx_byte(struct serial *s, uint8_t b)
 	if (s->mcr & MCR_LOOP) {
 		rx_push(s, b);
 	} else if (s->out_fd >= 0) {
-		ssize_t n;
-
-		do
-			n = write(s->out_fd, &b, 1);
-		while (n < 0 && errno == EINTR);
 		s->tx_bytes++;
+		if (s->tx_count == SERIAL_TX_SIZE) {
+			s->tx_dropped++;	/* nobody reads fast enough: never stall the vCPU */
+		} else {
+			s->tx[(s->tx_head + s->tx_count) % SERIAL_TX_SIZE] = b;
+			if (s->tx_count++ == 0)
+				pthread_cond_signal(&s->tx_cv);
+		}
 	}
 	s->thre_pending = 1;	/* the byte left at once: THR is empty again */
 }

@@ -40,6 +40,14 @@ struct virtq {
 	uint16_t signalled_used;/* used_idx when the driver was last notified */
 	int event_idx;		/* VIRTIO_F_RING_EVENT_IDX negotiated */
 	int broken;		/* the driver broke the ring: device needs reset */
+	/*
+	 * Which enabling of the queue this is: the transport gives every
+	 * QueueReady=1 a new value and zeroes the whole struct when the
+	 * driver disables or resets the queue. A request taken from the ring
+	 * records it and is given back only while it still matches, so a
+	 * completion never lands in a ring that was torn down or resized.
+	 */
+	uint32_t gen;
 	uint64_t desc_gpa, avail_gpa, used_gpa;
 	/* Host views, valid once virtq_enable() succeeded. */
 	struct virtq_desc *desc;
@@ -73,8 +81,19 @@ int virtq_enable(struct virtq *q, const struct guest_mem *m, struct kiln_err *er
 int virtq_pop(struct virtq *q, const struct guest_mem *m, struct virtq_chain *c,
 	      struct kiln_err *err);
 
-/* Return request head to the driver with len bytes written. */
+/*
+ * Return request head to the driver with len bytes written. Nothing is
+ * written while the queue is not enabled (rings unmapped).
+ */
 void virtq_push(struct virtq *q, uint16_t head, uint32_t len);
+
+/*
+ * Return request head, taken when the queue's gen was gen, unless the
+ * driver has disabled, reset or re-enabled the queue since: then the
+ * completion is dropped (the guest gave up the request with its ring).
+ * Returns 1 when pushed, 0 when dropped.
+ */
+int virtq_push_gen(struct virtq *q, uint32_t gen, uint16_t head, uint32_t len);
 
 /*
  * Ask the driver to kick on the very next buffer it adds (EVENT_IDX's
@@ -181,6 +200,16 @@ struct virtio_dev {
 	_Atomic uint32_t isr;
 	uint64_t offered, acked;
 	int queue_ready[VIRTIO_MAX_QUEUES];
+	/*
+	 * What the driver wrote to QueueNum and the ring address registers.
+	 * Only QueueReady=1 copies it into vq, after checking it: the live
+	 * queue never sees a size or address it was not validated with.
+	 */
+	struct virtq_cfg {
+		uint16_t num;
+		uint64_t desc, avail, used;
+	} qcfg[VIRTIO_MAX_QUEUES];
+	uint32_t queue_epoch;		/* the last gen handed to an enabled queue */
 	struct virtq vq[VIRTIO_MAX_QUEUES];
 
 	int irqfd;			/* KVM_IRQFD: a write raises irq */

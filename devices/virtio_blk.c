@@ -59,7 +59,6 @@ struct blk {
 	uint64_t sectors;
 	char id[DISK_ID_BYTES + 1];
 	char path[sizeof(((struct disk_spec *)0)->path)];
-	unsigned generation;	/* bumped on reset: stale completions are dropped */
 	unsigned inflight;
 	uint64_t reads, writes, flushes, errors;
 };
@@ -68,7 +67,7 @@ struct blk {
 struct blk_req {
 	struct io_op op;
 	struct blk *blk;
-	unsigned generation;
+	uint32_t gen;		/* the queue's gen when the request was taken */
 	uint16_t head;
 	uint8_t type;
 	uint8_t *status;
@@ -77,12 +76,19 @@ struct blk_req {
 	struct iovec iov[];
 };
 
-static void blk_finish(struct blk *b, uint16_t head, uint8_t *status, uint8_t st, uint32_t len)
+/*
+ * Complete a request taken while the queue's gen was gen; one whose queue
+ * was disabled, reset or re-enabled since is dropped with it.
+ */
+static void blk_finish(struct blk *b, uint32_t gen, uint16_t head, uint8_t *status, uint8_t st,
+		       uint32_t len)
 {
-	*status = st;
 	if (st != VIRTIO_BLK_S_OK)
 		b->errors++;
-	virtq_push(&b->dev->vq[0], head, len + 1);
+	if (b->dev->vq[0].gen != gen)
+		return;
+	*status = st;
+	virtq_push_gen(&b->dev->vq[0], gen, head, len + 1);
 	virtio_signal_used(b->dev, 0);
 }
 
@@ -96,16 +102,18 @@ static void blk_io_done(struct io_op *op, int res, unsigned flags)
 	(void)flags;
 	pthread_mutex_lock(&b->dev->lock);
 	b->inflight--;
-	if (r->generation == b->generation && virtio_running(b->dev)) {
+	if (r->gen == b->dev->vq[0].gen && virtio_running(b->dev)) {
 		if (res < 0 || (uint64_t)res != r->expect) {
-			fprintf(stderr, "kiln-vmm: %s: %s failed: %s\n", b->path,
-				r->type == VIRTIO_BLK_T_IN ? "read" : r->type == VIRTIO_BLK_T_OUT ? "write" : "flush",
-				res < 0 ? strerror(-res) : "short transfer");
+			static struct log_limit lim = LOG_LIMIT("virtio-blk");
+
+			log_guest(&lim, "%s: %s failed: %s", b->path,
+				  r->type == VIRTIO_BLK_T_IN ? "read" : r->type == VIRTIO_BLK_T_OUT ? "write" : "flush",
+				  res < 0 ? strerror(-res) : "short transfer");
 			st = VIRTIO_BLK_S_IOERR;
 		} else if (r->type == VIRTIO_BLK_T_IN) {
 			len = (uint32_t)res;
 		}
-		blk_finish(b, r->head, r->status, st, len);
+		blk_finish(b, r->gen, r->head, r->status, st, len);
 	}
 	pthread_mutex_unlock(&b->dev->lock);
 	free(r);
@@ -147,6 +155,7 @@ static int blk_request(struct blk *b, struct virtq_chain *c)
 	struct blk_req_hdr h;
 	struct blk_req *r;
 	struct io_uring_sqe *sqe;
+	uint32_t gen = b->dev->vq[0].gen;
 	uint8_t *status;
 	uint64_t bytes;
 	int is_read;
@@ -157,7 +166,7 @@ static int blk_request(struct blk *b, struct virtq_chain *c)
 		return -1;
 	status = (uint8_t *)c->write[c->nwrite - 1].iov_base + c->write[c->nwrite - 1].iov_len - 1;
 	if (iov_to_buf(c->read, c->nread, 0, &h, sizeof(h)) != sizeof(h)) {
-		blk_finish(b, c->head, status, VIRTIO_BLK_S_IOERR, 0);
+		blk_finish(b, gen, c->head, status, VIRTIO_BLK_S_IOERR, 0);
 		return 0;
 	}
 	switch (h.type) {
@@ -165,7 +174,7 @@ static int blk_request(struct blk *b, struct virtq_chain *c)
 		size_t n = c->write_len - 1 < DISK_ID_BYTES ? c->write_len - 1 : DISK_ID_BYTES;
 		size_t done = iov_from_buf(c->write, c->nwrite, 0, b->id, n);
 
-		blk_finish(b, c->head, status, VIRTIO_BLK_S_OK, (uint32_t)done);
+		blk_finish(b, gen, c->head, status, VIRTIO_BLK_S_OK, (uint32_t)done);
 		return 0;
 	}
 	case VIRTIO_BLK_T_FLUSH:
@@ -213,18 +222,18 @@ static int blk_request(struct blk *b, struct virtq_chain *c)
 		}
 		break;
 	default:
-		blk_finish(b, c->head, status, VIRTIO_BLK_S_UNSUPP, 0);
+		blk_finish(b, gen, c->head, status, VIRTIO_BLK_S_UNSUPP, 0);
 		return 0;
 	}
 	r->op.done = blk_io_done;
 	r->blk = b;
-	r->generation = b->generation;
+	r->gen = gen;
 	r->head = c->head;
 	r->status = status;
 	b->inflight++;
 	return 0;
 ioerr:
-	blk_finish(b, c->head, status, VIRTIO_BLK_S_IOERR, 0);
+	blk_finish(b, gen, c->head, status, VIRTIO_BLK_S_IOERR, 0);
 	return 0;
 }
 
@@ -260,13 +269,6 @@ static void blk_config_read(struct virtio_dev *d, uint32_t off, void *buf, uint3
 	memcpy(cfg, &c, sizeof(c));
 	if (off < sizeof(cfg) && len <= sizeof(cfg) - off)
 		memcpy(buf, cfg + off, len);
-}
-
-static void blk_reset(struct virtio_dev *d)
-{
-	struct blk *b = d->priv;
-
-	b->generation++;
 }
 
 static void blk_destroy(struct virtio_dev *d)
@@ -347,7 +349,6 @@ static const struct virtio_dev_ops blk_ops = {
 		    1ULL << VIRTIO_BLK_F_FLUSH,
 	.config_read = blk_config_read,
 	.notify = blk_notify,
-	.reset = blk_reset,
 	.destroy = blk_destroy,
 	.inflight = blk_inflight,
 	.save = blk_save,

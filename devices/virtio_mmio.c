@@ -150,11 +150,12 @@ void virtio_signal_used(struct virtio_dev *d, unsigned q)
 
 void virtio_needs_reset(struct virtio_dev *d, const char *why)
 {
-	/* One line per reset cycle: a looping guest must not flood the log. */
+	static struct log_limit lim = LOG_LIMIT("virtio devices broken by their drivers");
+
+	/* One line per reset cycle at most, and a looping guest is rate-limited. */
 	if (d->status & VIRTIO_STATUS_NEEDS_RESET)
 		return;
-	fprintf(stderr, "kiln-vmm: %s: the guest driver broke the device: %s (device needs reset)\n",
-		d->ops->name, why);
+	log_guest(&lim, "%s: the guest driver broke the device: %s (device needs reset)", d->ops->name, why);
 	d->status |= VIRTIO_STATUS_NEEDS_RESET;
 	if (d->status & VIRTIO_STATUS_DRIVER_OK)
 		raise_irq(d, VIRTIO_INT_CONFIG);
@@ -199,11 +200,13 @@ static void device_reset(struct virtio_dev *d)
 	for (q = 0; q < VIRTIO_MAX_QUEUES; q++) {
 		d->queue_ready[q] = 0;
 		memset(&d->vq[q], 0, sizeof(d->vq[q]));
+		memset(&d->qcfg[q], 0, sizeof(d->qcfg[q]));
 	}
 }
 
 static void set_status(struct virtio_dev *d, uint32_t v)
 {
+	static struct log_limit lim = LOG_LIMIT("virtio features refused");
 	char why[160];
 	uint32_t old = d->status;
 
@@ -214,12 +217,11 @@ static void set_status(struct virtio_dev *d, uint32_t v)
 	if ((v & VIRTIO_STATUS_FEATURES_OK) && !(old & VIRTIO_STATUS_FEATURES_OK)) {
 		/* 3.1.1: the device refuses features it never offered. */
 		if (d->acked & ~d->offered) {
-			fprintf(stderr, "kiln-vmm: %s: driver acked features %#" PRIx64 " that were never offered; refusing FEATURES_OK\n",
-				d->ops->name, d->acked & ~d->offered);
+			log_guest(&lim, "%s: driver acked features %#" PRIx64 " that were never offered; refusing FEATURES_OK",
+				  d->ops->name, d->acked & ~d->offered);
 			v &= ~(uint32_t)VIRTIO_STATUS_FEATURES_OK;
 		} else if (!(d->acked & 1ULL << VIRTIO_F_VERSION_1)) {
-			fprintf(stderr, "kiln-vmm: %s: driver did not accept VIRTIO_F_VERSION_1 (a legacy driver?)\n",
-				d->ops->name);
+			log_guest(&lim, "%s: driver did not accept VIRTIO_F_VERSION_1 (a legacy driver?)", d->ops->name);
 			v &= ~(uint32_t)VIRTIO_STATUS_FEATURES_OK;
 		}
 	}
@@ -240,25 +242,49 @@ static void set_status(struct virtio_dev *d, uint32_t v)
 	d->status = v | (old & VIRTIO_STATUS_NEEDS_RESET);
 }
 
+/* A gen no enabling of any of the device's queues has had yet; never 0. */
+static uint32_t queue_next_gen(struct virtio_dev *d)
+{
+	if (++d->queue_epoch == 0)
+		d->queue_epoch = 1;
+	return d->queue_epoch;
+}
+
+/*
+ * QueueReady (4.2.2.2). Enabling checks what the driver wrote and maps the
+ * rings; disabling unmaps them at once, so requests still in flight find
+ * no ring to complete into (virtq_push_gen drops them) and a new QueueNum
+ * can only take effect through the checks of the next enabling.
+ */
 static void queue_ready(struct virtio_dev *d, unsigned q, uint32_t v)
 {
+	const struct virtq_cfg *cfg = &d->qcfg[q];
+	struct virtq vq;
 	struct kiln_err err;
 
 	if (!v) {
 		d->queue_ready[q] = 0;
+		memset(&d->vq[q], 0, sizeof(d->vq[q]));
 		return;
 	}
 	if (d->queue_ready[q])
 		return;
-	if (d->vq[q].size > d->ops->queue_max) {
+	if (cfg->num > d->ops->queue_max) {
 		virtio_needs_reset(d, "queue size above QueueNumMax");
 		return;
 	}
-	d->vq[q].event_idx = (d->acked >> VIRTIO_F_RING_EVENT_IDX) & 1;
-	if (virtq_enable(&d->vq[q], d->mem, &err) < 0) {
+	memset(&vq, 0, sizeof(vq));
+	vq.size = cfg->num;
+	vq.desc_gpa = cfg->desc;
+	vq.avail_gpa = cfg->avail;
+	vq.used_gpa = cfg->used;
+	vq.event_idx = (d->acked >> VIRTIO_F_RING_EVENT_IDX) & 1;
+	if (virtq_enable(&vq, d->mem, &err) < 0) {
 		virtio_needs_reset(d, err.msg);
 		return;
 	}
+	vq.gen = queue_next_gen(d);
+	d->vq[q] = vq;
 	d->queue_ready[q] = 1;
 }
 
@@ -324,7 +350,7 @@ static void reg_write(struct virtio_dev *d, uint32_t off, uint32_t v)
 		break;
 	case REG_QUEUE_NUM:
 		if (qok)
-			d->vq[q].size = (uint16_t)(v > 0xffff ? 0 : v);
+			d->qcfg[q].num = (uint16_t)(v > 0xffff ? 0 : v);
 		break;
 	case REG_QUEUE_READY:
 		if (q < d->ops->num_queues)
@@ -343,17 +369,17 @@ static void reg_write(struct virtio_dev *d, uint32_t off, uint32_t v)
 	case REG_QUEUE_DESC_LOW:
 	case REG_QUEUE_DESC_HIGH:
 		if (qok)
-			set_half(&d->vq[q].desc_gpa, off == REG_QUEUE_DESC_HIGH, v);
+			set_half(&d->qcfg[q].desc, off == REG_QUEUE_DESC_HIGH, v);
 		break;
 	case REG_QUEUE_DRIVER_LOW:
 	case REG_QUEUE_DRIVER_HIGH:
 		if (qok)
-			set_half(&d->vq[q].avail_gpa, off == REG_QUEUE_DRIVER_HIGH, v);
+			set_half(&d->qcfg[q].avail, off == REG_QUEUE_DRIVER_HIGH, v);
 		break;
 	case REG_QUEUE_DEVICE_LOW:
 	case REG_QUEUE_DEVICE_HIGH:
 		if (qok)
-			set_half(&d->vq[q].used_gpa, off == REG_QUEUE_DEVICE_HIGH, v);
+			set_half(&d->qcfg[q].used, off == REG_QUEUE_DEVICE_HIGH, v);
 		break;
 	}
 }
@@ -430,17 +456,18 @@ int virtio_mmio_save(struct virtio_dev *d, struct snap_buf *w)
 	snapw_u64(w, d->acked);
 	for (q = 0; q < d->ops->num_queues; q++) {
 		const struct virtq *vq = &d->vq[q];
+		const struct virtq_cfg *cfg = &d->qcfg[q];	/* vq's own values once ready */
 
 		snapw_u8(w, (uint8_t)d->queue_ready[q]);
-		snapw_u16(w, vq->size);
+		snapw_u16(w, cfg->num);
 		snapw_u16(w, vq->last_avail);
 		snapw_u16(w, vq->used_idx);
 		snapw_u16(w, vq->signalled_used);
 		snapw_u8(w, (uint8_t)vq->event_idx);
 		snapw_u8(w, (uint8_t)vq->broken);
-		snapw_u64(w, vq->desc_gpa);
-		snapw_u64(w, vq->avail_gpa);
-		snapw_u64(w, vq->used_gpa);
+		snapw_u64(w, cfg->desc);
+		snapw_u64(w, cfg->avail);
+		snapw_u64(w, cfg->used);
 	}
 	pthread_mutex_unlock(&d->lock);
 	if (dev.len > DEVSTATE_DEV_MAX)
@@ -598,8 +625,15 @@ int virtio_mmio_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err
 		atomic_store(&d->isr, s.isr);
 		d->acked = s.acked;
 		for (q = 0; q < VIRTIO_MAX_QUEUES; q++) {
+			const struct virtq *vq = &s.vq[q];
+
 			d->queue_ready[q] = s.ready[q];
-			d->vq[q] = s.vq[q];
+			d->qcfg[q] = (struct virtq_cfg){ vq->size, vq->desc_gpa, vq->avail_gpa, vq->used_gpa };
+			memset(&d->vq[q], 0, sizeof(d->vq[q]));
+			if (s.ready[q]) {
+				d->vq[q] = *vq;
+				d->vq[q].gen = queue_next_gen(d);
+			}
 		}
 	}
 	pthread_mutex_unlock(&d->lock);

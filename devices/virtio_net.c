@@ -71,8 +71,6 @@ struct virtio_net_hdr_v1 {
 /* The largest frame either way: 64 KiB of GSO payload plus Ethernet and VLAN headers. */
 #define NET_FRAME_MAX	65550u
 #define NET_BOUNCE_LEN	(NET_HDR_LEN + NET_FRAME_MAX)
-/* Guest mistakes logged per device before going quiet (counters keep counting). */
-#define NET_LOG_MAX	10
 
 _Static_assert(sizeof(struct virtio_net_hdr_v1) == 12, "virtio_net_hdr_v1 is 12 bytes");
 
@@ -99,7 +97,6 @@ struct net {
 	uint8_t mac[6];
 	int mac_given;			/* the spec named the MAC: a restore must not change it */
 	char spec[32];			/* for messages: "tap=NAME" */
-	unsigned generation;		/* bumped on reset: stale tx completions are dropped */
 
 	enum net_rx_state rx_state;
 	struct io_op rx_read_op, rx_poll_op;
@@ -107,6 +104,7 @@ struct net {
 	uint32_t rx_len;		/* bytes of the held frame, header included */
 	uint32_t rx_off;		/* bytes of it already copied into rx buffers */
 	uint16_t rx_nused;		/* rx buffers it has filled so far */
+	uint32_t rx_gen;		/* the rx queue's gen when they were taken */
 	struct virtq_used_elem rx_used[VIRTQ_MAX_SIZE];
 	/* Where num_buffers goes: the first buffer's first NET_HDR_LEN bytes. */
 	struct iovec rx_hdr_iov[NET_HDR_LEN];
@@ -115,7 +113,6 @@ struct net {
 	struct net_tx *tx_inflight;	/* writes submitted, not yet completed */
 	struct virtq_chain chain;	/* scratch for virtq_pop (device lock held) */
 
-	unsigned logged;
 	uint64_t tx_frames, tx_bytes, tx_dropped, tx_errors;
 	uint64_t rx_frames, rx_bytes, rx_dropped, rx_errors;
 };
@@ -125,7 +122,7 @@ struct net_tx {
 	struct io_op op;
 	struct net *net;
 	struct net_tx *prev, *next;
-	unsigned generation;
+	uint32_t gen;			/* the tx queue's gen when it was taken */
 	uint16_t head;
 	unsigned niov;
 	struct iovec iov[];
@@ -136,16 +133,14 @@ static void net_rx_pump(struct net *n);
 static void net_log(struct net *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void net_log(struct net *n, const char *fmt, ...)
 {
+	static struct log_limit lim = LOG_LIMIT("virtio-net");
 	char msg[256];
 	va_list ap;
 
-	if (n->logged >= NET_LOG_MAX)
-		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "kiln-vmm: virtio-net %s: %s%s\n", n->spec, msg,
-		++n->logged == NET_LOG_MAX ? " (further messages suppressed)" : "");
+	log_guest(&lim, "virtio-net %s: %s", n->spec, msg);
 }
 
 static int net_has(const struct net *n, unsigned bit)
@@ -197,10 +192,9 @@ static void net_tx_done(struct io_op *op, int res, unsigned flags)
 		n->tx_frames++;
 		n->tx_bytes += (uint64_t)res;
 	}
-	if (t->generation == n->generation && virtio_running(d)) {
-		virtq_push(&d->vq[NET_TXQ], t->head, 0);
+	/* Not if the driver reset or disabled the queue meanwhile. */
+	if (virtio_running(d) && virtq_push_gen(&d->vq[NET_TXQ], t->gen, t->head, 0))
 		virtio_signal_used(d, NET_TXQ);
-	}
 	pthread_mutex_unlock(&d->lock);
 	free(t);
 }
@@ -243,7 +237,7 @@ static void net_tx_submit(struct net *n, const struct virtq_chain *c)
 	}
 	t->op = (struct io_op){ .done = net_tx_done };
 	t->net = n;
-	t->generation = n->generation;
+	t->gen = n->dev->vq[NET_TXQ].gen;
 	t->head = c->head;
 	t->niov = 0;
 	for (i = 0; i < c->nread; i++)
@@ -346,6 +340,12 @@ static int net_rx_deliver(struct net *n)
 	unsigned i;
 	int r;
 
+	if (n->rx_nused && n->rx_gen != q->gen) {
+		/* The buffers filled so far went with a ring the driver took down. */
+		n->rx_off = 0;
+		n->rx_nused = 0;
+		n->rx_hdr_niov = 0;
+	}
 	if (n->rx_off == 0 && !net_rx_acceptable(n)) {
 		n->rx_dropped++;
 		net_rx_clear(n);
@@ -385,8 +385,10 @@ static int net_rx_deliver(struct net *n)
 			return -1;
 		}
 		take = c->write_len < n->rx_len - n->rx_off ? c->write_len : n->rx_len - n->rx_off;
-		if (n->rx_nused == 0)
+		if (n->rx_nused == 0) {
 			net_rx_save_hdr(n, c);
+			n->rx_gen = q->gen;
+		}
 		iov_from_buf(c->write, c->nwrite, 0, n->rx_buf + n->rx_off, take);
 		n->rx_used[n->rx_nused++] = (struct virtq_used_elem){ c->head, (uint32_t)take };
 		n->rx_off += (uint32_t)take;
@@ -515,8 +517,7 @@ static int net_activate(struct virtio_dev *d)
 	if (n->is_tap && ioctl(n->fd, TUNSETOFFLOAD, net_offloads(d->acked)) < 0) {
 		int e = errno;
 
-		fprintf(stderr, "kiln-vmm: virtio-net %s: TUNSETOFFLOAD %#x: %s\n", n->spec,
-			net_offloads(d->acked), strerror(e));
+		net_log(n, "TUNSETOFFLOAD %#x: %s", net_offloads(d->acked), strerror(e));
 		return -e;
 	}
 	return ioloop_call(d->loop, net_start, n);
@@ -526,8 +527,7 @@ static void net_reset(struct virtio_dev *d)
 {
 	struct net *n = d->priv;
 
-	/* In-flight I/O finishes on its own; its results are not pushed. */
-	n->generation++;
+	/* In-flight I/O finishes on its own; the queues' gens drop its results. */
 	if (n->rx_state == RX_HELD)
 		n->rx_state = RX_IDLE;
 	net_rx_clear(n);
@@ -611,7 +611,8 @@ static int net_save(struct virtio_dev *d, struct snap_buf *w)
 	 * a restored one never sees it, as if the tap had dropped it.
 	 */
 	if (n->rx_state == RX_HELD && n->rx_nused) {
-		d->vq[NET_RXQ].last_avail = (uint16_t)(d->vq[NET_RXQ].last_avail - n->rx_nused);
+		if (n->rx_gen == d->vq[NET_RXQ].gen)
+			d->vq[NET_RXQ].last_avail = (uint16_t)(d->vq[NET_RXQ].last_avail - n->rx_nused);
 		n->rx_off = 0;
 		n->rx_nused = 0;
 		n->rx_hdr_niov = 0;

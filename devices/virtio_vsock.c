@@ -24,11 +24,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/timerfd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "usock.h"
 #include "virtio.h"
 
 #define VIRTIO_ID_VSOCK		19
@@ -68,7 +68,6 @@
 #define VSOCK_CONNECT_TIMEOUT_MAX_MS	3600000
 #define VSOCK_HOST_PORT_BASE	(1U << 30)	/* ports for host-initiated connections */
 #define VSOCK_LINE_MAX		64		/* "CONNECT <port>\n" */
-#define VSOCK_MAX_LOGS		16
 #define VSOCK_RESET_HOLD_S	2		/* longest a request waits on a TRANSPORT_RESET */
 
 /* The packet header (5.10.6), little-endian like the host. */
@@ -144,6 +143,7 @@ struct vsock {
 	char uds[sizeof(((struct sockaddr_un *)0)->sun_path) - 11];
 	int listen_fd;
 	struct io_op listen_op;
+	struct usock_acl acl;		/* who may connect to uds: its owner, root, group= */
 	struct io_op cancel_op;		/* tags our cancel requests; its completions are ignored */
 	struct vsock_conn *conns;	/* live connections */
 	struct vsock_conn *dead;	/* closed, waiting for their polls to end */
@@ -155,6 +155,7 @@ struct vsock {
 	/* An rx buffer taken from the ring but not yet filled. */
 	struct virtq_chain rx_chain;
 	int rx_held;
+	uint32_t rx_gen;	/* the rx queue's gen when it was taken */
 	int event_pending;	/* a TRANSPORT_RESET event waits for an event buffer */
 	/*
 	 * A TRANSPORT_RESET went to the guest and it has not yet handled it:
@@ -173,7 +174,6 @@ struct vsock {
 	struct io_op req_op;
 	uint64_t req_timer_at;	/* when req_tfd fires (ns, CLOCK_MONOTONIC); 0: disarmed */
 	int reap_queued;	/* vsock_reap_call() is queued on the I/O thread */
-	unsigned nlogs;
 	uint64_t rx_pkts, tx_pkts, resets_sent;
 };
 
@@ -182,23 +182,19 @@ static int vsock_reset_in_progress(struct vsock *vs);
 static void conn_in_done(struct io_op *op, int res, unsigned flags);
 static void conn_out_done(struct io_op *op, int res, unsigned flags);
 
-/* A guest's mistake: logged, but only the first few, so a guest cannot flood stderr. */
+/* A guest's mistake: logged, rate-limited so a guest cannot flood stderr. */
 static void vsock_log(struct vsock *vs, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void vsock_log(struct vsock *vs, const char *fmt, ...)
 {
+	static struct log_limit lim = LOG_LIMIT("virtio-vsock");
+	char msg[256];
 	va_list ap;
 
-	if (vs->nlogs > VSOCK_MAX_LOGS)
-		return;
-	if (vs->nlogs++ == VSOCK_MAX_LOGS) {
-		fprintf(stderr, "kiln-vmm: virtio-vsock: further guest errors are not logged\n");
-		return;
-	}
-	fputs("kiln-vmm: virtio-vsock: ", stderr);
+	(void)vs;
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	log_guest(&lim, "virtio-vsock: %s", msg);
 }
 
 static int rx_ready(const struct vsock *vs)
@@ -537,8 +533,10 @@ static int rx_take(struct vsock *vs)
 	struct kiln_err err;
 	int r;
 
-	if (vs->rx_held)
+	/* One held across a disabling of the queue went with its ring. */
+	if (vs->rx_held && vs->rx_gen == vs->dev->vq[VSOCK_RXQ].gen)
 		return 1;
+	vs->rx_held = 0;
 	r = virtq_pop(&vs->dev->vq[VSOCK_RXQ], vs->dev->mem, &vs->rx_chain, &err);
 	if (r < 0) {
 		virtio_needs_reset(vs->dev, err.msg);
@@ -549,6 +547,7 @@ static int rx_take(struct vsock *vs)
 		return 0;
 	}
 	vs->rx_held = r;
+	vs->rx_gen = vs->dev->vq[VSOCK_RXQ].gen;
 	return r;
 }
 
@@ -564,7 +563,7 @@ static uint32_t rx_put(struct vsock *vs, struct vsock_hdr *h, const uint8_t *pay
 	iov_from_buf(ch->write, ch->nwrite, 0, h, VSOCK_HDR);
 	if (len)
 		iov_from_buf(ch->write, ch->nwrite, VSOCK_HDR, payload, len);
-	virtq_push(&vs->dev->vq[VSOCK_RXQ], ch->head, (uint32_t)VSOCK_HDR + len);
+	virtq_push_gen(&vs->dev->vq[VSOCK_RXQ], vs->rx_gen, ch->head, (uint32_t)VSOCK_HDR + len);
 	vs->rx_held = 0;
 	vs->rx_pkts++;
 	return len;
@@ -759,6 +758,11 @@ static void listen_done(struct io_op *op, int res, unsigned flags)
 
 		if (fd < 0)
 			break;
+		/* Another user (whatever the file's mode now says) is closed before it can send a byte. */
+		if (!usock_peer_check(&vs->acl, fd)) {
+			close(fd);
+			continue;
+		}
 		if (vs->nconns >= VSOCK_MAX_CONNS || !(c = conn_new(vs, fd, CONN_HANDSHAKE))) {
 			close(fd);
 			continue;
@@ -1163,7 +1167,8 @@ static int vsock_save(struct virtio_dev *d, struct snap_buf *w)
 	 * restored device would never fill or return it.
 	 */
 	if (vs->rx_held) {
-		d->vq[VSOCK_RXQ].last_avail--;
+		if (vs->rx_gen == d->vq[VSOCK_RXQ].gen)
+			d->vq[VSOCK_RXQ].last_avail--;
 		vs->rx_held = 0;
 	}
 	snapw_u64(w, vs->cid);
@@ -1273,7 +1278,7 @@ static int opt_num(const char *p, size_t len, size_t klen, unsigned long long lo
 	return errno || *end || num[0] < '0' || num[0] > '9' || *v < lo || *v > hi ? -1 : 0;
 }
 
-/* Parse "cid=N,uds=PATH[,connect-timeout=MS]" (any order) into vs. */
+/* Parse "cid=N,uds=PATH[,connect-timeout=MS][,group=NAME]" (any order) into vs. */
 static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 {
 	const char *p = spec;
@@ -1295,12 +1300,25 @@ static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 						 spec, sizeof(vs->uds) - 1);
 			memcpy(vs->uds, p + 4, len - 4);
 			vs->uds[len - 4] = '\0';
+		} else if (len > 6 && strncmp(p, "group=", 6) == 0) {
+			char name[64], what[300];
+			int r;
+
+			if (len - 6 >= sizeof(name))
+				return kiln_fail(err, ENAMETOOLONG, "--vsock %s: group name longer than %zu bytes",
+						 spec, sizeof(name) - 1);
+			memcpy(name, p + 6, len - 6);
+			name[len - 6] = '\0';
+			snprintf(what, sizeof(what), "--vsock %s: group=%s", spec, name);
+			r = usock_group_lookup(name, what, &vs->acl.group, err);
+			if (r < 0)
+				return r;
 		} else if (len > 16 && strncmp(p, "connect-timeout=", 16) == 0) {
 			if (opt_num(p, len, 16, 1, VSOCK_CONNECT_TIMEOUT_MAX_MS, &v) < 0)
 				goto bad_timeout;
 			vs->connect_timeout_ms = (uint32_t)v;
 		} else {
-			return kiln_fail(err, EINVAL, "--vsock %s: unknown option '%.*s' (expected cid=N,uds=PATH[,connect-timeout=MS])",
+			return kiln_fail(err, EINVAL, "--vsock %s: unknown option '%.*s' (expected cid=N,uds=PATH[,connect-timeout=MS][,group=NAME])",
 					 spec, (int)len, p);
 		}
 		p += len + (comma ? 1 : 0);
@@ -1320,49 +1338,20 @@ bad_timeout:
 			 spec, VSOCK_CONNECT_TIMEOUT_MAX_MS);
 }
 
-/* Listen on vs->uds, replacing a stale socket left by an earlier run. */
+/*
+ * Listen on vs->uds, replacing a stale socket left by an earlier run: mode
+ * 0600, or 0660 for group= (whose members, the owner and root may connect).
+ */
 static int vsock_listen(struct vsock *vs, struct kiln_err *err)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct stat st;
+	int fd;
 
-	memcpy(sa.sun_path, vs->uds, strlen(vs->uds) + 1);
-	if (lstat(vs->uds, &st) == 0) {
-		int probe;
-
-		if (!S_ISSOCK(st.st_mode))
-			return kiln_fail(err, EEXIST, "--vsock uds=%s: exists and is not a socket (remove it or pick another path)",
-					 vs->uds);
-		/* Stale if nobody answers; never steal a live VM's socket. */
-		probe = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			close(probe);
-			return kiln_fail(err, EADDRINUSE, "--vsock uds=%s: another process is listening there (give each VM its own socket)",
-					 vs->uds);
-		}
-		if (probe >= 0)
-			close(probe);
-		unlink(vs->uds);
-	}
-	vs->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (vs->listen_fd < 0)
-		return kiln_fail(err, errno, "--vsock: socket: %s", strerror(errno));
-	if (bind(vs->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
-
-		close(vs->listen_fd);
-		vs->listen_fd = -1;
-		return kiln_fail(err, e, "--vsock uds=%s: %s (is its directory there and writable?)",
-				 vs->uds, strerror(e));
-	}
-	if (listen(vs->listen_fd, 64) < 0) {
-		int e = errno;
-
-		close(vs->listen_fd);
-		unlink(vs->uds);
-		vs->listen_fd = -1;
-		return kiln_fail(err, e, "--vsock uds=%s: listen: %s", vs->uds, strerror(e));
-	}
+	snprintf(vs->acl.what, sizeof(vs->acl.what), "--vsock uds=%s", vs->uds);
+	vs->acl.hint = "(--vsock ...,group=GROUP admits a group's members)";
+	fd = usock_listen(vs->uds, SOCK_NONBLOCK, 64, &vs->acl, err);
+	if (fd < 0)
+		return fd;
+	vs->listen_fd = fd;
 	return 0;
 }
 
@@ -1392,6 +1381,7 @@ int virtio_vsock_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 	if (!vs)
 		return kiln_fail(err, ENOMEM, "out of memory");
 	vs->listen_fd = -1;
+	vs->acl.group = USOCK_NO_GROUP;
 	vs->reset_tfd = -1;
 	vs->req_tfd = -1;
 	vs->connect_timeout_ms = VSOCK_CONNECT_TIMEOUT_MS;

@@ -136,6 +136,14 @@ void virtq_push(struct virtq *q, uint16_t head, uint32_t len)
 	__atomic_store_n(&q->used[USED_IDX], q->used_idx, __ATOMIC_RELEASE);
 }
 
+int virtq_push_gen(struct virtq *q, uint32_t gen, uint16_t head, uint32_t len)
+{
+	if (!q->used || q->gen != gen)
+		return 0;
+	virtq_push(q, head, len);
+	return 1;
+}
+
 void virtq_kick_on_next(struct virtq *q)
 {
 	if (q->event_idx && q->avail && q->used)

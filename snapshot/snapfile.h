@@ -14,7 +14,7 @@
 
 #define SNAP_MAGIC		"KILNSNAP"
 #define SNAP_MAGIC_LEN		8
-#define SNAP_VERSION		1
+#define SNAP_VERSION		2	/* 2: the snapshot id in META, the memory file's trailer */
 #define SNAP_HEADER_LEN		24	/* magic, version, section count, body length */
 #define SNAP_SECTION_HDR	12	/* tag, length */
 #define SNAP_TRAILER_LEN	4	/* CRC-32C of every byte before it */
@@ -63,7 +63,7 @@ int snapw_finish(struct snap_buf *w);
 struct snap_rd {
 	const uint8_t *p;
 	size_t len, off;
-	char err[160];
+	char err[256];
 };
 
 void snapr_init(struct snap_rd *r, const void *p, size_t len);

@@ -1,6 +1,7 @@
 /*
  * Taking a snapshot of a paused VM, and parsing one back (snapshot.h).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +33,7 @@ static int meta_parse(struct snap_rd *r, struct snap_meta *m)
 	snapr_str(r, m->kernel, sizeof(m->kernel), "kernel path");
 	m->created_ns = snapr_u64(r, "creation time");
 	m->ndevices = snapr_u32(r, "device count");
+	snapr_copy(r, m->id, SNAP_ID_LEN, "snapshot id");
 	if (!snapr_ok(r))
 		return -EINVAL;
 	if (m->mem_size < KILN_MIN_MEM_MIB * MIB || m->mem_size > KILN_MAX_MEM_MIB * MIB || m->mem_size % (2 * MIB))
@@ -43,6 +46,36 @@ static int meta_parse(struct snap_rd *r, struct snap_meta *m)
 	return snapr_end(r, "header");
 }
 
+/* A hostile string made safe for a message: at most 60 bytes, the unprintable as '?'. */
+static const char *printable(const char *str, char out[64])
+{
+	size_t i;
+
+	for (i = 0; str[i] && i < 60; i++)
+		out[i] = str[i] >= 0x20 && str[i] < 0x7f ? str[i] : '?';
+	out[i] = '\0';
+	if (str[i])
+		snprintf(out + 57, 4, "...");
+	return out;
+}
+
+/* A name for one of the snapshot's own files: nothing that could leave its directory. */
+static int name_is_local(const char *n)
+{
+	return n[0] && !strchr(n, '/') && strcmp(n, ".") && strcmp(n, "..");
+}
+
+int snap_is_own_file(const char *name)
+{
+	unsigned n;
+	int end = 0;
+
+	if (!strcmp(name, SNAP_STATE_FILE) || !strcmp(name, SNAP_MEMORY_FILE) || !strcmp(name, "state.tmp"))
+		return 1;
+	return sscanf(name, "disk%u.img%n", &n, &end) == 1 && end > 0 && name[end] == '\0' &&
+	       name[4] >= '0' && name[4] <= '9';
+}
+
 static int device_parse(struct snap_rd *r, struct snap_device *d)
 {
 	snapr_str(r, d->kind, sizeof(d->kind), "device kind");
@@ -53,6 +86,19 @@ static int device_parse(struct snap_rd *r, struct snap_device *d)
 		return -EINVAL;
 	if (strcmp(d->kind, "disk") && strcmp(d->kind, "net") && strcmp(d->kind, "vsock"))
 		return snapr_fail(r, "unknown device kind \"%s\"", d->kind);
+	if (!strcmp(d->kind, "disk")) {
+		struct disk_spec ds;
+		struct kiln_err e;
+		char shown[64];
+
+		if (disk_spec_parse(d->spec, &ds, &e) < 0)
+			return snapr_fail(r, "disk: %s", e.msg);
+		d->ro_disk = ds.ro;
+		/* A copy lives in the snapshot; a path anywhere else would hand the guest a host file. */
+		if (!ds.ro && !name_is_local(ds.path))
+			return snapr_fail(r, "disk path \"%s\" is not a file in the snapshot's directory (a snapshot names only its own files; give a host disk with --disk)",
+					  printable(ds.path, shown));
+	}
 	/* The rest is the device's own: virtio_mmio_restore reads it. */
 	snapr_init(&d->state, r->p + r->off, snapr_left(r));
 	return 0;
@@ -151,6 +197,103 @@ void snap_state_free(struct snap_state *s)
 	s->vcpu = NULL;
 }
 
+/* The CID in a vsock spec, for a message: digits after "cid=", or "N". */
+static const char *spec_cid(const char *spec, char out[24])
+{
+	const char *p = strstr(spec, "cid=");
+	size_t n = 0;
+
+	if (p && (p == spec || p[-1] == ','))
+		for (p += 4; n < 20 && p[n] >= '0' && p[n] <= '9'; n++)
+			out[n] = p[n];
+	if (!n)
+		out[n++] = 'N';
+	out[n] = '\0';
+	return out;
+}
+
+int snap_plan_devices(const struct snap_state *s, const char *const *kinds, const char *const *specs,
+		      int nopts, int *opt, struct kiln_err *err)
+{
+	int used[SNAP_MAX_DEVICES * 4] = { 0 }, i, j;
+	uint32_t d;
+
+	if (nopts < 0 || nopts > (int)(sizeof(used) / sizeof(used[0])))
+		return kiln_fail(err, EINVAL, "%d device options: at most %zu", nopts, sizeof(used) / sizeof(used[0]));
+	for (d = 0; d < s->meta.ndevices; d++) {
+		opt[d] = -1;
+		for (j = 0; j < nopts; j++)
+			if (!used[j] && !strcmp(kinds[j], s->dev[d].kind)) {
+				used[j] = 1;
+				opt[d] = j;
+				break;
+			}
+	}
+	/* An option left over first: the user asked for something that cannot be. */
+	for (j = 0; j < nopts; j++)
+		if (!used[j])
+			return kiln_fail(err, EINVAL, "--%s %s: the snapshot has no further %s device to replace (a restore cannot add devices)",
+					 kinds[j], specs[j], kinds[j]);
+	for (i = 0; i < (int)s->meta.ndevices; i++) {
+		const struct snap_device *sd = &s->dev[i];
+		char shown[64], cid[24];
+
+		if (opt[i] >= 0)
+			continue;
+		if (!strcmp(sd->kind, "net"))
+			return kiln_fail(err, EINVAL, "device %d is a net device: pass --net tap=NAME for it (a restore takes taps from its command line, never from the snapshot)", i);
+		if (!strcmp(sd->kind, "vsock"))
+			return kiln_fail(err, EINVAL, "device %d is a vsock device: pass --vsock cid=%s,uds=PATH for it (a restore takes host sockets from its command line, never from the snapshot)",
+					 i, spec_cid(sd->spec, cid));
+		if (sd->ro_disk)
+			return kiln_fail(err, EINVAL, "device %d is a read-only disk the snapshot shared (\"%s\"): pass --disk PATH,ro for it, after a --disk for each disk before it (a snapshot opens no host file outside its directory)",
+					 i, printable(sd->spec, shown));
+	}
+	return 0;
+}
+
+/* The trailer's fields: magic, id, RAM size, CRC-32C of those; zeros to the page's end. */
+#define MEM_TRAILER_FIELDS	(8 + SNAP_ID_LEN + 8)
+
+void snap_mem_trailer(uint8_t out[SNAP_MEM_TRAILER], const uint8_t id[SNAP_ID_LEN], uint64_t size)
+{
+	uint32_t crc;
+	int i;
+
+	memset(out, 0, SNAP_MEM_TRAILER);
+	memcpy(out, SNAP_MEM_MAGIC, 8);
+	memcpy(out + 8, id, SNAP_ID_LEN);
+	for (i = 0; i < 8; i++)
+		out[8 + SNAP_ID_LEN + i] = (uint8_t)(size >> (8 * i));
+	crc = snap_crc32c(0, out, MEM_TRAILER_FIELDS);
+	for (i = 0; i < 4; i++)
+		out[MEM_TRAILER_FIELDS + i] = (uint8_t)(crc >> (8 * i));
+}
+
+int snap_mem_check(int fd, const char *name, uint64_t size, const uint8_t id[SNAP_ID_LEN], struct kiln_err *err)
+{
+	uint8_t got[SNAP_MEM_TRAILER], want[SNAP_MEM_TRAILER];
+	struct stat st;
+	ssize_t n;
+
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return kiln_fail(err, EINVAL, "%s: not a regular file (the snapshot's memory file)", name);
+	if ((uint64_t)st.st_size != size + SNAP_MEM_TRAILER)
+		return kiln_fail(err, EINVAL, "%s: %llu bytes, but the snapshot's guest has %llu MiB of memory and a 4 KiB trailer (truncated, or the memory file of another snapshot)",
+				 name, (unsigned long long)st.st_size, (unsigned long long)(size / MIB));
+	do
+		n = pread(fd, got, sizeof(got), (off_t)size);
+	while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)sizeof(got))
+		return kiln_fail(err, n < 0 ? errno : EIO, "%s: reading its trailer: %s", name, n < 0 ? strerror(errno) : "short read");
+	snap_mem_trailer(want, id, size);
+	if (memcmp(got, SNAP_MEM_MAGIC, 8))
+		return kiln_fail(err, EINVAL, "%s: no snapshot trailer: not a whole memory file (a snapshot cut short, or the memory file of another snapshot)", name);
+	if (memcmp(got, want, sizeof(got)))
+		return kiln_fail(err, EINVAL, "%s: the memory file of another snapshot (its id is not the state's): restore the state it was written with, or take the snapshot again", name);
+	return 0;
+}
+
 /* ---- host checks -------------------------------------------------------------- */
 
 void snap_cpuid_vendor(const struct kvm_cpuid2 *c, char out[13])
@@ -225,27 +368,15 @@ int snap_file_crc(const char *path, uint32_t *crc, uint64_t *size)
 
 /* ---- taking a snapshot ---------------------------------------------------------- */
 
-int snap_copy_file(const char *src, const char *dst, int dst_fd, uint64_t *copied, struct kiln_err *err)
+int snap_copy_fd(int in, const char *src, int out, const char *dst, uint64_t *copied, struct kiln_err *err)
 {
 	struct stat st;
-	int in, out, e = 0;
+	int e = 0;
 	off_t off = 0;
 	uint64_t total = 0;
 
-	in = open(src, O_RDONLY | O_CLOEXEC);
-	if (in < 0)
+	if (fstat(in, &st) < 0)
 		return kiln_fail(err, errno, "%s: %s", src, strerror(errno));
-	if (fstat(in, &st) < 0) {
-		e = errno;
-		close(in);
-		return kiln_fail(err, e, "%s: %s", src, strerror(e));
-	}
-	out = dst ? open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : dst_fd;
-	if (out < 0) {
-		e = errno;
-		close(in);
-		return kiln_fail(err, e, "%s: %s", dst, strerror(e));
-	}
 	/* A reflink shares the extents: instant, and copy-on-write from here on. */
 	if (ioctl(out, FICLONE, in) == 0)
 		goto done;
@@ -287,17 +418,33 @@ int snap_copy_file(const char *src, const char *dst, int dst_fd, uint64_t *copie
 done:
 	if (!e && fsync(out) < 0)
 		e = errno;
-	close(in);
-	if (dst)
-		close(out);
-	if (e) {
-		if (dst)
-			unlink(dst);
-		return kiln_fail(err, e, "copying %s to %s: %s", src, dst ? dst : "a clone's disk", strerror(e));
-	}
+	if (e)
+		return kiln_fail(err, e, "copying %s to %s: %s", src, dst, strerror(e));
 	if (copied)
 		*copied = total;
 	return 0;
+}
+
+int snap_copy_file(const char *src, const char *dst, uint64_t *copied, struct kiln_err *err)
+{
+	int in, out, r;
+
+	in = open(src, O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		return kiln_fail(err, errno, "%s: %s", src, strerror(errno));
+	out = open(dst, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (out < 0) {
+		r = kiln_fail(err, errno, "%s: %s%s", dst, strerror(errno),
+			      errno == ELOOP ? " (a symbolic link: kiln never writes a copy through one)" : "");
+		close(in);
+		return r;
+	}
+	r = snap_copy_fd(in, src, out, dst, copied, err);
+	close(in);
+	close(out);
+	if (r < 0)
+		unlink(dst);
+	return r;
 }
 
 static double ms_since(uint64_t t0)
@@ -307,7 +454,9 @@ static double ms_since(uint64_t t0)
 
 struct take_ctx {
 	const struct snap_source *src;
-	const char *dir;
+	const char *dir;		/* the target, for messages */
+	struct snap_dir sd;		/* the fresh directory the files go into */
+	uint8_t id[SNAP_ID_LEN];
 	struct snap_result *res;
 	struct kiln_err *err;
 	unsigned inflight;
@@ -324,35 +473,46 @@ static void count_inflight(void *arg)
 		t->inflight += virtio_mmio_inflight(&t->src->devs[i]);
 }
 
-static int write_all_file(const char *path, const void *p, size_t len, struct kiln_err *err)
+/* A new file in the fresh directory: never an existing one, never through a link. */
+static int create_new(const struct take_ctx *t, const char *name)
 {
-	char tmp[4200];
+	return snap_dir_create(&t->sd, name, t->err);
+}
+
+/* RAM, then the trailer that binds it to this snapshot's state, then fsync. */
+static int write_memory(struct take_ctx *t, const struct guest_mem *mem)
+{
+	static uint8_t trailer[SNAP_MEM_TRAILER];
+	char name[4200];
+	int fd, r, e;
+
+	snprintf(name, sizeof(name), "%s/" SNAP_MEMORY_FILE, t->dir);
+	if ((fd = create_new(t, SNAP_MEMORY_FILE)) < 0)
+		return fd;
+	if ((r = guest_mem_save(mem, fd, name, &t->res->memory_bytes, t->err)) < 0)
+		goto out;
+	snap_mem_trailer(trailer, t->id, mem->size);
+	if (pwrite(fd, trailer, sizeof(trailer), (off_t)mem->size) != (ssize_t)sizeof(trailer) || fsync(fd) < 0) {
+		e = errno ? errno : EIO;
+		r = kiln_fail(t->err, e, "%s: %s", name, strerror(e));
+	}
+out:
+	close(fd);
+	return r;
+}
+
+static int write_state(struct take_ctx *t, const void *p, size_t len)
+{
 	int fd, e;
 
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		return kiln_fail(err, ENAMETOOLONG, "%s: path too long", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return kiln_fail(err, errno, "%s: %s", tmp, strerror(errno));
-	if ((e = write_full(fd, p, len)) < 0) {
-		errno = -e;
-		goto fail;
+	if ((fd = create_new(t, SNAP_STATE_FILE)) < 0)
+		return fd;
+	if ((e = write_full(fd, p, len)) < 0 || (fsync(fd) < 0 && (e = -errno) < 0)) {
+		close(fd);
+		return kiln_fail(t->err, -e, "%s/" SNAP_STATE_FILE ": %s", t->dir, strerror(-e));
 	}
-	if (fsync(fd) < 0)
-		goto fail;
 	close(fd);
-	/* Renamed into place last: a state file that exists is a whole one. */
-	if (rename(tmp, path) < 0) {
-		e = errno;
-		unlink(tmp);
-		return kiln_fail(err, e, "%s: %s", path, strerror(e));
-	}
 	return 0;
-fail:
-	e = errno ? errno : EIO;
-	close(fd);
-	unlink(tmp);
-	return kiln_fail(err, e, "%s: %s", tmp, strerror(e));
 }
 
 /* On the I/O thread, so no completion touches guest memory while it is copied. */
@@ -404,9 +564,27 @@ static void take_on_io_thread(void *arg)
 			}
 			continue;
 		}
-		snprintf(path, sizeof(path), "%s/disk%d.img", t->dir, ndisk);
-		if ((t->rc = snap_copy_file(dpath, path, -1, &n, t->err)) < 0)
-			goto out;
+		{
+			char name[32];
+			int in, out;
+
+			snprintf(name, sizeof(name), "disk%d.img", ndisk);
+			snprintf(path, sizeof(path), "%s/%s", t->dir, name);
+			if ((in = open(dpath, O_RDONLY | O_CLOEXEC)) < 0) {
+				t->rc = kiln_fail(t->err, errno, "%s: %s", dpath, strerror(errno));
+				goto out;
+			}
+			if ((out = create_new(t, name)) < 0) {
+				t->rc = out;
+				close(in);
+				goto out;
+			}
+			t->rc = snap_copy_fd(in, dpath, out, path, &n, t->err);
+			close(in);
+			close(out);
+			if (t->rc < 0)
+				goto out;
+		}
 		t->res->disk_bytes += n;
 		snprintf(disk_spec[i], sizeof(disk_spec[i]), "disk%d.img%s", ndisk, ds.opts);
 		ndisk++;
@@ -432,6 +610,7 @@ static void take_on_io_thread(void *arg)
 		snapw_u64(&w, (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec);
 	}
 	snapw_u32(&w, (uint32_t)src->ndevs);
+	snapw_bytes(&w, t->id, SNAP_ID_LEN);
 	snapw_section_end(&w, mark);
 
 	if ((t->rc = vm_state_save(vm, &w, t->err)) < 0)
@@ -460,16 +639,226 @@ static void take_on_io_thread(void *arg)
 		t->rc = kiln_fail(t->err, ENOMEM, "the state is larger than %u bytes, or out of memory", SNAP_MAX_FILE);
 		goto out;
 	}
-	snprintf(path, sizeof(path), "%s/" SNAP_MEMORY_FILE, t->dir);
-	if ((t->rc = guest_mem_save(&vm->mem, path, &t->res->memory_bytes, t->err)) < 0)
+	if ((t->rc = write_memory(t, &vm->mem)) < 0)
 		goto out;
-	snprintf(path, sizeof(path), "%s/" SNAP_STATE_FILE, t->dir);
-	if ((t->rc = write_all_file(path, w.p, w.len, t->err)) < 0)
+	/* The state last: a directory with one holds a whole snapshot. */
+	if ((t->rc = write_state(t, w.p, w.len)) < 0)
 		goto out;
 	t->res->state_bytes = w.len;
 	t->rc = 0;
 out:
 	snapw_free(&w);
+}
+
+/* ---- the snapshot directory, written whole ---------------------------------------- */
+
+/* Remove directory name in pfd if it holds only a snapshot's regular files; else leave it. */
+static void remove_snapshot_dir(int pfd, const char *name)
+{
+	int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct dirent *e;
+	DIR *d;
+
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	/* The state first: what is left of a half-removed snapshot is never whole. */
+	unlinkat(fd, SNAP_STATE_FILE, 0);
+	while ((e = readdir(d)))
+		if (snap_is_own_file(e->d_name))
+			unlinkat(fd, e->d_name, 0);
+	closedir(d);
+	unlinkat(pfd, name, AT_REMOVEDIR);
+}
+
+enum { TARGET_NEW, TARGET_EMPTY, TARGET_SNAPSHOT };
+
+/* What is at dir now: nothing, an empty directory, or a snapshot to replace; anything else is refused. */
+static int target_check(int pfd, const char *base, const char *dir, int *kind, struct kiln_err *err)
+{
+	struct stat st;
+	struct dirent *e;
+	int fd, n = 0, r = 0;
+	DIR *d;
+
+	if (fstatat(pfd, base, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (errno != ENOENT)
+			return kiln_fail(err, errno, "%s: %s", dir, strerror(errno));
+		*kind = TARGET_NEW;
+		return 0;
+	}
+	if (S_ISLNK(st.st_mode))
+		return kiln_fail(err, ELOOP, "%s is a symbolic link: name the directory itself (a snapshot is never written through a link)", dir);
+	if (!S_ISDIR(st.st_mode))
+		return kiln_fail(err, ENOTDIR, "%s exists and is not a directory: name a new directory for the snapshot", dir);
+	fd = openat(pfd, base, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 || !(d = fdopendir(fd))) {
+		r = kiln_fail(err, errno, "%s: %s", dir, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	while (!r && (e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (!snap_is_own_file(e->d_name))
+			r = kiln_fail(err, EEXIST, "%s holds %.100s, which is not part of a snapshot: name a new or empty directory, or an older snapshot to replace",
+				      dir, e->d_name);
+		else if (fstatat(fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+			r = kiln_fail(err, EEXIST, "%s/%s is not a regular file (a symbolic link?): a snapshot is never written through one; remove it, or name another directory",
+				      dir, e->d_name);
+		n++;
+	}
+	closedir(d);
+	*kind = n ? TARGET_SNAPSHOT : TARGET_EMPTY;
+	return r;
+}
+
+/* Move the fresh directory tmp to base, replacing what target_check found there. */
+static int target_commit(int pfd, const char *tmp, const char *base, int kind,
+			 const char *dir, struct kiln_err *err)
+{
+	char aside[320];
+	int r;
+
+	switch (kind) {
+	case TARGET_NEW:
+		r = renameat2(pfd, tmp, pfd, base, RENAME_NOREPLACE);
+		if (r < 0 && errno == EINVAL)	/* a filesystem without RENAME_NOREPLACE */
+			r = renameat(pfd, tmp, pfd, base);
+		break;
+	case TARGET_EMPTY:
+		r = renameat(pfd, tmp, pfd, base);	/* replaces an empty directory only */
+		break;
+	case TARGET_SNAPSHOT:
+		/* One step: dir holds the old snapshot or the new one, never a mix. */
+		r = renameat2(pfd, tmp, pfd, base, RENAME_EXCHANGE);
+		if (r == 0) {
+			remove_snapshot_dir(pfd, tmp);
+			break;
+		}
+		if (errno != EINVAL)
+			break;
+		/* No RENAME_EXCHANGE here: the old one aside, the new one in, the old one removed. */
+		snprintf(aside, sizeof(aside), "%s.old", tmp);
+		if ((r = renameat(pfd, base, pfd, aside)) < 0)
+			break;
+		if ((r = renameat(pfd, tmp, pfd, base)) < 0) {
+			int e = errno;
+
+			renameat(pfd, aside, pfd, base);
+			errno = e;
+			break;
+		}
+		remove_snapshot_dir(pfd, aside);
+		break;
+	default:
+		r = -1;
+		errno = EINVAL;
+	}
+	if (r < 0)
+		return kiln_fail(err, errno, "%s: %s%s", dir, strerror(errno),
+				 errno == EEXIST || errno == ENOTEMPTY ? " (something else was written there meanwhile)" : "");
+	fsync(pfd);
+	return 0;
+}
+
+int snap_dir_begin(struct snap_dir *d, const char *dir, struct kiln_err *err)
+{
+	char parent[4096];
+	size_t len = strlen(dir);
+	const char *slash;
+	int r, i;
+
+	memset(d, 0, sizeof(*d));
+	d->pfd = d->dfd = -1;
+	d->dir = dir;
+	if (len > 4000)
+		return kiln_fail(err, ENAMETOOLONG, "%s: path too long", dir);
+	/* dir's parent and its last component, trailing slashes dropped. */
+	while (len > 1 && dir[len - 1] == '/')
+		len--;
+	for (slash = dir + len; slash > dir && slash[-1] != '/'; slash--)
+		;
+	if ((size_t)(dir + len - slash) >= sizeof(d->base) - 20)
+		return kiln_fail(err, ENAMETOOLONG, "%s: name too long", dir);
+	snprintf(d->base, sizeof(d->base), "%.*s", (int)(dir + len - slash), slash);
+	if (slash == dir)
+		snprintf(parent, sizeof(parent), ".");
+	else
+		snprintf(parent, sizeof(parent), "%.*s", slash - dir == 1 ? 1 : (int)(slash - dir - 1), dir);
+	if (!name_is_local(d->base))
+		return kiln_fail(err, EINVAL, "%s: name the snapshot's directory by a path that ends in its name", dir);
+	d->pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (d->pfd < 0)
+		return kiln_fail(err, errno, "%s: %s", parent, strerror(errno));
+	if ((r = target_check(d->pfd, d->base, dir, &d->kind, err)) < 0)
+		goto fail;
+	/* A fresh, private directory beside the target: nothing in it but what we write. */
+	for (i = 0;; i++) {
+		uint32_t rnd;
+
+		if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+			rnd = (uint32_t)now_ns() ^ (uint32_t)getpid();
+		snprintf(d->tmp, sizeof(d->tmp), ".%s.partial-%06x", d->base, rnd & 0xffffff);
+		if (mkdirat(d->pfd, d->tmp, 0700) == 0)
+			break;
+		if (errno != EEXIST || i == 100) {
+			r = kiln_fail(err, errno, "%s/%s: %s", parent, d->tmp, strerror(errno));
+			d->tmp[0] = '\0';
+			goto fail;
+		}
+	}
+	d->dfd = openat(d->pfd, d->tmp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (d->dfd < 0) {
+		r = kiln_fail(err, errno, "%s/%s: %s", parent, d->tmp, strerror(errno));
+		goto fail;
+	}
+	return 0;
+fail:
+	snap_dir_abort(d);
+	return r;
+}
+
+int snap_dir_create(const struct snap_dir *d, const char *name, struct kiln_err *err)
+{
+	int fd = openat(d->dfd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return kiln_fail(err, errno, "%s/%s: %s", d->dir, name, strerror(errno));
+	return fd;
+}
+
+int snap_dir_commit(struct snap_dir *d, struct kiln_err *err)
+{
+	int r;
+
+	if (fsync(d->dfd) < 0) {
+		r = kiln_fail(err, errno, "%s: %s", d->dir, strerror(errno));
+		snap_dir_abort(d);
+		return r;
+	}
+	if ((r = target_commit(d->pfd, d->tmp, d->base, d->kind, d->dir, err)) < 0) {
+		snap_dir_abort(d);
+		return r;
+	}
+	d->tmp[0] = '\0';
+	snap_dir_abort(d);	/* only closes now */
+	return 0;
+}
+
+void snap_dir_abort(struct snap_dir *d)
+{
+	if (d->dfd >= 0)
+		close(d->dfd);
+	if (d->pfd >= 0 && d->tmp[0])
+		remove_snapshot_dir(d->pfd, d->tmp);
+	if (d->pfd >= 0)
+		close(d->pfd);
+	d->dfd = d->pfd = -1;
+	d->tmp[0] = '\0';
 }
 
 int snapshot_take(const struct snap_source *src, const char *dir, struct snap_result *res,
@@ -480,31 +869,48 @@ int snapshot_take(const struct snap_source *src, const char *dir, struct snap_re
 	int r;
 
 	memset(res, 0, sizeof(*res));
-	if (strlen(dir) > 4000)
-		return kiln_fail(err, ENAMETOOLONG, "%s: path too long", dir);
 	if (src->ndevs > SNAP_MAX_DEVICES)
 		return kiln_fail(err, EINVAL, "%d devices: a snapshot holds at most %d", src->ndevs, SNAP_MAX_DEVICES);
-	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		return kiln_fail(err, errno, "%s: %s", dir, strerror(errno));
+	if ((r = snap_dir_begin(&t.sd, dir, err)) < 0)
+		return r;
+	if (getrandom(t.id, sizeof(t.id), 0) != sizeof(t.id)) {
+		r = kiln_fail(err, errno, "getrandom: %s", strerror(errno));
+		goto fail;
+	}
 	/* The vCPUs are parked; let the devices finish what they started. */
 	for (;;) {
-		if ((r = ioloop_call_sync(src->loop, count_inflight, &t)) < 0)
-			return kiln_fail(err, -r, "I/O thread: %s", strerror(-r));
+		if ((r = ioloop_call_sync(src->loop, count_inflight, &t)) < 0) {
+			r = kiln_fail(err, -r, "I/O thread: %s", strerror(-r));
+			goto fail;
+		}
 		if (!t.inflight)
 			break;
-		if (ms_since(t0) > QUIESCE_TIMEOUT_MS)
-			return kiln_fail(err, EBUSY, "devices still have %u requests in flight after %d ms (a stuck disk or tap?)",
-					 t.inflight, QUIESCE_TIMEOUT_MS);
+		if (ms_since(t0) > QUIESCE_TIMEOUT_MS) {
+			r = kiln_fail(err, EBUSY, "devices still have %u requests in flight after %d ms (a stuck disk or tap?)",
+				      t.inflight, QUIESCE_TIMEOUT_MS);
+			goto fail;
+		}
 		usleep(200);
 	}
 	res->quiesce_ms = ms_since(t0);
 	do {
 		t.rc = 0;
-		if ((r = ioloop_call_sync(src->loop, take_on_io_thread, &t)) < 0)
-			return kiln_fail(err, -r, "I/O thread: %s", strerror(-r));
+		if ((r = ioloop_call_sync(src->loop, take_on_io_thread, &t)) < 0) {
+			r = kiln_fail(err, -r, "I/O thread: %s", strerror(-r));
+			goto fail;
+		}
 	} while (t.rc == -EAGAIN && ms_since(t0) < QUIESCE_TIMEOUT_MS);
 	if (t.rc == -EAGAIN)
-		return kiln_fail(err, EBUSY, "devices kept starting I/O while paused");
+		r = kiln_fail(err, EBUSY, "devices kept starting I/O while paused");
+	else
+		r = t.rc;
+	if (r < 0)
+		goto fail;
+	if ((r = snap_dir_commit(&t.sd, err)) < 0)
+		return r;
 	res->total_ms = ms_since(t0);
-	return t.rc;
+	return 0;
+fail:
+	snap_dir_abort(&t.sd);
+	return r;
 }

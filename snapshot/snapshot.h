@@ -3,10 +3,14 @@
  * A snapshot is a directory (docs/snapshot.md):
  *
  *   state        header, KVM and device state, CRC-32C   (snapfile.h)
- *   memory       guest RAM, sparse: untouched pages are holes
+ *   memory       guest RAM, sparse: untouched pages are holes; then a
+ *                trailer page with the snapshot's id
  *   diskN.img    a copy of each writable disk as the guest saw it
  *
- * Read-only disks are recorded by path and shared, never copied.
+ * It is written into a fresh directory beside its target and renamed into
+ * place whole. A state file names no host file outside its directory and
+ * no host resource: read-only disks, taps and vsock sockets come from the
+ * restorer's options (snap_plan_devices).
  */
 #ifndef KILN_SNAPSHOT_H
 #define KILN_SNAPSHOT_H
@@ -22,6 +26,9 @@
 #define SNAP_MAX_DEVICES	16
 #define SNAP_STATE_FILE		"state"
 #define SNAP_MEMORY_FILE	"memory"
+#define SNAP_ID_LEN		16	/* random, one per snapshot taken */
+#define SNAP_MEM_TRAILER	4096	/* the page after guest RAM in the memory file */
+#define SNAP_MEM_MAGIC		"KILNMEM2"
 
 /* What the state file says about the machine it was taken on. */
 struct snap_meta {
@@ -34,12 +41,14 @@ struct snap_meta {
 	char kernel[256];		/* its path then, for messages */
 	uint64_t created_ns;		/* CLOCK_REALTIME when taken */
 	uint32_t ndevices;
+	uint8_t id[SNAP_ID_LEN];	/* also in the memory file's trailer */
 };
 
 /* One virtio device as recorded: enough to recreate it, then its state. */
 struct snap_device {
 	char kind[8];			/* "disk", "net", "vsock": kiln-vmm's option */
-	char spec[512];			/* the option's argument (disk paths relative to the snapshot) */
+	char spec[512];			/* the option's argument: for messages, but a writable disk's copy */
+	int ro_disk;			/* a read-only disk the snapshot shared, not copied */
 	uint64_t base;
 	uint32_t irq;
 	struct snap_rd state;		/* virtio_mmio_save's bytes */
@@ -57,12 +66,43 @@ struct snap_state {
 /*
  * Parse and validate a whole state file (no KVM, no files: fuzzed): the
  * container, then one META, one VM, meta.vcpus VCPU sections with ids in
- * order, one SERIAL and meta.ndevices DEVICE sections. Device state is only
- * located here; virtio_mmio_restore validates it. Returns 0 or -EINVAL with
- * err set; free with snap_state_free either way.
+ * order, one SERIAL and meta.ndevices DEVICE sections. A writable disk must
+ * be a file in the snapshot's directory (no '/', not . or ..). Device state
+ * is only located here; virtio_mmio_restore validates it. Returns 0 or
+ * -EINVAL with err set; free with snap_state_free either way.
  */
 int snap_parse(const void *p, size_t len, struct snap_state *s, char *err, size_t errlen);
 void snap_state_free(struct snap_state *s);
+
+/*
+ * Match a restorer's device options to the snapshot's devices: the n-th
+ * option of a kind replaces the snapshot's n-th device of that kind.
+ * kinds[j] and specs[j] are option j's kind ("disk", "net", "vsock") and
+ * argument. opt[i] gets the option for device i, or -1 where the device is
+ * the snapshot's own disk copy. A net or vsock device and a read-only disk
+ * must have an option: host resources come from the restorer, never from
+ * the file. Returns 0, or -EINVAL with err naming the option to pass or the
+ * option left over.
+ */
+int snap_plan_devices(const struct snap_state *s, const char *const *kinds, const char *const *specs,
+		      int nopts, int *opt, struct kiln_err *err);
+
+/* Is name one a snapshot directory holds (state, memory, diskN.img)? */
+int snap_is_own_file(const char *name);
+
+/*
+ * The memory file's trailer for snapshot id and size bytes of guest RAM:
+ * SNAP_MEM_TRAILER bytes, written at offset size.
+ */
+void snap_mem_trailer(uint8_t out[SNAP_MEM_TRAILER], const uint8_t id[SNAP_ID_LEN], uint64_t size);
+
+/*
+ * Is fd (name for messages) the whole memory file of the snapshot with id
+ * and size bytes of RAM: size plus a trailer bytes long, and a trailer
+ * naming that id? One pread, no pass over the data. Returns 0, or -EINVAL
+ * with err saying what the file is instead.
+ */
+int snap_mem_check(int fd, const char *name, uint64_t size, const uint8_t id[SNAP_ID_LEN], struct kiln_err *err);
 
 /* What a running kiln-vmm hands to snapshot_take. */
 struct snap_source {
@@ -88,21 +128,59 @@ struct snap_result {
 };
 
 /*
- * Snapshot a paused VM (vm_pause) into directory dir (created if missing):
- * wait until no device has I/O in flight (at most 5 s), then on the I/O
- * thread write state, memory and the writable disks' copies. The VM stays
- * paused. Returns 0 or -errno with err.
+ * A snapshot directory being written: a fresh directory .NAME.partial-XXXXXX
+ * (mode 0700) beside the target dir, renamed to dir when whole.
+ */
+struct snap_dir {
+	int pfd, dfd;			/* dir's parent; the fresh directory */
+	int kind;			/* what was at dir: nothing, empty, an older snapshot */
+	char base[256], tmp[300];	/* dir's last component; the fresh one's name */
+	const char *dir;		/* for messages */
+};
+
+/*
+ * Start writing a snapshot for dir. dir may be missing, an empty directory,
+ * or an older snapshot (nothing but regular files named as a snapshot's);
+ * anything else (a link, other files) is refused. Returns 0 or -errno with err.
+ */
+int snap_dir_begin(struct snap_dir *d, const char *dir, struct kiln_err *err);
+
+/* A new file name in it, O_EXCL|O_NOFOLLOW, mode 0600, open for writing; fd or -errno. */
+int snap_dir_create(const struct snap_dir *d, const char *name, struct kiln_err *err);
+
+/*
+ * fsync the fresh directory and rename it to dir: an older snapshot there is
+ * swapped out in one step (RENAME_EXCHANGE) and removed. On failure the
+ * fresh directory is removed. Returns 0 or -errno with err.
+ */
+int snap_dir_commit(struct snap_dir *d, struct kiln_err *err);
+
+/* Give up: remove the fresh directory and what is in it. */
+void snap_dir_abort(struct snap_dir *d);
+
+/*
+ * Snapshot a paused VM (vm_pause) into directory dir: wait until no device
+ * has I/O in flight (at most 5 s), then on the I/O thread write the
+ * writable disks' copies, memory and state (last) into a fresh directory
+ * .NAME.partial-XXXXXX beside dir, with O_EXCL|O_NOFOLLOW, fsync them and
+ * the directory, and rename it to dir. dir may be missing, empty, or an
+ * older snapshot (regular files named as a snapshot's only), which is
+ * swapped out whole (RENAME_EXCHANGE) and removed; anything else is
+ * refused. The VM stays paused. Returns 0 or -errno with err.
  */
 int snapshot_take(const struct snap_source *src, const char *dir, struct snap_result *res,
 		  struct kiln_err *err);
 
 /*
- * Copy file src to dst (created, mode 0600) as cheaply as the filesystem
- * allows: a reflink (FICLONE), else a sparse copy of the data extents.
- * dst may be NULL with dst_fd >= 0 to fill an open file. Returns 0 or
- * -errno with err.
+ * Copy the open file in to out, an open empty file, as cheaply as the
+ * filesystem allows: a reflink (FICLONE), else a sparse copy of the data
+ * extents; then fsync out. src and dst name them in messages; *copied
+ * (may be NULL) gets the bytes copied. Returns 0 or -errno with err.
  */
-int snap_copy_file(const char *src, const char *dst, int dst_fd, uint64_t *copied, struct kiln_err *err);
+int snap_copy_fd(int in, const char *src, int out, const char *dst, uint64_t *copied, struct kiln_err *err);
+
+/* The same from path src to path dst (created or truncated, mode 0600, never through a link). */
+int snap_copy_file(const char *src, const char *dst, uint64_t *copied, struct kiln_err *err);
 
 /* The vendor string of a CPUID table (leaf 0), NUL-terminated into out[13]. */
 void snap_cpuid_vendor(const struct kvm_cpuid2 *c, char out[13]);

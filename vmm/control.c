@@ -5,8 +5,10 @@
  *
  *   pause | resume | snapshot DIR | shutdown | stats | vcpus | help
  *
- * One thread serves one client at a time; requests never run on a vCPU or
- * the I/O thread, so a slow snapshot holds up nothing but its caller.
+ * One thread serves up to CONTROL_MAX_CLIENTS clients with poll(), each
+ * under deadlines, so an idle or slow client holds up no other; only the
+ * owner, root and --control-group's members are served (vmm/usock.h).
+ * Requests never run on a vCPU or the I/O thread (a snapshot waits for both).
  */
 #include <errno.h>
 #include <poll.h>
@@ -17,14 +19,15 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "control.h"
 
 #define CONTROL_LINE_MAX	4096
 #define PAUSE_TIMEOUT_MS	2000
+#define CONTROL_REQUEST_MS	5000	/* to send a whole request line, or take an answer */
+#define CONTROL_IDLE_MS		60000	/* between requests, once answered */
+#define CONTROL_ACCEPT_BURST	64	/* connections taken per wake-up */
 
 /* Output for one answer: bounded, never more than one line. */
 struct out {
@@ -256,57 +259,159 @@ static void handle_line(struct control *c, char *line, struct out *o)
 	}
 }
 
-/* Serve one client until it hangs up or kiln-vmm stops. */
-static void serve(struct control *c, int fd)
+/* One client: its request line so far, its unsent answer, its deadline. */
+struct control_client {
+	int fd;
+	char in[CONTROL_LINE_MAX + 1];
+	size_t in_len;
+	int discard;		/* the line under way is too long: answered with an error at its end */
+	uint64_t deadline;	/* closed when it passes (ns, CLOCK_MONOTONIC) */
+	struct out out;		/* the answer not yet sent; no request is read while there is one */
+	size_t out_off;
+};
+
+static uint64_t ms_from_now(unsigned ms)
 {
-	char line[CONTROL_LINE_MAX + 1];
-	size_t len = 0;
-	int discard = 0;
+	return now_ns() + (uint64_t)ms * 1000000ULL;
+}
 
-	for (;;) {
-		struct pollfd p[2] = { { .fd = fd, .events = POLLIN }, { .fd = c->quit_efd, .events = POLLIN } };
-		ssize_t n;
-		char *nl;
+static void client_close(struct control *c, int i)
+{
+	close(c->clients[i]->fd);
+	free(c->clients[i]);
+	c->clients[i] = NULL;
+}
 
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
-			return;
-		if (p[1].revents)
-			return;
-		if (!p[0].revents)
+/* Send what the client takes of its answer: 0 all of it, 1 some is left, -1 the client is gone. */
+static int client_flush(struct control_client *cl)
+{
+	while (cl->out_off < cl->out.len) {
+		ssize_t n = send(cl->fd, cl->out.buf + cl->out_off, cl->out.len - cl->out_off,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0 && errno == EINTR)
 			continue;
-		n = read(fd, line + len, CONTROL_LINE_MAX - len);
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return 1;
 		if (n <= 0)
-			return;
-		len += (size_t)n;
-		while ((nl = memchr(line, '\n', len))) {
-			struct out o;
-			size_t used = (size_t)(nl - line) + 1;
+			return -1;
+		cl->out_off += (size_t)n;
+	}
+	cl->out.len = cl->out_off = 0;
+	return 0;
+}
 
-			*nl = '\0';
-			if (nl > line && nl[-1] == '\r')
-				nl[-1] = '\0';
-			o.len = 0;
-			if (discard) {
-				out_error(&o, "request longer than 4096 bytes");
-				discard = 0;
-			} else if (line[0]) {
-				handle_line(c, line, &o);
-			}
-			if (o.len) {
-				outf(&o, "\n");
-				if (o.buf[o.len - 1] != '\n')
-					o.buf[o.len - 1] = '\n';
-				if (write_full(fd, o.buf, o.len) < 0)
-					return;
-			}
-			memmove(line, line + used, len - used);
-			len -= used;
+/*
+ * Answer the client's complete request lines in order, each once the answer
+ * before it has gone. An answer earns the client a new deadline: to take
+ * the answer, then to finish the next line or, if none has begun, to idle.
+ * Returns -1 once the client is gone.
+ */
+static int client_answer(struct control *c, struct control_client *cl)
+{
+	char *nl;
+	int r;
+
+	while (!cl->out.len && (nl = memchr(cl->in, '\n', cl->in_len))) {
+		size_t used = (size_t)(nl - cl->in) + 1;
+
+		*nl = '\0';
+		if (nl > cl->in && nl[-1] == '\r')
+			nl[-1] = '\0';
+		if (cl->discard) {
+			out_error(&cl->out, "request longer than 4096 bytes");
+			cl->discard = 0;
+		} else if (cl->in[0]) {
+			handle_line(c, cl->in, &cl->out);
 		}
-		/* A line that does not fit is answered with an error once it ends. */
-		if (len == CONTROL_LINE_MAX) {
-			discard = 1;
-			len = 0;
+		memmove(cl->in, cl->in + used, cl->in_len - used);
+		cl->in_len -= used;
+		if (!cl->out.len)
+			continue;	/* an empty line: no answer, no new deadline */
+		outf(&cl->out, "\n");
+		if (cl->out.buf[cl->out.len - 1] != '\n')
+			cl->out.buf[cl->out.len - 1] = '\n';
+		r = client_flush(cl);
+		if (r < 0)
+			return -1;
+		cl->deadline = ms_from_now(r || cl->in_len ? CONTROL_REQUEST_MS : CONTROL_IDLE_MS);
+	}
+	return 0;
+}
+
+/* The client is readable: take what it sent and answer what is complete. -1: it is gone. */
+static int client_read(struct control *c, struct control_client *cl)
+{
+	ssize_t n;
+	uint64_t line_by;
+
+	if (cl->in_len >= CONTROL_LINE_MAX)
+		return -1;	/* cannot happen: a full buffer holds a line or is discarded */
+	n = recv(cl->fd, cl->in + cl->in_len, CONTROL_LINE_MAX - cl->in_len, MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return 0;
+	if (n <= 0)
+		return -1;
+	/* A line, once begun, must end within CONTROL_REQUEST_MS; sending more never extends that. */
+	line_by = ms_from_now(CONTROL_REQUEST_MS);
+	if (line_by < cl->deadline)
+		cl->deadline = line_by;
+	cl->in_len += (size_t)n;
+	if (client_answer(c, cl) < 0)
+		return -1;
+	/* A line that does not fit is answered with an error once it ends. */
+	if (cl->in_len == CONTROL_LINE_MAX && !memchr(cl->in, '\n', cl->in_len)) {
+		cl->discard = 1;
+		cl->in_len = 0;
+	}
+	return 0;
+}
+
+/* The client takes output again: send the rest of its answer, then answer what waits. */
+static int client_write(struct control *c, struct control_client *cl)
+{
+	int r = client_flush(cl);
+
+	if (r)
+		return r < 0 ? -1 : 0;
+	cl->deadline = ms_from_now(cl->in_len ? CONTROL_REQUEST_MS : CONTROL_IDLE_MS);
+	return client_answer(c, cl);
+}
+
+/* Take new connections: refuse peers the socket is not for, and any beyond CONTROL_MAX_CLIENTS. */
+static void control_accept(struct control *c)
+{
+	int k;
+
+	for (k = 0; k < CONTROL_ACCEPT_BURST; k++) {
+		struct control_client *cl = NULL;
+		int fd = accept4(c->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC), i;
+
+		if (fd < 0) {
+			/* Out of descriptors or memory: the listener stays readable, so pause rather than spin. */
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+				c->accept_after = ms_from_now(100);
+			return;
 		}
+		if (!usock_peer_check(&c->acl, fd)) {
+			close(fd);
+			continue;
+		}
+		for (i = 0; i < CONTROL_MAX_CLIENTS && c->clients[i]; i++)
+			;
+		if (i == CONTROL_MAX_CLIENTS || !(cl = calloc(1, sizeof(*cl)))) {
+			char busy[128];
+			int len = snprintf(busy, sizeof(busy),
+					   "{\"ok\":false,\"error\":\"too many control clients (%d connected): close one or try again\"}\n",
+					   CONTROL_MAX_CLIENTS);
+
+			(void)!send(fd, busy, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+			close(fd);
+			continue;
+		}
+		cl->fd = fd;
+		cl->deadline = ms_from_now(CONTROL_REQUEST_MS);
+		c->clients[i] = cl;
 	}
 }
 
@@ -314,57 +419,96 @@ static void *control_thread(void *arg)
 {
 	struct control *c = arg;
 	sigset_t all;
+	int i;
 
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	for (;;) {
-		struct pollfd p[2] = { { .fd = c->lfd, .events = POLLIN }, { .fd = c->quit_efd, .events = POLLIN } };
-		int fd;
+		struct pollfd p[2 + CONTROL_MAX_CLIENTS];
+		int who[2 + CONTROL_MAX_CLIENTS];
+		uint64_t now = now_ns(), next = UINT64_MAX, polled;
+		int n = 2, timeout;
 
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
+		p[0] = (struct pollfd){ .fd = c->quit_efd, .events = POLLIN };
+		p[1] = (struct pollfd){ .fd = c->lfd, .events = POLLIN };
+		if (c->accept_after > now) {
+			p[1].fd = -1;
+			next = c->accept_after;
+		}
+		for (i = 0; i < CONTROL_MAX_CLIENTS; i++) {
+			struct control_client *cl = c->clients[i];
+
+			if (!cl)
+				continue;
+			if (cl->deadline < next)
+				next = cl->deadline;
+			who[n] = i;
+			p[n++] = (struct pollfd){ .fd = cl->fd, .events = cl->out.len ? POLLOUT : POLLIN };
+		}
+		timeout = next == UINT64_MAX ? -1 : next <= now ? 0 : (int)((next - now + 999999) / 1000000);
+		if (poll(p, (nfds_t)n, timeout) < 0) {
+			if (errno == EINTR)
+				continue;
+			break;
+		}
+		polled = now_ns();
+		if (p[0].revents)
 			break;
 		if (p[1].revents)
-			break;
-		if (!p[0].revents)
-			continue;
-		fd = accept4(c->lfd, NULL, NULL, SOCK_CLOEXEC);
-		if (fd < 0)
-			continue;
-		serve(c, fd);
-		close(fd);
+			control_accept(c);
+		/* Accepting fills only free slots: who[] still names these clients. */
+		for (i = 2; i < n; i++) {
+			struct control_client *cl = c->clients[who[i]];
+
+			if (p[i].revents && (cl->out.len ? client_write(c, cl) : client_read(c, cl)) < 0)
+				client_close(c, who[i]);
+		}
+		/*
+		 * Close those whose deadline had passed when poll() looked and that
+		 * have not earned a new one since. A deadline that passed while a
+		 * request ran (a snapshot) waits for the next look: what the client
+		 * sent meanwhile counts.
+		 */
+		for (i = 0; i < CONTROL_MAX_CLIENTS; i++)
+			if (c->clients[i] && c->clients[i]->deadline <= polled)
+				client_close(c, i);
 	}
+	for (i = 0; i < CONTROL_MAX_CLIENTS; i++)
+		if (c->clients[i])
+			client_close(c, i);
 	return NULL;
 }
 
-int control_start(struct control *c, const char *path, const struct snap_source *src, struct kiln_err *err)
+int control_start(struct control *c, const char *path, const char *group, const struct snap_source *src,
+		  struct kiln_err *err)
 {
-	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	struct stat st;
+	char what[160];
 	int r;
 
 	memset(c, 0, sizeof(*c));
 	c->lfd = c->quit_efd = -1;
 	c->src = src;
 	c->t_start = now_ns();
-	if (strlen(path) >= sizeof(a.sun_path))
-		return kiln_fail(err, ENAMETOOLONG, "--control %s: longer than %zu bytes (use a shorter path)",
-				 path, sizeof(a.sun_path) - 1);
-	/* Replace a stale socket, never some other file. */
-	if (lstat(path, &st) == 0) {
-		if (!S_ISSOCK(st.st_mode))
-			return kiln_fail(err, EEXIST, "--control %s: exists and is not a socket", path);
-		unlink(path);
+	c->acl.group = USOCK_NO_GROUP;
+	c->acl.hint = "(--control-group GROUP admits a group's members)";
+	snprintf(c->acl.what, sizeof(c->acl.what), "--control %s", path);
+	if (group) {
+		snprintf(what, sizeof(what), "--control-group %s", group);
+		r = usock_group_lookup(group, what, &c->acl.group, err);
+		if (r < 0)
+			return r;
 	}
-	strcpy(a.sun_path, path);
-	snprintf(c->path, sizeof(c->path), "%s", path);
-	c->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	c->quit_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (c->lfd < 0 || c->quit_efd < 0 || bind(c->lfd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
-	    listen(c->lfd, 8) < 0) {
-		r = kiln_fail(err, errno, "--control %s: %s", path, strerror(errno));
+	if (c->quit_efd < 0)
+		return kiln_fail(err, errno, "--control: eventfd: %s", strerror(errno));
+	c->lfd = usock_listen(path, SOCK_NONBLOCK, 64, &c->acl, err);
+	if (c->lfd < 0) {
+		r = c->lfd;
+		c->lfd = -1;
 		control_stop(c);
 		return r;
 	}
+	snprintf(c->path, sizeof(c->path), "%s", path);
 	c->bound = 1;
 	if ((r = pthread_create(&c->thread, NULL, control_thread, c)) != 0) {
 		control_stop(c);

@@ -135,6 +135,20 @@ int host_cpu_is_tcg(void)
 	return memcmp(sig, "TCGTCGTCGTCG", 12) == 0;
 }
 
+int host_cpu_has_virt(void)
+{
+	unsigned int a, b, c, d;
+
+	__cpuid(1, a, b, c, d);
+	if (c & (1u << 5))			/* VMX */
+		return 1;
+	__cpuid(0x80000000, a, b, c, d);
+	if (a < 0x80000001)
+		return 0;
+	__cpuid(0x80000001, a, b, c, d);
+	return !!(c & (1u << 2));		/* SVM */
+}
+
 static int set_cpuid(struct vcpu *v, struct kiln_err *err)
 {
 	const struct kvm_cpuid2 *sup = v->vm->cpuid;

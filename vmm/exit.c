@@ -139,10 +139,18 @@ static enum exit_action exit_fail_entry(struct vcpu *v, struct kvm_run *run)
 
 static enum exit_action exit_internal_error(struct vcpu *v, struct kvm_run *run)
 {
-	char msg[128];
+	char msg[256];
+	uint32_t i, n = run->internal.ndata;
+	int len;
 
-	snprintf(msg, sizeof(msg), "vCPU %d: KVM internal error (suberror %u)",
-		 v->id, run->internal.suberror);
+	/* The data words say where it happened (for emulation: the exit and the instruction). */
+	len = snprintf(msg, sizeof(msg), "vCPU %d: KVM internal error (suberror %u)",
+		       v->id, run->internal.suberror);
+	if (n > 6)
+		n = 6;
+	for (i = 0; i < n && len > 0 && (size_t)len < sizeof(msg); i++)
+		len += snprintf(msg + len, sizeof(msg) - (size_t)len, "%s%#llx", i ? " " : ", data ",
+				(unsigned long long)run->internal.data[i]);
 	vm_request_stop(v->vm, VM_STOP_ERROR, msg);
 	return EXIT_STOP;
 }

@@ -71,6 +71,10 @@ int kvm_open(const char *path, struct kiln_err *err)
 		close(fd);
 		return kiln_fail(err, EPROTO, "%s: KVM API version %d, kiln needs %d", path, v, KVM_API_EXPECTED);
 	}
+	if (!host_cpu_has_virt() && !getenv("KILN_VMM_ALLOW_NO_VIRT")) {
+		close(fd);
+		return kiln_fail(err, ENODEV, "%s: this CPU has no VT-x or AMD-V, so this is not hardware KVM (PVM's kvm_pvm?), which stops kiln's guests with emulation errors; run on a host with VT-x/AMD-V or nested virtualisation, or through tests/nested/kvm-host.sh (KILN_VMM_ALLOW_NO_VIRT=1 tries anyway)", path);
+	}
 	for (i = 0; i < sizeof(required_caps) / sizeof(required_caps[0]); i++) {
 		if (ioctl(fd, KVM_CHECK_EXTENSION, required_caps[i].cap) <= 0) {
 			close(fd);

@@ -84,6 +84,7 @@ struct opts {
 	int verbose;
 	double timeout_s;
 	const char *control;	/* --control PATH */
+	const char *control_group;	/* --control-group NAME: shares the control socket */
 	const char *template_dir;	/* --template DIR: boot, wait for the agent, snapshot, stop */
 	const char *restore;	/* --restore DIR or STATE */
 	const char *memory;	/* --memory FILE (restore) */
@@ -113,7 +114,12 @@ static void usage(FILE *f)
 "  --cmdline STR     appended to the kernel command line\n"
 "                    (kiln's defaults: \"" DEFAULT_CMDLINE "\")\n"
 "                    (and " TCG_HOST_CMDLINE " where the host CPU is QEMU's TCG)\n"
-"  --console DEST    guest console: 'stdout' (default), 'none', or a file\n"
+"  --console DEST    guest console: 'stdout' (default), 'none', or FILE[,max=SIZE]\n"
+"                    (a file of at most SIZE bytes, K/M/G suffixes, default\n"
+"                    16M, 0 for no cap; when full it starts over from a line\n"
+"                    \"kiln-vmm: console truncated at N bytes\"); output the\n"
+"                    reader of stdout leaves 64 KiB behind is dropped and\n"
+"                    counted, never waited for\n"
 "  --timeout SEC     stop the guest after SEC seconds (exit %d)\n"
 "  --hugepages       back guest memory with 2 MiB huge pages\n"
 "  --kvm PATH        the KVM device (default /dev/kvm)\n"
@@ -124,7 +130,7 @@ static void usage(FILE *f)
 "                    virtio-net on tap NAME (the guest's eth0; MAC default\n"
 "                    06:00:ac:10:00:02); address it with\n"
 "                    --cmdline kiln.net=ADDR/PREFIX[,GATEWAY]\n"
-"  --vsock cid=N,uds=PATH[,connect-timeout=MS]\n"
+"  --vsock cid=N,uds=PATH[,connect-timeout=MS][,group=NAME]\n"
 "                    virtio-vsock as guest CID N (3 and up); host programs\n"
 "                    connect to unix socket PATH and send \"CONNECT <port>\\n\",\n"
 "                    and are closed if the guest has not answered within MS\n"
@@ -132,12 +138,17 @@ static void usage(FILE *f)
 "                    PATH_P\n"
 "  --control PATH    serve pause, resume, snapshot DIR, shutdown and stats on\n"
 "                    unix socket PATH (docs/snapshot.md)\n"
+"  --control-group NAME\n"
+"                    the control socket is mode 0600, for kiln-vmm's user and\n"
+"                    root only; this makes it 0660 for group NAME's members\n"
+"                    too (--vsock's group=NAME does the same for its socket)\n"
 "  --template DIR    boot with the agent, snapshot the VM into DIR the moment\n"
 "                    the agent is ready, and stop (needs --vsock)\n"
 "  --restore DIR|STATE\n"
 "                    start from a snapshot instead of booting; --disk, --net\n"
 "                    and --vsock replace the snapshot's devices of that kind\n"
-"                    in order (each clone needs its own vsock uds and tap)\n"
+"                    in order; its vsock and net devices and read-only disks\n"
+"                    must be given so (each clone its own uds and tap)\n"
 "  --memory FILE     the snapshot's memory file (default: beside STATE)\n"
 "  --clone-dir DIR   keep the copies of the snapshot's writable disks in DIR\n"
 "                    (default: unnamed files that vanish with the VM)\n"
@@ -236,7 +247,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { OPT_KERNEL = 256, OPT_INITRD, OPT_MEM, OPT_VCPUS, OPT_CMDLINE, OPT_CONSOLE,
 	       OPT_TIMEOUT, OPT_HUGEPAGES, OPT_KVM, OPT_VERSION, OPT_DEVICE, OPT_CONTROL,
-	       OPT_TEMPLATE, OPT_RESTORE, OPT_MEMORY, OPT_CLONE_DIR };
+	       OPT_TEMPLATE, OPT_RESTORE, OPT_MEMORY, OPT_CLONE_DIR,
+	       OPT_CONTROL_GROUP };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, OPT_KERNEL },
 		{ "initrd", required_argument, NULL, OPT_INITRD },
@@ -251,6 +263,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		{ "vsock", required_argument, NULL, OPT_DEVICE },
 		{ "net", required_argument, NULL, OPT_DEVICE },
 		{ "control", required_argument, NULL, OPT_CONTROL },
+		{ "control-group", required_argument, NULL, OPT_CONTROL_GROUP },
 		{ "template", required_argument, NULL, OPT_TEMPLATE },
 		{ "restore", required_argument, NULL, OPT_RESTORE },
 		{ "memory", required_argument, NULL, OPT_MEMORY },
@@ -277,6 +290,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		case OPT_MEM: o->mem_mib = parse_mem(optarg); o->mem_set = 1; break;
 		case OPT_VCPUS: o->vcpus = parse_int("--vcpus", optarg, 1, KILN_MAX_VCPUS); o->vcpus_set = 1; break;
 		case OPT_CONTROL: o->control = optarg; break;
+		case OPT_CONTROL_GROUP: o->control_group = optarg; break;
 		case OPT_TEMPLATE: o->template_dir = optarg; break;
 		case OPT_RESTORE: o->restore = optarg; break;
 		case OPT_MEMORY: o->memory = optarg; break;
@@ -323,6 +337,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		die("--template runs the agent, not a command: drop the command after --");
 	if (o->restore && (o->ncmd || *o->cmdline || o->hugepages))
 		die("--restore resumes a running guest: a command, --cmdline and --hugepages do not apply");
+	if (o->control_group && !o->control)
+		die("--control-group goes with --control (the socket it lets the group use)");
 	if ((o->memory || o->clone_dir) && !o->restore)
 		die("--memory and --clone-dir go with --restore");
 	if (!o->kernel)
@@ -405,15 +421,53 @@ static char *build_cmdline(const struct opts *o, const struct virtio_dev *devs, 
 	return out;
 }
 
-static int open_console(const char *dest)
+#define CONSOLE_MAX_DEFAULT	(16 * MIB)
+
+/* --console FILE[,max=SIZE]: the file's cap (SIZE bytes, with a K, M or G suffix). */
+static uint64_t parse_console_max(const char *dest, const char *size)
 {
+	char *end;
+	unsigned long long v;
+	int shift = 0;
+
+	errno = 0;
+	v = strtoull(size, &end, 10);
+	if (*end == 'K' || *end == 'k')
+		shift = 10;
+	else if (*end == 'M' || *end == 'm')
+		shift = 20;
+	else if (*end == 'G' || *end == 'g')
+		shift = 30;
+	if (shift)
+		end++;
+	if (errno || end == size || *size == '-' || *end || v > (1ULL << 50) >> shift)
+		die("--console %s: max=%s is not a size (e.g. max=16M, or max=0 for no cap)", dest, size);
+	v <<= shift;
+	if (v && v < SERIAL_CONSOLE_MIN)
+		die("--console %s: max=%s is below the smallest cap, %dK", dest, size, SERIAL_CONSOLE_MIN >> 10);
+	return v;
+}
+
+static int open_console(const char *dest, uint64_t *max)
+{
+	const char *opt = strstr(dest, ",max=");
+	char path[PATH_MAX];
 	int fd;
 
+	*max = 0;
 	if (strcmp(dest, "stdout") == 0)
 		return STDOUT_FILENO;
 	if (strcmp(dest, "none") == 0)
 		return -1;
-	fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	*max = CONSOLE_MAX_DEFAULT;
+	if (opt) {
+		*max = parse_console_max(dest, opt + strlen(",max="));
+		if ((size_t)(opt - dest) >= sizeof(path))
+			die("--console %s: path too long", dest);
+		snprintf(path, sizeof(path), "%.*s", (int)(opt - dest), dest);
+		dest = path;
+	}
+	fd = open(dest, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
 		die("--console %s: %s", dest, strerror(errno));
 	return fd;
@@ -707,16 +761,13 @@ static void boot_prepare(const struct opts *o)
 			die("%s", err.msg);
 }
 
-/* Read a whole state file into memory (at most SNAP_MAX_FILE bytes). */
-static uint8_t *read_state_file(const char *path, size_t *len)
+/* Read a whole state file, open as fd, into memory (at most SNAP_MAX_FILE bytes). */
+static uint8_t *read_state_file(int fd, const char *path, size_t *len)
 {
 	struct stat st;
 	uint8_t *buf;
 	size_t off = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
-	if (fd < 0)
-		die("--restore %s: %s", path, strerror(errno));
 	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
 		die("--restore %s: not a regular file", path);
 	if ((uint64_t)st.st_size > SNAP_MAX_FILE)
@@ -738,12 +789,27 @@ static uint8_t *read_state_file(const char *path, size_t *len)
 	return buf;
 }
 
+/* One of the snapshot's own files, name, in its directory dfd: never through a link. */
+static int open_snap_file(int dfd, const char *dir, const char *name)
+{
+	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+
+	if (fd < 0)
+		die("--restore %s/%s: %s%s", dir, name, strerror(errno),
+		    errno == ELOOP ? " (a symbolic link: a snapshot's files must be regular files in its directory)" : "");
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		die("--restore %s/%s: not a regular file", dir, name);
+	return fd;
+}
+
 /*
- * A clone's own copy of a snapshot's writable disk: in --clone-dir, or an
- * unnamed file (O_TMPFILE) beside the snapshot, so a reflink can share its
- * extents, else in $TMPDIR. Returns the path the disk device opens.
+ * A clone's own copy of a snapshot's writable disk (open as in): in
+ * --clone-dir, or an unnamed file (O_TMPFILE) in the snapshot's directory,
+ * so a reflink can share its extents, else in $TMPDIR. Returns the path
+ * the disk device opens.
  */
-static void clone_disk(const struct opts *o, const char *state_dir, int i, const char *disk,
+static void clone_disk(const struct opts *o, int dfd, int i, int in, const char *disk,
 		       char *out, size_t outlen)
 {
 	struct kiln_err err = { { 0 } };
@@ -754,35 +820,47 @@ static void clone_disk(const struct opts *o, const char *state_dir, int i, const
 		if (mkdir(o->clone_dir, 0700) < 0 && errno != EEXIST)
 			die("--clone-dir %s: %s", o->clone_dir, strerror(errno));
 		snprintf(out, outlen, "%s/disk%d.img", o->clone_dir, i);
-		if (snap_copy_file(disk, out, -1, NULL, &err) < 0)
+		fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd < 0)
+			die("--clone-dir: %s: %s", out, strerror(errno));
+		if (snap_copy_fd(in, disk, fd, out, NULL, &err) < 0)
 			die("%s", err.msg);
+		close(fd);
 		return;
 	}
-	fd = open(state_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	fd = openat(dfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	if (fd < 0)
 		fd = open(tmpdir && *tmpdir ? tmpdir : "/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	if (fd < 0)
 		die("cannot create a copy of %s for this clone: %s (or give --clone-dir DIR)", disk, strerror(errno));
-	if (snap_copy_file(disk, NULL, fd, NULL, &err) < 0)
+	if (snap_copy_fd(in, disk, fd, "a clone's disk", NULL, &err) < 0)
 		die("%s", err.msg);
 	/* The disk device reopens it by this name; the file lives while that fd does. */
 	snprintf(out, outlen, "/proc/self/fd/%d", fd);
 }
 
-/* Restore: map the memory file, and bring back KVM, vCPU and device state. */
+/*
+ * Restore: map the memory file, and bring back KVM, vCPU and device state.
+ * The state file is hostile input (docs/snapshot.md, "Trust"): the files
+ * it names are opened in the snapshot's directory without following links,
+ * and host resources come from the options.
+ */
 static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t_kvm)
 {
 	struct kiln_err err = { { 0 } };
-	char state_path[4096], mem_path[4096], state_dir[4096], msg[512], vendor[13];
+	char state_path[4096], mem_path[4200], state_dir[4096], msg[512], vendor[13];
+	const char *kinds[MAX_DEVICES], *specs[MAX_DEVICES];
+	int plan[SNAP_MAX_DEVICES];
 	struct snap_state st;
 	struct stat sb;
 	struct guest_mem mem;
 	uint8_t *file;
 	size_t len;
-	int used[MAX_DEVICES] = { 0 }, i, j;
+	int dfd, sfd, mfd, i, is_dir;
 	uint64_t t0 = now_ns();
 
-	if (stat(o->restore, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+	is_dir = stat(o->restore, &sb) == 0 && S_ISDIR(sb.st_mode);
+	if (is_dir) {
 		snprintf(state_dir, sizeof(state_dir), "%s", o->restore);
 		snprintf(state_path, sizeof(state_path), "%s/" SNAP_STATE_FILE, o->restore);
 	} else {
@@ -790,15 +868,23 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 
 		snprintf(state_path, sizeof(state_path), "%s", o->restore);
 		if (slash)
-			snprintf(state_dir, sizeof(state_dir), "%.*s", (int)(slash - o->restore), o->restore);
+			snprintf(state_dir, sizeof(state_dir), "%.*s", slash == o->restore ? 1 : (int)(slash - o->restore),
+				 o->restore);
 		else
 			snprintf(state_dir, sizeof(state_dir), ".");
 	}
-	if (snprintf(mem_path, sizeof(mem_path), "%s%s", o->memory ? o->memory : state_dir,
-		     o->memory ? "" : "/" SNAP_MEMORY_FILE) >= (int)sizeof(mem_path))
+	if (strlen(o->restore) > 4000)
 		die("--restore %s: path too long", o->restore);
+	dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0)
+		die("--restore %s: %s", state_dir, strerror(errno));
+	/* The user named a state file: theirs to follow. The directory's own "state": no link. */
+	if (is_dir)
+		sfd = open_snap_file(dfd, state_dir, SNAP_STATE_FILE);
+	else if ((sfd = open(state_path, O_RDONLY | O_CLOEXEC)) < 0)
+		die("--restore %s: %s", state_path, strerror(errno));
 
-	file = read_state_file(state_path, &len);
+	file = read_state_file(sfd, state_path, &len);
 	if (snap_parse(file, len, &st, msg, sizeof(msg)) < 0)
 		die("--restore %s: %s", state_path, msg);
 	if (o->mem_set && o->mem_mib * MIB != st.meta.mem_size)
@@ -822,8 +908,28 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 	src.kernel_path = strdup(st.meta.kernel);
 	*t_parse = now_ns() - t0;
 
-	if (guest_mem_map_file(&mem, mem_path, st.meta.mem_size, &err) < 0)
+	/* The memory file: whole, and this state's (its trailer holds the state's id). */
+	if (o->memory) {
+		snprintf(mem_path, sizeof(mem_path), "%s", o->memory);
+		if ((mfd = open(o->memory, O_RDONLY | O_CLOEXEC)) < 0)
+			die("--memory %s: %s", o->memory, strerror(errno));
+	} else {
+		snprintf(mem_path, sizeof(mem_path), "%s/" SNAP_MEMORY_FILE, state_dir);
+		mfd = open_snap_file(dfd, state_dir, SNAP_MEMORY_FILE);
+	}
+	if (snap_mem_check(mfd, mem_path, st.meta.mem_size, st.meta.id, &err) < 0 ||
+	    guest_mem_map_fd(&mem, mfd, mem_path, st.meta.mem_size, &err) < 0)
 		die("--restore: %s", err.msg);
+	close(mfd);
+
+	/* Devices: which option replaces which, and every host resource named by one. */
+	for (i = 0; i < o->ndevices; i++) {
+		kinds[i] = o->devices[i].option;
+		specs[i] = o->devices[i].spec;
+	}
+	if (snap_plan_devices(&st, kinds, specs, o->ndevices, plan, &err) < 0)
+		die("--restore %s: %s", state_path, err.msg);
+
 	if (vm_create(&vm, vm.kvm_fd, &mem, &err) < 0)
 		die("%s", err.msg);
 	vm.nvcpus = (int)st.meta.vcpus;
@@ -844,39 +950,29 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 	}
 	*t_kvm = now_ns() - t0 - *t_parse;
 
-	/* Devices: the snapshot's, each replaced by the next option of its kind if given. */
 	for (i = 0; i < (int)st.meta.ndevices; i++) {
 		const struct snap_device *sd = &st.dev[i];
-		const char *spec = sd->spec;
+		const char *spec;
 		char path[4200];
 
 		if (sd->base != DEVICE_MMIO_BASE + (uint64_t)i * DEVICE_MMIO_STEP || sd->irq != device_irqs[i])
 			die("--restore %s: device %d at %#llx IRQ %u, not where kiln-vmm puts it", state_path, i,
 			    (unsigned long long)sd->base, sd->irq);
-		for (j = 0; j < o->ndevices; j++)
-			if (!used[j] && strcmp(o->devices[j].option, sd->kind) == 0)
-				break;
-		if (j < o->ndevices) {
-			used[j] = 1;
-			spec = o->devices[j].spec;
-		} else if (strcmp(sd->kind, "disk") == 0) {
+		if (plan[i] >= 0) {
+			spec = o->devices[plan[i]].spec;
+		} else {
+			/* The snapshot's own copy of a writable disk: snap_parse allowed a bare name only. */
 			struct disk_spec ds;
-			char disk[4096];
-			const char *rel = ds.path;
+			char copy[4096], name[8200];
+			int in;
 
-			if (disk_spec_parse(spec, &ds, &err) < 0)
-				die("--restore %s: %s", state_path, err.msg);
-			/* Relative paths are the snapshot's own copies, beside the state file. */
-			if (snprintf(disk, sizeof(disk), "%s%s%s", rel[0] == '/' ? "" : state_dir,
-				     rel[0] == '/' ? "" : "/", rel) >= (int)sizeof(disk))
-				die("--restore %s: disk path too long", state_path);
-			if (!ds.ro) {
-				char copy[4096];
-
-				clone_disk(o, state_dir, i, disk, copy, sizeof(copy));
-				snprintf(disk, sizeof(disk), "%s", copy);
-			}
-			if (snprintf(path, sizeof(path), "%s%s", disk, ds.opts) >= (int)sizeof(path))
+			if (strcmp(sd->kind, "disk") || disk_spec_parse(sd->spec, &ds, &err) < 0 || ds.ro)
+				die("--restore %s: device %d: no option for it", state_path, i);
+			in = open_snap_file(dfd, state_dir, ds.path);
+			snprintf(name, sizeof(name), "%s/%s", state_dir, ds.path);
+			clone_disk(o, dfd, i, in, name, copy, sizeof(copy));
+			close(in);
+			if (snprintf(path, sizeof(path), "%s%s", copy, ds.opts) >= (int)sizeof(path))
 				die("--restore %s: disk path too long", state_path);
 			spec = path;
 		}
@@ -885,14 +981,11 @@ static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t
 			die("--restore %s: %s", state_path, err.msg);
 	}
 	ndevs = (int)st.meta.ndevices;
-	for (j = 0; j < o->ndevices; j++)
-		if (!used[j])
-			die("--restore %s: --%s %s: the snapshot has no further %s device to replace (a restore cannot add devices)",
-			    state_path, o->devices[j].option, o->devices[j].spec, o->devices[j].option);
 	if (serial_restore(&uart, &st.serial, &err) < 0)
 		die("--restore %s: %s", state_path, err.msg);
 	snap_state_free(&st);
 	free(file);
+	close(dfd);
 }
 
 static void resume_device(void *arg)
@@ -910,9 +1003,10 @@ int main(int argc, char **argv)
 	sigset_t block;
 	struct opts o;
 	int kvm_fd, con_fd, i, signo, rc;
+	uint64_t con_max;
 
 	parse_args(argc, argv, &o);
-	con_fd = open_console(o.console);
+	con_fd = open_console(o.console, &con_max);
 	src.t_start = t0;
 	src.vmm_version = "kiln-vmm " KILN_VERSION;
 	src.kernel_path = o.kernel;
@@ -924,7 +1018,9 @@ int main(int argc, char **argv)
 	if (ioloop_init(&loop, 256, &err) < 0)
 		die("%s", err.msg);
 	t_loop = now_ns() - t_loop;
-	serial_init(&uart, con_fd, serial_irq, &vm);
+	if ((rc = serial_init(&uart, con_fd, serial_irq, &vm)) < 0)
+		die("cannot start the console's writer thread: %s", strerror(-rc));
+	serial_set_console_max(&uart, con_max);
 	if (o.restore) {
 		vm.kvm_fd = kvm_fd;
 		restore_prepare(&o, &t_parse, &t_kvm);
@@ -968,7 +1064,7 @@ int main(int argc, char **argv)
 	if (o.restore)
 		for (i = 0; i < ndevs; i++)
 			ioloop_call_sync(&loop, resume_device, &devs[i]);
-	if (o.control && control_start(&ctl, o.control, &src, &err) < 0)
+	if (o.control && control_start(&ctl, o.control, o.control_group, &src, &err) < 0)
 		die("%s", err.msg);
 	if (!o.ncmd && !o.restore && !o.template_dir)
 		console_setup();
@@ -992,6 +1088,8 @@ int main(int argc, char **argv)
 	for (i = 0; i < vm.nvcpus; i++)
 		pthread_join(vm.vcpus[i].thread, NULL);
 	ioloop_stop(&loop);
+	/* The guest's last output, unless the reader of stdout stopped reading a second ago. */
+	serial_flush(&uart, 1000);
 
 	if (o.verbose) {
 		uint64_t exits = 0;
@@ -1013,8 +1111,19 @@ int main(int argc, char **argv)
 				(unsigned long long)uart.rx_bytes, (unsigned long long)uart.rbr_reads, uart.nheld,
 				con_in.len - con_in.off, (unsigned long long)uart.rx_requeued,
 				uart.ier & 1 ? "on" : "off");
+		if (uart.tx_truncations)
+			fprintf(stderr, "kiln-vmm: console file: started over %llu times at max=%llu bytes\n",
+				(unsigned long long)uart.tx_truncations, (unsigned long long)con_max);
 	}
+	pthread_mutex_lock(&uart.lock);
+	if (uart.tx_dropped || uart.tx_count)
+		fprintf(stderr, "kiln-vmm: %llu of %llu bytes of console output were dropped: %s\n",
+			(unsigned long long)(uart.tx_dropped + uart.tx_count), (unsigned long long)uart.tx_bytes,
+			con_fd == STDOUT_FILENO ? "kiln-vmm's stdout was not read fast enough (or at all)"
+			: "the console file could not be written");
+	pthread_mutex_unlock(&uart.lock);
 	rc = exit_status(&vm, &o, signo);
+	log_flush();
 	for (i = 0; i < ndevs; i++)
 		virtio_mmio_destroy(&devs[i]);
 	ioloop_destroy(&loop);

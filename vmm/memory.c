@@ -91,47 +91,58 @@ int guest_range_valid(const struct guest_mem *m, uint64_t gpa, uint64_t len)
 void *guest_ptr_checked(const struct guest_mem *m, uint64_t gpa, uint64_t len,
 			const char *file, int line)
 {
+	static struct log_limit lim = LOG_LIMIT("guest ranges outside guest RAM");
 	int64_t off = guest_range_offset(m, gpa, len);
 
 	if (off >= 0)
 		return m->host + off;
-	fprintf(stderr, "kiln-vmm: %s:%d: guest range [%#llx, +%#llx) is outside guest RAM\n",
-		file, line, (unsigned long long)gpa, (unsigned long long)len);
+	log_guest(&lim, "%s:%d: guest range [%#llx, +%#llx) is outside guest RAM",
+		  file, line, (unsigned long long)gpa, (unsigned long long)len);
 	return NULL;
 }
 
-int guest_mem_map_file(struct guest_mem *m, const char *path, uint64_t size, struct kiln_err *err)
+int guest_mem_map_fd(struct guest_mem *m, int fd, const char *name, uint64_t size, struct kiln_err *err)
 {
 	struct stat st;
 	void *p;
-	int fd;
 
 	memset(m, 0, sizeof(*m));
 	if (size < KILN_MIN_MEM_MIB * MIB || size % (2 * MIB))
 		return kiln_fail(err, EINVAL, "guest memory of %llu bytes: must be a multiple of 2 MiB, at least %llu MiB",
 				 (unsigned long long)size, (unsigned long long)KILN_MIN_MEM_MIB);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return kiln_fail(err, errno, "%s: %s (the snapshot's memory file)", path, strerror(errno));
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return kiln_fail(err, EINVAL, "%s: not a regular file (the snapshot's memory file)", path);
-	}
-	if ((uint64_t)st.st_size != size) {
-		close(fd);
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+		return kiln_fail(err, EINVAL, "%s: not a regular file (the snapshot's memory file)", name);
+	if ((uint64_t)st.st_size < size)
 		return kiln_fail(err, EINVAL, "%s: %llu bytes, but the snapshot's guest has %llu MiB of memory (truncated, or the memory file of another snapshot)",
-				 path, (unsigned long long)st.st_size, (unsigned long long)(size / MIB));
-	}
+				 name, (unsigned long long)st.st_size, (unsigned long long)(size / MIB));
 	/* Writable but private: the file itself is never written through this mapping. */
 	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd, 0);
-	close(fd);
 	if (p == MAP_FAILED)
-		return kiln_fail(err, errno, "%s: mmap: %s", path, strerror(errno));
+		return kiln_fail(err, errno, "%s: mmap: %s", name, strerror(errno));
 	madvise(p, size, MADV_DONTDUMP);
 	m->host = p;
 	m->size = size;
 	m->low_size = size < GUEST_MMIO_GAP_START ? size : GUEST_MMIO_GAP_START;
 	return 0;
+}
+
+int guest_mem_map_file(struct guest_mem *m, const char *path, uint64_t size, struct kiln_err *err)
+{
+	struct stat st;
+	int fd, r;
+
+	memset(m, 0, sizeof(*m));
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return kiln_fail(err, errno, "%s: %s (the snapshot's memory file)", path, strerror(errno));
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size > size) {
+		close(fd);
+		return kiln_fail(err, EINVAL, "%s: %llu bytes, but the snapshot's guest has %llu MiB of memory (the memory file of another snapshot)",
+				 path, (unsigned long long)st.st_size, (unsigned long long)(size / MIB));
+	}
+	r = guest_mem_map_fd(m, fd, path, size, err);
+	close(fd);
+	return r;
 }
 
 static int page_is_zero(const uint8_t *p, size_t len)
@@ -145,15 +156,12 @@ static int page_is_zero(const uint8_t *p, size_t len)
 	return 1;
 }
 
-int guest_mem_save(const struct guest_mem *m, const char *path, uint64_t *written, struct kiln_err *err)
+int guest_mem_save(const struct guest_mem *m, int fd, const char *name, uint64_t *written, struct kiln_err *err)
 {
 	const size_t page = 4096;
 	uint64_t off = 0, total = 0;
-	int fd, e;
+	int e;
 
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return kiln_fail(err, errno, "%s: %s", path, strerror(errno));
 	if (ftruncate(fd, (off_t)m->size) < 0)
 		goto fail;
 	/* Runs of non-zero pages, each one pwrite: untouched memory costs a scan, not disk. */
@@ -177,16 +185,11 @@ int guest_mem_save(const struct guest_mem *m, const char *path, uint64_t *writte
 			total += (uint64_t)n;
 		}
 	}
-	if (fsync(fd) < 0)
-		goto fail;
-	close(fd);
 	*written = total;
 	return 0;
 fail:
 	e = errno ? errno : EIO;
-	close(fd);
-	unlink(path);
-	return kiln_fail(err, e, "%s: writing guest memory: %s", path, strerror(e));
+	return kiln_fail(err, e, "%s: writing guest memory: %s", name, strerror(e));
 }
 
 int guest_mem_usage(const struct guest_mem *m, uint64_t *touched, uint64_t *private_bytes)

@@ -1,5 +1,6 @@
 /* Small helpers shared by the VMM's parts. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <time.h>
@@ -44,4 +45,77 @@ int write_full(int fd, const void *p, size_t n)
 		n -= (size_t)w;
 	}
 	return 0;
+}
+
+/*
+ * Log lines a guest can cause. One mutex for every limiter: these lines are
+ * rare when the guest behaves, and the list is walked at exit.
+ */
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct log_limit *log_limits;
+
+int log_limit_allow(struct log_limit *l, uint64_t now, uint64_t *held)
+{
+	uint64_t refill;
+
+	if (!l->started) {
+		l->started = 1;
+		l->tokens = LOG_LIMIT_BURST;
+		l->refill_ns = now;
+	}
+	refill = now > l->refill_ns ? (now - l->refill_ns) / LOG_LIMIT_PERIOD_NS : 0;
+	if (refill) {
+		l->tokens = refill >= LOG_LIMIT_BURST - l->tokens ? LOG_LIMIT_BURST : l->tokens + (unsigned)refill;
+		l->refill_ns += refill * LOG_LIMIT_PERIOD_NS;
+	}
+	if (!l->tokens) {
+		l->suppressed++;
+		return 0;
+	}
+	l->tokens--;
+	*held = l->suppressed;
+	l->suppressed = 0;
+	return 1;
+}
+
+static void log_summary(const struct log_limit *l, uint64_t held)
+{
+	fprintf(stderr, "kiln-vmm: %s: %llu similar message%s suppressed\n", l->who,
+		(unsigned long long)held, held == 1 ? "" : "s");
+}
+
+void log_guest(struct log_limit *l, const char *fmt, ...)
+{
+	uint64_t held = 0;
+	va_list ap;
+
+	pthread_mutex_lock(&log_lock);
+	if (!l->listed) {
+		l->listed = 1;
+		l->next = log_limits;
+		log_limits = l;
+	}
+	if (log_limit_allow(l, now_ns(), &held)) {
+		if (held)
+			log_summary(l, held);
+		fputs("kiln-vmm: ", stderr);
+		va_start(ap, fmt);
+		vfprintf(stderr, fmt, ap);
+		va_end(ap);
+		fputc('\n', stderr);
+	}
+	pthread_mutex_unlock(&log_lock);
+}
+
+void log_flush(void)
+{
+	struct log_limit *l;
+
+	pthread_mutex_lock(&log_lock);
+	for (l = log_limits; l; l = l->next) {
+		if (l->suppressed)
+			log_summary(l, l->suppressed);
+		l->suppressed = 0;
+	}
+	pthread_mutex_unlock(&log_lock);
 }

@@ -90,11 +90,18 @@ int guest_range_valid(const struct guest_mem *m, uint64_t gpa, uint64_t len);
 int guest_mem_map_file(struct guest_mem *m, const char *path, uint64_t size, struct kiln_err *err);
 
 /*
- * Write guest RAM to path (created or truncated, mode 0600) as a sparse
- * file: all-zero pages become holes. *written gets the bytes of data
- * written. Returns 0 or -errno with err.
+ * The same from an open file (name for messages) of at least size bytes:
+ * its first size bytes become guest RAM. fd may be closed afterwards.
  */
-int guest_mem_save(const struct guest_mem *m, const char *path, uint64_t *written, struct kiln_err *err);
+int guest_mem_map_fd(struct guest_mem *m, int fd, const char *name, uint64_t size, struct kiln_err *err);
+
+/*
+ * Write guest RAM to fd, an empty file open for writing (name for
+ * messages), as a sparse file: all-zero pages become holes. *written gets
+ * the bytes of data written. No fsync: the caller decides when. Returns 0
+ * or -errno with err.
+ */
+int guest_mem_save(const struct guest_mem *m, int fd, const char *name, uint64_t *written, struct kiln_err *err);
 
 /*
  * Guest RAM this process has mapped in (*touched: the guest or a device
@@ -284,6 +291,13 @@ void cpuid_set_tsc_deadline(struct kvm_cpuid2 *cpuid);
 /* Whether the host CPU is QEMU's TCG emulator (see cpu.c for why it matters). */
 int host_cpu_is_tcg(void);
 
+/*
+ * Does this CPU have hardware virtualisation (VMX or SVM)? A /dev/kvm
+ * without it is not KVM proper (e.g. PVM's kvm_pvm, which runs only
+ * PVM-enabled guest kernels).
+ */
+int host_cpu_has_virt(void);
+
 /* Run vCPU until the VM stops (thread body). */
 void *vcpu_thread(void *arg);
 
@@ -369,5 +383,43 @@ uint64_t now_ns(void);
 
 /* Write all n bytes to fd, through short writes and EINTR. 0, or -errno. */
 int write_full(int fd, const void *p, size_t n);
+
+/* ---- Log lines a guest can cause (util.c) ------------------------------- */
+
+/*
+ * A token bucket for one kind of log line a guest can cause: LOG_LIMIT_BURST
+ * lines at once, then one per LOG_LIMIT_PERIOD_NS; what it holds back is
+ * counted and summarised ("kiln-vmm: WHO: N similar messages suppressed")
+ * before its next line, or by log_flush() at exit. One per call site:
+ *     static struct log_limit lim = LOG_LIMIT("virtio-blk");
+ */
+#define LOG_LIMIT_BURST		10
+#define LOG_LIMIT_PERIOD_NS	1000000000ULL
+#define LOG_LIMIT(who_)		{ .who = (who_) }
+
+struct log_limit {
+	const char *who;	/* names the summary line; a string that lives for ever */
+	int started, listed;
+	unsigned tokens;
+	uint64_t refill_ns;	/* when the bucket last gained a token */
+	uint64_t suppressed;	/* lines held back since the last one printed */
+	struct log_limit *next;	/* the limiters log_flush() walks */
+};
+
+/*
+ * May a line go out at now (ns)? Returns 1 and sets *held to the lines held
+ * back before it (then forgotten), or 0 and counts this one. Pure: no lock,
+ * no clock, for tests; log_guest() is what devices call.
+ */
+int log_limit_allow(struct log_limit *l, uint64_t now, uint64_t *held);
+
+/*
+ * Print "kiln-vmm: " fmt "\n" on stderr if l allows it now, after a summary
+ * of the lines l held back. Safe from any thread.
+ */
+void log_guest(struct log_limit *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Print the summary of every limiter still holding lines back (at exit). */
+void log_flush(void);
 
 #endif

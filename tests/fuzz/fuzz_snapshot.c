@@ -3,7 +3,9 @@
  * refuse or accept, never read past the buffer or leak. The CRC would stop
  * almost every mutation at the door, so each input is also parsed a second
  * time with its trailer rewritten to the right CRC: the section parsers get
- * fuzzed too.
+ * fuzzed too. A state that parses is then matched against restorers'
+ * device options (snap_plan_devices), as a restore would before it opens
+ * any file the state names.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +29,15 @@ static void parse_one(const uint8_t *p, size_t n)
 		}
 		if (s.vcpu && s.meta.vcpus && s.vcpu[0].xsave_len)
 			(void)snap_crc32c(0, s.vcpu[0].xsave, s.vcpu[0].xsave_len);
+		{
+			static const char *const kinds[] = { "vsock", "net", "disk", "disk" };
+			static const char *const specs[] = { "cid=3,uds=/x.sock", "tap=t0", "/d.img,ro", "/e.img" };
+			struct kiln_err kerr;
+			int opt[SNAP_MAX_DEVICES], n;
+
+			for (n = 0; n <= 4; n++)
+				(void)snap_plan_devices(&s, kinds, specs, n, opt, &kerr);
+		}
 	}
 	snap_state_free(&s);
 }

@@ -617,10 +617,33 @@ run "$v: agent: kiln against a socket nobody serves names the problem and the fi
 	"^kiln: $asock: no VM listening \\(start kiln-vmm with --vsock cid=3,uds=$asock --cmdline kiln.agent\\)$" \
 	"$kiln" exec --uds "$asock" --connect-timeout 1 -- true
 
+# ---- the host client against the guest (issue 11: kiln cp's modes, the agent timeout) ----
+# A VM of its own: the shared one above was shut down by its last tests.
+csock=$work/c.sock
+"$vmm" --timeout 900 --mem 1024 --console "$work/client-console" \
+	--vsock "cid=3,uds=$csock" --cmdline kiln.agent </dev/null &
+client_vmm=$!
+export csock
+
+run "$v: agent: cp from the guest drops setuid/setgid and applies the umask (077: 0700, 022: 0755)" 0 \
+	'^guest=6755 077=700 022=755$' \
+	bash -c 'rm -f "$work/suid077" "$work/suid022"
+	         "$kiln" exec --uds "$csock" --connect-timeout 200 -- sh -c "echo x >/tmp/suid && chmod 6755 /tmp/suid" || exit 1
+	         g=$("$kiln" exec --uds "$csock" -- stat -c %a /tmp/suid)
+	         (umask 077 && "$kiln" cp --uds "$csock" guest:/tmp/suid "$work/suid077") || exit 1
+	         (umask 022 && "$kiln" cp --uds "$csock" guest:/tmp/suid "$work/suid022") || exit 1
+	         echo "guest=$g 077=$(stat -c %a "$work/suid077") 022=$(stat -c %a "$work/suid022")"'
+
+run "$v: agent: an exec outlives --agent-timeout while the agent answers kiln's pings" 0 '^done status=0$' \
+	bash -c 'o=$("$kiln" exec --uds "$csock" --connect-timeout 200 --agent-timeout 5 -- sh -c "sleep 12; echo done"); echo "$o status=$?"'
+
+kill "$client_vmm" 2>/dev/null
+wait "$client_vmm" 2>/dev/null
+
 # Only the host may drive the agent (issue 11, finding 5): a guest process
 # reaching port 1024 over vsock loopback (CID 1, or the guest's own CID 3)
-# is closed on before any frame, whatever its uid. A VM of its own: the
-# one above was shut down.
+# is closed on before any frame, whatever its uid. A VM of its own, like
+# the one above.
 kiln=${KILN_CLI:-$root/build/kiln}
 psock=$work/p.sock
 "$vmm" --timeout 600 --mem 1024 --console "$work/peer-console" \

@@ -83,3 +83,17 @@ blk_mount() {
 export -f blk_mount
 run "$v: blk: kiln.mount= mounts an ext4 disk read-write" 0 '^written$' \
 	bash -c 'blk_mount "$@"' _ "$vmm" "$work"
+
+# Issue 11: a hostile driver in the guest takes the disk from the kernel's
+# driver, then each round disables its 16-entry queue and writes QueueNum=256
+# while a write and a flush are in flight. The VMM must stay up, write
+# nothing past the 16-entry used ring (the tool checks a canary there), and
+# keep serving the guest (it prints "alive" after).
+truncate -s 0 "$work/target.img"
+truncate -s 16M "$work/target.img"
+run "$v: blk: a driver that disables and resizes its queue during I/O gets nothing written outside the ring" 0 \
+	'canary intact; alive$' \
+	"$vmm" --mem 256 --disk "$work/target.img" -- sh -c '
+	echo virtio-mmio.0 >/sys/bus/platform/drivers/virtio-mmio/unbind || exit 1
+	r=$(kiln-hostile-queue d0000000 30) || { echo "$r"; exit 1; }
+	echo "$r; alive"'

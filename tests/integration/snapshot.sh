@@ -9,7 +9,8 @@ sn=$work/snap
 rm -rf "$sn" && mkdir -p "$sn"
 mkdir -p "$sn/fsroot" && echo "from the template" >"$sn/fsroot/base"
 mkfs.ext4 -q -F -d "$sn/fsroot" "$sn/data.img" 32M
-export kiln sn vmm
+snapedit=$root/tests/integration/snapedit.py
+export kiln sn vmm snapedit
 
 # clone NAME [ARGS...]: restore $sn/tpl in the background as clone NAME, with
 # its own vsock socket ($sn/NAME.sock) and console; the pid goes to $sn/NAME.pid.
@@ -38,7 +39,11 @@ unclone() {
 	wait "$p" 2>/dev/null
 	return 0
 }
-export -f clone unclone diag
+# snap CTL DIR: ask the VMM at control socket CTL to snapshot into DIR; prints the answer.
+snap() {
+	python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b\"snapshot %s\\n\" % sys.argv[2].encode()); print(s.makefile().readline().strip())" "$1" "$2"
+}
+export -f clone unclone diag snap
 
 run "$v: snapshot: --template boots, waits for the agent and writes state, memory and a disk copy" 0 \
 	'^state memory disk0.img rc=0$' \
@@ -116,6 +121,17 @@ run "$v: snapshot: control socket: pause, stats, resume, unknown requests" 0 \
 	      "timer=%s" % ({0: "one-shot", 1: "periodic", 2: "tsc-deadline"}.get(int(vc["lvt_timer"], 16) >> 17 & 3, "?")))
 	EOF'
 
+run "$v: snapshot: snapshot DIR never writes through a link planted in DIR, and replaces an older snapshot whole" 0 \
+	'^planted: refused victim=intact; again: ok ok files=disk0.img memory state leftovers=0$' \
+	bash -c 'clone p; trap "unclone p" EXIT
+	         "$kiln" exec --uds "$sn/p.sock" --connect-timeout 60 -- true || { diag p; exit 1; }
+	         echo precious >"$sn/victim"; mkdir -p "$sn/planted"; ln -sfn "$sn/victim" "$sn/planted/memory"
+	         case $(snap "$sn/p.ctl" "$sn/planted") in *"\"ok\":false"*) a=refused ;; *) a=accepted ;; esac
+	         [ "$(cat "$sn/victim")" = precious ] && w=intact || w=overwritten
+	         echo -n "planted: $a victim=$w; again: "
+	         for i in 1 2; do r=$(snap "$sn/p.ctl" "$sn/p-snap"); case $r in *"\"ok\":true"*) echo -n "ok " ;; *) echo -n "failed: $r " ;; esac; done
+	         echo "files=$(ls "$sn/p-snap" | tr "\n" " " | sed "s/ $//") leftovers=$(ls -A "$sn" | grep -c "^\.p-snap")"'
+
 run "$v: snapshot: control socket shutdown stops the VM with status 0" 0 '^exit=0$' \
 	bash -c 'clone z
 	         "$kiln" exec --uds "$sn/z.sock" --connect-timeout 60 -- true || exit 1
@@ -147,6 +163,8 @@ if [ -c /dev/net/tun ] && command -v unshare >/dev/null; then
 		         for n in n1 n2; do
 		           echo -n "$n: $("$kiln" exec --uds "$sn/$n.sock" --connect-timeout 60 -- ping -c 1 -W 10 172.30.0.1 | grep -o "1 packets received") "
 		         done; echo'
+	run "$v: snapshot: a restore takes its tap from --net, never from the snapshot" 125 'net device.*pass --net tap=NAME' \
+		bash -c 'unshare -n bash "$sn/netns.sh" "$vmm" --restore "$sn/ntpl" --vsock "cid=3,uds=$sn/nx.sock" --timeout 30 </dev/null'
 fi
 
 # Damaged and mismatched snapshots: refused with a reason, before the VM runs.
@@ -169,4 +187,23 @@ run "$v: snapshot: a restore cannot add devices" 125 'no further net device' \
 	"$vmm" --restore "$sn/tpl" --net tap=nope0
 run "$v: snapshot: another vsock CID is refused" 125 'vsock.*(cid|CID)' \
 	"$vmm" --restore "$sn/tpl" --vsock "cid=9,uds=$sn/x.sock"
+
+# A crafted snapshot (docs/snapshot.md, "What a snapshot can and cannot do"):
+# it names only files in its own directory, and host sockets and taps come
+# from the restorer's options. victim.img has data.img's size, so only the
+# path check stands between it and the guest.
+cp "$sn/data.img" "$sn/victim.img"
+for p in /etc/passwd "$sn/victim.img" ../victim.img; do
+	run "$v: snapshot: a state naming $p as its disk is refused" 125 'disk path .* is not a file in the snapshot.s directory' \
+		bash -c 'rm -rf "$sn/crafted" && cp -r "$sn/tpl" "$sn/crafted" && python3 "$snapedit" "$sn/crafted/state" 0 "$1" >/dev/null &&
+		         "$vmm" --restore "$sn/crafted" --vsock "cid=3,uds=$sn/cr.sock" --timeout 30' _ "$p"
+done
+run "$v: snapshot: a restore takes its vsock socket from --vsock, never from the snapshot" 125 \
+	'vsock device.*pass --vsock cid=3,uds=PATH.*\[socket: none\]$' \
+	bash -c 'rm -rf "$sn/crafted" && cp -r "$sn/tpl" "$sn/crafted" && python3 "$snapedit" "$sn/crafted/state" 1 "cid=3,uds=$sn/planted.sock" >/dev/null
+	         e=$("$vmm" --restore "$sn/crafted" --timeout 30 2>&1); rc=$?
+	         echo "$e [socket: $([ -e "$sn/planted.sock" ] && echo created || echo none)]"; exit $rc'
+run "$v: snapshot: a state beside the memory file of another snapshot is refused" 125 'memory.*another snapshot' \
+	bash -c 'rm -rf "$sn/mixed" && cp -r "$sn/tpl" "$sn/mixed" && cp "$sn/live-snap/memory" "$sn/mixed/memory" &&
+	         "$vmm" --restore "$sn/mixed" --vsock "cid=3,uds=$sn/mx.sock" --timeout 30'
 rm -rf "$sn"

@@ -3,8 +3,11 @@
 #
 # Usage: tests/nested/kvm-host.sh [--mem MiB] [--timeout SECONDS] -- CMD [ARGS...]
 #
-# If /dev/kvm can be opened read-write here, CMD is simply exec'd (under
-# timeout(1), so --timeout means the same on both paths).  Otherwise a
+# If /dev/kvm can be opened read-write here and is hardware KVM (the CPU
+# has vmx or svm), CMD is simply exec'd (under timeout(1), so --timeout
+# means the same on both paths).  A /dev/kvm without them (e.g. PVM's
+# kvm_pvm module, which runs only PVM-enabled guest kernels and stops
+# kiln's with "KVM internal error") does not count.  Otherwise a
 # throwaway KVM host is booted as a QEMU guest under TCG with an emulated AMD
 # EPYC CPU that has SVM and nested paging (kvm_amd works inside it), the dev
 # machine's root filesystem is shared into it (read-only, with a discarded
@@ -68,7 +71,8 @@ done
 # (-c first: bash's <> would create a regular file if /dev/kvm did not exist)
 # Same timeout semantics as the nested path; timeout(1) passes CMD's status on
 # and says on stderr when it had to kill CMD.
-if [[ ${KILN_NESTED_FORCE:-} != 1 && -c /dev/kvm ]] && { : <>/dev/kvm; } 2>/dev/null; then
+if [[ ${KILN_NESTED_FORCE:-} != 1 && -c /dev/kvm ]] && { : <>/dev/kvm; } 2>/dev/null &&
+	grep -qw -E 'vmx|svm' /proc/cpuinfo; then
 	exec timeout --verbose --kill-after=10 "$timeout_s" "$@"
 fi
 

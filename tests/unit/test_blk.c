@@ -233,6 +233,95 @@ START_TEST(broken_ring_needs_reset)
 }
 END_TEST
 
+/* Queue one request without waiting for it: a read of 4 KiB from sector 0. */
+static void submit_read_nowait(void)
+{
+	uint32_t hdr[4] = { 0, 0, 0, 0 };
+	uint16_t *avail = GUEST_PTR(&m, AVAIL, 4 + 2 * QSIZE);
+
+	memcpy(GUEST_PTR(&m, HDR, 16), hdr, 16);
+	*(uint8_t *)GUEST_PTR(&m, STATUS, 1) = 0xee;
+	set_desc(0, HDR, 16, VIRTQ_DESC_F_NEXT, 1);
+	set_desc(1, DATA, 4096, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2);
+	set_desc(2, STATUS, 1, VIRTQ_DESC_F_WRITE, 0);
+	avail[2 + next_avail % QSIZE] = 0;
+	avail[1] = ++next_avail;
+	virtio_kick(&dev, 0);
+}
+
+static int canary_intact(uint64_t gpa, size_t len)
+{
+	const uint8_t *p = GUEST_PTR(&m, gpa, len);
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (p[i] != 0xa5)
+			return 0;
+	return 1;
+}
+
+/*
+ * A driver that disables its queue while a request is in flight and writes
+ * a larger QueueNum (issue 11): the completion must not index the used ring
+ * with the new, never-validated size through the old mapping, nor land in
+ * the ring at all. Before the fix, used slot 20 % 256 was written 160 bytes
+ * into a ring validated for 16 entries (134 bytes).
+ */
+START_TEST(queue_disabled_during_io_drops_completion)
+{
+	const size_t ring_len = 6 + 8 * QSIZE;
+	uint16_t *used;
+	unsigned i;
+	int spins;
+
+	open_disk("");
+	used = GUEST_PTR(&m, USED, ring_len);
+	for (i = 0; i < 20; i++)
+		ck_assert_uint_eq(submit(4, 0, 0, 0), 1);	/* used_idx 20 */
+	memset(GUEST_PTR(&m, USED + ring_len, 4096), 0xa5, 4096);
+
+	/* Disable, resize, complete. */
+	submit_read_nowait();
+	mmio_w(0x44, 0);
+	ck_assert_uint_eq(mmio_r(0x44), 0);
+	mmio_w(0x38, 256);
+	for (spins = 0; loop.inflight && spins < 1000; spins++)
+		ioloop_poll(&loop, 1);
+	ck_assert_uint_eq(loop.inflight, 0);
+	ck_assert_msg(canary_intact(USED + ring_len, 4096), "a completion wrote past the validated used ring");
+	ck_assert_uint_eq(used[1], 20);
+	ck_assert_uint_eq(status(), 0xee);
+
+	/* Re-enabled (same size as before) while a request is in flight: dropped too. */
+	mmio_w(0x38, QSIZE);
+	memset(GUEST_PTR(&m, AVAIL, 4 + 2 * QSIZE), 0, 4 + 2 * QSIZE);
+	memset(used, 0, ring_len);
+	next_avail = 0;
+	mmio_w(0x44, 1);
+	ck_assert_uint_eq(mmio_r(0x44), 1);
+	submit_read_nowait();
+	mmio_w(0x44, 0);
+	mmio_w(0x44, 1);
+	memset(GUEST_PTR(&m, AVAIL, 4 + 2 * QSIZE), 0, 4 + 2 * QSIZE);
+	next_avail = 0;
+	for (spins = 0; loop.inflight && spins < 1000; spins++)
+		ioloop_poll(&loop, 1);
+	ck_assert_uint_eq(used[1], 0);
+	/* The new incarnation of the queue works. */
+	ck_assert_uint_eq(submit(4, 0, 0, 0), 1);
+	ck_assert_uint_eq(status(), 0);
+	ck_assert_uint_eq(used[1], 1);
+
+	/* A device reset during I/O drops the completion as well. */
+	submit_read_nowait();
+	mmio_w(0x70, 0);
+	for (spins = 0; loop.inflight && spins < 1000; spins++)
+		ioloop_poll(&loop, 1);
+	ck_assert_uint_eq(used[1], 1);
+	ck_assert_uint_eq(mmio_r(0x70), 0);
+}
+END_TEST
+
 START_TEST(transport_refuses_unoffered_features)
 {
 	open_disk("");
@@ -335,6 +424,7 @@ Suite *suite_blk(void)
 	tcase_add_test(tc, unsupported_and_short_requests);
 	tcase_add_test(tc, no_status_byte_needs_reset);
 	tcase_add_test(tc, broken_ring_needs_reset);
+	tcase_add_test(tc, queue_disabled_during_io_drops_completion);
 	tcase_add_test(tc, transport_refuses_unoffered_features);
 	tcase_add_test(tc, transport_selectors_are_checked);
 	tcase_add_test(tc, config_space);

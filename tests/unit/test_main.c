@@ -18,6 +18,7 @@ int main(void)
 	srunner_add_suite(sr, suite_boot());
 	srunner_add_suite(sr, suite_exit());
 	srunner_add_suite(sr, suite_serial());
+	srunner_add_suite(sr, suite_log());
 	srunner_add_suite(sr, suite_cpuid());
 	srunner_add_suite(sr, suite_base64());
 	srunner_add_suite(sr, suite_virtq());
@@ -27,6 +28,7 @@ int main(void)
 	srunner_add_suite(sr, suite_proto());
 	srunner_add_suite(sr, suite_devsnap());
 	srunner_add_suite(sr, suite_snapshot());
+	srunner_add_suite(sr, suite_usock());
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);

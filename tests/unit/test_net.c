@@ -171,6 +171,45 @@ START_TEST(tx_frame_reaches_the_tap)
 }
 END_TEST
 
+/*
+ * A driver that disables its tx queue and writes a larger QueueNum while a
+ * frame is being written (issue 11): the completion must be dropped, not
+ * pushed through the old ring with the new size. Before the fix used slot
+ * 20 % 256 landed 160 bytes into a ring validated for 16 entries.
+ */
+START_TEST(tx_queue_disabled_in_flight)
+{
+	const uint64_t used_gpa = RING(1) + 0x2000, ring_len = 6 + 8 * QSIZE;
+	uint8_t got[HDR_LEN + 100], *canary;
+	unsigned i;
+
+	open_net(~0ULL);
+	for (i = 0; i < 20; i++) {
+		send_tx(0, 60, i);
+		settle(used_idx(1) == i + 1);
+		ck_assert_int_eq(recv(peer, got, sizeof(got), 0), HDR_LEN + 60);
+	}
+	canary = GUEST_PTR(&m, used_gpa + ring_len, 4096);
+	memset(canary, 0xa5, 4096);
+	send_tx(0, 60, 99);
+	mmio_w(0x30, 1);
+	mmio_w(0x44, 0);
+	mmio_w(0x38, 256);
+	spin_loop(20);
+	ck_assert_int_eq(recv(peer, got, sizeof(got), 0), HDR_LEN + 60);	/* it was sent */
+	ck_assert_uint_eq(used_idx(1), 20);					/* but not returned */
+	for (i = 0; i < 4096; i++)
+		ck_assert_msg(canary[i] == 0xa5, "tx completion wrote past the validated used ring");
+	/* Enabled again with fresh rings, the queue carries frames. */
+	mmio_w(0x38, QSIZE);
+	vdrv_rings_clear(&rings, 1);
+	mmio_w(0x44, 1);
+	send_tx(0, 60, 7);
+	settle(used_idx(1) == 1);
+	ck_assert_uint_eq(used_idx(1), 1);
+}
+END_TEST
+
 START_TEST(tx_hostile_chains_are_dropped)
 {
 	uint8_t got[64];
@@ -435,6 +474,7 @@ Suite *suite_net(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, tx_frame_reaches_the_tap);
 	tcase_add_test(tc, tx_hostile_chains_are_dropped);
+	tcase_add_test(tc, tx_queue_disabled_in_flight);
 	tcase_add_test(tc, rx_one_buffer_per_frame);
 	tcase_add_test(tc, rx_mergeable_split);
 	tcase_add_test(tc, rx_waits_for_buffers_without_loss_or_spin);

@@ -1,5 +1,8 @@
 /* The 16550A as Linux's 8250 driver drives it. */
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../../devices/devices.h"
@@ -160,6 +163,84 @@ START_TEST(out_of_range_ports_ignored)
 }
 END_TEST
 
+#define BIG_OUTPUT	(1024 * 1024)
+
+/*
+ * A console nobody reads (a pipe left full) must not stall the guest: the
+ * vCPU's THR write returns, and what does not fit is dropped and counted.
+ */
+START_TEST(blocked_output_never_stalls_the_guest)
+{
+	struct serial *s = calloc(1, sizeof(*s));
+	char buf[4096];
+	size_t i, got = 0, kept;
+	int fds[2];
+
+	ck_assert_ptr_nonnull(s);
+	ck_assert_int_eq(pipe(fds), 0);
+	ck_assert_int_eq(serial_init(s, fds[1], NULL, NULL), 0);
+	for (i = 0; i < BIG_OUTPUT; i++)
+		wr(s, 0, (uint8_t)('a' + i % 26));
+	ck_assert_uint_eq(s->tx_bytes, BIG_OUTPUT);
+	ck_assert_uint_gt(s->tx_dropped, 0);
+	ck_assert_uint_le(s->tx_dropped, BIG_OUTPUT);
+	/* A reader comes: what was kept comes out in order, and nothing else is lost. */
+	kept = BIG_OUTPUT - s->tx_dropped;
+	ck_assert_uint_ge(kept, SERIAL_TX_SIZE);
+	while (got < kept) {
+		ssize_t n = read(fds[0], buf, sizeof(buf));
+
+		ck_assert_int_gt(n, 0);
+		if (got == 0)
+			ck_assert_int_eq(memcmp(buf, "abcdefghijklmnopqrstuvwxyz", 26), 0);
+		got += (size_t)n;
+	}
+	ck_assert_uint_eq(serial_flush(s, 10000), 0);
+	ck_assert_uint_eq(s->tx_written, kept);
+	wr(s, 0, 'z');
+	ck_assert_int_eq(read(fds[0], buf, 1), 1);
+	ck_assert_int_eq(buf[0], 'z');
+	/* Full again, with the writer stuck: a flush gives up, and teardown does not hang. */
+	for (i = 0; i < BIG_OUTPUT; i++)
+		wr(s, 0, 'q');
+	ck_assert_uint_gt(serial_flush(s, 50), 0);
+	serial_destroy(s);
+	close(fds[0]);
+	close(fds[1]);
+	free(s);
+}
+END_TEST
+
+/* --console FILE,max=N: the file never grows past N; it starts over with a marker line. */
+START_TEST(console_file_capped)
+{
+	struct serial *s = calloc(1, sizeof(*s));
+	char path[] = "/tmp/kiln-console-test-XXXXXX", head[64];
+	struct stat st;
+	size_t i;
+	int fd = mkstemp(path);
+
+	ck_assert_ptr_nonnull(s);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(serial_init(s, fd, NULL, NULL), 0);
+	serial_set_console_max(s, 8192);
+	for (i = 0; i < 3 * 8192 + 100; i++)
+		wr(s, 0, (uint8_t)('a' + i % 26));
+	ck_assert_uint_eq(serial_flush(s, 10000), 0);
+	ck_assert_int_eq(fstat(fd, &st), 0);
+	ck_assert_int_le(st.st_size, 8192);
+	ck_assert_uint_ge(s->tx_truncations, 3);
+	ck_assert_uint_eq(s->tx_dropped, 0);
+	ck_assert_int_eq(pread(fd, head, sizeof(head) - 1, 0), sizeof(head) - 1);
+	head[sizeof(head) - 1] = 0;
+	ck_assert_msg(strncmp(head, "kiln-vmm: console truncated at ", 31) == 0, "%s", head);
+	serial_destroy(s);
+	close(fd);
+	unlink(path);
+	free(s);
+}
+END_TEST
+
 Suite *suite_serial(void)
 {
 	Suite *s = suite_create("serial");
@@ -171,6 +252,11 @@ Suite *suite_serial(void)
 	tcase_add_test(tc, input_and_loopback);
 	tcase_add_test(tc, input_survives_a_fifo_clear);
 	tcase_add_test(tc, out_of_range_ports_ignored);
+	suite_add_tcase(s, tc);
+	tc = tcase_create("output");
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, blocked_output_never_stalls_the_guest);
+	tcase_add_test(tc, console_file_capped);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -31,7 +31,28 @@ enum fault {
 	F_DEV_KIND,		/* unknown device kind */
 	F_META_TRAILING,	/* a stray byte after the header's fields */
 	F_XSAVE_HUGE,		/* XSAVE blob over the limit */
+	F_DISK_ABS,		/* a disk named by an absolute host path */
+	F_DISK_DOTDOT,		/* a disk named ../x, outside the snapshot */
+	F_DISK_SUBDIR,		/* a disk in a subdirectory (a link could lead anywhere) */
+	F_DISK_DOT,		/* a disk named by the snapshot directory itself */
+	F_DISK_COPY,		/* valid: the snapshot's own copy of a writable disk */
+	F_DISK_RO,		/* valid: a read-only disk the snapshot shared */
+	F_NET,			/* valid: a net device */
 };
+
+/* The disk path a fault puts in the state, or NULL for the default vsock device. */
+static const char *fault_disk(enum fault f)
+{
+	switch (f) {
+	case F_DISK_ABS: return "/etc/passwd";
+	case F_DISK_DOTDOT: return "../x";
+	case F_DISK_SUBDIR: return "sub/disk0.img";
+	case F_DISK_DOT: return ".,id=x";
+	case F_DISK_COPY: return "disk0.img,id=data";
+	case F_DISK_RO: return "/srv/rootfs.img,ro";
+	default: return NULL;
+	}
+}
 
 static void put_meta(struct snap_buf *w, enum fault f)
 {
@@ -46,6 +67,7 @@ static void put_meta(struct snap_buf *w, enum fault f)
 	snapw_blob(w, "/boot/vmlinux", 13);
 	snapw_u64(w, 1700000000ULL * 1000000000ULL);
 	snapw_u32(w, f == F_DEVICES_17 ? 17 : 1);
+	snapw_bytes(w, "0123456789abcdef", SNAP_ID_LEN);
 	if (f == F_META_TRAILING)
 		snapw_u8(w, 0);
 	snapw_section_end(w, m);
@@ -129,8 +151,16 @@ static void build(struct snap_buf *w, enum fault f)
 		snapw_section_end(w, m);
 	}
 	m = snapw_section_begin(w, SNAP_SEC_DEVICE);
-	snapw_blob(w, f == F_DEV_KIND ? "gpu" : "vsock", f == F_DEV_KIND ? 3 : 5);
-	snapw_blob(w, "cid=3,uds=/tmp/v.sock", 21);
+	if (fault_disk(f)) {
+		snapw_blob(w, "disk", 4);
+		snapw_blob(w, fault_disk(f), (uint32_t)strlen(fault_disk(f)));
+	} else if (f == F_NET) {
+		snapw_blob(w, "net", 3);
+		snapw_blob(w, "tap=kt0", 7);
+	} else {
+		snapw_blob(w, f == F_DEV_KIND ? "gpu" : "vsock", f == F_DEV_KIND ? 3 : 5);
+		snapw_blob(w, "cid=3,uds=/tmp/v.sock", 21);
+	}
 	snapw_u64(w, 0xd0000000);
 	snapw_u32(w, 5);
 	snapw_u32(w, 0xdeadbeef);	/* the device's own bytes */
@@ -243,11 +273,16 @@ START_TEST(bad_magic_and_version)
 	ck_assert_int_eq(parse(&w, err, sizeof(err)), -EINVAL);
 	ck_assert_ptr_nonnull(strstr(err, "not a kiln snapshot"));
 	w.p[0] = 'K';
-	w.p[8] = 2;	/* version 2 */
+	w.p[8] = SNAP_VERSION + 1;
 	reseal(&w);
 	ck_assert_int_eq(parse(&w, err, sizeof(err)), -EINVAL);
-	ck_assert_ptr_nonnull(strstr(err, "version 2"));
+	ck_assert_ptr_nonnull(strstr(err, "version 3"));
+	/* Version 1 had no snapshot id to bind its memory file: taken again, not read. */
 	w.p[8] = 1;
+	reseal(&w);
+	ck_assert_int_eq(parse(&w, err, sizeof(err)), -EINVAL);
+	ck_assert_ptr_nonnull(strstr(err, "version 1, this kiln-vmm reads version 2 (take the snapshot again"));
+	w.p[8] = SNAP_VERSION;
 	w.p[12] = 200;	/* section count */
 	reseal(&w);
 	ck_assert_int_eq(parse(&w, err, sizeof(err)), -EINVAL);
@@ -273,6 +308,11 @@ static const struct {
 	{ F_DEV_KIND, "unknown device kind" },
 	{ F_META_TRAILING, "trailing" },
 	{ F_XSAVE_HUGE, "XSAVE" },
+	/* A crafted state must not hand the guest a host file as its disk. */
+	{ F_DISK_ABS, "disk path \"/etc/passwd\" is not a file in the snapshot's directory" },
+	{ F_DISK_DOTDOT, "disk path \"../x\" is not a file in the snapshot's directory" },
+	{ F_DISK_SUBDIR, "is not a file in the snapshot's directory" },
+	{ F_DISK_DOT, "is not a file in the snapshot's directory" },
 };
 
 START_TEST(inconsistent_content_refused)
@@ -396,7 +436,7 @@ START_TEST(copy_file_keeps_holes_and_data)
 	ck_assert_int_eq(pwrite(fd, "start", 5, 0), 5);
 	ck_assert_int_eq(pwrite(fd, "end!!", 5, (64 << 20) - 5), 5);
 	close(fd);
-	ck_assert_msg(snap_copy_file(a, b, -1, &copied, &err) == 0, "%s", err.msg);
+	ck_assert_msg(snap_copy_file(a, b, &copied, &err) == 0, "%s", err.msg);
 	ck_assert_int_eq(stat(b, &st), 0);
 	ck_assert_int_eq(st.st_size, 64 << 20);
 	/* Sparse: far fewer blocks than 64 MiB (a reflink shares them, a copy skips holes). */
@@ -408,7 +448,7 @@ START_TEST(copy_file_keeps_holes_and_data)
 	ck_assert_int_eq(memcmp(buf, "end!!", 5), 0);
 	close(fd);
 	/* A missing source is an error naming it. */
-	ck_assert_int_lt(snap_copy_file("/nonexistent/x", b, -1, NULL, &err), 0);
+	ck_assert_int_lt(snap_copy_file("/nonexistent/x", b, NULL, &err), 0);
 	ck_assert_ptr_nonnull(strstr(err.msg, "/nonexistent/x"));
 	unlink(a);
 	unlink(b);
@@ -442,6 +482,258 @@ START_TEST(cpuid_check_names_the_leaf)
 }
 END_TEST
 
+/* Parse a built state with one device of fault f's kind, and plan it against options. */
+static int plan(enum fault f, int nopts, const char *const *kinds, const char *const *specs, int *opt,
+		struct kiln_err *err)
+{
+	struct snap_buf w;
+	struct snap_state s;
+	char msg[256] = "";
+	int r;
+
+	build(&w, f);
+	ck_assert_msg(snap_parse(w.p, w.len, &s, msg, sizeof(msg)) == 0, "%s", msg);
+	r = snap_plan_devices(&s, kinds, specs, nopts, opt, err);
+	snap_state_free(&s);
+	snapw_free(&w);
+	return r;
+}
+
+START_TEST(restore_takes_host_resources_from_options)
+{
+	const char *vk[] = { "vsock" }, *vs[] = { "cid=3,uds=/run/mine.sock" };
+	const char *nk[] = { "net" }, *ns[] = { "tap=mine0" };
+	const char *dk[] = { "disk" }, *ds[] = { "/srv/rootfs.img,ro" };
+	struct kiln_err err;
+	int opt[SNAP_MAX_DEVICES];
+
+	/* The state's uds=/tmp/v.sock is never used: the restorer names a socket or is refused. */
+	err.msg[0] = '\0';
+	ck_assert_int_eq(plan(F_NONE, 0, NULL, NULL, opt, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "device 0 is a vsock device: pass --vsock cid=3,uds=PATH"), "%s", err.msg);
+	ck_assert_msg(plan(F_NONE, 1, vk, vs, opt, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(opt[0], 0);
+	/* A tap, likewise. */
+	ck_assert_int_eq(plan(F_NET, 0, NULL, NULL, opt, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "net device: pass --net tap=NAME"), "%s", err.msg);
+	ck_assert_msg(plan(F_NET, 1, nk, ns, opt, &err) == 0, "%s", err.msg);
+	/* A read-only disk is a host file: the restorer names it. */
+	ck_assert_int_eq(plan(F_DISK_RO, 0, NULL, NULL, opt, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "pass --disk PATH,ro"), "%s", err.msg);
+	ck_assert_msg(plan(F_DISK_RO, 1, dk, ds, opt, &err) == 0, "%s", err.msg);
+	/* The snapshot's own disk copy needs no option. */
+	ck_assert_msg(plan(F_DISK_COPY, 0, NULL, NULL, opt, &err) == 0, "%s", err.msg);
+	ck_assert_int_eq(opt[0], -1);
+	/* An option with nothing to replace is refused, before anything is missing. */
+	ck_assert_int_eq(plan(F_NONE, 1, nk, ns, opt, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "--net tap=mine0: the snapshot has no further net device"), "%s", err.msg);
+}
+END_TEST
+
+/* A scratch directory for the file tests; path must hold 64 bytes. */
+static void scratch(char *path)
+{
+	strcpy(path, "/tmp/kiln-snapdir-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(path));
+}
+
+static void put_file(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+}
+
+static void get_file(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
+
+	buf[0] = '\0';
+	if (fd < 0)
+		return;
+	n = read(fd, buf, len - 1);
+	buf[n > 0 ? n : 0] = '\0';
+	close(fd);
+}
+
+START_TEST(memory_trailer_binds_memory_to_state)
+{
+	const uint8_t id[SNAP_ID_LEN] = "0123456789abcdef", other[SNAP_ID_LEN] = "fedcba9876543210";
+	static uint8_t trailer[SNAP_MEM_TRAILER];
+	const uint64_t size = 2 * MIB;
+	char dir[64], path[128];
+	struct kiln_err err;
+	int fd;
+
+	scratch(dir);
+	snprintf(path, sizeof(path), "%s/memory", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, (off_t)size), 0);
+	/* RAM without a trailer: a memory file cut short (or from kiln before version 2). */
+	ck_assert_int_eq(snap_mem_check(fd, path, size, id, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "but the snapshot's guest has 2 MiB"), "%s", err.msg);
+	ck_assert_int_eq(ftruncate(fd, (off_t)(size + SNAP_MEM_TRAILER)), 0);
+	ck_assert_int_eq(snap_mem_check(fd, path, size, id, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "no snapshot trailer"), "%s", err.msg);
+	snap_mem_trailer(trailer, id, size);
+	ck_assert_int_eq(pwrite(fd, trailer, sizeof(trailer), (off_t)size), (ssize_t)sizeof(trailer));
+	ck_assert_msg(snap_mem_check(fd, path, size, id, &err) == 0, "%s", err.msg);
+	/* The state of another snapshot beside this memory file. */
+	ck_assert_int_eq(snap_mem_check(fd, path, size, other, &err), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "the memory file of another snapshot"), "%s", err.msg);
+	close(fd);
+	unlink(path);
+	rmdir(dir);
+}
+END_TEST
+
+/* Write a one-file snapshot "snap" into parent through snap_dir; 0 or -errno. */
+static int dir_write(const char *parent, const char *text, struct kiln_err *err)
+{
+	char dir[128];
+	struct snap_dir d;
+	int fd, r;
+
+	snprintf(dir, sizeof(dir), "%s/snap", parent);
+	if ((r = snap_dir_begin(&d, dir, err)) < 0)
+		return r;
+	fd = snap_dir_create(&d, SNAP_MEMORY_FILE, err);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+	/* Never over a file already there, even in the fresh directory. */
+	ck_assert_int_eq(snap_dir_create(&d, SNAP_MEMORY_FILE, err), -EEXIST);
+	fd = snap_dir_create(&d, SNAP_STATE_FILE, err);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	return snap_dir_commit(&d, err);
+}
+
+/* Entries in dir other than . and .., space-separated and sorted, into out. */
+static void list_dir(const char *dir, char *out, size_t len)
+{
+	char cmd[200];
+	FILE *f;
+	size_t n;
+
+	snprintf(cmd, sizeof(cmd), "ls -A %s | tr '\\n' ' '", dir);
+	f = popen(cmd, "r");
+	ck_assert_ptr_nonnull(f);
+	n = fread(out, 1, len - 1, f);
+	out[n] = '\0';
+	pclose(f);
+}
+
+START_TEST(snapshot_dir_never_writes_through_links)
+{
+	char dir[64], path[128], victim[128], buf[64];
+	struct kiln_err err;
+
+	scratch(dir);
+	snprintf(victim, sizeof(victim), "%s/victim", dir);
+	put_file(victim, "precious");
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	ck_assert_int_eq(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/snap/memory", dir);
+	ck_assert_int_eq(symlink(victim, path), 0);
+	/* A planted link is refused, and the file it points to is untouched. */
+	ck_assert_int_lt(dir_write(dir, "guest bytes", &err), 0);
+	ck_assert_msg(strstr(err.msg, "snap/memory is not a regular file"), "%s", err.msg);
+	get_file(victim, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "precious");
+	list_dir(dir, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "snap victim ");
+	unlink(path);
+	/* The target itself a link: refused. */
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	ck_assert_int_eq(rmdir(path), 0);
+	ck_assert_int_eq(symlink(dir, path), 0);
+	ck_assert_int_lt(dir_write(dir, "guest bytes", &err), 0);
+	ck_assert_msg(strstr(err.msg, "is a symbolic link"), "%s", err.msg);
+	unlink(path);
+	unlink(victim);
+	rmdir(dir);
+}
+END_TEST
+
+START_TEST(snapshot_dir_is_replaced_whole)
+{
+	char dir[64], path[128], buf[128];
+	struct kiln_err err;
+	struct snap_dir d;
+
+	scratch(dir);
+	/* New, then an older snapshot replaced: no partial directory left beside it. */
+	ck_assert_msg(dir_write(dir, "first", &err) == 0, "%s", err.msg);
+	ck_assert_msg(dir_write(dir, "second", &err) == 0, "%s", err.msg);
+	snprintf(path, sizeof(path), "%s/snap/memory", dir);
+	get_file(path, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "second");
+	list_dir(dir, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "snap ");
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	list_dir(path, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "memory state ");
+	/* Given up half way (a failed or killed snapshot): the old one stays whole. */
+	ck_assert_int_eq(snap_dir_begin(&d, path, &err), 0);
+	close(snap_dir_create(&d, SNAP_MEMORY_FILE, &err));
+	snap_dir_abort(&d);
+	list_dir(dir, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "snap ");
+	snprintf(path, sizeof(path), "%s/snap/memory", dir);
+	get_file(path, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "second");
+	/* A directory that holds other files is not a snapshot to replace. */
+	snprintf(path, sizeof(path), "%s/snap/notes.txt", dir);
+	put_file(path, "mine");
+	ck_assert_int_lt(dir_write(dir, "third", &err), 0);
+	ck_assert_msg(strstr(err.msg, "holds notes.txt, which is not part of a snapshot"), "%s", err.msg);
+	unlink(path);
+	snprintf(buf, sizeof(buf), "rm -rf %s", dir);
+	ck_assert_int_eq(system(buf), 0);
+}
+END_TEST
+
+START_TEST(own_file_names)
+{
+	ck_assert(snap_is_own_file("state"));
+	ck_assert(snap_is_own_file("memory"));
+	ck_assert(snap_is_own_file("disk0.img"));
+	ck_assert(snap_is_own_file("disk15.img"));
+	ck_assert(!snap_is_own_file("disk.img"));
+	ck_assert(!snap_is_own_file("disk0.img.bak"));
+	ck_assert(!snap_is_own_file("disk-1.img"));
+	ck_assert(!snap_is_own_file("notes"));
+}
+END_TEST
+
+START_TEST(copy_file_never_writes_through_a_link)
+{
+	char dir[64], a[128], b[128], victim[128], buf[64];
+	struct kiln_err err;
+
+	scratch(dir);
+	snprintf(a, sizeof(a), "%s/a", dir);
+	snprintf(b, sizeof(b), "%s/b", dir);
+	snprintf(victim, sizeof(victim), "%s/victim", dir);
+	put_file(a, "disk bytes");
+	put_file(victim, "precious");
+	ck_assert_int_eq(symlink(victim, b), 0);
+	ck_assert_int_lt(snap_copy_file(a, b, NULL, &err), 0);
+	ck_assert_msg(strstr(err.msg, "symbolic link"), "%s", err.msg);
+	get_file(victim, buf, sizeof(buf));
+	ck_assert_str_eq(buf, "precious");
+	unlink(a);
+	unlink(b);
+	unlink(victim);
+	rmdir(dir);
+}
+END_TEST
+
 Suite *suite_snapshot(void)
 {
 	Suite *s = suite_create("snapshot");
@@ -459,6 +751,12 @@ Suite *suite_snapshot(void)
 	tcase_add_test(tc, disk_spec_split);
 	tcase_add_test(tc, copy_file_keeps_holes_and_data);
 	tcase_add_test(tc, cpuid_check_names_the_leaf);
+	tcase_add_test(tc, restore_takes_host_resources_from_options);
+	tcase_add_test(tc, memory_trailer_binds_memory_to_state);
+	tcase_add_test(tc, snapshot_dir_never_writes_through_links);
+	tcase_add_test(tc, snapshot_dir_is_replaced_whole);
+	tcase_add_test(tc, own_file_names);
+	tcase_add_test(tc, copy_file_never_writes_through_a_link);
 	suite_add_tcase(s, tc);
 	return s;
 }

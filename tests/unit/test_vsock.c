@@ -13,7 +13,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <grp.h>
 
 #include "unit.h"
 #include "virtio.h"
@@ -780,6 +782,7 @@ START_TEST(bad_options)
 		{ "uds=/tmp/x", "cid=N is required" },
 		{ "cid=3", "uds=PATH is required" },
 		{ "cid=3,uds=/tmp/x,port=1", "unknown option 'port=1'" },
+		{ "cid=3,uds=/tmp/x,group=no-such-group-kiln", "group=no-such-group-kiln: no such group" },
 		{ "cid=3,uds=/tmp/x,connect-timeout=0", "connect-timeout must be a number of milliseconds" },
 		{ "cid=3,uds=/tmp/x,connect-timeout=3600001", "connect-timeout must be a number of milliseconds" },
 		{ "cid=3,uds=/tmp/x,connect-timeout=5s", "connect-timeout must be a number of milliseconds" },
@@ -830,6 +833,63 @@ START_TEST(bad_options)
 }
 END_TEST
 
+/*
+ * The host socket is 0600 whatever the umask, and a client of another uid
+ * is closed before the guest hears of it, even when a chmod lets it connect.
+ */
+START_TEST(host_socket_owner_only)
+{
+	struct stat st;
+	struct hdr h;
+	uint32_t hport;
+	char buf[64];
+	mode_t old;
+	pid_t pid;
+	int i, status = -1;
+
+	/* Again, under umask 0 (and a new loop: the old one watches the old socket). */
+	virtio_mmio_destroy(&dev);
+	ioloop_destroy(&loop);
+	ck_assert_int_eq(ioloop_init(&loop, 256, &err), 0);
+	old = umask(0);
+	dev_create("");
+	umask(old);
+	ck_assert_int_eq(lstat(uds, &st), 0);
+	ck_assert_uint_eq(st.st_mode & 07777, 0600);
+	if (geteuid() != 0)
+		return;		/* a client of another uid needs root */
+	ck_assert_int_eq(chmod(dir, 0755), 0);
+	ck_assert_int_eq(chmod(uds, 0777), 0);
+	rx_post(4, 4096 + 44);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		/* nobody: exit 0 if closed without a byte, 1 if answered, 2 if never closed. */
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		struct pollfd p;
+		int fd;
+
+		if (setgroups(0, NULL) < 0 || setresgid(65534, 65534, 65534) < 0 || setresuid(65534, 65534, 65534) < 0)
+			_exit(3);
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", uds);
+		fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+			_exit(4);
+		(void)!send(fd, "CONNECT 7000\n", 13, MSG_NOSIGNAL);
+		p = (struct pollfd){ .fd = fd, .events = POLLIN };
+		if (poll(&p, 1, 10000) != 1)
+			_exit(2);
+		_exit(recv(fd, buf, sizeof(buf), 0) > 0 ? 1 : 0);
+	}
+	for (i = 0; i < 15000 && waitpid(pid, &status, WNOHANG) == 0; i++)
+		pump(1);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "another uid's client: status %#x", status);
+	ck_assert_msg(rx_next(&h, buf, sizeof(buf), 100) < 0, "the guest heard of another uid's client (op %u)", h.op);
+	/* The owner is served as ever. */
+	close(host_conn(7000, 65536, &hport));
+}
+END_TEST
+
 Suite *suite_vsock(void)
 {
 	Suite *s = suite_create("vsock");
@@ -853,6 +913,7 @@ Suite *suite_vsock(void)
 	tcase_add_test(tc, destroy_with_open_connections);
 	tcase_add_test(tc, transport_reset_event);
 	tcase_add_test(tc, bad_options);
+	tcase_add_test(tc, host_socket_owner_only);
 	suite_add_tcase(s, tc);
 	return s;
 }

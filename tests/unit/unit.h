@@ -11,6 +11,7 @@ Suite *suite_loader(void);
 Suite *suite_boot(void);
 Suite *suite_exit(void);
 Suite *suite_serial(void);
+Suite *suite_log(void);
 Suite *suite_cpuid(void);
 Suite *suite_base64(void);
 Suite *suite_virtq(void);
@@ -20,6 +21,7 @@ Suite *suite_net(void);
 Suite *suite_proto(void);
 Suite *suite_devsnap(void);
 Suite *suite_snapshot(void);
+Suite *suite_usock(void);
 
 struct virtio_dev;
 
