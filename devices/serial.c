@@ -204,15 +204,8 @@ size_t serial_flush(struct serial *s, unsigned idle_ms)
 	pthread_mutex_lock(&s->lock);
 	while (s->tx_count && s->writer_started) {
 		unsigned before = s->tx_count;
-		struct timespec ts;
+		struct timespec ts = deadline_after(CLOCK_MONOTONIC, idle_ms);
 
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += idle_ms / 1000;
-		ts.tv_nsec += (long)(idle_ms % 1000) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
 		while (s->tx_count == before)
 			if (pthread_cond_timedwait(&s->tx_done_cv, &s->lock, &ts) == ETIMEDOUT)
 				break;

@@ -229,16 +229,9 @@ static void vm_kick_all(struct vm *vm)
 
 int vm_pause(struct vm *vm, int timeout_ms)
 {
-	struct timespec until;
+	struct timespec until = deadline_after(CLOCK_REALTIME, (unsigned)timeout_ms);
 	int r = 0, started = 0, i;
 
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += timeout_ms / 1000;
-	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
 	pthread_mutex_lock(&vm->lock);
 	/* pause_req before immediate_exit: a vCPU that sees the kick sees the request. */
 	__atomic_store_n(&vm->pause_req, 1, __ATOMIC_SEQ_CST);

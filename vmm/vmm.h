@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include "abi.h"
 
 #define KIB (1ULL << 10)
@@ -380,6 +381,9 @@ void guest_port_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, in
 
 /* Nanoseconds on CLOCK_MONOTONIC. */
 uint64_t now_ns(void);
+
+/* The time ms milliseconds from now on clock, for timed waits. */
+struct timespec deadline_after(clockid_t clock, unsigned ms);
 
 /* Write all n bytes to fd, through short writes and EINTR. 0, or -errno. */
 int write_full(int fd, const void *p, size_t n);
