@@ -77,18 +77,16 @@ struct blk_req {
 };
 
 /*
- * Complete a request taken while the queue's gen was gen; one whose queue
- * was disabled, reset or re-enabled since is dropped with it.
+ * Complete a request. Callers hold the device lock with the queue in the
+ * incarnation (gen) the request was taken from: blk_request right after
+ * virtq_pop, blk_io_done only once it has checked the gen.
  */
-static void blk_finish(struct blk *b, uint32_t gen, uint16_t head, uint8_t *status, uint8_t st,
-		       uint32_t len)
+static void blk_finish(struct blk *b, uint16_t head, uint8_t *status, uint8_t st, uint32_t len)
 {
+	*status = st;
 	if (st != VIRTIO_BLK_S_OK)
 		b->errors++;
-	if (b->dev->vq[0].gen != gen)
-		return;
-	*status = st;
-	virtq_push_gen(&b->dev->vq[0], gen, head, len + 1);
+	virtq_push(&b->dev->vq[0], head, len + 1);
 	virtio_signal_used(b->dev, 0);
 }
 
@@ -113,7 +111,7 @@ static void blk_io_done(struct io_op *op, int res, unsigned flags)
 		} else if (r->type == VIRTIO_BLK_T_IN) {
 			len = (uint32_t)res;
 		}
-		blk_finish(b, r->gen, r->head, r->status, st, len);
+		blk_finish(b, r->head, r->status, st, len);
 	}
 	pthread_mutex_unlock(&b->dev->lock);
 	free(r);
@@ -155,7 +153,6 @@ static int blk_request(struct blk *b, struct virtq_chain *c)
 	struct blk_req_hdr h;
 	struct blk_req *r;
 	struct io_uring_sqe *sqe;
-	uint32_t gen = b->dev->vq[0].gen;
 	uint8_t *status;
 	uint64_t bytes;
 	int is_read;
@@ -166,7 +163,7 @@ static int blk_request(struct blk *b, struct virtq_chain *c)
 		return -1;
 	status = (uint8_t *)c->write[c->nwrite - 1].iov_base + c->write[c->nwrite - 1].iov_len - 1;
 	if (iov_to_buf(c->read, c->nread, 0, &h, sizeof(h)) != sizeof(h)) {
-		blk_finish(b, gen, c->head, status, VIRTIO_BLK_S_IOERR, 0);
+		blk_finish(b, c->head, status, VIRTIO_BLK_S_IOERR, 0);
 		return 0;
 	}
 	switch (h.type) {
@@ -174,7 +171,7 @@ static int blk_request(struct blk *b, struct virtq_chain *c)
 		size_t n = c->write_len - 1 < DISK_ID_BYTES ? c->write_len - 1 : DISK_ID_BYTES;
 		size_t done = iov_from_buf(c->write, c->nwrite, 0, b->id, n);
 
-		blk_finish(b, gen, c->head, status, VIRTIO_BLK_S_OK, (uint32_t)done);
+		blk_finish(b, c->head, status, VIRTIO_BLK_S_OK, (uint32_t)done);
 		return 0;
 	}
 	case VIRTIO_BLK_T_FLUSH:
@@ -222,18 +219,18 @@ static int blk_request(struct blk *b, struct virtq_chain *c)
 		}
 		break;
 	default:
-		blk_finish(b, gen, c->head, status, VIRTIO_BLK_S_UNSUPP, 0);
+		blk_finish(b, c->head, status, VIRTIO_BLK_S_UNSUPP, 0);
 		return 0;
 	}
 	r->op.done = blk_io_done;
 	r->blk = b;
-	r->gen = gen;
+	r->gen = b->dev->vq[0].gen;
 	r->head = c->head;
 	r->status = status;
 	b->inflight++;
 	return 0;
 ioerr:
-	blk_finish(b, gen, c->head, status, VIRTIO_BLK_S_IOERR, 0);
+	blk_finish(b, c->head, status, VIRTIO_BLK_S_IOERR, 0);
 	return 0;
 }
 
