@@ -14,11 +14,14 @@ WERROR  ?= -Werror
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wformat=2 $(WERROR)
 CPPFLAGS := -D_GNU_SOURCE -Iguest -Ivmm -Idevices -Isnapshot
+CPPFLAGS += -Idevices/vsock
 LDLIBS  := -luring -pthread
 
 VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
              vmm/ioloop.c vmm/vmstate.c vmm/control.c $(sort $(wildcard devices/*.c)) $(sort $(wildcard snapshot/*.c))
+VMM_SRCS  += $(sort $(wildcard devices/vsock/*.c))
 VMM_HDRS  := vmm/vmm.h vmm/ioloop.h vmm/control.h snapshot/snapshot.h devices/devices.h devices/virtio.h snapshot/snapfile.h guest/abi.h guest/base64.h
+VMM_HDRS  += $(wildcard devices/vsock/*.h)
 # Owner-only unix sockets with peer checks (--control, --vsock uds=).
 VMM_SRCS  += vmm/usock.c
 VMM_HDRS  += vmm/usock.h
