@@ -261,7 +261,6 @@ typedef int virtio_create_fn(struct virtio_dev *d, const char *spec, struct vm *
 			     const struct guest_mem *mem, struct ioloop *loop,
 			     uint64_t base, uint32_t irq, struct kiln_err *err);
 virtio_create_fn virtio_blk_create;	/* --disk PATH[,ro][,id=NAME] */
-virtio_create_fn virtio_vsock_create;	/* --vsock cid=N,uds=PATH */
 
 /* --disk's SPEC, taken apart. */
 #define DISK_ID_BYTES	20		/* the serial the guest reads, at most */
@@ -275,12 +274,6 @@ struct disk_spec {
 /* Parse PATH[,ro][,id=NAME]. Returns 0, or -EINVAL (-ENAMETOOLONG) with err naming the problem. */
 int disk_spec_parse(const char *spec, struct disk_spec *ds, struct kiln_err *err);
 
-/*
- * Tell the guest's vsock driver that every connection is gone
- * (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, 5.10.6.7), e.g. after a snapshot is
- * restored, and close them on the host side. Any thread.
- */
-void virtio_vsock_transport_reset(struct virtio_dev *d);
 virtio_create_fn virtio_net_create;	/* --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx] */
 
 /*

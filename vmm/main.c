@@ -29,6 +29,7 @@
 #include "ioloop.h"
 #include "snapshot.h"
 #include "vmm.h"
+#include "vsock.h"
 
 #define KILN_VERSION "0.1.0"
 

@@ -28,6 +28,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "vsock.h"
 #include "vsock_internal.h"
 
 /* A guest's mistake: logged, rate-limited so a guest cannot flood stderr. */

@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "virtio.h"
+#include "vsock.h"
 
 #define BASE		0xd0000000ULL
 #define IMG_SIZE	(1024 * 1024)

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "virtio.h"
+#include "vsock.h"
 
 #define RAM		(2 * MIB)
 #define GUARD		MIB

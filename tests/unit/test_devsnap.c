@@ -20,6 +20,7 @@
 #include "devices.h"
 #include "unit.h"
 #include "virtio.h"
+#include "vsock.h"
 
 
 #define BASE		0xd0000000ULL
