@@ -1,37 +1,24 @@
 /*
- * virtio-vsock (virtio 1.2, 5.10) with Firecracker's host convention: the
- * guest's stream sockets meet unix sockets on the host.
- *
- *   host -> guest: a host program connects to the device's unix socket PATH
- *                  and writes "CONNECT <port>\n"; once the guest accepts, it
- *                  reads "OK <host_port>\n" and the stream follows.
- *   guest -> host: a guest connection to CID 2 port P is connected to the
- *                  unix socket "PATH_P"; if nobody listens there the guest
- *                  gets a RST.
- *
- * All socket I/O is non-blocking and driven by the I/O thread's io_uring
- * (one-shot polls, then read/send). Flow control is the spec's credit scheme
- * (5.10.6.3): nothing is sent to the guest beyond its advertised credit, and
- * what the guest sends is buffered up to our advertised buf_alloc; a guest
- * that overruns it is reset. A slow peer therefore stalls only its own
- * connection.
+ * virtio-vsock (virtio 1.2, 5.10): the device. It takes the guest's packets
+ * off the tx queue and hands them to its connections (conn.c), fills the
+ * rx queue with what the connections owe the guest, posts the
+ * TRANSPORT_RESET event, and saves and restores its state for snapshots.
+ * Where the host ends of the connections live is a backend's business
+ * (vsock_internal.h); --vsock's is the unix-socket muxer (muxer.c).
  */
 #include <errno.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/timerfd.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "vsock.h"
 #include "vsock_internal.h"
 
-/* A guest's mistake: logged, rate-limited so a guest cannot flood stderr. */
+/* A guest's mistake: rate-limited so a guest cannot flood stderr. */
 void vsock_log(struct vsock *vs, const char *fmt, ...)
 {
 	static struct log_limit lim = LOG_LIMIT("virtio-vsock");
@@ -45,7 +32,7 @@ void vsock_log(struct vsock *vs, const char *fmt, ...)
 	log_guest(&lim, "virtio-vsock: %s", msg);
 }
 
-int rx_ready(const struct vsock *vs)
+int vsock_rx_ready(const struct vsock *vs)
 {
 	return virtio_running(vs->dev) && vs->dev->queue_ready[VSOCK_RXQ];
 }
@@ -74,8 +61,7 @@ static int rx_take(struct vsock *vs)
 	return r;
 }
 
-/* Fill the held rx buffer with h and payload (at most what fits); returns payload bytes. */
-uint32_t rx_put(struct vsock *vs, struct vsock_hdr *h, const uint8_t *payload, uint32_t len)
+uint32_t vsock_rx_put(struct vsock *vs, struct vsock_hdr *h, const uint8_t *payload, uint32_t len)
 {
 	struct virtq_chain *ch = &vs->rx_chain;
 	uint64_t room = ch->write_len - VSOCK_HDR;
@@ -92,34 +78,30 @@ uint32_t rx_put(struct vsock *vs, struct vsock_hdr *h, const uint8_t *payload, u
 	return len;
 }
 
-/*
- * Fill the guest's rx buffers with what is owed: RSTs first, then one
- * packet per connection per round, so no connection starves the others.
- * I/O thread (or any thread for a device never started), device lock held.
- */
+/* One packet per connection per round, so no connection starves the others. */
 void vsock_rx_run(struct vsock *vs)
 {
 	uint64_t before = vs->rx_pkts;
 	int progress = 1;
 
-	while (progress && rx_ready(vs)) {
+	while (progress && vsock_rx_ready(vs)) {
 		struct vsock_conn *c, *next;
 
 		progress = 0;
 		if (!rx_take(vs))
 			break;
 		if (vs->nctrl) {
-			rx_put(vs, &vs->ctrl[vs->ctrl_head], NULL, 0);
+			vsock_rx_put(vs, &vs->ctrl[vs->ctrl_head], NULL, 0);
 			vs->ctrl_head = (vs->ctrl_head + 1) % VSOCK_MAX_CTRL;
 			vs->nctrl--;
 			progress = 1;
 			continue;
 		}
 		for (c = vs->conns; c; c = next) {
-			next = c->next;		/* conn_rx_one may close c, never another */
+			next = c->next;		/* vsock_conn_rx_one may close c, never another */
 			if (!rx_take(vs))
 				goto out;
-			progress |= conn_rx_one(c);
+			progress |= vsock_conn_rx_one(c);
 		}
 	}
 out:
@@ -145,7 +127,6 @@ static void reset_timer_done(struct io_op *op, int res, unsigned flags)
 static int vsock_tx_packet(struct vsock *vs, const struct virtq_chain *ch)
 {
 	struct vsock_hdr h;
-	struct vsock_conn *c;
 
 	if (ch->read_len < VSOCK_HDR) {
 		virtio_needs_reset(vs->dev, "tx packet shorter than its header");
@@ -158,66 +139,7 @@ static int vsock_tx_packet(struct vsock *vs, const struct virtq_chain *ch)
 			  h.src_cid, vs->cid);
 		return 0;
 	}
-	if (h.op == VIRTIO_VSOCK_OP_RST && !conn_find(vs, h.dst_port, h.src_port))
-		return 0;	/* never answer a RST */
-	if (h.dst_cid != VMADDR_CID_HOST || h.type != VIRTIO_VSOCK_TYPE_STREAM) {
-		/* Only stream connections to the host exist here: refuse the rest. */
-		reply_rst(vs, &h);
-		return 0;
-	}
-	c = conn_find(vs, h.dst_port, h.src_port);
-	if (h.len > ch->read_len - VSOCK_HDR || h.len > VSOCK_MAX_PAYLOAD) {
-		vsock_log(vs, "packet length %" PRIu32 " beyond its %" PRIu64 "-byte buffer (at most %d); resetting",
-			  h.len, ch->read_len - VSOCK_HDR, VSOCK_MAX_PAYLOAD);
-		if (c)
-			conn_reset(c);
-		else
-			reply_rst(vs, &h);
-		return 0;
-	}
-	if (!c) {
-		if (h.op == VIRTIO_VSOCK_OP_REQUEST)
-			conn_from_guest(vs, &h);
-		else
-			reply_rst(vs, &h);
-		return 0;
-	}
-	c->peer_buf_alloc = h.buf_alloc;
-	c->peer_fwd_cnt = h.fwd_cnt;
-	if (conn_credit(c))
-		c->credit_asked = 0;
-	switch (h.op) {
-	case VIRTIO_VSOCK_OP_RESPONSE:
-		if (c->state != CONN_REQUESTED || (c->pending & PEND_REQUEST)) {
-			conn_reset(c);
-			break;
-		}
-		c->state = CONN_ESTABLISHED;
-		c->hello_len = (uint32_t)snprintf(c->hello, sizeof(c->hello), "OK %" PRIu32 "\n", c->host_port);
-		conn_flush(c);
-		break;
-	case VIRTIO_VSOCK_OP_RST:
-		conn_close(c);
-		break;
-	case VIRTIO_VSOCK_OP_SHUTDOWN:
-		c->guest_shut |= h.flags & VIRTIO_VSOCK_SHUTDOWN_BOTH;
-		if (c->guest_shut & VIRTIO_VSOCK_SHUTDOWN_RCV)
-			c->rx_len = 0;	/* the guest reads no more: drop what it would get */
-		conn_flush(c);
-		break;
-	case VIRTIO_VSOCK_OP_RW:
-		conn_rw(c, ch, h.len);
-		break;
-	case VIRTIO_VSOCK_OP_CREDIT_UPDATE:
-		break;		/* the credit was taken above; vsock_rx_run resumes sending */
-	case VIRTIO_VSOCK_OP_CREDIT_REQUEST:
-		c->pending |= PEND_CREDIT_UPDATE;
-		break;
-	default:	/* REQUEST on a live connection, or an op we do not know */
-		vsock_log(vs, "unexpected op %u on port %" PRIu32 "; resetting the connection", h.op, h.src_port);
-		conn_reset(c);
-		break;
-	}
+	vsock_conn_input(vs, &h, ch);
 	return 0;
 }
 
@@ -285,7 +207,7 @@ static void vsock_notify(struct virtio_dev *d, unsigned q)
 	struct kiln_err err;
 	int r, pushed = 0;
 
-	vsock_reap(vs);
+	vsock_conn_reap(vs);
 	if (q == VSOCK_TXQ) {
 		while ((r = virtq_pop(&d->vq[VSOCK_TXQ], d->mem, &chain, &err)) == 1) {
 			if (vsock_tx_packet(vs, &chain) < 0)
@@ -319,20 +241,20 @@ static void vsock_reset(struct virtio_dev *d)
 {
 	struct vsock *vs = d->priv;
 
-	vsock_close_all(vs);
+	vsock_conn_close_all(vs);
 	vs->rx_held = 0;	/* the ring is gone with the reset */
 	vs->event_pending = 0;
 	vs->reset_unacked = 0;
-	vsock_reap_later(vs);
+	vsock_conn_reap_later(vs);
 }
 
 /* Drop every connection and tell the guest (device lock held). */
 static void vsock_transport_reset(struct vsock *vs)
 {
-	vsock_close_all(vs);
+	vsock_conn_close_all(vs);
 	vs->event_pending = 1;
 	vsock_event_run(vs);
-	vsock_reap_later(vs);
+	vsock_conn_reap_later(vs);
 }
 
 void virtio_vsock_transport_reset(struct virtio_dev *d)
@@ -413,19 +335,11 @@ static int vsock_stats(struct virtio_dev *d, char *buf, size_t len)
 static void vsock_destroy(struct virtio_dev *d)
 {
 	struct vsock *vs = d->priv;
-	struct vsock_conn *c;
 
 	if (!vs)
 		return;
-	vsock_close_all(vs);
-	while ((c = vs->dead)) {
-		vs->dead = c->next;
-		conn_free(c);
-	}
-	if (vs->listen_fd >= 0) {
-		close(vs->listen_fd);
-		unlink(vs->uds);
-	}
+	vsock_conn_free_all(vs);
+	vs->be->destroy(vs);
 	if (vs->reset_tfd >= 0)
 		close(vs->reset_tfd);
 	if (vs->req_tfd >= 0)
@@ -468,7 +382,7 @@ static int opt_num(const char *p, size_t len, size_t klen, unsigned long long lo
 	return errno || *end || num[0] < '0' || num[0] > '9' || *v < lo || *v > hi ? -1 : 0;
 }
 
-/* Parse "cid=N,uds=PATH[,connect-timeout=MS][,group=NAME]" (any order) into vs. */
+/* Parse "cid=N[,connect-timeout=MS]" and the backend's options (any order) into vs. */
 static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 {
 	const char *p = spec;
@@ -478,47 +392,28 @@ static int vsock_parse(struct vsock *vs, const char *spec, struct kiln_err *err)
 		const char *comma = strchr(p, ',');
 		size_t len = comma ? (size_t)(comma - p) : strlen(p);
 		unsigned long long v;
+		int r;
 
 		if (len > 4 && strncmp(p, "cid=", 4) == 0) {
 			if (opt_num(p, len, 4, 3, VSOCK_CID_MAX, &v) < 0)
 				goto bad_cid;
 			vs->cid = v;
 			have_cid = 1;
-		} else if (len > 4 && strncmp(p, "uds=", 4) == 0) {
-			if (len - 4 >= sizeof(vs->uds))
-				return kiln_fail(err, ENAMETOOLONG, "--vsock %s: uds path longer than %zu bytes (unix socket paths are short; use a shorter directory)",
-						 spec, sizeof(vs->uds) - 1);
-			memcpy(vs->uds, p + 4, len - 4);
-			vs->uds[len - 4] = '\0';
-		} else if (len > 6 && strncmp(p, "group=", 6) == 0) {
-			char name[64], what[300];
-			int r;
-
-			if (len - 6 >= sizeof(name))
-				return kiln_fail(err, ENAMETOOLONG, "--vsock %s: group name longer than %zu bytes",
-						 spec, sizeof(name) - 1);
-			memcpy(name, p + 6, len - 6);
-			name[len - 6] = '\0';
-			snprintf(what, sizeof(what), "--vsock %s: group=%s", spec, name);
-			r = usock_group_lookup(name, what, &vs->acl.group, err);
-			if (r < 0)
-				return r;
 		} else if (len > 16 && strncmp(p, "connect-timeout=", 16) == 0) {
 			if (opt_num(p, len, 16, 1, VSOCK_CONNECT_TIMEOUT_MAX_MS, &v) < 0)
 				goto bad_timeout;
 			vs->connect_timeout_ms = (uint32_t)v;
-		} else {
-			return kiln_fail(err, EINVAL, "--vsock %s: unknown option '%.*s' (expected cid=N,uds=PATH[,connect-timeout=MS][,group=NAME])",
-					 spec, (int)len, p);
+		} else if ((r = vs->be->option(vs, p, len, spec, err)) <= 0) {
+			if (r < 0)
+				return r;
+			return kiln_fail(err, EINVAL, "--vsock %s: unknown option '%.*s' (expected %s)",
+					 spec, (int)len, p, vs->be->usage);
 		}
 		p += len + (comma ? 1 : 0);
 	}
 	if (!have_cid)
 		return kiln_fail(err, EINVAL, "--vsock %s: cid=N is required (the guest's CID, 3 to %llu)",
 				 spec, VSOCK_CID_MAX);
-	if (!vs->uds[0])
-		return kiln_fail(err, EINVAL, "--vsock %s: uds=PATH is required (the unix socket host programs connect to)",
-				 spec);
 	return 0;
 bad_cid:
 	return kiln_fail(err, EINVAL, "--vsock %s: cid must be a number from 3 to %llu (0-2 are reserved)",
@@ -527,8 +422,6 @@ bad_timeout:
 	return kiln_fail(err, EINVAL, "--vsock %s: connect-timeout must be a number of milliseconds from 1 to %d",
 			 spec, VSOCK_CONNECT_TIMEOUT_MAX_MS);
 }
-
-
 
 /* A timerfd in *tfd whose expiries the I/O loop hands to done. */
 static int timer_watch(struct ioloop *loop, int *tfd, struct io_op *op,
@@ -546,50 +439,51 @@ static int timer_watch(struct ioloop *loop, int *tfd, struct io_op *op,
 	return 0;
 }
 
-int virtio_vsock_create(struct virtio_dev *d, const char *spec, struct vm *vm,
-			const struct guest_mem *mem, struct ioloop *loop,
-			uint64_t base, uint32_t irq, struct kiln_err *err)
+int vsock_create(struct virtio_dev *d, const char *spec, const struct vsock_backend_ops *be,
+		 struct vm *vm, const struct guest_mem *mem, struct ioloop *loop,
+		 uint64_t base, uint32_t irq, struct kiln_err *err)
 {
 	struct vsock *vs = calloc(1, sizeof(*vs));
 	int r;
 
 	if (!vs)
 		return kiln_fail(err, ENOMEM, "out of memory");
-	vs->listen_fd = -1;
-	vs->acl.group = USOCK_NO_GROUP;
 	vs->reset_tfd = -1;
 	vs->req_tfd = -1;
 	vs->connect_timeout_ms = VSOCK_CONNECT_TIMEOUT_MS;
 	vs->next_port = VSOCK_HOST_PORT_BASE;
 	vs->dev = d;
+	vs->be = be;
+	r = be->init(vs);
+	if (r < 0) {
+		free(vs);
+		return kiln_fail(err, -r, "out of memory");
+	}
 	r = vsock_parse(vs, spec, err);
 	if (r < 0)
 		goto fail;
-	r = vsock_listen(vs, err);
+	r = be->open(vs, spec, err);
 	if (r < 0)
 		goto fail;
 	r = virtio_mmio_init(d, &vsock_ops, vs, vm, mem, loop, base, irq, err);
 	if (r < 0)
 		goto fail_dev;
-	vs->listen_op.done = listen_done;
-	vs->cancel_op.done = cancel_done;
-	r = ioloop_watch(loop, vs->listen_fd, &vs->listen_op);
-	if (r < 0) {
-		r = kiln_fail(err, -r, "--vsock: cannot watch %s", vs->uds);
+	r = be->start(vs, loop, err);
+	if (r < 0)
 		goto fail_dev;
-	}
 	r = timer_watch(loop, &vs->reset_tfd, &vs->reset_op, reset_timer_done, err);
 	if (r < 0)
 		goto fail_dev;
-	r = timer_watch(loop, &vs->req_tfd, &vs->req_op, req_timer_done, err);
+	r = timer_watch(loop, &vs->req_tfd, &vs->req_op, vsock_conn_deadline_done, err);
 	if (r < 0)
 		goto fail_dev;
 	return 0;
 fail:
+	be->destroy(vs);
 	free(vs);
 	return r;
 fail_dev:
-	/* virtio_mmio_init set d->ops: destroy closes the listener and frees vs. */
+	/* virtio_mmio_init set d->ops: destroy closes the backend and frees vs. */
 	d->priv = vs;
 	return r;
 }

@@ -2,7 +2,8 @@
  * virtio-vsock (virtio 1.2, 5.10): the guest's stream sockets, met on the
  * host by unix sockets in Firecracker's convention (--vsock cid=N,uds=PATH).
  * The device is in vsock.c, its connections in conn.c, the unix-socket
- * muxer in muxer.c; vsock_internal.h is what they share.
+ * muxer (and with it virtio_vsock_create) in muxer.c; vsock_internal.h is
+ * what they share, the backend interface among it.
  */
 #ifndef KILN_VSOCK_H
 #define KILN_VSOCK_H
