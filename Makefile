@@ -13,8 +13,8 @@ O       := build
 WERROR  ?= -Werror
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wformat=2 $(WERROR)
-# Layers, lowest first (scripts/check-layers.sh keeps includes pointing down):
-#   lib/ <- vmm/ (core) <- devices/ <- snapshot/ <- vmm/kiln-vmm/ (the program)
+# Headers are included by bare name; scripts/check-layers.py holds the layer
+# order and `make test` fails on an include that points up it.
 CPPFLAGS := -D_GNU_SOURCE -Ilib -Ivmm -Idevices -Isnapshot -Ivmm/kiln-vmm
 LDLIBS  := -luring -pthread
 
@@ -34,7 +34,7 @@ PROTO_HDRS := $(LIB_HDRS)
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration test-client \
+.PHONY: all vmm guest kernel initramfs unit asan demo test check-layers test-unit test-integration test-client \
         bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
@@ -131,7 +131,11 @@ test-integration: all asan
 test-client: $(O)/asan/kiln
 	python3 tests/integration/hostile-agent.py $(O)/asan/kiln
 
+check-layers:
+	scripts/check-layers.py
+
 test: deps-test
+	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory all asan unit fuzz-build
 	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-integration
 
