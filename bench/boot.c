@@ -301,6 +301,29 @@ static char *qemu_vsock_device(void)
 	return dev;
 }
 
+/* A command line for execvp, NULL-terminated. */
+struct cmd {
+	char *argv[48];
+	int argc;
+};
+
+/* Append the arguments up to a NULL to c. */
+static void cmd_add(struct cmd *c, ...) __attribute__((sentinel));
+static void cmd_add(struct cmd *c, ...)
+{
+	const char *arg;
+	va_list ap;
+
+	va_start(ap, c);
+	while ((arg = va_arg(ap, const char *)) != NULL) {
+		if (c->argc + 1 >= (int)(sizeof(c->argv) / sizeof(c->argv[0])))
+			die("internal error: too many arguments for %s", c->argv[0]);
+		c->argv[c->argc++] = (char *)arg;
+	}
+	c->argv[c->argc] = NULL;
+	va_end(ap);
+}
+
 static void print_argv(const char *what, char *const argv[])
 {
 	int i;
@@ -359,9 +382,8 @@ int main(int argc, char **argv)
 	struct host h;
 	struct run *runs[NVMM], scratch;
 	char *defaults, *cmdline, *qver, *qvsock, mem[16], smp[16], vsock[sizeof(sockpath) + 16];
-	char *vmm_argv[24], *qemu_argv[48];
-	char **argvs[NVMM];
-	int i, v, k, rc = 0;
+	struct cmd cmds[NVMM] = { { .argc = 0 } };
+	int i, v, rc = 0;
 
 	parse_args(argc, argv, &o);
 	devnull_fd = open("/dev/null", O_RDWR | O_CLOEXEC);
@@ -393,70 +415,28 @@ int main(int argc, char **argv)
 	snprintf(sockpath, sizeof(sockpath), "%s/vsock", sockdir);
 	snprintf(vsock, sizeof(vsock), "cid=3,uds=%s", sockpath);
 
-	k = 0;
-	vmm_argv[k++] = (char *)o.vmm;
-	vmm_argv[k++] = "--kernel";
-	vmm_argv[k++] = (char *)o.kernel;
-	vmm_argv[k++] = "--initrd";
-	vmm_argv[k++] = (char *)o.initrd;
-	vmm_argv[k++] = "--mem";
-	vmm_argv[k++] = mem;
-	vmm_argv[k++] = "--vcpus";
-	vmm_argv[k++] = smp;
-	vmm_argv[k++] = "--vsock";
-	vmm_argv[k++] = vsock;
-	vmm_argv[k++] = "--cmdline";
-	vmm_argv[k++] = GUEST_PARAMS;
-	vmm_argv[k] = NULL;
-
-	k = 0;
-	qemu_argv[k++] = (char *)o.qemu;
-	qemu_argv[k++] = "-M";
-	qemu_argv[k++] = "microvm,acpi=off";
-	qemu_argv[k++] = "-accel";
-	qemu_argv[k++] = "kvm";
-	qemu_argv[k++] = "-cpu";
-	qemu_argv[k++] = "host";
-	qemu_argv[k++] = "-m";
-	qemu_argv[k++] = mem;
-	qemu_argv[k++] = "-smp";
-	qemu_argv[k++] = smp;
-	qemu_argv[k++] = "-nodefaults";
-	qemu_argv[k++] = "-no-user-config";
+	cmd_add(&cmds[VMM_KILN], o.vmm, "--kernel", o.kernel, "--initrd", o.initrd, "--mem", mem,
+		"--vcpus", smp, "--vsock", vsock, "--cmdline", GUEST_PARAMS, NULL);
+	cmd_add(&cmds[VMM_QEMU], o.qemu, "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host",
+		"-m", mem, "-smp", smp, "-nodefaults", "-no-user-config", NULL);
 	/* Not -nographic: that can multiplex QEMU's monitor onto stdio too. */
-	qemu_argv[k++] = "-display";
-	qemu_argv[k++] = "none";
-	qemu_argv[k++] = "-serial";
-	qemu_argv[k++] = "stdio";
-	qemu_argv[k++] = "-no-reboot";
-	qemu_argv[k++] = "-kernel";
-	qemu_argv[k++] = (char *)o.kernel;
-	qemu_argv[k++] = "-initrd";
-	qemu_argv[k++] = (char *)o.initrd;
-	qemu_argv[k++] = "-append";
-	qemu_argv[k++] = cmdline;
+	cmd_add(&cmds[VMM_QEMU], "-display", "none", "-serial", "stdio", "-no-reboot",
+		"-kernel", o.kernel, "-initrd", o.initrd, "-append", cmdline, NULL);
 	/* The init's status write (KILN_PORT_EXIT) ends QEMU, as it ends kiln-vmm. */
-	qemu_argv[k++] = "-device";
-	qemu_argv[k++] = "isa-debug-exit,iobase=0xf4,iosize=0x04";
+	cmd_add(&cmds[VMM_QEMU], "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", NULL);
 	/*
 	 * kiln-vmm emulates an i8042 so that reboot=k resets the guest; microvm
 	 * has none. Without it a guest that cannot report a status (no ioperm)
 	 * never gets QEMU to exit under KVM: the kernel's reboot falls through to
 	 * a BIOS restart.
 	 */
-	qemu_argv[k++] = "-device";
-	qemu_argv[k++] = "i8042";
-	if (qvsock) {
-		qemu_argv[k++] = "-device";
-		qemu_argv[k++] = qvsock;
-	}
-	qemu_argv[k] = NULL;
-	argvs[VMM_KILN] = vmm_argv;
-	argvs[VMM_QEMU] = qemu_argv;
+	cmd_add(&cmds[VMM_QEMU], "-device", "i8042", NULL);
+	if (qvsock)
+		cmd_add(&cmds[VMM_QEMU], "-device", qvsock, NULL);
 
 	if (o.verbose) {
-		print_argv("kiln", vmm_argv);
-		print_argv("qemu", qemu_argv);
+		print_argv("kiln", cmds[VMM_KILN].argv);
+		print_argv("qemu", cmds[VMM_QEMU].argv);
 	}
 
 	for (v = 0; v < NVMM; v++)
@@ -464,21 +444,20 @@ int main(int argc, char **argv)
 	if (!runs[0] || !runs[1])
 		die("out of memory");
 
-	for (i = 0; i < o.warmup; i++) {
-		for (v = 0; v < NVMM; v++) {
-			boot_once(argvs[v], &o, v == VMM_KILN || qvsock, &scratch);
-			unlink(sockpath);
-			report_run("warm-up", v, &scratch, o.verbose);
-		}
-	}
-	for (i = 0; i < o.runs; i++) {
+	/* The warm-up boots (i < 0) first, then the measured ones; kiln and QEMU take turns. */
+	for (i = -o.warmup; i < o.runs; i++) {
 		char tag[32];
 
-		snprintf(tag, sizeof(tag), "run %d/%d", i + 1, o.runs);
+		if (i < 0)
+			snprintf(tag, sizeof(tag), "warm-up");
+		else
+			snprintf(tag, sizeof(tag), "run %d/%d", i + 1, o.runs);
 		for (v = 0; v < NVMM; v++) {
-			boot_once(argvs[v], &o, v == VMM_KILN || qvsock, &runs[v][i]);
+			struct run *r = i < 0 ? &scratch : &runs[v][i];
+
+			boot_once(cmds[v].argv, &o, v == VMM_KILN || qvsock, r);
 			unlink(sockpath);
-			report_run(tag, v, &runs[v][i], o.verbose);
+			report_run(tag, v, r, o.verbose);
 		}
 	}
 

@@ -198,11 +198,22 @@ static void fmt_statuses(char *b, size_t len, const struct run *runs, int n)
 		snprintf(b, len, "-");
 }
 
+/* One row of the table: kiln's figure, QEMU's and their ratio. */
+static void print_row(const char *label, const char *what, double k, double q, const char *unit)
+{
+	char a[32], b[32], c[32];
+
+	fmt_val(a, sizeof(a), k, unit);
+	fmt_val(b, sizeof(b), q, unit);
+	fmt_ratio(c, sizeof(c), k, q);
+	printf("%-30s %-6s %14s %14s %10s\n", label, what, a, b, c);
+}
+
 void print_table(const struct opts *o, const struct host *h, const char *qemu_version,
 			const char *qemu_vsock, struct run *runs[NVMM], int n)
 {
 	static const char *const vmm_title[NVMM] = { "kiln-vmm", "QEMU microvm" };
-	char a[32], b[32], c[32], st[2][96];
+	char a[32], b[32], st[2][96];
 	int v, m;
 
 	printf("%s\n", h->line);
@@ -221,14 +232,8 @@ void print_table(const struct opts *o, const struct host *h, const char *qemu_ve
 
 		for (v = 0; v < NVMM; v++)
 			s[v] = metric_stats(runs[v], n, (enum metric)m);
-		fmt_val(a, sizeof(a), s[0].median, metric_info[m].unit);
-		fmt_val(b, sizeof(b), s[1].median, metric_info[m].unit);
-		fmt_ratio(c, sizeof(c), s[0].median, s[1].median);
-		printf("%-30s %-6s %14s %14s %10s\n", metric_info[m].label, "median", a, b, c);
-		fmt_val(a, sizeof(a), s[0].p90, metric_info[m].unit);
-		fmt_val(b, sizeof(b), s[1].p90, metric_info[m].unit);
-		fmt_ratio(c, sizeof(c), s[0].p90, s[1].p90);
-		printf("%-30s %-6s %14s %14s %10s\n", "", "p90", a, b, c);
+		print_row(metric_info[m].label, "median", s[0].median, s[1].median, metric_info[m].unit);
+		print_row("", "p90", s[0].p90, s[1].p90, metric_info[m].unit);
 	}
 	snprintf(a, sizeof(a), "%d/%d", count_ok(runs[0], n), n);
 	snprintf(b, sizeof(b), "%d/%d", count_ok(runs[1], n), n);
@@ -269,6 +274,30 @@ static void json_num(double v)
 		printf("%.3f", v);
 }
 
+/* A member after the first, `, "key": value`: a string or null, a number, a whole number or null. */
+static void json_str_member(const char *key, const char *s)
+{
+	printf(", \"%s\": ", key);
+	if (s)
+		json_str(s);
+	else
+		fputs("null", stdout);
+}
+
+static void json_num_member(const char *key, double v)
+{
+	printf(", \"%s\": ", key);
+	json_num(v);
+}
+
+static void json_int_member(const char *key, int have, int v)
+{
+	if (have)
+		printf(", \"%s\": %d", key, v);
+	else
+		printf(", \"%s\": null", key);
+}
+
 void print_json(const struct opts *o, const struct host *h, const char *qemu_version,
 		       const char *qemu_vsock, const char *cmdline, struct run *runs[NVMM], int n)
 {
@@ -283,79 +312,43 @@ void print_json(const struct opts *o, const struct host *h, const char *qemu_ver
 	       n, o->warmup, o->mem_mib, o->vcpus, o->timeout_s);
 	printf("\"kernel\": ");
 	json_str(o->kernel);
-	printf(", \"initrd\": ");
-	json_str(o->initrd);
-	printf(", \"kiln_vmm\": ");
-	json_str(o->vmm);
-	printf(", \"qemu\": ");
-	json_str(o->qemu);
-	printf(", \"qemu_version\": ");
-	if (qemu_version)
-		json_str(qemu_version);
-	else
-		fputs("null", stdout);
-	printf(", \"cmdline\": ");
-	json_str(cmdline);
-	printf(", \"qemu_vsock\": ");
-	if (qemu_vsock)
-		json_str(qemu_vsock);
-	else
-		fputs("null", stdout);
+	json_str_member("initrd", o->initrd);
+	json_str_member("kiln_vmm", o->vmm);
+	json_str_member("qemu", o->qemu);
+	json_str_member("qemu_version", qemu_version);
+	json_str_member("cmdline", cmdline);
+	json_str_member("qemu_vsock", qemu_vsock);
 	printf("},\n");
 	for (v = 0; v < NVMM; v++) {
 		printf("  \"%s\": {\n    \"ok\": %d,\n", vmm_label[v], count_ok(runs[v], n));
 		for (m = 0; m < NMETRIC; m++) {
 			struct stat2 s = metric_stats(runs[v], n, (enum metric)m);
 
-			printf("    \"%s\": {\"n\": %d, \"median\": ", metric_info[m].key, s.n);
-			json_num(s.median);
-			printf(", \"p90\": ");
-			json_num(s.p90);
-			printf(", \"min\": ");
-			json_num(s.min);
-			printf(", \"max\": ");
-			json_num(s.max);
+			printf("    \"%s\": {\"n\": %d", metric_info[m].key, s.n);
+			json_num_member("median", s.median);
+			json_num_member("p90", s.p90);
+			json_num_member("min", s.min);
+			json_num_member("max", s.max);
 			printf("},\n");
 		}
 		printf("    \"runs\": [\n");
 		for (i = 0; i < n; i++) {
 			const struct run *r = &runs[v][i];
 
-			printf("      {\"ok\": %s, \"marker\": %s, \"ready\": %s, \"exec_to_userspace_ms\": ",
+			printf("      {\"ok\": %s, \"marker\": %s, \"ready\": %s",
 			       r->ok ? "true" : "false", r->marker ? "true" : "false",
 			       r->ready ? "true" : "false");
-			json_num(r->marker ? r->t_mark_ms : NAN);
-			printf(", \"exec_to_agent_ready_ms\": ");
-			json_num(r->ready ? r->t_ready_ms : NAN);
-			printf(", \"cpu_to_userspace_ms\": ");
-			json_num(r->marker ? r->cpu_mark_ms : NAN);
-			printf(", \"cpu_to_agent_ready_ms\": ");
-			json_num(r->ready ? r->cpu_ready_ms : NAN);
-			printf(", \"rss_excl_guest_kib\": ");
-			json_num(r->rss_ok ? (double)r->rss_vmm_kib : NAN);
-			printf(", \"rss_guest_kib\": ");
-			json_num(r->rss_ok ? (double)r->rss_guest_kib : NAN);
-			printf(", \"rss_error\": ");
-			if (r->rss_ok || !r->marker)
-				fputs("null", stdout);
-			else
-				json_str(r->rss_why);
-			printf(", \"peak_rss_kib\": %ld, \"console_bytes\": %" PRIu64 ", \"exit_status\": ",
-			       r->maxrss_kib, r->console_bytes);
-			if (r->exited && WIFEXITED(r->status))
-				printf("%d", WEXITSTATUS(r->status));
-			else
-				fputs("null", stdout);
-			printf(", \"signal\": ");
-			if (r->exited && WIFSIGNALED(r->status))
-				printf("%d", WTERMSIG(r->status));
-			else
-				fputs("null", stdout);
-			printf(", \"error\": ");
-			if (r->ok)
-				fputs("null", stdout);
-			else
-				json_str(r->why);
+			json_num_member("exec_to_userspace_ms", r->marker ? r->t_mark_ms : NAN);
+			json_num_member("exec_to_agent_ready_ms", r->ready ? r->t_ready_ms : NAN);
+			json_num_member("cpu_to_userspace_ms", r->marker ? r->cpu_mark_ms : NAN);
+			json_num_member("cpu_to_agent_ready_ms", r->ready ? r->cpu_ready_ms : NAN);
+			json_num_member("rss_excl_guest_kib", r->rss_ok ? (double)r->rss_vmm_kib : NAN);
+			json_num_member("rss_guest_kib", r->rss_ok ? (double)r->rss_guest_kib : NAN);
+			json_str_member("rss_error", r->rss_ok || !r->marker ? NULL : r->rss_why);
+			printf(", \"peak_rss_kib\": %ld, \"console_bytes\": %" PRIu64, r->maxrss_kib, r->console_bytes);
+			json_int_member("exit_status", r->exited && WIFEXITED(r->status), WEXITSTATUS(r->status));
+			json_int_member("signal", r->exited && WIFSIGNALED(r->status), WTERMSIG(r->status));
+			json_str_member("error", r->ok ? NULL : r->why);
 			printf("}%s\n", i + 1 < n ? "," : "");
 		}
 		printf("    ]\n  },\n");
@@ -367,8 +360,7 @@ void print_json(const struct opts *o, const struct host *h, const char *qemu_ver
 
 		printf("%s\"%s\": {\"median\": ", m ? ", " : "", metric_info[m].key);
 		json_num(q.median > 0 ? k.median / q.median : NAN);
-		printf(", \"p90\": ");
-		json_num(q.p90 > 0 ? k.p90 / q.p90 : NAN);
+		json_num_member("p90", q.p90 > 0 ? k.p90 / q.p90 : NAN);
 		printf("}");
 	}
 	printf("}\n}\n");
