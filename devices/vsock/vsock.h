@@ -10,6 +10,9 @@
 
 #include "virtio.h"
 
+/* The kind: --vsock cid=N,uds=PATH; a restore takes its socket from the command line. */
+extern const struct virtio_dev_ops virtio_vsock_ops;
+
 /*
  * --vsock cid=N,uds=PATH[,connect-timeout=MS][,group=NAME]: parse SPEC,
  * listen on PATH and set d up as virtio-vsock for guest CID N (a
