@@ -10,7 +10,7 @@
 #include "virtio.h"
 #include "virtio_blk.h"
 #include "virtio_net.h"
-#include "vsock.h"
+#include "virtio_vsock.h"
 
 const struct virtio_dev_ops *const virtio_kinds[] = {
 	&virtio_blk_ops,

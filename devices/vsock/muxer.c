@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "usock.h"
-#include "vsock.h"
+#include "virtio_vsock.h"
 #include "vsock_internal.h"
 
 #define MUX_LINE_MAX		64		/* "CONNECT <port>\n" */

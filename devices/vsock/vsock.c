@@ -15,7 +15,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
-#include "vsock.h"
+#include "virtio_vsock.h"
 #include "vsock_internal.h"
 
 /* A guest's mistake: rate-limited so a guest cannot flood stderr. */

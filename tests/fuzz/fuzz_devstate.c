@@ -28,7 +28,7 @@
 #include "virtio.h"
 #include "virtio_net.h"
 #include "virtio_blk.h"
-#include "vsock.h"
+#include "virtio_vsock.h"
 
 #define BASE		0xd0000000ULL
 #define IMG_SIZE	(1024 * 1024)

@@ -30,7 +30,7 @@
 #include "virtio.h"
 #include "virtio_net.h"
 #include "virtio_blk.h"
-#include "vsock.h"
+#include "virtio_vsock.h"
 
 #define RAM		(2 * MIB)
 #define GUARD		MIB

@@ -23,7 +23,7 @@
 #include "virtio.h"
 #include "virtio_blk.h"
 #include "virtio_net.h"
-#include "vsock.h"
+#include "virtio_vsock.h"
 
 
 #define BASE		0xd0000000ULL

@@ -19,7 +19,7 @@
 
 #include "unit.h"
 #include "virtio.h"
-#include "vsock.h"
+#include "virtio_vsock.h"
 
 #define BASE		0xd0000000ULL
 #define RING(q)		(0x100000ULL + (uint64_t)(q) * 0x10000)

@@ -5,8 +5,8 @@
  * muxer (and with it virtio_vsock_create) in muxer.c; vsock_internal.h is
  * what they share, the backend interface among it.
  */
-#ifndef KILN_VSOCK_H
-#define KILN_VSOCK_H
+#ifndef KILN_VIRTIO_VSOCK_H
+#define KILN_VIRTIO_VSOCK_H
 
 #include "virtio.h"
 
