@@ -190,13 +190,14 @@ static void req_vcpus(struct control *c, struct out *o)
 		m->nmsrs = 2;
 		m->entries[0].index = 0x10;	/* TSC */
 		m->entries[1].index = 0x6e0;	/* TSC_DEADLINE */
-		if (ioctl(v->fd, KVM_GET_REGS, &regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0 ||
-		    ioctl(v->fd, KVM_GET_MP_STATE, &mp) < 0 ||
-		    ioctl(v->fd, KVM_GET_LAPIC, &lapic) < 0 || ioctl(v->fd, KVM_GET_VCPU_EVENTS, &ev) < 0) {
-			outf(o, "%s{\"id\":%d,\"error\":\"%s\"}", i ? "," : "", i, strerror(errno));
+		if ((r = VCPU_IOCTL(v, KVM_GET_REGS, &regs, NULL)) < 0 || (r = VCPU_IOCTL(v, KVM_GET_SREGS, &sregs, NULL)) < 0 ||
+		    (r = VCPU_IOCTL(v, KVM_GET_MP_STATE, &mp, NULL)) < 0 ||
+		    (r = VCPU_IOCTL(v, KVM_GET_LAPIC, &lapic, NULL)) < 0 ||
+		    (r = VCPU_IOCTL(v, KVM_GET_VCPU_EVENTS, &ev, NULL)) < 0) {
+			outf(o, "%s{\"id\":%d,\"error\":\"%s\"}", i ? "," : "", i, strerror(-r));
 			continue;
 		}
-		(void)ioctl(v->fd, KVM_GET_MSRS, m);
+		(void)VCPU_IOCTL(v, KVM_GET_MSRS, m, NULL);
 		/*
 		 * IRR at 0x200, ISR at 0x100: 8 registers of 32 bits, 16 bytes
 		 * apart; report the highest vector set in each (0: none).
