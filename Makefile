@@ -68,18 +68,23 @@ $(O)/asan/kac-fh-test: tests/integration/kac_fh.c api/agent_client.c api/agent_c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ tests/integration/kac_fh.c api/agent_client.c $(PROTO_SRCS)
 
+# The guest agent (guest/agent/): the guest's PID 1 links it, and so do its host-side tests.
+AGENT_SRCS := $(sort $(wildcard guest/agent/*.c))
+AGENT_HDRS := $(wildcard guest/agent/*.h)
+AGENT_CPPFLAGS := -Iguest/agent $(CPPFLAGS)
+
 # The guest agent on the host (a unix socket, not vsock) for tests/agent-host/.
-$(O)/asan/kiln-agent-host: guest/agent_host.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) guest/abi.h guest/base64.h
+$(O)/asan/kiln-agent-host: guest/agent_host.c $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS) guest/abi.h guest/base64.h
 	@mkdir -p $(@D)
-	$(CC) $(ASAN_FLAGS) $(WARN) -D_GNU_SOURCE -o $@ guest/agent_host.c guest/agent.c $(PROTO_SRCS)
+	$(CC) $(ASAN_FLAGS) $(WARN) $(AGENT_CPPFLAGS) -o $@ guest/agent_host.c $(AGENT_SRCS) $(PROTO_SRCS)
 
 $(O)/asan/guest: | $(O)
 	@mkdir -p $(O)/asan
 	ln -sfn ../guest $@
 
-$(O)/guest/init: guest/init.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) guest/abi.h guest/base64.h
+$(O)/guest/init: guest/init.c $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS) guest/abi.h guest/base64.h
 	@mkdir -p $(@D)
-	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -o $@ guest/init.c guest/agent.c $(PROTO_SRCS)
+	$(CC) -static -Os $(WARN) $(AGENT_CPPFLAGS) -o $@ guest/init.c $(AGENT_SRCS) $(PROTO_SRCS)
 
 # Static helper programs for the guest (guest/tools/NAME.c -> /usr/bin/NAME).
 GUEST_TOOLS := $(patsubst guest/tools/%.c,$(O)/guest/tools/%,$(wildcard guest/tools/*.c))
