@@ -112,7 +112,9 @@ struct outq {
 	size_t head, len, cap;
 };
 
+struct agent;
 struct conn;
+struct stream;
 
 /* The last bytes of one output channel: offsets [start, end) live at buf[off % alloc]. */
 struct ring {
@@ -140,47 +142,57 @@ struct proc {
 	uint64_t exit_seq;	/* order of exit, for eviction */
 	char *cmd;		/* argv, NUL-separated, at most CMD_MAX bytes */
 	size_t cmdlen;
-	struct stream *st;	/* attached stream, NULL when detached */
+	struct exec_stream *st;	/* attached stream, NULL when detached */
 };
 
-enum stream_kind { ST_EXEC, ST_FWRITE, ST_FREAD, ST_PORT, ST_PWAIT, ST_WAIT, ST_WALK, ST_COPY, ST_LOCK };
-
-struct walk;
+/*
+ * What the generic frame handling asks of one kind of stream. A kind's own
+ * state follows its struct stream (the first member of the kind's struct,
+ * size bytes in all). A NULL operation is one the kind does not have.
+ */
+struct stream_ops {
+	const char *name;
+	size_t size;
+	/* DATA (data, n bytes) or EOF (f->type) on channel 0, offset and credit checked */
+	void (*input)(struct conn *c, struct stream *s, const struct kp_frame *f, const uint8_t *data, uint32_t n);
+	/* 1 once channel 0 has ended (more input is refused) */
+	int (*input_ended)(const struct stream *s);
+	/* CANCEL of channel ch alone; without it any channel cancels the request */
+	void (*cancel_channel)(struct conn *c, struct stream *s, uint16_t ch);
+	/* WINDOW of inc on channel ch: 0, or -1 when the credit would overflow */
+	int (*window)(struct stream *s, uint16_t ch, uint32_t inc);
+	/* work without a descriptor to wait on, once a loop turn (file reads, walks, copies) */
+	void (*pump)(struct conn *c, struct stream *s);
+	/* the stream's descriptors into the poll set, and their events */
+	void (*poll_add)(struct agent *a, struct conn *c, struct stream *s);
+	void (*poll_event)(struct conn *c, struct stream *s, int fd, short revents);
+	/* retried after each poll, which waits at most tick_ms while such a stream exists */
+	void (*tick)(struct conn *c, struct stream *s);
+	int tick_ms;
+	/* more work next turn: the poll does not wait while such a stream exists (COPY) */
+	int busy;
+	/* what the kind holds, when the stream ends */
+	void (*release)(struct agent *a, struct stream *s);
+};
 
 struct stream {
 	struct stream *next;
-	enum stream_kind kind;
+	const struct stream_ops *ops;
 	struct conn *conn;
 	uint32_t id;
 	uint64_t in_off;	/* channel 0 bytes received */
 	uint64_t in_credit;	/* channel 0 bytes the host may still send */
-	struct proc *proc;	/* ST_EXEC (attached) and ST_WAIT */
-	/* ST_EXEC output channels 1 and 2 */
+};
+
+/* An EXEC or ATTACH stream: the output channels 1 and 2 of its process. */
+struct exec_stream {
+	struct stream s;
+	struct proc *proc;
 	uint64_t sent[3];	/* next offset to send */
 	uint64_t acked[3];	/* offset the host returned credit up to */
 	uint64_t credit[3];
 	int eof_sent[3];
 	int cancelled[3];	/* CANCEL on the channel: no more output */
-	int fd;			/* ST_FWRITE, ST_FREAD; ST_COPY: the source */
-	int fd2;		/* ST_COPY: the destination */
-	uint64_t copied;	/* ST_COPY */
-	int plain;		/* ST_COPY: read and write, copy_file_range cannot */
-	struct walk *walk;	/* ST_WALK */
-	uint64_t fh;		/* ST_LOCK: the handle waiting for its lock */
-	int exclusive;
-	uint64_t remain;	/* ST_FREAD: bytes left to send */
-	uint64_t out_off, out_credit;	/* ST_FREAD, ST_PORT channel 1 */
-	/* ST_PORT: fd is the TCP socket */
-	int connecting;		/* connect(2) in progress: RESPONSE when it completes */
-	uint8_t *inbuf;		/* channel 0 bytes received, not yet written */
-	size_t inlen;
-	int in_eof;		/* the host sent EOF on channel 0 */
-	int wr_shut;		/* shutdown(SHUT_WR) done on the socket */
-	int out_eof;		/* the socket's read side ended; EOF sent */
-	/* ST_PWAIT */
-	uint16_t wport;		/* 0: any port */
-	pid_t wpid;		/* 0: any process */
-	struct timespec deadline;
 };
 
 /* An open file handle (FH_OPEN): it belongs to the connection that opened it. */
@@ -191,6 +203,7 @@ struct fh {
 
 struct conn {
 	struct conn *next;
+	struct agent *ag;
 	int fd;
 	int preamble;		/* host mode: the "CONNECT PORT\n" line is still to come */
 	char line[32];
@@ -224,163 +237,215 @@ struct conn {
 	int vs_wr_shut;		/* shutdown(SHUT_WR) done on the vsock side */
 };
 
+enum { PF_LISTEN, PF_SIGNAL, PF_CONN, PF_PROC, PF_STREAM, PF_RAW };
+/* The listener and signalfd; a connection and its raw TCP socket; three pipes a process; port streams. */
+#define MAX_PFD	(2 + 2 * MAX_CONNS + 3 * MAX_PROC_OBJS + MAX_PORTS)
+
 struct listener;
 
-/* The agent's state (defined in loop.c). */
-extern struct rlimit child_nofile;	/* the limit the agent was started with */
-extern struct conn *conns;
-extern unsigned nconns;
-extern struct proc *procs;
-extern unsigned nlive, nexited;
-extern uint64_t exit_seq;
-extern uint64_t ring_total, ring_limit;
-extern uint64_t next_handle;
-extern unsigned nports;
-extern unsigned nwalks;
-extern char **envs;
-extern size_t nenvs, env_bytes;
-extern char sandbox_id[SANDBOX_ID_MAX + 1];
-struct stopping {
-	int active;
-	int reboot;
-	struct timespec deadline;
+/* The agent: all its state, one per process (the guest's PID 1) or per test. */
+struct agent {
+	unsigned flags;		/* AGENT_* (agent.h) */
+	void (*stop)(int reboot);
+	int lfd, sfd;		/* the listener (-1: none), the SIGCHLD signalfd */
+	struct conn *conns;
+	unsigned nconns;
+	struct proc *procs;
+	unsigned nlive, nexited;
+	uint64_t exit_seq;
+	uint64_t ring_total, ring_limit;
+	uint64_t next_handle;
+	unsigned nports;	/* framed port streams */
+	unsigned nwalks;
+	char **envs;		/* the default environment: malloc'd "KEY=VALUE" strings */
+	size_t nenvs, env_bytes;
+	char sandbox_id[SANDBOX_ID_MAX + 1];
+	struct {
+		int active;
+		int reboot;
+		struct timespec deadline;
+	} stopping;
+	struct rlimit child_nofile;	/* the limit the agent was started with */
+	/*
+	 * A descriptor held in reserve: out of descriptors, the agent gives it up to
+	 * accept and close the waiting connection (the host sees it closed at once),
+	 * or the listening socket would stay readable and the main loop would spin.
+	 */
+	int reserve_fd;
+	unsigned long refused_peers;	/* connections from anyone but the host */
+	uint64_t turn;		/* loop turns so far */
+	struct listener *lis;	/* the listening sockets PORT_WAIT found on turn lis_turn */
+	ssize_t nlis;
+	uint64_t lis_turn;
+	/* the poll set of one loop turn */
+	struct pollfd pfd[MAX_PFD];
+	nfds_t npfd;
+	void *obj[MAX_PFD];
+	uint8_t kind[MAX_PFD], chan[MAX_PFD];
+	unsigned long pfd_dropped;
+	uint8_t scratch[KP_HDR_LEN + KP_MAX_CONTROL];	/* a record frame being built */
+	uint8_t io[KP_FH_IO_MAX];	/* bytes on their way between a descriptor and a frame */
+	uint8_t rx[65536];		/* bytes read from a connection */
 };
-extern struct stopping stopping;
-extern void (*agent_stop)(int reboot);
-extern int host_mode;
-extern uint8_t scratch[KP_HDR_LEN + KP_MAX_CONTROL];
-extern int reserve_fd;
-extern unsigned long refused_peers;
+_Static_assert(KP_FH_IO_MAX >= READ_CHUNK && KP_FH_IO_MAX >= RAW_BUF, "the I/O buffer holds a chunk");
 
+/* Host mode: a test harness on a unix socket, not PID 1 (agent_main_unix). */
+static inline int agent_host_mode(const struct agent *a)
+{
+	return a->flags & AGENT_HOST;
+}
+
+/* ---- loop.c ---- */
+
+/* Add fd to this turn's poll set: events, and what to hand its revents (PF_*, object o, channel ch). */
+void agent_poll_add(struct agent *a, int fd, short events, uint8_t kind, void *o, uint8_t ch);
+
+/* ---- conn.c: frames out, connections ---- */
+
+/* Queue n bytes at p to c (n <= 0: nothing); out of memory closes c. */
+void conn_put(struct conn *c, const void *p, int n);
+/* ERROR for id with code, errno (0: none) and a message. */
 void send_error(struct conn *c, uint32_t id, uint32_t code, int err_no, const char *fmt, ...)
 	__attribute__((format(printf, 5, 6)));
-int outq_put(struct outq *q, const void *p, size_t n);
-void conn_put(struct conn *c, const void *p, int n);
-void rec_begin(struct kp_recw *w);
+/* KP_ERR_OS for id: "op path: strerror(err)". */
+void os_error(struct conn *c, uint32_t id, const char *op, const char *path, int err);
+/* Start a record in c's scratch buffer; send it as a frame of type, flags, id. */
+void rec_begin(struct conn *c, struct kp_recw *w);
 void rec_send(struct conn *c, uint8_t type, uint8_t flags, uint32_t id, struct kp_recw *w);
+/* An empty RESPONSE|END. */
 void send_ok(struct conn *c, uint32_t id);
+/* A DATA frame of n bytes at p, offset off, on channel ch of id. */
 void send_data(struct conn *c, uint32_t id, uint16_t ch, uint64_t off, const uint8_t *p, uint32_t n);
+/* EOF (final offset off, flags) and WINDOW (inc) frames of id on channel ch. */
+void send_eof(struct conn *c, uint32_t id, uint16_t ch, uint8_t flags, uint64_t off);
+void send_window(struct conn *c, uint32_t id, uint16_t ch, uint32_t inc);
+/* The largest DATA payload to send c. */
 uint32_t max_data(const struct conn *c);
+/* Forget c at once: its streams end, its processes run on. */
 void conn_free(struct conn *c);
+/* Stop reading c, flush its queue, then close it. */
 void conn_close(struct conn *c);
-void nofile_init(void);
-int conn_peer_ok(const struct sockaddr_vm *peer, socklen_t len);
-void conn_accept(int lfd);
-ssize_t conn_preamble(struct conn *c, const uint8_t *buf, size_t n);
+/* Accept a connection on the listener. */
+void conn_accept(struct agent *a);
+/* Read what c has; write what c's queue holds (-1: c was freed). */
 void conn_read(struct conn *c);
 int conn_write(struct conn *c);
+/* c if it is still a connection of a with descriptor fd, else NULL. */
+struct conn *conn_live(struct agent *a, void *o, int fd);
+
+/* ---- stream.c ---- */
+
 void fd_close(int *fd);
 struct stream *stream_find(struct conn *c, uint32_t id);
-struct stream *stream_new(struct conn *c, enum stream_kind kind, uint32_t id);
+/* A new stream of kind ops for request id on c (ops->size bytes, zeroed), or NULL after "what: out of memory". */
+struct stream *stream_new(struct conn *c, const struct stream_ops *ops, uint32_t id, const char *what);
 void stream_free(struct conn *c, struct stream *s);
-struct conn *stream_conn(const struct stream *s);
-void ring_copy_in(struct ring *r, uint64_t off, const uint8_t *p, size_t n);
-void ring_read(const struct ring *r, uint64_t off, uint8_t *p, size_t n);
-void ring_write(struct ring *r, const uint8_t *p, size_t n);
-void ring_reclaim(uint64_t need);
-int ring_grow(struct ring *r, size_t cap, uint64_t want);
-size_t proc_out_room(struct proc *p, int ch);
-void put_exit(struct kp_recw *w, const struct proc *p);
-void proc_flush(struct proc *p);
-void proc_free(struct proc *p);
-void proc_evict(void);
-void proc_check_done(struct proc *p);
-void proc_pump_out(struct proc *p, int ch);
-void proc_pump_in(struct proc *p);
-struct proc *proc_by_handle(uint64_t h);
-void wait_answer(struct proc *p);
-void reap(int sfd);
-char *arg_str(const struct kp_frame *f, uint8_t tag, int *bad);
-uint64_t arg_u64(const struct kp_frame *f, uint8_t tag, uint64_t dflt, int *bad);
-char **arg_list(const struct kp_frame *f, uint8_t tag, size_t *n, int *bad);
-void strv_free(char **v);
-void handle_request(struct conn *c, const struct kp_frame *f);
+/* The connection s belongs to, or NULL when s is gone. */
+struct conn *stream_conn(struct agent *a, const struct stream *s);
+/* Append n bytes at data to the malloc'd *buf of *len bytes: 0 or -ENOMEM. */
+int buf_append(uint8_t **buf, size_t *len, const uint8_t *data, uint32_t n);
+/* Add inc to a credit counter: -1 for an increment of 0 or past 2^32 - 1. */
+int credit_add(uint64_t *cr, uint32_t inc);
+/* DATA or EOF, CANCEL and WINDOW on a stream of c. WINDOW returns -1 to close c. */
 void stream_input(struct conn *c, struct stream *s, const struct kp_frame *f);
 void stream_cancel(struct conn *c, struct stream *s, uint16_t ch);
+int stream_window(struct conn *c, struct stream *s, const struct kp_frame *f);
+
+/* ---- proc.c: processes, their output rings and exec streams ---- */
+
+extern const struct stream_ops exec_stream_ops;
+void put_exit(struct kp_recw *w, const struct proc *p);
+void proc_flush(struct proc *p);
+void proc_free(struct agent *a, struct proc *p);
+void proc_evict(struct agent *a);
+size_t proc_out_room(struct agent *a, struct proc *p, int ch);
+void proc_pump_out(struct agent *a, struct proc *p, int ch);
+void proc_pump_in(struct proc *p);
+struct proc *proc_by_handle(struct agent *a, uint64_t h);
+/* Reap exited children (the SIGCHLD signalfd is readable). */
+void proc_reap(struct agent *a);
+
+/* ---- exec.c ---- */
+
+/* Answer every WAIT on p: it has exited. */
+void proc_wait_answer(struct agent *a, struct proc *p);
+
+/* ---- dispatch.c: request arguments and the op table ---- */
+
+/* A copy of the first STR field tag (malloc), or NULL; *bad set on a wrong kind. */
+char *arg_str(const struct kp_frame *f, uint8_t tag, int *bad);
+/* The U64 (or BOOL) field tag, or dflt when absent; *bad set on a wrong kind. */
+uint64_t arg_u64(const struct kp_frame *f, uint8_t tag, uint64_t dflt, int *bad);
+/* Every STR field tag into a NULL-terminated malloc'd vector; count in *n. */
+char **arg_list(const struct kp_frame *f, uint8_t tag, size_t *n, int *bad);
+void strv_free(char **v);
+/* A frame from the host on c: -1 when c must close after flushing. */
 int handle_frame(struct conn *c, const struct kp_frame *f);
-char **build_env(char **extra, size_t nextra, int clear);
-char *cmd_copy(char **argv, size_t argc, const char *shell, size_t *len);
-int pty_open(unsigned rows, unsigned cols, int *master, int *term);
-void op_exec(struct conn *c, const struct kp_frame *f);
-struct proc *proc_arg(struct conn *c, const struct kp_frame *f, const char *op, int *bad);
-void op_attach(struct conn *c, const struct kp_frame *f);
-void op_wait(struct conn *c, const struct kp_frame *f);
-void op_release(struct conn *c, const struct kp_frame *f);
-void op_proc_list(struct conn *c, const struct kp_frame *f);
-void op_resize(struct conn *c, const struct kp_frame *f);
-void op_signal(struct conn *c, const struct kp_frame *f);
-void os_error(struct conn *c, uint32_t id, const char *op, const char *path, int err);
-int64_t ts_ns(const struct statx_timestamp *t);
-struct timespec ns_timespec(int64_t ns);
+
+/* A request as its handler gets it: the frame and the arguments checked for it. */
+struct req {
+	const struct kp_frame *f;
+	uint64_t op;
+	union {
+		struct kp_open_args open;
+		struct kp_fh_args fh;
+		struct kp_walk_args walk;
+	} args;
+};
+
+/* ---- the handlers of the op table (dispatch.c), by file ---- */
+
+void op_health(struct conn *c, const struct req *r);
+void op_identity(struct conn *c, const struct req *r);
+void op_shutdown(struct conn *c, const struct req *r);
+void op_env(struct conn *c, const struct req *r);
+void op_exec(struct conn *c, const struct req *r);
+void op_attach(struct conn *c, const struct req *r);
+void op_signal(struct conn *c, const struct req *r);
+void op_resize(struct conn *c, const struct req *r);
+void op_wait(struct conn *c, const struct req *r);
+void op_release(struct conn *c, const struct req *r);
+void op_proc_list(struct conn *c, const struct req *r);
+void op_stat(struct conn *c, const struct req *r);
+void op_readdir(struct conn *c, const struct req *r);
+void op_mkdir(struct conn *c, const struct req *r);
+void op_remove(struct conn *c, const struct req *r);
+void op_rename(struct conn *c, const struct req *r);
+void op_file_write(struct conn *c, const struct req *r);
+void op_file_read(struct conn *c, const struct req *r);
+void op_path_simple(struct conn *c, const struct req *r);
+void op_path_query(struct conn *c, const struct req *r);
+void op_umask(struct conn *c, const struct req *r);
+void op_mktemp(struct conn *c, const struct req *r);
+void op_copy(struct conn *c, const struct req *r);
+void op_walk(struct conn *c, const struct req *r);
+void op_fh_open(struct conn *c, const struct req *r);
+void op_fh(struct conn *c, const struct req *r);
+void op_port_connect(struct conn *c, const struct req *r);
+void op_port_wait(struct conn *c, const struct req *r);
+void op_port_list(struct conn *c, const struct req *r);
+
+/* ---- file.c, fh.c, walk.c, control.c, port.c: what others use ---- */
+
+/* The stat record of sx as the terminal RESPONSE of id (STAT, FH_STAT). */
 void send_statx(struct conn *c, uint32_t id, const struct statx *sx);
-void op_stat(struct conn *c, const struct kp_frame *f);
-void op_readdir(struct conn *c, const struct kp_frame *f);
-int mkdir_p(char *path, mode_t mode);
-void op_mkdir(struct conn *c, const struct kp_frame *f);
-int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw);
-void op_remove(struct conn *c, const struct kp_frame *f);
-void op_rename(struct conn *c, const struct kp_frame *f);
-void op_path_simple(struct conn *c, const struct kp_frame *f, uint64_t op);
-void op_path_query(struct conn *c, const struct kp_frame *f, uint64_t op);
-void op_umask(struct conn *c, const struct kp_frame *f);
-int tmp_part_ok(const char *s);
-void op_mktemp(struct conn *c, const struct kp_frame *f);
+/* ns since the epoch as a timespec. */
+struct timespec ns_timespec(int64_t ns);
+/* open(2) that cannot block the agent; -1 after sending the ERROR. */
 int open_nonblock(struct conn *c, uint32_t id, const char *path, int flags, mode_t mode);
-void op_file_write(struct conn *c, const struct kp_frame *f);
-void op_file_read(struct conn *c, const struct kp_frame *f);
-void fread_pump(struct conn *c, struct stream *s);
-void op_copy(struct conn *c, const struct kp_frame *f);
-int write_full(int fd, const uint8_t *p, size_t n);
-void copy_pump(struct conn *c, struct stream *s);
-void walk_free(struct walk *wk);
-void walk_put(struct kp_recw *w, const char *path, const char *name, unsigned type);
-int walk_down(struct walk *wk, const char *name, size_t plen, int is_link);
-void walk_pump(struct conn *c, struct stream *s);
-void op_walk(struct conn *c, const struct kp_frame *f);
-struct fh *fh_find(struct conn *c, uint64_t id);
+/* Close every file handle of c. */
 void fh_close_all(struct conn *c);
-int fh_open_flags(unsigned fl);
-void op_fh_open(struct conn *c, const struct kp_frame *f);
-void op_fh(struct conn *c, const struct kp_frame *f, uint64_t op);
-void lock_poll(void);
-void op_health(struct conn *c, const struct kp_frame *f);
-int env_init(void);
-ssize_t env_find(const char *key, size_t kl);
-void env_unset(const char *key, size_t kl);
-void env_clear(void);
-int env_set(const char *key, size_t kl, const char *val);
-int env_key_ok(const char *k, size_t kl);
-int env_entry_ok(const char *e);
-int name_ok(const char *s, size_t max, const char *extra);
-int write_small_file(const char *dir, const char *path, const char *text);
-void op_identity(struct conn *c, const struct kp_frame *f);
-void op_env(struct conn *c, const struct kp_frame *f, uint64_t op);
-void signal_all(int sig);
-int any_left(void);
-void op_shutdown(struct conn *c, const struct kp_frame *f);
-int port_dial(const char *addr, uint16_t port);
-int dial_result(int fd);
-void op_port_connect(struct conn *c, const struct kp_frame *f);
-void port_connected(struct conn *c, struct stream *s);
-void port_maybe_done(struct conn *c, struct stream *s);
-void port_pump_out(struct conn *c, struct stream *s);
-void port_pump_in(struct conn *c, struct stream *s);
-size_t listeners_read(const char *path, int v6, struct listener *l, size_t n, size_t max);
-pid_t proc_ppid(pid_t pid);
-int pid_under(pid_t pid, pid_t root);
-void listeners_owners(struct listener *l, size_t n);
-ssize_t listeners_scan(struct listener **out, int want_pid);
-void op_port_list(struct conn *c, const struct kp_frame *f);
-int pwait_check(struct conn *c, struct stream *s, const struct listener *l, ssize_t n);
+/* The default environment, from environ; freed by env_free. */
+int env_init(struct agent *a);
+void env_free(struct agent *a);
+/* Signal every process of the sandbox (host mode: those the agent started). */
+void signal_all(struct agent *a, int sig);
+/* Whether any process signal_all would reach is left. */
+int any_left(struct agent *a);
+/* a >= b. */
 int ts_after(const struct timespec *a, const struct timespec *b);
-void pwait_poll(void);
-void op_port_wait(struct conn *c, const struct kp_frame *f);
+/* A raw port connection: the connect finished; one relay step (-1: c was freed). */
 void raw_connected(struct conn *c);
 int raw_step(struct conn *c, int vsock_in, int tcp_in, int tcp_out);
-void shutdown_step(void);
-void pfd_add(nfds_t *n, int fd, short events, uint8_t k, void *o, uint8_t ch);
-struct conn *conn_live(void *o, int fd);
-int agent_setup(int *sfd);
-void host_stop(int reboot);
 
 #endif

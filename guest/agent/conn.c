@@ -3,7 +3,7 @@
 
 /* ---- send queue --------------------------------------------------------------- */
 
-int outq_put(struct outq *q, const void *p, size_t n)
+static int outq_put(struct outq *q, const void *p, size_t n)
 {
 	if (q->head && q->head + q->len + n > q->cap) {
 		memmove(q->p, q->p + q->head, q->len);
@@ -35,8 +35,6 @@ void conn_put(struct conn *c, const void *p, int n)
 }
 
 void send_error(struct conn *c, uint32_t id, uint32_t code, int err_no, const char *fmt, ...)
-	__attribute__((format(printf, 5, 6)));
-void send_error(struct conn *c, uint32_t id, uint32_t code, int err_no, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -44,30 +42,51 @@ void send_error(struct conn *c, uint32_t id, uint32_t code, int err_no, const ch
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	conn_put(c, scratch, kp_enc_error(scratch, sizeof(scratch), id, code, (uint32_t)err_no, msg));
+	conn_put(c, c->ag->scratch, kp_enc_error(c->ag->scratch, sizeof(c->ag->scratch), id, code,
+						 (uint32_t)err_no, msg));
 }
 
-void rec_begin(struct kp_recw *w)
+void os_error(struct conn *c, uint32_t id, const char *op, const char *path, int err)
 {
-	kp_recw_init(w, scratch + KP_HDR_LEN, KP_MAX_CONTROL);
+	send_error(c, id, KP_ERR_OS, err, "%s %s: %s", op, path ? path : "", strerror(err));
+}
+
+void rec_begin(struct conn *c, struct kp_recw *w)
+{
+	kp_recw_init(w, c->ag->scratch + KP_HDR_LEN, KP_MAX_CONTROL);
 }
 
 void rec_send(struct conn *c, uint8_t type, uint8_t flags, uint32_t id, struct kp_recw *w)
 {
-	int n = kp_enc_rec_frame(scratch, sizeof(scratch), type, flags, id, w);
+	uint8_t *b = c->ag->scratch;
+	int n = kp_enc_rec_frame(b, sizeof(c->ag->scratch), type, flags, id, w);
 
 	if (n < 0)
 		send_error(c, id, KP_ERR_INTERNAL, 0, "reply: %s", kp_strerror(n));
 	else
-		conn_put(c, scratch, n);
+		conn_put(c, b, n);
 }
 
 void send_ok(struct conn *c, uint32_t id)
 {
 	struct kp_recw w;
 
-	rec_begin(&w);
+	rec_begin(c, &w);
 	rec_send(c, KP_RESPONSE, KP_F_END, id, &w);
+}
+
+void send_eof(struct conn *c, uint32_t id, uint16_t ch, uint8_t flags, uint64_t off)
+{
+	uint8_t e[KP_HDR_LEN + 8];
+
+	conn_put(c, e, kp_enc_eof(e, id, ch, flags, off));
+}
+
+void send_window(struct conn *c, uint32_t id, uint16_t ch, uint32_t inc)
+{
+	uint8_t e[KP_HDR_LEN + 4];
+
+	conn_put(c, e, kp_enc_window(e, id, ch, inc));
 }
 
 void send_data(struct conn *c, uint32_t id, uint16_t ch, uint64_t off, const uint8_t *p, uint32_t n)
@@ -96,7 +115,7 @@ void conn_free(struct conn *c)
 	while (c->streams)
 		stream_free(c, c->streams);
 	fh_close_all(c);
-	for (pp = &conns; *pp; pp = &(*pp)->next)
+	for (pp = &c->ag->conns; *pp; pp = &(*pp)->next)
 		if (*pp == c) {
 			*pp = c->next;
 			break;
@@ -107,8 +126,8 @@ void conn_free(struct conn *c)
 	free(c->rawin);
 	free(c->rxbuf);
 	free(c->out.p);
+	c->ag->nconns--;
 	free(c);
-	nconns--;
 }
 
 /* Stop reading requests, flush the queue, then shutdown(SHUT_WR) (vsock's
@@ -122,22 +141,6 @@ void conn_close(struct conn *c)
 		c->closing = 1;
 }
 
-/* Raise the agent's own descriptor limit; remember the one its processes get. */
-void nofile_init(void)
-{
-	struct rlimit r;
-
-	if (getrlimit(RLIMIT_NOFILE, &child_nofile) < 0)
-		return;
-	r.rlim_cur = r.rlim_max = child_nofile.rlim_max > AGENT_NOFILE ? child_nofile.rlim_max : AGENT_NOFILE;
-	/* Raising the hard limit needs CAP_SYS_RESOURCE: without it, up to the hard one. */
-	if (setrlimit(RLIMIT_NOFILE, &r) < 0) {
-		r.rlim_cur = r.rlim_max = child_nofile.rlim_max;
-		(void)setrlimit(RLIMIT_NOFILE, &r);
-	}
-}
-
-
 /*
  * Only the host may drive the agent. The guest kernel's vsock loopback lets
  * any guest process connect to port 1024 too (CID 1, or the guest's own
@@ -146,59 +149,73 @@ void nofile_init(void)
  * stays bound to VMADDR_CID_ANY: binding to the guest's CID would still
  * take loopback connections to that CID, so the peer check is what holds.
  */
-int conn_peer_ok(const struct sockaddr_vm *peer, socklen_t len)
+static int conn_peer_ok(struct agent *a, const struct sockaddr_vm *peer, socklen_t len)
 {
-	if (host_mode)
+	if (agent_host_mode(a))
 		return 1;	/* a unix socket, owner only */
 	if (len >= sizeof(*peer) && peer->svm_family == AF_VSOCK && peer->svm_cid == VMADDR_CID_HOST)
 		return 1;
-	refused_peers++;
-	if (!(refused_peers & (refused_peers - 1)))
+	a->refused_peers++;
+	if (!(a->refused_peers & (a->refused_peers - 1)))
 		fprintf(stderr, "kiln-agent: refused a connection from CID %u port %u: only the host (CID %u) "
 			"may connect (%lu refused so far)\n", len >= sizeof(*peer) ? peer->svm_cid : 0,
-			len >= sizeof(*peer) ? peer->svm_port : 0, VMADDR_CID_HOST, refused_peers);
+			len >= sizeof(*peer) ? peer->svm_port : 0, VMADDR_CID_HOST, a->refused_peers);
 	return 0;
 }
 
-void conn_accept(int lfd)
+static void conn_hello(struct conn *c)
 {
-	struct conn *c;
-	struct sockaddr_vm peer;
-	socklen_t plen = sizeof(peer);
-	int fd = accept4(lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	uint8_t *b = c->ag->scratch;
 
-	if (fd < 0 && (errno == EMFILE || errno == ENFILE) && reserve_fd >= 0) {
-		close(reserve_fd);
-		fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-		if (fd >= 0)
-			close(fd);
-		reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-		return;
-	}
-	if (fd < 0)
-		return;
-	if (!conn_peer_ok(&peer, plen)) {
+	conn_put(c, b, kp_enc_hello(b, sizeof(c->ag->scratch), KP_DEFAULT_WINDOW, RX_CAP, AGENT_NAME));
+}
+
+int agent_conn_add(struct agent *a, int fd, int preamble)
+{
+	struct conn *c = NULL;
+
+	if (a->nconns >= MAX_CONNS || !(c = calloc(1, sizeof(*c))) || !(c->rxbuf = malloc(RX_CAP))) {
+		free(c);
 		close(fd);
-		return;
+		return a->nconns >= MAX_CONNS ? -EMFILE : -ENOMEM;
 	}
-	if (nconns >= MAX_CONNS || !(c = calloc(1, sizeof(*c))) || !(c->rxbuf = malloc(RX_CAP))) {
-		if (nconns < MAX_CONNS)
-			free(c);
-		close(fd);
-		return;
-	}
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	c->ag = a;
 	c->fd = fd;
 	c->raw_fd = -1;
 	c->peer_window = KP_DEFAULT_WINDOW;
 	c->peer_max = KP_MIN_PAYLOAD_CAP;
 	kp_dec_init(&c->dec, c->rxbuf, RX_CAP);
-	c->next = conns;
-	conns = c;
-	nconns++;
-	if (host_mode)
-		c->preamble = 1;	/* HELLO follows the OK line */
-	else
-		conn_put(c, scratch, kp_enc_hello(scratch, sizeof(scratch), KP_DEFAULT_WINDOW, RX_CAP, AGENT_NAME));
+	c->next = a->conns;
+	a->conns = c;
+	a->nconns++;
+	c->preamble = preamble;	/* HELLO follows the OK line */
+	if (!preamble)
+		conn_hello(c);
+	return 0;
+}
+
+void conn_accept(struct agent *a)
+{
+	struct sockaddr_vm peer;
+	socklen_t plen = sizeof(peer);
+	int fd = accept4(a->lfd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+	if (fd < 0 && (errno == EMFILE || errno == ENFILE) && a->reserve_fd >= 0) {
+		close(a->reserve_fd);
+		fd = accept4(a->lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			close(fd);
+		a->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		return;
+	}
+	if (fd < 0)
+		return;
+	if (!conn_peer_ok(a, &peer, plen)) {
+		close(fd);
+		return;
+	}
+	agent_conn_add(a, fd, agent_host_mode(a));
 }
 
 /*
@@ -207,7 +224,7 @@ void conn_accept(int lfd)
  * to the agent unchanged. Returns the bytes of buf used, or -1 when c was
  * freed (not the agent's port, or a line too long).
  */
-ssize_t conn_preamble(struct conn *c, const uint8_t *buf, size_t n)
+static ssize_t conn_preamble(struct conn *c, const uint8_t *buf, size_t n)
 {
 	char want[sizeof(c->line)];
 	size_t i;
@@ -226,7 +243,7 @@ ssize_t conn_preamble(struct conn *c, const uint8_t *buf, size_t n)
 			break;
 		k = snprintf(want, sizeof(want), "OK %u\n", KP_VSOCK_PORT);
 		conn_put(c, want, k);
-		conn_put(c, scratch, kp_enc_hello(scratch, sizeof(scratch), KP_DEFAULT_WINDOW, RX_CAP, AGENT_NAME));
+		conn_hello(c);
 		c->preamble = 0;
 		return (ssize_t)i + 1;
 	}
@@ -238,8 +255,8 @@ ssize_t conn_preamble(struct conn *c, const uint8_t *buf, size_t n)
 
 void conn_read(struct conn *c)
 {
-	static uint8_t buf[65536];
-	ssize_t n = read(c->fd, buf, sizeof(buf));
+	uint8_t *buf = c->ag->rx;
+	ssize_t n = read(c->fd, buf, sizeof(c->ag->rx));
 	size_t off = 0;
 
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
@@ -281,7 +298,6 @@ void conn_read(struct conn *c)
 	}
 }
 
-/* Returns -1 when c was freed. */
 int conn_write(struct conn *c)
 {
 	while (c->out.len) {
@@ -305,4 +321,13 @@ int conn_write(struct conn *c)
 		clock_gettime(CLOCK_MONOTONIC, &c->closed_at);
 	}
 	return 0;
+}
+
+struct conn *conn_live(struct agent *a, void *o, int fd)
+{
+	struct conn *c;
+
+	for (c = a->conns; c && c != o; c = c->next)
+		;
+	return c && c->fd == fd ? c : NULL;
 }

@@ -1,15 +1,17 @@
 /* kiln-agent: control: health, identity, environment, shutdown. */
 #include "agent_int.h"
 
-void op_health(struct conn *c, const struct kp_frame *f)
+void op_health(struct conn *c, const struct req *r)
 {
+	struct agent *a = c->ag;
+	const struct kp_frame *f = r->f;
 	struct timespec ts;
 	struct kp_recw w;
 
 	clock_gettime(CLOCK_BOOTTIME, &ts);
-	rec_begin(&w);
+	rec_begin(c, &w);
 	kp_put_u64(&w, KT_UPTIME_NS, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
-	kp_put_u64(&w, KT_PROCS, nlive);
+	kp_put_u64(&w, KT_PROCS, a->nlive);
 	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
 }
 
@@ -21,65 +23,76 @@ void op_health(struct conn *c, const struct kp_frame *f)
  * here rather than in environ: setenv(3) leaks the strings it replaces, and a
  * host may set variables forever. Bounded by MAX_ENV entries and MAX_ENV_BYTES.
  */
-int env_init(void)
+int env_init(struct agent *a)
 {
 	size_t i;
 
-	envs = calloc(MAX_ENV + 1, sizeof(*envs));
-	if (!envs)
+	a->envs = calloc(MAX_ENV + 1, sizeof(*a->envs));
+	if (!a->envs)
 		return -ENOMEM;
-	for (i = 0; environ[i] && nenvs < MAX_ENV; i++) {
+	for (i = 0; environ[i] && a->nenvs < MAX_ENV; i++) {
 		size_t n = strlen(environ[i]);
 
-		if (!strchr(environ[i], '=') || env_bytes + n > MAX_ENV_BYTES)
+		if (!strchr(environ[i], '=') || a->env_bytes + n > MAX_ENV_BYTES)
 			continue;
-		envs[nenvs] = strdup(environ[i]);
-		if (!envs[nenvs])
+		a->envs[a->nenvs] = strdup(environ[i]);
+		if (!a->envs[a->nenvs])
 			return -ENOMEM;
-		env_bytes += n;
-		nenvs++;
+		a->env_bytes += n;
+		a->nenvs++;
 	}
 	return 0;
 }
 
-/* Index of the entry for key (kl bytes), or -1. */
-ssize_t env_find(const char *key, size_t kl)
+void env_free(struct agent *a)
 {
 	size_t i;
 
-	for (i = 0; i < nenvs; i++)
-		if (strncmp(envs[i], key, kl) == 0 && envs[i][kl] == '=')
+	for (i = 0; i < a->nenvs; i++)
+		free(a->envs[i]);
+	free(a->envs);
+	a->envs = NULL;
+	a->nenvs = a->env_bytes = 0;
+}
+
+/* Index of the entry for key (kl bytes), or -1. */
+static ssize_t env_find(struct agent *a, const char *key, size_t kl)
+{
+	size_t i;
+
+	for (i = 0; i < a->nenvs; i++)
+		if (strncmp(a->envs[i], key, kl) == 0 && a->envs[i][kl] == '=')
 			return (ssize_t)i;
 	return -1;
 }
 
-void env_unset(const char *key, size_t kl)
+static void env_unset(struct agent *a, const char *key, size_t kl)
 {
-	ssize_t i = env_find(key, kl);
+	ssize_t i = env_find(a, key, kl);
 
 	if (i < 0)
 		return;
-	env_bytes -= strlen(envs[i]);
-	free(envs[i]);
-	envs[i] = envs[--nenvs];
-	envs[nenvs] = NULL;
+	a->env_bytes -= strlen(a->envs[i]);
+	free(a->envs[i]);
+	a->envs[i] = a->envs[--a->nenvs];
+	a->envs[a->nenvs] = NULL;
 }
 
-void env_clear(void)
+static void env_clear(struct agent *a)
 {
-	while (nenvs)
-		env_unset(envs[0], strcspn(envs[0], "="));
+	while (a->nenvs)
+		env_unset(a, a->envs[0], strcspn(a->envs[0], "="));
 }
 
 /* Set key (kl bytes) to val. 0, -E2BIG past the limits, -ENOMEM. */
-int env_set(const char *key, size_t kl, const char *val)
+static int env_set(struct agent *a, const char *key, size_t kl, const char *val)
 {
 	size_t n = kl + 1 + strlen(val);
-	ssize_t i = env_find(key, kl);
-	size_t old = i >= 0 ? strlen(envs[i]) : 0;
+	ssize_t i = env_find(a, key, kl);
+	size_t old = i >= 0 ? strlen(a->envs[i]) : 0;
 	char *e;
 
-	if ((i < 0 && nenvs >= MAX_ENV) || env_bytes - old + n > MAX_ENV_BYTES)
+	if ((i < 0 && a->nenvs >= MAX_ENV) || a->env_bytes - old + n > MAX_ENV_BYTES)
 		return -E2BIG;
 	e = malloc(n + 1);
 	if (!e)
@@ -88,23 +101,23 @@ int env_set(const char *key, size_t kl, const char *val)
 	e[kl] = '=';
 	strcpy(e + kl + 1, val);
 	if (i >= 0) {
-		free(envs[i]);
-		envs[i] = e;
+		free(a->envs[i]);
+		a->envs[i] = e;
 	} else {
-		envs[nenvs++] = e;
+		a->envs[a->nenvs++] = e;
 	}
-	env_bytes = env_bytes - old + n;
+	a->env_bytes = a->env_bytes - old + n;
 	return 0;
 }
 
 /* A variable name: non-empty, no '=' (the bytes are otherwise the caller's business). */
-int env_key_ok(const char *k, size_t kl)
+static int env_key_ok(const char *k, size_t kl)
 {
 	return kl > 0 && kl < MAX_ENV_BYTES && !memchr(k, '=', kl);
 }
 
 /* An entry "KEY=VALUE" with a valid key. */
-int env_entry_ok(const char *e)
+static int env_entry_ok(const char *e)
 {
 	const char *eq = strchr(e, '=');
 
@@ -112,7 +125,7 @@ int env_entry_ok(const char *e)
 }
 
 /* Sandbox ids and hostnames: letters, digits and . _ - : only (they land in files and prompts). */
-int name_ok(const char *s, size_t max, const char *extra)
+static int name_ok(const char *s, size_t max, const char *extra)
 {
 	size_t n = strlen(s), i;
 
@@ -125,7 +138,7 @@ int name_ok(const char *s, size_t max, const char *extra)
 }
 
 /* Write path atomically (a temporary file renamed over it), creating its directory. */
-int write_small_file(const char *dir, const char *path, const char *text)
+static int write_small_file(const char *dir, const char *path, const char *text)
 {
 	char tmp[256];
 	size_t n = strlen(text);
@@ -148,8 +161,10 @@ int write_small_file(const char *dir, const char *path, const char *text)
 	return ret;
 }
 
-void op_identity(struct conn *c, const struct kp_frame *f)
+void op_identity(struct conn *c, const struct req *r)
 {
+	struct agent *a = c->ag;
+	const struct kp_frame *f = r->f;
 	int bad = 0, ret, clear = (int)arg_u64(f, KT_CLEAR_ENV, 0, &bad);
 	char *id = arg_str(f, KT_SANDBOX_ID, &bad), *host = arg_str(f, KT_HOSTNAME, &bad);
 	size_t n = 0, i, add = 0;
@@ -167,7 +182,7 @@ void op_identity(struct conn *c, const struct kp_frame *f)
 		goto out;
 	}
 	/* Validate everything before changing anything. */
-	if (host_mode && (host || has_rt)) {
+	if (agent_host_mode(a) && (host || has_rt)) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "identity: HOSTNAME and REALTIME_NS would change the host's; "
 			   "not in host mode (a test agent)");
 		goto out;
@@ -188,8 +203,8 @@ void op_identity(struct conn *c, const struct kp_frame *f)
 		}
 		add += strlen(ev[i]);
 	}
-	if ((clear ? 0 : nenvs) + n + 1 > MAX_ENV ||
-	    (clear ? 0 : env_bytes) + add + SANDBOX_ID_MAX + 16 > MAX_ENV_BYTES) {
+	if ((clear ? 0 : a->nenvs) + n + 1 > MAX_ENV ||
+	    (clear ? 0 : a->env_bytes) + add + SANDBOX_ID_MAX + 16 > MAX_ENV_BYTES) {
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "identity: the environment would exceed %d entries or %u bytes",
 			   MAX_ENV, MAX_ENV_BYTES);
 		goto out;
@@ -218,25 +233,25 @@ void op_identity(struct conn *c, const struct kp_frame *f)
 	}
 	if (id) {
 		snprintf(line, sizeof(line), "%s\n", id);
-		ret = host_mode ? 0 : write_small_file("/run/kiln", SANDBOX_ID_FILE, line);
+		ret = agent_host_mode(a) ? 0 : write_small_file("/run/kiln", SANDBOX_ID_FILE, line);
 		if (ret < 0) {
 			os_error(c, f->id, "identity: write", SANDBOX_ID_FILE, -ret);
 			goto out;
 		}
-		strcpy(sandbox_id, id);
+		strcpy(a->sandbox_id, id);
 	}
 	if (clear)
-		env_clear();
+		env_clear(a);
 	for (i = 0; i < n; i++) {
 		size_t kl = strcspn(ev[i], "=");
 
-		if (env_set(ev[i], kl, ev[i] + kl + 1) < 0) {
+		if (env_set(a, ev[i], kl, ev[i] + kl + 1) < 0) {
 			send_error(c, f->id, KP_ERR_OS, ENOMEM, "identity: out of memory");
 			goto out;
 		}
 	}
 	/* The id survives CLEAR_ENV: processes can always find out where they run. */
-	if (sandbox_id[0] && env_set("KILN_SANDBOX_ID", 15, sandbox_id) < 0) {
+	if (a->sandbox_id[0] && env_set(a, "KILN_SANDBOX_ID", 15, a->sandbox_id) < 0) {
 		send_error(c, f->id, KP_ERR_OS, ENOMEM, "identity: out of memory");
 		goto out;
 	}
@@ -247,8 +262,11 @@ out:
 	strv_free(ev);
 }
 
-void op_env(struct conn *c, const struct kp_frame *f, uint64_t op)
+void op_env(struct conn *c, const struct req *r)
 {
+	struct agent *a = c->ag;
+	const struct kp_frame *f = r->f;
+	uint64_t op = r->op;
 	int bad = 0, ret;
 	char *key = arg_str(f, KT_KEY, &bad), *val = arg_str(f, KT_VALUE, &bad);
 	struct kp_recw w;
@@ -261,15 +279,15 @@ void op_env(struct conn *c, const struct kp_frame *f, uint64_t op)
 			   op == KP_OP_ENV_SET ? " and VALUE (STR)" : "");
 		goto out;
 	}
-	rec_begin(&w);
+	rec_begin(c, &w);
 	switch (op) {
 	case KP_OP_ENV_GET:
-		i = env_find(key, strlen(key));
+		i = env_find(a, key, strlen(key));
 		if (i >= 0)
-			kp_put_str(&w, KT_VALUE, envs[i] + strlen(key) + 1);
+			kp_put_str(&w, KT_VALUE, a->envs[i] + strlen(key) + 1);
 		break;
 	case KP_OP_ENV_SET:
-		ret = env_set(key, strlen(key), val);
+		ret = env_set(a, key, strlen(key), val);
 		if (ret == -E2BIG) {
 			send_error(c, f->id, KP_ERR_LIMIT, 0, "env: the environment would exceed %d entries or %u bytes",
 				   MAX_ENV, MAX_ENV_BYTES);
@@ -280,11 +298,11 @@ void op_env(struct conn *c, const struct kp_frame *f, uint64_t op)
 		}
 		break;
 	case KP_OP_ENV_DELETE:
-		env_unset(key, strlen(key));
+		env_unset(a, key, strlen(key));
 		break;
 	case KP_OP_ENV_LIST:
-		for (k = 0; k < nenvs; k++)
-			kp_put_str(&w, KT_ENV, envs[k]);
+		for (k = 0; k < a->nenvs; k++)
+			kp_put_str(&w, KT_ENV, a->envs[k]);
 		break;
 	}
 	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
@@ -298,26 +316,26 @@ out:
  * spares PID 1, the agent); in host mode only the process groups of the
  * processes the agent started (each leads its own session), never the host's.
  */
-void signal_all(int sig)
+void signal_all(struct agent *a, int sig)
 {
 	struct proc *p;
 
-	if (!host_mode) {
+	if (!agent_host_mode(a)) {
 		kill(-1, sig);
 		return;
 	}
 	/* An exited one whose pipes are open has children left in its group. */
-	for (p = procs; p; p = p->next)
+	for (p = a->procs; p; p = p->next)
 		if (!p->done)
 			kill(-p->pid, sig);
 }
 
 /* Whether any process signal_all would reach is left. */
-int any_left(void)
+int any_left(struct agent *a)
 {
-	if (!host_mode)
+	if (!agent_host_mode(a))
 		return !(kill(-1, 0) < 0 && errno == ESRCH);
-	return nlive > 0;
+	return a->nlive > 0;
 }
 
 /*
@@ -325,8 +343,10 @@ int any_left(void)
  * SIGKILLs what is left when they are all gone or the grace ends, flushes the
  * connections and hands over to the init (agent_stop: sync, power off).
  */
-void op_shutdown(struct conn *c, const struct kp_frame *f)
+void op_shutdown(struct conn *c, const struct req *r)
 {
+	struct agent *a = c->ag;
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	uint64_t ms = arg_u64(f, KT_TIMEOUT_MS, SHUTDOWN_MS, &bad);
 	int reboot = (int)arg_u64(f, KT_REBOOT, 0, &bad);
@@ -342,14 +362,14 @@ void op_shutdown(struct conn *c, const struct kp_frame *f)
 	now.tv_sec += (time_t)(ms / 1000) + (time_t)(ns / 1000000000);
 	now.tv_nsec = (long)(ns % 1000000000);
 	/* A second SHUTDOWN may shorten the grace, never lengthen it. */
-	if (!stopping.active || now.tv_sec < stopping.deadline.tv_sec ||
-	    (now.tv_sec == stopping.deadline.tv_sec && now.tv_nsec < stopping.deadline.tv_nsec))
-		stopping.deadline = now;
-	stopping.reboot |= reboot;
-	if (!stopping.active) {
-		stopping.active = 1;
+	if (!a->stopping.active || now.tv_sec < a->stopping.deadline.tv_sec ||
+	    (now.tv_sec == a->stopping.deadline.tv_sec && now.tv_nsec < a->stopping.deadline.tv_nsec))
+		a->stopping.deadline = now;
+	a->stopping.reboot |= reboot;
+	if (!a->stopping.active) {
+		a->stopping.active = 1;
 		fprintf(stderr, "kiln-agent: shutdown requested (%llu ms grace)\n", (unsigned long long)ms);
-		signal_all(SIGTERM);
+		signal_all(a, SIGTERM);
 	}
 	send_ok(c, f->id);
 }

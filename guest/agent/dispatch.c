@@ -1,9 +1,14 @@
-/* kiln-agent: requests: argument helpers, dispatch, frames from the host. */
+/*
+ * kiln-agent: frames from the host. HELLO, PING and the stream frames are
+ * handled here; a REQUEST goes through the op table: its op names an entry
+ * whose flags say what an agent may refuse, whose check reads and checks the
+ * arguments where a pure checker exists (agent_proto.h), and whose handler
+ * does the work.
+ */
 #include "agent_int.h"
 
 /* ---- request arguments ----------------------------------------------------------- */
 
-/* A copy of the first STR field tag, NUL-terminated (malloc), or NULL. */
 char *arg_str(const struct kp_frame *f, uint8_t tag, int *bad)
 {
 	struct kp_field fl;
@@ -39,7 +44,6 @@ uint64_t arg_u64(const struct kp_frame *f, uint8_t tag, uint64_t dflt, int *bad)
 	return dflt;
 }
 
-/* Every STR field tag into a NULL-terminated malloc'd vector; count in *n. */
 char **arg_list(const struct kp_frame *f, uint8_t tag, size_t *n, int *bad)
 {
 	struct kp_rec r;
@@ -85,12 +89,124 @@ void strv_free(char **v)
 }
 
 
-/* ---- frames from the host ----------------------------------------------------------- */
+/* ---- the op table ------------------------------------------------------------------- */
 
-void handle_request(struct conn *c, const struct kp_frame *f)
+/* What an agent built for a fuzzer refuses (AGENT_NO_EXEC, AGENT_NO_PORTS). */
+enum { OPF_EXEC = 1 << 0, OPF_PORT = 1 << 1 };
+
+struct op_desc {
+	const char *name;
+	unsigned flags;		/* OPF_* */
+	/* Read and check the arguments into r->args: 0, or -1 with *why for KP_ERR_BAD_ARGS. */
+	int (*check)(struct req *r, const char **why);
+	void (*run)(struct conn *c, const struct req *r);
+};
+
+static int check_fh_open(struct req *r, const char **why)
 {
+	return kp_args_fh_open(r->f->payload, r->f->len, &r->args.open, why);
+}
+
+static int check_fh(struct req *r, const char **why)
+{
+	return kp_args_fh(r->f->payload, r->f->len, r->op, &r->args.fh, why);
+}
+
+static int check_walk(struct req *r, const char **why)
+{
+	return kp_args_walk(r->f->payload, r->f->len, &r->args.walk, why);
+}
+
+#define OP(code, nm, fl, chk, fn)	[code] = { .name = nm, .flags = fl, .check = chk, .run = fn }
+static const struct op_desc op_table[] = {
+	OP(KP_OP_HEALTH, "health", 0, NULL, op_health),
+	OP(KP_OP_IDENTITY, "identity", 0, NULL, op_identity),
+	OP(KP_OP_SHUTDOWN, "shutdown", 0, NULL, op_shutdown),
+	OP(KP_OP_ENV_GET, "env get", 0, NULL, op_env),
+	OP(KP_OP_ENV_SET, "env set", 0, NULL, op_env),
+	OP(KP_OP_ENV_DELETE, "env delete", 0, NULL, op_env),
+	OP(KP_OP_ENV_LIST, "env list", 0, NULL, op_env),
+	OP(KP_OP_EXEC, "exec", OPF_EXEC, NULL, op_exec),
+	OP(KP_OP_ATTACH, "attach", 0, NULL, op_attach),
+	OP(KP_OP_SIGNAL, "signal", 0, NULL, op_signal),
+	OP(KP_OP_RESIZE, "resize", 0, NULL, op_resize),
+	OP(KP_OP_WAIT, "wait", 0, NULL, op_wait),
+	OP(KP_OP_RELEASE, "release", 0, NULL, op_release),
+	OP(KP_OP_PROC_LIST, "proc list", 0, NULL, op_proc_list),
+	OP(KP_OP_STAT, "stat", 0, NULL, op_stat),
+	OP(KP_OP_READDIR, "readdir", 0, NULL, op_readdir),
+	OP(KP_OP_MKDIR, "mkdir", 0, NULL, op_mkdir),
+	OP(KP_OP_REMOVE, "remove", 0, NULL, op_remove),
+	OP(KP_OP_RENAME, "rename", 0, NULL, op_rename),
+	OP(KP_OP_FILE_WRITE, "file write", 0, NULL, op_file_write),
+	OP(KP_OP_FILE_READ, "file read", 0, NULL, op_file_read),
+	OP(KP_OP_CHMOD, "chmod", 0, NULL, op_path_simple),
+	OP(KP_OP_CHOWN, "chown", 0, NULL, op_path_simple),
+	OP(KP_OP_COPY, "copy", 0, NULL, op_copy),
+	OP(KP_OP_LINK, "link", 0, NULL, op_path_simple),
+	OP(KP_OP_SYMLINK, "symlink", 0, NULL, op_path_simple),
+	OP(KP_OP_READLINK, "readlink", 0, NULL, op_path_query),
+	OP(KP_OP_REALPATH, "realpath", 0, NULL, op_path_query),
+	OP(KP_OP_TRUNCATE, "truncate", 0, NULL, op_path_simple),
+	OP(KP_OP_UTIME, "utime", 0, NULL, op_path_simple),
+	OP(KP_OP_MKTEMP, "mktemp", 0, NULL, op_mktemp),
+	OP(KP_OP_UMASK, "umask", 0, NULL, op_umask),
+	OP(KP_OP_WALK, "walk", 0, check_walk, op_walk),
+	OP(KP_OP_FH_OPEN, "fh open", 0, check_fh_open, op_fh_open),
+	OP(KP_OP_FH_READ, "fh read", 0, check_fh, op_fh),
+	OP(KP_OP_FH_WRITE, "fh write", 0, check_fh, op_fh),
+	OP(KP_OP_FH_SEEK, "fh seek", 0, check_fh, op_fh),
+	OP(KP_OP_FH_STAT, "fh stat", 0, check_fh, op_fh),
+	OP(KP_OP_FH_SYNC, "fh sync", 0, check_fh, op_fh),
+	OP(KP_OP_FH_TRUNCATE, "fh truncate", 0, check_fh, op_fh),
+	OP(KP_OP_FH_LOCK, "fh lock", 0, check_fh, op_fh),
+	OP(KP_OP_FH_UNLOCK, "fh unlock", 0, check_fh, op_fh),
+	OP(KP_OP_FH_UTIME, "fh utime", 0, check_fh, op_fh),
+	OP(KP_OP_FH_CLOSE, "fh close", 0, check_fh, op_fh),
+	OP(KP_OP_PORT_CONNECT, "port connect", OPF_PORT, NULL, op_port_connect),
+	OP(KP_OP_PORT_WAIT, "port wait", OPF_PORT, NULL, op_port_wait),
+	OP(KP_OP_PORT_LIST, "port list", OPF_PORT, NULL, op_port_list),
+};
+#undef OP
+_Static_assert(sizeof(op_table) / sizeof(op_table[0]) == KP_OP_PORT_LIST + 1, "the op table ends at the last op");
+
+/*
+ * AGENT_JAIL: every path argument is relative and has no ".." component, so
+ * an agent that a fuzzer drives from a temporary directory stays in it (a
+ * symlink's target is a path argument too).
+ */
+static int jail_ok(const struct kp_frame *f)
+{
+	struct kp_rec rec;
+	struct kp_field fl;
+
+	kp_rec_open(&rec, f->payload, f->len);
+	while (kp_rec_next(&rec, &fl) == 1) {
+		const uint8_t *p = fl.val, *end = fl.val + fl.len;
+
+		if ((fl.tag != KT_PATH && fl.tag != KT_PATH2 && fl.tag != KT_CWD) || fl.kind != KP_K_STR)
+			continue;
+		if (fl.len && p[0] == '/')
+			return 0;
+		while (p < end) {
+			const uint8_t *q = memchr(p, '/', (size_t)(end - p));
+			size_t n = (size_t)((q ? q : end) - p);
+
+			if (n == 2 && p[0] == '.' && p[1] == '.')
+				return 0;
+			p += n + 1;
+		}
+	}
+	return 1;
+}
+
+static void handle_request(struct conn *c, const struct kp_frame *f)
+{
+	struct agent *a = c->ag;
 	int bad = 0;
-	uint64_t op = arg_u64(f, KT_OP, 0, &bad);
+	struct req r = { .f = f, .op = arg_u64(f, KT_OP, 0, &bad) };
+	const struct op_desc *d;
+	const char *why = NULL;
 
 	if (stream_find(c, f->id)) {
 		send_error(c, f->id, KP_ERR_ID_IN_USE, 0, "request id %u is live", f->id);
@@ -101,300 +217,99 @@ void handle_request(struct conn *c, const struct kp_frame *f)
 		return;
 	}
 	c->nreq++;
-	if (bad || !op) {
+	if (bad || !r.op) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "request without a U64 OP");
 		return;
 	}
-	switch (op) {
-	case KP_OP_HEALTH:	op_health(c, f); break;
-	case KP_OP_IDENTITY:	op_identity(c, f); break;
-	case KP_OP_SHUTDOWN:	op_shutdown(c, f); break;
-	case KP_OP_ENV_GET:
-	case KP_OP_ENV_SET:
-	case KP_OP_ENV_DELETE:
-	case KP_OP_ENV_LIST:	op_env(c, f, op); break;
-	case KP_OP_PORT_CONNECT: op_port_connect(c, f); break;
-	case KP_OP_PORT_WAIT:	op_port_wait(c, f); break;
-	case KP_OP_PORT_LIST:	op_port_list(c, f); break;
-	case KP_OP_EXEC:	op_exec(c, f); break;
-	case KP_OP_SIGNAL:	op_signal(c, f); break;
-	case KP_OP_ATTACH:	op_attach(c, f); break;
-	case KP_OP_RESIZE:	op_resize(c, f); break;
-	case KP_OP_WAIT:	op_wait(c, f); break;
-	case KP_OP_RELEASE:	op_release(c, f); break;
-	case KP_OP_PROC_LIST:	op_proc_list(c, f); break;
-	case KP_OP_STAT:	op_stat(c, f); break;
-	case KP_OP_READDIR:	op_readdir(c, f); break;
-	case KP_OP_MKDIR:	op_mkdir(c, f); break;
-	case KP_OP_REMOVE:	op_remove(c, f); break;
-	case KP_OP_RENAME:	op_rename(c, f); break;
-	case KP_OP_FILE_WRITE:	op_file_write(c, f); break;
-	case KP_OP_FILE_READ:	op_file_read(c, f); break;
-	case KP_OP_CHMOD:
-	case KP_OP_CHOWN:
-	case KP_OP_LINK:
-	case KP_OP_SYMLINK:
-	case KP_OP_TRUNCATE:
-	case KP_OP_UTIME:	op_path_simple(c, f, op); break;
-	case KP_OP_READLINK:
-	case KP_OP_REALPATH:	op_path_query(c, f, op); break;
-	case KP_OP_UMASK:	op_umask(c, f); break;
-	case KP_OP_MKTEMP:	op_mktemp(c, f); break;
-	case KP_OP_COPY:	op_copy(c, f); break;
-	case KP_OP_WALK:	op_walk(c, f); break;
-	case KP_OP_FH_OPEN:	op_fh_open(c, f); break;
-	case KP_OP_FH_READ:
-	case KP_OP_FH_WRITE:
-	case KP_OP_FH_SEEK:
-	case KP_OP_FH_STAT:
-	case KP_OP_FH_SYNC:
-	case KP_OP_FH_TRUNCATE:
-	case KP_OP_FH_LOCK:
-	case KP_OP_FH_UNLOCK:
-	case KP_OP_FH_UTIME:
-	case KP_OP_FH_CLOSE:	op_fh(c, f, op); break;
-	default:
-		send_error(c, f->id, KP_ERR_UNKNOWN_OP, 0, "unknown op 0x%llx", (unsigned long long)op);
+	d = r.op < sizeof(op_table) / sizeof(op_table[0]) ? &op_table[r.op] : NULL;
+	if (!d || !d->run) {
+		send_error(c, f->id, KP_ERR_UNKNOWN_OP, 0, "unknown op 0x%llx", (unsigned long long)r.op);
+		return;
 	}
+	if (((d->flags & OPF_EXEC) && (a->flags & AGENT_NO_EXEC)) ||
+	    ((d->flags & OPF_PORT) && (a->flags & AGENT_NO_PORTS))) {
+		send_error(c, f->id, KP_ERR_OS, EPERM, "%s: not served by this agent (a test build)", d->name);
+		return;
+	}
+	if ((a->flags & AGENT_JAIL) && !jail_ok(f)) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s: paths must be relative, without \"..\"", d->name);
+		return;
+	}
+	if (d->check && d->check(&r, &why) < 0) {
+		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s", why);
+		return;
+	}
+	d->run(c, &r);
 }
 
-/* DATA or EOF on channel 0 of stream s. */
-void stream_input(struct conn *c, struct stream *s, const struct kp_frame *f)
+/* ---- frames from the host ----------------------------------------------------------- */
+
+/* The peer's HELLO: its version, window and max_frame. -1 when c must close. */
+static int handle_hello(struct conn *c, const struct kp_frame *f)
 {
-	const uint8_t *data = NULL;
-	uint64_t off;
-	uint32_t n = 0;
-	uint8_t e[KP_HDR_LEN + 8];
+	struct kp_field fl;
+	uint64_t v;
 
-	if (f->type == KP_DATA) {
-		kp_parse_data(f, &off, &data, &n);
-	} else {
-		kp_parse_u64(f, &off);
+	if (f->type != KP_HELLO) {
+		send_error(c, 0, KP_ERR_PROTO, 0, "%s before HELLO", kp_type_name(f->type));
+		return -1;
 	}
-	if (f->channel != KP_CHAN_IN || (s->kind != ST_EXEC && s->kind != ST_FWRITE && s->kind != ST_PORT) ||
-	    (s->kind == ST_EXEC && s->proc->in_eof) || (s->kind == ST_PORT && s->in_eof)) {
-		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "no input channel %u on this stream", f->channel);
-		goto end;
+	c->got_hello = 1;
+	if (kp_rec_find(f->payload, f->len, KT_VERSION, &fl) == 1 &&
+	    (kp_field_u64(&fl, &v) || v < 1)) {
+		send_error(c, 0, KP_ERR_VERSION, 0, "no common protocol version (agent speaks %d)", KP_VERSION);
+		return -1;
 	}
-	if (off != s->in_off) {
-		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "channel 0 offset %llu, expected %llu",
-			   (unsigned long long)off, (unsigned long long)s->in_off);
-		goto end;
-	}
-	if (n > s->in_credit) {
-		send_error(c, f->id, KP_ERR_CREDIT, 0, "%u bytes beyond the window", n);
-		goto end;
-	}
-	s->in_off += n;
-	s->in_credit -= n;
-	if (s->kind == ST_FWRITE) {
-		while (n) {
-			ssize_t w = write(s->fd, data, n);
-
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0) {
-				os_error(c, f->id, "write", "", w < 0 ? errno : ENOSPC);
-				goto end;
-			}
-			data += w;
-			n -= (uint32_t)w;
+	if (kp_rec_find(f->payload, f->len, KT_WINDOW, &fl) == 1 && kp_field_u64(&fl, &v) == 0 &&
+	    v <= 0xffffffffu)
+		c->peer_window = (uint32_t)v;
+	if (kp_rec_find(f->payload, f->len, KT_MAX_FRAME, &fl) == 1 && kp_field_u64(&fl, &v) == 0) {
+		if (v < KP_MIN_PAYLOAD_CAP) {
+			send_error(c, 0, KP_ERR_PROTO, 0, "max_frame %llu below %u",
+				   (unsigned long long)v, KP_MIN_PAYLOAD_CAP);
+			return -1;
 		}
-		if (f->type == KP_DATA) {
-			s->in_credit += f->len - 8;
-			conn_put(c, e, kp_enc_window(e, f->id, 0, f->len - 8));
-		} else {
-			struct kp_recw w;
-			struct stat st;
-
-			if (fsync(s->fd) < 0 || fstat(s->fd, &st) < 0) {
-				os_error(c, f->id, "fsync", "", errno);
-				goto end;
-			}
-			rec_begin(&w);
-			kp_put_u64(&w, KT_SIZE, (uint64_t)st.st_size);
-			rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
-			goto end_quiet;
-		}
-		return;
+		c->peer_max = v > KP_MAX_PAYLOAD ? KP_MAX_PAYLOAD : (uint32_t)v;
 	}
-	if (s->kind == ST_PORT) {
-		/* queue for the socket (bounded by the window granted) */
-		if (n) {
-			uint8_t *nb = realloc(s->inbuf, s->inlen + n);
-
-			if (!nb) {
-				send_error(c, f->id, KP_ERR_OS, ENOMEM, "port: out of memory");
-				goto end;
-			}
-			s->inbuf = nb;
-			memcpy(s->inbuf + s->inlen, data, n);
-			s->inlen += n;
-		}
-		if (f->type == KP_EOF)
-			s->in_eof = 1;
-		port_pump_in(c, s);
-		return;
-	}
-	/* exec: queue for the process's stdin (bounded by the window granted) */
-	if (n) {
-		struct proc *p = s->proc;
-		uint8_t *nb = realloc(p->inbuf, p->inlen + n);
-
-		if (!nb) {
-			send_error(c, f->id, KP_ERR_OS, ENOMEM, "stdin: out of memory");
-			goto end;
-		}
-		p->inbuf = nb;
-		memcpy(p->inbuf + p->inlen, data, n);
-		p->inlen += n;
-		if (p->fd[0] < 0) {	/* stdin already gone: the bytes are consumed */
-			s->in_credit += p->inlen;
-			conn_put(c, e, kp_enc_window(e, f->id, 0, (uint32_t)p->inlen));
-			p->inlen = 0;
-		}
-	}
-	if (f->type == KP_EOF)
-		s->proc->in_eof = 1;
-	proc_pump_in(s->proc);
-	return;
-end:
-	/* ERROR ends the id; an exec's process runs on, detached. */
-end_quiet:
-	stream_free(c, s);
+	return 0;
 }
 
-/*
- * CANCEL: the whole request (KP_CHAN_ALL) ends with ERROR CANCELLED (an exec
- * stream detaches; the process runs on); one channel stops: output channels
- * send nothing more (their unsent bytes stay in the ring for a later
- * ATTACH), an input channel ends as with EOF, its queued bytes dropped.
- */
-void stream_cancel(struct conn *c, struct stream *s, uint16_t ch)
-{
-	if (ch != KP_CHAN_ALL && s->kind == ST_EXEC) {
-		struct proc *p = s->proc;
-
-		if (ch == KP_CHAN_IN) {
-			p->inlen = 0;
-			p->in_eof = 1;
-			s->in_credit = 0;
-			proc_pump_in(p);
-		} else {
-			s->cancelled[ch] = 1;
-			proc_flush(p);
-		}
-		return;
-	}
-	if (ch != KP_CHAN_ALL && s->kind == ST_PORT) {
-		if (ch == KP_CHAN_IN) {
-			s->inlen = 0;
-			s->in_eof = 1;
-			s->in_credit = 0;
-			port_pump_in(c, s);
-		} else if (!s->out_eof) {
-			shutdown(s->fd, SHUT_RD);
-			s->out_eof = 1;
-			port_maybe_done(c, s);
-		}
-		return;
-	}
-	/* A file stream has one channel, a wait none: cancelling any is cancelling it. */
-	send_error(c, s->id, KP_ERR_CANCELLED, 0, "cancelled");
-	stream_free(c, s);
-}
-
-/* Returns -1 when the connection must close after flushing. */
 int handle_frame(struct conn *c, const struct kp_frame *f)
 {
 	struct stream *s;
 	uint8_t b[KP_HDR_LEN + 8];
+	uint64_t v;
 
-	if (!c->got_hello) {
-		struct kp_field fl;
-		uint64_t v;
-
-		if (f->type != KP_HELLO) {
-			send_error(c, 0, KP_ERR_PROTO, 0, "%s before HELLO", kp_type_name(f->type));
-			return -1;
-		}
-		c->got_hello = 1;
-		if (kp_rec_find(f->payload, f->len, KT_VERSION, &fl) == 1 &&
-		    (kp_field_u64(&fl, &v) || v < 1)) {
-			send_error(c, 0, KP_ERR_VERSION, 0, "no common protocol version (agent speaks %d)", KP_VERSION);
-			return -1;
-		}
-		if (kp_rec_find(f->payload, f->len, KT_WINDOW, &fl) == 1 && kp_field_u64(&fl, &v) == 0 &&
-		    v <= 0xffffffffu)
-			c->peer_window = (uint32_t)v;
-		if (kp_rec_find(f->payload, f->len, KT_MAX_FRAME, &fl) == 1 && kp_field_u64(&fl, &v) == 0) {
-			if (v < KP_MIN_PAYLOAD_CAP) {
-				send_error(c, 0, KP_ERR_PROTO, 0, "max_frame %llu below %u",
-					   (unsigned long long)v, KP_MIN_PAYLOAD_CAP);
-				return -1;
-			}
-			c->peer_max = v > KP_MAX_PAYLOAD ? KP_MAX_PAYLOAD : (uint32_t)v;
-		}
-		return 0;
-	}
+	if (!c->got_hello)
+		return handle_hello(c, f);
 	switch (f->type) {
 	case KP_HELLO:
 		send_error(c, 0, KP_ERR_PROTO, 0, "second HELLO");
 		return -1;
-	case KP_PING: {
-		uint64_t v;
-
+	case KP_PING:
 		kp_parse_u64(f, &v);
 		conn_put(c, b, kp_enc_ping(b, KP_PONG, v));
 		return 0;
-	}
 	case KP_PONG:
 		return 0;
 	case KP_REQUEST:
 		handle_request(c, f);
 		return 0;
 	case KP_CANCEL:
-		s = stream_find(c, f->id);
-		if (s)
-			stream_cancel(c, s, f->channel);
-		return 0;	/* no stream: raced with the request's end */
 	case KP_DATA:
 	case KP_EOF:
-		/* A stream that already ended: drop, the bytes may have been in flight. */
-		s = stream_find(c, f->id);
-		if (s)
-			stream_input(c, s, f);
-		return 0;
-	case KP_WINDOW: {
-		uint32_t inc;
-		uint64_t *cr = NULL;
-
-		kp_parse_window(f, &inc);
+	case KP_WINDOW:
+		/* No stream: raced with the request's end; the frame may have been in flight. */
 		s = stream_find(c, f->id);
 		if (!s)
 			return 0;
-		if (s->kind == ST_EXEC && f->channel)
-			cr = &s->credit[f->channel];
-		else if ((s->kind == ST_FREAD || s->kind == ST_PORT) && f->channel == KP_CHAN_OUT)
-			cr = &s->out_credit;
-		if (!cr)
-			return 0;
-		if (inc == 0 || *cr + inc > 0xffffffffu) {
-			send_error(c, 0, KP_ERR_PROTO, 0, "WINDOW increment %u on id %u overflows", inc, f->id);
-			return -1;
-		}
-		*cr += inc;
-		if (s->kind == ST_EXEC && f->channel) {
-			struct proc *p = s->proc;
-			uint64_t *a = &s->acked[f->channel];
-
-			/* Consumed by the host: block mode may now overwrite it. */
-			*a = *a + inc < s->sent[f->channel] ? *a + inc : s->sent[f->channel];
-			if (*a > p->keep[f->channel])
-				p->keep[f->channel] = *a;
-		}
+		if (f->type == KP_WINDOW)
+			return stream_window(c, s, f);
+		if (f->type == KP_CANCEL)
+			stream_cancel(c, s, f->channel);
+		else
+			stream_input(c, s, f);
 		return 0;
-	}
 	default:	/* RESPONSE, ERROR, EVENT: only the agent sends those */
 		send_error(c, 0, KP_ERR_PROTO, 0, "%s from the host", kp_type_name(f->type));
 		return -1;

@@ -1,12 +1,13 @@
-/* kiln-agent: EXEC and the other process operations. */
+/* kiln-agent: EXEC, ATTACH, WAIT and the other operations on processes. */
 #include "agent_int.h"
 
 /* ---- processes -------------------------------------------------------------------- */
 
 /* The child's environment: the default one, with extra KEY=VALUE entries on top. */
-char **build_env(char **extra, size_t nextra, int clear)
+static char **build_env(struct agent *a, char **extra, size_t nextra, int clear)
 {
-	size_t n = clear ? 0 : nenvs, i, j, k = 0;
+	char **envs = a->envs;
+	size_t n = clear ? 0 : a->nenvs, i, j, k = 0;
 	char **e;
 
 	e = calloc(n + nextra + 1, sizeof(*e));
@@ -27,7 +28,7 @@ char **build_env(char **extra, size_t nextra, int clear)
 }
 
 /* argv (or the shell line) as NUL-separated strings for PROC_LIST, cut at CMD_MAX bytes. */
-char *cmd_copy(char **argv, size_t argc, const char *shell, size_t *len)
+static char *cmd_copy(char **argv, size_t argc, const char *shell, size_t *len)
 {
 	const char *sh[] = { "/bin/sh", "-c", shell };
 	char *b = malloc(CMD_MAX);
@@ -50,7 +51,7 @@ char *cmd_copy(char **argv, size_t argc, const char *shell, size_t *len)
 }
 
 /* A pseudo-terminal of rows x cols: the master (non-blocking) in *master, the terminal in *term. */
-int pty_open(unsigned rows, unsigned cols, int *master, int *term)
+static int pty_open(unsigned rows, unsigned cols, int *master, int *term)
 {
 	struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
 	char name[64];
@@ -78,8 +79,10 @@ fail:
 	return -err;
 }
 
-void op_exec(struct conn *c, const struct kp_frame *f)
+void op_exec(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
+	struct agent *a = c->ag;
 	int bad = 0, io_in, io_out, io_err, p_in[2] = { -1, -1 }, p_out[2] = { -1, -1 };
 	int p_err[2] = { -1, -1 }, p_ex[2] = { -1, -1 }, child[3], nul = -1, ex[2] = { 0, 0 };
 	int pty_m = -1, pty_t = -1, ret;
@@ -93,7 +96,7 @@ void op_exec(struct conn *c, const struct kp_frame *f)
 	uint64_t rows = arg_u64(f, KT_ROWS, 24, &bad), cols = arg_u64(f, KT_COLS, 80, &bad);
 	uint64_t ring = arg_u64(f, KT_RING, RING_DEFAULT, &bad), ovf = arg_u64(f, KT_OVERFLOW, KP_OVF_BLOCK, &bad);
 	struct proc *p = NULL;
-	struct stream *s;
+	struct exec_stream *s;
 	struct kp_recw w;
 	sigset_t none;
 	pid_t pid;
@@ -116,23 +119,23 @@ void op_exec(struct conn *c, const struct kp_frame *f)
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: ROWS and COLS must be 1 to 65535");
 		goto out;
 	}
-	proc_evict();		/* those a closed connection detached since the last exit */
-	if (nlive >= MAX_PROCS) {
+	proc_evict(a);		/* those a closed connection detached since the last exit */
+	if (a->nlive >= MAX_PROCS) {
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "exec: %d processes already (SIGNAL some, or wait for them)",
 			   MAX_PROCS);
 		goto out;
 	}
-	if (nlive + nexited >= MAX_PROC_OBJS) {
+	if (a->nlive + a->nexited >= MAX_PROC_OBJS) {
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "exec: %d processes held already (%u exited, their pipes "
 			   "still open or kept for WAIT): end their streams (CANCEL) or RELEASE some",
-			   MAX_PROC_OBJS, nexited);
+			   MAX_PROC_OBJS, a->nexited);
 		goto out;
 	}
-	if (stopping.active) {
+	if (a->stopping.active) {
 		send_error(c, f->id, KP_ERR_OS, ESHUTDOWN, "exec: the sandbox is shutting down");
 		goto out;
 	}
-	envp = build_env(envv, nenv, clear);
+	envp = build_env(a, envv, nenv, clear);
 	p = calloc(1, sizeof(*p));
 	nul = open("/dev/null", O_RDWR | O_CLOEXEC);
 	if (!envp || !p || nul < 0 || pipe2(p_ex, O_CLOEXEC) < 0 ||
@@ -173,8 +176,8 @@ void op_exec(struct conn *c, const struct kp_frame *f)
 			dup2(fds[i], i);
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
-		if (child_nofile.rlim_max)
-			(void)setrlimit(RLIMIT_NOFILE, &child_nofile);
+		if (a->child_nofile.rlim_max)
+			(void)setrlimit(RLIMIT_NOFILE, &a->child_nofile);
 		setsid();
 		/* The terminal becomes the new session's controlling tty: job control, SIGWINCH. */
 		if (pty)
@@ -207,14 +210,13 @@ child_fail:
 			   strerror(ex[1]));
 		goto out;
 	}
-	s = stream_new(c, ST_EXEC, f->id);
+	s = (struct exec_stream *)stream_new(c, &exec_stream_ops, f->id, "exec");
 	if (!s) {
 		kill(pid, SIGKILL);
-		send_error(c, f->id, KP_ERR_OS, ENOMEM, "exec: out of memory");
 		goto out;
 	}
 	p->pid = pid;
-	p->handle = next_handle++;
+	p->handle = a->next_handle++;
 	p->pty = pty;
 	p->drop = ovf == KP_OVF_DROP;
 	p->ring_cap = (size_t)ring;
@@ -228,12 +230,13 @@ child_fail:
 			fcntl(p->fd[i], F_SETFL, O_NONBLOCK);
 	p->st = s;
 	s->proc = p;
+	s->credit[1] = s->credit[2] = c->peer_window;
 	if (p->fd[0] < 0)
-		s->in_credit = 0;
-	p->next = procs;
-	procs = p;
-	nlive++;
-	rec_begin(&w);
+		s->s.in_credit = 0;
+	p->next = a->procs;
+	a->procs = p;
+	a->nlive++;
+	rec_begin(c, &w);
 	kp_put_u64(&w, KT_HANDLE, p->handle);
 	kp_put_u64(&w, KT_PID, (uint64_t)pid);
 	rec_send(c, KP_RESPONSE, 0, f->id, &w);
@@ -259,7 +262,7 @@ out:
 	free(cwd);
 }
 
-struct proc *proc_arg(struct conn *c, const struct kp_frame *f, const char *op, int *bad)
+static struct proc *proc_arg(struct conn *c, const struct kp_frame *f, const char *op, int *bad)
 {
 	uint64_t h = arg_u64(f, KT_HANDLE, 0, bad);
 	struct proc *p;
@@ -268,7 +271,7 @@ struct proc *proc_arg(struct conn *c, const struct kp_frame *f, const char *op, 
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s: wants HANDLE (U64)", op);
 		return NULL;
 	}
-	p = proc_by_handle(h);
+	p = proc_by_handle(c->ag, h);
 	if (!p)
 		send_error(c, f->id, KP_ERR_NO_SUCH, 0, "%s: no process with handle %llu (see PROC_LIST)", op,
 			   (unsigned long long)h);
@@ -280,13 +283,14 @@ struct proc *proc_arg(struct conn *c, const struct kp_frame *f, const char *op, 
  * the oldest byte the ring holds), and optionally its stdin. A stream already
  * attached ends with ERROR DETACHED.
  */
-void op_attach(struct conn *c, const struct kp_frame *f)
+void op_attach(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0, ch;
 	struct proc *p = proc_arg(c, f, "attach", &bad);
 	uint64_t off[3] = { 0, arg_u64(f, KT_OUT_OFFSET, UINT64_MAX, &bad), arg_u64(f, KT_ERR_OFFSET, UINT64_MAX, &bad) };
 	uint64_t io_in = arg_u64(f, KT_STDIN, KP_IO_NULL, &bad);
-	struct stream *s;
+	struct exec_stream *s;
 	struct kp_recw w;
 
 	if (!p)
@@ -307,13 +311,11 @@ void op_attach(struct conn *c, const struct kp_frame *f)
 			   (unsigned long long)p->handle);
 		return;
 	}
-	s = stream_new(c, ST_EXEC, f->id);
-	if (!s) {
-		send_error(c, f->id, KP_ERR_OS, ENOMEM, "attach: out of memory");
+	s = (struct exec_stream *)stream_new(c, &exec_stream_ops, f->id, "attach");
+	if (!s)
 		return;
-	}
 	if (p->st) {
-		struct stream *old = p->st;
+		struct stream *old = &p->st->s;
 
 		send_error(old->conn, old->id, KP_ERR_DETACHED, 0, "process %llu: another ATTACH took over",
 			   (unsigned long long)p->handle);
@@ -321,14 +323,15 @@ void op_attach(struct conn *c, const struct kp_frame *f)
 	}
 	p->st = s;
 	s->proc = p;
-	s->in_credit = io_in == KP_IO_PIPE ? KP_DEFAULT_WINDOW : 0;
+	s->credit[1] = s->credit[2] = c->peer_window;
+	s->s.in_credit = io_in == KP_IO_PIPE ? KP_DEFAULT_WINDOW : 0;
 	for (ch = 1; ch <= 2; ch++) {
 		s->sent[ch] = s->acked[ch] = off[ch] == UINT64_MAX ? p->ring[ch].start : off[ch];
 		/* The host says it has what lies below its offset: block mode may overwrite it. */
 		if (off[ch] != UINT64_MAX && off[ch] > p->keep[ch])
 			p->keep[ch] = off[ch];
 	}
-	rec_begin(&w);
+	rec_begin(c, &w);
 	kp_put_u64(&w, KT_HANDLE, p->handle);
 	kp_put_u64(&w, KT_PID, (uint64_t)p->pid);
 	kp_put_u64(&w, KT_OUT_OFFSET, p->ring[1].end);
@@ -338,32 +341,61 @@ void op_attach(struct conn *c, const struct kp_frame *f)
 	proc_flush(p);
 }
 
-void op_wait(struct conn *c, const struct kp_frame *f)
+/* A WAIT on a running process: answered when it exits. */
+struct wait_stream {
+	struct stream s;
+	struct proc *proc;
+};
+
+static const struct stream_ops wait_stream_ops = {
+	.name = "wait",
+	.size = sizeof(struct wait_stream),
+};
+
+void proc_wait_answer(struct agent *a, struct proc *p)
 {
+	struct conn *c;
+	struct stream *s, *sn;
+	struct kp_recw w;
+
+	for (c = a->conns; c; c = c->next)
+		for (s = c->streams; s; s = sn) {
+			sn = s->next;
+			if (s->ops != &wait_stream_ops || ((struct wait_stream *)s)->proc != p)
+				continue;
+			rec_begin(c, &w);
+			put_exit(&w, p);
+			rec_send(c, KP_RESPONSE, KP_F_END, s->id, &w);
+			stream_free(c, s);
+		}
+}
+
+void op_wait(struct conn *c, const struct req *r)
+{
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	struct proc *p = proc_arg(c, f, "wait", &bad);
-	struct stream *s;
+	struct wait_stream *s;
 	struct kp_recw w;
 
 	if (!p)
 		return;
 	if (p->exited) {
-		rec_begin(&w);
+		rec_begin(c, &w);
 		put_exit(&w, p);
 		rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
 		return;
 	}
-	s = stream_new(c, ST_WAIT, f->id);
-	if (!s) {
-		send_error(c, f->id, KP_ERR_OS, ENOMEM, "wait: out of memory");
+	s = (struct wait_stream *)stream_new(c, &wait_stream_ops, f->id, "wait");
+	if (!s)
 		return;
-	}
 	s->proc = p;
-	s->in_credit = 0;
+	s->s.in_credit = 0;
 }
 
-void op_release(struct conn *c, const struct kp_frame *f)
+void op_release(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	struct proc *p = proc_arg(c, f, "release", &bad);
 
@@ -374,23 +406,23 @@ void op_release(struct conn *c, const struct kp_frame *f)
 			   (unsigned long long)p->handle);
 		return;
 	}
-	proc_free(p);
+	proc_free(c->ag, p);
 	send_ok(c, f->id);
 }
 
-void op_proc_list(struct conn *c, const struct kp_frame *f)
+void op_proc_list(struct conn *c, const struct req *r)
 {
 	struct kp_recw w;
 	struct proc *p;
 
-	rec_begin(&w);
-	for (p = procs; p; p = p->next) {
+	rec_begin(c, &w);
+	for (p = c->ag->procs; p; p = p->next) {
 		uint32_t mark;
 		size_t i;
 
 		if (w.len > KP_MAX_CONTROL - CMD_MAX - 1024) {	/* a batch is full */
-			rec_send(c, KP_RESPONSE, 0, f->id, &w);
-			rec_begin(&w);
+			rec_send(c, KP_RESPONSE, 0, r->f->id, &w);
+			rec_begin(c, &w);
 		}
 		mark = kp_nest_begin(&w, KT_ENTRY);
 		kp_put_u64(&w, KT_HANDLE, p->handle);
@@ -404,11 +436,12 @@ void op_proc_list(struct conn *c, const struct kp_frame *f)
 			put_exit(&w, p);
 		kp_nest_end(&w, mark);
 	}
-	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+	rec_send(c, KP_RESPONSE, KP_F_END, r->f->id, &w);
 }
 
-void op_resize(struct conn *c, const struct kp_frame *f)
+void op_resize(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	struct proc *p = proc_arg(c, f, "resize", &bad);
 	uint64_t rows = arg_u64(f, KT_ROWS, 0, &bad), cols = arg_u64(f, KT_COLS, 0, &bad);
@@ -434,12 +467,13 @@ void op_resize(struct conn *c, const struct kp_frame *f)
 		send_ok(c, f->id);
 }
 
-void op_signal(struct conn *c, const struct kp_frame *f)
+void op_signal(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	uint64_t h = arg_u64(f, KT_HANDLE, 0, &bad), sig = arg_u64(f, KT_SIGNAL, SIGTERM, &bad);
 	int group = (int)arg_u64(f, KT_GROUP, 0, &bad);
-	struct proc *p = proc_by_handle(h);
+	struct proc *p = proc_by_handle(c->ag, h);
 
 	if (bad || sig > 64) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "signal: wants HANDLE and SIGNAL (0-64)");

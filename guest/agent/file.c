@@ -1,14 +1,17 @@
 /* kiln-agent: file operations by path, FILE_READ and FILE_WRITE. */
 #include "agent_int.h"
 
-/* ---- files ------------------------------------------------------------------------ */
+/* A FILE_READ or FILE_WRITE stream: the file, and for a read what is left to send. */
+struct file_stream {
+	struct stream s;
+	int fd;
+	uint64_t remain;	/* FILE_READ: bytes left to send */
+	uint64_t out_off, out_credit;
+};
 
-void os_error(struct conn *c, uint32_t id, const char *op, const char *path, int err)
-{
-	send_error(c, id, KP_ERR_OS, err, "%s %s: %s", op, path ? path : "", strerror(err));
-}
+static const struct stream_ops fwrite_ops, fread_ops;
 
-int64_t ts_ns(const struct statx_timestamp *t)
+static int64_t ts_ns(const struct statx_timestamp *t)
 {
 	return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
 }
@@ -30,7 +33,7 @@ void send_statx(struct conn *c, uint32_t id, const struct statx *sx)
 {
 	struct kp_recw w;
 
-	rec_begin(&w);
+	rec_begin(c, &w);
 	kp_put_u64(&w, KT_TYPE, sx->stx_mode & S_IFMT);
 	kp_put_u64(&w, KT_MODE, sx->stx_mode & 07777);
 	kp_put_u64(&w, KT_SIZE, sx->stx_size);
@@ -50,8 +53,9 @@ void send_statx(struct conn *c, uint32_t id, const struct statx *sx)
 	rec_send(c, KP_RESPONSE, KP_F_END, id, &w);
 }
 
-void op_stat(struct conn *c, const struct kp_frame *f)
+void op_stat(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	char *path = arg_str(f, KT_PATH, &bad);
 	int nofollow = (int)arg_u64(f, KT_NOFOLLOW, 0, &bad);
@@ -67,8 +71,9 @@ void op_stat(struct conn *c, const struct kp_frame *f)
 	free(path);
 }
 
-void op_readdir(struct conn *c, const struct kp_frame *f)
+void op_readdir(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	char *path = arg_str(f, KT_PATH, &bad);
 	struct dirent *de;
@@ -84,7 +89,7 @@ void op_readdir(struct conn *c, const struct kp_frame *f)
 		os_error(c, f->id, "readdir", path, errno);
 		goto out;
 	}
-	rec_begin(&w);
+	rec_begin(c, &w);
 	while ((de = readdir(d)) != NULL) {
 		unsigned type = DTTOIF(de->d_type);
 		uint32_t mark;
@@ -99,7 +104,7 @@ void op_readdir(struct conn *c, const struct kp_frame *f)
 		}
 		if (w.len > KP_MAX_CONTROL - 1024) {	/* a batch is full */
 			rec_send(c, KP_RESPONSE, 0, f->id, &w);
-			rec_begin(&w);
+			rec_begin(c, &w);
 		}
 		mark = kp_nest_begin(&w, KT_ENTRY);
 		kp_put_str(&w, KT_NAME, de->d_name);
@@ -113,7 +118,7 @@ out:
 }
 
 /* mkdir -p: every missing component of path. */
-int mkdir_p(char *path, mode_t mode)
+static int mkdir_p(char *path, mode_t mode)
 {
 	char *p = path;
 	struct stat st;
@@ -139,8 +144,9 @@ int mkdir_p(char *path, mode_t mode)
 	return 0;
 }
 
-void op_mkdir(struct conn *c, const struct kp_frame *f)
+void op_mkdir(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0, ret;
 	char *path = arg_str(f, KT_PATH, &bad);
 	mode_t mode = (mode_t)arg_u64(f, KT_MODE, 0777, &bad) & 07777;
@@ -155,15 +161,16 @@ void op_mkdir(struct conn *c, const struct kp_frame *f)
 	free(path);
 }
 
-int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	(void)st;
 	(void)ftw;
 	return (flag == FTW_DP ? rmdir(path) : unlink(path)) < 0 ? errno : 0;
 }
 
-void op_remove(struct conn *c, const struct kp_frame *f)
+void op_remove(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0, ret = 0;
 	char *path = arg_str(f, KT_PATH, &bad);
 	int rec = (int)arg_u64(f, KT_RECURSIVE, 0, &bad);
@@ -188,8 +195,9 @@ out:
 	free(path);
 }
 
-void op_rename(struct conn *c, const struct kp_frame *f)
+void op_rename(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	char *from = arg_str(f, KT_PATH, &bad), *to = arg_str(f, KT_PATH2, &bad);
 
@@ -204,8 +212,10 @@ void op_rename(struct conn *c, const struct kp_frame *f)
 }
 
 /* CHMOD, CHOWN, LINK, SYMLINK, TRUNCATE, UTIME: one system call on one or two paths. */
-void op_path_simple(struct conn *c, const struct kp_frame *f, uint64_t op)
+void op_path_simple(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
+	uint64_t op = r->op;
 	int bad = 0, ret = 0, has_mode, has_len;
 	char *path = arg_str(f, KT_PATH, &bad), *path2 = arg_str(f, KT_PATH2, &bad);
 	uint64_t mode = arg_u64(f, KT_MODE, UINT64_MAX, &bad), len = arg_u64(f, KT_LENGTH, 0, &bad);
@@ -254,13 +264,24 @@ out:
 	free(path2);
 }
 
-/* READLINK, REALPATH: a path in, a path out. */
-void op_path_query(struct conn *c, const struct kp_frame *f, uint64_t op)
+/* RESPONSE|END with one KT_PATH (READLINK, REALPATH, MKTEMP). */
+static void send_path(struct conn *c, uint32_t id, const char *path)
 {
+	struct kp_recw w;
+
+	rec_begin(c, &w);
+	kp_put_str(&w, KT_PATH, path);
+	rec_send(c, KP_RESPONSE, KP_F_END, id, &w);
+}
+
+/* READLINK, REALPATH: a path in, a path out. */
+void op_path_query(struct conn *c, const struct req *r)
+{
+	const struct kp_frame *f = r->f;
+	uint64_t op = r->op;
 	int bad = 0;
 	char *path = arg_str(f, KT_PATH, &bad), *res = NULL;
 	const char *name = op == KP_OP_READLINK ? "readlink" : "realpath";
-	struct kp_recw w;
 	ssize_t n;
 
 	if (bad || !path) {
@@ -283,16 +304,15 @@ void op_path_query(struct conn *c, const struct kp_frame *f, uint64_t op)
 		os_error(c, f->id, name, path, errno);
 		goto out;
 	}
-	rec_begin(&w);
-	kp_put_str(&w, KT_PATH, res);
-	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+	send_path(c, f->id, res);
 out:
 	free(path);
 	free(res);
 }
 
-void op_umask(struct conn *c, const struct kp_frame *f)
+void op_umask(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	uint64_t mode = arg_u64(f, KT_MODE, UINT64_MAX, &bad);
 	struct kp_recw w;
@@ -306,32 +326,33 @@ void op_umask(struct conn *c, const struct kp_frame *f)
 	old = umask(mode == UINT64_MAX ? 022 : (mode_t)mode);
 	if (mode == UINT64_MAX)
 		umask(old);
-	rec_begin(&w);
+	rec_begin(c, &w);
 	kp_put_u64(&w, KT_MODE, old);
 	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
 }
 
 /* A name component for MKTEMP: no '/', not too long. */
-int tmp_part_ok(const char *s)
+static int tmp_part_ok(const char *s)
 {
 	return !s || (strlen(s) <= 64 && !strchr(s, '/'));
 }
 
-void op_mktemp(struct conn *c, const struct kp_frame *f)
+void op_mktemp(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0, fd;
 	char *dir = arg_str(f, KT_PATH, &bad), *pre = arg_str(f, KT_PREFIX, &bad), *suf = arg_str(f, KT_SUFFIX, &bad);
 	int is_dir = (int)arg_u64(f, KT_DIRECTORY, 0, &bad);
 	char path[PATH_MAX];
-	struct kp_recw w;
 	size_t sl = suf ? strlen(suf) : 0;
+	const char *tmp = c->ag->flags & AGENT_JAIL ? "." : "/tmp";	/* a jailed agent stays in its cwd */
 
 	if (bad || !tmp_part_ok(pre) || !tmp_part_ok(suf)) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "mktemp: PATH? (a directory), PREFIX? and SUFFIX? "
 			   "(at most 64 bytes, no '/'), DIRECTORY BOOL?");
 		goto out;
 	}
-	if ((size_t)snprintf(path, sizeof(path), "%s/%sXXXXXX%s", dir ? dir : "/tmp", pre ? pre : "tmp",
+	if ((size_t)snprintf(path, sizeof(path), "%s/%sXXXXXX%s", dir ? dir : tmp, pre ? pre : "tmp",
 			     suf ? suf : "") >= sizeof(path)) {
 		send_error(c, f->id, KP_ERR_OS, ENAMETOOLONG, "mktemp: %s: %s", dir, strerror(ENAMETOOLONG));
 		goto out;
@@ -342,20 +363,18 @@ void op_mktemp(struct conn *c, const struct kp_frame *f)
 			goto out;
 		}
 		if (!mkdtemp(path)) {
-			os_error(c, f->id, "mktemp", dir ? dir : "/tmp", errno);
+			os_error(c, f->id, "mktemp", dir ? dir : tmp, errno);
 			goto out;
 		}
 	} else {
 		fd = mkostemps(path, (int)sl, O_CLOEXEC);
 		if (fd < 0) {
-			os_error(c, f->id, "mktemp", dir ? dir : "/tmp", errno);
+			os_error(c, f->id, "mktemp", dir ? dir : tmp, errno);
 			goto out;
 		}
 		close(fd);
 	}
-	rec_begin(&w);
-	kp_put_str(&w, KT_PATH, path);
-	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+	send_path(c, f->id, path);
 out:
 	free(dir);
 	free(pre);
@@ -389,14 +408,27 @@ int open_nonblock(struct conn *c, uint32_t id, const char *path, int flags, mode
 	return fd;
 }
 
-void op_file_write(struct conn *c, const struct kp_frame *f)
+/* A file stream of kind ops on fd (closed if there is no memory for it). */
+static struct file_stream *file_stream_new(struct conn *c, const struct stream_ops *ops, uint32_t id, int fd)
 {
+	struct file_stream *s = (struct file_stream *)stream_new(c, ops, id, ops->name);
+
+	if (!s) {
+		close(fd);
+		return NULL;
+	}
+	s->fd = fd;
+	return s;
+}
+
+void op_file_write(struct conn *c, const struct req *r)
+{
+	const struct kp_frame *f = r->f;
 	int bad = 0, flags = O_WRONLY | O_CLOEXEC, fd;
 	char *path = arg_str(f, KT_PATH, &bad);
 	mode_t mode = (mode_t)arg_u64(f, KT_MODE, 0644, &bad) & 07777;
 	uint64_t off = arg_u64(f, KT_OFFSET, UINT64_MAX, &bad);
 	struct kp_recw w;
-	struct stream *s;
 
 	if (arg_u64(f, KT_APPEND, 0, &bad))
 		flags |= O_APPEND;
@@ -418,26 +450,22 @@ void op_file_write(struct conn *c, const struct kp_frame *f)
 		close(fd);
 		goto out;
 	}
-	s = stream_new(c, ST_FWRITE, f->id);
-	if (!s) {
-		close(fd);
-		send_error(c, f->id, KP_ERR_OS, ENOMEM, "file write: out of memory");
+	if (!file_stream_new(c, &fwrite_ops, f->id, fd))
 		goto out;
-	}
-	s->fd = fd;
-	rec_begin(&w);
+	rec_begin(c, &w);
 	rec_send(c, KP_RESPONSE, 0, f->id, &w);
 out:
 	free(path);
 }
 
-void op_file_read(struct conn *c, const struct kp_frame *f)
+void op_file_read(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0, fd;
 	char *path = arg_str(f, KT_PATH, &bad);
 	uint64_t off = arg_u64(f, KT_OFFSET, 0, &bad), len = arg_u64(f, KT_LENGTH, UINT64_MAX, &bad);
 	struct kp_recw w;
-	struct stream *s;
+	struct file_stream *s;
 	struct stat st;
 
 	if (bad || !path) {
@@ -458,17 +486,14 @@ void op_file_read(struct conn *c, const struct kp_frame *f)
 		close(fd);
 		goto out;
 	}
-	s = stream_new(c, ST_FREAD, f->id);
-	if (!s) {
-		close(fd);
-		send_error(c, f->id, KP_ERR_OS, ENOMEM, "file read: out of memory");
+	s = file_stream_new(c, &fread_ops, f->id, fd);
+	if (!s)
 		goto out;
-	}
-	s->fd = fd;
 	s->remain = len;
 	s->out_off = off;
-	s->in_credit = 0;
-	rec_begin(&w);
+	s->out_credit = c->peer_window;
+	s->s.in_credit = 0;
+	rec_begin(c, &w);
 	kp_put_u64(&w, KT_SIZE, (uint64_t)st.st_size);
 	rec_send(c, KP_RESPONSE, 0, f->id, &w);
 out:
@@ -476,9 +501,10 @@ out:
 }
 
 /* Send what credit allows of a file read; EOF|END at the end. */
-void fread_pump(struct conn *c, struct stream *s)
+static void fread_pump(struct conn *c, struct stream *st)
 {
-	static uint8_t buf[READ_CHUNK];
+	struct file_stream *s = (struct file_stream *)st;
+	uint8_t *buf = c->ag->io;
 
 	while (s->out_credit && c->out.len < OUTQ_HIGH) {
 		size_t want = max_data(c);
@@ -492,20 +518,80 @@ void fread_pump(struct conn *c, struct stream *s)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			os_error(c, s->id, "read", "", errno);
-			stream_free(c, s);
+			os_error(c, st->id, "read", "", errno);
+			stream_free(c, st);
 			return;
 		}
 		if (n == 0) {
-			uint8_t e[KP_HDR_LEN + 8];
-
-			conn_put(c, e, kp_enc_eof(e, s->id, KP_CHAN_OUT, KP_F_END, s->out_off));
-			stream_free(c, s);
+			send_eof(c, st->id, KP_CHAN_OUT, KP_F_END, s->out_off);
+			stream_free(c, st);
 			return;
 		}
-		send_data(c, s->id, KP_CHAN_OUT, s->out_off, buf, (uint32_t)n);
+		send_data(c, st->id, KP_CHAN_OUT, s->out_off, buf, (uint32_t)n);
 		s->out_off += (uint64_t)n;
 		s->out_credit -= (uint64_t)n;
 		s->remain -= (uint64_t)n;
 	}
 }
+
+static int fread_window(struct stream *s, uint16_t ch, uint32_t inc)
+{
+	return ch == KP_CHAN_OUT ? credit_add(&((struct file_stream *)s)->out_credit, inc) : 0;
+}
+
+/* Bytes to write: written at once (a file does not block), credit granted back; EOF syncs and ends. */
+static void fwrite_input(struct conn *c, struct stream *st, const struct kp_frame *f, const uint8_t *data,
+			 uint32_t n)
+{
+	struct file_stream *s = (struct file_stream *)st;
+	struct kp_recw w;
+	struct stat sb;
+
+	while (n) {
+		ssize_t k = write(s->fd, data, n);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0) {
+			os_error(c, f->id, "write", "", k < 0 ? errno : ENOSPC);
+			goto end;
+		}
+		data += k;
+		n -= (uint32_t)k;
+	}
+	if (f->type == KP_DATA) {
+		st->in_credit += f->len - 8;
+		send_window(c, f->id, 0, f->len - 8);
+		return;
+	}
+	if (fsync(s->fd) < 0 || fstat(s->fd, &sb) < 0) {
+		os_error(c, f->id, "fsync", "", errno);
+		goto end;
+	}
+	rec_begin(c, &w);
+	kp_put_u64(&w, KT_SIZE, (uint64_t)sb.st_size);
+	rec_send(c, KP_RESPONSE, KP_F_END, f->id, &w);
+end:
+	stream_free(c, st);
+}
+
+static void file_release(struct agent *a, struct stream *s)
+{
+	(void)a;
+	fd_close(&((struct file_stream *)s)->fd);
+}
+
+static const struct stream_ops fwrite_ops = {
+	.name = "file write",
+	.size = sizeof(struct file_stream),
+	.input = fwrite_input,
+	.release = file_release,
+};
+
+static const struct stream_ops fread_ops = {
+	.name = "file read",
+	.size = sizeof(struct file_stream),
+	.window = fread_window,
+	.pump = fread_pump,
+	.release = file_release,
+};

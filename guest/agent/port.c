@@ -3,12 +3,37 @@
 
 /* ---- ports ------------------------------------------------------------------------ */
 
+/* A framed PORT_CONNECT: fd is the TCP socket. */
+struct port_stream {
+	struct stream s;
+	int fd;
+	int connecting;		/* connect(2) in progress: RESPONSE when it completes */
+	uint64_t out_off, out_credit;	/* channel 1 */
+	uint8_t *inbuf;		/* channel 0 bytes received, not yet written */
+	size_t inlen;
+	int in_eof;		/* the host sent EOF on channel 0 */
+	int wr_shut;		/* shutdown(SHUT_WR) done on the socket */
+	int out_eof;		/* the socket's read side ended; EOF sent */
+};
+
+/* A PORT_WAIT: wport (0: any) or a port of process wpid (0: any) must listen. */
+struct pwait_stream {
+	struct stream s;
+	uint16_t wport;
+	pid_t wpid;
+	struct timespec deadline;
+};
+
+static const struct stream_ops port_ops, pwait_ops;
+
+static void port_pump_in(struct conn *c, struct port_stream *s);
+
 /*
  * A non-blocking TCP connect to addr (an IPv4 or IPv6 literal; NULL:
  * 127.0.0.1) and port. Returns the socket (connect in progress or done) or
  * -errno; -EINVAL for an address that is not an IP literal.
  */
-int port_dial(const char *addr, uint16_t port)
+static int port_dial(const char *addr, uint16_t port)
 {
 	struct sockaddr_in6 s6 = { .sin6_family = AF_INET6, .sin6_port = htons(port) };
 	struct sockaddr_in s4 = { .sin_family = AF_INET, .sin_port = htons(port) };
@@ -40,7 +65,7 @@ int port_dial(const char *addr, uint16_t port)
 }
 
 /* The outcome of a non-blocking connect once fd is writable: 0 or an errno. */
-int dial_result(int fd)
+static int dial_result(int fd)
 {
 	int soerr = 0;
 	socklen_t sl = sizeof(soerr);
@@ -50,13 +75,15 @@ int dial_result(int fd)
 	return soerr;
 }
 
-void op_port_connect(struct conn *c, const struct kp_frame *f)
+void op_port_connect(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0, fd;
 	uint64_t port = arg_u64(f, KT_PORT, 0, &bad);
 	char *addr = arg_str(f, KT_ADDR, &bad);
 	int raw = (int)arg_u64(f, KT_RAW, 0, &bad);
-	struct stream *s;
+	struct agent *a = c->ag;
+	struct port_stream *s;
 
 	if (bad || port == 0 || port > 65535) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "port connect: wants PORT (1-65535), ADDR STR?, RAW BOOL?");
@@ -67,11 +94,11 @@ void op_port_connect(struct conn *c, const struct kp_frame *f)
 			   "port connect: RAW must be the first request of a connection of its own");
 		goto out;
 	}
-	if (!raw && nports >= MAX_PORTS) {
+	if (!raw && a->nports >= MAX_PORTS) {
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "port connect: %d port streams already", MAX_PORTS);
 		goto out;
 	}
-	if (stopping.active) {
+	if (a->stopping.active) {
 		send_error(c, f->id, KP_ERR_OS, ESHUTDOWN, "port connect: the sandbox is shutting down");
 		goto out;
 	}
@@ -97,54 +124,54 @@ void op_port_connect(struct conn *c, const struct kp_frame *f)
 		c->raw_id = f->id;
 		goto out;
 	}
-	s = stream_new(c, ST_PORT, f->id);
+	s = (struct port_stream *)stream_new(c, &port_ops, f->id, "port connect");
 	if (!s) {
 		close(fd);
-		send_error(c, f->id, KP_ERR_OS, ENOMEM, "port connect: out of memory");
 		goto out;
 	}
-	nports++;
+	a->nports++;
 	s->fd = fd;
 	s->connecting = 1;
-	s->in_credit = KP_DEFAULT_WINDOW;
+	s->out_credit = c->peer_window;
+	s->s.in_credit = KP_DEFAULT_WINDOW;
 out:
 	free(addr);
 }
 
 
 /* The connect of a port stream finished: RESPONSE, or ERROR and the stream ends. */
-void port_connected(struct conn *c, struct stream *s)
+static void port_connected(struct conn *c, struct port_stream *s)
 {
 	int err = dial_result(s->fd);
 	struct kp_recw w;
 
 	s->connecting = 0;
 	if (err) {
-		send_error(c, s->id, KP_ERR_OS, err, "connect: %s", strerror(err));
-		stream_free(c, s);
+		send_error(c, s->s.id, KP_ERR_OS, err, "connect: %s", strerror(err));
+		stream_free(c, &s->s);
 		return;
 	}
-	rec_begin(&w);
-	rec_send(c, KP_RESPONSE, 0, s->id, &w);
+	rec_begin(c, &w);
+	rec_send(c, KP_RESPONSE, 0, s->s.id, &w);
 	port_pump_in(c, s);
 }
 
 /* Both directions of a port stream are finished: the terminal RESPONSE|END. */
-void port_maybe_done(struct conn *c, struct stream *s)
+static void port_maybe_done(struct conn *c, struct port_stream *s)
 {
 	struct kp_recw w;
 
 	if (!s->out_eof || !s->in_eof || s->inlen)
 		return;
-	rec_begin(&w);
-	rec_send(c, KP_RESPONSE, KP_F_END, s->id, &w);
-	stream_free(c, s);
+	rec_begin(c, &w);
+	rec_send(c, KP_RESPONSE, KP_F_END, s->s.id, &w);
+	stream_free(c, &s->s);
 }
 
 /* Socket to host: what credit allows, EOF when the peer shuts its side. */
-void port_pump_out(struct conn *c, struct stream *s)
+static void port_pump_out(struct conn *c, struct port_stream *s)
 {
-	static uint8_t buf[READ_CHUNK];
+	uint8_t *buf = c->ag->io;
 	size_t want = max_data(c);
 	ssize_t n;
 
@@ -156,23 +183,20 @@ void port_pump_out(struct conn *c, struct stream *s)
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (n <= 0) {
-		uint8_t e[KP_HDR_LEN + 8];
-
 		/* A reset counts as the end: the host sees EOF, then the stream's end. */
-		conn_put(c, e, kp_enc_eof(e, s->id, KP_CHAN_OUT, 0, s->out_off));
+		send_eof(c, s->s.id, KP_CHAN_OUT, 0, s->out_off);
 		s->out_eof = 1;
 		port_maybe_done(c, s);
 		return;
 	}
-	send_data(c, s->id, KP_CHAN_OUT, s->out_off, buf, (uint32_t)n);
+	send_data(c, s->s.id, KP_CHAN_OUT, s->out_off, buf, (uint32_t)n);
 	s->out_off += (uint64_t)n;
 	s->out_credit -= (uint64_t)n;
 }
 
 /* Host to socket: write queued bytes, grant them back; half-close after EOF. */
-void port_pump_in(struct conn *c, struct stream *s)
+static void port_pump_in(struct conn *c, struct port_stream *s)
 {
-	uint8_t e[KP_HDR_LEN + 4];
 	ssize_t n = 0;
 
 	if (s->connecting)
@@ -183,14 +207,14 @@ void port_pump_in(struct conn *c, struct stream *s)
 			return;
 		if (n < 0) {
 			/* The peer is gone with bytes still to deliver: say so, end the stream. */
-			send_error(c, s->id, KP_ERR_OS, errno, "port: send: %s", strerror(errno));
-			stream_free(c, s);
+			send_error(c, s->s.id, KP_ERR_OS, errno, "port: send: %s", strerror(errno));
+			stream_free(c, &s->s);
 			return;
 		}
 		memmove(s->inbuf, s->inbuf + n, s->inlen - (size_t)n);
 		s->inlen -= (size_t)n;
-		s->in_credit += (uint64_t)n;
-		conn_put(c, e, kp_enc_window(e, s->id, 0, (uint32_t)n));
+		s->s.in_credit += (uint64_t)n;
+		send_window(c, s->s.id, 0, (uint32_t)n);
 	}
 	if (s->in_eof && !s->inlen && !s->wr_shut) {
 		shutdown(s->fd, SHUT_WR);
@@ -198,6 +222,102 @@ void port_pump_in(struct conn *c, struct stream *s)
 	}
 	port_maybe_done(c, s);
 }
+
+/* Queue host bytes for the socket (bounded by the window granted). */
+static void port_input(struct conn *c, struct stream *st, const struct kp_frame *f, const uint8_t *data,
+		       uint32_t n)
+{
+	struct port_stream *s = (struct port_stream *)st;
+
+	if (n && buf_append(&s->inbuf, &s->inlen, data, n) < 0) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "port: out of memory");
+		stream_free(c, st);
+		return;
+	}
+	if (f->type == KP_EOF)
+		s->in_eof = 1;
+	port_pump_in(c, s);
+}
+
+static int port_input_ended(const struct stream *s)
+{
+	return ((const struct port_stream *)s)->in_eof;
+}
+
+static void port_cancel_channel(struct conn *c, struct stream *st, uint16_t ch)
+{
+	struct port_stream *s = (struct port_stream *)st;
+
+	if (ch == KP_CHAN_IN) {
+		s->inlen = 0;
+		s->in_eof = 1;
+		st->in_credit = 0;
+		port_pump_in(c, s);
+	} else if (!s->out_eof) {
+		shutdown(s->fd, SHUT_RD);
+		s->out_eof = 1;
+		port_maybe_done(c, s);
+	}
+}
+
+static int port_window(struct stream *s, uint16_t ch, uint32_t inc)
+{
+	return ch == KP_CHAN_OUT ? credit_add(&((struct port_stream *)s)->out_credit, inc) : 0;
+}
+
+static void port_poll_add(struct agent *a, struct conn *c, struct stream *st)
+{
+	struct port_stream *s = (struct port_stream *)st;
+	short ev = 0;
+
+	if (s->connecting) {
+		ev = POLLOUT;
+	} else {
+		if (!s->out_eof && s->out_credit && c->out.len < OUTQ_HIGH)
+			ev |= POLLIN;
+		if (s->inlen)
+			ev |= POLLOUT;
+	}
+	if (ev)
+		agent_poll_add(a, s->fd, ev, PF_STREAM, st, 0);
+}
+
+static void port_poll_event(struct conn *c, struct stream *st, int fd, short revents)
+{
+	struct port_stream *s = (struct port_stream *)st;
+
+	if (s->fd != fd)
+		return;
+	if (s->connecting) {
+		port_connected(c, s);
+		return;
+	}
+	if (revents & (POLLIN | POLLHUP | POLLERR))
+		port_pump_out(c, s);
+	if ((revents & (POLLOUT | POLLERR)) && stream_conn(c->ag, st) == c)
+		port_pump_in(c, s);
+}
+
+static void port_release(struct agent *a, struct stream *st)
+{
+	struct port_stream *s = (struct port_stream *)st;
+
+	a->nports--;
+	fd_close(&s->fd);
+	free(s->inbuf);
+}
+
+static const struct stream_ops port_ops = {
+	.name = "port",
+	.size = sizeof(struct port_stream),
+	.input = port_input,
+	.input_ended = port_input_ended,
+	.cancel_channel = port_cancel_channel,
+	.window = port_window,
+	.poll_add = port_poll_add,
+	.poll_event = port_poll_event,
+	.release = port_release,
+};
 
 struct listener {
 	uint16_t port;
@@ -207,7 +327,7 @@ struct listener {
 };
 
 /* Append the LISTEN sockets of /proc/net/tcp or tcp6 to l (at most max in all). */
-size_t listeners_read(const char *path, int v6, struct listener *l, size_t n, size_t max)
+static size_t listeners_read(const char *path, int v6, struct listener *l, size_t n, size_t max)
 {
 	char line[512], hex[33];
 	unsigned port, st;
@@ -253,7 +373,7 @@ size_t listeners_read(const char *path, int v6, struct listener *l, size_t n, si
 }
 
 /* The parent of pid from /proc/PID/stat, or 0. */
-pid_t proc_ppid(pid_t pid)
+static pid_t proc_ppid(pid_t pid)
 {
 	char path[64], buf[512], *p;
 	int fd, ppid = 0;
@@ -275,7 +395,7 @@ pid_t proc_ppid(pid_t pid)
 }
 
 /* pid is root or one of its descendants. */
-int pid_under(pid_t pid, pid_t root)
+static int pid_under(pid_t pid, pid_t root)
 {
 	int depth;
 
@@ -286,7 +406,7 @@ int pid_under(pid_t pid, pid_t root)
 }
 
 /* Fill in the owning pid of each listener by scanning /proc/PID/fd once. */
-void listeners_owners(struct listener *l, size_t n)
+static void listeners_owners(struct listener *l, size_t n)
 {
 	DIR *pd = opendir("/proc"), *fdd;
 	struct dirent *pe, *fe;
@@ -328,7 +448,7 @@ void listeners_owners(struct listener *l, size_t n)
 }
 
 /* The listening TCP sockets (with owners when want_pid), at most MAX_LISTEN. Returns the count or -ENOMEM. */
-ssize_t listeners_scan(struct listener **out, int want_pid)
+static ssize_t listeners_scan(struct listener **out, int want_pid)
 {
 	struct listener *l = calloc(MAX_LISTEN, sizeof(*l));
 	size_t n;
@@ -343,8 +463,9 @@ ssize_t listeners_scan(struct listener **out, int want_pid)
 	return (ssize_t)n;
 }
 
-void op_port_list(struct conn *c, const struct kp_frame *f)
+void op_port_list(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	uint64_t pid = arg_u64(f, KT_PID, 0, &bad);
 	struct listener *l;
@@ -360,7 +481,7 @@ void op_port_list(struct conn *c, const struct kp_frame *f)
 		send_error(c, f->id, KP_ERR_OS, ENOMEM, "port list: out of memory");
 		return;
 	}
-	rec_begin(&w);
+	rec_begin(c, &w);
 	for (i = 0; i < n; i++) {
 		uint32_t mark;
 
@@ -378,7 +499,7 @@ void op_port_list(struct conn *c, const struct kp_frame *f)
 }
 
 /* PORT_WAIT: 1 when its port (or a port of its process) listens, sending the EVENT|END. */
-int pwait_check(struct conn *c, struct stream *s, const struct listener *l, ssize_t n)
+static int pwait_check(struct conn *c, struct pwait_stream *s, const struct listener *l, ssize_t n)
 {
 	struct kp_recw w;
 	ssize_t i;
@@ -388,14 +509,14 @@ int pwait_check(struct conn *c, struct stream *s, const struct listener *l, ssiz
 			continue;
 		if (s->wpid && (!l[i].pid || !pid_under(l[i].pid, s->wpid)))
 			continue;
-		rec_begin(&w);
+		rec_begin(c, &w);
 		kp_put_u64(&w, KT_EVENT, KP_EV_LISTEN);
 		kp_put_u64(&w, KT_PORT, l[i].port);
 		if (l[i].pid)
 			kp_put_u64(&w, KT_PID, (uint64_t)l[i].pid);
 		kp_put_str(&w, KT_ADDR, l[i].addr);
-		rec_send(c, KP_EVENT, KP_F_END, s->id, &w);
-		stream_free(c, s);
+		rec_send(c, KP_EVENT, KP_F_END, s->s.id, &w);
+		stream_free(c, &s->s);
 		return 1;
 	}
 	return 0;
@@ -406,39 +527,44 @@ int ts_after(const struct timespec *a, const struct timespec *b)
 	return a->tv_sec > b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec >= b->tv_nsec);
 }
 
-/* Rescan for every waiting PORT_WAIT; expire those past their deadline. */
-void pwait_poll(void)
+/* Rescan for a waiting PORT_WAIT (one scan a loop turn serves them all); expire it past its deadline. */
+static void pwait_tick(struct conn *c, struct stream *st)
 {
-	struct listener *l = NULL;
-	ssize_t n = -1;
-	struct conn *c;
-	struct stream *s, *sn;
+	struct pwait_stream *s = (struct pwait_stream *)st;
+	struct agent *a = c->ag;
 	struct timespec now;
 
+	if (a->lis_turn != a->turn || a->nlis < 0) {
+		free(a->lis);
+		a->lis = NULL;
+		a->lis_turn = a->turn;
+		a->nlis = listeners_scan(&a->lis, 1);
+		if (a->nlis < 0)
+			return;
+	}
+	if (pwait_check(c, s, a->lis, a->nlis))
+		return;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	for (c = conns; c; c = c->next)
-		for (s = c->streams; s; s = sn) {
-			sn = s->next;
-			if (s->kind != ST_PWAIT)
-				continue;
-			if (n < 0 && (n = listeners_scan(&l, 1)) < 0)
-				return;
-			if (pwait_check(c, s, l, n))
-				continue;
-			if (s->deadline.tv_sec && ts_after(&now, &s->deadline)) {
-				send_error(c, s->id, KP_ERR_OS, ETIMEDOUT, "port wait: nothing listened in time");
-				stream_free(c, s);
-			}
-		}
-	free(l);
+	if (s->deadline.tv_sec && ts_after(&now, &s->deadline)) {
+		send_error(c, st->id, KP_ERR_OS, ETIMEDOUT, "port wait: nothing listened in time");
+		stream_free(c, st);
+	}
 }
 
-void op_port_wait(struct conn *c, const struct kp_frame *f)
+static const struct stream_ops pwait_ops = {
+	.name = "port wait",
+	.size = sizeof(struct pwait_stream),
+	.tick = pwait_tick,
+	.tick_ms = PORT_POLL_MS,
+};
+
+void op_port_wait(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0;
 	uint64_t port = arg_u64(f, KT_PORT, 0, &bad), pid = arg_u64(f, KT_PID, 0, &bad);
 	uint64_t ms = arg_u64(f, KT_TIMEOUT_MS, 0, &bad);
-	struct stream *s;
+	struct pwait_stream *s;
 	struct listener *l;
 	ssize_t n;
 
@@ -446,14 +572,12 @@ void op_port_wait(struct conn *c, const struct kp_frame *f)
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "port wait: wants PORT (1-65535) or PID, TIMEOUT_MS? (at most a day)");
 		return;
 	}
-	s = stream_new(c, ST_PWAIT, f->id);
-	if (!s) {
-		send_error(c, f->id, KP_ERR_OS, ENOMEM, "port wait: out of memory");
+	s = (struct pwait_stream *)stream_new(c, &pwait_ops, f->id, "port wait");
+	if (!s)
 		return;
-	}
 	s->wport = (uint16_t)port;
 	s->wpid = (pid_t)pid;
-	s->in_credit = 0;
+	s->s.in_credit = 0;
 	if (ms) {
 		clock_gettime(CLOCK_MONOTONIC, &s->deadline);
 		s->deadline.tv_sec += (time_t)(ms / 1000);
@@ -487,7 +611,7 @@ void raw_connected(struct conn *c)
 		conn_close(c);
 		return;
 	}
-	rec_begin(&w);
+	rec_begin(c, &w);
 	rec_send(c, KP_RESPONSE, KP_F_END, c->raw_id, &w);
 	c->raw = 2;
 }
@@ -500,7 +624,7 @@ void raw_connected(struct conn *c)
  */
 int raw_step(struct conn *c, int vsock_in, int tcp_in, int tcp_out)
 {
-	static uint8_t buf[RAW_BUF];
+	uint8_t *buf = c->ag->io;
 	ssize_t n;
 
 	if (vsock_in && !c->rd_eof && c->rawin_len < RAW_BUF) {

@@ -1,9 +1,12 @@
-/* kiln-agent: processes: output rings, pumping pipes, reaping. */
+/*
+ * kiln-agent: processes: their output rings, their pipes pumped to and from
+ * the attached exec stream (the exec stream kind), reaping.
+ */
 #include "agent_int.h"
 
 /* ---- output rings ---------------------------------------------------------------- */
 
-void ring_copy_in(struct ring *r, uint64_t off, const uint8_t *p, size_t n)
+static void ring_copy_in(struct ring *r, uint64_t off, const uint8_t *p, size_t n)
 {
 	size_t i = (size_t)(off % r->alloc), k = r->alloc - i < n ? r->alloc - i : n;
 
@@ -12,7 +15,7 @@ void ring_copy_in(struct ring *r, uint64_t off, const uint8_t *p, size_t n)
 }
 
 /* Copy n bytes at offset off (within [start, end)) out of the ring. */
-void ring_read(const struct ring *r, uint64_t off, uint8_t *p, size_t n)
+static void ring_read(const struct ring *r, uint64_t off, uint8_t *p, size_t n)
 {
 	size_t i = (size_t)(off % r->alloc), k = r->alloc - i < n ? r->alloc - i : n;
 
@@ -21,7 +24,7 @@ void ring_read(const struct ring *r, uint64_t off, uint8_t *p, size_t n)
 }
 
 /* Append n bytes, overwriting the oldest ones when the ring is full. */
-void ring_write(struct ring *r, const uint8_t *p, size_t n)
+static void ring_write(struct ring *r, const uint8_t *p, size_t n)
 {
 	if (n > r->alloc) {	/* only the last alloc bytes can be kept */
 		r->end += n - r->alloc;
@@ -42,19 +45,19 @@ void ring_write(struct ring *r, const uint8_t *p, size_t n)
  * Make room for need more ring bytes within ring_limit by dropping the rings
  * of exited processes whose output and exit were delivered, oldest first.
  */
-void ring_reclaim(uint64_t need)
+static void ring_reclaim(struct agent *a, uint64_t need)
 {
-	while (ring_total + need > ring_limit) {
+	while (a->ring_total + need > a->ring_limit) {
 		struct proc *p, *v = NULL;
 
-		for (p = procs; p; p = p->next)
+		for (p = a->procs; p; p = p->next)
 			if (p->exited && p->reported && !p->st && (p->ring[1].alloc || p->ring[2].alloc) &&
 			    (!v || p->exit_seq < v->exit_seq))
 				v = p;
 		if (!v)
 			return;
 		for (int ch = 1; ch <= 2; ch++) {
-			ring_total -= v->ring[ch].alloc;
+			a->ring_total -= v->ring[ch].alloc;
 			free(v->ring[ch].buf);
 			v->ring[ch].buf = NULL;
 			v->ring[ch].alloc = 0;
@@ -68,7 +71,7 @@ void ring_reclaim(uint64_t need)
  * RING_FLOOR, within ring_limit for all rings together (a ring may always
  * reach RING_FLOOR). Returns 1 when it grew.
  */
-int ring_grow(struct ring *r, size_t cap, uint64_t want)
+static int ring_grow(struct agent *a, struct ring *r, size_t cap, uint64_t want)
 {
 	size_t sz = r->alloc ? r->alloc : RING_FLOOR / 2;
 	uint8_t *nb;
@@ -82,11 +85,11 @@ int ring_grow(struct ring *r, size_t cap, uint64_t want)
 	while (sz < want && sz < cap);
 	if (sz > cap)
 		sz = cap;
-	if (sz > RING_FLOOR && ring_total + sz - r->alloc > ring_limit)
-		ring_reclaim(sz - r->alloc);
-	if (sz > RING_FLOOR && ring_total + sz - r->alloc > ring_limit) {
+	if (sz > RING_FLOOR && a->ring_total + sz - r->alloc > a->ring_limit)
+		ring_reclaim(a, sz - r->alloc);
+	if (sz > RING_FLOOR && a->ring_total + sz - r->alloc > a->ring_limit) {
 		sz = r->alloc * 2;
-		if (sz <= r->alloc || sz > cap || ring_total + sz - r->alloc > ring_limit)
+		if (sz <= r->alloc || sz > cap || a->ring_total + sz - r->alloc > a->ring_limit)
 			return 0;
 	}
 	nb = malloc(sz);
@@ -102,7 +105,7 @@ int ring_grow(struct ring *r, size_t cap, uint64_t want)
 		ring_copy_in(r, off, chunk, n);
 		off += n;
 	}
-	ring_total += sz - old.alloc;
+	a->ring_total += sz - old.alloc;
 	free(old.buf);
 	return 1;
 }
@@ -112,17 +115,17 @@ int ring_grow(struct ring *r, size_t cap, uint64_t want)
  * what fits without overwriting bytes no host consumed; in drop mode a chunk
  * (the ring overwrites its oldest bytes).
  */
-size_t proc_out_room(struct proc *p, int ch)
+size_t proc_out_room(struct agent *a, struct proc *p, int ch)
 {
 	struct ring *r = &p->ring[ch];
 	uint64_t keep = p->keep[ch] > r->start ? p->keep[ch] : r->start, used = r->end - keep;
 
 	if (p->drop) {
 		if (r->end - r->start + READ_CHUNK > r->alloc)
-			ring_grow(r, p->ring_cap, r->end - r->start + READ_CHUNK);
+			ring_grow(a, r, p->ring_cap, r->end - r->start + READ_CHUNK);
 		return READ_CHUNK;
 	}
-	if (used >= r->alloc && !ring_grow(r, p->ring_cap, used + 1))
+	if (used >= r->alloc && !ring_grow(a, r, p->ring_cap, used + 1))
 		return 0;
 	return r->alloc - used < READ_CHUNK ? (size_t)(r->alloc - used) : READ_CHUNK;
 }
@@ -144,15 +147,16 @@ void put_exit(struct kp_recw *w, const struct proc *p)
  */
 void proc_flush(struct proc *p)
 {
-	static uint8_t buf[READ_CHUNK];
-	struct stream *s = p->st;
+	struct exec_stream *s = p->st;
 	struct conn *c;
+	uint8_t *buf;
 	struct kp_recw w;
 	int ch;
 
 	if (!s)
 		return;
-	c = s->conn;
+	c = s->s.conn;
+	buf = c->ag->io;
 	for (ch = 1; ch <= 2; ch++) {
 		struct ring *r = &p->ring[ch];
 
@@ -161,12 +165,12 @@ void proc_flush(struct proc *p)
 			size_t n;
 
 			if (s->sent[ch] < r->start) {
-				rec_begin(&w);
+				rec_begin(c, &w);
 				kp_put_u64(&w, KT_EVENT, KP_EV_GAP);
 				kp_put_u64(&w, KT_CHANNEL, (uint64_t)ch);
 				kp_put_u64(&w, KT_LOST_FROM, s->sent[ch]);
 				kp_put_u64(&w, KT_LOST_TO, r->start);
-				rec_send(c, KP_EVENT, 0, s->id, &w);
+				rec_send(c, KP_EVENT, 0, s->s.id, &w);
 				s->sent[ch] = r->start;
 				if (s->acked[ch] < r->start)
 					s->acked[ch] = r->start;
@@ -174,9 +178,7 @@ void proc_flush(struct proc *p)
 			avail = r->end - s->sent[ch];
 			if (!avail) {
 				if (p->fd[ch] < 0) {
-					uint8_t e[KP_HDR_LEN + 8];
-
-					conn_put(c, e, kp_enc_eof(e, s->id, (uint16_t)ch, 0, r->end));
+					send_eof(c, s->s.id, (uint16_t)ch, 0, r->end);
 					s->eof_sent[ch] = 1;
 				}
 				break;
@@ -189,59 +191,61 @@ void proc_flush(struct proc *p)
 			if (!n)
 				break;
 			ring_read(r, s->sent[ch], buf, n);
-			send_data(c, s->id, (uint16_t)ch, s->sent[ch], buf, (uint32_t)n);
+			send_data(c, s->s.id, (uint16_t)ch, s->sent[ch], buf, (uint32_t)n);
 			s->sent[ch] += n;
 			s->credit[ch] -= n;
 		}
 	}
 	if (!p->done || !(s->eof_sent[1] || s->cancelled[1]) || !(s->eof_sent[2] || s->cancelled[2]))
 		return;
-	rec_begin(&w);
+	rec_begin(c, &w);
 	kp_put_u64(&w, KT_EVENT, KP_EV_EXIT);
 	put_exit(&w, p);
-	rec_send(c, KP_EVENT, KP_F_END, s->id, &w);
+	rec_send(c, KP_EVENT, KP_F_END, s->s.id, &w);
 	p->reported = 1;
-	stream_free(c, s);
+	stream_free(c, &s->s);
 }
 
-void proc_free(struct proc *p)
+void proc_free(struct agent *a, struct proc *p)
 {
 	struct proc **pp;
 	int ch;
 
-	for (pp = &procs; *pp; pp = &(*pp)->next)
+	for (pp = &a->procs; *pp; pp = &(*pp)->next)
 		if (*pp == p) {
 			*pp = p->next;
 			break;
 		}
 	if (p->st) {
-		send_error(p->st->conn, p->st->id, KP_ERR_DETACHED, 0, "process %llu was released",
+		struct conn *c = p->st->s.conn;
+
+		send_error(c, p->st->s.id, KP_ERR_DETACHED, 0, "process %llu was released",
 			   (unsigned long long)p->handle);
-		stream_free(p->st->conn, p->st);
+		stream_free(c, &p->st->s);
 	}
 	fd_close(&p->fd[0]);
 	fd_close(&p->fd[1]);
 	fd_close(&p->fd[2]);
 	for (ch = 1; ch <= 2; ch++) {
-		ring_total -= p->ring[ch].alloc;
+		a->ring_total -= p->ring[ch].alloc;
 		free(p->ring[ch].buf);
 	}
 	if (p->exited)
-		nexited--;
+		a->nexited--;
 	else
-		nlive--;
+		a->nlive--;
 	free(p->inbuf);
 	free(p->cmd);
 	free(p);
 }
 
 /* Keep at most MAX_EXITED exited processes: forget the oldest, those already reported first. */
-void proc_evict(void)
+void proc_evict(struct agent *a)
 {
-	while (nexited > MAX_EXITED) {
+	while (a->nexited > MAX_EXITED) {
 		struct proc *p, *v = NULL;
 
-		for (p = procs; p; p = p->next) {
+		for (p = a->procs; p; p = p->next) {
 			if (!p->exited || p->st)
 				continue;
 			if (!v || (p->reported > v->reported) ||
@@ -250,11 +254,11 @@ void proc_evict(void)
 		}
 		if (!v)
 			return;
-		proc_free(v);
+		proc_free(a, v);
 	}
 }
 
-void proc_check_done(struct proc *p)
+static void proc_check_done(struct proc *p)
 {
 	if (p->exited && p->fd[1] < 0 && p->fd[2] < 0)
 		p->done = 1;
@@ -262,10 +266,10 @@ void proc_check_done(struct proc *p)
 }
 
 /* Read one chunk of channel ch (1 or 2) of p into its ring, then pass it on. */
-void proc_pump_out(struct proc *p, int ch)
+void proc_pump_out(struct agent *a, struct proc *p, int ch)
 {
-	static uint8_t buf[READ_CHUNK];
-	size_t want = proc_out_room(p, ch);
+	uint8_t *buf = a->io;
+	size_t want = proc_out_room(a, p, ch);
 	ssize_t n;
 
 	if (!want)
@@ -285,7 +289,7 @@ void proc_pump_out(struct proc *p, int ch)
 /* Write queued stdin; grant the written bytes back as credit. */
 void proc_pump_in(struct proc *p)
 {
-	struct conn *c = p->st ? p->st->conn : NULL;
+	struct conn *c = p->st ? p->st->s.conn : NULL;
 	ssize_t n = 0;
 
 	if (p->fd[0] >= 0 && p->inlen) {
@@ -300,10 +304,8 @@ void proc_pump_in(struct proc *p)
 		p->inlen -= (size_t)n;
 	}
 	if (n > 0 && c) {
-		uint8_t f[KP_HDR_LEN + 4];
-
-		p->st->in_credit += (uint64_t)n;
-		conn_put(c, f, kp_enc_window(f, p->st->id, 0, (uint32_t)n));
+		p->st->s.in_credit += (uint64_t)n;
+		send_window(c, p->st->s.id, 0, (uint32_t)n);
 	}
 	if (p->in_eof && !p->inlen && p->fd[0] >= 0) {
 		if (p->pty) {
@@ -317,57 +319,128 @@ void proc_pump_in(struct proc *p)
 	}
 }
 
-struct proc *proc_by_handle(uint64_t h)
+struct proc *proc_by_handle(struct agent *a, uint64_t h)
 {
 	struct proc *p;
 
-	for (p = procs; p; p = p->next)
+	for (p = a->procs; p; p = p->next)
 		if (p->handle == h)
 			return p;
 	return NULL;
 }
 
-/* Answer every WAIT on p: it has exited. */
-void wait_answer(struct proc *p)
-{
-	struct conn *c;
-	struct stream *s, *sn;
-	struct kp_recw w;
-
-	for (c = conns; c; c = c->next)
-		for (s = c->streams; s; s = sn) {
-			sn = s->next;
-			if (s->kind != ST_WAIT || s->proc != p)
-				continue;
-			rec_begin(&w);
-			put_exit(&w, p);
-			rec_send(c, KP_RESPONSE, KP_F_END, s->id, &w);
-			stream_free(c, s);
-		}
-}
-
-void reap(int sfd)
+void proc_reap(struct agent *a)
 {
 	struct signalfd_siginfo si;
 	struct proc *p;
 	pid_t pid;
 	int st;
 
-	while (read(sfd, &si, sizeof(si)) == sizeof(si))
+	while (read(a->sfd, &si, sizeof(si)) == sizeof(si))
 		;
 	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-		for (p = procs; p; p = p->next)
+		for (p = a->procs; p; p = p->next)
 			if (p->pid == pid && !p->exited)
 				break;
 		if (!p)
 			continue;	/* an orphan reparented to PID 1 */
 		p->exited = 1;
 		p->status = st;
-		p->exit_seq = ++exit_seq;
-		nlive--;
-		nexited++;
-		wait_answer(p);
+		p->exit_seq = ++a->exit_seq;
+		a->nlive--;
+		a->nexited++;
+		proc_wait_answer(a, p);
 		proc_check_done(p);
 	}
-	proc_evict();
+	proc_evict(a);
 }
+
+/* ---- the exec stream: a process's stdin in, its output out ------------------------- */
+
+static struct exec_stream *exec_stream(struct stream *s)
+{
+	return (struct exec_stream *)s;
+}
+
+/* Queue stdin for the process (bounded by the window granted). */
+static void exec_input(struct conn *c, struct stream *s, const struct kp_frame *f, const uint8_t *data,
+		       uint32_t n)
+{
+	struct proc *p = exec_stream(s)->proc;
+
+	if (n) {
+		if (buf_append(&p->inbuf, &p->inlen, data, n) < 0) {
+			send_error(c, f->id, KP_ERR_OS, ENOMEM, "stdin: out of memory");
+			stream_free(c, s);
+			return;
+		}
+		if (p->fd[0] < 0) {	/* stdin already gone: the bytes are consumed */
+			s->in_credit += p->inlen;
+			send_window(c, f->id, 0, (uint32_t)p->inlen);
+			p->inlen = 0;
+		}
+	}
+	if (f->type == KP_EOF)
+		p->in_eof = 1;
+	proc_pump_in(p);
+}
+
+static int exec_input_ended(const struct stream *s)
+{
+	return ((const struct exec_stream *)s)->proc->in_eof;
+}
+
+static void exec_cancel_channel(struct conn *c, struct stream *s, uint16_t ch)
+{
+	struct exec_stream *es = exec_stream(s);
+	struct proc *p = es->proc;
+
+	(void)c;
+	if (ch == KP_CHAN_IN) {
+		p->inlen = 0;
+		p->in_eof = 1;
+		s->in_credit = 0;
+		proc_pump_in(p);
+	} else {
+		es->cancelled[ch] = 1;
+		proc_flush(p);
+	}
+}
+
+static int exec_window(struct stream *s, uint16_t ch, uint32_t inc)
+{
+	struct exec_stream *es = exec_stream(s);
+	uint64_t *acked = &es->acked[ch];
+
+	if (!ch)
+		return 0;
+	if (credit_add(&es->credit[ch], inc) < 0)
+		return -1;
+	/* Consumed by the host: block mode may now overwrite it. */
+	*acked = *acked + inc < es->sent[ch] ? *acked + inc : es->sent[ch];
+	if (*acked > es->proc->keep[ch])
+		es->proc->keep[ch] = *acked;
+	return 0;
+}
+
+/* Detach the process: it runs on; stdin bytes queued but not yet written are dropped. */
+static void exec_release(struct agent *a, struct stream *s)
+{
+	struct proc *p = exec_stream(s)->proc;
+
+	(void)a;
+	if (p) {
+		p->st = NULL;
+		p->inlen = 0;
+	}
+}
+
+const struct stream_ops exec_stream_ops = {
+	.name = "exec",
+	.size = sizeof(struct exec_stream),
+	.input = exec_input,
+	.input_ended = exec_input_ended,
+	.cancel_channel = exec_cancel_channel,
+	.window = exec_window,
+	.release = exec_release,
+};

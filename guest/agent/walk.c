@@ -3,18 +3,29 @@
 
 /* ---- COPY --------------------------------------------------------------------------- */
 
+/* A COPY in progress. */
+struct copy_stream {
+	struct stream s;
+	int src, dst;
+	uint64_t copied;
+	int plain;		/* read and write: copy_file_range cannot */
+};
+
+static const struct stream_ops copy_ops;
+
 /*
  * COPY: a regular file's bytes and permission bits to PATH2 (created, or
  * truncated), as Rust's fs::copy behind Deno's copyFile. The bytes move in
  * the main loop, COPY_CHUNK a turn (copy_pump), so a large copy does not
  * stall the agent's other work; the request ends with RESPONSE|END KT_SIZE.
  */
-void op_copy(struct conn *c, const struct kp_frame *f)
+void op_copy(struct conn *c, const struct req *r)
 {
+	const struct kp_frame *f = r->f;
 	int bad = 0, src = -1, dst = -1;
 	char *from = arg_str(f, KT_PATH, &bad), *to = arg_str(f, KT_PATH2, &bad);
 	struct stat ss, ds;
-	struct stream *s;
+	struct copy_stream *s;
 
 	if (bad || !from || !to) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "copy: wants PATH (the file) and PATH2 (the copy)");
@@ -49,14 +60,12 @@ void op_copy(struct conn *c, const struct kp_frame *f)
 		os_error(c, f->id, "copy", to, errno);
 		goto out;
 	}
-	s = stream_new(c, ST_COPY, f->id);
-	if (!s) {
-		send_error(c, f->id, KP_ERR_OS, ENOMEM, "copy: out of memory");
+	s = (struct copy_stream *)stream_new(c, &copy_ops, f->id, "copy");
+	if (!s)
 		goto out;
-	}
-	s->fd = src;
-	s->fd2 = dst;
-	s->in_credit = 0;
+	s->src = src;
+	s->dst = dst;
+	s->s.in_credit = 0;
 	src = dst = -1;
 out:
 	fd_close(&src);
@@ -66,7 +75,7 @@ out:
 }
 
 /* Write all n bytes to fd: 0, or -1 with errno (EIO for a device that takes no more). */
-int write_full(int fd, const uint8_t *p, size_t n)
+static int write_full(int fd, const uint8_t *p, size_t n)
 {
 	while (n) {
 		ssize_t k = write(fd, p, n);
@@ -85,43 +94,61 @@ int write_full(int fd, const uint8_t *p, size_t n)
 }
 
 /* Move up to COPY_CHUNK bytes of a COPY; at the end of the file, the terminal RESPONSE. */
-void copy_pump(struct conn *c, struct stream *s)
+static void copy_pump(struct conn *c, struct stream *st)
 {
-	static uint8_t buf[READ_CHUNK];
+	struct copy_stream *s = (struct copy_stream *)st;
+	uint8_t *buf = c->ag->io;
 	struct kp_recw w;
 	size_t moved = 0;
 	ssize_t n;
 
 	while (moved < COPY_CHUNK) {
 		if (!s->plain) {
-			n = copy_file_range(s->fd, NULL, s->fd2, NULL, COPY_CHUNK - moved, 0);
+			n = copy_file_range(s->src, NULL, s->dst, NULL, COPY_CHUNK - moved, 0);
 			if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
 				s->plain = 1;	/* not between these two files (a device, an old kernel) */
 				continue;
 			}
 		} else {
-			n = read(s->fd, buf, sizeof(buf));
-			if (n > 0 && write_full(s->fd2, buf, (size_t)n) < 0)
+			n = read(s->src, buf, READ_CHUNK);
+			if (n > 0 && write_full(s->dst, buf, (size_t)n) < 0)
 				n = -1;
 		}
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			send_error(c, s->id, KP_ERR_OS, errno, "copy: %s", strerror(errno));
-			stream_free(c, s);
+			send_error(c, st->id, KP_ERR_OS, errno, "copy: %s", strerror(errno));
+			stream_free(c, st);
 			return;
 		}
 		if (n == 0) {
-			rec_begin(&w);
+			rec_begin(c, &w);
 			kp_put_u64(&w, KT_SIZE, s->copied);
-			rec_send(c, KP_RESPONSE, KP_F_END, s->id, &w);
-			stream_free(c, s);
+			rec_send(c, KP_RESPONSE, KP_F_END, st->id, &w);
+			stream_free(c, st);
 			return;
 		}
 		moved += (size_t)n;
 		s->copied += (uint64_t)n;
 	}
 }
+
+static void copy_release(struct agent *a, struct stream *st)
+{
+	struct copy_stream *s = (struct copy_stream *)st;
+
+	(void)a;
+	fd_close(&s->src);
+	fd_close(&s->dst);
+}
+
+static const struct stream_ops copy_ops = {
+	.name = "copy",
+	.size = sizeof(struct copy_stream),
+	.pump = copy_pump,
+	.busy = 1,		/* a COPY goes on next turn: the loop does not sleep */
+	.release = copy_release,
+};
 
 /* ---- WALK --------------------------------------------------------------------------- */
 
@@ -151,9 +178,14 @@ struct walk {
 	char path[PATH_MAX];
 };
 
+struct walk_stream {
+	struct stream s;
+	struct walk *wk;
+};
+
 #define WALK_BATCH	(KP_MAX_CONTROL - 2 * PATH_MAX - 1024)	/* a batch is full beyond this */
 
-void walk_free(struct walk *wk)
+static void walk_free(struct agent *a, struct walk *wk)
 {
 	if (!wk)
 		return;
@@ -161,10 +193,10 @@ void walk_free(struct walk *wk)
 		closedir(wk->d);
 	free(wk->lv);
 	free(wk);
-	nwalks--;
+	a->nwalks--;
 }
 
-void walk_put(struct kp_recw *w, const char *path, const char *name, unsigned type)
+static void walk_put(struct kp_recw *w, const char *path, const char *name, unsigned type)
 {
 	uint32_t mark = kp_nest_begin(w, KT_ENTRY);
 
@@ -179,7 +211,7 @@ void walk_put(struct kp_recw *w, const char *path, const char *name, unsigned ty
  * plen bytes): 1 when the walk is now in it, 0 when it is not a directory to
  * enter (gone, a symlink to something else, a loop), or -errno.
  */
-int walk_down(struct walk *wk, const char *name, size_t plen, int is_link)
+static int walk_down(struct walk *wk, const char *name, size_t plen, int is_link)
 {
 	int fd = openat(dirfd(wk->d), name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (is_link ? 0 : O_NOFOLLOW));
 	struct stat st;
@@ -227,14 +259,14 @@ fail:
  * stays below OUTQ_HIGH, so the connection is still read (a CANCEL, other
  * requests) while a walk has more to send. The last batch carries END.
  */
-void walk_pump(struct conn *c, struct stream *s)
+static void walk_pump(struct conn *c, struct stream *s)
 {
-	struct walk *wk = s->walk;
+	struct walk *wk = ((struct walk_stream *)s)->wk;
 	struct kp_recw w;
 	struct stat st;
 	int err = 0;
 
-	rec_begin(&w);
+	rec_begin(c, &w);
 	if (!wk->started) {
 		const char *b = strrchr(wk->path, '/');
 
@@ -251,7 +283,7 @@ void walk_pump(struct conn *c, struct stream *s)
 
 		if (w.len > WALK_BATCH) {
 			rec_send(c, KP_RESPONSE, 0, s->id, &w);
-			rec_begin(&w);
+			rec_begin(c, &w);
 			continue;
 		}
 		errno = 0;
@@ -320,24 +352,33 @@ done:
 	stream_free(c, s);
 }
 
-void op_walk(struct conn *c, const struct kp_frame *f)
+static void walk_release(struct agent *a, struct stream *s)
 {
-	struct kp_walk_args a;
-	const char *why;
+	walk_free(a, ((struct walk_stream *)s)->wk);
+}
+
+static const struct stream_ops walk_ops = {
+	.name = "walk",
+	.size = sizeof(struct walk_stream),
+	.pump = walk_pump,
+	.release = walk_release,
+};
+
+void op_walk(struct conn *c, const struct req *r)
+{
+	const struct kp_frame *f = r->f;
+	const struct kp_walk_args *a = &r->args.walk;
+	struct agent *ag = c->ag;
+	struct walk_stream *s;
 	struct walk *wk;
-	struct stream *s;
 	struct stat st;
 	size_t n;
 
-	if (kp_args_walk(f->payload, f->len, &a, &why) < 0) {
-		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s", why);
-		return;
-	}
-	if (nwalks >= MAX_WALKS) {
+	if (ag->nwalks >= MAX_WALKS) {
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "walk: %d walks in progress already", MAX_WALKS);
 		return;
 	}
-	if (a.path.len >= PATH_MAX) {
+	if (a->path.len >= PATH_MAX) {
 		send_error(c, f->id, KP_ERR_OS, ENAMETOOLONG, "walk: %s", strerror(ENAMETOOLONG));
 		return;
 	}
@@ -347,27 +388,26 @@ void op_walk(struct conn *c, const struct kp_frame *f)
 		send_error(c, f->id, KP_ERR_OS, ENOMEM, "walk: out of memory");
 		return;
 	}
-	nwalks++;
+	ag->nwalks++;
 	wk->nlv = 16;
-	wk->max_depth = a.max_depth;
-	wk->nofollow = a.nofollow;
-	kp_field_str(&a.path, wk->path, sizeof(wk->path));
-	for (n = a.path.len; n > 1 && wk->path[n - 1] == '/'; )
+	wk->max_depth = a->max_depth;
+	wk->nofollow = a->nofollow;
+	kp_field_str(&a->path, wk->path, sizeof(wk->path));
+	for (n = a->path.len; n > 1 && wk->path[n - 1] == '/'; )
 		wk->path[--n] = '\0';
 	/* The root itself is entered whatever it is: a symlink to a directory is followed. */
 	wk->d = opendir(wk->path);
 	if (!wk->d || fstat(dirfd(wk->d), &st) < 0) {
 		os_error(c, f->id, "walk", wk->path, errno);
-		walk_free(wk);
+		walk_free(ag, wk);
 		return;
 	}
 	wk->lv[0] = (struct walk_level){ .len = n, .dev = st.st_dev, .ino = st.st_ino };
-	s = stream_new(c, ST_WALK, f->id);
+	s = (struct walk_stream *)stream_new(c, &walk_ops, f->id, "walk");
 	if (!s) {
-		walk_free(wk);
-		send_error(c, f->id, KP_ERR_OS, ENOMEM, "walk: out of memory");
+		walk_free(ag, wk);
 		return;
 	}
-	s->walk = wk;
-	s->in_credit = 0;
+	s->wk = wk;
+	s->s.in_credit = 0;
 }
