@@ -114,10 +114,17 @@ CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 $(O)/unit-tests: $(UNIT_SRCS) $(VMM_SRCS) $(PROTO_SRCS) $(VMM_HDRS) $(PROTO_HDRS) $(wildcard tests/unit/*.h) | $(O)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -Itests/unit -o $@ $(UNIT_SRCS) $(VMM_SRCS) $(PROTO_SRCS) $(CHECK_LIBS) $(LDLIBS)
 
-unit: $(O)/unit-tests
+# The guest agent's own suite: its dispatcher driven over a socketpair (tests/unit/agent/).
+AGENT_UNIT_SRCS := $(sort $(wildcard tests/unit/agent/*.c))
 
-test-unit: $(O)/unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
+$(O)/agent-unit-tests: $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS) | $(O)
+	$(CC) $(AGENT_CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(PROTO_SRCS) $(CHECK_LIBS)
+
+unit: $(O)/unit-tests $(O)/agent-unit-tests
+
+test-unit: $(O)/unit-tests $(O)/agent-unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
 	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
+	CK_DEFAULT_TIMEOUT=120 $(O)/agent-unit-tests
 	tests/agent-host/run.sh $(O)/asan/kiln-agent-host $(O)/kiln
 
 # Integration tests boot real guests: directly where /dev/kvm works, else
