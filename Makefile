@@ -150,6 +150,11 @@ $(O)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(VMM_SRCS) $(PROTO_SRCS) $(VMM_HDRS) $(PR
 	@mkdir -p $(@D)
 	clang $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(VMM_SRCS) $(PROTO_SRCS) $(LDLIBS)
 
+# The agent's target links the agent and the codec, not the VMM.
+$(O)/fuzz/fuzz_agent: tests/fuzz/fuzz_agent.c $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS)
+	@mkdir -p $(@D)
+	clang $(AGENT_CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(AGENT_SRCS) $(PROTO_SRCS)
+
 fuzz-build: $(FUZZ_TARGETS)
 
 # A short run of each target over its corpus in tests/fuzz/corpus/<name>/.
