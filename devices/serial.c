@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "devices.h"
+#include "io.h"
 #include "snapfile.h"
 #include "vmm.h"
 

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io.h"
 #include "snapshot.h"
 
 #define QUIESCE_TIMEOUT_MS	5000

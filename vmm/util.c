@@ -42,25 +42,6 @@ struct timespec deadline_after(clockid_t clock, unsigned ms)
 	return ts;
 }
 
-int write_full(int fd, const void *p, size_t n)
-{
-	const char *b = p;
-
-	while (n) {
-		ssize_t w = write(fd, b, n);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		if (w == 0)
-			return -EIO;
-		b += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /*
  * Log lines a guest can cause. One mutex for every limiter: these lines are
  * rare when the guest behaves, and the list is walked at exit.

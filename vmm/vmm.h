@@ -385,9 +385,6 @@ uint64_t now_ns(void);
 /* The time ms milliseconds from now on clock, for timed waits. */
 struct timespec deadline_after(clockid_t clock, unsigned ms);
 
-/* Write all n bytes to fd, through short writes and EINTR. 0, or -errno. */
-int write_full(int fd, const void *p, size_t n);
-
 /* ---- Log lines a guest can cause (util.c) ------------------------------- */
 
 /*

@@ -3,7 +3,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../devices/devices.h"
+#include "devices.h"
 #include "unit.h"
 
 static struct vm vm;

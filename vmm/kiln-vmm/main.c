@@ -22,8 +22,8 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "../devices/devices.h"
-#include "../devices/virtio.h"
+#include "devices.h"
+#include "virtio.h"
 #include "base64.h"
 #include "control.h"
 #include "ioloop.h"
