@@ -61,6 +61,7 @@
 #include "agent.h"
 #include "abi.h"
 #include "agent_proto.h"
+#include "io.h"
 
 #define AGENT_NAME	"kiln-agent 0.1"
 #define MAX_CONNS	64

@@ -74,25 +74,6 @@ out:
 	free(to);
 }
 
-/* Write all n bytes to fd: 0, or -1 with errno (EIO for a device that takes no more). */
-static int write_full(int fd, const uint8_t *p, size_t n)
-{
-	while (n) {
-		ssize_t k = write(fd, p, n);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k <= 0) {
-			if (k == 0 || errno == EAGAIN)
-				errno = EIO;
-			return -1;
-		}
-		p += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
 /* Move up to COPY_CHUNK bytes of a COPY; at the end of the file, the terminal RESPONSE. */
 static void copy_pump(struct conn *c, struct stream *st)
 {
@@ -100,6 +81,7 @@ static void copy_pump(struct conn *c, struct stream *st)
 	uint8_t *buf = c->ag->io;
 	struct kp_recw w;
 	size_t moved = 0;
+	int ret;
 	ssize_t n;
 
 	while (moved < COPY_CHUNK) {
@@ -111,8 +93,11 @@ static void copy_pump(struct conn *c, struct stream *st)
 			}
 		} else {
 			n = read(s->src, buf, READ_CHUNK);
-			if (n > 0 && write_full(s->dst, buf, (size_t)n) < 0)
+			if (n > 0 && (ret = write_full(s->dst, buf, (size_t)n)) < 0) {
+				/* A non-blocking device that takes no more is EIO, as one that takes 0 bytes. */
+				errno = ret == -EAGAIN ? EIO : -ret;
 				n = -1;
+			}
 		}
 		if (n < 0 && errno == EINTR)
 			continue;
