@@ -79,153 +79,229 @@ fail:
 	return -err;
 }
 
-void op_exec(struct conn *c, const struct req *r)
-{
-	const struct kp_frame *f = r->f;
-	struct agent *a = c->ag;
-	int bad = 0, io_in, io_out, io_err, p_in[2] = { -1, -1 }, p_out[2] = { -1, -1 };
-	int p_err[2] = { -1, -1 }, p_ex[2] = { -1, -1 }, child[3], nul = -1, ex[2] = { 0, 0 };
-	int pty_m = -1, pty_t = -1, ret;
-	size_t argc = 0, nenv = 0;
-	char **argv = arg_list(f, KT_ARG, &argc, &bad), **envv = arg_list(f, KT_ENV, &nenv, &bad);
-	char *shell = arg_str(f, KT_SHELL, &bad), *cwd = arg_str(f, KT_CWD, &bad), **envp = NULL;
-	char *sh[] = { "/bin/sh", "-c", shell, NULL };
-	uint64_t uid = arg_u64(f, KT_UID, 0, &bad), gid = arg_u64(f, KT_GID, 0, &bad);
-	int clear = (int)arg_u64(f, KT_CLEAR_ENV, 0, &bad);
-	int pty = (int)arg_u64(f, KT_PTY, 0, &bad);
-	uint64_t rows = arg_u64(f, KT_ROWS, 24, &bad), cols = arg_u64(f, KT_COLS, 80, &bad);
-	uint64_t ring = arg_u64(f, KT_RING, RING_DEFAULT, &bad), ovf = arg_u64(f, KT_OVERFLOW, KP_OVF_BLOCK, &bad);
-	struct proc *p = NULL;
-	struct exec_stream *s;
-	struct kp_recw w;
-	sigset_t none;
-	pid_t pid;
-	ssize_t n;
+/* EXEC's arguments. */
+struct exec_args {
+	char **argv, **envv;	/* KT_ARG*, KT_ENV* */
+	size_t argc, nenv;
+	char *shell, *cwd;
+	uint64_t uid, gid, rows, cols, ring, ovf;
+	int clear, pty;
+	int io[3];		/* KT_STDIN, KT_STDOUT, KT_STDERR: KP_IO_* */
+};
 
-	io_in = (int)arg_u64(f, KT_STDIN, KP_IO_NULL, &bad);
-	io_out = (int)arg_u64(f, KT_STDOUT, KP_IO_PIPE, &bad);
-	io_err = (int)arg_u64(f, KT_STDERR, KP_IO_PIPE, &bad);
-	if (bad || (!shell && argc == 0) || io_in > KP_IO_PIPE || io_out > KP_IO_PIPE ||
-	    io_err > KP_IO_MERGE || uid > 0xffffffffu || gid > 0xffffffffu) {
+/* Read and check EXEC's arguments: 0, or -1 after the ERROR. */
+static int exec_args_read(struct conn *c, const struct kp_frame *f, struct exec_args *x)
+{
+	int bad = 0;
+
+	x->argv = arg_list(f, KT_ARG, &x->argc, &bad);
+	x->envv = arg_list(f, KT_ENV, &x->nenv, &bad);
+	x->shell = arg_str(f, KT_SHELL, &bad);
+	x->cwd = arg_str(f, KT_CWD, &bad);
+	x->uid = arg_u64(f, KT_UID, 0, &bad);
+	x->gid = arg_u64(f, KT_GID, 0, &bad);
+	x->clear = (int)arg_u64(f, KT_CLEAR_ENV, 0, &bad);
+	x->pty = (int)arg_u64(f, KT_PTY, 0, &bad);
+	x->rows = arg_u64(f, KT_ROWS, 24, &bad);
+	x->cols = arg_u64(f, KT_COLS, 80, &bad);
+	x->ring = arg_u64(f, KT_RING, RING_DEFAULT, &bad);
+	x->ovf = arg_u64(f, KT_OVERFLOW, KP_OVF_BLOCK, &bad);
+	x->io[0] = (int)arg_u64(f, KT_STDIN, KP_IO_NULL, &bad);
+	x->io[1] = (int)arg_u64(f, KT_STDOUT, KP_IO_PIPE, &bad);
+	x->io[2] = (int)arg_u64(f, KT_STDERR, KP_IO_PIPE, &bad);
+	if (bad || (!x->shell && x->argc == 0) || x->io[0] > KP_IO_PIPE || x->io[1] > KP_IO_PIPE ||
+	    x->io[2] > KP_IO_MERGE || x->uid > 0xffffffffu || x->gid > 0xffffffffu) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: wants ARG* or SHELL; STDIN/STDOUT NULL or PIPE, STDERR NULL, PIPE or MERGE");
-		goto out;
+		return -1;
 	}
-	if (ring < RING_MIN || ring > RING_MAX || ovf > KP_OVF_DROP) {
+	if (x->ring < RING_MIN || x->ring > RING_MAX || x->ovf > KP_OVF_DROP) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: RING must be %u to %u bytes, OVERFLOW BLOCK (0) or DROP (1)",
 			   RING_MIN, RING_MAX);
-		goto out;
+		return -1;
 	}
-	if (pty && (rows < 1 || rows > 65535 || cols < 1 || cols > 65535)) {
+	if (x->pty && (x->rows < 1 || x->rows > 65535 || x->cols < 1 || x->cols > 65535)) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: ROWS and COLS must be 1 to 65535");
-		goto out;
+		return -1;
 	}
+	return 0;
+}
+
+static void exec_args_free(struct exec_args *x)
+{
+	strv_free(x->argv);
+	strv_free(x->envv);
+	free(x->shell);
+	free(x->cwd);
+}
+
+/* Whether the process table takes one more: 0, or -1 after the ERROR. */
+static int exec_admit(struct conn *c, const struct kp_frame *f)
+{
+	struct agent *a = c->ag;
+
 	proc_evict(a);		/* those a closed connection detached since the last exit */
 	if (a->nlive >= MAX_PROCS) {
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "exec: %d processes already (SIGNAL some, or wait for them)",
 			   MAX_PROCS);
-		goto out;
+		return -1;
 	}
 	if (a->nlive + a->nexited >= MAX_PROC_OBJS) {
 		send_error(c, f->id, KP_ERR_LIMIT, 0, "exec: %d processes held already (%u exited, their pipes "
 			   "still open or kept for WAIT): end their streams (CANCEL) or RELEASE some",
 			   MAX_PROC_OBJS, a->nexited);
-		goto out;
+		return -1;
 	}
 	if (a->stopping.active) {
 		send_error(c, f->id, KP_ERR_OS, ESHUTDOWN, "exec: the sandbox is shutting down");
-		goto out;
+		return -1;
 	}
-	envp = build_env(a, envv, nenv, clear);
-	p = calloc(1, sizeof(*p));
-	nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-	if (!envp || !p || nul < 0 || pipe2(p_ex, O_CLOEXEC) < 0 ||
-	    (!pty && io_in == KP_IO_PIPE && pipe2(p_in, O_CLOEXEC) < 0) ||
-	    (!pty && io_out == KP_IO_PIPE && pipe2(p_out, O_CLOEXEC) < 0) ||
-	    (!pty && io_err == KP_IO_PIPE && pipe2(p_err, O_CLOEXEC) < 0)) {
+	return 0;
+}
+
+/*
+ * The descriptors of a start: the agent's ends (in[1], out[0], err[0]; a
+ * pty's master in in[1] and out[0]), the child's stdio (child[]), and ex, a
+ * pipe on which a child that cannot exec reports where and why.
+ */
+struct exec_fds {
+	int in[2], out[2], err[2], ex[2];
+	int nul, pty_m, pty_t;
+	int child[3];
+};
+
+/* Open x's pipes or pseudo-terminal: 0, or -1 after the ERROR. */
+static int exec_fds_open(struct conn *c, const struct kp_frame *f, const struct exec_args *x, struct exec_fds *d)
+{
+	int ret;
+
+	d->nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (d->nul < 0 || pipe2(d->ex, O_CLOEXEC) < 0 ||
+	    (!x->pty && x->io[0] == KP_IO_PIPE && pipe2(d->in, O_CLOEXEC) < 0) ||
+	    (!x->pty && x->io[1] == KP_IO_PIPE && pipe2(d->out, O_CLOEXEC) < 0) ||
+	    (!x->pty && x->io[2] == KP_IO_PIPE && pipe2(d->err, O_CLOEXEC) < 0)) {
 		send_error(c, f->id, KP_ERR_OS, errno, "exec: %s", strerror(errno));
-		goto out;
+		return -1;
 	}
-	if (pty) {
-		ret = pty_open((unsigned)rows, (unsigned)cols, &pty_m, &pty_t);
-		if (ret == 0 && (p_in[1] = fcntl(pty_m, F_DUPFD_CLOEXEC, 3)) < 0)
-			ret = -errno;
-		if (ret < 0) {
-			send_error(c, f->id, KP_ERR_OS, -ret, "exec: pseudo-terminal: %s", strerror(-ret));
-			goto out;
-		}
-		p_out[0] = pty_m;
-		pty_m = -1;
-		child[0] = child[1] = child[2] = pty_t;
-	} else {
-		child[0] = io_in == KP_IO_PIPE ? p_in[0] : nul;
-		child[1] = io_out == KP_IO_PIPE ? p_out[1] : nul;
-		child[2] = io_err == KP_IO_PIPE ? p_err[1] : io_err == KP_IO_MERGE ? child[1] : nul;
+	if (!x->pty) {
+		d->child[0] = x->io[0] == KP_IO_PIPE ? d->in[0] : d->nul;
+		d->child[1] = x->io[1] == KP_IO_PIPE ? d->out[1] : d->nul;
+		d->child[2] = x->io[2] == KP_IO_PIPE ? d->err[1] : x->io[2] == KP_IO_MERGE ? d->child[1] : d->nul;
+		return 0;
+	}
+	ret = pty_open((unsigned)x->rows, (unsigned)x->cols, &d->pty_m, &d->pty_t);
+	if (ret == 0 && (d->in[1] = fcntl(d->pty_m, F_DUPFD_CLOEXEC, 3)) < 0)
+		ret = -errno;
+	if (ret < 0) {
+		send_error(c, f->id, KP_ERR_OS, -ret, "exec: pseudo-terminal: %s", strerror(-ret));
+		return -1;
+	}
+	d->out[0] = d->pty_m;
+	d->pty_m = -1;
+	d->child[0] = d->child[1] = d->child[2] = d->pty_t;
+	return 0;
+}
+
+static void exec_fds_close(struct exec_fds *d)
+{
+	int *fds[] = { &d->in[0], &d->in[1], &d->out[0], &d->out[1], &d->err[0], &d->err[1],
+		       &d->ex[0], &d->ex[1], &d->pty_m, &d->pty_t, &d->nul };
+	size_t i;
+
+	for (i = 0; i < sizeof(fds) / sizeof(fds[0]); i++)
+		fd_close(fds[i]);
+}
+
+/* In the child: stdio, signals, limits, a session, then exec; a failure goes up d->ex. */
+static _Noreturn void exec_child(struct agent *a, const struct exec_args *x, const struct exec_fds *d,
+				 char **envp)
+{
+	char *sh[] = { "/bin/sh", "-c", x->shell, NULL };
+	int i, fds[3], ex[2] = { 0, 0 };
+	sigset_t none;
+
+	/* dup first: a later dup2 must not overwrite a source still needed. */
+	for (i = 0; i < 3; i++)
+		fds[i] = fcntl(d->child[i], F_DUPFD_CLOEXEC, 3);
+	for (i = 0; i < 3; i++)
+		dup2(fds[i], i);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	if (a->child_nofile.rlim_max)
+		(void)setrlimit(RLIMIT_NOFILE, &a->child_nofile);
+	setsid();
+	/* The terminal becomes the new session's controlling tty: job control, SIGWINCH. */
+	if (x->pty)
+		ioctl(0, TIOCSCTTY, 0);
+	ex[0] = 1;
+	if (x->cwd && chdir(x->cwd) < 0)
+		goto fail;
+	ex[0] = 2;
+	if ((x->gid && setgid((gid_t)x->gid) < 0) || (x->uid && setuid((uid_t)x->uid) < 0))
+		goto fail;
+	ex[0] = 3;
+	if (x->shell)
+		execve(sh[0], sh, envp);
+	else
+		execvpe(x->argv[0], x->argv, envp);
+fail:
+	ex[1] = errno;
+	(void)!write(d->ex[1], ex, sizeof(ex));
+	_exit(127);
+}
+
+/* Fork and exec x: the child's pid, or -1 after the ERROR (a failed exec included). */
+static pid_t exec_spawn(struct conn *c, const struct kp_frame *f, const struct exec_args *x, struct exec_fds *d)
+{
+	char **envp = build_env(c->ag, x->envv, x->nenv, x->clear);
+	int ex[2] = { 0, 0 };
+	pid_t pid;
+	ssize_t n;
+
+	if (!envp) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "exec: %s", strerror(ENOMEM));
+		return -1;
 	}
 	pid = fork();
+	if (pid == 0)
+		exec_child(c->ag, x, d, envp);
+	free(envp);
 	if (pid < 0) {
 		send_error(c, f->id, KP_ERR_OS, errno, "exec: fork: %s", strerror(errno));
-		goto out;
+		return -1;
 	}
-	if (pid == 0) {
-		int i, fds[3];
-
-		/* dup first: a later dup2 must not overwrite a source still needed. */
-		for (i = 0; i < 3; i++)
-			fds[i] = fcntl(child[i], F_DUPFD_CLOEXEC, 3);
-		for (i = 0; i < 3; i++)
-			dup2(fds[i], i);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		if (a->child_nofile.rlim_max)
-			(void)setrlimit(RLIMIT_NOFILE, &a->child_nofile);
-		setsid();
-		/* The terminal becomes the new session's controlling tty: job control, SIGWINCH. */
-		if (pty)
-			ioctl(0, TIOCSCTTY, 0);
-		ex[0] = 1;
-		if (cwd && chdir(cwd) < 0)
-			goto child_fail;
-		ex[0] = 2;
-		if ((gid && setgid((gid_t)gid) < 0) || (uid && setuid((uid_t)uid) < 0))
-			goto child_fail;
-		ex[0] = 3;
-		if (shell)
-			execve(sh[0], sh, envp);
-		else
-			execvpe(argv[0], argv, envp);
-child_fail:
-		ex[1] = errno;
-		(void)!write(p_ex[1], ex, sizeof(ex));
-		_exit(127);
-	}
-	close(p_ex[1]);
-	p_ex[1] = -1;
+	fd_close(&d->ex[1]);
 	do
-		n = read(p_ex[0], ex, sizeof(ex));
+		n = read(d->ex[0], ex, sizeof(ex));
 	while (n < 0 && errno == EINTR);
 	if (n == sizeof(ex)) {
 		/* The child is reaped by the SIGCHLD handler as an unknown pid. */
 		send_error(c, f->id, KP_ERR_OS, ex[1], "exec: %s: %s",
-			   ex[0] == 1 ? cwd : ex[0] == 2 ? "setuid/setgid" : shell ? sh[0] : argv[0],
+			   ex[0] == 1 ? x->cwd : ex[0] == 2 ? "setuid/setgid" : x->shell ? "/bin/sh" : x->argv[0],
 			   strerror(ex[1]));
-		goto out;
+		return -1;
 	}
-	s = (struct exec_stream *)stream_new(c, &exec_stream_ops, f->id, "exec");
-	if (!s) {
-		kill(pid, SIGKILL);
-		goto out;
-	}
+	return pid;
+}
+
+/* The process p started as pid, with d's ends and stream s: into the table, and answered. */
+static void exec_started(struct conn *c, const struct exec_args *x, struct exec_fds *d, struct proc *p,
+			 struct exec_stream *s, pid_t pid)
+{
+	struct agent *a = c->ag;
+	struct kp_recw w;
+	int i;
+
 	p->pid = pid;
 	p->handle = a->next_handle++;
-	p->pty = pty;
-	p->drop = ovf == KP_OVF_DROP;
-	p->ring_cap = (size_t)ring;
-	p->cmd = cmd_copy(argv, argc, shell, &p->cmdlen);
-	p->fd[0] = p_in[1];
-	p->fd[1] = p_out[0];
-	p->fd[2] = p_err[0];
-	p_in[1] = p_out[0] = p_err[0] = -1;
-	for (int i = 0; i < 3; i++)
+	p->pty = x->pty;
+	p->drop = x->ovf == KP_OVF_DROP;
+	p->ring_cap = (size_t)x->ring;
+	p->cmd = cmd_copy(x->argv, x->argc, x->shell, &p->cmdlen);
+	p->fd[0] = d->in[1];
+	p->fd[1] = d->out[0];
+	p->fd[2] = d->err[0];
+	d->in[1] = d->out[0] = d->err[0] = -1;
+	for (i = 0; i < 3; i++)
 		if (p->fd[i] >= 0)
 			fcntl(p->fd[i], F_SETFL, O_NONBLOCK);
 	p->st = s;
@@ -239,27 +315,45 @@ child_fail:
 	rec_begin(c, &w);
 	kp_put_u64(&w, KT_HANDLE, p->handle);
 	kp_put_u64(&w, KT_PID, (uint64_t)pid);
-	rec_send(c, KP_RESPONSE, 0, f->id, &w);
+	rec_send(c, KP_RESPONSE, 0, s->s.id, &w);
 	proc_flush(p);		/* channels the process does not have end at once */
+}
+
+void op_exec(struct conn *c, const struct req *r)
+{
+	const struct kp_frame *f = r->f;
+	struct exec_args x = { 0 };
+	struct exec_fds d = {
+		.in = { -1, -1 }, .out = { -1, -1 }, .err = { -1, -1 }, .ex = { -1, -1 },
+		.nul = -1, .pty_m = -1, .pty_t = -1,
+	};
+	struct proc *p = NULL;
+	struct exec_stream *s;
+	pid_t pid;
+
+	if (exec_args_read(c, f, &x) < 0 || exec_admit(c, f) < 0)
+		goto out;
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		send_error(c, f->id, KP_ERR_OS, ENOMEM, "exec: %s", strerror(ENOMEM));
+		goto out;
+	}
+	if (exec_fds_open(c, f, &x, &d) < 0)
+		goto out;
+	pid = exec_spawn(c, f, &x, &d);
+	if (pid < 0)
+		goto out;
+	s = (struct exec_stream *)stream_new(c, &exec_stream_ops, f->id, "exec");
+	if (!s) {
+		kill(pid, SIGKILL);
+		goto out;
+	}
+	exec_started(c, &x, &d, p, s, pid);
 	p = NULL;
 out:
-	fd_close(&p_in[0]);
-	fd_close(&p_in[1]);
-	fd_close(&p_out[0]);
-	fd_close(&p_out[1]);
-	fd_close(&p_err[0]);
-	fd_close(&p_err[1]);
-	fd_close(&p_ex[0]);
-	fd_close(&p_ex[1]);
-	fd_close(&pty_m);
-	fd_close(&pty_t);
-	fd_close(&nul);
+	exec_fds_close(&d);
 	free(p);
-	free(envp);
-	strv_free(argv);
-	strv_free(envv);
-	free(shell);
-	free(cwd);
+	exec_args_free(&x);
 }
 
 static struct proc *proc_arg(struct conn *c, const struct kp_frame *f, const char *op, int *bad)
