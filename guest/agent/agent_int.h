@@ -336,10 +336,13 @@ struct conn *conn_live(struct agent *a, void *o, int fd);
 
 /* ---- stream.c ---- */
 
+/* close(*fd) if open; *fd becomes -1. */
 void fd_close(int *fd);
+/* The live stream of request id on c, or NULL. */
 struct stream *stream_find(struct conn *c, uint32_t id);
 /* A new stream of kind ops for request id on c (ops->size bytes, zeroed), or NULL after "what: out of memory". */
 struct stream *stream_new(struct conn *c, const struct stream_ops *ops, uint32_t id, const char *what);
+/* End stream s of c: its kind releases what it holds (an exec's process runs on, detached). */
 void stream_free(struct conn *c, struct stream *s);
 /* The connection s belongs to, or NULL when s is gone. */
 struct conn *stream_conn(struct agent *a, const struct stream *s);
@@ -354,14 +357,22 @@ int stream_window(struct conn *c, struct stream *s, const struct kp_frame *f);
 
 /* ---- proc.c: processes, their output rings and exec streams ---- */
 
+/* The stream kind of EXEC and ATTACH. */
 extern const struct stream_ops exec_stream_ops;
+/* The exit status fields of p (KT_CODE, KT_SIGNAL, KT_CORE, KT_OOM) into w. */
 void put_exit(struct kp_recw *w, const struct proc *p);
+/* Send p's attached stream what its credit allows: GAP, DATA, EOF, and EXIT at the end. */
 void proc_flush(struct proc *p);
+/* Forget p: its stream ends with ERROR DETACHED, its pipes and rings are freed. */
 void proc_free(struct agent *a, struct proc *p);
+/* Keep at most MAX_EXITED exited processes. */
 void proc_evict(struct agent *a);
+/* Bytes of output channel ch (1, 2) that may be read from the pipe now (0: do not poll it). */
 size_t proc_out_room(struct agent *a, struct proc *p, int ch);
+/* Read a chunk of channel ch into its ring and pass it on; write queued stdin. */
 void proc_pump_out(struct agent *a, struct proc *p, int ch);
 void proc_pump_in(struct proc *p);
+/* The process with handle h, or NULL. */
 struct proc *proc_by_handle(struct agent *a, uint64_t h);
 /* Reap exited children (the SIGCHLD signalfd is readable). */
 void proc_reap(struct agent *a);
@@ -379,6 +390,7 @@ char *arg_str(const struct kp_frame *f, uint8_t tag, int *bad);
 uint64_t arg_u64(const struct kp_frame *f, uint8_t tag, uint64_t dflt, int *bad);
 /* Every STR field tag into a NULL-terminated malloc'd vector; count in *n. */
 char **arg_list(const struct kp_frame *f, uint8_t tag, size_t *n, int *bad);
+/* Free a vector from arg_list (NULL is fine). */
 void strv_free(char **v);
 /* A frame from the host on c: -1 when c must close after flushing. */
 int handle_frame(struct conn *c, const struct kp_frame *f);
@@ -395,6 +407,12 @@ struct req {
 };
 
 /* ---- the handlers of the op table (dispatch.c), by file ---- */
+
+/*
+ * Each serves one or more ops of docs/agent-protocol.md, "Operations", for
+ * request r on c, and answers it: a RESPONSE (END, or a stream opened) or an
+ * ERROR. They return nothing: a failure is the ERROR sent.
+ */
 
 void op_health(struct conn *c, const struct req *r);
 void op_identity(struct conn *c, const struct req *r);
