@@ -302,41 +302,21 @@ START_TEST(a_live_id_cannot_be_reused)
 }
 END_TEST
 
-START_TEST(bad_frame_type_closes_the_connection)
+/* Frames the agent answers with ERROR PROTO on id 0, then closes the connection. */
+static const uint8_t bad_frames[][KP_HDR_LEN] = {
+	{ 8, 0, 0, 0, 0x55, 0, 0, 0, 0, 0, 0, 0 },		/* an unknown type */
+	{ 3, 0, 0, 0, KP_PING, 0, 0, 0, 0, 0, 0, 0 },		/* a length below 8 */
+	{ 8, 0, 0, 0, KP_RESPONSE, 0, 0, 0, 12, 0, 0, 0 },	/* what only the agent sends */
+};
+
+START_TEST(bad_frame_closes_the_connection)
 {
-	uint8_t b[KP_HDR_LEN] = { 8, 0, 0, 0, 0x55, 0, 0, 0, 0, 0, 0, 0 };
 	struct kp_frame f;
 
-	fake_send(b, sizeof(b));
+	fake_send(bad_frames[_i], KP_HDR_LEN);
 	expect_error(0, KP_ERR_PROTO, 0);
 	ck_assert_int_eq(fake_next(&f, 2000), 0);
 	ck_assert_int_eq(T.closed, 1);
-}
-END_TEST
-
-START_TEST(short_length_closes_the_connection)
-{
-	uint8_t b[KP_HDR_LEN] = { 3, 0, 0, 0, KP_PING, 0, 0, 0, 0, 0, 0, 0 };
-	struct kp_frame f;
-
-	fake_send(b, sizeof(b));
-	expect_error(0, KP_ERR_PROTO, 0);
-	ck_assert_int_eq(fake_next(&f, 2000), 0);
-	ck_assert_int_eq(T.closed, 1);
-}
-END_TEST
-
-START_TEST(response_from_the_host_is_a_protocol_error)
-{
-	struct kp_recw w;
-	struct kp_frame f;
-	int n;
-
-	kp_recw_init(&w, T.out + KP_HDR_LEN, KP_MAX_CONTROL);
-	n = kp_enc_rec_frame(T.out, sizeof(T.out), KP_RESPONSE, 0, 12, &w);
-	fake_send(T.out, (size_t)n);
-	expect_error(0, KP_ERR_PROTO, 0);
-	ck_assert_int_eq(fake_next(&f, 2000), 0);
 }
 END_TEST
 
@@ -403,33 +383,23 @@ static int run(uint32_t id, const char *const *argv, char *out, size_t cap)
 	return code;
 }
 
-START_TEST(exec_true_exits_0)
+/* Host binaries, their stdout and exit status, one request id each. */
+static const struct {
+	const char *argv[4];
+	const char *out;
+	int code;
+} runs[] = {
+	{ { "/bin/true" }, "", 0 },
+	{ { "/bin/echo", "hello", "agent" }, "hello agent\n", 0 },
+	{ { "/bin/sh", "-c", "echo out; exit 3" }, "out\n", 3 },
+};
+
+START_TEST(exec_stdout_and_exit_status)
 {
-	const char *argv[] = { "/bin/true", NULL };
 	char out[64];
 
-	ck_assert_int_eq(run(20, argv, out, sizeof(out)), 0);
-	ck_assert_str_eq(out, "");
-}
-END_TEST
-
-START_TEST(exec_echo_stdout)
-{
-	const char *argv[] = { "/bin/echo", "hello", "agent", NULL };
-	char out[64];
-
-	ck_assert_int_eq(run(21, argv, out, sizeof(out)), 0);
-	ck_assert_str_eq(out, "hello agent\n");
-}
-END_TEST
-
-START_TEST(exec_exit_status)
-{
-	const char *argv[] = { "/bin/sh", "-c", "echo out; exit 3", NULL };
-	char out[64];
-
-	ck_assert_int_eq(run(22, argv, out, sizeof(out)), 3);
-	ck_assert_str_eq(out, "out\n");
+	ck_assert_int_eq(run(20 + (uint32_t)_i, runs[_i].argv, out, sizeof(out)), runs[_i].code);
+	ck_assert_str_eq(out, runs[_i].out);
 }
 END_TEST
 
@@ -609,51 +579,46 @@ START_TEST(jail_refuses_exec_ports_and_outside_paths)
 }
 END_TEST
 
+/* A test case of n tests sharing a fixture. */
+static void add_case(Suite *s, const char *name, void (*up)(void), void (*down)(void),
+		     const TTest *const *tests, size_t n)
+{
+	TCase *tc = tcase_create(name);
+	size_t i;
+
+	tcase_add_checked_fixture(tc, up, down);
+	for (i = 0; i < n; i++)
+		tcase_add_test(tc, tests[i]);
+	suite_add_tcase(s, tc);
+}
+
+#define ADD_CASE(s, name, up, down, ...) \
+	add_case(s, name, up, down, (const TTest *const[]){ __VA_ARGS__ }, \
+		 sizeof((const TTest *const[]){ __VA_ARGS__ }) / sizeof(const TTest *))
+
 static Suite *suite_agent(void)
 {
 	Suite *s = suite_create("agent");
-	TCase *tc = tcase_create("control");
+	TCase *tc;
 
+	ADD_CASE(s, "control", setup, teardown, health_answers_after_hello, ping_gets_pong,
+		 identity_sets_id_and_env, identity_in_host_mode_refuses_hostname, shutdown_ends_the_loop);
+	ADD_CASE(s, "errors", setup, teardown, unknown_op_is_refused_and_the_connection_lives,
+		 a_live_id_cannot_be_reused, request_before_hello_is_a_protocol_error);
+	tc = tcase_create("bad frames");
 	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, health_answers_after_hello);
-	tcase_add_test(tc, ping_gets_pong);
-	tcase_add_test(tc, identity_sets_id_and_env);
-	tcase_add_test(tc, identity_in_host_mode_refuses_hostname);
-	tcase_add_test(tc, shutdown_ends_the_loop);
+	tcase_add_loop_test(tc, bad_frame_closes_the_connection, 0, (int)(sizeof(bad_frames) / sizeof(bad_frames[0])));
 	suite_add_tcase(s, tc);
-
-	tc = tcase_create("errors");
+	ADD_CASE(s, "processes", setup, teardown, exec_missing_program_is_enoent, exec_without_argv_is_bad_args,
+		 wait_and_release_unknown_handle);
+	tc = tcase_create("exec");
 	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, unknown_op_is_refused_and_the_connection_lives);
-	tcase_add_test(tc, a_live_id_cannot_be_reused);
-	tcase_add_test(tc, bad_frame_type_closes_the_connection);
-	tcase_add_test(tc, short_length_closes_the_connection);
-	tcase_add_test(tc, response_from_the_host_is_a_protocol_error);
-	tcase_add_test(tc, request_before_hello_is_a_protocol_error);
+	tcase_add_loop_test(tc, exec_stdout_and_exit_status, 0, (int)(sizeof(runs) / sizeof(runs[0])));
 	suite_add_tcase(s, tc);
-
-	tc = tcase_create("processes");
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_add_test(tc, exec_true_exits_0);
-	tcase_add_test(tc, exec_echo_stdout);
-	tcase_add_test(tc, exec_exit_status);
-	tcase_add_test(tc, exec_missing_program_is_enoent);
-	tcase_add_test(tc, exec_without_argv_is_bad_args);
-	tcase_add_test(tc, wait_and_release_unknown_handle);
-	suite_add_tcase(s, tc);
-
-	tc = tcase_create("files");
-	tcase_add_checked_fixture(tc, files_setup, files_teardown);
-	tcase_add_test(tc, file_write_read_stat_round_trip);
-	tcase_add_test(tc, file_read_missing_is_enoent);
-	tcase_add_test(tc, data_at_the_wrong_offset_is_refused);
-	tcase_add_test(tc, file_handles_are_bounded_per_connection);
-	suite_add_tcase(s, tc);
-
-	tc = tcase_create("jail");
-	tcase_add_checked_fixture(tc, jail_setup, teardown);
-	tcase_add_test(tc, jail_refuses_exec_ports_and_outside_paths);
-	suite_add_tcase(s, tc);
+	ADD_CASE(s, "files", files_setup, files_teardown, file_write_read_stat_round_trip,
+		 file_read_missing_is_enoent, data_at_the_wrong_offset_is_refused,
+		 file_handles_are_bounded_per_connection);
+	ADD_CASE(s, "jail", jail_setup, teardown, jail_refuses_exec_ports_and_outside_paths);
 	return s;
 }
 
