@@ -50,7 +50,7 @@
  * fallback.
  */
 #define KILN_DEFAULT_CMDLINE	"console=ttyS0 reboot=k panic=-1 quiet no_timer_check"
-/* What kiln-agent prints on its console once it listens (guest/agent.c). */
+/* What kiln-agent prints on its console once it listens (guest/agent/loop.c). */
 #define AGENT_READY_MARK	"kiln-agent: ready"
 #define GUEST_PARAMS		KILN_PARAM_BOOTMARK " " KILN_PARAM_AGENT
 #define VHOST_VSOCK		"/dev/vhost-vsock"
