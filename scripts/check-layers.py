@@ -42,6 +42,7 @@ def main():
     repo = sys.argv[1] if len(sys.argv) > 1 else "."
     files = subprocess.run(["git", "-C", repo, "ls-files", "-co", "--exclude-standard", "*.c", "*.h"],
                            check=True, capture_output=True, text=True).stdout.split()
+    files = sorted(f for f in set(files) if os.path.isfile(os.path.join(repo, f)))
     by_name = {}
     for f in files:
         if f.endswith(".h"):

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -18,6 +19,31 @@ int kiln_fail(struct kiln_err *err, int errnum, const char *fmt, ...)
 		va_end(ap);
 	}
 	return -errnum;
+}
+
+int kiln_err_prefix(struct kiln_err *err, int r, const char *fmt, ...)
+{
+	char head[sizeof(err->msg)];
+	size_t h, t, room;
+	va_list ap;
+
+	if (!err)
+		return r;
+	va_start(ap, fmt);
+	vsnprintf(head, sizeof(head), fmt, ap);
+	va_end(ap);
+	h = strlen(head);
+	if (h > sizeof(err->msg) - 3)
+		h = sizeof(err->msg) - 3;
+	room = sizeof(err->msg) - 3 - h;
+	t = strnlen(err->msg, sizeof(err->msg) - 1);
+	if (t > room)
+		t = room;
+	memmove(err->msg + h + 2, err->msg, t);
+	memcpy(err->msg, head, h);
+	memcpy(err->msg + h, ": ", 2);
+	err->msg[h + 2 + t] = '\0';
+	return r;
 }
 
 uint64_t now_ns(void)
@@ -113,4 +139,22 @@ void log_flush(void)
 		l->suppressed = 0;
 	}
 	pthread_mutex_unlock(&log_lock);
+}
+
+/* A hostile string made safe for a message: at most 60 bytes, the unprintable as '?'. */
+const char *str_printable(const char *str, char out[64])
+{
+	size_t i;
+
+	for (i = 0; str[i] && i < 60; i++)
+		out[i] = str[i] >= 0x20 && str[i] < 0x7f ? str[i] : '?';
+	out[i] = '\0';
+	if (str[i])
+		snprintf(out + 57, 4, "...");
+	return out;
+}
+
+int name_is_local(const char *n)
+{
+	return n[0] && !strchr(n, '/') && strcmp(n, ".") && strcmp(n, "..");
 }
