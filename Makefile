@@ -77,18 +77,23 @@ $(O)/asan/kac-fh-test: tests/integration/kac_fh.c api/agent_client.c api/agent_c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ tests/integration/kac_fh.c api/agent_client.c $(PROTO_SRCS)
 
+# The guest agent (guest/agent/): the guest's PID 1 links it, and so do its host-side tests.
+AGENT_SRCS := $(sort $(wildcard guest/agent/*.c))
+AGENT_HDRS := $(wildcard guest/agent/*.h)
+AGENT_CPPFLAGS := -D_GNU_SOURCE -Iguest/agent -Ilib
+
 # The guest agent on the host (a unix socket, not vsock) for tests/agent-host/.
-$(O)/asan/kiln-agent-host: guest/agent_host.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS)
+$(O)/asan/kiln-agent-host: guest/agent_host.c $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(ASAN_FLAGS) $(WARN) -D_GNU_SOURCE -Ilib -o $@ guest/agent_host.c guest/agent.c $(PROTO_SRCS) lib/io.c
+	$(CC) $(ASAN_FLAGS) $(WARN) $(AGENT_CPPFLAGS) -o $@ guest/agent_host.c $(AGENT_SRCS) $(PROTO_SRCS) lib/io.c
 
 $(O)/asan/guest: | $(O)
 	@mkdir -p $(O)/asan
 	ln -sfn ../guest $@
 
-$(O)/guest/init: guest/init.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS)
+$(O)/guest/init: guest/init.c $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -Ilib -o $@ guest/init.c guest/agent.c $(PROTO_SRCS) lib/io.c
+	$(CC) -static -Os $(WARN) $(AGENT_CPPFLAGS) -o $@ guest/init.c $(AGENT_SRCS) $(PROTO_SRCS) lib/io.c
 
 # Static helper programs for the guest (guest/tools/NAME.c -> /usr/bin/NAME).
 GUEST_TOOLS := $(patsubst guest/tools/%.c,$(O)/guest/tools/%,$(wildcard guest/tools/*.c))
@@ -118,10 +123,17 @@ CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
 $(O)/unit-tests: $(UNIT_SRCS) $(VMM_SRCS) $(PROTO_SRCS) $(VMM_HDRS) $(PROTO_HDRS) $(wildcard tests/unit/*.h) | $(O)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -Itests/unit -o $@ $(UNIT_SRCS) $(VMM_SRCS) $(PROTO_SRCS) $(CHECK_LIBS) $(LDLIBS)
 
-unit: $(O)/unit-tests
+# The guest agent's own suite: its dispatcher driven over a socketpair (tests/unit/agent/).
+AGENT_UNIT_SRCS := $(sort $(wildcard tests/unit/agent/*.c))
 
-test-unit: $(O)/unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
+$(O)/agent-unit-tests: $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS) | $(O)
+	$(CC) $(AGENT_CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(PROTO_SRCS) lib/io.c $(CHECK_LIBS)
+
+unit: $(O)/unit-tests $(O)/agent-unit-tests
+
+test-unit: $(O)/unit-tests $(O)/agent-unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
 	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
+	CK_DEFAULT_TIMEOUT=120 $(O)/agent-unit-tests
 	tests/agent-host/run.sh $(O)/asan/kiln-agent-host $(O)/kiln
 
 # Integration tests boot real guests: directly where /dev/kvm works, else
@@ -150,6 +162,11 @@ FUZZ_SECONDS ?= 20
 $(O)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(VMM_SRCS) $(PROTO_SRCS) $(VMM_HDRS) $(PROTO_HDRS)
 	@mkdir -p $(@D)
 	clang $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(VMM_SRCS) $(PROTO_SRCS) $(LDLIBS)
+
+# The agent's target links the agent and the codec, not the VMM.
+$(O)/fuzz/fuzz_agent: tests/fuzz/fuzz_agent.c $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS)
+	@mkdir -p $(@D)
+	clang $(AGENT_CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(AGENT_SRCS) $(PROTO_SRCS) lib/io.c
 
 fuzz-build: $(FUZZ_TARGETS)
 

@@ -14,7 +14,7 @@
 
 #include "abi.h"
 
-/* What kiln-agent prints on its console once it listens (guest/agent.c). */
+/* What kiln-agent prints on its console once it listens (guest/agent/loop.c). */
 #define AGENT_READY_MARK	"kiln-agent: ready"
 #define GUEST_PARAMS		KILN_PARAM_BOOTMARK " " KILN_PARAM_AGENT
 #define VHOST_VSOCK		"/dev/vhost-vsock"
