@@ -1,0 +1,198 @@
+/* kiln agent client: control operations (identity, shutdown, health, env). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "agent_proto.h"
+#include "agent_client.h"
+#include "ac_int.h"
+
+/* ---- control -------------------------------------------------------------------- */
+
+int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int i;
+
+	op_start(c, &o, &w, KP_OP_IDENTITY);
+	if (id->sandbox_id)
+		kp_put_str(&w, KT_SANDBOX_ID, id->sandbox_id);
+	if (id->hostname)
+		kp_put_str(&w, KT_HOSTNAME, id->hostname);
+	if (id->clear_env)
+		kp_put_bool(&w, KT_CLEAR_ENV, 1);
+	for (i = 0; id->env && id->env[i]; i++)
+		kp_put_str(&w, KT_ENV, id->env[i]);
+	if (id->set_clock) {
+		uint64_t ns = id->realtime_ns;
+
+		if (!ns) {
+			struct timespec ts;
+
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+		}
+		kp_put_u64(&w, KT_REALTIME_NS, ns);
+	}
+	return simple(c, &o, &w, err);
+}
+
+int kac_shutdown(struct kac *c, int grace_ms, int reboot, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct kp_frame f;
+	struct op o;
+	int64_t deadline;
+	int ret;
+
+	op_start(c, &o, &w, KP_OP_SHUTDOWN);
+	if (grace_ms > 0)
+		kp_put_u64(&w, KT_TIMEOUT_MS, (uint64_t)grace_ms);
+	if (reboot)
+		kp_put_bool(&w, KT_REBOOT, 1);
+	ret = simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	/* Accepted: wait for the VM to stop, which closes the connection. */
+	deadline = now_ms() + (grace_ms > 0 ? grace_ms : 5000) + 30000;
+	for (;;) {
+		ret = read_frame(c, &f, deadline, err);
+		if (ret == -ECONNRESET)
+			return 0;
+		if (ret == -ETIMEDOUT)
+			return fail(err, ETIMEDOUT, "the agent accepted the shutdown but the VM was still up "
+				    "%d s later", (int)((grace_ms > 0 ? grace_ms : 5000) / 1000 + 30));
+		if (ret)
+			return ret;
+	}
+}
+
+struct health_arg {
+	uint64_t *uptime, *procs;
+};
+
+static int health_rec(struct op *o, const struct kp_frame *f)
+{
+	struct health_arg *h = o->arg;
+	struct kp_field fl;
+
+	if (kp_rec_find(f->payload, f->len, KT_UPTIME_NS, &fl) == 1)
+		kp_field_u64(&fl, h->uptime);
+	if (kp_rec_find(f->payload, f->len, KT_PROCS, &fl) == 1)
+		kp_field_u64(&fl, h->procs);
+	return 0;
+}
+
+int kac_health(struct kac *c, uint64_t *uptime_ns, uint64_t *procs, struct kac_err *err)
+{
+	struct health_arg h = { uptime_ns, procs };
+	struct kp_recw w;
+	struct op o;
+
+	*uptime_ns = *procs = 0;
+	op_start(c, &o, &w, KP_OP_HEALTH);
+	o.on_rec = health_rec;
+	o.arg = &h;
+	return simple(c, &o, &w, err);
+}
+
+static int env_get_rec(struct op *o, const struct kp_frame *f)
+{
+	char **v = o->arg;
+	struct kp_field fl;
+
+	if (kp_rec_find(f->payload, f->len, KT_VALUE, &fl) != 1 || fl.kind != KP_K_STR)
+		return 0;
+	free(*v);
+	*v = malloc(fl.len + 1);
+	if (!*v)
+		return -ENOMEM;
+	kp_field_str(&fl, *v, fl.len + 1);
+	return 0;
+}
+
+int kac_env_get(struct kac *c, const char *key, char **value, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	*value = NULL;
+	op_start(c, &o, &w, KP_OP_ENV_GET);
+	o.on_rec = env_get_rec;
+	o.arg = value;
+	kp_put_str(&w, KT_KEY, key);
+	ret = simple(c, &o, &w, err);
+	if (ret) {
+		free(*value);
+		*value = NULL;
+	}
+	return ret;
+}
+
+int kac_env_set(struct kac *c, const char *key, const char *value, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_start(c, &o, &w, KP_OP_ENV_SET);
+	kp_put_str(&w, KT_KEY, key);
+	kp_put_str(&w, KT_VALUE, value);
+	return simple(c, &o, &w, err);
+}
+
+int kac_env_unset(struct kac *c, const char *key, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_start(c, &o, &w, KP_OP_ENV_DELETE);
+	kp_put_str(&w, KT_KEY, key);
+	return simple(c, &o, &w, err);
+}
+
+struct str_arg {
+	kac_str_fn fn;
+	void *arg;
+	int ret;
+};
+
+static int env_list_rec(struct op *o, const struct kp_frame *f)
+{
+	struct str_arg *a = o->arg;
+	struct kp_rec r;
+	struct kp_field fl;
+	char *e;
+	int ret;
+
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		if (fl.tag != KT_ENV || fl.kind != KP_K_STR || a->ret)
+			continue;
+		e = malloc(fl.len + 1);
+		if (!e)
+			return -ENOMEM;
+		kp_field_str(&fl, e, fl.len + 1);
+		a->ret = a->fn(a->arg, e);
+		free(e);
+	}
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int kac_env_list(struct kac *c, kac_str_fn fn, void *arg, struct kac_err *err)
+{
+	struct str_arg a = { fn, arg, 0 };
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	op_start(c, &o, &w, KP_OP_ENV_LIST);
+	o.on_rec = env_list_rec;
+	o.arg = &a;
+	ret = simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	return a.ret ? fail(err, -a.ret, "env list: %s", strerror(-a.ret)) : 0;
+}

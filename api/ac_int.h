@@ -1,0 +1,149 @@
+/*
+ * Internal to the agent client library (api/ac_*.c): the connection and
+ * operation state the parts share, and the engine they build on.
+ * Not for the library's users, who include agent_client.h.
+ */
+#ifndef KILN_AC_INT_H
+#define KILN_AC_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agent_proto.h"
+#include "agent_client.h"
+
+#define KAC_WINDOW	KP_DEFAULT_WINDOW	/* credit we grant per channel */
+#define KAC_RBUF	(256u << 10)		/* socket read-ahead */
+#define KAC_CHUNK	(256u << 10)		/* largest DATA we send */
+#define KAC_SBUF	(KP_MAX_CONTROL + KP_HDR_LEN)
+
+struct kac {
+	int fd;				/* non-blocking: every wait is a poll with a deadline */
+	int timeout_ms;			/* kac_set_timeout; 0: no limit */
+	int broken;			/* -errno once the connection is unusable (why says why) */
+	char why[sizeof(((struct kac_err *)0)->msg)];
+	uint64_t pings;			/* PINGs sent (their opaque values) */
+	uint32_t next_id;
+	uint32_t peer_window;		/* the agent's initial credit per channel */
+	uint32_t peer_max;		/* the agent's max payload */
+	char agent[128];
+	struct kp_decoder dec;
+	uint8_t *dbuf;			/* decoder payload buffer, KP_MAX_PAYLOAD */
+	uint8_t *rbuf;			/* bytes read, not yet decoded: rbuf[rpos..rlen) */
+	uint32_t rpos, rlen;
+	uint8_t *sbuf;			/* record frames we send */
+	uint8_t *chunk;			/* stream input bytes we send */
+};
+
+/* How long a request may go without a frame (kac_set_timeout). */
+enum op_wait {
+	OP_ANSWER,		/* answered soon: its next frame is due within the timeout */
+	OP_ALIVE,		/* any time while the agent is alive: a PING when quiet, any frame counts */
+	OP_ALIVE_STARTED,	/* OP_ANSWER until its first RESPONSE (a process started), then OP_ALIVE */
+};
+
+/* One running request and what to do with its frames. */
+struct op {
+	uint32_t id;
+	int done;
+	enum op_wait wait;
+	int started;			/* its first RESPONSE came */
+	int ret;			/* -errno from an ERROR, else 0 */
+	/* records: called for RESPONSE and EVENT payloads */
+	int (*on_rec)(struct op *o, const struct kp_frame *f);
+	void *arg;
+	/* channel 0 (host to guest) */
+	int in_fd;
+	int in_eof_sent;
+	uint64_t in_off;
+	uint64_t in_credit;
+	/* channels 1 and 2 (guest to host) */
+	int out_fd[3];
+	kac_data_fn out_fn;
+	void *out_arg;
+	uint64_t out_off[3];
+	uint64_t out_credit[3];
+	uint32_t out_pend[3];		/* consumed, credit not yet returned */
+	int out_dead[3];		/* our consumer failed: discard */
+	int out_err;
+	/* exec */
+	struct kac_exit *ex;
+	int sig_fd;
+	int sig_pending[8];
+	int nsig;
+	uint32_t sig_ids[8];		/* SIGNAL requests in flight, answers ignored */
+	int64_t size;			/* the U64 result field res_tag (u64_rec), -1 if absent */
+	uint8_t res_tag;
+	int detach;			/* exec: done at the RESPONSE */
+	int tty_fd;			/* SIGWINCH on sig_fd: RESIZE to this terminal's size */
+	kac_gap_fn gap_fn;
+	void *gap_arg;
+};
+
+/* ---- ac_conn.c: the connection -------------------------------------------- */
+
+/* err->msg from fmt (err may be NULL); returns -errnum. */
+int fail(struct kac_err *err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* CLOCK_MONOTONIC in ms. */
+int64_t now_ms(void);
+
+/* Write all n bytes of p to the blocking fd: 0, or -errno. */
+int write_all(int fd, const void *p, size_t n);
+
+/* Close c for good after ret (a violation, a stall, the agent gone): returns ret. */
+int conn_lost(struct kac *c, int ret, const struct kac_err *err);
+
+/* The agent fell silent: -ETIMEDOUT, err->code KAC_ERR_TIMEOUT, the connection closed. */
+int conn_stalled(struct kac *c, struct kac_err *err, const char *what);
+
+/* Send the whole frame p of n bytes, waiting at most the timeout for room: 0, or -errno. */
+int send_frame(struct kac *c, const void *p, size_t n, struct kac_err *err);
+
+/* The next request id (never 0). */
+uint32_t new_id(struct kac *c);
+
+/* The next frame from the buffered bytes (reading the socket if may_read): 0, -EAGAIN, or -errno. */
+int next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_err *err);
+
+/* Block until deadline (ms, now_ms's clock) for the next frame: 0, or -errno. */
+int read_frame(struct kac *c, struct kp_frame *f, int64_t deadline, struct kac_err *err);
+
+/* An ERROR frame into err and its -errno. */
+int error_frame(const struct kp_frame *f, struct kac_err *err);
+
+/* ---- ac_op.c: the engine ---------------------------------------------------- */
+
+/* Clear o for request id: no fds, the full window of credit. */
+void op_init(struct op *o, uint32_t id);
+
+/* Open the request record w in c's send buffer with KT_OP op. */
+void req_begin(struct kac *c, struct kp_recw *w, uint64_t op);
+
+/* Send the REQUEST id with record w: 0, or -errno. */
+int req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_err *err);
+
+/* A new request o of operation op, answered soon (OP_ANSWER): w opened for its arguments. */
+void op_start(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op);
+
+/* Send SIGNAL sig to handle, its answer ignored by o (if not NULL): 0, or -errno. */
+int send_signal_req(struct kac *c, struct op *o, uint64_t handle, int sig, struct kac_err *err);
+
+/* now + timeout_ms, or -1 (no deadline) when timeout_ms <= 0. */
+int64_t deadline_of(int timeout_ms);
+
+/* Send o's REQUEST (record w) and run it to its end or deadline (-1: none): o->ret, or -errno. */
+int op_send_run(struct kac *c, struct op *o, struct kp_recw *w, int64_t deadline, struct kac_err *err);
+
+/* op_send_run without a deadline: one REQUEST, RESPONSE|END or ERROR. */
+int simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err);
+
+/* ---- ac_file.c ------------------------------------------------------------------ */
+
+/* An op whose answer is the U64 field tag, into o->size (-1 if absent). */
+void op_init_u64(struct op *o, uint32_t id, uint8_t tag);
+
+/* on_rec for STAT and FH_STAT: the answer into the struct kac_stat at o->arg. */
+int stat_rec(struct op *o, const struct kp_frame *f);
+
+#endif

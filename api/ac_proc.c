@@ -1,0 +1,300 @@
+/* kiln agent client: exec, attach, wait and the other process operations. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent_proto.h"
+#include "agent_client.h"
+#include "ac_int.h"
+
+/* ---- exec ------------------------------------------------------------------- */
+
+static int exec_rec(struct op *o, const struct kp_frame *f)
+{
+	struct kac_exit *ex = o->ex;
+	struct kp_rec r;
+	struct kp_field fl;
+	uint64_t v;
+	int64_t i;
+	int b, ret;
+
+	if (kp_rec_find(f->payload, f->len, KT_EVENT, &fl) == 1 && !kp_field_u64(&fl, &v) && v == KP_EV_GAP) {
+		uint64_t ch = 0, from = 0, to = 0;
+
+		kp_rec_open(&r, f->payload, f->len);
+		while ((ret = kp_rec_next(&r, &fl)) == 1) {
+			if (fl.tag == KT_CHANNEL)
+				kp_field_u64(&fl, &ch);
+			else if (fl.tag == KT_LOST_FROM)
+				kp_field_u64(&fl, &from);
+			else if (fl.tag == KT_LOST_TO)
+				kp_field_u64(&fl, &to);
+		}
+		if (ret < 0 || ch < 1 || ch > 2 || to < from)
+			return -EPROTO;
+		if (o->gap_fn)
+			o->gap_fn(o->gap_arg, (int)ch, from, to);
+		return 0;
+	}
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		switch (fl.tag) {
+		case KT_HANDLE: if (!kp_field_u64(&fl, &v)) ex->handle = v; break;
+		case KT_PID: if (!kp_field_u64(&fl, &v)) ex->pid = v; break;
+		case KT_CODE:
+			if (!kp_field_i64(&fl, &i))
+				ex->code = i;
+			else if (!kp_field_u64(&fl, &v))
+				ex->code = (int64_t)v;
+			break;
+		case KT_SIGNAL: if (!kp_field_u64(&fl, &v)) ex->signal = (int)v; break;
+		case KT_CORE: if (!kp_field_bool(&fl, &b)) ex->core = b; break;
+		case KT_OOM: if (!kp_field_bool(&fl, &b)) ex->oom = b; break;
+		}
+	}
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret, i;
+
+	if (err)
+		err->code = 0;
+	if (!eo->argv || !eo->argv[0])
+		return fail(err, EINVAL, "exec: no command given");
+	memset(ex, 0, sizeof(*ex));
+	ex->code = -1;
+	op_start(c, &o, &w, KP_OP_EXEC);
+	o.on_rec = exec_rec;
+	o.ex = ex;
+	o.in_fd = eo->stdin_fd;
+	o.in_credit = c->peer_window;
+	o.out_fd[1] = eo->stdout_fd;
+	o.out_fd[2] = eo->stderr_fd;
+	o.out_fn = eo->out_fn;
+	o.out_arg = eo->out_arg;
+	o.sig_fd = eo->sig_fd;
+	o.tty_fd = eo->pty ? eo->tty_fd : -1;
+	o.detach = eo->detach;
+	o.gap_fn = eo->gap_fn;
+	o.gap_arg = eo->gap_arg;
+	if (eo->detach) {
+		o.in_fd = -1;
+		o.sig_fd = -1;
+	}
+
+	for (i = 0; eo->argv[i]; i++)
+		kp_put_str(&w, KT_ARG, eo->argv[i]);
+	for (i = 0; eo->env && eo->env[i]; i++)
+		kp_put_str(&w, KT_ENV, eo->env[i]);
+	if (eo->cwd)
+		kp_put_str(&w, KT_CWD, eo->cwd);
+	kp_put_u64(&w, KT_STDIN, eo->stdin_fd >= 0 && !eo->detach ? KP_IO_PIPE : KP_IO_NULL);
+	kp_put_u64(&w, KT_STDOUT, KP_IO_PIPE);
+	kp_put_u64(&w, KT_STDERR, KP_IO_PIPE);
+	if (eo->pty) {
+		kp_put_bool(&w, KT_PTY, 1);
+		kp_put_u64(&w, KT_ROWS, eo->rows ? eo->rows : 24);
+		kp_put_u64(&w, KT_COLS, eo->cols ? eo->cols : 80);
+	}
+	if (eo->ring)
+		kp_put_u64(&w, KT_RING, eo->ring);
+	if (eo->overflow_drop)
+		kp_put_u64(&w, KT_OVERFLOW, KP_OVF_DROP);
+	o.wait = OP_ALIVE_STARTED;
+	ret = op_send_run(c, &o, &w, deadline_of(eo->timeout_ms), err);
+	if (ret == 0 && eo->detach) {
+		uint8_t cancel[KP_HDR_LEN];
+
+		/* Leave the process running, its output going into its ring. */
+		kp_enc_cancel(cancel, o.id, KP_CHAN_ALL);
+		return send_frame(c, cancel, sizeof(cancel), err);
+	}
+	if (ret == -ETIMEDOUT && !o.done && ex->handle && !c->broken) {
+		struct kac_err e2;
+
+		send_signal_req(c, NULL, ex->handle, SIGKILL, &e2);
+		return fail(err, ETIMEDOUT, "timed out after %d ms; the process (pid %llu) was killed",
+			    eo->timeout_ms, (unsigned long long)ex->pid);
+	}
+	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
+		return fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
+	return ret;
+}
+
+int kac_signal(struct kac *c, uint64_t handle, int sig, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_start(c, &o, &w, KP_OP_SIGNAL);
+	kp_put_u64(&w, KT_HANDLE, handle);
+	kp_put_u64(&w, KT_SIGNAL, (uint64_t)sig);
+	return simple(c, &o, &w, err);
+}
+
+int kac_attach(struct kac *c, const struct kac_attach_opts *ao, struct kac_exit *ex, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	if (err)
+		err->code = 0;
+	memset(ex, 0, sizeof(*ex));
+	ex->code = -1;
+	op_start(c, &o, &w, KP_OP_ATTACH);
+	o.on_rec = exec_rec;
+	o.ex = ex;
+	o.in_fd = ao->stdin_fd;
+	o.in_credit = ao->stdin_fd >= 0 ? c->peer_window : 0;
+	o.out_fd[1] = ao->stdout_fd;
+	o.out_fd[2] = ao->stderr_fd;
+	o.sig_fd = ao->sig_fd;
+	o.tty_fd = ao->tty_fd;
+	o.gap_fn = ao->gap_fn;
+	o.gap_arg = ao->gap_arg;
+	kp_put_u64(&w, KT_HANDLE, ao->handle);
+	if (ao->out_offset != KAC_FROM_OLDEST)
+		kp_put_u64(&w, KT_OUT_OFFSET, ao->out_offset);
+	if (ao->err_offset != KAC_FROM_OLDEST)
+		kp_put_u64(&w, KT_ERR_OFFSET, ao->err_offset);
+	if (ao->stdin_fd >= 0)
+		kp_put_u64(&w, KT_STDIN, KP_IO_PIPE);
+	o.wait = OP_ALIVE_STARTED;
+	ret = op_send_run(c, &o, &w, -1, err);
+	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
+		return fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
+	return ret;
+}
+
+int kac_wait(struct kac *c, uint64_t handle, int timeout_ms, struct kac_exit *ex, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	if (err)
+		err->code = 0;
+	memset(ex, 0, sizeof(*ex));
+	ex->code = -1;
+	ex->handle = handle;
+	op_start(c, &o, &w, KP_OP_WAIT);
+	o.on_rec = exec_rec;
+	o.ex = ex;
+	kp_put_u64(&w, KT_HANDLE, handle);
+	o.wait = OP_ALIVE;
+	ret = op_send_run(c, &o, &w, deadline_of(timeout_ms), err);
+	if (ret == -ETIMEDOUT && !o.done && !c->broken) {
+		uint8_t cancel[KP_HDR_LEN];
+
+		kp_enc_cancel(cancel, o.id, KP_CHAN_ALL);
+		send_frame(c, cancel, sizeof(cancel), NULL);
+		return fail(err, ETIMEDOUT, "process %llu still running after %d ms", (unsigned long long)handle,
+			    timeout_ms);
+	}
+	return ret;
+}
+
+int kac_release(struct kac *c, uint64_t handle, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_start(c, &o, &w, KP_OP_RELEASE);
+	kp_put_u64(&w, KT_HANDLE, handle);
+	return simple(c, &o, &w, err);
+}
+
+int kac_resize(struct kac *c, uint64_t handle, unsigned rows, unsigned cols, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	op_start(c, &o, &w, KP_OP_RESIZE);
+	kp_put_u64(&w, KT_HANDLE, handle);
+	kp_put_u64(&w, KT_ROWS, rows);
+	kp_put_u64(&w, KT_COLS, cols);
+	return simple(c, &o, &w, err);
+}
+
+struct ps_state {
+	kac_proc_fn fn;
+	void *arg;
+	struct kac_proc pr;
+};
+
+static int ps_rec(struct op *o, const struct kp_frame *f)
+{
+	struct ps_state *st = o->arg;
+	struct kp_rec r, e;
+	struct kp_field fl, ef;
+	uint64_t v;
+	int64_t i;
+	int b, ret;
+
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		struct kac_proc *p = &st->pr;
+		size_t used = 0;
+
+		if (fl.tag != KT_ENTRY || fl.kind != KP_K_REC)
+			continue;
+		memset(p, 0, sizeof(*p));
+		p->exit.code = -1;
+		kp_rec_open(&e, fl.val, fl.len);
+		while ((ret = kp_rec_next(&e, &ef)) == 1) {
+			switch (ef.tag) {
+			case KT_HANDLE: if (!kp_field_u64(&ef, &v)) p->exit.handle = v; break;
+			case KT_PID: if (!kp_field_u64(&ef, &v)) p->exit.pid = v; break;
+			case KT_OUT_OFFSET: if (!kp_field_u64(&ef, &v)) p->out_offset = v; break;
+			case KT_ERR_OFFSET: if (!kp_field_u64(&ef, &v)) p->err_offset = v; break;
+			case KT_PTY: if (!kp_field_bool(&ef, &b)) p->pty = b; break;
+			case KT_CODE:
+				p->exited = 1;
+				if (!kp_field_i64(&ef, &i))
+					p->exit.code = i;
+				break;
+			case KT_SIGNAL: if (!kp_field_u64(&ef, &v)) p->exit.signal = (int)v; break;
+			case KT_CORE: if (!kp_field_bool(&ef, &b)) p->exit.core = b; break;
+			case KT_OOM: if (!kp_field_bool(&ef, &b)) p->exit.oom = b; break;
+			case KT_ARG:
+				if (p->argc < KAC_PROC_ARGS && ef.kind == KP_K_STR && used + ef.len + 1 <= sizeof(p->argbuf)) {
+					kp_field_str(&ef, p->argbuf + used, ef.len + 1);
+					p->argv[p->argc++] = p->argbuf + used;
+					used += ef.len + 1;
+				}
+				break;
+			}
+		}
+		if (ret < 0)
+			return -EPROTO;
+		ret = st->fn(st->arg, p);
+		if (ret)
+			return ret;
+	}
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int kac_proc_list(struct kac *c, kac_proc_fn fn, void *arg, struct kac_err *err)
+{
+	struct ps_state *st = calloc(1, sizeof(*st));
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	if (!st)
+		return fail(err, ENOMEM, "out of memory");
+	st->fn = fn;
+	st->arg = arg;
+	op_start(c, &o, &w, KP_OP_PROC_LIST);
+	o.on_rec = ps_rec;
+	o.arg = st;
+	ret = simple(c, &o, &w, err);
+	free(st);
+	return ret;
+}
