@@ -19,7 +19,7 @@
 #include "agent_client.h"
 #include "ac_int.h"
 
-int fail(struct kac_err *err, int errnum, const char *fmt, ...)
+int ac_fail(struct kac_err *err, int errnum, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -31,7 +31,7 @@ int fail(struct kac_err *err, int errnum, const char *fmt, ...)
 	return -errnum;
 }
 
-int64_t now_ms(void)
+int64_t ac_now_ms(void)
 {
 	struct timespec ts;
 
@@ -39,7 +39,7 @@ int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int write_all(int fd, const void *p, size_t n)
+int ac_write_all(int fd, const void *p, size_t n)
 {
 	const uint8_t *b = p;
 	ssize_t w;
@@ -72,7 +72,7 @@ static const char *span(char *buf, size_t cap, int ms)
  * at once with it, tell a misbehaving agent (ERROR KP_ERR_PROTO on id 0, if
  * the socket takes it now) and hang up. Returns ret.
  */
-int conn_lost(struct kac *c, int ret, const struct kac_err *err)
+int ac_conn_lost(struct kac *c, int ret, const struct kac_err *err)
 {
 	uint8_t buf[KP_HDR_LEN + 512];
 	int n;
@@ -92,14 +92,14 @@ int conn_lost(struct kac *c, int ret, const struct kac_err *err)
 }
 
 /* The agent fell silent: -ETIMEDOUT, err->code KAC_ERR_TIMEOUT, the connection closed. */
-int conn_stalled(struct kac *c, struct kac_err *err, const char *what)
+int ac_conn_stalled(struct kac *c, struct kac_err *err, const char *what)
 {
 	char t[32];
 
-	fail(err, ETIMEDOUT, "%s %s", what, span(t, sizeof(t), c->timeout_ms));
+	ac_fail(err, ETIMEDOUT, "%s %s", what, span(t, sizeof(t), c->timeout_ms));
 	if (err)
 		err->code = KAC_ERR_TIMEOUT;
-	return conn_lost(c, -ETIMEDOUT, err);
+	return ac_conn_lost(c, -ETIMEDOUT, err);
 }
 
 /*
@@ -107,7 +107,7 @@ int conn_stalled(struct kac *c, struct kac_err *err, const char *what)
  * reading leaves us waiting at most the timeout for room, then the
  * connection is closed (a frame cut short cannot be taken back).
  */
-int send_frame(struct kac *c, const void *p, size_t n, struct kac_err *err)
+int ac_send_frame(struct kac *c, const void *p, size_t n, struct kac_err *err)
 {
 	struct pollfd pf = { .fd = c->fd, .events = POLLOUT };
 	struct kac_err local;
@@ -118,7 +118,7 @@ int send_frame(struct kac *c, const void *p, size_t n, struct kac_err *err)
 	if (!err)
 		err = &local;
 	if (c->broken)
-		return fail(err, -c->broken, "agent connection closed earlier: %s", c->why);
+		return ac_fail(err, -c->broken, "agent connection closed earlier: %s", c->why);
 	while (n) {
 		w = send(c->fd, b, n, MSG_NOSIGNAL);
 		if (w > 0) {
@@ -130,19 +130,19 @@ int send_frame(struct kac *c, const void *p, size_t n, struct kac_err *err)
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0 && errno != EAGAIN)
-			return conn_lost(c, fail(err, errno, "agent connection: send: %s", strerror(errno)), err);
+			return ac_conn_lost(c, ac_fail(err, errno, "agent connection: send: %s", strerror(errno)), err);
 		if (c->timeout_ms > 0 && due < 0)
-			due = now_ms() + c->timeout_ms;
-		left = due < 0 ? -1 : due - now_ms();
+			due = ac_now_ms() + c->timeout_ms;
+		left = due < 0 ? -1 : due - ac_now_ms();
 		if (due >= 0 && left <= 0)
-			return conn_stalled(c, err, "the agent stopped reading: nothing could be sent for");
+			return ac_conn_stalled(c, err, "the agent stopped reading: nothing could be sent for");
 		if (poll(&pf, 1, left < 0 || left > 60000 ? 60000 : (int)left) < 0 && errno != EINTR)
-			return conn_lost(c, fail(err, errno, "poll: %s", strerror(errno)), err);
+			return ac_conn_lost(c, ac_fail(err, errno, "poll: %s", strerror(errno)), err);
 	}
 	return 0;
 }
 
-uint32_t new_id(struct kac *c)
+uint32_t ac_new_id(struct kac *c)
 {
 	if (++c->next_id == 0)
 		c->next_id = 1;
@@ -174,13 +174,13 @@ static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
 		return ret;
 	}
 	snprintf(line, sizeof(line), "CONNECT %u\n", KP_VSOCK_PORT);
-	ret = write_all(fd, line, strlen(line));
+	ret = ac_write_all(fd, line, strlen(line));
 	if (ret) {
 		close(fd);
 		return ret == -EPIPE || ret == -ECONNRESET ? -EAGAIN : ret;
 	}
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - ac_now_ms();
 		ssize_t r;
 
 		if (left <= 0) {
@@ -219,7 +219,7 @@ static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
 
 int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
 {
-	int64_t deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+	int64_t deadline = ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
 	struct kac *c;
 	struct kp_frame f;
 	struct kp_rec r;
@@ -231,11 +231,11 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 	if (err)
 		err->code = 0;
 	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-		return fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
+		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
 			    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 	c = calloc(1, sizeof(*c));
 	if (!c)
-		return fail(err, ENOMEM, "out of memory");
+		return ac_fail(err, ENOMEM, "out of memory");
 	c->fd = -1;
 	c->timeout_ms = KAC_TIMEOUT_DEFAULT_MS;
 	c->dbuf = malloc(KP_MAX_PAYLOAD);
@@ -243,7 +243,7 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 	c->sbuf = malloc(KAC_SBUF);
 	c->chunk = malloc(KP_DATA_HDR_LEN + KAC_CHUNK);
 	if (!c->dbuf || !c->rbuf || !c->sbuf || !c->chunk) {
-		ret = fail(err, ENOMEM, "out of memory");
+		ret = ac_fail(err, ENOMEM, "out of memory");
 		goto err_free;
 	}
 	kp_dec_init(&c->dec, c->dbuf, KP_MAX_PAYLOAD);
@@ -256,12 +256,12 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 			last = ret;
 		else if (ret != -ETIMEDOUT)
 			goto err_conn;
-		if (ret == -ETIMEDOUT || now_ms() >= deadline) {
+		if (ret == -ETIMEDOUT || ac_now_ms() >= deadline) {
 			if (last == -ENOENT || last == -ECONNREFUSED) {
 				ret = last;
 				goto err_conn;
 			}
-			ret = fail(err, ETIMEDOUT, "%s: the VM is up but no agent answered on vsock port %u "
+			ret = ac_fail(err, ETIMEDOUT, "%s: the VM is up but no agent answered on vsock port %u "
 				   "within %d ms (boot the guest with --cmdline kiln.agent)",
 				   uds, KP_VSOCK_PORT, timeout_ms);
 			goto err_free;
@@ -272,23 +272,23 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 			backoff_us *= 2;
 	}
 	if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0) {
-		ret = fail(err, errno, "%s: fcntl: %s", uds, strerror(errno));
+		ret = ac_fail(err, errno, "%s: fcntl: %s", uds, strerror(errno));
 		goto err_close;
 	}
 
 	n = kp_enc_hello(c->sbuf, KAC_SBUF, KAC_WINDOW, KP_MAX_PAYLOAD, "kiln 0.1");
 	if (n < 0) {
-		ret = fail(err, EINVAL, "HELLO: %s", kp_strerror(n));
+		ret = ac_fail(err, EINVAL, "HELLO: %s", kp_strerror(n));
 		goto err_close;
 	}
-	ret = send_frame(c, c->sbuf, (size_t)n, err);
+	ret = ac_send_frame(c, c->sbuf, (size_t)n, err);
 	if (ret)
 		goto err_close;
-	ret = read_frame(c, &f, deadline + 10000, err);
+	ret = ac_read_frame(c, &f, deadline + 10000, err);
 	if (ret)
 		goto err_close;
 	if (f.type != KP_HELLO) {
-		ret = fail(err, EPROTO, "agent: sent %s before HELLO", kp_type_name(f.type));
+		ret = ac_fail(err, EPROTO, "agent: sent %s before HELLO", kp_type_name(f.type));
 		goto err_close;
 	}
 	c->peer_window = KP_DEFAULT_WINDOW;
@@ -305,11 +305,11 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 			kp_field_str(&fl, c->agent, sizeof(c->agent));
 	}
 	if (version < 1) {
-		ret = fail(err, EPROTO, "agent: HELLO without a protocol version");
+		ret = ac_fail(err, EPROTO, "agent: HELLO without a protocol version");
 		goto err_close;
 	}
 	if (c->peer_max < KP_MIN_PAYLOAD_CAP) {
-		ret = fail(err, EPROTO, "agent: HELLO max_frame %u below the minimum %u",
+		ret = ac_fail(err, EPROTO, "agent: HELLO max_frame %u below the minimum %u",
 			   c->peer_max, KP_MIN_PAYLOAD_CAP);
 		goto err_close;
 	}
@@ -318,10 +318,10 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 
 err_conn:
 	if (ret == -ENOENT || ret == -ECONNREFUSED)
-		ret = fail(err, -ret, "%s: no VM listening (start kiln-vmm with --vsock cid=3,uds=%s "
+		ret = ac_fail(err, -ret, "%s: no VM listening (start kiln-vmm with --vsock cid=3,uds=%s "
 			   "--cmdline kiln.agent)", uds, uds);
 	else
-		ret = fail(err, -ret, "%s: %s", uds, strerror(-ret));
+		ret = ac_fail(err, -ret, "%s: %s", uds, strerror(-ret));
 	goto err_free;
 err_close:
 	close(c->fd);
@@ -363,7 +363,7 @@ void kac_set_timeout(struct kac *c, int timeout_ms)
  * out. Without may_read, returns -EAGAIN instead of reading.
  * f's payload stays valid until the next call.
  */
-int next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_err *err)
+int ac_next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_err *err)
 {
 	size_t used;
 	ssize_t r;
@@ -374,7 +374,7 @@ int next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_err *
 			ret = kp_dec_feed(&c->dec, c->rbuf + c->rpos, c->rlen - c->rpos, &used, f);
 			c->rpos += (uint32_t)used;
 			if (ret < 0)
-				return fail(err, EPROTO, "agent: malformed frame: %s", kp_strerror(ret));
+				return ac_fail(err, EPROTO, "agent: malformed frame: %s", kp_strerror(ret));
 			if (ret == 1)
 				return 0;
 		}
@@ -388,32 +388,32 @@ int next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_err *
 		if (r < 0 && errno == EAGAIN)
 			return -EAGAIN;
 		if (r < 0)
-			return fail(err, errno, "agent connection: %s", strerror(errno));
+			return ac_fail(err, errno, "agent connection: %s", strerror(errno));
 		if (r == 0)
-			return fail(err, ECONNRESET, "agent closed the connection (did the VM stop?)");
+			return ac_fail(err, ECONNRESET, "agent closed the connection (did the VM stop?)");
 		c->rlen = (uint32_t)r;
 		may_read = 0;
 	}
 }
 
 /* Block (until deadline) for the next frame. */
-int read_frame(struct kac *c, struct kp_frame *f, int64_t deadline, struct kac_err *err)
+int ac_read_frame(struct kac *c, struct kp_frame *f, int64_t deadline, struct kac_err *err)
 {
 	struct pollfd p = { .fd = c->fd, .events = POLLIN };
 	int ret;
 
 	for (;;) {
-		ret = next_frame(c, f, 0, err);
+		ret = ac_next_frame(c, f, 0, err);
 		if (ret != -EAGAIN)
 			return ret;
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - ac_now_ms();
 		if (left <= 0)
-			return fail(err, ETIMEDOUT, "agent: no answer in time");
+			return ac_fail(err, ETIMEDOUT, "agent: no answer in time");
 		ret = poll(&p, 1, (int)(left > 60000 ? 60000 : left));
 		if (ret < 0 && errno != EINTR)
-			return fail(err, errno, "poll: %s", strerror(errno));
+			return ac_fail(err, errno, "poll: %s", strerror(errno));
 		if (ret > 0) {
-			ret = next_frame(c, f, 1, err);
+			ret = ac_next_frame(c, f, 1, err);
 			if (ret != -EAGAIN)
 				return ret;
 		}
@@ -421,7 +421,7 @@ int read_frame(struct kac *c, struct kp_frame *f, int64_t deadline, struct kac_e
 }
 
 /* An ERROR record into -errno and a message. */
-int error_frame(const struct kp_frame *f, struct kac_err *err)
+int ac_error_frame(const struct kp_frame *f, struct kac_err *err)
 {
 	struct kp_rec r;
 	struct kp_field fl;
@@ -459,6 +459,6 @@ int error_frame(const struct kp_frame *f, struct kac_err *err)
 	if (!msg[0])
 		snprintf(msg, sizeof(msg), "%s", strerror(e));
 	if (path[0])
-		return fail(err, e, "%s: %s", path, msg);
-	return fail(err, e, "%s", msg);
+		return ac_fail(err, e, "%s: %s", path, msg);
+	return ac_fail(err, e, "%s", msg);
 }

@@ -16,7 +16,7 @@ int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *e
 	struct op o;
 	int i;
 
-	op_start(c, &o, &w, KP_OP_IDENTITY);
+	ac_op_start(c, &o, &w, KP_OP_IDENTITY);
 	if (id->sandbox_id)
 		kp_put_str(&w, KT_SANDBOX_ID, id->sandbox_id);
 	if (id->hostname)
@@ -36,7 +36,7 @@ int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *e
 		}
 		kp_put_u64(&w, KT_REALTIME_NS, ns);
 	}
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 int kac_shutdown(struct kac *c, int grace_ms, int reboot, struct kac_err *err)
@@ -47,22 +47,22 @@ int kac_shutdown(struct kac *c, int grace_ms, int reboot, struct kac_err *err)
 	int64_t deadline;
 	int ret;
 
-	op_start(c, &o, &w, KP_OP_SHUTDOWN);
+	ac_op_start(c, &o, &w, KP_OP_SHUTDOWN);
 	if (grace_ms > 0)
 		kp_put_u64(&w, KT_TIMEOUT_MS, (uint64_t)grace_ms);
 	if (reboot)
 		kp_put_bool(&w, KT_REBOOT, 1);
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	if (ret)
 		return ret;
 	/* Accepted: wait for the VM to stop, which closes the connection. */
-	deadline = now_ms() + (grace_ms > 0 ? grace_ms : 5000) + 30000;
+	deadline = ac_now_ms() + (grace_ms > 0 ? grace_ms : 5000) + 30000;
 	for (;;) {
-		ret = read_frame(c, &f, deadline, err);
+		ret = ac_read_frame(c, &f, deadline, err);
 		if (ret == -ECONNRESET)
 			return 0;
 		if (ret == -ETIMEDOUT)
-			return fail(err, ETIMEDOUT, "the agent accepted the shutdown but the VM was still up "
+			return ac_fail(err, ETIMEDOUT, "the agent accepted the shutdown but the VM was still up "
 				    "%d s later", (int)((grace_ms > 0 ? grace_ms : 5000) / 1000 + 30));
 		if (ret)
 			return ret;
@@ -92,10 +92,10 @@ int kac_health(struct kac *c, uint64_t *uptime_ns, uint64_t *procs, struct kac_e
 	struct op o;
 
 	*uptime_ns = *procs = 0;
-	op_start(c, &o, &w, KP_OP_HEALTH);
+	ac_op_start(c, &o, &w, KP_OP_HEALTH);
 	o.on_rec = health_rec;
 	o.arg = &h;
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 static int env_get_rec(struct op *o, const struct kp_frame *f)
@@ -120,11 +120,11 @@ int kac_env_get(struct kac *c, const char *key, char **value, struct kac_err *er
 	int ret;
 
 	*value = NULL;
-	op_start(c, &o, &w, KP_OP_ENV_GET);
+	ac_op_start(c, &o, &w, KP_OP_ENV_GET);
 	o.on_rec = env_get_rec;
 	o.arg = value;
 	kp_put_str(&w, KT_KEY, key);
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	if (ret) {
 		free(*value);
 		*value = NULL;
@@ -137,10 +137,10 @@ int kac_env_set(struct kac *c, const char *key, const char *value, struct kac_er
 	struct kp_recw w;
 	struct op o;
 
-	op_start(c, &o, &w, KP_OP_ENV_SET);
+	ac_op_start(c, &o, &w, KP_OP_ENV_SET);
 	kp_put_str(&w, KT_KEY, key);
 	kp_put_str(&w, KT_VALUE, value);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 int kac_env_unset(struct kac *c, const char *key, struct kac_err *err)
@@ -148,9 +148,9 @@ int kac_env_unset(struct kac *c, const char *key, struct kac_err *err)
 	struct kp_recw w;
 	struct op o;
 
-	op_start(c, &o, &w, KP_OP_ENV_DELETE);
+	ac_op_start(c, &o, &w, KP_OP_ENV_DELETE);
 	kp_put_str(&w, KT_KEY, key);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 struct str_arg {
@@ -188,11 +188,11 @@ int kac_env_list(struct kac *c, kac_str_fn fn, void *arg, struct kac_err *err)
 	struct op o;
 	int ret;
 
-	op_start(c, &o, &w, KP_OP_ENV_LIST);
+	ac_op_start(c, &o, &w, KP_OP_ENV_LIST);
 	o.on_rec = env_list_rec;
 	o.arg = &a;
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	if (ret)
 		return ret;
-	return a.ret ? fail(err, -a.ret, "env list: %s", strerror(-a.ret)) : 0;
+	return a.ret ? ac_fail(err, -a.ret, "env list: %s", strerror(-a.ret)) : 0;
 }

@@ -13,10 +13,10 @@
 static void fh_begin(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op, uint64_t fh, uint8_t res_tag)
 {
 	if (res_tag)
-		op_init_u64(o, new_id(c), res_tag);
+		ac_op_init_u64(o, ac_new_id(c), res_tag);
 	else
-		op_init(o, new_id(c));
-	req_begin(c, w, op);
+		ac_op_init(o, ac_new_id(c));
+	ac_req_begin(c, w, op);
 	kp_put_u64(w, KT_FH, fh);
 }
 
@@ -33,18 +33,18 @@ int kac_fh_open(struct kac *c, const char *path, unsigned flags, uint32_t mode, 
 	int ret;
 
 	*fh = 0;
-	op_init_u64(&o, new_id(c), KT_FH);
-	req_begin(c, &w, KP_OP_FH_OPEN);
+	ac_op_init_u64(&o, ac_new_id(c), KT_FH);
+	ac_req_begin(c, &w, KP_OP_FH_OPEN);
 	kp_put_str(&w, KT_PATH, path);
 	for (i = 0; i < sizeof(bools) / sizeof(bools[0]); i++)
 		if (flags & bools[i].flag)
 			kp_put_bool(&w, bools[i].tag, 1);
 	kp_put_u64(&w, KT_MODE, mode & 07777);
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	if (ret)
 		return ret;
 	if (o.size <= 0)
-		return fail(err, EPROTO, "agent: FH_OPEN answered without a handle");
+		return ac_fail(err, EPROTO, "agent: FH_OPEN answered without a handle");
 	*fh = (uint64_t)o.size;
 	return 0;
 }
@@ -82,20 +82,20 @@ int64_t kac_fh_read(struct kac *c, uint64_t fh, void *buf, size_t len, struct ka
 	o.on_rec = fh_read_rec;
 	o.arg = &a;
 	kp_put_u64(&w, KT_LENGTH, a.cap);
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	if (ret)
 		return ret;
-	return a.n >= 0 ? a.n : fail(err, EPROTO, "agent: FH_READ answered without DATA or EOF");
+	return a.n >= 0 ? a.n : ac_fail(err, EPROTO, "agent: FH_READ answered without DATA or EOF");
 }
 
 /* An FH_* request whose answer is the U64 field tag, sent with w already filled. */
 static int64_t fh_u64(struct kac *c, struct op *o, struct kp_recw *w, const char *what, struct kac_err *err)
 {
-	int ret = simple(c, o, w, err);
+	int ret = ac_simple(c, o, w, err);
 
 	if (ret)
 		return ret;
-	return o->size >= 0 ? o->size : fail(err, EPROTO, "agent: %s answered without a result", what);
+	return o->size >= 0 ? o->size : ac_fail(err, EPROTO, "agent: %s answered without a result", what);
 }
 
 int64_t kac_fh_write(struct kac *c, uint64_t fh, const void *buf, size_t len, struct kac_err *err)
@@ -114,7 +114,7 @@ int64_t kac_fh_seek(struct kac *c, uint64_t fh, int64_t offset, int whence, stru
 	struct op o;
 
 	if (whence != SEEK_SET && whence != SEEK_CUR && whence != SEEK_END)
-		return fail(err, EINVAL, "fh seek: whence must be SEEK_SET, SEEK_CUR or SEEK_END");
+		return ac_fail(err, EINVAL, "fh seek: whence must be SEEK_SET, SEEK_CUR or SEEK_END");
 	fh_begin(c, &o, &w, KP_OP_FH_SEEK, fh, KT_OFFSET);
 	kp_put_i64(&w, KT_OFFSET, offset);
 	kp_put_u64(&w, KT_WHENCE, whence == SEEK_SET ? 0 : whence == SEEK_CUR ? 1 : 2);
@@ -128,9 +128,9 @@ int kac_fh_stat(struct kac *c, uint64_t fh, struct kac_stat *st, struct kac_err 
 
 	memset(st, 0, sizeof(*st));
 	fh_begin(c, &o, &w, KP_OP_FH_STAT, fh, 0);
-	o.on_rec = stat_rec;
+	o.on_rec = ac_stat_rec;
 	o.arg = st;
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 /* FH_SYNC, FH_TRUNCATE, FH_LOCK, FH_UNLOCK, FH_CLOSE: one optional argument, no result. */
@@ -146,7 +146,7 @@ static int fh_simple(struct kac *c, uint64_t op, uint64_t fh, uint8_t tag, uint6
 		kp_put_u64(&w, tag, v);
 	else if (tag)
 		kp_put_bool(&w, tag, (int)v);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 int kac_fh_sync(struct kac *c, uint64_t fh, int data_only, struct kac_err *err)
@@ -182,5 +182,5 @@ int kac_fh_utime(struct kac *c, uint64_t fh, int64_t atime_ns, int64_t mtime_ns,
 	fh_begin(c, &o, &w, KP_OP_FH_UTIME, fh, 0);
 	kp_put_i64(&w, KT_ATIME, atime_ns);
 	kp_put_i64(&w, KT_MTIME, mtime_ns);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }

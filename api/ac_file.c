@@ -23,9 +23,9 @@ static int u64_rec(struct op *o, const struct kp_frame *f)
 }
 
 /* An op whose answer is the U64 field tag (u64_rec). */
-void op_init_u64(struct op *o, uint32_t id, uint8_t tag)
+void ac_op_init_u64(struct op *o, uint32_t id, uint8_t tag)
 {
-	op_init(o, id);
+	ac_op_init(o, id);
 	o->on_rec = u64_rec;
 	o->res_tag = tag;
 	o->size = -1;
@@ -39,16 +39,16 @@ int64_t kac_file_write(struct kac *c, const char *path, int fd, uint32_t mode, s
 
 	if (err)
 		err->code = 0;
-	op_init_u64(&o, new_id(c), KT_SIZE);
+	ac_op_init_u64(&o, ac_new_id(c), KT_SIZE);
 	o.in_fd = fd;
 	o.in_credit = c->peer_window;
-	req_begin(c, &w, KP_OP_FILE_WRITE);
+	ac_req_begin(c, &w, KP_OP_FILE_WRITE);
 	kp_put_str(&w, KT_PATH, path);
 	kp_put_u64(&w, KT_MODE, mode & 07777);
 	kp_put_bool(&w, KT_CREATE, 1);
 	kp_put_bool(&w, KT_TRUNCATE, 1);
 	o.wait = OP_ALIVE;
-	ret = op_send_run(c, &o, &w, -1, err);
+	ret = ac_op_send_run(c, &o, &w, -1, err);
 	if (ret)
 		return ret;
 	return o.size >= 0 ? o.size : (int64_t)o.in_off;
@@ -62,20 +62,20 @@ int64_t kac_file_read(struct kac *c, const char *path, int fd, struct kac_err *e
 
 	if (err)
 		err->code = 0;
-	op_init_u64(&o, new_id(c), KT_SIZE);
+	ac_op_init_u64(&o, ac_new_id(c), KT_SIZE);
 	o.out_fd[1] = fd;
-	req_begin(c, &w, KP_OP_FILE_READ);
+	ac_req_begin(c, &w, KP_OP_FILE_READ);
 	kp_put_str(&w, KT_PATH, path);
 	o.wait = OP_ALIVE;
-	ret = op_send_run(c, &o, &w, -1, err);
+	ret = ac_op_send_run(c, &o, &w, -1, err);
 	if (o.out_err)
-		return fail(err, -o.out_err, "writing the contents of %s: %s", path, strerror(-o.out_err));
+		return ac_fail(err, -o.out_err, "writing the contents of %s: %s", path, strerror(-o.out_err));
 	if (ret)
 		return ret;
 	return (int64_t)o.out_off[1];
 }
 
-int stat_rec(struct op *o, const struct kp_frame *f)
+int ac_stat_rec(struct op *o, const struct kp_frame *f)
 {
 	struct kac_stat *st = o->arg;
 	struct kp_rec r;
@@ -121,13 +121,13 @@ int kac_stat(struct kac *c, const char *path, int nofollow, struct kac_stat *st,
 	struct op o;
 
 	memset(st, 0, sizeof(*st));
-	op_start(c, &o, &w, KP_OP_STAT);
-	o.on_rec = stat_rec;
+	ac_op_start(c, &o, &w, KP_OP_STAT);
+	o.on_rec = ac_stat_rec;
 	o.arg = st;
 	kp_put_str(&w, KT_PATH, path);
 	if (nofollow)
 		kp_put_bool(&w, KT_NOFOLLOW, 1);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 struct dir_arg {
@@ -170,15 +170,15 @@ int kac_readdir(struct kac *c, const char *path, kac_dirent_fn fn, void *arg, st
 	struct op o;
 	int ret;
 
-	op_start(c, &o, &w, KP_OP_READDIR);
+	ac_op_start(c, &o, &w, KP_OP_READDIR);
 	o.on_rec = dir_rec;
 	o.arg = &d;
 	kp_put_str(&w, KT_PATH, path);
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	if (ret)
 		return ret;
 	if (d.ret)
-		return fail(err, -d.ret, "listing %s: %s", path, strerror(-d.ret));
+		return ac_fail(err, -d.ret, "listing %s: %s", path, strerror(-d.ret));
 	return 0;
 }
 
@@ -187,12 +187,12 @@ int kac_mkdir(struct kac *c, const char *path, uint32_t mode, int recursive, str
 	struct kp_recw w;
 	struct op o;
 
-	op_start(c, &o, &w, KP_OP_MKDIR);
+	ac_op_start(c, &o, &w, KP_OP_MKDIR);
 	kp_put_str(&w, KT_PATH, path);
 	kp_put_u64(&w, KT_MODE, mode & 07777);
 	if (recursive)
 		kp_put_bool(&w, KT_RECURSIVE, 1);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 int kac_remove(struct kac *c, const char *path, int recursive, struct kac_err *err)
@@ -200,11 +200,11 @@ int kac_remove(struct kac *c, const char *path, int recursive, struct kac_err *e
 	struct kp_recw w;
 	struct op o;
 
-	op_start(c, &o, &w, KP_OP_REMOVE);
+	ac_op_start(c, &o, &w, KP_OP_REMOVE);
 	kp_put_str(&w, KT_PATH, path);
 	if (recursive)
 		kp_put_bool(&w, KT_RECURSIVE, 1);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *err)
@@ -212,10 +212,10 @@ int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *
 	struct kp_recw w;
 	struct op o;
 
-	op_start(c, &o, &w, KP_OP_RENAME);
+	ac_op_start(c, &o, &w, KP_OP_RENAME);
 	kp_put_str(&w, KT_PATH, from);
 	kp_put_str(&w, KT_PATH2, to);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 /* ---- in-guest copy, walk, file handles --------------------------------------- */
@@ -226,12 +226,12 @@ int64_t kac_copy(struct kac *c, const char *from, const char *to, struct kac_err
 	struct op o;
 	int ret;
 
-	op_init_u64(&o, new_id(c), KT_SIZE);
+	ac_op_init_u64(&o, ac_new_id(c), KT_SIZE);
 	o.wait = OP_ALIVE;	/* the agent copies 1 MiB a turn, answering PINGs meanwhile */
-	req_begin(c, &w, KP_OP_COPY);
+	ac_req_begin(c, &w, KP_OP_COPY);
 	kp_put_str(&w, KT_PATH, from);
 	kp_put_str(&w, KT_PATH2, to);
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	if (ret)
 		return ret;
 	return o.size >= 0 ? o.size : 0;
@@ -273,7 +273,7 @@ static int walk_rec(struct op *o, const struct kp_frame *f)
 		a->ret = a->fn(a->arg, path, name, (uint32_t)type);
 		/* The caller has had enough: stop the agent's walk, drain what is in flight. */
 		if (a->ret && !(f->flags & KP_F_END))
-			send_frame(a->c, cancel, (size_t)kp_enc_cancel(cancel, o->id, KP_CHAN_ALL), NULL);
+			ac_send_frame(a->c, cancel, (size_t)kp_enc_cancel(cancel, o->id, KP_CHAN_ALL), NULL);
 	}
 	return ret < 0 ? -EPROTO : 0;
 }
@@ -286,7 +286,7 @@ int kac_walk(struct kac *c, const char *path, uint64_t max_depth, int follow, ka
 	struct op o;
 	int ret;
 
-	op_start(c, &o, &w, KP_OP_WALK);
+	ac_op_start(c, &o, &w, KP_OP_WALK);
 	o.on_rec = walk_rec;
 	o.arg = &a;
 	kp_put_str(&w, KT_PATH, path);
@@ -294,8 +294,8 @@ int kac_walk(struct kac *c, const char *path, uint64_t max_depth, int follow, ka
 		kp_put_u64(&w, KT_MAX_DEPTH, max_depth);
 	if (!follow)
 		kp_put_bool(&w, KT_NOFOLLOW, 1);
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	if (a.ret)
-		return fail(err, -a.ret, "walking %s: %s", path, strerror(-a.ret));
+		return ac_fail(err, -a.ret, "walking %s: %s", path, strerror(-a.ret));
 	return ret;
 }

@@ -83,67 +83,67 @@ struct op {
 /* ---- ac_conn.c: the connection -------------------------------------------- */
 
 /* err->msg from fmt (err may be NULL); returns -errnum. */
-int fail(struct kac_err *err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int ac_fail(struct kac_err *err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* CLOCK_MONOTONIC in ms. */
-int64_t now_ms(void);
+int64_t ac_now_ms(void);
 
 /* Write all n bytes of p to the blocking fd: 0, or -errno. */
-int write_all(int fd, const void *p, size_t n);
+int ac_write_all(int fd, const void *p, size_t n);
 
 /* Close c for good after ret (a violation, a stall, the agent gone): returns ret. */
-int conn_lost(struct kac *c, int ret, const struct kac_err *err);
+int ac_conn_lost(struct kac *c, int ret, const struct kac_err *err);
 
 /* The agent fell silent: -ETIMEDOUT, err->code KAC_ERR_TIMEOUT, the connection closed. */
-int conn_stalled(struct kac *c, struct kac_err *err, const char *what);
+int ac_conn_stalled(struct kac *c, struct kac_err *err, const char *what);
 
 /* Send the whole frame p of n bytes, waiting at most the timeout for room: 0, or -errno. */
-int send_frame(struct kac *c, const void *p, size_t n, struct kac_err *err);
+int ac_send_frame(struct kac *c, const void *p, size_t n, struct kac_err *err);
 
 /* The next request id (never 0). */
-uint32_t new_id(struct kac *c);
+uint32_t ac_new_id(struct kac *c);
 
 /* The next frame from the buffered bytes (reading the socket if may_read): 0, -EAGAIN, or -errno. */
-int next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_err *err);
+int ac_next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_err *err);
 
-/* Block until deadline (ms, now_ms's clock) for the next frame: 0, or -errno. */
-int read_frame(struct kac *c, struct kp_frame *f, int64_t deadline, struct kac_err *err);
+/* Block until deadline (ms, ac_now_ms's clock) for the next frame: 0, or -errno. */
+int ac_read_frame(struct kac *c, struct kp_frame *f, int64_t deadline, struct kac_err *err);
 
 /* An ERROR frame into err and its -errno. */
-int error_frame(const struct kp_frame *f, struct kac_err *err);
+int ac_error_frame(const struct kp_frame *f, struct kac_err *err);
 
 /* ---- ac_op.c: the engine ---------------------------------------------------- */
 
 /* Clear o for request id: no fds, the full window of credit. */
-void op_init(struct op *o, uint32_t id);
+void ac_op_init(struct op *o, uint32_t id);
 
 /* Open the request record w in c's send buffer with KT_OP op. */
-void req_begin(struct kac *c, struct kp_recw *w, uint64_t op);
+void ac_req_begin(struct kac *c, struct kp_recw *w, uint64_t op);
 
 /* Send the REQUEST id with record w: 0, or -errno. */
-int req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_err *err);
+int ac_req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_err *err);
 
 /* A new request o of operation op, answered soon (OP_ANSWER): w opened for its arguments. */
-void op_start(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op);
+void ac_op_start(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op);
 
 /* Send SIGNAL sig to handle, its answer ignored by o (if not NULL): 0, or -errno. */
-int send_signal_req(struct kac *c, struct op *o, uint64_t handle, int sig, struct kac_err *err);
+int ac_send_signal(struct kac *c, struct op *o, uint64_t handle, int sig, struct kac_err *err);
 
 /* now + timeout_ms, or -1 (no deadline) when timeout_ms <= 0. */
-int64_t deadline_of(int timeout_ms);
+int64_t ac_deadline_of(int timeout_ms);
 
 /* Send o's REQUEST (record w) and run it to its end or deadline (-1: none): o->ret, or -errno. */
-int op_send_run(struct kac *c, struct op *o, struct kp_recw *w, int64_t deadline, struct kac_err *err);
+int ac_op_send_run(struct kac *c, struct op *o, struct kp_recw *w, int64_t deadline, struct kac_err *err);
 
-/* op_send_run without a deadline: one REQUEST, RESPONSE|END or ERROR. */
-int simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err);
+/* ac_op_send_run without a deadline: one REQUEST, RESPONSE|END or ERROR. */
+int ac_simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err);
 
 /* ---- ac_file.c ------------------------------------------------------------------ */
 
 /* An op whose answer is the U64 field tag, into o->size (-1 if absent). */
-void op_init_u64(struct op *o, uint32_t id, uint8_t tag);
+void ac_op_init_u64(struct op *o, uint32_t id, uint8_t tag);
 
 /* on_rec for STAT and FH_STAT: the answer into the struct kac_stat at o->arg. */
-int stat_rec(struct op *o, const struct kp_frame *f);
+int ac_stat_rec(struct op *o, const struct kp_frame *f);
 
 #endif

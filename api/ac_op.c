@@ -17,7 +17,7 @@
 
 /* ---- the engine ------------------------------------------------------------- */
 
-void op_init(struct op *o, uint32_t id)
+void ac_op_init(struct op *o, uint32_t id)
 {
 	memset(o, 0, sizeof(*o));
 	o->id = id;
@@ -28,45 +28,45 @@ void op_init(struct op *o, uint32_t id)
 	o->out_credit[1] = o->out_credit[2] = KAC_WINDOW;
 }
 
-/* A request record: the caller fills w (opened by req_begin) after KT_OP. */
-void req_begin(struct kac *c, struct kp_recw *w, uint64_t op)
+/* A request record: the caller fills w (opened by ac_req_begin) after KT_OP. */
+void ac_req_begin(struct kac *c, struct kp_recw *w, uint64_t op)
 {
 	kp_recw_init(w, c->sbuf + KP_HDR_LEN, KAC_SBUF - KP_HDR_LEN);
 	kp_put_u64(w, KT_OP, op);
 }
 
-int req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_err *err)
+int ac_req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_err *err)
 {
 	int n = kp_enc_rec_frame(c->sbuf, KAC_SBUF, KP_REQUEST, 0, id, w);
 
 	if (n < 0)
-		return fail(err, n == -KP_ENOSPC || n == -KP_EOVERSIZE ? E2BIG : EINVAL,
+		return ac_fail(err, n == -KP_ENOSPC || n == -KP_EOVERSIZE ? E2BIG : EINVAL,
 			    "request: %s", n == -KP_EREC ? "an argument contains a NUL byte" :
 			    n == -KP_ENOSPC || n == -KP_EOVERSIZE ? "arguments too long (256 KiB at most)" :
 			    kp_strerror(n));
-	return send_frame(c, c->sbuf, (size_t)n, err);
+	return ac_send_frame(c, c->sbuf, (size_t)n, err);
 }
 
 /* A new request o of operation op, answered soon (OP_ANSWER): w opened for its arguments. */
-void op_start(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op)
+void ac_op_start(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op)
 {
-	op_init(o, new_id(c));
-	req_begin(c, w, op);
+	ac_op_init(o, ac_new_id(c));
+	ac_req_begin(c, w, op);
 }
 
-int send_signal_req(struct kac *c, struct op *o, uint64_t handle, int sig, struct kac_err *err)
+int ac_send_signal(struct kac *c, struct op *o, uint64_t handle, int sig, struct kac_err *err)
 {
 	struct kp_recw w;
-	uint32_t id = new_id(c);
+	uint32_t id = ac_new_id(c);
 
-	req_begin(c, &w, KP_OP_SIGNAL);
+	ac_req_begin(c, &w, KP_OP_SIGNAL);
 	kp_put_u64(&w, KT_HANDLE, handle);
 	kp_put_u64(&w, KT_SIGNAL, (uint64_t)sig);
 	if (o) {
 		memmove(o->sig_ids + 1, o->sig_ids, sizeof(o->sig_ids) - sizeof(o->sig_ids[0]));
 		o->sig_ids[0] = id;
 	}
-	return req_send(c, id, &w, err);
+	return ac_req_send(c, id, &w, err);
 }
 
 /* A signal from sig_fd: SIGWINCH becomes RESIZE to tty_fd's size, others SIGNAL. */
@@ -77,17 +77,17 @@ static int forward_sig(struct kac *c, struct op *o, int sig, struct kac_err *err
 	uint32_t id;
 
 	if (sig != SIGWINCH)
-		return send_signal_req(c, o, o->ex->handle, sig, err);
+		return ac_send_signal(c, o, o->ex->handle, sig, err);
 	if (o->tty_fd < 0 || ioctl(o->tty_fd, TIOCGWINSZ, &ws) < 0 || !ws.ws_row || !ws.ws_col)
 		return 0;
-	id = new_id(c);
-	req_begin(c, &w, KP_OP_RESIZE);
+	id = ac_new_id(c);
+	ac_req_begin(c, &w, KP_OP_RESIZE);
 	kp_put_u64(&w, KT_HANDLE, o->ex->handle);
 	kp_put_u64(&w, KT_ROWS, ws.ws_row);
 	kp_put_u64(&w, KT_COLS, ws.ws_col);
 	memmove(o->sig_ids + 1, o->sig_ids, sizeof(o->sig_ids) - sizeof(o->sig_ids[0]));
 	o->sig_ids[0] = id;
-	return req_send(c, id, &w, err);
+	return ac_req_send(c, id, &w, err);
 }
 
 static int flush_credit(struct kac *c, struct op *o, int ch, struct kac_err *err)
@@ -100,7 +100,7 @@ static int flush_credit(struct kac *c, struct op *o, int ch, struct kac_err *err
 	o->out_pend[ch] = 0;
 	o->out_credit[ch] += n;
 	kp_enc_window(win, o->id, (uint16_t)ch, n);
-	return send_frame(c, win, sizeof(win), err);
+	return ac_send_frame(c, win, sizeof(win), err);
 }
 
 /* Deliver DATA for channel ch to the op's sink, then return the credit. */
@@ -113,9 +113,9 @@ static int on_data(struct kac *c, struct op *o, const struct kp_frame *f, struct
 	int ch = f->channel, ret = 0;
 
 	if (ch == KP_CHAN_IN || kp_parse_data(f, &off, &p, &n))
-		return fail(err, EPROTO, "agent: DATA on channel %d of request %u", ch, f->id);
+		return ac_fail(err, EPROTO, "agent: DATA on channel %d of request %u", ch, f->id);
 	if (n > o->out_credit[ch])
-		return fail(err, EPROTO, "the agent sent more than the credit it was granted (%u bytes of %s "
+		return ac_fail(err, EPROTO, "the agent sent more than the credit it was granted (%u bytes of %s "
 			    "on request %u, %llu granted): protocol violation, connection closed", n,
 			    ch == KP_CHAN_OUT ? "stdout" : "stderr", f->id, (unsigned long long)o->out_credit[ch]);
 	o->out_credit[ch] -= n;
@@ -125,7 +125,7 @@ static int on_data(struct kac *c, struct op *o, const struct kp_frame *f, struct
 		if (o->out_fn)
 			ret = o->out_fn(o->out_arg, ch, p, n);
 		else if (o->out_fd[ch] >= 0)
-			ret = write_all(o->out_fd[ch], p, n);
+			ret = ac_write_all(o->out_fd[ch], p, n);
 		if (ret) {
 			/*
 			 * Our consumer is gone. A process gets SIGPIPE, as it would
@@ -137,9 +137,9 @@ static int on_data(struct kac *c, struct op *o, const struct kp_frame *f, struct
 			if (!o->out_err)
 				o->out_err = ret;
 			if (o->ex && o->ex->handle)
-				ret = send_signal_req(c, o, o->ex->handle, SIGPIPE, err);
+				ret = ac_send_signal(c, o, o->ex->handle, SIGPIPE, err);
 			else if (!o->ex)
-				ret = send_frame(c, win, (size_t)kp_enc_cancel(win, f->id, KP_CHAN_ALL), err);
+				ret = ac_send_frame(c, win, (size_t)kp_enc_cancel(win, f->id, KP_CHAN_ALL), err);
 			else
 				ret = 0;
 			if (ret)
@@ -165,11 +165,11 @@ static int dispatch(struct kac *c, struct op *o, const struct kp_frame *f, struc
 		case KP_PING:
 			kp_parse_u64(f, &v);
 			kp_enc_ping(pong, KP_PONG, v);
-			return send_frame(c, pong, sizeof(pong), err);
+			return ac_send_frame(c, pong, sizeof(pong), err);
 		case KP_PONG:
 			return 0;
 		case KP_ERROR:
-			ret = error_frame(f, err);
+			ret = ac_error_frame(f, err);
 			if (err) {
 				char m[sizeof(err->msg)];
 
@@ -178,7 +178,7 @@ static int dispatch(struct kac *c, struct op *o, const struct kp_frame *f, struc
 			}
 			return ret;
 		default:
-			return fail(err, EPROTO, "agent: unexpected %s on id 0", kp_type_name(f->type));
+			return ac_fail(err, EPROTO, "agent: unexpected %s on id 0", kp_type_name(f->type));
 		}
 	}
 	if (f->id != o->id) {
@@ -195,13 +195,13 @@ static int dispatch(struct kac *c, struct op *o, const struct kp_frame *f, struc
 		if (o->on_rec) {
 			ret = o->on_rec(o, f);
 			if (ret)
-				return fail(err, -ret, "agent: malformed %s record", kp_type_name(f->type));
+				return ac_fail(err, -ret, "agent: malformed %s record", kp_type_name(f->type));
 		}
 		if ((f->flags & KP_F_END) || (o->detach && f->type == KP_RESPONSE))
 			o->done = 1;
 		return 0;
 	case KP_ERROR:
-		o->ret = error_frame(f, err);
+		o->ret = ac_error_frame(f, err);
 		o->done = 1;
 		return 0;
 	case KP_DATA:
@@ -213,11 +213,11 @@ static int dispatch(struct kac *c, struct op *o, const struct kp_frame *f, struc
 	case KP_WINDOW:
 		if (f->channel != KP_CHAN_IN || kp_parse_window(f, &inc) || inc == 0 ||
 		    o->in_credit + inc > 0xffffffffu)
-			return fail(err, EPROTO, "agent: bad WINDOW on request %u", f->id);
+			return ac_fail(err, EPROTO, "agent: bad WINDOW on request %u", f->id);
 		o->in_credit += inc;
 		return 0;
 	default:
-		return fail(err, EPROTO, "agent: unexpected %s on request %u", kp_type_name(f->type), f->id);
+		return ac_fail(err, EPROTO, "agent: unexpected %s on request %u", kp_type_name(f->type), f->id);
 	}
 }
 
@@ -239,19 +239,19 @@ static int pump_in(struct kac *c, struct op *o, struct kac_err *err)
 	if (r < 0) {
 		if (errno == EAGAIN)
 			return 0;
-		return fail(err, errno, "reading input: %s", strerror(errno));
+		return ac_fail(err, errno, "reading input: %s", strerror(errno));
 	}
 	if (r == 0) {
 		kp_enc_eof(eof, o->id, KP_CHAN_IN, 0, o->in_off);
 		o->in_eof_sent = 1;
-		return send_frame(c, eof, sizeof(eof), err);
+		return ac_send_frame(c, eof, sizeof(eof), err);
 	}
 	ret = kp_enc_data_hdr(c->chunk, o->id, KP_CHAN_IN, o->in_off, (uint32_t)r);
 	if (ret < 0)
-		return fail(err, EINVAL, "DATA: %s", kp_strerror(ret));
+		return ac_fail(err, EINVAL, "DATA: %s", kp_strerror(ret));
 	o->in_off += (uint64_t)r;
 	o->in_credit -= (uint64_t)r;
-	return send_frame(c, c->chunk, KP_DATA_HDR_LEN + (size_t)r, err);
+	return ac_send_frame(c, c->chunk, KP_DATA_HDR_LEN + (size_t)r, err);
 }
 
 /* Whether any frame of the agent's (a PONG too) shows progress for o, or only o's own. */
@@ -271,16 +271,16 @@ static int op_step(struct kac *c, struct op *o, int may_read, int64_t *heard, in
 		   struct kac_err *err)
 {
 	struct kp_frame f;
-	int ret = next_frame(c, &f, may_read, err);
+	int ret = ac_next_frame(c, &f, may_read, err);
 
 	if (ret == 0)
 		ret = dispatch(c, o, &f, err);
 	if (ret == -EAGAIN)
 		return ret;
 	if (ret)
-		return conn_lost(c, ret, err);
+		return ac_conn_lost(c, ret, err);
 	if (f.id == o->id || op_alive(o)) {
-		*heard = now_ms();	/* after dispatch: time our consumer took is not the agent's */
+		*heard = ac_now_ms();	/* after dispatch: time our consumer took is not the agent's */
 		*pinged = 0;
 	}
 	return 0;
@@ -295,18 +295,18 @@ static int op_step(struct kac *c, struct op *o, int may_read, int64_t *heard, in
 static int op_quiet(struct kac *c, struct op *o, int64_t heard, int *pinged, struct kac_err *err)
 {
 	uint8_t ping[KP_HDR_LEN + 8];
-	int64_t now = now_ms(), quiet = now - heard, half = c->timeout_ms / 2;
+	int64_t now = ac_now_ms(), quiet = now - heard, half = c->timeout_ms / 2;
 	int ret;
 
 	if (c->timeout_ms <= 0)
 		return -1;
 	if (quiet >= c->timeout_ms)
-		return conn_stalled(c, err, "the agent did not answer within");
+		return ac_conn_stalled(c, err, "the agent did not answer within");
 	if (!op_alive(o))
 		return (int)(c->timeout_ms - quiet);
 	if (!*pinged && quiet >= half) {
 		kp_enc_ping(ping, KP_PING, ++c->pings);
-		ret = send_frame(c, ping, sizeof(ping), err);
+		ret = ac_send_frame(c, ping, sizeof(ping), err);
 		if (ret)
 			return ret < -1 ? ret : -EIO;	/* -1 is "no limit" to the caller */
 		*pinged = 1;
@@ -323,7 +323,7 @@ static int op_quiet(struct kac *c, struct op *o, int64_t heard, int *pinged, str
 static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err *err)
 {
 	struct pollfd p[3];
-	int64_t heard = now_ms();
+	int64_t heard = ac_now_ms();
 	int ret, n, i, tmo, pinged = 0;
 	uint8_t sig;
 
@@ -363,10 +363,10 @@ static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err 
 		if (tmo < -1)
 			return tmo;
 		if (deadline >= 0) {
-			int64_t left = deadline - now_ms();
+			int64_t left = deadline - ac_now_ms();
 
 			if (left <= 0)
-				return fail(err, ETIMEDOUT, "timed out");
+				return ac_fail(err, ETIMEDOUT, "timed out");
 			if (tmo < 0 || left < tmo)
 				tmo = left > 60000 ? 60000 : (int)left;
 		}
@@ -374,7 +374,7 @@ static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err 
 		if (ret < 0) {
 			if (errno == EINTR)
 				continue;
-			return fail(err, errno, "poll: %s", strerror(errno));
+			return ac_fail(err, errno, "poll: %s", strerror(errno));
 		}
 		if (sig_slot >= 0 && p[sig_slot].revents) {
 			if (read(o->sig_fd, &sig, 1) == 1) {
@@ -392,7 +392,7 @@ static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err 
 			if (ret)
 				return ret;
 			if (op_alive(o))
-				heard = now_ms();	/* the agent took what we sent */
+				heard = ac_now_ms();	/* the agent took what we sent */
 		}
 		if (p[0].revents) {
 			ret = op_step(c, o, 1, &heard, &pinged, err);
@@ -403,26 +403,26 @@ static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err 
 	return o->ret;
 }
 
-int64_t deadline_of(int timeout_ms)
+int64_t ac_deadline_of(int timeout_ms)
 {
-	return timeout_ms > 0 ? now_ms() + timeout_ms : -1;
+	return timeout_ms > 0 ? ac_now_ms() + timeout_ms : -1;
 }
 
 /* Send o's REQUEST (its record w) and run it to its end (op_run). */
-int op_send_run(struct kac *c, struct op *o, struct kp_recw *w, int64_t deadline, struct kac_err *err)
+int ac_op_send_run(struct kac *c, struct op *o, struct kp_recw *w, int64_t deadline, struct kac_err *err)
 {
 	int ret;
 
 	if (err)
 		err->code = 0;
-	ret = req_send(c, o->id, w, err);
+	ret = ac_req_send(c, o->id, w, err);
 	if (ret)
 		return ret;
 	return op_run(c, o, deadline, err);
 }
 
 /* A simple request: one REQUEST, RESPONSE|END or ERROR. */
-int simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err)
+int ac_simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err)
 {
-	return op_send_run(c, o, w, -1, err);
+	return ac_op_send_run(c, o, w, -1, err);
 }

@@ -28,15 +28,15 @@ int kac_port_connect(struct kac *c, uint16_t port, const char *addr, int in_fd, 
 
 	if (err)
 		err->code = 0;
-	op_start(c, &o, &w, KP_OP_PORT_CONNECT);
+	ac_op_start(c, &o, &w, KP_OP_PORT_CONNECT);
 	o.in_fd = in_fd;
 	o.in_credit = c->peer_window;
 	o.out_fd[1] = out_fd;
 	port_args(&w, port, addr);
 	o.wait = OP_ALIVE;
-	ret = op_send_run(c, &o, &w, -1, err);
+	ret = ac_op_send_run(c, &o, &w, -1, err);
 	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
-		return fail(err, -o.out_err, "writing the port's bytes: %s", strerror(-o.out_err));
+		return ac_fail(err, -o.out_err, "writing the port's bytes: %s", strerror(-o.out_err));
 	return ret;
 }
 
@@ -47,7 +47,7 @@ static int read_exact(int fd, uint8_t *p, size_t n, int64_t deadline)
 	ssize_t r;
 
 	while (n) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - ac_now_ms();
 
 		if (left <= 0)
 			return -ETIMEDOUT;
@@ -72,21 +72,21 @@ int kac_port_raw(struct kac *c, uint16_t port, const char *addr, int *fd, struct
 	struct kp_frame f;
 	struct kp_decoder dec;
 	uint8_t hdr[KP_HDR_LEN];
-	uint32_t len, id = new_id(c);
+	uint32_t len, id = ac_new_id(c);
 	size_t used;
-	int64_t deadline = now_ms() + 120000;
+	int64_t deadline = ac_now_ms() + 120000;
 	int ret;
 
 	if (err)
 		err->code = 0;
 	if (c->rpos != c->rlen || c->next_id != 1) {
-		ret = fail(err, EINVAL, "raw port connection: needs a fresh agent connection");
+		ret = ac_fail(err, EINVAL, "raw port connection: needs a fresh agent connection");
 		goto out;
 	}
-	req_begin(c, &w, KP_OP_PORT_CONNECT);
+	ac_req_begin(c, &w, KP_OP_PORT_CONNECT);
 	port_args(&w, port, addr);
 	kp_put_bool(&w, KT_RAW, 1);
-	ret = req_send(c, id, &w, err);
+	ret = ac_req_send(c, id, &w, err);
 	if (ret)
 		goto out;
 	/* One frame, read by hand: the tunnel's bytes may follow it at once. */
@@ -98,26 +98,26 @@ int kac_port_raw(struct kac *c, uint16_t port, const char *addr, int *fd, struct
 	if (!ret)
 		ret = read_exact(c->fd, c->rbuf + KP_HDR_LEN, len - 8, deadline);
 	if (ret) {
-		ret = fail(err, -ret, "raw port connection: %s", ret == -EPROTO ? "malformed answer" :
+		ret = ac_fail(err, -ret, "raw port connection: %s", ret == -EPROTO ? "malformed answer" :
 			   ret == -ECONNRESET ? "the agent closed the connection" : strerror(-ret));
 		goto out;
 	}
 	kp_dec_init(&dec, c->dbuf, KP_MAX_PAYLOAD);
 	if (kp_dec_feed(&dec, c->rbuf, KP_HDR_LEN + len - 8, &used, &f) != 1 || f.id != id) {
-		ret = fail(err, EPROTO, "raw port connection: malformed answer");
+		ret = ac_fail(err, EPROTO, "raw port connection: malformed answer");
 		goto out;
 	}
 	if (f.type == KP_ERROR) {
-		ret = error_frame(&f, err);
+		ret = ac_error_frame(&f, err);
 		goto out;
 	}
 	if (f.type != KP_RESPONSE) {
-		ret = fail(err, EPROTO, "raw port connection: %s instead of RESPONSE", kp_type_name(f.type));
+		ret = ac_fail(err, EPROTO, "raw port connection: %s instead of RESPONSE", kp_type_name(f.type));
 		goto out;
 	}
 	/* The caller gets an ordinary (blocking) stream socket. */
 	if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) & ~O_NONBLOCK) < 0) {
-		ret = fail(err, errno, "raw port connection: fcntl: %s", strerror(errno));
+		ret = ac_fail(err, errno, "raw port connection: fcntl: %s", strerror(errno));
 		goto out;
 	}
 	*fd = c->fd;
@@ -181,15 +181,15 @@ int kac_port_list(struct kac *c, uint64_t pid, kac_listener_fn fn, void *arg, st
 	struct op o;
 	int ret;
 
-	op_start(c, &o, &w, KP_OP_PORT_LIST);
+	ac_op_start(c, &o, &w, KP_OP_PORT_LIST);
 	o.on_rec = lst_rec;
 	o.arg = &a;
 	if (pid)
 		kp_put_u64(&w, KT_PID, pid);
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	if (ret)
 		return ret;
-	return a.ret ? fail(err, -a.ret, "port list: %s", strerror(-a.ret)) : 0;
+	return a.ret ? ac_fail(err, -a.ret, "port list: %s", strerror(-a.ret)) : 0;
 }
 
 int kac_port_wait(struct kac *c, uint16_t port, uint64_t pid, int timeout_ms, struct kac_listener *l,
@@ -200,7 +200,7 @@ int kac_port_wait(struct kac *c, uint16_t port, uint64_t pid, int timeout_ms, st
 	struct op o;
 
 	memset(l, 0, sizeof(*l));
-	op_start(c, &o, &w, KP_OP_PORT_WAIT);
+	ac_op_start(c, &o, &w, KP_OP_PORT_WAIT);
 	o.on_rec = lst_rec;
 	o.arg = &a;
 	if (port)
@@ -210,5 +210,5 @@ int kac_port_wait(struct kac *c, uint16_t port, uint64_t pid, int timeout_ms, st
 	if (timeout_ms > 0)
 		kp_put_u64(&w, KT_TIMEOUT_MS, (uint64_t)timeout_ms);
 	o.wait = OP_ALIVE;
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }

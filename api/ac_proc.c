@@ -65,10 +65,10 @@ int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex,
 	if (err)
 		err->code = 0;
 	if (!eo->argv || !eo->argv[0])
-		return fail(err, EINVAL, "exec: no command given");
+		return ac_fail(err, EINVAL, "exec: no command given");
 	memset(ex, 0, sizeof(*ex));
 	ex->code = -1;
-	op_start(c, &o, &w, KP_OP_EXEC);
+	ac_op_start(c, &o, &w, KP_OP_EXEC);
 	o.on_rec = exec_rec;
 	o.ex = ex;
 	o.in_fd = eo->stdin_fd;
@@ -106,23 +106,23 @@ int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex,
 	if (eo->overflow_drop)
 		kp_put_u64(&w, KT_OVERFLOW, KP_OVF_DROP);
 	o.wait = OP_ALIVE_STARTED;
-	ret = op_send_run(c, &o, &w, deadline_of(eo->timeout_ms), err);
+	ret = ac_op_send_run(c, &o, &w, ac_deadline_of(eo->timeout_ms), err);
 	if (ret == 0 && eo->detach) {
 		uint8_t cancel[KP_HDR_LEN];
 
 		/* Leave the process running, its output going into its ring. */
 		kp_enc_cancel(cancel, o.id, KP_CHAN_ALL);
-		return send_frame(c, cancel, sizeof(cancel), err);
+		return ac_send_frame(c, cancel, sizeof(cancel), err);
 	}
 	if (ret == -ETIMEDOUT && !o.done && ex->handle && !c->broken) {
 		struct kac_err e2;
 
-		send_signal_req(c, NULL, ex->handle, SIGKILL, &e2);
-		return fail(err, ETIMEDOUT, "timed out after %d ms; the process (pid %llu) was killed",
+		ac_send_signal(c, NULL, ex->handle, SIGKILL, &e2);
+		return ac_fail(err, ETIMEDOUT, "timed out after %d ms; the process (pid %llu) was killed",
 			    eo->timeout_ms, (unsigned long long)ex->pid);
 	}
 	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
-		return fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
+		return ac_fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
 	return ret;
 }
 
@@ -131,10 +131,10 @@ int kac_signal(struct kac *c, uint64_t handle, int sig, struct kac_err *err)
 	struct kp_recw w;
 	struct op o;
 
-	op_start(c, &o, &w, KP_OP_SIGNAL);
+	ac_op_start(c, &o, &w, KP_OP_SIGNAL);
 	kp_put_u64(&w, KT_HANDLE, handle);
 	kp_put_u64(&w, KT_SIGNAL, (uint64_t)sig);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 int kac_attach(struct kac *c, const struct kac_attach_opts *ao, struct kac_exit *ex, struct kac_err *err)
@@ -147,7 +147,7 @@ int kac_attach(struct kac *c, const struct kac_attach_opts *ao, struct kac_exit 
 		err->code = 0;
 	memset(ex, 0, sizeof(*ex));
 	ex->code = -1;
-	op_start(c, &o, &w, KP_OP_ATTACH);
+	ac_op_start(c, &o, &w, KP_OP_ATTACH);
 	o.on_rec = exec_rec;
 	o.ex = ex;
 	o.in_fd = ao->stdin_fd;
@@ -166,9 +166,9 @@ int kac_attach(struct kac *c, const struct kac_attach_opts *ao, struct kac_exit 
 	if (ao->stdin_fd >= 0)
 		kp_put_u64(&w, KT_STDIN, KP_IO_PIPE);
 	o.wait = OP_ALIVE_STARTED;
-	ret = op_send_run(c, &o, &w, -1, err);
+	ret = ac_op_send_run(c, &o, &w, -1, err);
 	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
-		return fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
+		return ac_fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
 	return ret;
 }
 
@@ -183,18 +183,18 @@ int kac_wait(struct kac *c, uint64_t handle, int timeout_ms, struct kac_exit *ex
 	memset(ex, 0, sizeof(*ex));
 	ex->code = -1;
 	ex->handle = handle;
-	op_start(c, &o, &w, KP_OP_WAIT);
+	ac_op_start(c, &o, &w, KP_OP_WAIT);
 	o.on_rec = exec_rec;
 	o.ex = ex;
 	kp_put_u64(&w, KT_HANDLE, handle);
 	o.wait = OP_ALIVE;
-	ret = op_send_run(c, &o, &w, deadline_of(timeout_ms), err);
+	ret = ac_op_send_run(c, &o, &w, ac_deadline_of(timeout_ms), err);
 	if (ret == -ETIMEDOUT && !o.done && !c->broken) {
 		uint8_t cancel[KP_HDR_LEN];
 
 		kp_enc_cancel(cancel, o.id, KP_CHAN_ALL);
-		send_frame(c, cancel, sizeof(cancel), NULL);
-		return fail(err, ETIMEDOUT, "process %llu still running after %d ms", (unsigned long long)handle,
+		ac_send_frame(c, cancel, sizeof(cancel), NULL);
+		return ac_fail(err, ETIMEDOUT, "process %llu still running after %d ms", (unsigned long long)handle,
 			    timeout_ms);
 	}
 	return ret;
@@ -205,9 +205,9 @@ int kac_release(struct kac *c, uint64_t handle, struct kac_err *err)
 	struct kp_recw w;
 	struct op o;
 
-	op_start(c, &o, &w, KP_OP_RELEASE);
+	ac_op_start(c, &o, &w, KP_OP_RELEASE);
 	kp_put_u64(&w, KT_HANDLE, handle);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 int kac_resize(struct kac *c, uint64_t handle, unsigned rows, unsigned cols, struct kac_err *err)
@@ -215,11 +215,11 @@ int kac_resize(struct kac *c, uint64_t handle, unsigned rows, unsigned cols, str
 	struct kp_recw w;
 	struct op o;
 
-	op_start(c, &o, &w, KP_OP_RESIZE);
+	ac_op_start(c, &o, &w, KP_OP_RESIZE);
 	kp_put_u64(&w, KT_HANDLE, handle);
 	kp_put_u64(&w, KT_ROWS, rows);
 	kp_put_u64(&w, KT_COLS, cols);
-	return simple(c, &o, &w, err);
+	return ac_simple(c, &o, &w, err);
 }
 
 struct ps_state {
@@ -288,13 +288,13 @@ int kac_proc_list(struct kac *c, kac_proc_fn fn, void *arg, struct kac_err *err)
 	int ret;
 
 	if (!st)
-		return fail(err, ENOMEM, "out of memory");
+		return ac_fail(err, ENOMEM, "out of memory");
 	st->fn = fn;
 	st->arg = arg;
-	op_start(c, &o, &w, KP_OP_PROC_LIST);
+	ac_op_start(c, &o, &w, KP_OP_PROC_LIST);
 	o.on_rec = ps_rec;
 	o.arg = st;
-	ret = simple(c, &o, &w, err);
+	ret = ac_simple(c, &o, &w, err);
 	free(st);
 	return ret;
 }
