@@ -217,6 +217,16 @@ static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
 	return 0;
 }
 
+/* c and its buffers (its fd closed, or never opened). */
+static void conn_free(struct kac *c)
+{
+	free(c->chunk);
+	free(c->sbuf);
+	free(c->rbuf);
+	free(c->dbuf);
+	free(c);
+}
+
 int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
 {
 	int64_t deadline = ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
@@ -232,7 +242,7 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 		err->code = 0;
 	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
 		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
-			    sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+			       sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return ac_fail(err, ENOMEM, "out of memory");
@@ -262,8 +272,8 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 				goto err_conn;
 			}
 			ret = ac_fail(err, ETIMEDOUT, "%s: the VM is up but no agent answered on vsock port %u "
-				   "within %d ms (boot the guest with --cmdline kiln.agent)",
-				   uds, KP_VSOCK_PORT, timeout_ms);
+				      "within %d ms (boot the guest with --cmdline kiln.agent)",
+				      uds, KP_VSOCK_PORT, timeout_ms);
 			goto err_free;
 		}
 		/* Quick at first (a VM being restored is up in milliseconds), then every 50 ms. */
@@ -310,7 +320,7 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 	}
 	if (c->peer_max < KP_MIN_PAYLOAD_CAP) {
 		ret = ac_fail(err, EPROTO, "agent: HELLO max_frame %u below the minimum %u",
-			   c->peer_max, KP_MIN_PAYLOAD_CAP);
+			      c->peer_max, KP_MIN_PAYLOAD_CAP);
 		goto err_close;
 	}
 	*out = c;
@@ -319,18 +329,14 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 err_conn:
 	if (ret == -ENOENT || ret == -ECONNREFUSED)
 		ret = ac_fail(err, -ret, "%s: no VM listening (start kiln-vmm with --vsock cid=3,uds=%s "
-			   "--cmdline kiln.agent)", uds, uds);
+			      "--cmdline kiln.agent)", uds, uds);
 	else
 		ret = ac_fail(err, -ret, "%s: %s", uds, strerror(-ret));
 	goto err_free;
 err_close:
 	close(c->fd);
 err_free:
-	free(c->chunk);
-	free(c->sbuf);
-	free(c->rbuf);
-	free(c->dbuf);
-	free(c);
+	conn_free(c);
 	return ret;
 }
 
@@ -339,11 +345,7 @@ void kac_close(struct kac *c)
 	if (!c)
 		return;
 	close(c->fd);
-	free(c->chunk);
-	free(c->sbuf);
-	free(c->rbuf);
-	free(c->dbuf);
-	free(c);
+	conn_free(c);
 }
 
 const char *kac_agent_name(const struct kac *c)

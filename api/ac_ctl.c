@@ -63,7 +63,7 @@ int kac_shutdown(struct kac *c, int grace_ms, int reboot, struct kac_err *err)
 			return 0;
 		if (ret == -ETIMEDOUT)
 			return ac_fail(err, ETIMEDOUT, "the agent accepted the shutdown but the VM was still up "
-				    "%d s later", (int)((grace_ms > 0 ? grace_ms : 5000) / 1000 + 30));
+				       "%d s later", (int)((grace_ms > 0 ? grace_ms : 5000) / 1000 + 30));
 		if (ret)
 			return ret;
 	}
@@ -92,9 +92,7 @@ int kac_health(struct kac *c, uint64_t *uptime_ns, uint64_t *procs, struct kac_e
 	struct op o;
 
 	*uptime_ns = *procs = 0;
-	ac_op_start(c, &o, &w, KP_OP_HEALTH);
-	o.on_rec = health_rec;
-	o.arg = &h;
+	ac_op_start_rec(c, &o, &w, KP_OP_HEALTH, health_rec, &h);
 	return ac_simple(c, &o, &w, err);
 }
 
@@ -120,9 +118,7 @@ int kac_env_get(struct kac *c, const char *key, char **value, struct kac_err *er
 	int ret;
 
 	*value = NULL;
-	ac_op_start(c, &o, &w, KP_OP_ENV_GET);
-	o.on_rec = env_get_rec;
-	o.arg = value;
+	ac_op_start_rec(c, &o, &w, KP_OP_ENV_GET, env_get_rec, value);
 	kp_put_str(&w, KT_KEY, key);
 	ret = ac_simple(c, &o, &w, err);
 	if (ret) {
@@ -134,65 +130,35 @@ int kac_env_get(struct kac *c, const char *key, char **value, struct kac_err *er
 
 int kac_env_set(struct kac *c, const char *key, const char *value, struct kac_err *err)
 {
-	struct kp_recw w;
-	struct op o;
-
-	ac_op_start(c, &o, &w, KP_OP_ENV_SET);
-	kp_put_str(&w, KT_KEY, key);
-	kp_put_str(&w, KT_VALUE, value);
-	return ac_simple(c, &o, &w, err);
+	return ac_simple_str(c, KP_OP_ENV_SET, KT_KEY, key, KT_VALUE, value, err);
 }
 
 int kac_env_unset(struct kac *c, const char *key, struct kac_err *err)
 {
-	struct kp_recw w;
-	struct op o;
-
-	ac_op_start(c, &o, &w, KP_OP_ENV_DELETE);
-	kp_put_str(&w, KT_KEY, key);
-	return ac_simple(c, &o, &w, err);
+	return ac_simple_str(c, KP_OP_ENV_DELETE, KT_KEY, key, 0, NULL, err);
 }
 
-struct str_arg {
-	kac_str_fn fn;
-	void *arg;
-	int ret;
-};
-
-static int env_list_rec(struct op *o, const struct kp_frame *f)
+static int env_entry(struct ac_list *l, const struct kp_field *fl)
 {
-	struct str_arg *a = o->arg;
-	struct kp_rec r;
-	struct kp_field fl;
 	char *e;
-	int ret;
 
-	kp_rec_open(&r, f->payload, f->len);
-	while ((ret = kp_rec_next(&r, &fl)) == 1) {
-		if (fl.tag != KT_ENV || fl.kind != KP_K_STR || a->ret)
-			continue;
-		e = malloc(fl.len + 1);
-		if (!e)
-			return -ENOMEM;
-		kp_field_str(&fl, e, fl.len + 1);
-		a->ret = a->fn(a->arg, e);
-		free(e);
-	}
-	return ret < 0 ? -EPROTO : 0;
+	if (fl->kind != KP_K_STR)
+		return 0;
+	e = malloc(fl->len + 1);
+	if (!e)
+		return -ENOMEM;
+	kp_field_str(fl, e, fl->len + 1);
+	l->ret = l->fn.str(l->arg, e);
+	free(e);
+	return 0;
 }
 
 int kac_env_list(struct kac *c, kac_str_fn fn, void *arg, struct kac_err *err)
 {
-	struct str_arg a = { fn, arg, 0 };
+	struct ac_list a = { .tag = KT_ENV, .entry = env_entry, .fn.str = fn, .arg = arg };
 	struct kp_recw w;
 	struct op o;
-	int ret;
 
 	ac_op_start(c, &o, &w, KP_OP_ENV_LIST);
-	o.on_rec = env_list_rec;
-	o.arg = &a;
-	ret = ac_simple(c, &o, &w, err);
-	if (ret)
-		return ret;
-	return a.ret ? ac_fail(err, -a.ret, "env list: %s", strerror(-a.ret)) : 0;
+	return ac_list_run(c, &o, &w, &a, "env list", NULL, err);
 }

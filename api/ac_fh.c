@@ -13,10 +13,9 @@
 static void fh_begin(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op, uint64_t fh, uint8_t res_tag)
 {
 	if (res_tag)
-		ac_op_init_u64(o, ac_new_id(c), res_tag);
+		ac_op_start_u64(c, o, w, op, res_tag);
 	else
-		ac_op_init(o, ac_new_id(c));
-	ac_req_begin(c, w, op);
+		ac_op_start(c, o, w, op);
 	kp_put_u64(w, KT_FH, fh);
 }
 
@@ -33,8 +32,7 @@ int kac_fh_open(struct kac *c, const char *path, unsigned flags, uint32_t mode, 
 	int ret;
 
 	*fh = 0;
-	ac_op_init_u64(&o, ac_new_id(c), KT_FH);
-	ac_req_begin(c, &w, KP_OP_FH_OPEN);
+	ac_op_start_u64(c, &o, &w, KP_OP_FH_OPEN, KT_FH);
 	kp_put_str(&w, KT_PATH, path);
 	for (i = 0; i < sizeof(bools) / sizeof(bools[0]); i++)
 		if (flags & bools[i].flag)

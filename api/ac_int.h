@@ -126,6 +126,10 @@ int ac_req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_err *e
 /* A new request o of operation op, answered soon (OP_ANSWER): w opened for its arguments. */
 void ac_op_start(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op);
 
+/* ac_op_start for an op whose RESPONSE and EVENT records go to on_rec, with o->arg = arg. */
+void ac_op_start_rec(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op,
+		     int (*on_rec)(struct op *o, const struct kp_frame *f), void *arg);
+
 /* Send SIGNAL sig to handle, its answer ignored by o (if not NULL): 0, or -errno. */
 int ac_send_signal(struct kac *c, struct op *o, uint64_t handle, int sig, struct kac_err *err);
 
@@ -138,10 +142,48 @@ int ac_op_send_run(struct kac *c, struct op *o, struct kp_recw *w, int64_t deadl
 /* ac_op_send_run without a deadline: one REQUEST, RESPONSE|END or ERROR. */
 int ac_simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err);
 
-/* ---- ac_file.c ------------------------------------------------------------------ */
+/* A simple request op with the string arguments s (field tag) and, if tag2, s2: 0, or -errno. */
+int ac_simple_str(struct kac *c, uint64_t op, uint8_t tag, const char *s, uint8_t tag2, const char *s2,
+		  struct kac_err *err);
 
-/* An op whose answer is the U64 field tag, into o->size (-1 if absent). */
-void ac_op_init_u64(struct op *o, uint32_t id, uint8_t tag);
+/* Send CANCEL for every channel of request id: 0, or -errno. */
+int ac_send_cancel(struct kac *c, uint32_t id, struct kac_err *err);
+
+/* ret, or when 0 the failure of o's output sink (a closed pipe is none) as "writing WHAT: ...". */
+int ac_op_out_ret(const struct op *o, int ret, const char *what, struct kac_err *err);
+
+/* ac_op_start for an op whose answer is the U64 field tag, into o->size (-1 if absent). */
+void ac_op_start_u64(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op, uint8_t tag);
+
+/*
+ * A listing (READDIR, WALK, ENV_LIST, PORT_LIST): each field tag of its
+ * answers goes to entry(), which hands it to the caller's callback fn and
+ * keeps the callback's error in ret; entries after that error are skipped.
+ */
+struct ac_list {
+	uint8_t tag;			/* the fields listed: KT_ENTRY, KT_ENV */
+	int cancel;			/* the callback's error cancels the request and is what the call returns */
+	int (*entry)(struct ac_list *l, const struct kp_field *fl);	/* 0, or -errno: malformed */
+	union {
+		kac_dirent_fn dir;
+		kac_walk_fn walk;
+		kac_str_fn str;
+		kac_listener_fn lst;
+	} fn;
+	void *arg;			/* the callback's */
+	int ret;			/* the callback's error */
+	struct kac *c;
+};
+
+/*
+ * Send the listing request o (record w) and run it with l (ac_simple).
+ * Returns its -errno, or the callback's as "WHAT PATH: ..." (path may be
+ * NULL), or 0.
+ */
+int ac_list_run(struct kac *c, struct op *o, struct kp_recw *w, struct ac_list *l, const char *what,
+		const char *path, struct kac_err *err);
+
+/* ---- ac_file.c ------------------------------------------------------------------ */
 
 /* on_rec for STAT and FH_STAT: the answer into the struct kac_stat at o->arg. */
 int ac_stat_rec(struct op *o, const struct kp_frame *f);

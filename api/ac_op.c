@@ -41,9 +41,9 @@ int ac_req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_err *e
 
 	if (n < 0)
 		return ac_fail(err, n == -KP_ENOSPC || n == -KP_EOVERSIZE ? E2BIG : EINVAL,
-			    "request: %s", n == -KP_EREC ? "an argument contains a NUL byte" :
-			    n == -KP_ENOSPC || n == -KP_EOVERSIZE ? "arguments too long (256 KiB at most)" :
-			    kp_strerror(n));
+			       "request: %s", n == -KP_EREC ? "an argument contains a NUL byte" :
+			       n == -KP_ENOSPC || n == -KP_EOVERSIZE ? "arguments too long (256 KiB at most)" :
+			       kp_strerror(n));
 	return ac_send_frame(c, c->sbuf, (size_t)n, err);
 }
 
@@ -52,6 +52,14 @@ void ac_op_start(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op)
 {
 	ac_op_init(o, ac_new_id(c));
 	ac_req_begin(c, w, op);
+}
+
+void ac_op_start_rec(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op,
+		     int (*on_rec)(struct op *o, const struct kp_frame *f), void *arg)
+{
+	ac_op_start(c, o, w, op);
+	o->on_rec = on_rec;
+	o->arg = arg;
 }
 
 int ac_send_signal(struct kac *c, struct op *o, uint64_t handle, int sig, struct kac_err *err)
@@ -109,15 +117,14 @@ static int on_data(struct kac *c, struct op *o, const struct kp_frame *f, struct
 	uint64_t off;
 	const uint8_t *p;
 	uint32_t n;
-	uint8_t win[KP_HDR_LEN + 4];
 	int ch = f->channel, ret = 0;
 
 	if (ch == KP_CHAN_IN || kp_parse_data(f, &off, &p, &n))
 		return ac_fail(err, EPROTO, "agent: DATA on channel %d of request %u", ch, f->id);
 	if (n > o->out_credit[ch])
 		return ac_fail(err, EPROTO, "the agent sent more than the credit it was granted (%u bytes of %s "
-			    "on request %u, %llu granted): protocol violation, connection closed", n,
-			    ch == KP_CHAN_OUT ? "stdout" : "stderr", f->id, (unsigned long long)o->out_credit[ch]);
+			       "on request %u, %llu granted): protocol violation, connection closed", n,
+			       ch == KP_CHAN_OUT ? "stdout" : "stderr", f->id, (unsigned long long)o->out_credit[ch]);
 	o->out_credit[ch] -= n;
 	/* A gap (only under KP_OVF_DROP, which we never ask for) is not an error. */
 	o->out_off[ch] = off + n;
@@ -139,7 +146,7 @@ static int on_data(struct kac *c, struct op *o, const struct kp_frame *f, struct
 			if (o->ex && o->ex->handle)
 				ret = ac_send_signal(c, o, o->ex->handle, SIGPIPE, err);
 			else if (!o->ex)
-				ret = ac_send_frame(c, win, (size_t)kp_enc_cancel(win, f->id, KP_CHAN_ALL), err);
+				ret = ac_send_cancel(c, f->id, err);
 			else
 				ret = 0;
 			if (ret)
@@ -425,4 +432,91 @@ int ac_op_send_run(struct kac *c, struct op *o, struct kp_recw *w, int64_t deadl
 int ac_simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err)
 {
 	return ac_op_send_run(c, o, w, -1, err);
+}
+
+int ac_simple_str(struct kac *c, uint64_t op, uint8_t tag, const char *s, uint8_t tag2, const char *s2,
+		  struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	ac_op_start(c, &o, &w, op);
+	kp_put_str(&w, tag, s);
+	if (tag2)
+		kp_put_str(&w, tag2, s2);
+	return ac_simple(c, &o, &w, err);
+}
+
+int ac_send_cancel(struct kac *c, uint32_t id, struct kac_err *err)
+{
+	uint8_t cancel[KP_HDR_LEN];
+
+	kp_enc_cancel(cancel, id, KP_CHAN_ALL);
+	return ac_send_frame(c, cancel, sizeof(cancel), err);
+}
+
+int ac_op_out_ret(const struct op *o, int ret, const char *what, struct kac_err *err)
+{
+	if (ret == 0 && o->out_err && o->out_err != -EPIPE)
+		return ac_fail(err, -o->out_err, "writing %s: %s", what, strerror(-o->out_err));
+	return ret;
+}
+
+/* The U64 result field o->res_tag (a size, a handle, an offset) into o->size. */
+static int u64_rec(struct op *o, const struct kp_frame *f)
+{
+	struct kp_field fl;
+	uint64_t v;
+
+	if (kp_rec_find(f->payload, f->len, o->res_tag, &fl) == 1 && !kp_field_u64(&fl, &v) &&
+	    v <= (uint64_t)INT64_MAX)
+		o->size = (int64_t)v;
+	return 0;
+}
+
+void ac_op_start_u64(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op, uint8_t tag)
+{
+	ac_op_start(c, o, w, op);
+	o->on_rec = u64_rec;
+	o->res_tag = tag;
+	o->size = -1;
+}
+
+/* ---- listings ------------------------------------------------------------------ */
+
+/* Each of an answer's fields of the listing's tag to its entry(), until the caller's callback fails. */
+static int list_rec(struct op *o, const struct kp_frame *f)
+{
+	struct ac_list *l = o->arg;
+	struct kp_rec r;
+	struct kp_field fl;
+	int ret, e;
+
+	kp_rec_open(&r, f->payload, f->len);
+	while ((ret = kp_rec_next(&r, &fl)) == 1) {
+		if (fl.tag != l->tag || l->ret)
+			continue;
+		e = l->entry(l, &fl);
+		if (e)
+			return e;
+		/* The caller has had enough: stop the agent's listing, drain what is in flight. */
+		if (l->ret && l->cancel && !(f->flags & KP_F_END))
+			ac_send_cancel(l->c, o->id, NULL);
+	}
+	return ret < 0 ? -EPROTO : 0;
+}
+
+int ac_list_run(struct kac *c, struct op *o, struct kp_recw *w, struct ac_list *l, const char *what,
+		const char *path, struct kac_err *err)
+{
+	int ret;
+
+	l->c = c;
+	o->on_rec = list_rec;
+	o->arg = l;
+	ret = ac_simple(c, o, w, err);
+	if (l->ret && (l->cancel || !ret))
+		return ac_fail(err, -l->ret, "%s%s%s: %s", what, path ? " " : "", path ? path : "",
+			       strerror(-l->ret));
+	return ret;
 }

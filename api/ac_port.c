@@ -24,20 +24,14 @@ int kac_port_connect(struct kac *c, uint16_t port, const char *addr, int in_fd, 
 {
 	struct kp_recw w;
 	struct op o;
-	int ret;
 
-	if (err)
-		err->code = 0;
 	ac_op_start(c, &o, &w, KP_OP_PORT_CONNECT);
 	o.in_fd = in_fd;
 	o.in_credit = c->peer_window;
 	o.out_fd[1] = out_fd;
 	port_args(&w, port, addr);
 	o.wait = OP_ALIVE;
-	ret = ac_op_send_run(c, &o, &w, -1, err);
-	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
-		return ac_fail(err, -o.out_err, "writing the port's bytes: %s", strerror(-o.out_err));
-	return ret;
+	return ac_op_out_ret(&o, ac_op_send_run(c, &o, &w, -1, err), "the port's bytes", err);
 }
 
 /* Read exactly n bytes (the raw tunnel starts right after the RESPONSE: no read-ahead). */
@@ -99,7 +93,7 @@ int kac_port_raw(struct kac *c, uint16_t port, const char *addr, int *fd, struct
 		ret = read_exact(c->fd, c->rbuf + KP_HDR_LEN, len - 8, deadline);
 	if (ret) {
 		ret = ac_fail(err, -ret, "raw port connection: %s", ret == -EPROTO ? "malformed answer" :
-			   ret == -ECONNRESET ? "the agent closed the connection" : strerror(-ret));
+			      ret == -ECONNRESET ? "the agent closed the connection" : strerror(-ret));
 		goto out;
 	}
 	kp_dec_init(&dec, c->dbuf, KP_MAX_PAYLOAD);
@@ -128,13 +122,6 @@ out:
 	return ret;
 }
 
-struct lst_arg {
-	kac_listener_fn fn;
-	void *arg;
-	int ret;
-	struct kac_listener *one;	/* PORT_WAIT */
-};
-
 static void listener_of(struct kp_rec *e, struct kac_listener *l)
 {
 	struct kp_field ef;
@@ -151,58 +138,48 @@ static void listener_of(struct kp_rec *e, struct kac_listener *l)
 	}
 }
 
-static int lst_rec(struct op *o, const struct kp_frame *f)
+static int lst_entry(struct ac_list *l, const struct kp_field *fl)
 {
-	struct lst_arg *a = o->arg;
-	struct kp_rec r, e;
-	struct kp_field fl;
-	struct kac_listener l;
-	int ret;
+	struct kac_listener li;
+	struct kp_rec e;
 
-	if (a->one) {		/* the LISTEN event: its fields at the top level */
-		kp_rec_open(&e, f->payload, f->len);
-		listener_of(&e, a->one);
+	if (kp_field_rec(fl, &e))
 		return 0;
-	}
-	kp_rec_open(&r, f->payload, f->len);
-	while ((ret = kp_rec_next(&r, &fl)) == 1) {
-		if (fl.tag != KT_ENTRY || kp_field_rec(&fl, &e) || a->ret)
-			continue;
-		listener_of(&e, &l);
-		a->ret = a->fn(a->arg, &l);
-	}
-	return ret < 0 ? -EPROTO : 0;
+	listener_of(&e, &li);
+	l->ret = l->fn.lst(l->arg, &li);
+	return 0;
 }
 
 int kac_port_list(struct kac *c, uint64_t pid, kac_listener_fn fn, void *arg, struct kac_err *err)
 {
-	struct lst_arg a = { fn, arg, 0, NULL };
+	struct ac_list a = { .tag = KT_ENTRY, .entry = lst_entry, .fn.lst = fn, .arg = arg };
 	struct kp_recw w;
 	struct op o;
-	int ret;
 
 	ac_op_start(c, &o, &w, KP_OP_PORT_LIST);
-	o.on_rec = lst_rec;
-	o.arg = &a;
 	if (pid)
 		kp_put_u64(&w, KT_PID, pid);
-	ret = ac_simple(c, &o, &w, err);
-	if (ret)
-		return ret;
-	return a.ret ? ac_fail(err, -a.ret, "port list: %s", strerror(-a.ret)) : 0;
+	return ac_list_run(c, &o, &w, &a, "port list", NULL, err);
+}
+
+/* PORT_WAIT's LISTEN event: the listener's fields at the top level. */
+static int listen_rec(struct op *o, const struct kp_frame *f)
+{
+	struct kp_rec e;
+
+	kp_rec_open(&e, f->payload, f->len);
+	listener_of(&e, o->arg);
+	return 0;
 }
 
 int kac_port_wait(struct kac *c, uint16_t port, uint64_t pid, int timeout_ms, struct kac_listener *l,
 		  struct kac_err *err)
 {
-	struct lst_arg a = { NULL, NULL, 0, l };
 	struct kp_recw w;
 	struct op o;
 
 	memset(l, 0, sizeof(*l));
-	ac_op_start(c, &o, &w, KP_OP_PORT_WAIT);
-	o.on_rec = lst_rec;
-	o.arg = &a;
+	ac_op_start_rec(c, &o, &w, KP_OP_PORT_WAIT, listen_rec, l);
 	if (port)
 		kp_put_u64(&w, KT_PORT, port);
 	if (pid)

@@ -56,6 +56,29 @@ static int exec_rec(struct op *o, const struct kp_frame *f)
 	return ret < 0 ? -EPROTO : 0;
 }
 
+/* A request o about a process (exec, attach, wait): its answers fill ex. */
+static void proc_start(struct kac *c, struct op *o, struct kp_recw *w, uint64_t op, struct kac_exit *ex)
+{
+	memset(ex, 0, sizeof(*ex));
+	ex->code = -1;
+	ac_op_start_rec(c, o, w, op, exec_rec, NULL);
+	o->ex = ex;
+}
+
+/* The streams of exec and attach: stdin, output, signals, the terminal and gaps as eo names them. */
+static void proc_streams(struct op *o, const struct kac_exec_opts *eo)
+{
+	o->in_fd = eo->stdin_fd;
+	o->out_fd[1] = eo->stdout_fd;
+	o->out_fd[2] = eo->stderr_fd;
+	o->out_fn = eo->out_fn;
+	o->out_arg = eo->out_arg;
+	o->sig_fd = eo->sig_fd;
+	o->tty_fd = eo->tty_fd;
+	o->gap_fn = eo->gap_fn;
+	o->gap_arg = eo->gap_arg;
+}
+
 int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex, struct kac_err *err)
 {
 	struct kp_recw w;
@@ -66,22 +89,11 @@ int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex,
 		err->code = 0;
 	if (!eo->argv || !eo->argv[0])
 		return ac_fail(err, EINVAL, "exec: no command given");
-	memset(ex, 0, sizeof(*ex));
-	ex->code = -1;
-	ac_op_start(c, &o, &w, KP_OP_EXEC);
-	o.on_rec = exec_rec;
-	o.ex = ex;
-	o.in_fd = eo->stdin_fd;
+	proc_start(c, &o, &w, KP_OP_EXEC, ex);
+	proc_streams(&o, eo);
 	o.in_credit = c->peer_window;
-	o.out_fd[1] = eo->stdout_fd;
-	o.out_fd[2] = eo->stderr_fd;
-	o.out_fn = eo->out_fn;
-	o.out_arg = eo->out_arg;
-	o.sig_fd = eo->sig_fd;
 	o.tty_fd = eo->pty ? eo->tty_fd : -1;
 	o.detach = eo->detach;
-	o.gap_fn = eo->gap_fn;
-	o.gap_arg = eo->gap_arg;
 	if (eo->detach) {
 		o.in_fd = -1;
 		o.sig_fd = -1;
@@ -107,23 +119,17 @@ int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex,
 		kp_put_u64(&w, KT_OVERFLOW, KP_OVF_DROP);
 	o.wait = OP_ALIVE_STARTED;
 	ret = ac_op_send_run(c, &o, &w, ac_deadline_of(eo->timeout_ms), err);
-	if (ret == 0 && eo->detach) {
-		uint8_t cancel[KP_HDR_LEN];
-
-		/* Leave the process running, its output going into its ring. */
-		kp_enc_cancel(cancel, o.id, KP_CHAN_ALL);
-		return ac_send_frame(c, cancel, sizeof(cancel), err);
-	}
+	/* Leave a detached process running, its output going into its ring. */
+	if (ret == 0 && eo->detach)
+		return ac_send_cancel(c, o.id, err);
 	if (ret == -ETIMEDOUT && !o.done && ex->handle && !c->broken) {
 		struct kac_err e2;
 
 		ac_send_signal(c, NULL, ex->handle, SIGKILL, &e2);
 		return ac_fail(err, ETIMEDOUT, "timed out after %d ms; the process (pid %llu) was killed",
-			    eo->timeout_ms, (unsigned long long)ex->pid);
+			       eo->timeout_ms, (unsigned long long)ex->pid);
 	}
-	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
-		return ac_fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
-	return ret;
+	return ac_op_out_ret(&o, ret, "the process's output", err);
 }
 
 int kac_signal(struct kac *c, uint64_t handle, int sig, struct kac_err *err)
@@ -139,25 +145,16 @@ int kac_signal(struct kac *c, uint64_t handle, int sig, struct kac_err *err)
 
 int kac_attach(struct kac *c, const struct kac_attach_opts *ao, struct kac_exit *ex, struct kac_err *err)
 {
+	struct kac_exec_opts eo = {
+		.stdin_fd = ao->stdin_fd, .stdout_fd = ao->stdout_fd, .stderr_fd = ao->stderr_fd,
+		.sig_fd = ao->sig_fd, .tty_fd = ao->tty_fd, .gap_fn = ao->gap_fn, .gap_arg = ao->gap_arg,
+	};
 	struct kp_recw w;
 	struct op o;
-	int ret;
 
-	if (err)
-		err->code = 0;
-	memset(ex, 0, sizeof(*ex));
-	ex->code = -1;
-	ac_op_start(c, &o, &w, KP_OP_ATTACH);
-	o.on_rec = exec_rec;
-	o.ex = ex;
-	o.in_fd = ao->stdin_fd;
+	proc_start(c, &o, &w, KP_OP_ATTACH, ex);
+	proc_streams(&o, &eo);
 	o.in_credit = ao->stdin_fd >= 0 ? c->peer_window : 0;
-	o.out_fd[1] = ao->stdout_fd;
-	o.out_fd[2] = ao->stderr_fd;
-	o.sig_fd = ao->sig_fd;
-	o.tty_fd = ao->tty_fd;
-	o.gap_fn = ao->gap_fn;
-	o.gap_arg = ao->gap_arg;
 	kp_put_u64(&w, KT_HANDLE, ao->handle);
 	if (ao->out_offset != KAC_FROM_OLDEST)
 		kp_put_u64(&w, KT_OUT_OFFSET, ao->out_offset);
@@ -166,10 +163,7 @@ int kac_attach(struct kac *c, const struct kac_attach_opts *ao, struct kac_exit 
 	if (ao->stdin_fd >= 0)
 		kp_put_u64(&w, KT_STDIN, KP_IO_PIPE);
 	o.wait = OP_ALIVE_STARTED;
-	ret = ac_op_send_run(c, &o, &w, -1, err);
-	if (ret == 0 && o.out_err && o.out_err != -EPIPE)
-		return ac_fail(err, -o.out_err, "writing the process's output: %s", strerror(-o.out_err));
-	return ret;
+	return ac_op_out_ret(&o, ac_op_send_run(c, &o, &w, -1, err), "the process's output", err);
 }
 
 int kac_wait(struct kac *c, uint64_t handle, int timeout_ms, struct kac_exit *ex, struct kac_err *err)
@@ -178,24 +172,15 @@ int kac_wait(struct kac *c, uint64_t handle, int timeout_ms, struct kac_exit *ex
 	struct op o;
 	int ret;
 
-	if (err)
-		err->code = 0;
-	memset(ex, 0, sizeof(*ex));
-	ex->code = -1;
+	proc_start(c, &o, &w, KP_OP_WAIT, ex);
 	ex->handle = handle;
-	ac_op_start(c, &o, &w, KP_OP_WAIT);
-	o.on_rec = exec_rec;
-	o.ex = ex;
 	kp_put_u64(&w, KT_HANDLE, handle);
 	o.wait = OP_ALIVE;
 	ret = ac_op_send_run(c, &o, &w, ac_deadline_of(timeout_ms), err);
 	if (ret == -ETIMEDOUT && !o.done && !c->broken) {
-		uint8_t cancel[KP_HDR_LEN];
-
-		kp_enc_cancel(cancel, o.id, KP_CHAN_ALL);
-		ac_send_frame(c, cancel, sizeof(cancel), NULL);
+		ac_send_cancel(c, o.id, NULL);
 		return ac_fail(err, ETIMEDOUT, "process %llu still running after %d ms", (unsigned long long)handle,
-			    timeout_ms);
+			       timeout_ms);
 	}
 	return ret;
 }
@@ -291,9 +276,7 @@ int kac_proc_list(struct kac *c, kac_proc_fn fn, void *arg, struct kac_err *err)
 		return ac_fail(err, ENOMEM, "out of memory");
 	st->fn = fn;
 	st->arg = arg;
-	ac_op_start(c, &o, &w, KP_OP_PROC_LIST);
-	o.on_rec = ps_rec;
-	o.arg = st;
+	ac_op_start_rec(c, &o, &w, KP_OP_PROC_LIST, ps_rec, st);
 	ret = ac_simple(c, &o, &w, err);
 	free(st);
 	return ret;
