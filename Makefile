@@ -51,9 +51,9 @@ $(O)/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS) | $(O)
 KAC_SRCS  := api/ac_conn.c api/ac_op.c api/ac_proc.c api/ac_file.c api/ac_fh.c api/ac_ctl.c api/ac_port.c
 KAC_HDRS  := api/agent_client.h api/ac_int.h
 # kiln: the CLI client of the guest agent (api/).
-KILN_SRCS := api/kiln.c $(KAC_SRCS) $(PROTO_SRCS)
+KILN_SRCS := api/kiln.c api/kiln_exec.c api/kiln_files.c api/kiln_ctl.c api/kiln_port.c $(KAC_SRCS) $(PROTO_SRCS)
 
-$(O)/kiln: $(KILN_SRCS) $(KAC_HDRS) $(PROTO_HDRS) | $(O)
+$(O)/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ $(KILN_SRCS)
 
 # The same sources with AddressSanitizer and UBSan (Solo5's two tenders from one tree).
@@ -62,7 +62,7 @@ $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/main.c $(LDLIBS)
 
 # The CLI with ASan and UBSan, for the hostile-agent tests (test-client).
-$(O)/asan/kiln: $(KILN_SRCS) $(KAC_HDRS) $(PROTO_HDRS)
+$(O)/asan/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ $(KILN_SRCS)
 
