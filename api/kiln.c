@@ -123,34 +123,17 @@ enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_AG
        OPT_DETACH, OPT_ROWS, OPT_COLS, OPT_RING, OPT_OVERFLOW, OPT_FROM, OPT_FROM_ERR, OPT_MAX_DEPTH,
        OPT_FOLLOW };
 
+#define ARG(name, code)		{ name, required_argument, NULL, code }
+#define FLAG(name, code)	{ name, no_argument, NULL, code }
+
 static const struct option long_opts[] = {
-	{ "uds", required_argument, NULL, OPT_UDS },
-	{ "env", required_argument, NULL, OPT_ENV },
-	{ "cwd", required_argument, NULL, OPT_CWD },
-	{ "timeout", required_argument, NULL, OPT_TIMEOUT },
-	{ "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
-	{ "agent-timeout", required_argument, NULL, OPT_AGENT_TIMEOUT },
-	{ "json", no_argument, NULL, OPT_JSON },
-	{ "mode", required_argument, NULL, OPT_MODE },
-	{ "interactive", no_argument, NULL, 'i' },
-	{ "id", required_argument, NULL, OPT_ID },
-	{ "hostname", required_argument, NULL, OPT_HOSTNAME },
-	{ "clear-env", no_argument, NULL, OPT_CLEAR_ENV },
-	{ "clock", required_argument, NULL, OPT_CLOCK },
-	{ "reboot", no_argument, NULL, OPT_REBOOT },
-	{ "raw", no_argument, NULL, OPT_RAW },
-	{ "addr", required_argument, NULL, OPT_ADDR },
-	{ "detach", no_argument, NULL, OPT_DETACH },
-	{ "tty", no_argument, NULL, 't' },
-	{ "rows", required_argument, NULL, OPT_ROWS },
-	{ "cols", required_argument, NULL, OPT_COLS },
-	{ "ring", required_argument, NULL, OPT_RING },
-	{ "overflow", required_argument, NULL, OPT_OVERFLOW },
-	{ "from", required_argument, NULL, OPT_FROM },
-	{ "from-err", required_argument, NULL, OPT_FROM_ERR },
-	{ "max-depth", required_argument, NULL, OPT_MAX_DEPTH },
-	{ "follow", no_argument, NULL, OPT_FOLLOW },
-	{ "help", no_argument, NULL, 'h' },
+	ARG("uds", OPT_UDS), ARG("env", OPT_ENV), ARG("cwd", OPT_CWD), ARG("timeout", OPT_TIMEOUT),
+	ARG("connect-timeout", OPT_CONNECT_TIMEOUT), ARG("agent-timeout", OPT_AGENT_TIMEOUT), FLAG("json", OPT_JSON),
+	ARG("mode", OPT_MODE), FLAG("interactive", 'i'), ARG("id", OPT_ID), ARG("hostname", OPT_HOSTNAME),
+	FLAG("clear-env", OPT_CLEAR_ENV), ARG("clock", OPT_CLOCK), FLAG("reboot", OPT_REBOOT), FLAG("raw", OPT_RAW),
+	ARG("addr", OPT_ADDR), FLAG("detach", OPT_DETACH), FLAG("tty", 't'), ARG("rows", OPT_ROWS),
+	ARG("cols", OPT_COLS), ARG("ring", OPT_RING), ARG("overflow", OPT_OVERFLOW), ARG("from", OPT_FROM),
+	ARG("from-err", OPT_FROM_ERR), ARG("max-depth", OPT_MAX_DEPTH), FLAG("follow", OPT_FOLLOW), FLAG("help", 'h'),
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -321,10 +304,55 @@ const char *guest_path(const char *s)
 	return strncmp(s, "guest:", 6) == 0 ? s + 6 : NULL;
 }
 
+const char *guest_arg(const char *s)
+{
+	return guest_path(s) ? guest_path(s) : s;
+}
+
+const char *one_path(int argc, char **argv, int i)
+{
+	if (argc - i != 1)
+		die_usage("%s: expected one PATH", argv[0]);
+	return guest_arg(argv[i]);
+}
+
+void no_operands(int argc, char **argv, int i)
+{
+	if (i != argc)
+		die_usage("%s: unexpected argument %s", argv[0], argv[i]);
+}
+
 int op_fail(const char *what, const struct kac_err *err)
 {
 	fprintf(stderr, "%s: %s: %s%s\n", prog, what, err->msg, hint(err));
 	return EXIT_FAIL;
+}
+
+int cmd_done(struct kac *c, int ret, const char *what, const struct kac_err *err)
+{
+	kac_close(c);
+	return ret ? op_fail(what, err) : 0;
+}
+
+void list_begin(struct listing *l, const struct common *o)
+{
+	l->json = o->json;
+	l->n = 0;
+	if (l->json)
+		putchar('[');
+}
+
+const char *list_sep(struct listing *l)
+{
+	return l->n++ ? "," : "";
+}
+
+int list_end(struct listing *l, struct kac *c, int ret, const char *what, const struct kac_err *err)
+{
+	kac_close(c);
+	if (l->json)
+		puts("]");
+	return ret ? op_fail(what, err) : 0;
 }
 
 const char *type_name(uint32_t t)
@@ -358,9 +386,22 @@ void json_str(const char *s)
 	putchar('"');
 }
 
+/* The commands: each gets its own argv, argv[0] its name. */
+static const struct command {
+	const char *name;
+	int (*run)(int argc, char **argv);
+} commands[] = {
+	{ "exec", cmd_exec }, { "shell", cmd_shell }, { "attach", cmd_attach }, { "ps", cmd_ps },
+	{ "wait", cmd_wait }, { "release", cmd_release }, { "cp", cmd_cp }, { "ls", cmd_ls },
+	{ "stat", cmd_stat }, { "walk", cmd_walk }, { "copy", cmd_copy }, { "mkdir", cmd_simple },
+	{ "rm", cmd_simple }, { "mv", cmd_simple }, { "identity", cmd_identity }, { "shutdown", cmd_shutdown },
+	{ "env", cmd_env }, { "connect", cmd_connect }, { "forward", cmd_forward }, { "ports", cmd_ports },
+};
+
 int main(int argc, char **argv)
 {
 	const char *cmd;
+	size_t i;
 
 	if (argc < 2)
 		die_usage("no command given");
@@ -370,43 +411,8 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	/* The subcommand's options start after it. */
-	argv++;
-	argc--;
-	if (strcmp(cmd, "exec") == 0)
-		return cmd_exec(argc, argv);
-	if (strcmp(cmd, "shell") == 0)
-		return cmd_shell(argc, argv);
-	if (strcmp(cmd, "attach") == 0)
-		return cmd_attach(argc, argv);
-	if (strcmp(cmd, "ps") == 0)
-		return cmd_ps(argc, argv);
-	if (strcmp(cmd, "wait") == 0)
-		return cmd_wait(argc, argv);
-	if (strcmp(cmd, "release") == 0)
-		return cmd_release(argc, argv);
-	if (strcmp(cmd, "cp") == 0)
-		return cmd_cp(argc, argv);
-	if (strcmp(cmd, "ls") == 0)
-		return cmd_ls(argc, argv);
-	if (strcmp(cmd, "stat") == 0)
-		return cmd_stat(argc, argv);
-	if (strcmp(cmd, "walk") == 0)
-		return cmd_walk(argc, argv);
-	if (strcmp(cmd, "copy") == 0)
-		return cmd_copy(argc, argv);
-	if (strcmp(cmd, "mkdir") == 0 || strcmp(cmd, "rm") == 0 || strcmp(cmd, "mv") == 0)
-		return cmd_simple(argc, argv, cmd);
-	if (strcmp(cmd, "identity") == 0)
-		return cmd_identity(argc, argv);
-	if (strcmp(cmd, "shutdown") == 0)
-		return cmd_shutdown(argc, argv);
-	if (strcmp(cmd, "env") == 0)
-		return cmd_env(argc, argv);
-	if (strcmp(cmd, "connect") == 0)
-		return cmd_connect(argc, argv);
-	if (strcmp(cmd, "forward") == 0)
-		return cmd_forward(argc, argv);
-	if (strcmp(cmd, "ports") == 0)
-		return cmd_ports(argc, argv);
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(cmd, commands[i].name) == 0)
+			return commands[i].run(argc - 1, argv + 1);
 	die_usage("%s: unknown command", cmd);
 }

@@ -72,6 +72,33 @@ int op_fail(const char *what, const struct kac_err *err);
 /* The path of "guest:PATH", or NULL when s has no guest: prefix. */
 const char *guest_path(const char *s);
 
+/* A guest path operand: the path of "guest:PATH", or s itself. */
+const char *guest_arg(const char *s);
+
+/* The one guest PATH operand argv[i] of command argv[0], or die_usage. */
+const char *one_path(int argc, char **argv, int i);
+
+/* die_usage unless command argv[0] has no operands (i == argc). */
+void no_operands(int argc, char **argv, int i);
+
+/* kac_close(c); the command's exit status: 0, or EXIT_FAIL (op_fail with what) when ret. */
+int cmd_done(struct kac *c, int ret, const char *what, const struct kac_err *err);
+
+/* A listing on stdout (ps, ls, walk, ports): with --json its entries in "[" "]". */
+struct listing {
+	int json;
+	unsigned long long n;		/* entries so far */
+};
+
+/* Start a listing as o says: "[" with --json. */
+void list_begin(struct listing *l, const struct common *o);
+
+/* The separator before the next JSON entry: "," after the first. */
+const char *list_sep(struct listing *l);
+
+/* End a listing: kac_close(c), "]" with --json; then as cmd_done. */
+int list_end(struct listing *l, struct kac *c, int ret, const char *what, const struct kac_err *err);
+
 /* Print a name the guest chose, made safe for a terminal; sep: what newlines and tabs become (0: themselves). */
 void put_guest(const char *s, char sep);
 
@@ -94,7 +121,7 @@ int cmd_copy(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_stat(int argc, char **argv);
 int cmd_walk(int argc, char **argv);
-int cmd_simple(int argc, char **argv, const char *cmd);	/* mkdir, rm, mv */
+int cmd_simple(int argc, char **argv);		/* mkdir, rm, mv (argv[0]) */
 int cmd_identity(int argc, char **argv);	/* kiln_ctl.c */
 int cmd_shutdown(int argc, char **argv);
 int cmd_env(int argc, char **argv);

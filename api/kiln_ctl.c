@@ -17,11 +17,9 @@ int cmd_identity(int argc, char **argv)
 	struct kac_err err = { "", 0 };
 	struct kac *c;
 	char *end;
-	int i, ret;
+	int ret;
 
-	i = parse_opts(argc, argv, &o);
-	if (i != argc)
-		die_usage("identity: unexpected argument %s", argv[i]);
+	no_operands(argc, argv, parse_opts(argc, argv, &o));
 	memset(&id, 0, sizeof(id));
 	id.sandbox_id = o.id;
 	id.hostname = o.hostname;
@@ -52,11 +50,8 @@ int cmd_shutdown(int argc, char **argv)
 	struct kac *c;
 	long ms = 0;
 	char *end;
-	int i, ret;
 
-	i = parse_opts(argc, argv, &o);
-	if (i != argc)
-		die_usage("shutdown: unexpected argument %s", argv[i]);
+	no_operands(argc, argv, parse_opts(argc, argv, &o));
 	if (o.timeout_arg) {
 		errno = 0;
 		ms = strtol(o.timeout_arg, &end, 10);
@@ -64,19 +59,12 @@ int cmd_shutdown(int argc, char **argv)
 			die_usage("shutdown --timeout %s: expected milliseconds, 1 to 600000", o.timeout_arg);
 	}
 	c = connect_or_die(&o);
-	ret = kac_shutdown(c, (int)ms, o.reboot, &err);
-	kac_close(c);
-	return ret ? op_fail("shutdown", &err) : 0;
+	return cmd_done(c, kac_shutdown(c, (int)ms, o.reboot, &err), "shutdown", &err);
 }
-
-struct env_state {
-	int json;
-	int n;
-};
 
 static int env_entry(void *arg, const char *e)
 {
-	struct env_state *s = arg;
+	struct listing *s = arg;
 	size_t kl = strcspn(e, "=");
 	char key[4096];
 
@@ -97,7 +85,7 @@ int cmd_env(int argc, char **argv)
 {
 	struct common o;
 	struct kac_err err = { "", 0 };
-	struct env_state st = { 0, 0 };
+	struct listing st = { 0, 0 };
 	struct kac *c;
 	const char *sub;
 	char *val = NULL;
@@ -131,6 +119,5 @@ int cmd_env(int argc, char **argv)
 	} else {
 		ret = kac_env_unset(c, argv[i], &err);
 	}
-	kac_close(c);
-	return ret ? op_fail("env", &err) : 0;
+	return cmd_done(c, ret, "env", &err);
 }

@@ -225,10 +225,11 @@ int cmd_shell(int argc, char **argv)
 	return ret;
 }
 
-static uint64_t parse_handle(int argc, char **argv, int i, const char *cmd)
+/* The one process HANDLE operand argv[i] of command argv[0], or die_usage. */
+static uint64_t parse_handle(int argc, char **argv, int i)
 {
 	if (argc - i != 1)
-		die_usage("%s: expected one process HANDLE (see kiln ps)", cmd);
+		die_usage("%s: expected one process HANDLE (see kiln ps)", argv[0]);
 	return parse_num(argv[i], "HANDLE", 1, UINT64_MAX, 0);
 }
 
@@ -243,7 +244,7 @@ int cmd_attach(int argc, char **argv)
 
 	i = parse_opts(argc, argv, &o);
 	memset(&ao, 0, sizeof(ao));
-	ao.handle = parse_handle(argc, argv, i, "attach");
+	ao.handle = parse_handle(argc, argv, i);
 	ao.out_offset = o.from;
 	ao.err_offset = o.from_err;
 	ao.stdin_fd = o.interactive ? 0 : -1;
@@ -276,7 +277,7 @@ int cmd_wait(int argc, char **argv)
 
 	i = parse_opts(argc, argv, &o);
 	timeout_secs(&o);
-	h = parse_handle(argc, argv, i, "wait");
+	h = parse_handle(argc, argv, i);
 	c = connect_or_die(&o);
 	ret = kac_wait(c, h, o.timeout_s * 1000, &ex, &err);
 	kac_close(c);
@@ -291,26 +292,16 @@ int cmd_release(int argc, char **argv)
 {
 	struct common o;
 	struct kac_err err = { "", 0 };
-	struct kac *c;
-	uint64_t h;
-	int i, ret;
+	int i = parse_opts(argc, argv, &o);
+	uint64_t h = parse_handle(argc, argv, i);
+	struct kac *c = connect_or_die(&o);
 
-	i = parse_opts(argc, argv, &o);
-	h = parse_handle(argc, argv, i, "release");
-	c = connect_or_die(&o);
-	ret = kac_release(c, h, &err);
-	kac_close(c);
-	return ret ? op_fail(argv[i], &err) : 0;
+	return cmd_done(c, kac_release(c, h, &err), argv[i], &err);
 }
-
-struct ps_out {
-	int json;
-	int n;
-};
 
 static int ps_entry(void *arg, const struct kac_proc *p)
 {
-	struct ps_out *st = arg;
+	struct listing *st = arg;
 	char status[32];
 	int k;
 
@@ -321,7 +312,7 @@ static int ps_entry(void *arg, const struct kac_proc *p)
 	else
 		snprintf(status, sizeof(status), "exit %lld", (long long)p->exit.code);
 	if (st->json) {
-		printf("%s{\"handle\":%llu,\"pid\":%llu,\"running\":%s,", st->n++ ? "," : "",
+		printf("%s{\"handle\":%llu,\"pid\":%llu,\"running\":%s,", list_sep(st),
 		       (unsigned long long)p->exit.handle, (unsigned long long)p->exit.pid,
 		       p->exited ? "false" : "true");
 		if (p->exited)
@@ -353,20 +344,11 @@ int cmd_ps(int argc, char **argv)
 {
 	struct common o;
 	struct kac_err err = { "", 0 };
-	struct ps_out st = { 0, 0 };
+	struct listing st;
 	struct kac *c;
-	int i, ret;
 
-	i = parse_opts(argc, argv, &o);
-	if (i != argc)
-		die_usage("ps: unexpected argument %s", argv[i]);
-	st.json = o.json;
+	no_operands(argc, argv, parse_opts(argc, argv, &o));
 	c = connect_or_die(&o);
-	if (st.json)
-		putchar('[');
-	ret = kac_proc_list(c, ps_entry, &st, &err);
-	kac_close(c);
-	if (st.json)
-		puts("]");
-	return ret ? op_fail("ps", &err) : 0;
+	list_begin(&st, &o);
+	return list_end(&st, c, kac_proc_list(c, ps_entry, &st, &err), "ps", &err);
 }

@@ -32,8 +32,7 @@ static int guest_copy(const struct common *o, const char *from, const char *to)
 		to = path;
 	}
 	n = kac_copy(c, from, to, &err);
-	kac_close(c);
-	return n < 0 ? op_fail("copy", &err) : 0;
+	return cmd_done(c, n < 0, "copy", &err);
 }
 
 int cmd_copy(int argc, char **argv)
@@ -43,8 +42,7 @@ int cmd_copy(int argc, char **argv)
 
 	if (argc - i != 2)
 		die_usage("copy: expected FROM TO (guest paths)");
-	return guest_copy(&o, guest_path(argv[i]) ? guest_path(argv[i]) : argv[i],
-			  guest_path(argv[i + 1]) ? guest_path(argv[i + 1]) : argv[i + 1]);
+	return guest_copy(&o, guest_arg(argv[i]), guest_arg(argv[i + 1]));
 }
 
 /*
@@ -164,24 +162,18 @@ int cmd_cp(int argc, char **argv)
 	return 0;
 }
 
-struct ls_state {
-	int json;
-	int n;
-};
-
 static int ls_entry(void *arg, const char *name, uint32_t type)
 {
-	struct ls_state *s = arg;
+	struct listing *s = arg;
 
 	if (s->json) {
-		printf("%s{\"name\":", s->n ? "," : "");
+		printf("%s{\"name\":", list_sep(s));
 		json_str(name);
 		printf(",\"type\":\"%s\"}", type_name(type));
 	} else {
 		put_guest(name, 0);
 		printf("%s\n", (type & S_IFMT) == S_IFDIR ? "/" : "");
 	}
-	s->n++;
 	return 0;
 }
 
@@ -189,40 +181,27 @@ int cmd_ls(int argc, char **argv)
 {
 	struct common o;
 	struct kac_err err = { "", 0 };
-	struct ls_state s = { 0, 0 };
+	struct listing s;
 	struct kac *c;
 	const char *path;
-	int i, ret;
+	int i;
 
 	i = parse_opts(argc, argv, &o);
 	if (argc - i > 1)
 		die_usage("ls: one directory at a time");
-	path = i < argc ? argv[i] : "/";
-	if (guest_path(path))
-		path = guest_path(path);
-	s.json = o.json;
+	path = guest_arg(i < argc ? argv[i] : "/");
 	c = connect_or_die(&o);
-	if (s.json)
-		putchar('[');
-	ret = kac_readdir(c, path, ls_entry, &s, &err);
-	kac_close(c);
-	if (s.json)
-		puts("]");
-	return ret ? op_fail(path, &err) : 0;
+	list_begin(&s, &o);
+	return list_end(&s, c, kac_readdir(c, path, ls_entry, &s, &err), path, &err);
 }
-
-struct walk_state {
-	int json;
-	unsigned long long n;
-};
 
 static int walk_entry(void *arg, const char *path, const char *name, uint32_t type)
 {
-	struct walk_state *s = arg;
+	struct listing *s = arg;
 	int dir = (type & S_IFMT) == S_IFDIR, slash = dir && path[strlen(path) - 1] != '/';
 
 	if (s->json) {
-		printf("%s{\"path\":", s->n ? "," : "");
+		printf("%s{\"path\":", list_sep(s));
 		json_str(path);
 		printf(",\"name\":");
 		json_str(name);
@@ -231,7 +210,6 @@ static int walk_entry(void *arg, const char *path, const char *name, uint32_t ty
 		put_guest(path, 0);
 		printf("%s\n", slash ? "/" : "");
 	}
-	s->n++;
 	return ferror(stdout) ? -EIO : 0;
 }
 
@@ -239,24 +217,13 @@ int cmd_walk(int argc, char **argv)
 {
 	struct common o;
 	struct kac_err err = { "", 0 };
-	struct walk_state s = { 0, 0 };
-	struct kac *c;
-	const char *path;
-	int i, ret;
+	struct listing s;
+	int i = parse_opts(argc, argv, &o);
+	const char *path = one_path(argc, argv, i);
+	struct kac *c = connect_or_die(&o);
 
-	i = parse_opts(argc, argv, &o);
-	if (argc - i != 1)
-		die_usage("walk: expected one PATH");
-	path = guest_path(argv[i]) ? guest_path(argv[i]) : argv[i];
-	s.json = o.json;
-	c = connect_or_die(&o);
-	if (s.json)
-		putchar('[');
-	ret = kac_walk(c, path, o.max_depth, o.follow, walk_entry, &s, &err);
-	kac_close(c);
-	if (s.json)
-		puts("]");
-	return ret ? op_fail(path, &err) : 0;
+	list_begin(&s, &o);
+	return list_end(&s, c, kac_walk(c, path, o.max_depth, o.follow, walk_entry, &s, &err), path, &err);
 }
 
 int cmd_stat(int argc, char **argv)
@@ -269,14 +236,11 @@ int cmd_stat(int argc, char **argv)
 	int i, ret;
 
 	i = parse_opts(argc, argv, &o);
-	if (argc - i != 1)
-		die_usage("stat: expected one PATH");
-	path = guest_path(argv[i]) ? guest_path(argv[i]) : argv[i];
+	path = one_path(argc, argv, i);
 	c = connect_or_die(&o);
 	ret = kac_stat(c, path, 0, &st, &err);
-	kac_close(c);
-	if (ret)
-		return op_fail(path, &err);
+	if (cmd_done(c, ret, path, &err))
+		return EXIT_FAIL;
 	if (o.json) {
 		printf("{\"path\":");
 		json_str(path);
@@ -295,8 +259,9 @@ int cmd_stat(int argc, char **argv)
 	return 0;
 }
 
-int cmd_simple(int argc, char **argv, const char *cmd)
+int cmd_simple(int argc, char **argv)
 {
+	const char *cmd = argv[0];
 	struct common o;
 	struct kac_err err = { "", 0 };
 	struct kac *c;
@@ -307,11 +272,11 @@ int cmd_simple(int argc, char **argv, const char *cmd)
 	if (strcmp(cmd, "mv") == 0) {
 		if (argc - i != 2)
 			die_usage("mv: expected FROM TO");
-		path2 = guest_path(argv[i + 1]) ? guest_path(argv[i + 1]) : argv[i + 1];
-	} else if (argc - i != 1) {
-		die_usage("%s: expected one PATH", cmd);
+		path = guest_arg(argv[i]);
+		path2 = guest_arg(argv[i + 1]);
+	} else {
+		path = one_path(argc, argv, i);
 	}
-	path = guest_path(argv[i]) ? guest_path(argv[i]) : argv[i];
 	c = connect_or_die(&o);
 	if (strcmp(cmd, "mkdir") == 0)
 		ret = kac_mkdir(c, path, o.mode, o.recursive, &err);
@@ -319,6 +284,5 @@ int cmd_simple(int argc, char **argv, const char *cmd)
 		ret = kac_remove(c, path, o.recursive, &err);
 	else
 		ret = kac_rename(c, path, path2, &err);
-	kac_close(c);
-	return ret ? op_fail(path, &err) : 0;
+	return cmd_done(c, ret, path, &err);
 }

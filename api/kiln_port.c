@@ -28,6 +28,34 @@ static uint16_t parse_port(const char *s, const char *what)
 	return (uint16_t)v;
 }
 
+/* Read what fd has into the empty buf: *n bytes, or *eof at its end. 0, or -errno. */
+static int relay_read(int fd, char *buf, size_t cap, size_t *n, int *eof)
+{
+	ssize_t r = read(fd, buf, cap);
+
+	if (r < 0 && errno != EINTR && errno != EAGAIN)
+		return -errno;
+	if (r == 0)
+		*eof = 1;
+	else if (r > 0)
+		*n = (size_t)r;
+	return 0;
+}
+
+/* Write what buf holds (*n bytes) to fd, sock: a socket (no SIGPIPE); the rest stays. 0, or -errno. */
+static int relay_write(int fd, int sock, char *buf, size_t *n)
+{
+	ssize_t r = sock ? send(fd, buf, *n, MSG_NOSIGNAL) : write(fd, buf, *n);
+
+	if (r < 0 && errno != EINTR && errno != EAGAIN)
+		return -errno;
+	if (r > 0) {
+		memmove(buf, buf + r, *n - (size_t)r);
+		*n -= (size_t)r;
+	}
+	return 0;
+}
+
 /*
  * Copy bytes both ways between (a_in, a_out) and b until both directions
  * have ended; an ended direction is passed on as a half-close
@@ -37,8 +65,7 @@ static int relay(int a_in, int a_out, int b)
 {
 	static char ab[65536], ba[65536];
 	size_t abn = 0, ban = 0;
-	int a_eof = 0, b_eof = 0, ab_done = 0, ba_done = 0;
-	ssize_t n;
+	int a_eof = 0, b_eof = 0, ab_done = 0, ba_done = 0, ret = 0;
 
 	while (!ab_done || !ba_done) {
 		struct pollfd p[3];
@@ -62,42 +89,16 @@ static int relay(int a_in, int a_out, int b)
 				continue;
 			return -errno;
 		}
-		if (ia >= 0 && p[ia].revents) {
-			n = read(a_in, ab, sizeof(ab));
-			if (n < 0 && errno != EINTR && errno != EAGAIN)
-				return -errno;
-			if (n == 0)
-				a_eof = 1;
-			else if (n > 0)
-				abn = (size_t)n;
-		}
-		if (ib >= 0 && (p[ib].revents & POLLOUT) && abn) {
-			n = send(b, ab, abn, MSG_NOSIGNAL);
-			if (n < 0 && errno != EINTR && errno != EAGAIN)
-				return -errno;
-			if (n > 0) {
-				memmove(ab, ab + n, abn - (size_t)n);
-				abn -= (size_t)n;
-			}
-		}
-		if (ib >= 0 && (p[ib].revents & (POLLIN | POLLHUP | POLLERR)) && !b_eof && !ban) {
-			n = read(b, ba, sizeof(ba));
-			if (n < 0 && errno != EINTR && errno != EAGAIN)
-				return -errno;
-			if (n == 0)
-				b_eof = 1;
-			else if (n > 0)
-				ban = (size_t)n;
-		}
-		if (iw >= 0 && p[iw].revents) {
-			n = write(a_out, ba, ban);
-			if (n < 0 && errno != EINTR && errno != EAGAIN)
-				return -errno;
-			if (n > 0) {
-				memmove(ba, ba + n, ban - (size_t)n);
-				ban -= (size_t)n;
-			}
-		}
+		if (ia >= 0 && p[ia].revents)
+			ret = relay_read(a_in, ab, sizeof(ab), &abn, &a_eof);
+		if (!ret && ib >= 0 && (p[ib].revents & POLLOUT) && abn)
+			ret = relay_write(b, 1, ab, &abn);
+		if (!ret && ib >= 0 && (p[ib].revents & (POLLIN | POLLHUP | POLLERR)) && !b_eof && !ban)
+			ret = relay_read(b, ba, sizeof(ba), &ban, &b_eof);
+		if (!ret && iw >= 0 && p[iw].revents)
+			ret = relay_write(a_out, 0, ba, &ban);
+		if (ret)
+			return ret;
 		if (a_eof && !abn && !ab_done) {
 			shutdown(b, SHUT_WR);
 			ab_done = 1;
@@ -128,11 +129,8 @@ int cmd_connect(int argc, char **argv)
 	port = parse_port(argv[i], "connect:");
 	signal(SIGPIPE, SIG_IGN);
 	c = connect_or_die(&o);
-	if (!o.raw) {
-		ret = kac_port_connect(c, port, o.addr, 0, 1, &err);
-		kac_close(c);
-		return ret ? op_fail(argv[i], &err) : 0;
-	}
+	if (!o.raw)
+		return cmd_done(c, kac_port_connect(c, port, o.addr, 0, 1, &err), argv[i], &err);
 	ret = kac_port_raw(c, port, o.addr, &fd, &err);
 	if (ret)
 		return op_fail(argv[i], &err);
@@ -212,10 +210,10 @@ int cmd_forward(int argc, char **argv)
 
 static int port_entry(void *arg, const struct kac_listener *l)
 {
-	int *json = arg;
+	struct listing *s = arg;
 
-	if (json[0]) {
-		printf("%s{\"port\":%u,\"pid\":%llu,\"addr\":", json[1]++ ? "," : "", l->port,
+	if (s->json) {
+		printf("%s{\"port\":%u,\"pid\":%llu,\"addr\":", list_sep(s), l->port,
 		       (unsigned long long)l->pid);
 		json_str(l->addr);
 		putchar('}');
@@ -230,8 +228,9 @@ int cmd_ports(int argc, char **argv)
 	struct common o;
 	struct kac_err err = { "", 0 };
 	struct kac_listener l;
+	struct listing s = { 0, 0 };
 	struct kac *c;
-	int i, ret, json[2] = { 0, 0 };
+	int i, ret;
 
 	i = parse_opts(argc, argv, &o);
 	timeout_secs(&o);
@@ -243,18 +242,12 @@ int cmd_ports(int argc, char **argv)
 		kac_close(c);
 		if (ret)
 			return op_fail("ports wait", &err);
-		json[0] = o.json;
-		port_entry(json, &l);
+		s.json = o.json;
+		port_entry(&s, &l);
 		if (o.json)
 			putchar('\n');
 		return 0;
 	}
-	json[0] = o.json;
-	if (o.json)
-		putchar('[');
-	ret = kac_port_list(c, 0, port_entry, json, &err);
-	kac_close(c);
-	if (o.json)
-		puts("]");
-	return ret ? op_fail("ports", &err) : 0;
+	list_begin(&s, &o);
+	return list_end(&s, c, kac_port_list(c, 0, port_entry, &s, &err), "ports", &err);
 }
