@@ -13,22 +13,28 @@ O       := build
 WERROR  ?= -Werror
 CFLAGS  ?= -O2 -g
 WARN    := -Wall -Wextra -Wshadow -Wformat=2 $(WERROR)
-CPPFLAGS := -D_GNU_SOURCE -Iguest -Ivmm -Idevices -Isnapshot
+# Headers are included by bare name; scripts/check-layers.py holds the layer
+# order and `make test` fails on an include that points up it.
+CPPFLAGS := -D_GNU_SOURCE -Ilib -Ivmm -Idevices -Isnapshot -Ivmm/kiln-vmm
 LDLIBS  := -luring -pthread
 
-VMM_SRCS  := vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
-             vmm/ioloop.c vmm/vmstate.c vmm/control.c $(sort $(wildcard devices/*.c)) $(sort $(wildcard snapshot/*.c))
-VMM_HDRS  := vmm/vmm.h vmm/ioloop.h vmm/control.h snapshot/snapshot.h devices/devices.h devices/virtio.h snapshot/snapfile.h guest/abi.h guest/base64.h
+# lib/: what guest and host share (the guest ABI, the agent protocol codec,
+# the snapshot serialiser, I/O helpers); it includes nothing of kiln's above it.
+LIB_SRCS  := lib/io.c lib/snapfile.c
+LIB_HDRS  := $(wildcard lib/*.h)
+VMM_SRCS  := $(LIB_SRCS) vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
+             vmm/ioloop.c vmm/vmstate.c vmm/kiln-vmm/control.c $(sort $(wildcard devices/*.c)) $(sort $(wildcard snapshot/*.c))
+VMM_HDRS  := $(LIB_HDRS) vmm/vmm.h vmm/ioloop.h vmm/kiln-vmm/control.h $(wildcard snapshot/*.h) $(wildcard devices/*.h)
 # Owner-only unix sockets with peer checks (--control, --vsock uds=).
 VMM_SRCS  += vmm/usock.c
 VMM_HDRS  += vmm/usock.h
 UNIT_SRCS := $(wildcard tests/unit/*.c)
-PROTO_SRCS := guest/agent_proto.c
-PROTO_HDRS := guest/agent_proto.h
+PROTO_SRCS := lib/agent_proto.c
+PROTO_HDRS := $(LIB_HDRS)
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all vmm guest kernel initramfs unit asan demo test test-unit test-integration test-client \
+.PHONY: all vmm guest kernel initramfs unit asan demo test check-layers test-unit test-integration test-client \
         bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
@@ -44,8 +50,8 @@ deps:
 deps-test:
 	@scripts/deps.sh test
 
-$(O)/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS) | $(O)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/main.c $(LDLIBS)
+$(O)/kiln-vmm: $(VMM_SRCS) vmm/kiln-vmm/main.c $(VMM_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/kiln-vmm/main.c $(LDLIBS)
 
 # The agent client library (api/agent_client.h), one file per part.
 KAC_SRCS  := api/ac_conn.c api/ac_op.c api/ac_proc.c api/ac_file.c api/ac_fh.c api/ac_ctl.c api/ac_port.c
@@ -57,9 +63,9 @@ $(O)/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ $(KILN_SRCS)
 
 # The same sources with AddressSanitizer and UBSan (Solo5's two tenders from one tree).
-$(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/main.c $(VMM_HDRS)
+$(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/kiln-vmm/main.c $(VMM_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/main.c $(LDLIBS)
+	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/kiln-vmm/main.c $(LDLIBS)
 
 # The CLI with ASan and UBSan, for the hostile-agent tests (test-client).
 $(O)/asan/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS)
@@ -72,24 +78,24 @@ $(O)/asan/kac-fh-test: tests/integration/kac_fh.c $(KAC_SRCS) $(KAC_HDRS) $(PROT
 	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ tests/integration/kac_fh.c $(KAC_SRCS) $(PROTO_SRCS)
 
 # The guest agent on the host (a unix socket, not vsock) for tests/agent-host/.
-$(O)/asan/kiln-agent-host: guest/agent_host.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) guest/abi.h guest/base64.h
+$(O)/asan/kiln-agent-host: guest/agent_host.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(ASAN_FLAGS) $(WARN) -D_GNU_SOURCE -o $@ guest/agent_host.c guest/agent.c $(PROTO_SRCS)
+	$(CC) $(ASAN_FLAGS) $(WARN) -D_GNU_SOURCE -Ilib -o $@ guest/agent_host.c guest/agent.c $(PROTO_SRCS) lib/io.c
 
 $(O)/asan/guest: | $(O)
 	@mkdir -p $(O)/asan
 	ln -sfn ../guest $@
 
-$(O)/guest/init: guest/init.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) guest/abi.h guest/base64.h
+$(O)/guest/init: guest/init.c guest/agent.c guest/agent.h $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS)
 	@mkdir -p $(@D)
-	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -o $@ guest/init.c guest/agent.c $(PROTO_SRCS)
+	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -Ilib -o $@ guest/init.c guest/agent.c $(PROTO_SRCS) lib/io.c
 
 # Static helper programs for the guest (guest/tools/NAME.c -> /usr/bin/NAME).
 GUEST_TOOLS := $(patsubst guest/tools/%.c,$(O)/guest/tools/%,$(wildcard guest/tools/*.c))
 
-$(O)/guest/tools/%: guest/tools/%.c guest/abi.h
+$(O)/guest/tools/%: guest/tools/%.c lib/abi.h
 	@mkdir -p $(@D)
-	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -Iguest -o $@ $<
+	$(CC) -static -Os $(WARN) -D_GNU_SOURCE -Ilib -o $@ $<
 
 $(O)/guest/initramfs.cpio: $(O)/guest/init $(GUEST_TOOLS) guest/mkinitramfs.sh
 	guest/mkinitramfs.sh $(O)/guest/init $@ $(GUEST_TOOLS)
@@ -128,7 +134,11 @@ test-integration: all asan
 test-client: $(O)/asan/kiln
 	python3 tests/integration/hostile-agent.py $(O)/asan/kiln
 
+check-layers:
+	scripts/check-layers.py
+
 test: deps-test
+	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory all asan unit fuzz-build
 	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-integration
 
@@ -164,7 +174,7 @@ demo: deps-test
 $(O)/kiln-firstexec: bench/firstexec.c $(KAC_SRCS) $(KAC_HDRS) $(PROTO_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ bench/firstexec.c $(KAC_SRCS) $(PROTO_SRCS)
 
-$(O)/bench-boot: bench/boot.c guest/abi.h | $(O)
+$(O)/bench-boot: bench/boot.c lib/abi.h | $(O)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ bench/boot.c $(LDLIBS)
 
 BENCH_RUNS ?= 10

@@ -12,7 +12,7 @@ bench_host_banner() {
 }
 
 # kiln.cmd= for a guest command run by another VMM (QEMU): base64url, no
-# padding, of the NUL-terminated arguments (guest/abi.h).
+# padding, of the NUL-terminated arguments (lib/abi.h).
 bench_kiln_cmd() {
 	python3 -c 'import base64, sys; print(base64.urlsafe_b64encode(b"".join(a.encode() + b"\0" for a in sys.argv[1:])).decode().rstrip("="))' "$@"
 }

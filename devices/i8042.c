@@ -3,7 +3,7 @@
  * uses: the CPU reset line (command 0xfe on port 0x64), which reboot=k and a
  * panic with panic=-1 pulse to end the VM.
  */
-#include "devices.h"
+#include "i8042.h"
 
 void i8042_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is_write)
 {

@@ -13,7 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "devices.h"
+#include "serial.h"
+#include "io.h"
 #include "snapfile.h"
 #include "vmm.h"
 

@@ -135,6 +135,38 @@ size_t iov_from_buf(const struct iovec *iov, unsigned n, size_t off, const void 
 #define VIRTIO_INT_CONFIG	2
 
 struct virtio_dev;
+struct virtio_dev_ops;
+
+/*
+ * Device constructors for kiln-vmm's command-line options: each parses its
+ * option's SPEC, opens what it needs, allocates its state and calls
+ * virtio_mmio_init(). Return 0 or -errno with err naming the problem.
+ */
+typedef int virtio_create_fn(struct virtio_dev *d, const char *spec, struct vm *vm,
+			     const struct guest_mem *mem, struct ioloop *loop,
+			     uint64_t base, uint32_t irq, struct kiln_err *err);
+
+/*
+ * What snapshot code lends a device's persist hooks: the snapshot's own
+ * directory, opened and written only under snapshot/'s rules (new files,
+ * no links). The hooks decide what of a device goes into a snapshot.
+ */
+struct dev_persist {
+	void *opaque;
+	const char *dir;		/* the snapshot's directory, for messages */
+	/* Taking: copy the host file path into a new file name in the snapshot; 0 or -errno with err. */
+	int (*copy_in)(struct dev_persist *p, const char *path, const char *name, struct kiln_err *err);
+	/*
+	 * Restoring: a private writable copy of the snapshot's file name, named
+	 * copy where the restorer keeps copies (--clone-dir), else unnamed;
+	 * writes the path the device opens to out.
+	 */
+	int (*copy_out)(struct dev_persist *p, const char *name, const char *copy, char *out, size_t outlen,
+			struct kiln_err *err);
+	int slot;			/* restoring: the device's slot */
+	unsigned nfiles;		/* files copy_in has written so far (hooks name files by it) */
+	uint64_t bytes;			/* data copy_in copied */
+};
 
 /*
  * What a device type provides; each device file exports one as a
@@ -183,6 +215,31 @@ struct virtio_dev_ops {
 	void (*resumed)(struct virtio_dev *d);
 	/* Append the device's counters as JSON members: `,"name":N...`; returns snprintf's count. */
 	int (*stats)(struct virtio_dev *d, char *buf, size_t len);
+
+	/*
+	 * The device's kind: the kiln-vmm option that makes one ("disk" for
+	 * --disk) and its constructor. A snapshot records each device's kind
+	 * and the SPEC it was made from; the persist and clone hooks below are
+	 * all that snapshot code knows of a kind (NULL: the spec as it is).
+	 *
+	 * spec_persist (taking): the spec to record for a device made from
+	 * spec, after copying into the snapshot whatever it must keep (p's
+	 * copy_in). spec_check (parsing a snapshot, hostile input): 0 if the
+	 * recorded spec is one spec_persist could have written, and *own = 1
+	 * if the snapshot holds the device's backing itself, else -EINVAL with
+	 * err. spec_clone (restoring an own device without an option): the
+	 * spec to create it from (p's copy_out). spec_needs (restoring a
+	 * device that is not the snapshot's own, without an option): what the
+	 * user must pass, for "device N is <it>". own_file: name is a file
+	 * spec_persist may write into a snapshot's directory.
+	 */
+	const char *kind;
+	virtio_create_fn *create;
+	int (*spec_persist)(const char *spec, struct dev_persist *p, char *out, size_t outlen, struct kiln_err *err);
+	int (*spec_check)(const char *spec, int *own, struct kiln_err *err);
+	int (*spec_clone)(const char *spec, struct dev_persist *p, char *out, size_t outlen, struct kiln_err *err);
+	void (*spec_needs)(const char *spec, char *buf, size_t len);
+	int (*own_file)(const char *name);
 };
 
 struct virtio_dev {
@@ -252,28 +309,9 @@ void virtio_needs_reset(struct virtio_dev *d, const char *why);
 /* Is the device live (DRIVER_OK, no NEEDS_RESET)? */
 int virtio_running(const struct virtio_dev *d);
 
-/*
- * Device constructors for kiln-vmm's command-line options: each parses its
- * option's SPEC, opens what it needs, allocates its state and calls
- * virtio_mmio_init(). Return 0 or -errno with err naming the problem.
- */
-typedef int virtio_create_fn(struct virtio_dev *d, const char *spec, struct vm *vm,
-			     const struct guest_mem *mem, struct ioloop *loop,
-			     uint64_t base, uint32_t irq, struct kiln_err *err);
-virtio_create_fn virtio_blk_create;	/* --disk PATH[,ro][,id=NAME] */
-virtio_create_fn virtio_vsock_create;	/* --vsock cid=N,uds=PATH */
-
-/* --disk's SPEC, taken apart. */
-#define DISK_ID_BYTES	20		/* the serial the guest reads, at most */
-struct disk_spec {
-	char path[4096];
-	char id[DISK_ID_BYTES + 1];	/* "kiln" unless id= */
-	int ro;
-	const char *opts;		/* SPEC from its first comma on ("" if none) */
-};
-
-/* Parse PATH[,ro][,id=NAME]. Returns 0, or -EINVAL (-ENAMETOOLONG) with err naming the problem. */
-int disk_spec_parse(const char *spec, struct disk_spec *ds, struct kiln_err *err);
+/* The kind: --vsock cid=N,uds=PATH; a restore takes its socket from the command line. */
+extern const struct virtio_dev_ops virtio_vsock_ops;
+virtio_create_fn virtio_vsock_create;
 
 /*
  * Tell the guest's vsock driver that every connection is gone
@@ -281,17 +319,6 @@ int disk_spec_parse(const char *spec, struct disk_spec *ds, struct kiln_err *err
  * restored, and close them on the host side. Any thread.
  */
 void virtio_vsock_transport_reset(struct virtio_dev *d);
-virtio_create_fn virtio_net_create;	/* --net tap=NAME[,mac=xx:xx:xx:xx:xx:xx] */
-
-/*
- * virtio-net over an already open fd instead of a tap (tests, fuzzing): each
- * read or write is one frame behind a 12-byte virtio_net_hdr_v1, as on a
- * tap with IFF_VNET_HDR. fd must be non-blocking and is taken over. mac
- * counts as given explicitly: a restore refuses state with another MAC.
- */
-int virtio_net_create_fd(struct virtio_dev *d, int fd, const uint8_t mac[6], struct vm *vm,
-			 const struct guest_mem *mem, struct ioloop *loop,
-			 uint64_t base, uint32_t irq, struct kiln_err *err);
 
 /*
  * Snapshot the transport (status, features, selectors, ISR, every queue's
@@ -336,5 +363,28 @@ int virtio_mmio_stats(struct virtio_dev *d, char *buf, size_t len);
 
 /* "virtio_mmio.device=<size>@<base>:<irq>" for the kernel command line. */
 int virtio_cmdline_arg(const struct virtio_dev *d, char *buf, size_t len);
+
+/* ---- The device kinds, and where kiln-vmm puts devices (virtio_kinds.c) ---- */
+
+#define VIRTIO_MAX_DEVICES	16
+#define VIRTIO_MMIO_BASE	0xd0000000ULL
+#define VIRTIO_MMIO_STEP	0x1000ULL
+
+/* Every kind kiln-vmm can make, NULL-terminated. */
+extern const struct virtio_dev_ops *const virtio_kinds[];
+
+/* The kind whose option is name ("disk", "net", "vsock"), or NULL. */
+const struct virtio_dev_ops *virtio_kind_find(const char *name);
+
+/*
+ * Create device slot (0 to VIRTIO_MAX_DEVICES - 1) of kind from spec at the
+ * MMIO address and IRQ that slot always has, so a snapshot's devices come
+ * back where the guest knew them. Returns 0 or -errno with err.
+ */
+int virtio_dev_create_at(struct virtio_dev *d, int slot, const struct virtio_dev_ops *kind, const char *spec,
+			 struct vm *vm, const struct guest_mem *mem, struct ioloop *loop, struct kiln_err *err);
+
+/* Slot's MMIO base and IRQ; -EINVAL for a slot out of range. */
+int virtio_slot_place(int slot, uint64_t *base, uint32_t *irq);
 
 #endif

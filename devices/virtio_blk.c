@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "virtio.h"
+#include "virtio_blk.h"
 
 #define VIRTIO_ID_BLOCK		2
 #define VIRTIO_BLK_F_SEG_MAX	2
@@ -336,22 +336,6 @@ static int blk_stats(struct virtio_dev *d, char *buf, size_t len)
 			b->reads, b->writes, b->flushes, b->errors, b->inflight);
 }
 
-static const struct virtio_dev_ops blk_ops = {
-	.name = "virtio-blk",
-	.device_id = VIRTIO_ID_BLOCK,
-	.num_queues = 1,
-	.queue_max = BLK_QUEUE_SIZE,
-	.config_size = 64,
-	.features = 1ULL << VIRTIO_BLK_F_SEG_MAX | 1ULL << VIRTIO_BLK_F_BLK_SIZE |
-		    1ULL << VIRTIO_BLK_F_FLUSH,
-	.config_read = blk_config_read,
-	.notify = blk_notify,
-	.destroy = blk_destroy,
-	.inflight = blk_inflight,
-	.save = blk_save,
-	.restore = blk_restore,
-	.stats = blk_stats,
-};
 
 int disk_spec_parse(const char *spec, struct disk_spec *ds, struct kiln_err *err)
 {
@@ -448,7 +432,7 @@ int virtio_blk_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 	}
 	b->sectors = size / SECTOR;
 	b->dev = d;
-	r = virtio_mmio_init(d, &blk_ops, b, vm, mem, loop, base, irq, err);
+	r = virtio_mmio_init(d, &virtio_blk_ops, b, vm, mem, loop, base, irq, err);
 	if (r < 0)
 		goto fail_dev;
 	if (b->ro)
@@ -464,3 +448,110 @@ fail_dev:
 	d->priv = b;
 	return r;
 }
+
+/* ---- What a snapshot keeps of a disk (the persist and clone hooks) ---- */
+
+/*
+ * A read-only disk is shared, recorded by absolute path: a restore must be
+ * given it again. A writable one is copied into the snapshot as diskN.img,
+ * and each restore writes to a private copy of that.
+ */
+static int blk_spec_persist(const char *spec, struct dev_persist *p, char *out, size_t outlen,
+			    struct kiln_err *err)
+{
+	struct disk_spec ds;
+	char abs[4096], name[32];
+	int r;
+
+	if ((r = disk_spec_parse(spec, &ds, err)) < 0)
+		return r;
+	if (ds.ro) {
+		if (!realpath(ds.path, abs))
+			return kiln_fail(err, errno, "%s: %s", ds.path, strerror(errno));
+		if (snprintf(out, outlen, "%s%s", abs, ds.opts) >= (int)outlen)
+			return kiln_fail(err, ENAMETOOLONG, "%s: path too long for a snapshot (at most %zu bytes)",
+					 abs, outlen - 1);
+		return 0;
+	}
+	snprintf(name, sizeof(name), "disk%u.img", p->nfiles);
+	if ((r = p->copy_in(p, ds.path, name, err)) < 0)
+		return r;
+	p->nfiles++;
+	snprintf(out, outlen, "%s%s", name, ds.opts);
+	return 0;
+}
+
+/* A writable disk's name must be a file in the snapshot: a path anywhere else would hand the guest a host file. */
+static int blk_spec_check(const char *spec, int *own, struct kiln_err *err)
+{
+	struct disk_spec ds;
+	struct kiln_err e;
+	char shown[64];
+
+	if (disk_spec_parse(spec, &ds, &e) < 0)
+		return kiln_fail(err, EINVAL, "disk: %s", e.msg);
+	*own = !ds.ro;
+	if (!ds.ro && !name_is_local(ds.path))
+		return kiln_fail(err, EINVAL, "disk path \"%s\" is not a file in the snapshot's directory (a snapshot names only its own files; give a host disk with --disk)",
+				 str_printable(ds.path, shown));
+	return 0;
+}
+
+static int blk_spec_clone(const char *spec, struct dev_persist *p, char *out, size_t outlen,
+			  struct kiln_err *err)
+{
+	struct disk_spec ds;
+	char copy[4096], name[32];
+	int r;
+
+	if ((r = disk_spec_parse(spec, &ds, err)) < 0)
+		return r;
+	snprintf(name, sizeof(name), "disk%d.img", p->slot);
+	if ((r = p->copy_out(p, ds.path, name, copy, sizeof(copy), err)) < 0)
+		return r;
+	if (snprintf(out, outlen, "%s%s", copy, ds.opts) >= (int)outlen)
+		return kiln_fail(err, ENAMETOOLONG, "%s: disk path too long", p->dir);
+	return 0;
+}
+
+static void blk_spec_needs(const char *spec, char *buf, size_t len)
+{
+	char shown[64];
+
+	snprintf(buf, len, "a read-only disk the snapshot shared (\"%s\"): pass --disk PATH,ro for it, after a --disk for each disk before it (a snapshot opens no host file outside its directory)",
+		 str_printable(spec, shown));
+}
+
+/* diskN.img, N in decimal: the copies blk_spec_persist writes. */
+static int blk_own_file(const char *name)
+{
+	unsigned n;
+	int end = 0;
+
+	return sscanf(name, "disk%u.img%n", &n, &end) == 1 && end > 0 && name[end] == '\0' &&
+	       name[4] >= '0' && name[4] <= '9';
+}
+
+const struct virtio_dev_ops virtio_blk_ops = {
+	.name = "virtio-blk",
+	.device_id = VIRTIO_ID_BLOCK,
+	.num_queues = 1,
+	.queue_max = BLK_QUEUE_SIZE,
+	.config_size = 64,
+	.features = 1ULL << VIRTIO_BLK_F_SEG_MAX | 1ULL << VIRTIO_BLK_F_BLK_SIZE |
+		    1ULL << VIRTIO_BLK_F_FLUSH,
+	.config_read = blk_config_read,
+	.notify = blk_notify,
+	.destroy = blk_destroy,
+	.inflight = blk_inflight,
+	.save = blk_save,
+	.restore = blk_restore,
+	.stats = blk_stats,
+	.kind = "disk",
+	.create = virtio_blk_create,
+	.spec_persist = blk_spec_persist,
+	.spec_check = blk_spec_check,
+	.spec_clone = blk_spec_clone,
+	.spec_needs = blk_spec_needs,
+	.own_file = blk_own_file,
+};

@@ -25,7 +25,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "virtio.h"
+#include "virtio_net.h"
 
 #define VIRTIO_ID_NET		1
 
@@ -665,7 +665,14 @@ static int net_stats(struct virtio_dev *d, char *buf, size_t len)
 			n->rx_frames, n->rx_bytes, n->rx_dropped, n->rx_errors);
 }
 
-static const struct virtio_dev_ops net_ops = {
+/* A tap is the host's: a restore never opens one the snapshot names. */
+static void net_spec_needs(const char *spec, char *buf, size_t len)
+{
+	(void)spec;
+	snprintf(buf, len, "a net device: pass --net tap=NAME for it (a restore takes taps from its command line, never from the snapshot)");
+}
+
+const struct virtio_dev_ops virtio_net_ops = {
 	.name = "virtio-net",
 	.device_id = VIRTIO_ID_NET,
 	.num_queues = 2,
@@ -686,6 +693,9 @@ static const struct virtio_dev_ops net_ops = {
 	.restore = net_restore,
 	.resumed = net_resumed,
 	.stats = net_stats,
+	.kind = "net",
+	.create = virtio_net_create,
+	.spec_needs = net_spec_needs,
 };
 
 /* ---- construction -------------------------------------------------------- */
@@ -821,7 +831,7 @@ static int net_create(struct virtio_dev *d, int fd, int is_tap, const char *labe
 	n->rx_read_op.done = net_rx_read_done;
 	n->rx_poll_op.done = net_rx_poll_done;
 	/* On failure virtio_mmio_init has set d->ops: virtio_mmio_destroy() frees n. */
-	return virtio_mmio_init(d, &net_ops, n, vm, mem, loop, base, irq, err);
+	return virtio_mmio_init(d, &virtio_net_ops, n, vm, mem, loop, base, irq, err);
 }
 
 int virtio_net_create_fd(struct virtio_dev *d, int fd, const uint8_t mac[6], struct vm *vm,

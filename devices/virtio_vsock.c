@@ -1244,7 +1244,31 @@ static void vsock_destroy(struct virtio_dev *d)
 	d->priv = NULL;
 }
 
-static const struct virtio_dev_ops vsock_ops = {
+/* The CID in a vsock spec, for a message: digits after "cid=", or "N". */
+static const char *spec_cid(const char *spec, char out[24])
+{
+	const char *p = strstr(spec, "cid=");
+	size_t n = 0;
+
+	if (p && (p == spec || p[-1] == ','))
+		for (p += 4; n < 20 && p[n] >= '0' && p[n] <= '9'; n++)
+			out[n] = p[n];
+	if (!n)
+		out[n++] = 'N';
+	out[n] = '\0';
+	return out;
+}
+
+/* The host socket is the host's: a restore never opens one the snapshot names. */
+static void vsock_spec_needs(const char *spec, char *buf, size_t len)
+{
+	char cid[24];
+
+	snprintf(buf, len, "a vsock device: pass --vsock cid=%s,uds=PATH for it (a restore takes host sockets from its command line, never from the snapshot)",
+		 spec_cid(spec, cid));
+}
+
+const struct virtio_dev_ops virtio_vsock_ops = {
 	.name = "virtio-vsock",
 	.device_id = VIRTIO_ID_VSOCK,
 	.num_queues = 3,
@@ -1259,6 +1283,9 @@ static const struct virtio_dev_ops vsock_ops = {
 	.restore = vsock_restore,
 	.resumed = vsock_resumed,
 	.stats = vsock_stats,
+	.kind = "vsock",
+	.create = virtio_vsock_create,
+	.spec_needs = vsock_spec_needs,
 };
 
 /* ---- creation ------------------------------------------------------------------ */
@@ -1393,7 +1420,7 @@ int virtio_vsock_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 	r = vsock_listen(vs, err);
 	if (r < 0)
 		goto fail;
-	r = virtio_mmio_init(d, &vsock_ops, vs, vm, mem, loop, base, irq, err);
+	r = virtio_mmio_init(d, &virtio_vsock_ops, vs, vm, mem, loop, base, irq, err);
 	if (r < 0)
 		goto fail_dev;
 	vs->listen_op.done = listen_done;

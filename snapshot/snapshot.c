@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io.h"
 #include "snapshot.h"
 
 #define QUIESCE_TIMEOUT_MS	5000
@@ -46,59 +47,33 @@ static int meta_parse(struct snap_rd *r, struct snap_meta *m)
 	return snapr_end(r, "header");
 }
 
-/* A hostile string made safe for a message: at most 60 bytes, the unprintable as '?'. */
-static const char *printable(const char *str, char out[64])
-{
-	size_t i;
-
-	for (i = 0; str[i] && i < 60; i++)
-		out[i] = str[i] >= 0x20 && str[i] < 0x7f ? str[i] : '?';
-	out[i] = '\0';
-	if (str[i])
-		snprintf(out + 57, 4, "...");
-	return out;
-}
-
-/* A name for one of the snapshot's own files: nothing that could leave its directory. */
-static int name_is_local(const char *n)
-{
-	return n[0] && !strchr(n, '/') && strcmp(n, ".") && strcmp(n, "..");
-}
-
 int snap_is_own_file(const char *name)
 {
-	unsigned n;
-	int end = 0;
+	int i;
 
 	if (!strcmp(name, SNAP_STATE_FILE) || !strcmp(name, SNAP_MEMORY_FILE) || !strcmp(name, "state.tmp"))
 		return 1;
-	return sscanf(name, "disk%u.img%n", &n, &end) == 1 && end > 0 && name[end] == '\0' &&
-	       name[4] >= '0' && name[4] <= '9';
+	for (i = 0; virtio_kinds[i]; i++)
+		if (virtio_kinds[i]->own_file && virtio_kinds[i]->own_file(name))
+			return 1;
+	return 0;
 }
 
 static int device_parse(struct snap_rd *r, struct snap_device *d)
 {
+	struct kiln_err e;
+
 	snapr_str(r, d->kind, sizeof(d->kind), "device kind");
 	snapr_str(r, d->spec, sizeof(d->spec), "device spec");
 	d->base = snapr_u64(r, "device address");
 	d->irq = snapr_u32(r, "device IRQ");
 	if (!snapr_ok(r))
 		return -EINVAL;
-	if (strcmp(d->kind, "disk") && strcmp(d->kind, "net") && strcmp(d->kind, "vsock"))
+	if (!(d->type = virtio_kind_find(d->kind)))
 		return snapr_fail(r, "unknown device kind \"%s\"", d->kind);
-	if (!strcmp(d->kind, "disk")) {
-		struct disk_spec ds;
-		struct kiln_err e;
-		char shown[64];
-
-		if (disk_spec_parse(d->spec, &ds, &e) < 0)
-			return snapr_fail(r, "disk: %s", e.msg);
-		d->ro_disk = ds.ro;
-		/* A copy lives in the snapshot; a path anywhere else would hand the guest a host file. */
-		if (!ds.ro && !name_is_local(ds.path))
-			return snapr_fail(r, "disk path \"%s\" is not a file in the snapshot's directory (a snapshot names only its own files; give a host disk with --disk)",
-					  printable(ds.path, shown));
-	}
+	d->own = 0;
+	if (d->type->spec_check && d->type->spec_check(d->spec, &d->own, &e) < 0)
+		return snapr_fail(r, "%s", e.msg);
 	/* The rest is the device's own: virtio_mmio_restore reads it. */
 	snapr_init(&d->state, r->p + r->off, snapr_left(r));
 	return 0;
@@ -197,21 +172,6 @@ void snap_state_free(struct snap_state *s)
 	s->vcpu = NULL;
 }
 
-/* The CID in a vsock spec, for a message: digits after "cid=", or "N". */
-static const char *spec_cid(const char *spec, char out[24])
-{
-	const char *p = strstr(spec, "cid=");
-	size_t n = 0;
-
-	if (p && (p == spec || p[-1] == ','))
-		for (p += 4; n < 20 && p[n] >= '0' && p[n] <= '9'; n++)
-			out[n] = p[n];
-	if (!n)
-		out[n++] = 'N';
-	out[n] = '\0';
-	return out;
-}
-
 int snap_plan_devices(const struct snap_state *s, const char *const *kinds, const char *const *specs,
 		      int nopts, int *opt, struct kiln_err *err)
 {
@@ -236,18 +196,15 @@ int snap_plan_devices(const struct snap_state *s, const char *const *kinds, cons
 					 kinds[j], specs[j], kinds[j]);
 	for (i = 0; i < (int)s->meta.ndevices; i++) {
 		const struct snap_device *sd = &s->dev[i];
-		char shown[64], cid[24];
+		char needs[600];
 
-		if (opt[i] >= 0)
+		if (opt[i] >= 0 || sd->own)
 			continue;
-		if (!strcmp(sd->kind, "net"))
-			return kiln_fail(err, EINVAL, "device %d is a net device: pass --net tap=NAME for it (a restore takes taps from its command line, never from the snapshot)", i);
-		if (!strcmp(sd->kind, "vsock"))
-			return kiln_fail(err, EINVAL, "device %d is a vsock device: pass --vsock cid=%s,uds=PATH for it (a restore takes host sockets from its command line, never from the snapshot)",
-					 i, spec_cid(sd->spec, cid));
-		if (sd->ro_disk)
-			return kiln_fail(err, EINVAL, "device %d is a read-only disk the snapshot shared (\"%s\"): pass --disk PATH,ro for it, after a --disk for each disk before it (a snapshot opens no host file outside its directory)",
-					 i, printable(sd->spec, shown));
+		if (sd->type->spec_needs)
+			sd->type->spec_needs(sd->spec, needs, sizeof(needs));
+		else
+			snprintf(needs, sizeof(needs), "a %s device: pass --%s for it", sd->kind, sd->kind);
+		return kiln_fail(err, EINVAL, "device %d is %s", i, needs);
 	}
 	return 0;
 }
@@ -366,6 +323,20 @@ int snap_file_crc(const char *path, uint32_t *crc, uint64_t *size)
 	return 0;
 }
 
+int snap_source_add(struct snap_source *src, int slot, const struct virtio_dev_ops *kind, const char *spec,
+		    struct kiln_err *err)
+{
+	int r;
+
+	if (slot < 0 || slot >= SNAP_MAX_DEVICES)
+		return kiln_fail(err, EINVAL, "device %d: at most %d devices", slot, SNAP_MAX_DEVICES);
+	if ((r = virtio_dev_create_at(&src->devs[slot], slot, kind, spec, src->vm, &src->vm->mem, src->loop, err)) < 0)
+		return r;
+	snprintf(src->spec_buf[slot], sizeof(src->spec_buf[slot]), "%s", spec);
+	src->dev_spec[slot] = src->spec_buf[slot];
+	return 0;
+}
+
 /* ---- taking a snapshot ---------------------------------------------------------- */
 
 int snap_copy_fd(int in, const char *src, int out, const char *dst, uint64_t *copied, struct kiln_err *err)
@@ -460,6 +431,7 @@ struct take_ctx {
 	struct snap_result *res;
 	struct kiln_err *err;
 	unsigned inflight;
+	struct dev_persist persist;	/* what the devices' spec_persist hooks get */
 	int rc;
 };
 
@@ -477,6 +449,28 @@ static void count_inflight(void *arg)
 static int create_new(const struct take_ctx *t, const char *name)
 {
 	return snap_dir_create(&t->sd, name, t->err);
+}
+
+/* The persist hooks' copy_in: a host file copied into a new file of the snapshot. */
+static int take_copy_in(struct dev_persist *p, const char *path, const char *name, struct kiln_err *err)
+{
+	struct take_ctx *t = p->opaque;
+	char dst[4200];
+	uint64_t n = 0;
+	int in, out, r;
+
+	snprintf(dst, sizeof(dst), "%s/%s", t->dir, name);
+	if ((in = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return kiln_fail(err, errno, "%s: %s", path, strerror(errno));
+	if ((out = create_new(t, name)) < 0) {
+		close(in);
+		return out;
+	}
+	r = snap_copy_fd(in, path, out, dst, &n, err);
+	close(in);
+	close(out);
+	p->bytes += n;
+	return r;
 }
 
 /* RAM, then the trailer that binds it to this snapshot's state, then fsync. */
@@ -521,10 +515,10 @@ static void take_on_io_thread(void *arg)
 	struct take_ctx *t = arg;
 	const struct snap_source *src = t->src;
 	struct vm *vm = src->vm;
-	char path[4200], disk_spec[SNAP_MAX_DEVICES][512];
+	char dev_spec[SNAP_MAX_DEVICES][512];
 	struct snap_buf w;
 	size_t mark;
-	int i, ndisk = 0;
+	int i;
 
 	count_inflight(t);
 	if (t->inflight) {
@@ -534,61 +528,21 @@ static void take_on_io_thread(void *arg)
 	snapw_init(&w);
 	snapw_begin_file(&w);
 
-	/* Writable disks first: the state records the copies' names. */
+	/* Each kind's persist hook first: the state records what it wrote. */
+	t->persist = (struct dev_persist){ .opaque = t, .dir = t->dir, .copy_in = take_copy_in };
 	for (i = 0; i < src->ndevs; i++) {
-		struct disk_spec ds;
-		const char *dpath = ds.path;
-		uint64_t n = 0;
+		const struct virtio_dev_ops *type = src->devs[i].ops;
 
-		if (snprintf(disk_spec[i], sizeof(disk_spec[i]), "%s", src->dev_spec[i]) >= (int)sizeof(disk_spec[i])) {
+		if (snprintf(dev_spec[i], sizeof(dev_spec[i]), "%s", src->dev_spec[i]) >= (int)sizeof(dev_spec[i])) {
 			t->rc = kiln_fail(t->err, ENAMETOOLONG, "--%s %s: too long for a snapshot (at most %zu bytes)",
-					  src->dev_kind[i], src->dev_spec[i], sizeof(disk_spec[i]) - 1);
+					  type->kind, src->dev_spec[i], sizeof(dev_spec[i]) - 1);
 			goto out;
 		}
-		if (strcmp(src->dev_kind[i], "disk"))
-			continue;
-		if ((t->rc = disk_spec_parse(src->dev_spec[i], &ds, t->err)) < 0)
+		if (type->spec_persist &&
+		    (t->rc = type->spec_persist(src->dev_spec[i], &t->persist, dev_spec[i], sizeof(dev_spec[i]), t->err)) < 0)
 			goto out;
-		if (ds.ro) {
-			char abs[4096];
-
-			/* Shared, not copied: recorded by absolute path. */
-			if (!realpath(dpath, abs)) {
-				t->rc = kiln_fail(t->err, errno, "%s: %s", dpath, strerror(errno));
-				goto out;
-			}
-			if (snprintf(disk_spec[i], sizeof(disk_spec[i]), "%s%s", abs, ds.opts) >= (int)sizeof(disk_spec[i])) {
-				t->rc = kiln_fail(t->err, ENAMETOOLONG, "%s: path too long for a snapshot (at most %zu bytes)",
-						  abs, sizeof(disk_spec[i]) - 1);
-				goto out;
-			}
-			continue;
-		}
-		{
-			char name[32];
-			int in, out;
-
-			snprintf(name, sizeof(name), "disk%d.img", ndisk);
-			snprintf(path, sizeof(path), "%s/%s", t->dir, name);
-			if ((in = open(dpath, O_RDONLY | O_CLOEXEC)) < 0) {
-				t->rc = kiln_fail(t->err, errno, "%s: %s", dpath, strerror(errno));
-				goto out;
-			}
-			if ((out = create_new(t, name)) < 0) {
-				t->rc = out;
-				close(in);
-				goto out;
-			}
-			t->rc = snap_copy_fd(in, dpath, out, path, &n, t->err);
-			close(in);
-			close(out);
-			if (t->rc < 0)
-				goto out;
-		}
-		t->res->disk_bytes += n;
-		snprintf(disk_spec[i], sizeof(disk_spec[i]), "disk%d.img%s", ndisk, ds.opts);
-		ndisk++;
 	}
+	t->res->disk_bytes += t->persist.bytes;
 
 	mark = snapw_section_begin(&w, SNAP_SEC_META);
 	{
@@ -625,8 +579,8 @@ static void take_on_io_thread(void *arg)
 		struct virtio_dev *d = &src->devs[i];
 
 		mark = snapw_section_begin(&w, SNAP_SEC_DEVICE);
-		snapw_blob(&w, src->dev_kind[i], (uint32_t)strlen(src->dev_kind[i]));
-		snapw_blob(&w, disk_spec[i], (uint32_t)strlen(disk_spec[i]));
+		snapw_blob(&w, d->ops->kind, (uint32_t)strlen(d->ops->kind));
+		snapw_blob(&w, dev_spec[i], (uint32_t)strlen(dev_spec[i]));
 		snapw_u64(&w, d->base);
 		snapw_u32(&w, d->irq);
 		if ((t->rc = virtio_mmio_save(d, &w)) < 0) {

@@ -17,7 +17,8 @@
 
 #include <stdint.h>
 
-#include "devices.h"
+#include "i8042.h"
+#include "serial.h"
 #include "ioloop.h"
 #include "snapfile.h"
 #include "virtio.h"
@@ -47,8 +48,9 @@ struct snap_meta {
 /* One virtio device as recorded: enough to recreate it, then its state. */
 struct snap_device {
 	char kind[8];			/* "disk", "net", "vsock": kiln-vmm's option */
-	char spec[512];			/* the option's argument: for messages, but a writable disk's copy */
-	int ro_disk;			/* a read-only disk the snapshot shared, not copied */
+	char spec[512];			/* the option's argument, as the kind's spec_persist wrote it */
+	const struct virtio_dev_ops *type;	/* the kind, which checked spec */
+	int own;			/* the snapshot holds its backing (a writable disk's copy) */
 	uint64_t base;
 	uint32_t irq;
 	struct snap_rd state;		/* virtio_mmio_save's bytes */
@@ -67,7 +69,7 @@ struct snap_state {
  * Parse and validate a whole state file (no KVM, no files: fuzzed): the
  * container, then one META, one VM, meta.vcpus VCPU sections with ids in
  * order, one SERIAL and meta.ndevices DEVICE sections. A writable disk must
- * be a file in the snapshot's directory (no '/', not . or ..). Device state
+ * be a file in the snapshot's directory (each kind's spec_check). Device state
  * is only located here; virtio_mmio_restore validates it. Returns 0 or
  * -EINVAL with err set; free with snap_state_free either way.
  */
@@ -109,16 +111,25 @@ struct snap_source {
 	struct vm *vm;
 	struct serial *uart;
 	struct ioloop *loop;
-	struct virtio_dev *devs;
+	struct virtio_dev *devs;	/* SNAP_MAX_DEVICES slots */
 	int ndevs;
-	const char *dev_kind[SNAP_MAX_DEVICES];
-	const char *dev_spec[SNAP_MAX_DEVICES];
+	const char *dev_spec[SNAP_MAX_DEVICES];	/* what each device was made from */
 	uint32_t kernel_crc;
 	uint64_t kernel_size;
 	const char *kernel_path;
 	const char *vmm_version;
 	uint64_t t_start;		/* when kiln-vmm started (for messages) */
+	char spec_buf[SNAP_MAX_DEVICES][4200];	/* dev_spec's storage (snap_source_add) */
+	char kernel_buf[256];		/* kernel_path's after a restore */
 };
+
+/*
+ * Create device slot of kind from spec (virtio_dev_create_at) into
+ * src->devs[slot] on src's VM and I/O loop, and record spec for the
+ * snapshots taken of it. Returns 0 or -errno with err.
+ */
+int snap_source_add(struct snap_source *src, int slot, const struct virtio_dev_ops *kind, const char *spec,
+		    struct kiln_err *err);
 
 struct snap_result {
 	uint64_t state_bytes;
@@ -181,6 +192,38 @@ int snap_copy_fd(int in, const char *src, int out, const char *dst, uint64_t *co
 
 /* The same from path src to path dst (created or truncated, mode 0600, never through a link). */
 int snap_copy_file(const char *src, const char *dst, uint64_t *copied, struct kiln_err *err);
+
+/* A restore as kiln-vmm's options ask for it (restore.c). */
+struct snap_restore_opts {
+	const char *path;		/* --restore DIR (its state file), or a STATE file */
+	const char *memory;		/* --memory FILE, or NULL: the snapshot's own */
+	const char *clone_dir;		/* --clone-dir DIR, or NULL: unnamed copies */
+	const char *kernel;		/* --kernel given: must be the snapshot's; else NULL */
+	uint64_t mem_size;		/* --mem given, in bytes; else 0 */
+	int vcpus;			/* --vcpus given; else 0 */
+	int ndevices;			/* device options (see snap_plan_devices) */
+	const char *const *kinds;
+	const char *const *specs;
+};
+
+/* Where a restore's time went, for kiln-vmm -v. */
+struct snap_restore_times {
+	uint64_t parse_ns;		/* reading and checking the state file */
+	uint64_t kvm_ns;		/* guest memory mapped, KVM and vCPU state applied */
+};
+
+/*
+ * Restore a snapshot into src: src->vm has its kvm_fd and nothing else,
+ * src->uart and src->loop are initialised, src->devs has room. Check the
+ * state file and the options against each other, map the memory file
+ * (private: writes stay this VM's), apply KVM and vCPU state, create each
+ * device at its slot (from its option, or from the snapshot's own copy
+ * through the kind's spec_clone) and apply its state, then the UART's.
+ * Returns 0, or -errno with err naming the file or option at fault; on
+ * failure src's VM may be partly built (kiln-vmm exits).
+ */
+int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, struct snap_restore_times *t,
+		 struct kiln_err *err);
 
 /* The vendor string of a CPUID table (leaf 0), NUL-terminated into out[13]. */
 void snap_cpuid_vendor(const struct kvm_cpuid2 *c, char out[13]);

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,25 +41,6 @@ struct timespec deadline_after(clockid_t clock, unsigned ms)
 		ts.tv_nsec -= 1000000000L;
 	}
 	return ts;
-}
-
-int write_full(int fd, const void *p, size_t n)
-{
-	const char *b = p;
-
-	while (n) {
-		ssize_t w = write(fd, b, n);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		if (w == 0)
-			return -EIO;
-		b += w;
-		n -= (size_t)w;
-	}
-	return 0;
 }
 
 /*
@@ -132,4 +114,22 @@ void log_flush(void)
 		l->suppressed = 0;
 	}
 	pthread_mutex_unlock(&log_lock);
+}
+
+/* A hostile string made safe for a message: at most 60 bytes, the unprintable as '?'. */
+const char *str_printable(const char *str, char out[64])
+{
+	size_t i;
+
+	for (i = 0; str[i] && i < 60; i++)
+		out[i] = str[i] >= 0x20 && str[i] < 0x7f ? str[i] : '?';
+	out[i] = '\0';
+	if (str[i])
+		snprintf(out + 57, 4, "...");
+	return out;
+}
+
+int name_is_local(const char *n)
+{
+	return n[0] && !strchr(n, '/') && strcmp(n, ".") && strcmp(n, "..");
 }

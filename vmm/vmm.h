@@ -385,8 +385,14 @@ uint64_t now_ns(void);
 /* The time ms milliseconds from now on clock, for timed waits. */
 struct timespec deadline_after(clockid_t clock, unsigned ms);
 
-/* Write all n bytes to fd, through short writes and EINTR. 0, or -errno. */
-int write_full(int fd, const void *p, size_t n);
+/*
+ * A hostile string made safe for a message: its first 60 bytes, each
+ * unprintable one as '?', "..." if it goes on. Returns out.
+ */
+const char *str_printable(const char *str, char out[64]);
+
+/* Is n a name within a directory: not empty, no '/', not . or ..? */
+int name_is_local(const char *n);
 
 /* ---- Log lines a guest can cause (util.c) ------------------------------- */
 

@@ -26,6 +26,8 @@
 #include <unistd.h>
 
 #include "virtio.h"
+#include "virtio_net.h"
+#include "virtio_blk.h"
 
 #define BASE		0xd0000000ULL
 #define IMG_SIZE	(1024 * 1024)

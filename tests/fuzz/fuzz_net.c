@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "virtio.h"
+#include "virtio_net.h"
 
 #define BASE		0xd0000000ULL
 #define RING(q)		(0x100000ULL + (q) * 0x10000ULL)	/* desc; avail +0x1000; used +0x2000 */

@@ -1,6 +1,6 @@
 /*
  * libFuzzer target: the agent protocol's frame decoder and records
- * (guest/agent_proto.c). Arbitrary bytes are decoded twice, once whole and
+ * (lib/agent_proto.c). Arbitrary bytes are decoded twice, once whole and
  * once in chunks whose sizes come from the input; both must see the same
  * frames and the same error. Every decoded frame is re-encoded, and the
  * encoding must decode alone to the identical frame; record payloads are

@@ -28,6 +28,8 @@
 #include <unistd.h>
 
 #include "virtio.h"
+#include "virtio_net.h"
+#include "virtio_blk.h"
 
 #define RAM		(2 * MIB)
 #define GUARD		MIB

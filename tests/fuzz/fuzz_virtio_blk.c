@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "virtio.h"
+#include "virtio_blk.h"
 
 #define BASE	0xd0000000ULL
 #define DESC	0x100000ULL

@@ -21,7 +21,7 @@ DATA, EOF, WINDOW = 0x20, 0x21, 0x22
 F_END = 1
 U64, I64, BOOL, BYTES, STR, REC = 1, 2, 3, 4, 5, 6
 
-# enum kp_tag (guest/agent_proto.h)
+# enum kp_tag (lib/agent_proto.h)
 KT = dict(OP=1, VERSION=2, WINDOW=3, MAX_FRAME=4, FEATURE=5, AGENT=6, CODE=8, ERRNO=9,
           MESSAGE=10, EVENT=11, ARG=16, SHELL=17, ENV=18, CLEAR_ENV=19, CWD=20, UID=21,
           GID=22, STDIN=23, STDOUT=24, STDERR=25, PTY=26, ROWS=27, COLS=28, RING=29,

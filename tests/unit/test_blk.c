@@ -13,6 +13,7 @@
 
 #include "unit.h"
 #include "virtio.h"
+#include "virtio_blk.h"
 
 #define BASE	0xd0000000ULL
 #define DESC	0x100000ULL

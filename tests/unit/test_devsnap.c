@@ -17,9 +17,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "devices.h"
+#include "i8042.h"
+#include "serial.h"
 #include "unit.h"
 #include "virtio.h"
+#include "virtio_blk.h"
+#include "virtio_net.h"
 
 
 #define BASE		0xd0000000ULL

@@ -3,7 +3,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../devices/devices.h"
+#include "i8042.h"
+#include "serial.h"
 #include "unit.h"
 
 static struct vm vm;

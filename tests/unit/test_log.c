@@ -9,6 +9,7 @@
 
 #include "unit.h"
 #include "virtio.h"
+#include "virtio_blk.h"
 #include "ioloop.h"
 
 #define BASE	0xd0000000ULL

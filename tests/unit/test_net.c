@@ -14,6 +14,7 @@
 
 #include "unit.h"
 #include "virtio.h"
+#include "virtio_net.h"
 
 #define BASE	0xd0000000ULL
 #define QSIZE	16

@@ -5,7 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../../devices/devices.h"
+#include "serial.h"
 #include "unit.h"
 
 static int irq_level, irq_changes;

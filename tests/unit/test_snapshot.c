@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "snapshot.h"
+#include "virtio_blk.h"
 #include "unit.h"
 
 /* What to break while building a state file. */

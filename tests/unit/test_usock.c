@@ -1,6 +1,6 @@
 /*
  * Who may use kiln-vmm's unix sockets (vmm/usock.c) and how the control
- * socket serves its clients (vmm/control.c), against real sockets in a
+ * socket serves its clients (vmm/kiln-vmm/control.c), against real sockets in a
  * scratch directory. Clients of another uid are forked children that drop
  * to it, which needs root: those checks are skipped otherwise.
  */

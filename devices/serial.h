@@ -1,16 +1,14 @@
 /*
- * Devices the guest sees. Legacy PC devices here are port I/O handlers
- * (struct bus_dev in vmm/vmm.h); their state is plain data so that unit tests
- * drive them without KVM.
+ * A 16550A UART on COM1 (serial.c): the guest's console. A port I/O handler
+ * (struct bus_dev in vmm/vmm.h) whose state is plain data, so that unit tests
+ * drive it without KVM.
  */
-#ifndef KILN_DEVICES_H
-#define KILN_DEVICES_H
+#ifndef KILN_SERIAL_H
+#define KILN_SERIAL_H
 
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
-
-/* ---- 16550A UART (serial.c) ---------------------------------------------- */
 
 #define SERIAL_COM1_BASE	0x3f8
 #define SERIAL_COM1_IRQ		4
@@ -93,19 +91,5 @@ void serial_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is
  * until the guest's driver has enabled the receive interrupt).
  */
 size_t serial_input(struct serial *s, const uint8_t *buf, size_t len);
-
-/* ---- i8042 keyboard controller, reset line only (i8042.c) ---------------- */
-
-#define I8042_DATA_PORT		0x60
-#define I8042_CMD_PORT		0x64
-#define I8042_CMD_RESET		0xfe
-
-struct i8042 {
-	void (*reset)(void *opaque);	/* the guest pulsed the CPU reset line */
-	void *opaque;
-};
-
-/* Port I/O handler for 0x60 and 0x64. */
-void i8042_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, int is_write);
 
 #endif

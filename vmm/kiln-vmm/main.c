@@ -22,9 +22,10 @@
 #include <termios.h>
 #include <unistd.h>
 
-#include "../devices/devices.h"
-#include "../devices/virtio.h"
 #include "base64.h"
+#include "i8042.h"
+#include "serial.h"
+#include "virtio.h"
 #include "control.h"
 #include "ioloop.h"
 #include "snapshot.h"
@@ -48,30 +49,6 @@
 #define TCG_HOST_CMDLINE "nohz=off"
 #define ESCAPE_CHAR 0x01	/* Ctrl-A, then x: leave an interactive console */
 
-#define MAX_DEVICES	16
-#define DEVICE_MMIO_BASE 0xd0000000ULL
-#define DEVICE_MMIO_STEP 0x1000ULL
-/* ISA-free IOAPIC pins for virtio devices (4 is COM1, 8 the RTC's). */
-static const uint32_t device_irqs[MAX_DEVICES] = {
-	5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
-};
-
-/* A virtio device asked for on the command line. */
-struct device_spec {
-	const char *option;
-	virtio_create_fn *create;
-	const char *spec;
-};
-
-static const struct {
-	const char *option;
-	virtio_create_fn *create;
-} device_types[] = {
-	{ "disk", virtio_blk_create },
-	{ "vsock", virtio_vsock_create },
-	{ "net", virtio_net_create },
-};
-
 struct opts {
 	const char *kernel;
 	const char *initrd;
@@ -92,7 +69,8 @@ struct opts {
 	int kernel_set, mem_set, vcpus_set;	/* given explicitly: a restore checks them */
 	char **cmd;		/* guest command, NULL for an interactive shell */
 	int ncmd;
-	struct device_spec devices[MAX_DEVICES];
+	const char *dev_kind[VIRTIO_MAX_DEVICES];	/* --disk, --net, --vsock in order: the kind */
+	const char *dev_spec[VIRTIO_MAX_DEVICES];	/* and its SPEC */
 	int ndevices;
 };
 
@@ -307,18 +285,12 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		}
 		case OPT_HUGEPAGES: o->hugepages = 1; break;
 		case OPT_KVM: o->kvm_dev = optarg; break;
-		case OPT_DEVICE: {
-			size_t t;
-
-			if (o->ndevices == MAX_DEVICES)
-				die("at most %d devices", MAX_DEVICES);
-			for (t = 0; t < sizeof(device_types) / sizeof(device_types[0]); t++)
-				if (strcmp(device_types[t].option, longopts[idx].name) == 0)
-					break;
-			o->devices[o->ndevices++] = (struct device_spec){
-				device_types[t].option, device_types[t].create, optarg };
+		case OPT_DEVICE:
+			if (o->ndevices == VIRTIO_MAX_DEVICES)
+				die("at most %d devices", VIRTIO_MAX_DEVICES);
+			o->dev_kind[o->ndevices] = longopts[idx].name;
+			o->dev_spec[o->ndevices++] = optarg;
 			break;
-		}
 		case 'v': o->verbose = 1; break;
 		case 'h': usage(stdout); exit(0);
 		case OPT_VERSION: printf("kiln-vmm %s\n", KILN_VERSION); exit(0);
@@ -693,29 +665,20 @@ static struct vm vm;
 static struct serial uart;
 static struct i8042 kbc;
 static struct ioloop loop;
-static struct virtio_dev devs[MAX_DEVICES];
+static struct virtio_dev devs[VIRTIO_MAX_DEVICES];
 static int ndevs;
 static struct snap_source src;
-static char dev_spec_buf[MAX_DEVICES][4200];
 
 /* Create device i of kind from spec at the address and IRQ kiln gives slot i. */
 static void device_create(int i, const char *kind, const char *spec)
 {
+	const struct virtio_dev_ops *type = virtio_kind_find(kind);
 	struct kiln_err err = { { 0 } };
-	size_t t;
 
-	for (t = 0; t < sizeof(device_types) / sizeof(device_types[0]); t++)
-		if (strcmp(device_types[t].option, kind) == 0)
-			break;
-	if (t == sizeof(device_types) / sizeof(device_types[0]))
+	if (!type)
 		die("unknown device kind %s", kind);
-	if (device_types[t].create(&devs[i], spec, &vm, &vm.mem, &loop,
-				   DEVICE_MMIO_BASE + (uint64_t)i * DEVICE_MMIO_STEP,
-				   device_irqs[i], &err) < 0)
+	if (snap_source_add(&src, i, type, spec, &err) < 0)
 		die("%s", err.msg);
-	src.dev_kind[i] = device_types[t].option;
-	snprintf(dev_spec_buf[i], sizeof(dev_spec_buf[i]), "%s", spec);
-	src.dev_spec[i] = dev_spec_buf[i];
 }
 
 /* Boot: load the kernel and initrd, write the boot structures, create vCPUs. */
@@ -738,7 +701,7 @@ static void boot_prepare(const struct opts *o)
 		src.kernel_size = klen;
 	}
 	for (i = 0; i < o->ndevices; i++)
-		device_create(i, o->devices[i].option, o->devices[i].spec);
+		device_create(i, o->dev_kind[i], o->dev_spec[i]);
 	ndevs = o->ndevices;
 	cmdline = build_cmdline(o, devs, ndevs);
 	if (kernel_load(&vm.mem, kimg, klen, &ki, &err) < 0)
@@ -761,231 +724,28 @@ static void boot_prepare(const struct opts *o)
 			die("%s", err.msg);
 }
 
-/* Read a whole state file, open as fd, into memory (at most SNAP_MAX_FILE bytes). */
-static uint8_t *read_state_file(int fd, const char *path, size_t *len)
-{
-	struct stat st;
-	uint8_t *buf;
-	size_t off = 0;
-
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-		die("--restore %s: not a regular file", path);
-	if ((uint64_t)st.st_size > SNAP_MAX_FILE)
-		die("--restore %s: %lld bytes, more than a state file can be", path, (long long)st.st_size);
-	buf = malloc((size_t)st.st_size + 1);
-	if (!buf)
-		die("out of memory");
-	while (off < (size_t)st.st_size) {
-		ssize_t n = read(fd, buf + off, (size_t)st.st_size - off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			die("--restore %s: %s", path, n < 0 ? strerror(errno) : "shrank while being read");
-		off += (size_t)n;
-	}
-	close(fd);
-	*len = off;
-	return buf;
-}
-
-/* One of the snapshot's own files, name, in its directory dfd: never through a link. */
-static int open_snap_file(int dfd, const char *dir, const char *name)
-{
-	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-	struct stat st;
-
-	if (fd < 0)
-		die("--restore %s/%s: %s%s", dir, name, strerror(errno),
-		    errno == ELOOP ? " (a symbolic link: a snapshot's files must be regular files in its directory)" : "");
-	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-		die("--restore %s/%s: not a regular file", dir, name);
-	return fd;
-}
-
 /*
- * A clone's own copy of a snapshot's writable disk (open as in): in
- * --clone-dir, or an unnamed file (O_TMPFILE) in the snapshot's directory,
- * so a reflink can share its extents, else in $TMPDIR. Returns the path
- * the disk device opens.
+ * Restore: the snapshot layer maps the memory file and brings back KVM,
+ * vCPU and device state (snapshot/restore.c).
  */
-static void clone_disk(const struct opts *o, int dfd, int i, int in, const char *disk,
-		       char *out, size_t outlen)
+static void restore_prepare(const struct opts *o, struct snap_restore_times *t)
 {
 	struct kiln_err err = { { 0 } };
-	const char *tmpdir = getenv("TMPDIR");
-	int fd;
+	struct snap_restore_opts ro = {
+		.path = o->restore,
+		.memory = o->memory,
+		.clone_dir = o->clone_dir,
+		.kernel = o->kernel_set ? o->kernel : NULL,
+		.mem_size = o->mem_set ? o->mem_mib * MIB : 0,
+		.vcpus = o->vcpus_set ? o->vcpus : 0,
+		.ndevices = o->ndevices,
+		.kinds = o->dev_kind,
+		.specs = o->dev_spec,
+	};
 
-	if (o->clone_dir) {
-		if (mkdir(o->clone_dir, 0700) < 0 && errno != EEXIST)
-			die("--clone-dir %s: %s", o->clone_dir, strerror(errno));
-		snprintf(out, outlen, "%s/disk%d.img", o->clone_dir, i);
-		fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
-		if (fd < 0)
-			die("--clone-dir: %s: %s", out, strerror(errno));
-		if (snap_copy_fd(in, disk, fd, out, NULL, &err) < 0)
-			die("%s", err.msg);
-		close(fd);
-		return;
-	}
-	fd = openat(dfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd < 0)
-		fd = open(tmpdir && *tmpdir ? tmpdir : "/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd < 0)
-		die("cannot create a copy of %s for this clone: %s (or give --clone-dir DIR)", disk, strerror(errno));
-	if (snap_copy_fd(in, disk, fd, "a clone's disk", NULL, &err) < 0)
+	if (snap_restore(&ro, &src, t, &err) < 0)
 		die("%s", err.msg);
-	/* The disk device reopens it by this name; the file lives while that fd does. */
-	snprintf(out, outlen, "/proc/self/fd/%d", fd);
-}
-
-/*
- * Restore: map the memory file, and bring back KVM, vCPU and device state.
- * The state file is hostile input (docs/snapshot.md, "Trust"): the files
- * it names are opened in the snapshot's directory without following links,
- * and host resources come from the options.
- */
-static void restore_prepare(const struct opts *o, uint64_t *t_parse, uint64_t *t_kvm)
-{
-	struct kiln_err err = { { 0 } };
-	char state_path[4096], mem_path[4200], state_dir[4096], msg[512], vendor[13];
-	const char *kinds[MAX_DEVICES], *specs[MAX_DEVICES];
-	int plan[SNAP_MAX_DEVICES];
-	struct snap_state st;
-	struct stat sb;
-	struct guest_mem mem;
-	uint8_t *file;
-	size_t len;
-	int dfd, sfd, mfd, i, is_dir;
-	uint64_t t0 = now_ns();
-
-	is_dir = stat(o->restore, &sb) == 0 && S_ISDIR(sb.st_mode);
-	if (is_dir) {
-		snprintf(state_dir, sizeof(state_dir), "%s", o->restore);
-		snprintf(state_path, sizeof(state_path), "%s/" SNAP_STATE_FILE, o->restore);
-	} else {
-		const char *slash = strrchr(o->restore, '/');
-
-		snprintf(state_path, sizeof(state_path), "%s", o->restore);
-		if (slash)
-			snprintf(state_dir, sizeof(state_dir), "%.*s", slash == o->restore ? 1 : (int)(slash - o->restore),
-				 o->restore);
-		else
-			snprintf(state_dir, sizeof(state_dir), ".");
-	}
-	if (strlen(o->restore) > 4000)
-		die("--restore %s: path too long", o->restore);
-	dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd < 0)
-		die("--restore %s: %s", state_dir, strerror(errno));
-	/* The user named a state file: theirs to follow. The directory's own "state": no link. */
-	if (is_dir)
-		sfd = open_snap_file(dfd, state_dir, SNAP_STATE_FILE);
-	else if ((sfd = open(state_path, O_RDONLY | O_CLOEXEC)) < 0)
-		die("--restore %s: %s", state_path, strerror(errno));
-
-	file = read_state_file(sfd, state_path, &len);
-	if (snap_parse(file, len, &st, msg, sizeof(msg)) < 0)
-		die("--restore %s: %s", state_path, msg);
-	if (o->mem_set && o->mem_mib * MIB != st.meta.mem_size)
-		die("--restore %s: the snapshot's guest has %llu MiB of memory, not the %llu MiB asked for (drop --mem)",
-		    state_path, (unsigned long long)(st.meta.mem_size / MIB), (unsigned long long)o->mem_mib);
-	if (o->vcpus_set && (uint32_t)o->vcpus != st.meta.vcpus)
-		die("--restore %s: the snapshot's guest has %u vCPUs, not %d (drop --vcpus)", state_path,
-		    st.meta.vcpus, o->vcpus);
-	if (o->kernel_set) {
-		uint32_t crc;
-		uint64_t size;
-
-		if (snap_file_crc(o->kernel, &crc, &size) < 0)
-			die("--kernel %s: cannot read it", o->kernel);
-		if (crc != st.meta.kernel_crc || size != st.meta.kernel_size)
-			die("--restore %s: the snapshot's guest runs another kernel (%s, %llu bytes) than --kernel %s: take the template again with this kernel",
-			    state_path, st.meta.kernel, (unsigned long long)st.meta.kernel_size, o->kernel);
-	}
-	src.kernel_crc = st.meta.kernel_crc;
-	src.kernel_size = st.meta.kernel_size;
-	src.kernel_path = strdup(st.meta.kernel);
-	*t_parse = now_ns() - t0;
-
-	/* The memory file: whole, and this state's (its trailer holds the state's id). */
-	if (o->memory) {
-		snprintf(mem_path, sizeof(mem_path), "%s", o->memory);
-		if ((mfd = open(o->memory, O_RDONLY | O_CLOEXEC)) < 0)
-			die("--memory %s: %s", o->memory, strerror(errno));
-	} else {
-		snprintf(mem_path, sizeof(mem_path), "%s/" SNAP_MEMORY_FILE, state_dir);
-		mfd = open_snap_file(dfd, state_dir, SNAP_MEMORY_FILE);
-	}
-	if (snap_mem_check(mfd, mem_path, st.meta.mem_size, st.meta.id, &err) < 0 ||
-	    guest_mem_map_fd(&mem, mfd, mem_path, st.meta.mem_size, &err) < 0)
-		die("--restore: %s", err.msg);
-	close(mfd);
-
-	/* Devices: which option replaces which, and every host resource named by one. */
-	for (i = 0; i < o->ndevices; i++) {
-		kinds[i] = o->devices[i].option;
-		specs[i] = o->devices[i].spec;
-	}
-	if (snap_plan_devices(&st, kinds, specs, o->ndevices, plan, &err) < 0)
-		die("--restore %s: %s", state_path, err.msg);
-
-	if (vm_create(&vm, vm.kvm_fd, &mem, &err) < 0)
-		die("%s", err.msg);
-	vm.nvcpus = (int)st.meta.vcpus;
-	snap_cpuid_vendor(vm.cpuid, vendor);
-	if (strcmp(vendor, st.meta.vendor))
-		die("--restore %s: taken on a %s CPU, this host has %s: take the template again on this host",
-		    state_path, st.meta.vendor, vendor);
-	for (i = 0; i < vm.nvcpus; i++)
-		if (snap_check_cpuid(vm.cpuid, &st.vcpu[i], vm.nvcpus, &err) < 0)
-			die("--restore %s: %s", state_path, err.msg);
-	if (vm_state_apply(&vm, &st.vm, &err) < 0)
-		die("--restore %s: %s", state_path, err.msg);
-	for (i = 0; i < vm.nvcpus; i++) {
-		if (vcpu_create_bare(&vm, i, &err) < 0)
-			die("%s", err.msg);
-		if (vcpu_state_apply(&vm.vcpus[i], &st.vcpu[i], &err) < 0)
-			die("--restore %s: %s", state_path, err.msg);
-	}
-	*t_kvm = now_ns() - t0 - *t_parse;
-
-	for (i = 0; i < (int)st.meta.ndevices; i++) {
-		const struct snap_device *sd = &st.dev[i];
-		const char *spec;
-		char path[4200];
-
-		if (sd->base != DEVICE_MMIO_BASE + (uint64_t)i * DEVICE_MMIO_STEP || sd->irq != device_irqs[i])
-			die("--restore %s: device %d at %#llx IRQ %u, not where kiln-vmm puts it", state_path, i,
-			    (unsigned long long)sd->base, sd->irq);
-		if (plan[i] >= 0) {
-			spec = o->devices[plan[i]].spec;
-		} else {
-			/* The snapshot's own copy of a writable disk: snap_parse allowed a bare name only. */
-			struct disk_spec ds;
-			char copy[4096], name[8200];
-			int in;
-
-			if (strcmp(sd->kind, "disk") || disk_spec_parse(sd->spec, &ds, &err) < 0 || ds.ro)
-				die("--restore %s: device %d: no option for it", state_path, i);
-			in = open_snap_file(dfd, state_dir, ds.path);
-			snprintf(name, sizeof(name), "%s/%s", state_dir, ds.path);
-			clone_disk(o, dfd, i, in, name, copy, sizeof(copy));
-			close(in);
-			if (snprintf(path, sizeof(path), "%s%s", copy, ds.opts) >= (int)sizeof(path))
-				die("--restore %s: disk path too long", state_path);
-			spec = path;
-		}
-		device_create(i, sd->kind, spec);
-		if (virtio_mmio_restore(&devs[i], (struct snap_rd *)&sd->state, &err) < 0)
-			die("--restore %s: %s", state_path, err.msg);
-	}
-	ndevs = (int)st.meta.ndevices;
-	if (serial_restore(&uart, &st.serial, &err) < 0)
-		die("--restore %s: %s", state_path, err.msg);
-	snap_state_free(&st);
-	free(file);
-	close(dfd);
+	ndevs = src.ndevs;
 }
 
 static void resume_device(void *arg)
@@ -995,7 +755,8 @@ static void resume_device(void *arg)
 
 int main(int argc, char **argv)
 {
-	uint64_t t0 = now_ns(), t_loop, t_parse = 0, t_kvm = 0, t_ready;
+	uint64_t t0 = now_ns(), t_loop, t_ready;
+	struct snap_restore_times rt = { 0, 0 };
 	static struct control ctl;
 	struct guest_mem mem;
 	struct kiln_err err = { { 0 } };
@@ -1021,9 +782,13 @@ int main(int argc, char **argv)
 	if ((rc = serial_init(&uart, con_fd, serial_irq, &vm)) < 0)
 		die("cannot start the console's writer thread: %s", strerror(-rc));
 	serial_set_console_max(&uart, con_max);
+	src.vm = &vm;
+	src.uart = &uart;
+	src.loop = &loop;
+	src.devs = devs;
 	if (o.restore) {
 		vm.kvm_fd = kvm_fd;
-		restore_prepare(&o, &t_parse, &t_kvm);
+		restore_prepare(&o, &rt);
 	} else {
 		if (guest_mem_alloc(&mem, o.mem_mib * MIB, o.hugepages, &err) < 0)
 			die("%s", err.msg);
@@ -1032,10 +797,6 @@ int main(int argc, char **argv)
 		vm.nvcpus = o.vcpus;
 		boot_prepare(&o);
 	}
-	src.vm = &vm;
-	src.uart = &uart;
-	src.loop = &loop;
-	src.devs = devs;
 	src.ndevs = ndevs;
 
 	kbc.reset = guest_reset;
@@ -1079,8 +840,8 @@ int main(int argc, char **argv)
 	}
 	if (o.verbose && o.restore)
 		fprintf(stderr, "kiln-vmm: restored in %.2f ms (state file %.2f ms, KVM state %.2f ms, devices and threads %.2f ms)\n",
-			(double)(now_ns() - t0) / 1e6, (double)t_parse / 1e6, (double)t_kvm / 1e6,
-			(double)(t_ready - t0 - t_parse - t_kvm) / 1e6);
+			(double)(now_ns() - t0) / 1e6, (double)rt.parse_ns / 1e6, (double)rt.kvm_ns / 1e6,
+			(double)(t_ready - t0 - rt.parse_ns - rt.kvm_ns) / 1e6);
 	signo = wait_for_stop(&vm, &uart, &o, &src);
 	vm_request_stop(&vm, VM_STOP_SIGNAL, NULL);	/* no-op if already stopped */
 	if (o.control)
