@@ -54,7 +54,7 @@ $(O)/kiln-vmm: $(VMM_SRCS) vmm/kiln-vmm/main.c $(VMM_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/kiln-vmm/main.c $(LDLIBS)
 
 # The agent client library (api/agent_client.h), one file per part.
-KAC_SRCS  := api/ac_conn.c api/ac_op.c api/ac_proc.c api/ac_file.c api/ac_fh.c api/ac_ctl.c api/ac_port.c
+KAC_SRCS  := api/ac_conn.c api/ac_op.c api/ac_proc.c api/ac_file.c api/ac_fh.c api/ac_ctl.c api/ac_port.c lib/io.c
 KAC_HDRS  := api/agent_client.h api/ac_int.h
 # kiln: the CLI client of the guest agent (api/).
 KILN_SRCS := api/kiln.c api/kiln_exec.c api/kiln_files.c api/kiln_ctl.c api/kiln_port.c $(KAC_SRCS) $(PROTO_SRCS)

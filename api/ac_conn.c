@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "agent_proto.h"
+#include "io.h"
 #include "agent_client.h"
 #include "ac_int.h"
 
@@ -37,23 +38,6 @@ int64_t ac_now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int ac_write_all(int fd, const void *p, size_t n)
-{
-	const uint8_t *b = p;
-	ssize_t w;
-
-	while (n) {
-		w = write(fd, b, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		b += w;
-		n -= (size_t)w;
-	}
-	return 0;
 }
 
 /* "30 s" or "1500 ms": a timeout as the messages name it. */
@@ -174,7 +158,7 @@ static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
 		return ret;
 	}
 	snprintf(line, sizeof(line), "CONNECT %u\n", KP_VSOCK_PORT);
-	ret = ac_write_all(fd, line, strlen(line));
+	ret = write_full(fd, line, strlen(line));
 	if (ret) {
 		close(fd);
 		return ret == -EPIPE || ret == -ECONNRESET ? -EAGAIN : ret;

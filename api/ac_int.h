@@ -88,9 +88,6 @@ int ac_fail(struct kac_err *err, int errnum, const char *fmt, ...) __attribute__
 /* CLOCK_MONOTONIC in ms. */
 int64_t ac_now_ms(void);
 
-/* Write all n bytes of p to the blocking fd: 0, or -errno. */
-int ac_write_all(int fd, const void *p, size_t n);
-
 /* Close c for good after ret (a violation, a stall, the agent gone): returns ret. */
 int ac_conn_lost(struct kac *c, int ret, const struct kac_err *err);
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "agent_proto.h"
+#include "io.h"
 #include "agent_client.h"
 #include "ac_int.h"
 
@@ -132,7 +133,7 @@ static int on_data(struct kac *c, struct op *o, const struct kp_frame *f, struct
 		if (o->out_fn)
 			ret = o->out_fn(o->out_arg, ch, p, n);
 		else if (o->out_fd[ch] >= 0)
-			ret = ac_write_all(o->out_fd[ch], p, n);
+			ret = write_full(o->out_fd[ch], p, n);
 		if (ret) {
 			/*
 			 * Our consumer is gone. A process gets SIGPIPE, as it would
