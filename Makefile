@@ -174,8 +174,10 @@ demo: deps-test
 $(O)/kiln-firstexec: bench/firstexec.c $(KAC_SRCS) $(KAC_HDRS) $(PROTO_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ bench/firstexec.c $(KAC_SRCS) $(PROTO_SRCS)
 
-$(O)/bench-boot: bench/boot.c lib/abi.h | $(O)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ bench/boot.c $(LDLIBS)
+BENCH_BOOT_SRCS := bench/boot.c bench/boot_run.c bench/boot_report.c
+
+$(O)/bench-boot: $(BENCH_BOOT_SRCS) bench/bench_boot.h lib/abi.h | $(O)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(BENCH_BOOT_SRCS) $(LDLIBS)
 
 BENCH_RUNS ?= 10
 bench-boot: deps-test

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "virtio.h"
@@ -79,8 +78,8 @@ int virtio_mmio_init(struct virtio_dev *d, const struct virtio_dev_ops *ops, voi
 	{
 		struct kvm_irqfd ifd = { .fd = (uint32_t)d->irqfd, .gsi = irq };
 
-		if (ioctl(vm->fd, KVM_IRQFD, &ifd) < 0)
-			return kiln_fail(err, errno, "%s: KVM_IRQFD: %s", ops->name, strerror(errno));
+		if ((r = KVM_IOCTL(vm->fd, KVM_IRQFD, &ifd, err)) < 0)
+			return kiln_err_prefix(err, r, "%s", ops->name);
 	}
 	for (q = 0; q < ops->num_queues; q++) {
 		struct kvm_ioeventfd ioe = {
@@ -94,8 +93,8 @@ int virtio_mmio_init(struct virtio_dev *d, const struct virtio_dev_ops *ops, voi
 		if (d->kick_fd[q] < 0)
 			return kiln_fail(err, errno, "%s: eventfd: %s", ops->name, strerror(errno));
 		ioe.fd = d->kick_fd[q];
-		if (ioctl(vm->fd, KVM_IOEVENTFD, &ioe) < 0)
-			return kiln_fail(err, errno, "%s: KVM_IOEVENTFD: %s", ops->name, strerror(errno));
+		if ((r = KVM_IOCTL(vm->fd, KVM_IOEVENTFD, &ioe, err)) < 0)
+			return kiln_err_prefix(err, r, "%s", ops->name);
 		d->kick[q].op.done = kick_done;
 		d->kick[q].dev = d;
 		d->kick[q].q = q;

@@ -154,14 +154,13 @@ static int set_cpuid(struct vcpu *v, struct kiln_err *err)
 	const struct kvm_cpuid2 *sup = v->vm->cpuid;
 	size_t sz = sizeof(*sup) + sup->nent * sizeof(sup->entries[0]);
 	struct kvm_cpuid2 *c = malloc(sz);
-	int r = 0;
+	int r;
 
 	if (!c)
 		return kiln_fail(err, ENOMEM, "out of memory");
 	memcpy(c, sup, sz);
 	cpuid_filter(c, v->id, v->vm->nvcpus);
-	if (ioctl(v->fd, KVM_SET_CPUID2, c) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: KVM_SET_CPUID2: %s", v->id, strerror(errno));
+	r = VCPU_IOCTL(v, KVM_SET_CPUID2, c, err);
 	free(c);
 	return r;
 }
@@ -192,9 +191,9 @@ static int set_msrs(struct vcpu *v, struct kiln_err *err)
 		m->entries[i].index = boot_msrs[i].index;
 		m->entries[i].data = boot_msrs[i].data;
 	}
-	r = ioctl(v->fd, KVM_SET_MSRS, m);
+	r = VCPU_IOCTL(v, KVM_SET_MSRS, m, err);
 	if (r < 0)
-		return kiln_fail(err, errno, "vCPU %d: KVM_SET_MSRS: %s", v->id, strerror(errno));
+		return r;
 	if (r < N)
 		return kiln_fail(err, EINVAL, "vCPU %d: KVM_SET_MSRS refused MSR %#x", v->id, m->entries[r].index);
 	return 0;
@@ -205,11 +204,11 @@ static int set_fpu_lapic(struct vcpu *v, struct kiln_err *err)
 	struct kvm_fpu fpu = { .fcw = 0x37f, .mxcsr = 0x1f80 };
 	struct kvm_lapic_state lapic;
 	uint32_t lvt;
+	int r;
 
-	if (ioctl(v->fd, KVM_SET_FPU, &fpu) < 0)
-		return kiln_fail(err, errno, "vCPU %d: KVM_SET_FPU: %s", v->id, strerror(errno));
-	if (ioctl(v->fd, KVM_GET_LAPIC, &lapic) < 0)
-		return kiln_fail(err, errno, "vCPU %d: KVM_GET_LAPIC: %s", v->id, strerror(errno));
+	if ((r = VCPU_IOCTL(v, KVM_SET_FPU, &fpu, err)) < 0 ||
+	    (r = VCPU_IOCTL(v, KVM_GET_LAPIC, &lapic, err)) < 0)
+		return r;
 	/* LINT0 delivers the 8259's ExtINT, LINT1 NMI, as the MP table says. */
 	memcpy(&lvt, lapic.regs + APIC_LVT0, 4);
 	lvt = (lvt & ~0x700u) | APIC_MODE_EXTINT << 8;
@@ -217,9 +216,8 @@ static int set_fpu_lapic(struct vcpu *v, struct kiln_err *err)
 	memcpy(&lvt, lapic.regs + APIC_LVT1, 4);
 	lvt = (lvt & ~0x700u) | APIC_MODE_NMI << 8;
 	memcpy(lapic.regs + APIC_LVT1, &lvt, 4);
-	if (ioctl(v->fd, KVM_SET_LAPIC, &lapic) < 0)
-		return kiln_fail(err, errno, "vCPU %d: KVM_SET_LAPIC: %s", v->id, strerror(errno));
-	return 0;
+	r = VCPU_IOCTL(v, KVM_SET_LAPIC, &lapic, err);
+	return r < 0 ? r : 0;
 }
 
 static struct kvm_segment flat_segment(uint16_t sel, uint8_t type, int long_mode)
@@ -249,9 +247,10 @@ static int set_entry_state(struct vcpu *v, const struct kernel_info *ki, struct 
 	struct kvm_segment tss = {
 		.limit = 0x67, .selector = SEL_TSS, .type = 0xb, .present = 1,
 	};
+	int r;
 
-	if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
-		return kiln_fail(err, errno, "KVM_GET_SREGS: %s", strerror(errno));
+	if ((r = VCPU_IOCTL(v, KVM_GET_SREGS, &sregs, err)) < 0)
+		return r;
 	sregs.cs = flat_segment(SEL_CODE, 0xb, lm);
 	sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data;
 	sregs.tr = tss;
@@ -269,8 +268,8 @@ static int set_entry_state(struct vcpu *v, const struct kernel_info *ki, struct 
 		sregs.cr4 = CR4_PAE;
 		sregs.efer = EFER_LME | EFER_LMA;
 	}
-	if (ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
-		return kiln_fail(err, errno, "KVM_SET_SREGS: %s", strerror(errno));
+	if ((r = VCPU_IOCTL(v, KVM_SET_SREGS, &sregs, err)) < 0)
+		return r;
 
 	memset(&regs, 0, sizeof(regs));
 	regs.rflags = 0x2;
@@ -280,9 +279,8 @@ static int set_entry_state(struct vcpu *v, const struct kernel_info *ki, struct 
 		regs.rsi = GUEST_ZERO_PAGE;
 	else
 		regs.rbx = GUEST_START_INFO;
-	if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0)
-		return kiln_fail(err, errno, "KVM_SET_REGS: %s", strerror(errno));
-	return 0;
+	r = VCPU_IOCTL(v, KVM_SET_REGS, &regs, err);
+	return r < 0 ? r : 0;
 }
 
 int vcpu_create_bare(struct vm *vm, int id, struct kiln_err *err)
@@ -293,12 +291,14 @@ int vcpu_create_bare(struct vm *vm, int id, struct kiln_err *err)
 	memset(v, 0, sizeof(*v));
 	v->vm = vm;
 	v->id = id;
-	v->fd = ioctl(vm->fd, KVM_CREATE_VCPU, (unsigned long)id);
+	v->fd = KVM_IOCTL(vm->fd, KVM_CREATE_VCPU, (unsigned long)id, err);
 	if (v->fd < 0)
-		return kiln_fail(err, errno, "vCPU %d: KVM_CREATE_VCPU: %s", id, strerror(errno));
-	sz = ioctl(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+		return kiln_err_prefix(err, v->fd, "vCPU %d", id);
+	sz = KVM_IOCTL(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0, err);
+	if (sz < 0)
+		return sz;
 	if (sz < (int)sizeof(struct kvm_run))
-		return kiln_fail(err, errno, "KVM_GET_VCPU_MMAP_SIZE: %s", strerror(errno));
+		return kiln_fail(err, EINVAL, "KVM_GET_VCPU_MMAP_SIZE: %d bytes, less than a struct kvm_run", sz);
 	v->run = mmap(NULL, (size_t)sz, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
 	if (v->run == MAP_FAILED) {
 		v->run = NULL;

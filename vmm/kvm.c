@@ -18,14 +18,21 @@
 
 #define KVM_API_EXPECTED 12
 
-/* Thin wrapper that names the ioctl in the error (the selftests' vm_ioctl). */
-#define KVM_IOCTL(err, fd, req, arg)						\
-	({									\
-		int r_ = ioctl((fd), (req), (arg));				\
-		if (r_ < 0)							\
-			r_ = kiln_fail((err), errno, "%s: %s", #req, strerror(errno)); \
-		r_;								\
-	})
+int kvm_ioctl(int fd, unsigned long req, void *arg, const char *name, struct kiln_err *err)
+{
+	int r = ioctl(fd, req, arg);
+	int e = errno;
+
+	return r < 0 ? kiln_fail(err, e, "%s: %s", name, strerror(e)) : r;
+}
+
+int vcpu_ioctl(const struct vcpu *v, unsigned long req, void *arg, const char *name, struct kiln_err *err)
+{
+	int r = ioctl(v->fd, req, arg);
+	int e = errno;
+
+	return r < 0 ? kiln_fail(err, e, "vCPU %d: %s: %s", v->id, name, strerror(e)) : r;
+}
 
 static const struct {
 	int cap;
@@ -62,7 +69,7 @@ int kvm_open(const char *path, struct kiln_err *err)
 			return kiln_fail(err, e, "%s: permission denied (add yourself to group kvm)", path);
 		return kiln_fail(err, e, "%s: %s", path, strerror(e));
 	}
-	v = ioctl(fd, KVM_GET_API_VERSION, 0);
+	v = KVM_IOCTL(fd, KVM_GET_API_VERSION, 0, NULL);
 	if (v < 0) {
 		close(fd);
 		return kiln_fail(err, ENOTTY, "%s: not a KVM device (KVM_GET_API_VERSION failed)", path);
@@ -76,7 +83,7 @@ int kvm_open(const char *path, struct kiln_err *err)
 		return kiln_fail(err, ENODEV, "%s: this CPU has no VT-x or AMD-V, so this is not hardware KVM (PVM's kvm_pvm?), which stops kiln's guests with emulation errors; run on a host with VT-x/AMD-V or nested virtualisation, or through tests/nested/kvm-host.sh (KILN_VMM_ALLOW_NO_VIRT=1 tries anyway)", path);
 	}
 	for (i = 0; i < sizeof(required_caps) / sizeof(required_caps[0]); i++) {
-		if (ioctl(fd, KVM_CHECK_EXTENSION, required_caps[i].cap) <= 0) {
+		if (KVM_IOCTL(fd, KVM_CHECK_EXTENSION, required_caps[i].cap, NULL) <= 0) {
 			close(fd);
 			return kiln_fail(err, ENOSYS, "%s lacks %s (a newer host kernel is needed)", path, required_caps[i].name);
 		}
@@ -85,7 +92,7 @@ int kvm_open(const char *path, struct kiln_err *err)
 	if (extra) {
 		long cap = strtol(extra, NULL, 0);
 
-		if (ioctl(fd, KVM_CHECK_EXTENSION, cap) <= 0) {
+		if (KVM_IOCTL(fd, KVM_CHECK_EXTENSION, cap, NULL) <= 0) {
 			close(fd);
 			return kiln_fail(err, ENOSYS, "%s lacks capability %ld (KILN_VMM_REQUIRE_CAP; a newer host kernel is needed)", path, cap);
 		}
@@ -95,7 +102,7 @@ int kvm_open(const char *path, struct kiln_err *err)
 
 static int get_supported_cpuid(struct vm *vm, struct kiln_err *err)
 {
-	int n = 64;
+	int n = 64, r;
 
 	for (;;) {
 		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
@@ -103,15 +110,16 @@ static int get_supported_cpuid(struct vm *vm, struct kiln_err *err)
 		if (!c)
 			return kiln_fail(err, ENOMEM, "out of memory");
 		c->nent = (uint32_t)n;
-		if (ioctl(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
-			if (ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0)
+		r = KVM_IOCTL(vm->kvm_fd, KVM_GET_SUPPORTED_CPUID, c, err);
+		if (r == 0) {
+			if (KVM_IOCTL(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER, NULL) > 0)
 				cpuid_set_tsc_deadline(c);
 			vm->cpuid = c;
 			return 0;
 		}
 		free(c);
-		if (errno != E2BIG || n >= 4096)
-			return kiln_fail(err, errno, "KVM_GET_SUPPORTED_CPUID: %s", strerror(errno));
+		if (r != -E2BIG || n >= 4096)
+			return r;
 		n *= 2;
 	}
 }
@@ -126,7 +134,7 @@ static int set_memory_slot(struct vm *vm, uint32_t slot, uint64_t gpa, uint64_t 
 		.userspace_addr = (uint64_t)(uintptr_t)host,
 	};
 
-	return KVM_IOCTL(err, vm->fd, KVM_SET_USER_MEMORY_REGION, &r);
+	return KVM_IOCTL(vm->fd, KVM_SET_USER_MEMORY_REGION, &r, err);
 }
 
 int vm_create(struct vm *vm, int kvm_fd, struct guest_mem *m, struct kiln_err *err)
@@ -146,19 +154,19 @@ int vm_create(struct vm *vm, int kvm_fd, struct guest_mem *m, struct kiln_err *e
 	if (vm->stop_efd < 0 || vm->agent_efd < 0)
 		return kiln_fail(err, errno, "eventfd: %s", strerror(errno));
 
-	vm->fd = ioctl(kvm_fd, KVM_CREATE_VM, 0);
+	vm->fd = KVM_IOCTL(kvm_fd, KVM_CREATE_VM, 0, err);
 	if (vm->fd < 0)
-		return kiln_fail(err, errno, "KVM_CREATE_VM: %s", strerror(errno));
-	r = KVM_IOCTL(err, vm->fd, KVM_SET_TSS_ADDR, (unsigned long)GUEST_TSS);
+		return vm->fd;
+	r = KVM_IOCTL(vm->fd, KVM_SET_TSS_ADDR, (unsigned long)GUEST_TSS, err);
 	if (r < 0)
 		return r;
-	r = KVM_IOCTL(err, vm->fd, KVM_SET_IDENTITY_MAP_ADDR, &ident);
+	r = KVM_IOCTL(vm->fd, KVM_SET_IDENTITY_MAP_ADDR, &ident, err);
 	if (r < 0)
 		return r;
-	r = KVM_IOCTL(err, vm->fd, KVM_CREATE_IRQCHIP, 0);
+	r = KVM_IOCTL(vm->fd, KVM_CREATE_IRQCHIP, 0, err);
 	if (r < 0)
 		return r;
-	r = KVM_IOCTL(err, vm->fd, KVM_CREATE_PIT2, &pit);
+	r = KVM_IOCTL(vm->fd, KVM_CREATE_PIT2, &pit, err);
 	if (r < 0)
 		return r;
 
@@ -208,7 +216,9 @@ int vm_irq_line(struct vm *vm, uint32_t irq, int level)
 {
 	struct kvm_irq_level l = { .irq = irq, .level = (uint32_t)level };
 
-	return ioctl(vm->fd, KVM_IRQ_LINE, &l) < 0 ? -errno : 0;
+	int r = KVM_IOCTL(vm->fd, KVM_IRQ_LINE, &l, NULL);
+
+	return r < 0 ? r : 0;
 }
 
 /* Kick every vCPU out of KVM_RUN (vm->lock held). */

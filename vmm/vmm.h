@@ -317,6 +317,31 @@ int vm_pause(struct vm *vm, int timeout_ms);
 /* Let paused vCPUs run again. */
 void vm_resume(struct vm *vm);
 
+/* ---- ioctls that name themselves in the error (kvm.c) ---------------------- */
+
+/*
+ * Issue ioctl req with arg on fd (/dev/kvm, a VM or a device fd). On failure
+ * err (may be NULL) reads "NAME: strerror" with name the request's name, as
+ * the KVM selftests' vm_ioctl does. Returns the ioctl's result (>= 0: some
+ * requests return a count, a size or an fd) or -errno. Use it through
+ * KVM_IOCTL, which names req itself: KVM_IOCTL(vm->fd, KVM_GET_PIT2, &pit, err).
+ */
+int kvm_ioctl(int fd, unsigned long req, void *arg, const char *name, struct kiln_err *err);
+#define KVM_IOCTL(fd, req, arg, err) \
+	kvm_ioctl((fd), (req), (void *)(uintptr_t)(arg), #req, (err))
+
+/* The same on vCPU v's fd; the error reads "vCPU N: NAME: strerror". */
+int vcpu_ioctl(const struct vcpu *v, unsigned long req, void *arg, const char *name, struct kiln_err *err);
+#define VCPU_IOCTL(v, req, arg, err) \
+	vcpu_ioctl((v), (req), (void *)(uintptr_t)(arg), #req, (err))
+
+/*
+ * Put what the caller knows ahead of err's message ("virtio-blk: KVM_IRQFD:
+ * ...", util.c); err may be NULL. Returns r, for `return kiln_err_prefix(err, r, ...)`.
+ */
+int kiln_err_prefix(struct kiln_err *err, int r, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 /* ---- Snapshots of KVM state (vmstate.c; layout in docs/snapshot.md) ---- */
 
 struct snap_buf;

@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 
 #include "snapfile.h"
 #include "vmm.h"
@@ -32,18 +31,17 @@ int vm_state_save(struct vm *vm, struct snap_buf *w, struct kiln_err *err)
 {
 	struct snap_vm s;
 	size_t mark;
-	int i;
+	int i, r;
 
 	memset(&s, 0, sizeof(s));
 	for (i = 0; i < 3; i++) {
 		s.chip[i].chip_id = (uint32_t)i;	/* PIC master, PIC slave, IOAPIC */
-		if (ioctl(vm->fd, KVM_GET_IRQCHIP, &s.chip[i]) < 0)
-			return kiln_fail(err, errno, "KVM_GET_IRQCHIP %d: %s", i, strerror(errno));
+		if ((r = KVM_IOCTL(vm->fd, KVM_GET_IRQCHIP, &s.chip[i], err)) < 0)
+			return kiln_err_prefix(err, r, "irqchip %d", i);
 	}
-	if (ioctl(vm->fd, KVM_GET_PIT2, &s.pit) < 0)
-		return kiln_fail(err, errno, "KVM_GET_PIT2: %s", strerror(errno));
-	if (ioctl(vm->fd, KVM_GET_CLOCK, &s.clock) < 0)
-		return kiln_fail(err, errno, "KVM_GET_CLOCK: %s", strerror(errno));
+	if ((r = KVM_IOCTL(vm->fd, KVM_GET_PIT2, &s.pit, err)) < 0 ||
+	    (r = KVM_IOCTL(vm->fd, KVM_GET_CLOCK, &s.clock, err)) < 0)
+		return r;
 	mark = snapw_section_begin(w, SNAP_SEC_VM);
 	for (i = 0; i < 3; i++)
 		snapw_blob(w, &s.chip[i], sizeof(s.chip[i]));
@@ -88,17 +86,16 @@ int vm_state_parse(struct snap_rd *r, struct snap_vm *s)
 int vm_state_apply(struct vm *vm, const struct snap_vm *s, struct kiln_err *err)
 {
 	struct kvm_clock_data clock = { .clock = s->clock.clock };
-	int i;
+	int i, r;
 
-	if (ioctl(vm->fd, KVM_SET_PIT2, &s->pit) < 0)
-		return kiln_fail(err, errno, "KVM_SET_PIT2 refused the saved PIT: %s", strerror(errno));
+	if ((r = KVM_IOCTL(vm->fd, KVM_SET_PIT2, &s->pit, err)) < 0)
+		return kiln_err_prefix(err, r, "the saved PIT");
 	for (i = 0; i < 3; i++)
-		if (ioctl(vm->fd, KVM_SET_IRQCHIP, &s->chip[i]) < 0)
-			return kiln_fail(err, errno, "KVM_SET_IRQCHIP %d refused the saved state: %s", i, strerror(errno));
+		if ((r = KVM_IOCTL(vm->fd, KVM_SET_IRQCHIP, &s->chip[i], err)) < 0)
+			return kiln_err_prefix(err, r, "the saved irqchip %d", i);
 	/* Guest time resumes where the snapshot left it; the wall clock is the agent's (IDENTITY). */
-	if (ioctl(vm->fd, KVM_SET_CLOCK, &clock) < 0)
-		return kiln_fail(err, errno, "KVM_SET_CLOCK: %s", strerror(errno));
-	return 0;
+	r = KVM_IOCTL(vm->fd, KVM_SET_CLOCK, &clock, err);
+	return r < 0 ? r : 0;
 }
 
 /* ---- vCPUs ------------------------------------------------------------------- */
@@ -114,23 +111,25 @@ static int msr_list(struct vcpu *v, uint32_t *out, uint32_t max, uint32_t *n, st
 	_Alignas(struct kvm_msrs) uint8_t buf[sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)];
 	struct kvm_msrs *one = (struct kvm_msrs *)buf;
 	uint32_t i, k = 0;
-	int deadline = 0;
+	int deadline = 0, r;
 
-	if (ioctl(v->vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG)
-		return kiln_fail(err, errno, "KVM_GET_MSR_INDEX_LIST: %s", strerror(errno));
+	/* Asked for no entries, KVM says how many with E2BIG. */
+	r = KVM_IOCTL(v->vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe, err);
+	if (r < 0 && r != -E2BIG)
+		return r;
 	list = calloc(1, sizeof(*list) + probe.nmsrs * sizeof(list->indices[0]));
 	if (!list)
 		return kiln_fail(err, ENOMEM, "out of memory");
 	list->nmsrs = probe.nmsrs;
-	if (ioctl(v->vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, list) < 0) {
+	if ((r = KVM_IOCTL(v->vm->kvm_fd, KVM_GET_MSR_INDEX_LIST, list, err)) < 0) {
 		free(list);
-		return kiln_fail(err, errno, "KVM_GET_MSR_INDEX_LIST: %s", strerror(errno));
+		return r;
 	}
 	for (i = 0; i < list->nmsrs && k < max; i++) {
 		memset(buf, 0, sizeof(buf));
 		one->nmsrs = 1;
 		one->entries[0].index = list->indices[i];
-		if (ioctl(v->fd, KVM_GET_MSRS, one) != 1)
+		if (VCPU_IOCTL(v, KVM_GET_MSRS, one, NULL) != 1)
 			continue;	/* not readable on this vCPU: not state */
 		if (list->indices[i] == MSR_IA32_TSC_DEADLINE)
 			deadline = 1;
@@ -157,10 +156,9 @@ static int msrs_xfer(struct vcpu *v, unsigned long req, struct kvm_msr_entry *e,
 		memset(buf, 0, sizeof(buf));
 		m->nmsrs = c;
 		memcpy(m->entries, e + off, c * sizeof(*e));
-		r = ioctl(v->fd, req, m);
+		r = vcpu_ioctl(v, req, m, req == KVM_GET_MSRS ? "KVM_GET_MSRS" : "KVM_SET_MSRS", err);
 		if (r < 0)
-			return kiln_fail(err, errno, "vCPU %d: %s: %s", v->id,
-					 req == KVM_GET_MSRS ? "KVM_GET_MSRS" : "KVM_SET_MSRS", strerror(errno));
+			return r;
 		if ((uint32_t)r < c)
 			return kiln_fail(err, EINVAL, "vCPU %d: KVM refused MSR %#x of the saved state (another CPU model?)",
 					 v->id, m->entries[r].index);
@@ -181,15 +179,11 @@ int vcpu_state_save(struct vcpu *v, struct snap_buf *w, struct kiln_err *err)
 	if (!s)
 		return kiln_fail(err, ENOMEM, "out of memory");
 	/* MP state first: getting it may change LAPIC state. */
-	if (ioctl(v->fd, KVM_GET_MP_STATE, &s->mp) < 0) {
-		r = kiln_fail(err, errno, "vCPU %d: KVM_GET_MP_STATE: %s", v->id, strerror(errno));
+	if ((r = VCPU_IOCTL(v, KVM_GET_MP_STATE, &s->mp, err)) < 0 ||
+	    (r = VCPU_IOCTL(v, KVM_GET_REGS, &s->regs, err)) < 0 ||
+	    (r = VCPU_IOCTL(v, KVM_GET_SREGS, &s->sregs, err)) < 0)
 		goto out;
-	}
-	if (ioctl(v->fd, KVM_GET_REGS, &s->regs) < 0 || ioctl(v->fd, KVM_GET_SREGS, &s->sregs) < 0) {
-		r = kiln_fail(err, errno, "vCPU %d: KVM_GET_REGS/SREGS: %s", v->id, strerror(errno));
-		goto out;
-	}
-	xsave_size = ioctl(v->vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+	xsave_size = KVM_IOCTL(v->vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2, NULL);
 	if (xsave_size < (int)sizeof(struct kvm_xsave))
 		xsave_size = sizeof(struct kvm_xsave);
 	if (xsave_size > (int)SNAP_MAX_XSAVE) {
@@ -201,14 +195,16 @@ int vcpu_state_save(struct vcpu *v, struct snap_buf *w, struct kiln_err *err)
 		r = kiln_fail(err, ENOMEM, "out of memory");
 		goto out;
 	}
-	if (ioctl(v->fd, xsave_size > (int)sizeof(struct kvm_xsave) ? KVM_GET_XSAVE2 : KVM_GET_XSAVE, xsave) < 0 ||
-	    ioctl(v->fd, KVM_GET_XCRS, &s->xcrs) < 0 ||
-	    ioctl(v->fd, KVM_GET_DEBUGREGS, &s->dregs) < 0 ||
-	    ioctl(v->fd, KVM_GET_LAPIC, &s->lapic) < 0) {
-		r = kiln_fail(err, errno, "vCPU %d: KVM_GET_XSAVE/XCRS/DEBUGREGS/LAPIC: %s", v->id, strerror(errno));
+	if (xsave_size > (int)sizeof(struct kvm_xsave))
+		r = VCPU_IOCTL(v, KVM_GET_XSAVE2, xsave, err);
+	else
+		r = VCPU_IOCTL(v, KVM_GET_XSAVE, xsave, err);
+	if (r < 0 ||
+	    (r = VCPU_IOCTL(v, KVM_GET_XCRS, &s->xcrs, err)) < 0 ||
+	    (r = VCPU_IOCTL(v, KVM_GET_DEBUGREGS, &s->dregs, err)) < 0 ||
+	    (r = VCPU_IOCTL(v, KVM_GET_LAPIC, &s->lapic, err)) < 0)
 		goto out;
-	}
-	r = ioctl(v->fd, KVM_GET_TSC_KHZ, 0);
+	r = VCPU_IOCTL(v, KVM_GET_TSC_KHZ, 0, NULL);
 	s->tsc_khz = r > 0 ? (uint32_t)r : 0;
 	/*
 	 * The CPUID kiln gave the vCPU, not KVM_GET_CPUID2's copy, whose
@@ -246,10 +242,8 @@ int vcpu_state_save(struct vcpu *v, struct snap_buf *w, struct kiln_err *err)
 					s->msrs[i].data = s->msrs[j].data;
 		}
 	/* Events last: the GETs above may have changed what is pending. */
-	if (ioctl(v->fd, KVM_GET_VCPU_EVENTS, &s->events) < 0) {
-		r = kiln_fail(err, errno, "vCPU %d: KVM_GET_VCPU_EVENTS: %s", v->id, strerror(errno));
+	if ((r = VCPU_IOCTL(v, KVM_GET_VCPU_EVENTS, &s->events, err)) < 0)
 		goto out;
-	}
 	r = 0;
 
 	mark = snapw_section_begin(w, SNAP_SEC_VCPU);
@@ -325,7 +319,7 @@ int vcpu_state_apply(struct vcpu *v, const struct snap_vcpu *s, struct kiln_err 
 	struct kvm_cpuid2 *cpuid;
 	struct kvm_xsave *xsave;
 	struct kvm_vcpu_events ev = s->events;
-	int host_xsave = ioctl(v->vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+	int host_xsave = KVM_IOCTL(v->vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2, NULL);
 	size_t xsave_size = s->xsave_len;
 	int r;
 
@@ -342,28 +336,20 @@ int vcpu_state_apply(struct vcpu *v, const struct snap_vcpu *s, struct kiln_err 
 	cpuid->nent = s->ncpuid;
 	memcpy(cpuid->entries, s->cpuid, s->ncpuid * sizeof(cpuid->entries[0]));
 	memcpy(xsave, s->xsave, s->xsave_len);
-	r = -1;
 	/* The TSC runs at the snapshot's rate, scaled by KVM if this host's differs. */
-	if (s->tsc_khz && ioctl(v->fd, KVM_GET_TSC_KHZ, 0) != (int)s->tsc_khz &&
-	    ioctl(v->fd, KVM_SET_TSC_KHZ, (unsigned long)s->tsc_khz) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: the snapshot's TSC runs at %u kHz and this host cannot scale to it (%s)",
-			      v->id, s->tsc_khz, strerror(errno));
-	else if (ioctl(v->fd, KVM_SET_CPUID2, cpuid) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: KVM_SET_CPUID2 refused the saved CPUID: %s", v->id, strerror(errno));
-	else if (ioctl(v->fd, KVM_SET_MP_STATE, &s->mp) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: KVM_SET_MP_STATE: %s", v->id, strerror(errno));
-	else if (ioctl(v->fd, KVM_SET_REGS, &s->regs) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: KVM_SET_REGS: %s", v->id, strerror(errno));
-	else if (ioctl(v->fd, KVM_SET_SREGS, &s->sregs) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: KVM_SET_SREGS refused the saved state: %s", v->id, strerror(errno));
-	else if (ioctl(v->fd, KVM_SET_XSAVE, xsave) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: KVM_SET_XSAVE refused the saved state: %s", v->id, strerror(errno));
-	else if (ioctl(v->fd, KVM_SET_XCRS, &s->xcrs) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: KVM_SET_XCRS refused the saved state: %s", v->id, strerror(errno));
-	else if (ioctl(v->fd, KVM_SET_DEBUGREGS, &s->dregs) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: KVM_SET_DEBUGREGS: %s", v->id, strerror(errno));
-	else if (ioctl(v->fd, KVM_SET_LAPIC, &s->lapic) < 0)
-		r = kiln_fail(err, errno, "vCPU %d: KVM_SET_LAPIC: %s", v->id, strerror(errno));
+	if (s->tsc_khz && VCPU_IOCTL(v, KVM_GET_TSC_KHZ, 0, NULL) != (int)s->tsc_khz &&
+	    (r = KVM_IOCTL(v->fd, KVM_SET_TSC_KHZ, (unsigned long)s->tsc_khz, err)) < 0)
+		kiln_err_prefix(err, r, "vCPU %d: the snapshot's TSC runs at %u kHz and this host cannot scale to it",
+				v->id, s->tsc_khz);
+	else if ((r = VCPU_IOCTL(v, KVM_SET_CPUID2, cpuid, err)) < 0 ||
+		 (r = VCPU_IOCTL(v, KVM_SET_MP_STATE, &s->mp, err)) < 0 ||
+		 (r = VCPU_IOCTL(v, KVM_SET_REGS, &s->regs, err)) < 0 ||
+		 (r = VCPU_IOCTL(v, KVM_SET_SREGS, &s->sregs, err)) < 0 ||
+		 (r = VCPU_IOCTL(v, KVM_SET_XSAVE, xsave, err)) < 0 ||
+		 (r = VCPU_IOCTL(v, KVM_SET_XCRS, &s->xcrs, err)) < 0 ||
+		 (r = VCPU_IOCTL(v, KVM_SET_DEBUGREGS, &s->dregs, err)) < 0 ||
+		 (r = VCPU_IOCTL(v, KVM_SET_LAPIC, &s->lapic, err)) < 0)
+		kiln_err_prefix(err, r, "the saved state");
 	else
 		r = 0;
 	if (r == 0) {
@@ -380,12 +366,14 @@ int vcpu_state_apply(struct vcpu *v, const struct snap_vcpu *s, struct kiln_err 
 	if (r == 0) {
 		/* Also restore a pending NMI and the SIPI vector, which GET reports but SET skips unless asked. */
 		ev.flags |= KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR;
-		if (ioctl(v->fd, KVM_SET_VCPU_EVENTS, &ev) < 0)
-			r = kiln_fail(err, errno, "vCPU %d: KVM_SET_VCPU_EVENTS: %s", v->id, strerror(errno));
+		if ((r = VCPU_IOCTL(v, KVM_SET_VCPU_EVENTS, &ev, err)) < 0)
+			kiln_err_prefix(err, r, "the saved state");
+		else
+			r = 0;
 	}
 	/* Tell a kvmclock guest it was paused, so its watchdogs do not fire (EINVAL without kvmclock). */
 	if (r == 0)
-		(void)ioctl(v->fd, KVM_KVMCLOCK_CTRL, 0);
+		(void)VCPU_IOCTL(v, KVM_KVMCLOCK_CTRL, 0, NULL);
 	free(cpuid);
 	free(xsave);
 	return r;
