@@ -56,10 +56,13 @@ deps-test:
 $(O)/kiln-vmm: $(VMM_SRCS) vmm/kiln-vmm/main.c $(VMM_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/kiln-vmm/main.c $(LDLIBS)
 
+# The agent client library (api/agent_client.h), one file per part.
+KAC_SRCS  := api/ac_conn.c api/ac_op.c api/ac_proc.c api/ac_file.c api/ac_fh.c api/ac_ctl.c api/ac_port.c lib/io.c
+KAC_HDRS  := api/agent_client.h api/ac_int.h
 # kiln: the CLI client of the guest agent (api/).
-KILN_SRCS := api/kiln.c api/agent_client.c $(PROTO_SRCS)
+KILN_SRCS := api/kiln.c api/kiln_exec.c api/kiln_files.c api/kiln_ctl.c api/kiln_port.c $(KAC_SRCS) $(PROTO_SRCS)
 
-$(O)/kiln: $(KILN_SRCS) api/agent_client.h $(PROTO_HDRS) | $(O)
+$(O)/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ $(KILN_SRCS)
 
 # The same sources with AddressSanitizer and UBSan (Solo5's two tenders from one tree).
@@ -68,14 +71,14 @@ $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/kiln-vmm/main.c $(VMM_HDRS)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/kiln-vmm/main.c $(LDLIBS)
 
 # The CLI with ASan and UBSan, for the hostile-agent tests (test-client).
-$(O)/asan/kiln: $(KILN_SRCS) api/agent_client.h $(PROTO_HDRS)
+$(O)/asan/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS)
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ $(KILN_SRCS)
 
 # The C client's file-handle calls against a live agent (tests/integration/agent.sh).
-$(O)/asan/kac-fh-test: tests/integration/kac_fh.c api/agent_client.c api/agent_client.h $(PROTO_SRCS) $(PROTO_HDRS)
+$(O)/asan/kac-fh-test: tests/integration/kac_fh.c $(KAC_SRCS) $(KAC_HDRS) $(PROTO_SRCS) $(PROTO_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ tests/integration/kac_fh.c api/agent_client.c $(PROTO_SRCS)
+	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ tests/integration/kac_fh.c $(KAC_SRCS) $(PROTO_SRCS)
 
 # The guest agent (guest/agent/): the guest's PID 1 links it, and so do its host-side tests.
 AGENT_SRCS := $(sort $(wildcard guest/agent/*.c))
@@ -188,8 +191,8 @@ demo: deps-test
 	@$(MAKE) --no-print-directory all
 	tests/nested/kvm-host.sh -- $(O)/kiln-vmm -- uname -a
 
-$(O)/kiln-firstexec: bench/firstexec.c $(filter-out api/kiln.c,$(KILN_SRCS)) api/agent_client.h $(PROTO_HDRS) | $(O)
-	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ bench/firstexec.c $(filter-out api/kiln.c,$(KILN_SRCS))
+$(O)/kiln-firstexec: bench/firstexec.c $(KAC_SRCS) $(KAC_HDRS) $(PROTO_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ bench/firstexec.c $(KAC_SRCS) $(PROTO_SRCS)
 
 BENCH_BOOT_SRCS := bench/boot.c bench/boot_run.c bench/boot_report.c
 

@@ -264,6 +264,8 @@ int kac_fh_truncate(struct kac *c, uint64_t fh, uint64_t length, struct kac_err 
 
 /* flock(2), shared or exclusive: returns once the lock is held (the agent waits, not blocking). */
 int kac_fh_lock(struct kac *c, uint64_t fh, int exclusive, struct kac_err *err);
+
+/* flock(2) LOCK_UN: release the handle's lock. */
 int kac_fh_unlock(struct kac *c, uint64_t fh, struct kac_err *err);
 
 /* futimens(2): access and modification times in ns since the epoch. */
@@ -302,13 +304,21 @@ int kac_shutdown(struct kac *c, int grace_ms, int reboot, struct kac_err *err);
 /* The agent's uptime in ns and count of live processes (HEALTH). */
 int kac_health(struct kac *c, uint64_t *uptime_ns, uint64_t *procs, struct kac_err *err);
 
-/* The default environment (the base of every exec). */
-/* *value: a malloc'd copy, or NULL when key is unset. */
+/* The default environment (the base of every exec): */
+
+/* The value of key in *value (a malloc'd copy, the caller frees it), or NULL when key is unset. */
 int kac_env_get(struct kac *c, const char *key, char **value, struct kac_err *err);
+
+/* Set key to value. */
 int kac_env_set(struct kac *c, const char *key, const char *value, struct kac_err *err);
+
+/* Remove key (not an error when it is unset). */
 int kac_env_unset(struct kac *c, const char *key, struct kac_err *err);
+
 /* Called with each KEY=VALUE entry. Return 0, or -errno to stop. */
 typedef int (*kac_str_fn)(void *arg, const char *s);
+
+/* Every KEY=VALUE entry, one call of fn each; fn's error stops the listing and is returned. */
 int kac_env_list(struct kac *c, kac_str_fn fn, void *arg, struct kac_err *err);
 
 /* ---- ports --------------------------------------------------------------------- */

@@ -602,7 +602,7 @@ EOF
 run "$v: agent: file handles: open, read, write, seek, stat, truncate, sync, utime, lock, close; stale and foreign handles; 256 a connection, 1280 on five" 0 \
 	'^open write seek read-eof 240k stat truncate-sync utime lock-waits close-ends-wait stale-bad-foreign ids-append-readonly refused limit-256 closed-with-connection 1280-handles$' \
 	python3 "$work/fh-ops.py" "$root/tests/integration/agent-py-client.py" "$asock"
-# The same calls through the C client library (api/agent_client.c, built with ASan).
+# The same calls through the C client library (api/agent_client.h, built with ASan).
 run "$v: agent: file handles through the C client (kac_fh_*): every call, and its refusals" 0 \
 	'^kac-fh-test: [0-9]+ checks passed$' "$root/build/asan/kac-fh-test" "$asock"
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The host client (build/kiln, api/agent_client.c) against fake, hostile
+"""The host client (build/kiln, api/ac_*.c) against fake, hostile
 agents: no guest needed, so `make test` runs it on the host before the
 nested integration tests.
 
