@@ -21,7 +21,7 @@ LDLIBS  := -luring -pthread
 
 # lib/: what guest and host share (the guest ABI, the agent protocol codec,
 # the snapshot serialiser, I/O helpers); it includes nothing of kiln's above it.
-LIB_SRCS  := lib/io.c lib/snapfile.c
+LIB_SRCS  := lib/err.c lib/io.c lib/snapfile.c
 LIB_HDRS  := $(wildcard lib/*.h)
 VMM_SRCS  := $(LIB_SRCS) vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
              vmm/ioloop.c vmm/vmstate.c vmm/kiln-vmm/control.c $(sort $(wildcard devices/*.c)) $(sort $(wildcard snapshot/*.c))

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <time.h>
 #include "abi.h"
+#include "err.h"
 
 #define KIB (1ULL << 10)
 #define MIB (1ULL << 20)
@@ -24,14 +25,6 @@
 #define KILN_MIN_MEM_MIB 128
 #define KILN_MAX_MEM_MIB (1024ULL * 1024)
 
-/* An error message for the user: what went wrong and, where known, the fix. */
-struct kiln_err {
-	char msg[512];
-};
-
-/* Fill err with a formatted message; returns -errnum for `return kiln_fail(...)`. */
-int kiln_fail(struct kiln_err *err, int errnum, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
 
 /* ---- Guest physical memory map (x86-64) ------------------------------- */
 
@@ -335,12 +328,6 @@ int vcpu_ioctl(const struct vcpu *v, unsigned long req, void *arg, const char *n
 #define VCPU_IOCTL(v, req, arg, err) \
 	vcpu_ioctl((v), (req), (void *)(uintptr_t)(arg), #req, (err))
 
-/*
- * Put what the caller knows ahead of err's message ("virtio-blk: KVM_IRQFD:
- * ...", util.c); err may be NULL. Returns r, for `return kiln_err_prefix(err, r, ...)`.
- */
-int kiln_err_prefix(struct kiln_err *err, int r, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
 
 /* ---- Snapshots of KVM state (vmstate.c; layout in docs/snapshot.md) ---- */
 
