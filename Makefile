@@ -17,6 +17,7 @@ WARN    := -Wall -Wextra -Wshadow -Wformat=2 $(WERROR)
 # order and `make test` fails on an include that points up it.
 CPPFLAGS := -D_GNU_SOURCE -Ilib -Ivmm -Idevices -Isnapshot -Ivmm/kiln-vmm
 CPPFLAGS += -Idevices/vsock
+CPPFLAGS += -Ischeduler
 LDLIBS  := -luring -pthread
 
 # lib/: what guest and host share (the guest ABI, the agent protocol codec,
@@ -122,6 +123,7 @@ $(O):
 # ---- tests -----------------------------------------------------------------
 
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck)
+JANSSON_LIBS := $(shell pkg-config --libs jansson 2>/dev/null || echo -ljansson)
 
 $(O)/unit-tests: $(UNIT_SRCS) $(VMM_SRCS) $(PROTO_SRCS) $(VMM_HDRS) $(PROTO_HDRS) $(wildcard tests/unit/*.h) | $(O)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -Itests/unit -o $@ $(UNIT_SRCS) $(VMM_SRCS) $(PROTO_SRCS) $(CHECK_LIBS) $(LDLIBS)
@@ -132,11 +134,24 @@ AGENT_UNIT_SRCS := $(sort $(wildcard tests/unit/agent/*.c))
 $(O)/agent-unit-tests: $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS) | $(O)
 	$(CC) $(AGENT_CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(PROTO_SRCS) lib/io.c $(CHECK_LIBS)
 
+# The scheduler's core (scheduler/sched_core.h): requests, durations, admission, lifetimes.
+SCHED_CORE_SRCS := scheduler/sched.c scheduler/sched_spec.c scheduler/sched_time.c scheduler/sched_host.c lib/err.c
+SCHED_CORE_HDRS := scheduler/sched_core.h scheduler/sched_int.h lib/err.h
+
+SCHED_UNIT_SRCS := tests/unit/sched/test_sched.c tests/unit/sched/test_sched_spec.c
+
+$(O)/sched-unit-tests: $(SCHED_UNIT_SRCS) tests/unit/sched/sched_unit.h $(SCHED_CORE_SRCS) $(SCHED_CORE_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) -Itests/unit/sched -DSCHED_FIXTURES='"$(CURDIR)/tests/unit/sched/fixtures"' $(ASAN_FLAGS) $(WARN) \
+	  -o $@ $(SCHED_UNIT_SRCS) $(SCHED_CORE_SRCS) $(CHECK_LIBS) $(JANSSON_LIBS) -lm
+
+unit test-unit: $(O)/sched-unit-tests
+
 unit: $(O)/unit-tests $(O)/agent-unit-tests
 
 test-unit: $(O)/unit-tests $(O)/agent-unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
 	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/agent-unit-tests
+	CK_DEFAULT_TIMEOUT=120 $(O)/sched-unit-tests
 	tests/agent-host/run.sh $(O)/asan/kiln-agent-host $(O)/kiln
 
 # Integration tests boot real guests: directly where /dev/kvm works, else

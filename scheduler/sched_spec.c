@@ -1,0 +1,312 @@
+/*
+ * kiln's REST create body, checked field by field (sched_core.h). jansson parses
+ * the JSON; every field has an entry in one table with its parser, so an
+ * unknown field, a wrong type or a value out of range is refused with the
+ * field's name before anything is acted on.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "sched_core.h"
+#include "sched_int.h"
+
+#define LABEL_KEY_CHARS "[a-zA-Z0-9._/-]"
+#define ENV_NAME_FORM "[A-Za-z_][A-Za-z0-9_]*"
+
+void sched_spec_init(struct sched_spec *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->memory_mb = SCHED_MEM_DEFAULT_MB;
+	s->vcpus = SCHED_VCPUS_DEFAULT;
+	s->timeout.kind = SCHED_TIMEOUT_DURATION;
+	s->timeout.ms = SCHED_TIMEOUT_DEFAULT_MS;
+}
+
+static void kv_free(struct sched_kv *kv, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		free(kv[i].key);
+		free(kv[i].value);
+	}
+	free(kv);
+}
+
+void sched_spec_free(struct sched_spec *s)
+{
+	kv_free(s->labels, s->nlabels);
+	kv_free(s->env, s->nenv);
+	sched_spec_init(s);
+}
+
+/* What a value is, for "must be an integer, not a string". */
+static const char *json_kind(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT:
+		return "an object";
+	case JSON_ARRAY:
+		return "an array";
+	case JSON_STRING:
+		return "a string";
+	case JSON_INTEGER:
+		return "an integer";
+	case JSON_REAL:
+		return "a fractional number";
+	case JSON_TRUE:
+	case JSON_FALSE:
+		return "a boolean";
+	case JSON_NULL:
+		return "null";
+	}
+	return "something else";
+}
+
+static int is_label_key_byte(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '.' || c == '_' || c == '-' || c == '/';
+}
+
+int sched_label_check(const char *key, size_t klen, const char *value, size_t vlen, struct kiln_err *err)
+{
+	char q[SCHED_QUOTE_MAX], b[SCHED_QUOTE_MAX];
+	size_t i;
+
+	if (klen == 0)
+		return kiln_fail(err, EINVAL, "label key \"\" is empty; keys are 1-%u bytes of " LABEL_KEY_CHARS,
+				 SCHED_LABEL_KEY_MAX);
+	sched_quote(key, klen, q);
+	if (klen > SCHED_LABEL_KEY_MAX)
+		return kiln_fail(err, EINVAL, "label key %s is %zu bytes (at most %u)", q, klen, SCHED_LABEL_KEY_MAX);
+	for (i = 0; i < klen; i++)
+		if (!is_label_key_byte((unsigned char)key[i]))
+			return kiln_fail(err, EINVAL, "label key %s has %s; keys are 1-%u bytes of " LABEL_KEY_CHARS,
+					 q, sched_quote(key + i, 1, b), SCHED_LABEL_KEY_MAX);
+	if (vlen > SCHED_LABEL_VALUE_MAX)
+		return kiln_fail(err, EINVAL, "label %s value is %zu bytes (at most %u)", q, vlen,
+				 SCHED_LABEL_VALUE_MAX);
+	for (i = 0; i < vlen; i++) {
+		unsigned char c = (unsigned char)value[i];
+
+		if (c < 0x20 || c == 0x7f)
+			return kiln_fail(err, EINVAL, "label %s value has a control byte (0x%02x)", q, c);
+	}
+	return 0;
+}
+
+int sched_env_check(const char *name, size_t nlen, const char *value, size_t vlen, struct kiln_err *err)
+{
+	char q[SCHED_QUOTE_MAX];
+	size_t i;
+	int ok = nlen > 0;
+
+	for (i = 0; ok && i < nlen; i++) {
+		char c = name[i];
+
+		ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || (i > 0 && c >= '0' && c <= '9');
+	}
+	sched_quote(name, nlen, q);
+	if (!ok)
+		return kiln_fail(err, EINVAL, "env name %s is not a variable name; names match " ENV_NAME_FORM, q);
+	if (memchr(value, '\0', vlen))
+		return kiln_fail(err, EINVAL, "env %s value has a NUL byte", q);
+	return 0;
+}
+
+/* A copy of len bytes as a C string (the caller checked that they hold no NUL). */
+static char *dup_n(const char *s, size_t len)
+{
+	char *p = malloc(len + 1);
+
+	if (p) {
+		memcpy(p, s, len);
+		p[len] = '\0';
+	}
+	return p;
+}
+
+/* Parse an object of string to string into kv: labels and env share all but the checks. */
+static int parse_kv(const json_t *v, const char *field, size_t max, const char *entry,
+		    int (*check)(const char *, size_t, const char *, size_t, struct kiln_err *),
+		    struct sched_kv **out, size_t *nout, size_t *bytes, struct kiln_err *err)
+{
+	char q[SCHED_QUOTE_MAX];
+	const char *key;
+	size_t klen, n, i = 0;
+	json_t *val;
+	int r;
+
+	if (!json_is_object(v))
+		return kiln_fail(err, EINVAL, "%s must be an object of string to string, not %s", field, json_kind(v));
+	n = json_object_size(v);
+	if (n > max)
+		return kiln_fail(err, EINVAL, "%s has %zu entries (at most %zu)", field, n, max);
+	if (n == 0)
+		return 0;
+	*out = calloc(n, sizeof(**out));
+	if (!*out)
+		return kiln_fail(err, ENOMEM, "%s: out of memory", field);
+	*bytes = 0;
+	json_object_keylen_foreach((json_t *)v, key, klen, val) {
+		const char *s;
+		size_t slen;
+
+		if (!json_is_string(val))
+			return kiln_fail(err, EINVAL, "%s %s must be a string, not %s", entry,
+					 sched_quote(key, klen, q), json_kind(val));
+		s = json_string_value(val);
+		slen = json_string_length(val);
+		r = check(key, klen, s, slen, err);
+		if (r < 0)
+			return r;
+		(*out)[i].key = dup_n(key, klen);
+		(*out)[i].value = dup_n(s, slen);
+		*nout = ++i;
+		if (!(*out)[i - 1].key || !(*out)[i - 1].value)
+			return kiln_fail(err, ENOMEM, "%s: out of memory", field);
+		*bytes += klen + 1 + slen + 1;
+	}
+	return 0;
+}
+
+/* An integer field in [min, max]; `what` follows "must be" ("an integer (MiB)"). */
+static int parse_range(const json_t *v, const char *field, const char *what, unsigned min, unsigned max,
+		       unsigned *out, struct kiln_err *err)
+{
+	json_int_t n;
+
+	if (!json_is_integer(v))
+		return kiln_fail(err, EINVAL, "%s must be %s, not %s", field, what, json_kind(v));
+	n = json_integer_value(v);
+	if (n < min || n > max)
+		return kiln_fail(err, EINVAL, "%s %lld is out of range (%u-%u)", field, (long long)n, min, max);
+	*out = (unsigned)n;
+	return 0;
+}
+
+static int parse_memory(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	return parse_range(v, "memory_mb", "an integer (MiB)", SCHED_MEM_MIN_MB, SCHED_MEM_MAX_MB, &s->memory_mb, err);
+}
+
+static int parse_vcpus(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	return parse_range(v, "vcpus", "an integer", SCHED_VCPUS_MIN, SCHED_VCPUS_MAX, &s->vcpus, err);
+}
+
+static int parse_timeout(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	if (!json_is_string(v))
+		return kiln_fail(err, EINVAL,
+				 "timeout must be a string (\"session\" or a duration such as 5m), not %s", json_kind(v));
+	return sched_parse_timeout_n(json_string_value(v), json_string_length(v), &s->timeout, err);
+}
+
+static int parse_labels(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	size_t bytes;
+
+	return parse_kv(v, "labels", SCHED_LABELS_MAX, "label", sched_label_check, &s->labels, &s->nlabels,
+			&bytes, err);
+}
+
+static int parse_env(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	size_t bytes = 0;
+	int r;
+
+	r = parse_kv(v, "env", SCHED_ENV_MAX, "env", sched_env_check, &s->env, &s->nenv, &bytes, err);
+	if (r < 0)
+		return r;
+	if (bytes > SCHED_ENV_BYTES_MAX)
+		return kiln_fail(err, EINVAL, "env is %zu bytes in all (at most %u, counting NAME=VALUE and a NUL for each)",
+				 bytes, SCHED_ENV_BYTES_MAX);
+	return 0;
+}
+
+/* The create body's fields: a field not here is refused by name. */
+static const struct spec_field {
+	const char *name;
+	int (*parse)(const json_t *v, struct sched_spec *s, struct kiln_err *err);
+} spec_fields[] = {
+	{ "memory_mb", parse_memory },
+	{ "vcpus", parse_vcpus },
+	{ "timeout", parse_timeout },
+	{ "labels", parse_labels },
+	{ "env", parse_env },
+};
+#define NFIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
+
+/* jansson's message, with anything outside printable ASCII escaped (it can quote the input). */
+static int malformed(const json_error_t *je, struct kiln_err *err)
+{
+	char text[JSON_ERROR_TEXT_LENGTH * 4];
+	size_t i, o = 0;
+
+	if (json_error_code(je) == json_error_out_of_memory)
+		return kiln_fail(err, ENOMEM, "request body: out of memory");
+	for (i = 0; i < sizeof(je->text) - 1 && je->text[i] && o + 5 < sizeof(text); i++) {
+		unsigned char c = (unsigned char)je->text[i];
+
+		if (c < 0x20 || c > 0x7e)
+			o += (size_t)snprintf(text + o, sizeof(text) - o, "\\x%02x", c);
+		else
+			text[o++] = (char)c;
+	}
+	text[o] = '\0';
+	return kiln_fail(err, EINVAL, "malformed JSON at line %d, column %d: %s", je->line, je->column, text);
+}
+
+int sched_spec_from_json(const char *body, size_t len, struct sched_spec *out, struct kiln_err *err)
+{
+	char q[SCHED_QUOTE_MAX];
+	struct sched_spec s;
+	json_error_t je;
+	const char *key;
+	size_t klen;
+	json_t *root, *v;
+	int r = 0;
+
+	sched_spec_init(out);
+	if (len > SCHED_BODY_MAX)
+		return kiln_fail(err, E2BIG, "request body is %zu bytes (at most %u)", len, SCHED_BODY_MAX);
+	if (len == 0)
+		return 0;
+	root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &je);
+	if (!root)
+		return malformed(&je, err);
+	sched_spec_init(&s);
+	if (!json_is_object(root)) {
+		r = kiln_fail(err, EINVAL, "the request body must be a JSON object, not %s", json_kind(root));
+		goto out;
+	}
+	json_object_keylen_foreach(root, key, klen, v) {
+		size_t i;
+
+		for (i = 0; i < NFIELDS; i++)
+			if (strlen(spec_fields[i].name) == klen && !memcmp(key, spec_fields[i].name, klen))
+				break;
+		if (i == NFIELDS) {
+			r = kiln_fail(err, EINVAL, "unknown field %s; a create takes memory_mb, vcpus, timeout, labels and env",
+				      sched_quote(key, klen, q));
+			goto out;
+		}
+		if (json_is_null(v))
+			continue;	/* null: the default */
+		r = spec_fields[i].parse(v, &s, err);
+		if (r < 0)
+			goto out;
+	}
+	*out = s;
+	json_decref(root);
+	return 0;
+out:
+	sched_spec_free(&s);
+	json_decref(root);
+	return r;
+}
