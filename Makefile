@@ -186,6 +186,11 @@ $(O)/fuzz/fuzz_agent: tests/fuzz/fuzz_agent.c $(AGENT_SRCS) $(AGENT_HDRS) $(PROT
 	@mkdir -p $(@D)
 	clang $(AGENT_CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(AGENT_SRCS) $(PROTO_SRCS) lib/io.c
 
+# The create-body parser's target links the scheduler's core and jansson, not the VMM.
+$(O)/fuzz/fuzz_sched_spec: tests/fuzz/fuzz_sched_spec.c $(SCHED_CORE_SRCS) $(SCHED_CORE_HDRS)
+	@mkdir -p $(@D)
+	clang $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(SCHED_CORE_SRCS) $(JANSSON_LIBS) -lm
+
 fuzz-build: $(FUZZ_TARGETS)
 
 # A short run of each target over its corpus in tests/fuzz/corpus/<name>/.
