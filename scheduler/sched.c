@@ -132,7 +132,7 @@ const char *sched_expiry_name(enum sched_expiry e)
 int sched_life_init(struct sched_life *l, const struct sched_life_policy *p, const struct sched_timeout *t,
 		    uint64_t now_ms, struct kiln_err *err)
 {
-	char a[24], b[24];
+	char a[32], b[32];
 
 	if (t->kind == SCHED_TIMEOUT_DURATION) {
 		if (t->ms == 0)
@@ -219,7 +219,7 @@ static int already_over(const struct sched_life *l, uint64_t now_ms, struct kiln
 
 int sched_life_extend_to(struct sched_life *l, uint64_t target_ms, uint64_t now_ms, struct kiln_err *err)
 {
-	char a[40], b[40], d[24];
+	char a[40], b[40], d[32];
 
 	if (l->kind == SCHED_TIMEOUT_SESSION)
 		return kiln_fail(err, EINVAL,

@@ -231,6 +231,10 @@ START_TEST(life_init_limits)
 
 	ck_assert_int_eq(sched_life_init(&l, &policy, &t, NOW, &err), -EINVAL);
 	ck_assert_str_eq(err.msg, "timeout 2d is longer than this node's maximum lifetime of 1d (kilnd --max-lifetime)");
+	t.ms = UINT64_MAX;	/* not from the parser, but still said in full */
+	ck_assert_int_eq(sched_life_init(&l, &policy, &t, NOW, &err), -EINVAL);
+	ck_assert_str_eq(err.msg,
+			 "timeout 213503982334d14h25m51s615ms is longer than this node's maximum lifetime of 1d (kilnd --max-lifetime)");
 	t.ms = DAY;
 	ck_assert_int_eq(sched_life_init(&l, &policy, &t, NOW, &err), 0);
 	ck_assert_uint_eq(l.stop_at_ms, l.max_at_ms);
