@@ -17,6 +17,7 @@ WARN    := -Wall -Wextra -Wshadow -Wformat=2 $(WERROR)
 # order and `make test` fails on an include that points up it.
 CPPFLAGS := -D_GNU_SOURCE -Ilib -Ivmm -Idevices -Isnapshot -Ivmm/kiln-vmm
 CPPFLAGS += -Idevices/vsock
+CPPFLAGS += -Ischeduler
 LDLIBS  := -luring -pthread
 
 # lib/: what guest and host share (the guest ABI, the agent protocol codec,
@@ -132,10 +133,22 @@ AGENT_UNIT_SRCS := $(sort $(wildcard tests/unit/agent/*.c))
 $(O)/agent-unit-tests: $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SRCS) $(PROTO_HDRS) $(LIB_HDRS) | $(O)
 	$(CC) $(AGENT_CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(PROTO_SRCS) lib/io.c $(CHECK_LIBS)
 
+# kilnd's registry (scheduler/registry.c): SQLite, tokens hashed with libcrypto.
+REG_LIBS := $(shell pkg-config --libs sqlite3 libcrypto 2>/dev/null || echo -lsqlite3 -lcrypto)
+
+REG_SRCS := scheduler/registry.c scheduler/reg_sandbox.c scheduler/reg_token.c scheduler/reg_template.c lib/err.c
+REG_HDRS := scheduler/registry.h scheduler/registry_int.h $(LIB_HDRS)
+
+$(O)/registry-unit-tests: tests/unit/registry/test_registry.c $(REG_SRCS) $(REG_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ tests/unit/registry/test_registry.c $(REG_SRCS) $(CHECK_LIBS) $(REG_LIBS)
+
 unit: $(O)/unit-tests $(O)/agent-unit-tests
+unit: $(O)/registry-unit-tests
 
 test-unit: $(O)/unit-tests $(O)/agent-unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
+test-unit: $(O)/registry-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
+	CK_DEFAULT_TIMEOUT=120 $(O)/registry-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/agent-unit-tests
 	tests/agent-host/run.sh $(O)/asan/kiln-agent-host $(O)/kiln
 
