@@ -156,6 +156,13 @@ START_TEST(test_open_refuses_odd_files)
 	ck_assert_ptr_nonnull(strstr(err.msg, path));
 	rmdir(path);
 
+	if (geteuid() == 0) {	/* a file planted by another user */
+		ck_assert_int_eq(close(open(path, O_CREAT | O_WRONLY, 0600)), 0);
+		ck_assert_int_eq(chown(path, 65534, 65534), 0);
+		FAILS(reg_open(&r, path, &err), EPERM, "belongs to uid 65534");
+		unlink(path);
+	}
+
 	snprintf(sub, sizeof(sub), "%s/missing/registry.db", dir);
 	FAILS(reg_open(&r, sub, &err), ENOENT, "create the state dir");
 	FAILS(reg_open(&r, "", &err), EINVAL, "empty");
@@ -704,6 +711,45 @@ START_TEST(test_reader_beside_writer)
 }
 END_TEST
 
+START_TEST(test_two_writers)
+{
+	struct reg *r = open_ok();
+	struct reg_sandbox *l;
+	int status;
+	size_t n;
+	pid_t pid;
+
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {	/* a second process writes at the same time: it waits its turn (busy timeout) */
+		struct reg *c;
+
+		if (reg_open(&c, path, &err))
+			_exit(1);
+		for (int i = 0; i < 50; i++) {
+			struct reg_sandbox sb = spec((const char *const[]){ "who=child", NULL });
+
+			if (reg_sandbox_insert(c, &sb, T0, &err))
+				_exit(2);
+		}
+		reg_close(c);
+		_exit(0);
+	}
+	for (int i = 0; i < 50; i++)
+		insert(r, (const char *const[]){ "who=parent", NULL });
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert(WIFEXITED(status));
+	ck_assert_int_eq(WEXITSTATUS(status), 0);
+	OK(reg_sandbox_list(r, 0, (const struct reg_label[]){ { "who", "child" } }, 1, &l, &n, &err));
+	ck_assert_uint_eq(n, 50);
+	free(l);
+	OK(reg_sandbox_list(r, 0, NULL, 0, &l, &n, &err));
+	ck_assert_uint_eq(n, 100);
+	free(l);
+	reg_close(r);
+}
+END_TEST
+
 static int small_disk_ext(sqlite3 *db, const char **msg, const void *api)
 {
 	(void)msg;
@@ -845,6 +891,7 @@ static Suite *suite_registry(void)
 	tcase_add_test(tc, test_templates);
 	tcase_add_test(tc, test_crash_mid_transaction);
 	tcase_add_test(tc, test_reader_beside_writer);
+	tcase_add_test(tc, test_two_writers);
 	tcase_add_test(tc, test_disk_full);
 	tcase_add_test(tc, test_corrupt_page);
 	tcase_add_test(tc, test_ids);
