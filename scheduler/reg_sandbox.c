@@ -53,6 +53,7 @@ static const char SQL_SB_GET[] = SB_COLS " WHERE s.id = ?1";
 static const char SQL_SB_LIST[] = SB_COLS " WHERE s.state IN (?1, ?2, ?3, ?4, ?5)" LABEL_SLOT(6, 7) LABEL_SLOT(8, 9)
 	LABEL_SLOT(10, 11) LABEL_SLOT(12, 13) LABEL_SLOT(14, 15) " ORDER BY s.created_at, s.id";
 static const char SQL_SB_LABELS[] = "SELECT key, value FROM sandbox_labels WHERE sandbox_id = ?1 ORDER BY key";
+static const char SQL_SB_COUNT[] = "SELECT state, count(*) FROM sandboxes GROUP BY state";
 static const char SQL_SB_PRUNE[] = "DELETE FROM sandboxes WHERE state IN ('stopped', 'failed') AND ended_at < ?1";
 static const char SQL_EVENT_LIST[] = "SELECT seq, at, kind, detail FROM events WHERE sandbox_id = ?1 AND seq > ?2"
 	" ORDER BY seq LIMIT ?3";
@@ -447,6 +448,27 @@ int reg_sandbox_list(struct reg *r, unsigned state_mask, const struct reg_label 
 int reg_sandbox_list_live(struct reg *r, struct reg_sandbox **out, size_t *n, struct kiln_err *err)
 {
 	return reg_sandbox_list(r, REG_LIVE, NULL, 0, out, n, err);
+}
+
+int reg_sandbox_count(struct reg *r, uint64_t counts[REG_STATE_COUNT], struct kiln_err *err)
+{
+	const char *what = "counting sandboxes";
+	sqlite3_stmt *s;
+	int rc, st, ret;
+
+	memset(counts, 0, REG_STATE_COUNT * sizeof(counts[0]));
+	if ((ret = reg_begin(r, false, what, err)))
+		return ret;
+	if ((ret = reg_prep(r, SQL_SB_COUNT, &s, what, err)))
+		return reg_abort(r, ret);
+	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		if ((ret = reg_col_enum(r, s, 0, state_names, REG_STATE_COUNT, &st, err)))
+			return reg_abort(r, ret);
+		counts[st] = (uint64_t)sqlite3_column_int64(s, 1);
+	}
+	if (rc != SQLITE_DONE)
+		return reg_abort(r, reg_sqlfail(r, rc, what, err));
+	return reg_commit(r, what, err);
 }
 
 int reg_sandbox_prune(struct reg *r, int64_t ended_before_ms, size_t *deleted, struct kiln_err *err)

@@ -180,6 +180,9 @@ int reg_sandbox_list(struct reg *r, unsigned state_mask, const struct reg_label 
 /* The sandboxes a restart must re-adopt or clean up: reg_sandbox_list with REG_LIVE. */
 int reg_sandbox_list_live(struct reg *r, struct reg_sandbox **out, size_t *n, struct kiln_err *err);
 
+/* How many sandboxes are in each state (for /metrics), without reading them. */
+int reg_sandbox_count(struct reg *r, uint64_t counts[REG_STATE_COUNT], struct kiln_err *err);
+
 /* Delete sandboxes that ended before ended_before_ms, with their labels, events and usage. */
 int reg_sandbox_prune(struct reg *r, int64_t ended_before_ms, size_t *deleted, struct kiln_err *err);
 

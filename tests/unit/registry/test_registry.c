@@ -437,6 +437,13 @@ START_TEST(test_sandbox_list_filters)
 	OK(reg_sandbox_list(r, REG_MASK(REG_FAILED) | REG_MASK(REG_CREATING), f, 1, &l, &n, &err));
 	ck_assert_uint_eq(n, 0);
 	free(l);
+	uint64_t counts[REG_STATE_COUNT];
+	OK(reg_sandbox_count(r, counts, &err));
+	ck_assert_uint_eq(counts[REG_CREATING], 1);
+	ck_assert_uint_eq(counts[REG_RUNNING], 1);
+	ck_assert_uint_eq(counts[REG_STOPPING], 1);
+	ck_assert_uint_eq(counts[REG_STOPPED], 0);
+	ck_assert_uint_eq(counts[REG_FAILED], 1);
 	OK(reg_sandbox_list_live(r, &l, &n, &err));	/* all but the failed one */
 	ck_assert_uint_eq(n, 3);
 	ck_assert(has(l, n, a.id) && has(l, n, b.id) && has(l, n, d.id));
