@@ -146,10 +146,22 @@ $(O)/sched-unit-tests: $(SCHED_UNIT_SRCS) tests/unit/sched/sched_unit.h $(SCHED_
 
 unit test-unit: $(O)/sched-unit-tests
 
+# kilnd's registry (scheduler/registry.c): SQLite, tokens hashed with libcrypto.
+REG_LIBS := $(shell pkg-config --libs sqlite3 libcrypto 2>/dev/null || echo -lsqlite3 -lcrypto)
+
+REG_SRCS := scheduler/registry.c scheduler/reg_sandbox.c scheduler/reg_token.c scheduler/reg_template.c lib/err.c
+REG_HDRS := scheduler/registry.h scheduler/registry_int.h $(LIB_HDRS)
+
+$(O)/registry-unit-tests: tests/unit/registry/test_registry.c $(REG_SRCS) $(REG_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ tests/unit/registry/test_registry.c $(REG_SRCS) $(CHECK_LIBS) $(REG_LIBS)
+
 unit: $(O)/unit-tests $(O)/agent-unit-tests
+unit: $(O)/registry-unit-tests
 
 test-unit: $(O)/unit-tests $(O)/agent-unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
+test-unit: $(O)/registry-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
+	CK_DEFAULT_TIMEOUT=120 $(O)/registry-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/agent-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/sched-unit-tests
 	tests/agent-host/run.sh $(O)/asan/kiln-agent-host $(O)/kiln

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 build_pkgs=(build-essential pkg-config flex bison bc libelf-dev libssl-dev
-	linux-source-6.1 busybox-static cpio check liburing-dev libcap-dev libnftnl-dev)
+	linux-source-6.1 busybox-static cpio check liburing-dev libcap-dev libnftnl-dev
+	libsqlite3-dev)
 # kilnd's JSON: the create body (scheduler/sched_spec.c) and the API.
 build_pkgs+=(libjansson-dev)
 test_pkgs=(qemu-system-x86 linux-image-amd64 kmod clang libclang-rt-14-dev util-linux python3 mount e2fsprogs iproute2)
