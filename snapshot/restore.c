@@ -199,11 +199,8 @@ static int map_memory(struct restore_ctx *c, const struct snap_meta *m, struct g
 			return mfd;
 	}
 	if ((r = snap_mem_check(mfd, mem_path, m->mem_size, m->id, err)) < 0 ||
-	    (r = guest_mem_map_fd(mem, mfd, mem_path, m->mem_size, err)) < 0) {
-		struct kiln_err e = *err;
-
-		kiln_fail(err, -r, "--restore: %s", e.msg);
-	}
+	    (r = guest_mem_map_fd(mem, mfd, mem_path, m->mem_size, err)) < 0)
+		kiln_err_prefix(err, r, "--restore");
 	close(mfd);
 	return r;
 }
@@ -235,18 +232,13 @@ static int restore_kvm(struct restore_ctx *c, const struct snap_state *st, struc
 	}
 	return 0;
 bad:
-	{
-		struct kiln_err e = *err;
-
-		return kiln_fail(err, -r, "--restore %s: %s", c->state_path, e.msg);
-	}
+	return kiln_err_prefix(err, r, "--restore %s", c->state_path);
 }
 
 /* Each device at its slot: from its option, or from the snapshot's own copy, then its state. */
 static int restore_devices(struct restore_ctx *c, const struct snap_state *st, const int *plan,
 			   struct snap_source *src, struct kiln_err *err)
 {
-	struct kiln_err e;
 	uint64_t base;
 	uint32_t irq;
 	int i, r;
@@ -273,8 +265,8 @@ static int restore_devices(struct restore_ctx *c, const struct snap_state *st, c
 		}
 		if ((r = snap_source_add(src, i, sd->type, spec, err)) < 0)
 			return r;
-		if ((r = virtio_mmio_restore(&src->devs[i], (struct snap_rd *)&sd->state, &e)) < 0)
-			return kiln_fail(err, -r, "--restore %s: %s", c->state_path, e.msg);
+		if ((r = virtio_mmio_restore(&src->devs[i], (struct snap_rd *)&sd->state, err)) < 0)
+			return kiln_err_prefix(err, r, "--restore %s", c->state_path);
 	}
 	return 0;
 }
@@ -318,9 +310,7 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, str
 		goto out;
 	/* Which option replaces which device, and every host resource named by one. */
 	if ((r = snap_plan_devices(&st, o->kinds, o->specs, o->ndevices, plan, err)) < 0) {
-		struct kiln_err e = *err;
-
-		kiln_fail(err, -r, "--restore %s: %s", c->state_path, e.msg);
+		kiln_err_prefix(err, r, "--restore %s", c->state_path);
 		goto out;
 	}
 	if ((r = restore_kvm(c, &st, src->vm, &mem, err)) < 0)
@@ -329,11 +319,8 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, str
 	if ((r = restore_devices(c, &st, plan, src, err)) < 0)
 		goto out;
 	src->ndevs = (int)st.meta.ndevices;
-	if ((r = serial_restore(src->uart, &st.serial, err)) < 0) {
-		struct kiln_err e = *err;
-
-		kiln_fail(err, -r, "--restore %s: %s", c->state_path, e.msg);
-	}
+	if ((r = serial_restore(src->uart, &st.serial, err)) < 0)
+		kiln_err_prefix(err, r, "--restore %s", c->state_path);
 out:
 	snap_state_free(&st);
 	free(file);
