@@ -6,6 +6,7 @@
 #   make bench-boot boot-time benchmark against QEMU's microvm machine
 #   make bench-snapshot  snapshot restore against cold boot (also bench-agent,
 #                   bench-vsock, bench-blk, bench-net)
+#   make bench-create    kilnd's create against a raw restore and a cold boot
 #   make fuzz       run the libFuzzer targets briefly
 
 CC      ?= gcc
@@ -39,7 +40,7 @@ PROTO_HDRS := $(LIB_HDRS)
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all vmm guest kernel initramfs unit asan demo test check-layers test-unit test-integration test-client \
-        bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
+        bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot bench-create fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
 
@@ -289,6 +290,18 @@ bench-snapshot: deps-test
 	@$(MAKE) --no-print-directory all $(O)/kiln-firstexec
 	KILN_NESTED_PASSENV="$${KILN_NESTED_PASSENV:-} $(BENCH_SNAP_ENV)" \
 	  tests/nested/kvm-host.sh -- bench/snapshot.sh $(O)/kiln-vmm $(O)/kiln-firstexec
+
+# kilnd's create against a raw restore of its template and a cold boot; creates
+# per second with 20 clients at once; kilnd's RSS with 0 and 50 sandboxes.
+# Knobs: BENCH_CREATE_ROUNDS (20), BENCH_CREATE_CLIENTS (20), BENCH_CREATE_REPEATS
+# (3), BENCH_CREATE_MANY (50), BENCH_CREATE_MEM (MiB, 768), BENCH_CREATE_VCPUS (1),
+# BENCH_CREATE_TIMEOUT (s per step, 120; 300 nested).
+BENCH_CREATE_ENV = BENCH_CREATE_ROUNDS BENCH_CREATE_CLIENTS BENCH_CREATE_REPEATS BENCH_CREATE_MANY \
+  BENCH_CREATE_MEM BENCH_CREATE_VCPUS BENCH_CREATE_TIMEOUT
+bench-create: deps-test
+	@$(MAKE) --no-print-directory all $(O)/kilnd $(O)/kiln-firstexec
+	KILN_NESTED_PASSENV="$${KILN_NESTED_PASSENV:-} $(BENCH_CREATE_ENV)" \
+	  tests/nested/kvm-host.sh --timeout 1800 -- bench/create.sh $(O)/kiln-vmm $(O)/kilnd $(O)/kiln $(O)/kiln-firstexec
 
 clean:
 	rm -rf $(O)
