@@ -172,6 +172,13 @@ test-unit: $(O)/registry-unit-tests
 test-integration: all asan
 	tests/nested/kvm-host.sh -- tests/integration/run.sh $(O)/kiln-vmm $(O)/asan/kiln-vmm
 
+# kvm-host.sh --forward, which carries make run's port out of the nested host:
+# one nested boot, about 15 s.
+.PHONY: test-forward
+test-forward:
+	tests/nested/forward-test.sh
+test-integration: test-forward
+
 # The host client against fake hostile agents on unix sockets: no guest needed.
 test-client: $(O)/asan/kiln
 	python3 tests/integration/hostile-agent.py $(O)/asan/kiln
