@@ -1,6 +1,7 @@
 # kiln: one Makefile for the VMM, the guest, the tests and the benchmarks.
 #
 #   make            kiln-vmm, the guest kernel and initramfs (build/)
+#   make run        kilnd in the foreground on 127.0.0.1:8080 (KILN_PORT), with a token
 #   make demo       boot a guest and run `uname -a` in it
 #   make test       unit tests, then integration tests that boot real guests
 #   make bench-boot boot-time benchmark against QEMU's microvm machine
@@ -225,6 +226,14 @@ fuzz: fuzz-build
 	@$(MAKE) --no-print-directory fuzz-smoke FUZZ_SECONDS=$${FUZZ_SECONDS:-300}
 
 # ---- running and benchmarks ----------------------------------------------------
+
+# kiln's main command: kilnd in the foreground on 127.0.0.1:$KILN_PORT (8080), here
+# where /dev/kvm works, else in the nested KVM host with that port forwarded
+# out of it; prints a token and two lines to try (scripts/run.sh).
+.PHONY: run
+run: deps-test
+	@$(MAKE) --no-print-directory all $(O)/kilnd
+	@scripts/run.sh
 
 demo: deps-test
 	@$(MAKE) --no-print-directory all
