@@ -13,7 +13,8 @@
 # restrict=on: nothing in there can open a connection out).  State and socket
 # are on a tmpfs in there (/tmp/kiln), so sandboxes and tokens end with it.
 #
-# Ctrl-C (or SIGTERM) stops kilnd, and the nested host with it.
+# Ctrl-C (or SIGTERM) stops kilnd, and the nested host with it.  kilnd on this
+# machine leaves its sandboxes running, and its next start adopts them.
 #
 # Environment: KILN_PORT (default 8080), KILN_STATE_DIR (the state dir where
 # kilnd runs here), KILN_RUN_MEM (the nested host's MiB, default 6144).
@@ -63,7 +64,7 @@ serve() { # ADDR PORT STATE_DIR SOCKET ENDPOINT
 			wait "$kpid"
 			rc=$?
 			[[ -n $stop ]] && exit "$stop"
-			die "kilnd exited with status $rc before it served (its messages are above)"
+			die "kilnd exited with status $rc before it served (its messages are above; KILN_STATE_DIR and KILN_PORT choose its state dir and port)"
 		fi
 		if [[ -S $sock ]]; then
 			out=$(env -u KILN_TOKEN KILN_ENDPOINT="unix:$sock" "$kiln" token create 2>&1)
@@ -95,7 +96,7 @@ serve() { # ADDR PORT STATE_DIR SOCKET ENDPOINT
 	if [[ ${KILN_NESTED_HOST:-} == 1 ]]; then
 		echo "(kilnd runs in a nested KVM host under TCG: guests are about 10x slower and cannot reach out; its state is on a tmpfs in there; Ctrl-C stops it)"
 	else
-		echo "(state in $state; on this machine KILN_ENDPOINT=unix:$sock needs no token; Ctrl-C stops kilnd)"
+		echo "(state in $state; on this machine KILN_ENDPOINT=unix:$sock needs no token; Ctrl-C stops kilnd, which leaves its sandboxes running for its next start)"
 	fi
 
 	while :; do
