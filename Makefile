@@ -156,6 +156,25 @@ REG_HDRS := scheduler/registry.h scheduler/registry_int.h $(LIB_HDRS)
 $(O)/registry-unit-tests: tests/unit/registry/test_registry.c $(REG_SRCS) $(REG_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ tests/unit/registry/test_registry.c $(REG_SRCS) $(CHECK_LIBS) $(REG_LIBS)
 
+# kilnd, the node daemon (api/kilnd/): libwebsockets, the scheduler's core, the
+# registry and the agent client; also built with ASan/UBSan for the tests.
+LWS_LIBS   := $(shell pkg-config --libs libwebsockets 2>/dev/null || echo -lwebsockets)
+KILND_SRCS := $(sort $(wildcard api/kilnd/*.c)) scheduler/sched.c scheduler/sched_spec.c scheduler/sched_time.c \
+              scheduler/sched_host.c scheduler/registry.c scheduler/reg_sandbox.c scheduler/reg_token.c \
+              scheduler/reg_template.c $(filter-out lib/io.c,$(KAC_SRCS)) lib/io.c lib/err.c $(PROTO_SRCS)
+KILND_HDRS := api/kilnd/kilnd.h $(SCHED_CORE_HDRS) $(REG_HDRS) $(KAC_HDRS) $(PROTO_HDRS)
+KILND_LIBS := $(LWS_LIBS) $(JANSSON_LIBS) $(REG_LIBS) -pthread -lm
+
+$(O)/kilnd: $(KILND_SRCS) $(KILND_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) -Iapi -Iapi/kilnd $(CFLAGS) $(WARN) -o $@ $(KILND_SRCS) $(KILND_LIBS)
+
+$(O)/asan/kilnd: $(KILND_SRCS) $(KILND_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iapi -Iapi/kilnd $(ASAN_FLAGS) $(WARN) -o $@ $(KILND_SRCS) $(KILND_LIBS)
+
+vmm: $(O)/kilnd
+asan: $(O)/asan/kilnd
+
 unit: $(O)/unit-tests $(O)/agent-unit-tests
 unit: $(O)/registry-unit-tests
 
