@@ -251,7 +251,7 @@ fuzz: fuzz-build
 # out of it; prints a token and two lines to try (scripts/run.sh).
 .PHONY: run
 run: deps-test
-	@$(MAKE) --no-print-directory all $(O)/kilnd
+	@$(MAKE) --no-print-directory all
 	@scripts/run.sh
 
 demo: deps-test
