@@ -39,7 +39,7 @@ PROTO_HDRS := $(LIB_HDRS)
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all vmm guest kernel initramfs unit asan demo test check-layers test-unit test-integration test-client \
+.PHONY: all vmm guest kernel initramfs unit asan demo test check-layers test-unit test-integration test-client test-kilnd-api \
         bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
@@ -203,13 +203,17 @@ test-integration: test-forward
 test-client: $(O)/asan/kiln
 	python3 tests/integration/hostile-agent.py $(O)/asan/kiln
 
+# kilnd's REST front against malformed and hostile requests: no guest needed.
+test-kilnd-api: $(O)/asan/kilnd
+	python3 tests/kilnd-api/run.py $(O)/asan/kilnd
+
 check-layers:
 	scripts/check-layers.py
 
 test: deps-test
 	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory all asan unit fuzz-build
-	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-integration
+	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-kilnd-api test-integration
 
 # ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
 
