@@ -276,7 +276,10 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
 	case LWS_CALLBACK_HTTP:
 		return start_request(kd, wsi, p, in);
 	case LWS_CALLBACK_HTTP_BODY:
-		if (!p->req.body || p->req.body_len + len > p->body_cap) {
+		/* No body expected (none declared, or already answered): ignore what comes. */
+		if (!p->req.body || !len)
+			return 0;
+		if (p->req.body_len + len > p->body_cap) {
 			free(p->req.body);
 			p->req.body = NULL;
 			reply_json(p, 400, kd_err_json(400, "the body is longer than its Content-Length"));

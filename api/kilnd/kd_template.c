@@ -100,6 +100,32 @@ static void template_dir(const struct kilnd *kd, const char *image, unsigned mem
 		 kd->initrd_sha);
 }
 
+/* The last line of a log (for a message), "" if none. */
+static void last_line(const char *path, char *out, size_t n)
+{
+	char buf[512];
+	ssize_t r;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	out[0] = '\0';
+	if (fd < 0)
+		return;
+	off_t end = lseek(fd, 0, SEEK_END);
+	r = pread(fd, buf, sizeof(buf) - 1, end > (off_t)sizeof(buf) - 1 ? end - (off_t)sizeof(buf) + 1 : 0);
+	close(fd);
+	if (r <= 0)
+		return;
+	buf[r] = '\0';
+	while (r > 0 && (buf[r - 1] == '\n' || buf[r - 1] == '\r'))
+		buf[--r] = '\0';
+	char *nl = strrchr(buf, '\n');
+
+	snprintf(out, n, "%.190s", nl ? nl + 1 : buf);
+	for (char *p = out; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+			*p = '?';
+}
+
 /* Boot the guest and snapshot it into dir/snap; 0 or -errno with err. */
 static int template_boot(struct kilnd *kd, const char *dir, unsigned mem, unsigned vcpus, struct kiln_err *err)
 {
@@ -127,10 +153,14 @@ static int template_boot(struct kilnd *kd, const char *dir, unsigned mem, unsign
 	}
 	if (r)
 		return kiln_fail(err, -r, "waiting for the template's kiln-vmm: %s", strerror(-r));
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		return kiln_fail(err, EIO, "the template of %u MiB, %u vCPUs failed to boot (kiln-vmm %s %d; see %s)",
-				 mem, vcpus, WIFEXITED(st) ? "exited" : "killed by signal",
-				 WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), log);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		char why[200];
+
+		last_line(log, why, sizeof(why));
+		return kiln_fail(err, EIO, "the template of %u MiB, %u vCPUs failed to boot: kiln-vmm %s %d: %s", mem,
+				 vcpus, WIFEXITED(st) ? "exited" : "killed by signal",
+				 WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), why[0] ? why : "(no output)");
+	}
 	return 0;
 }
 
