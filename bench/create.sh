@@ -600,7 +600,7 @@ print("%-40s %12s" % ("restarted: 0 sandboxes", fmt(rss.get("zero"), "MiB")))
 print("%-40s %12s" % ("%s sandboxes running%s" % (rss.get("n"), " (scaled down from %d to fit this host)" % many_asked
                                                   if many < many_asked else ""), fmt(rss.get("many"), "MiB")))
 if rss.get("many") and rss.get("zero") and rss.get("n"):
-    print("%-40s %8.1f KiB" % ("  per sandbox ((%s - 0) / %s)" % (rss["n"], rss["n"]), (rss["many"] - rss["zero"]) / rss["n"]))
+    print("%-40s %8.1f KiB" % ("  per sandbox (the difference / %s)" % rss["n"], (rss["many"] - rss["zero"]) / rss["n"]))
 print("%-40s %12s" % ("0 sandboxes again (peak VmHWM %s)" % fmt(rss.get("hwm"), "MiB"), fmt(rss.get("after"), "MiB")))
 if "kill_s" in rss:
     print("%-40s %10.1f s" % ("  killing the %s" % rss.get("n"), rss["kill_s"]))
