@@ -62,9 +62,13 @@ KAC_SRCS  := api/ac_conn.c api/ac_op.c api/ac_proc.c api/ac_file.c api/ac_fh.c a
 KAC_HDRS  := api/agent_client.h api/ac_int.h
 # kiln: the CLI client of the guest agent (api/).
 KILN_SRCS := api/kiln.c api/kiln_exec.c api/kiln_files.c api/kiln_ctl.c api/kiln_port.c $(KAC_SRCS) $(PROTO_SRCS)
+# ... and of kilnd: HTTP and the agent WebSocket with libwebsockets, JSON with jansson.
+KILN_SRCS += api/kiln_remote.c api/kiln_http.c api/kiln_tunnel.c lib/err.c
+KILN_HDRS := api/kiln_cli.h api/kiln_remote.h
+KILN_LIBS = $(shell pkg-config --libs libwebsockets 2>/dev/null || echo -lwebsockets) $(JANSSON_LIBS) -pthread
 
-$(O)/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS) | $(O)
-	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ $(KILN_SRCS)
+$(O)/kiln: $(KILN_SRCS) $(KILN_HDRS) $(KAC_HDRS) $(PROTO_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ $(KILN_SRCS) $(KILN_LIBS)
 
 # The same sources with AddressSanitizer and UBSan (Solo5's two tenders from one tree).
 $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/kiln-vmm/main.c $(VMM_HDRS)
@@ -72,9 +76,9 @@ $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/kiln-vmm/main.c $(VMM_HDRS)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/kiln-vmm/main.c $(LDLIBS)
 
 # The CLI with ASan and UBSan, for the hostile-agent tests (test-client).
-$(O)/asan/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS)
+$(O)/asan/kiln: $(KILN_SRCS) $(KILN_HDRS) $(KAC_HDRS) $(PROTO_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ $(KILN_SRCS)
+	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ $(KILN_SRCS) $(KILN_LIBS)
 
 # The C client's file-handle calls against a live agent (tests/integration/agent.sh).
 $(O)/asan/kac-fh-test: tests/integration/kac_fh.c $(KAC_SRCS) $(KAC_HDRS) $(PROTO_SRCS) $(PROTO_HDRS)
