@@ -39,6 +39,7 @@ PROTO_HDRS := $(LIB_HDRS)
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all vmm guest kernel initramfs unit asan demo test check-layers test-unit test-integration test-client \
+        test-kilnd-cli \
         bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
@@ -162,19 +163,32 @@ $(O)/registry-unit-tests: tests/unit/registry/test_registry.c $(REG_SRCS) $(REG_
 unit: $(O)/unit-tests $(O)/agent-unit-tests
 unit: $(O)/registry-unit-tests
 
+# A stand-in for kilnd's agent WebSocket, for the CLI's tunnel test (tests/kilnd-cli/tunnel.sh).
+$(O)/asan/fake-kilnd: tests/kilnd-cli/fake_kilnd.c
+	@mkdir -p $(@D)
+	$(CC) -D_GNU_SOURCE $(ASAN_FLAGS) $(WARN) -o $@ $< $(KILN_LIBS)
+
+unit: $(O)/asan/fake-kilnd $(O)/asan/kiln
+
 test-unit: $(O)/unit-tests $(O)/agent-unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
-test-unit: $(O)/registry-unit-tests
+test-unit: $(O)/registry-unit-tests $(O)/asan/fake-kilnd $(O)/asan/kiln
 	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/registry-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/agent-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/sched-unit-tests
 	tests/agent-host/run.sh $(O)/asan/kiln-agent-host $(O)/kiln
+	tests/kilnd-cli/tunnel.sh $(O)/asan/fake-kilnd $(O)/asan/kiln-agent-host $(O)/asan/kiln
 
 # Integration tests boot real guests: directly where /dev/kvm works, else
 # inside a nested KVM host under QEMU's TCG (tests/nested/). Both the
 # release and the sanitizer builds of kiln-vmm are tested.
 test-integration: all asan
 	tests/nested/kvm-host.sh -- tests/integration/run.sh $(O)/kiln-vmm $(O)/asan/kiln-vmm
+
+# The CLI against a kilnd of its own (tests/kilnd-cli/run.sh): the REST verbs
+# that need no VM. Skips while $(O)/asan/kilnd is not built.
+test-kilnd-cli: $(O)/asan/kiln
+	tests/kilnd-cli/run.sh $(O)/asan/kilnd $(O)/asan/kiln
 
 # The host client against fake hostile agents on unix sockets: no guest needed.
 test-client: $(O)/asan/kiln
@@ -186,7 +200,7 @@ check-layers:
 test: deps-test
 	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory all asan unit fuzz-build
-	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-integration
+	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-kilnd-cli test-integration
 
 # ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
 
