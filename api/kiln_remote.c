@@ -324,7 +324,47 @@ static void want_operands(struct ropts *o, int argc, int i, int n, const char *f
 		die_usage("%s: expected %s", o->verb, form);
 }
 
+/* A listing: GET path, then --json's object, or a header and one row per item of key's array. */
+static int call_list(struct ropts *o, const char *path, const char *key, const char *header,
+		     void (*row)(const json_t *item))
+{
+	struct kr_reply rep;
+	json_t *list, *item;
+	size_t i;
+	int ret = call(o, "GET", path, NULL, 0, 1, &rep);
+
+	if (ret)
+		return ret;
+	list = json_object_get(rep.json, key);
+	if (o->json) {
+		print_json(rep.json);
+	} else if (!json_is_array(list)) {
+		fprintf(stderr, "%s: kilnd's answer to GET %s has no \"%s\" array\n", prog, path, key);
+		ret = EXIT_KILN;
+	} else {
+		fputs(header, stdout);
+		json_array_foreach(list, i, item)
+			row(item);
+	}
+	kr_reply_free(&rep);
+	return ret;
+}
+
 /* ---- the verbs ---------------------------------------------------------------- */
+
+/* A request body with the --memory and --vcpus given (create, template build). */
+static json_t *shape_body(const struct ropts *o)
+{
+	json_t *body = json_object();
+
+	if (!body)
+		die_usage("out of memory");
+	if (o->memory >= 0)
+		json_object_set_new(body, "memory_mb", json_integer(o->memory));
+	if (o->vcpus >= 0)
+		json_object_set_new(body, "vcpus", json_integer(o->vcpus));
+	return body;
+}
 
 int kr_cmd_create(int argc, char **argv)
 {
@@ -336,13 +376,7 @@ int kr_cmd_create(int argc, char **argv)
 
 	want_operands(&o, argc, ropts_parse(argc, argv, &o, RO_JSON | RO_LABEL | RO_ENV | RO_MEMORY | RO_VCPUS |
 					     RO_TIMEOUT), 0, "no argument (kiln create [--memory MiB] ...)");
-	body = json_object();
-	if (!body)
-		die_usage("out of memory");
-	if (o.memory >= 0)
-		json_object_set_new(body, "memory_mb", json_integer(o.memory));
-	if (o.vcpus >= 0)
-		json_object_set_new(body, "vcpus", json_integer(o.vcpus));
+	body = shape_body(&o);
 	if (o.timeout)
 		json_object_set_new(body, "timeout", json_string(o.timeout));
 	if (o.labels)
@@ -391,14 +425,27 @@ static int url_escape(char *buf, size_t cap, size_t *n, const char *s)
 	return 0;
 }
 
+static void sandbox_row(const json_t *sb)
+{
+	const char *stop = json_string_value(json_object_get(sb, "stop_at"));
+	const char *to = json_string_value(json_object_get(sb, "timeout"));
+	char buf[64], lbuf[512];
+
+	put_col(scalar(json_object_get(sb, "id"), buf, sizeof(buf)), 28);
+	put_col(scalar(json_object_get(sb, "state"), buf, sizeof(buf)), 9);
+	printf("%6s ", scalar(json_object_get(sb, "memory_mb"), buf, sizeof(buf)));
+	printf("%5s ", scalar(json_object_get(sb, "vcpus"), buf, sizeof(buf)));
+	put_col(stop ? stop : to && !strcmp(to, "session") ? "session" : "-", 20);
+	put_text(stdout, labels_text(json_object_get(sb, "labels"), lbuf, sizeof(lbuf)));
+	putchar('\n');
+}
+
 static int list_sandboxes(struct ropts *o)
 {
-	struct kr_reply rep;
-	char path[8192], buf[64], lbuf[512];
+	char path[8192];
 	const char *k, *sep = "?";
-	json_t *v, *list, *sb;
-	size_t n, i;
-	int ret;
+	json_t *v;
+	size_t n;
 
 	n = (size_t)snprintf(path, sizeof(path), "/v1/sandboxes");
 	json_object_foreach(o->labels, k, v) {
@@ -411,32 +458,8 @@ static int list_sandboxes(struct ropts *o)
 	}
 	if (o->all && n + 16 < sizeof(path))
 		snprintf(path + n, sizeof(path) - n, "%sstate=all", sep);
-	ret = call(o, "GET", path, NULL, 0, 1, &rep);
-	if (ret)
-		return ret;
-	list = json_object_get(rep.json, "sandboxes");
-	if (o->json) {
-		print_json(rep.json);
-	} else if (!json_is_array(list)) {
-		fprintf(stderr, "%s: kilnd's sandbox list has no \"sandboxes\" array\n", prog);
-		ret = EXIT_KILN;
-	} else {
-		printf("%-28s %-9s %6s %5s %-20s %s\n", "ID", "STATE", "MEMORY", "VCPUS", "STOP_AT", "LABELS");
-		json_array_foreach(list, i, sb) {
-			const char *stop = json_string_value(json_object_get(sb, "stop_at"));
-			const char *to = json_string_value(json_object_get(sb, "timeout"));
-
-			put_col(scalar(json_object_get(sb, "id"), buf, sizeof(buf)), 28);
-			put_col(scalar(json_object_get(sb, "state"), buf, sizeof(buf)), 9);
-			printf("%6s ", scalar(json_object_get(sb, "memory_mb"), buf, sizeof(buf)));
-			printf("%5s ", scalar(json_object_get(sb, "vcpus"), buf, sizeof(buf)));
-			put_col(stop ? stop : to && !strcmp(to, "session") ? "session" : "-", 20);
-			put_text(stdout, labels_text(json_object_get(sb, "labels"), lbuf, sizeof(lbuf)));
-			putchar('\n');
-		}
-	}
-	kr_reply_free(&rep);
-	return ret;
+	return call_list(o, path, "sandboxes", "ID                           STATE     MEMORY VCPUS STOP_AT              LABELS\n",
+			 sandbox_row);
 }
 
 int kr_cmd_ls(int argc, char **argv)
@@ -527,47 +550,33 @@ int kr_cmd_extend(int argc, char **argv)
 	return 0;
 }
 
+static void event_row(const json_t *ev)
+{
+	const char *at = json_string_value(json_object_get(ev, "at"));
+	char buf[64], tbuf[64], *dump;
+	json_t *d = json_object_get(ev, "detail");
+
+	printf("%5s ", scalar(json_object_get(ev, "seq"), buf, sizeof(buf)));
+	put_col(at ? at : ms_text(json_object_get(ev, "at_ms"), tbuf, sizeof(tbuf)), 24);
+	put_col(scalar(json_object_get(ev, "kind"), buf, sizeof(buf)), 14);
+	if (json_is_object(d) || json_is_array(d)) {
+		dump = json_dumps(d, JSON_COMPACT);
+		put_text(stdout, dump ? dump : "-");
+		free(dump);
+	} else {
+		put_text(stdout, scalar(d, buf, sizeof(buf)));
+	}
+	putchar('\n');
+}
+
 int kr_cmd_events(int argc, char **argv)
 {
 	struct ropts o;
-	struct kr_reply rep;
-	char path[256], buf[64], tbuf[64];
-	json_t *list, *ev, *d;
-	size_t i;
-	int ret;
+	char path[256];
+	int i = ropts_parse(argc, argv, &o, RO_JSON);
 
-	ret = ropts_parse(argc, argv, &o, RO_JSON);
-	ret = call(&o, "GET", sandbox_path(&o, argc, argv, ret, 1, "/events", path, sizeof(path)), NULL, 0, 1, &rep);
-	if (ret)
-		return ret;
-	list = json_object_get(rep.json, "events");
-	if (o.json) {
-		print_json(rep.json);
-	} else if (!json_is_array(list)) {
-		fprintf(stderr, "%s: kilnd's answer has no \"events\" array\n", prog);
-		ret = EXIT_KILN;
-	} else {
-		printf("%-5s %-24s %-14s %s\n", "SEQ", "AT", "KIND", "DETAIL");
-		json_array_foreach(list, i, ev) {
-			const char *at = json_string_value(json_object_get(ev, "at"));
-
-			printf("%5s ", scalar(json_object_get(ev, "seq"), buf, sizeof(buf)));
-			put_col(at ? at : ms_text(json_object_get(ev, "at_ms"), tbuf, sizeof(tbuf)), 24);
-			put_col(scalar(json_object_get(ev, "kind"), buf, sizeof(buf)), 14);
-			d = json_object_get(ev, "detail");
-			if (json_is_object(d) || json_is_array(d)) {
-				char *s = json_dumps(d, JSON_COMPACT);
-
-				put_text(stdout, s ? s : "-");
-				free(s);
-			} else {
-				put_text(stdout, scalar(d, buf, sizeof(buf)));
-			}
-			putchar('\n');
-		}
-	}
-	kr_reply_free(&rep);
-	return ret;
+	return call_list(&o, sandbox_path(&o, argc, argv, i, 1, "/events", path, sizeof(path)), "events",
+			 "SEQ   AT                       KIND           DETAIL\n", event_row);
 }
 
 int kr_cmd_metrics(int argc, char **argv)
@@ -593,15 +602,23 @@ int kr_cmd_node(int argc, char **argv)
 	return call_show(&o, "GET", "/v1/node", NULL, 0, 0);
 }
 
+static void token_row(const json_t *t)
+{
+	char buf[64], b1[64], b2[64], b3[64];
+
+	put_col(scalar(json_object_get(t, "id"), buf, sizeof(buf)), 24);
+	printf("%-20s %-20s %s\n", ms_text(json_object_get(t, "created_ms"), b1, sizeof(b1)),
+	       ms_text(json_object_get(t, "last_used_ms"), b2, sizeof(b2)),
+	       ms_text(json_object_get(t, "revoked_ms"), b3, sizeof(b3)));
+}
+
 /* kiln token create|ls|revoke ID */
 int kr_cmd_token(int argc, char **argv)
 {
 	struct ropts o;
 	struct kr_reply rep;
-	char path[256], buf[64], b1[64], b2[64], b3[64];
+	char path[256], buf[64];
 	const char *sub;
-	json_t *list, *t;
-	size_t n;
 	int i = ropts_parse(argc, argv, &o, RO_JSON), ret;
 
 	if (i >= argc)
@@ -629,26 +646,8 @@ int kr_cmd_token(int argc, char **argv)
 	}
 	if (!strcmp(sub, "ls")) {
 		want_operands(&o, argc, i, 0, "nothing after ls");
-		ret = call(&o, "GET", "/v1/tokens", NULL, 0, 1, &rep);
-		if (ret)
-			return ret;
-		list = json_object_get(rep.json, "tokens");
-		if (o.json) {
-			print_json(rep.json);
-		} else if (!json_is_array(list)) {
-			fprintf(stderr, "%s: kilnd's answer has no \"tokens\" array\n", prog);
-			ret = EXIT_KILN;
-		} else {
-			printf("%-24s %-20s %-20s %s\n", "ID", "CREATED", "LAST_USED", "REVOKED");
-			json_array_foreach(list, n, t) {
-				put_col(scalar(json_object_get(t, "id"), buf, sizeof(buf)), 24);
-				printf("%-20s %-20s %s\n", ms_text(json_object_get(t, "created_ms"), b1, sizeof(b1)),
-				       ms_text(json_object_get(t, "last_used_ms"), b2, sizeof(b2)),
-				       ms_text(json_object_get(t, "revoked_ms"), b3, sizeof(b3)));
-			}
-		}
-		kr_reply_free(&rep);
-		return ret;
+		return call_list(&o, "/v1/tokens", "tokens",
+				 "ID                       CREATED              LAST_USED            REVOKED\n", token_row);
 	}
 	if (!strcmp(sub, "revoke")) {
 		want_operands(&o, argc, i, 1, "revoke ID");
@@ -659,15 +658,24 @@ int kr_cmd_token(int argc, char **argv)
 	die_usage("token %s: expected create, ls or revoke ID", sub);
 }
 
+static void template_row(const json_t *t)
+{
+	char buf[64], tbuf[64];
+
+	put_col(scalar(json_object_get(t, "image"), buf, sizeof(buf)), 24);
+	printf("%6s ", scalar(json_object_get(t, "memory_mb"), buf, sizeof(buf)));
+	printf("%5s ", scalar(json_object_get(t, "vcpus"), buf, sizeof(buf)));
+	printf("%-20s %s\n", ms_text(json_object_get(t, "created_ms"), tbuf, sizeof(tbuf)),
+	       json_is_true(json_object_get(t, "current")) ? "yes" : "no");
+}
+
 /* kiln template ls|build [--memory M --vcpus N]|rm IMAGE M N */
 int kr_cmd_template(int argc, char **argv)
 {
 	struct ropts o;
-	struct kr_reply rep;
-	char path[512], buf[64], tbuf[64];
+	char path[512];
 	const char *sub;
-	json_t *list, *t, *body;
-	size_t n;
+	json_t *body;
 	int i = ropts_parse(argc, argv, &o, RO_JSON | RO_MEMORY | RO_VCPUS), ret;
 
 	if (i >= argc)
@@ -678,37 +686,12 @@ int kr_cmd_template(int argc, char **argv)
 		die_usage("template %s: --memory and --vcpus go with build", sub);
 	if (!strcmp(sub, "ls")) {
 		want_operands(&o, argc, i, 0, "nothing after ls");
-		ret = call(&o, "GET", "/v1/templates", NULL, 0, 1, &rep);
-		if (ret)
-			return ret;
-		list = json_object_get(rep.json, "templates");
-		if (o.json) {
-			print_json(rep.json);
-		} else if (!json_is_array(list)) {
-			fprintf(stderr, "%s: kilnd's answer has no \"templates\" array\n", prog);
-			ret = EXIT_KILN;
-		} else {
-			printf("%-24s %6s %5s %-20s %s\n", "IMAGE", "MEMORY", "VCPUS", "CREATED", "CURRENT");
-			json_array_foreach(list, n, t) {
-				put_col(scalar(json_object_get(t, "image"), buf, sizeof(buf)), 24);
-				printf("%6s ", scalar(json_object_get(t, "memory_mb"), buf, sizeof(buf)));
-				printf("%5s ", scalar(json_object_get(t, "vcpus"), buf, sizeof(buf)));
-				printf("%-20s %s\n", ms_text(json_object_get(t, "created_ms"), tbuf, sizeof(tbuf)),
-				       json_is_true(json_object_get(t, "current")) ? "yes" : "no");
-			}
-		}
-		kr_reply_free(&rep);
-		return ret;
+		return call_list(&o, "/v1/templates", "templates",
+				 "IMAGE                    MEMORY VCPUS CREATED              CURRENT\n", template_row);
 	}
 	if (!strcmp(sub, "build")) {
 		want_operands(&o, argc, i, 0, "options only (template build [--memory MiB] [--vcpus N])");
-		body = json_object();
-		if (!body)
-			die_usage("out of memory");
-		if (o.memory >= 0)
-			json_object_set_new(body, "memory_mb", json_integer(o.memory));
-		if (o.vcpus >= 0)
-			json_object_set_new(body, "vcpus", json_integer(o.vcpus));
+		body = shape_body(&o);
 		ret = call_show(&o, "POST", "/v1/templates", body, 1, 0);
 		json_decref(body);
 		return ret;
