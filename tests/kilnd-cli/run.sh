@@ -15,7 +15,6 @@ if [ ! -x "$kilnd" ]; then
 fi
 work=$(mktemp -d)
 sock=$work/kilnd.sock
-pass=0 fail=0
 kp= sp=
 cleanup() {
 	[ -n "$sp" ] && kill "$sp" 2>/dev/null
@@ -23,36 +22,10 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+tap_name=kilnd-cli tap_logs="$work/kilnd.log"
+. "$(dirname "$0")/lib.sh"
 
-# check NAME OK DETAIL: one TAP line; on failure the detail and kilnd's log.
-check() {
-	if [ "$2" = 1 ]; then
-		pass=$((pass + 1)); echo "ok $((pass + fail)) - kilnd-cli: $1"
-	else
-		fail=$((fail + 1)); echo "not ok $((pass + fail)) - kilnd-cli: $1"
-		printf '%s\n' "$3" | sed -e 's/^/#   /' | tail -n 10
-		grep -E 'Sanitizer|runtime error|#[0-4] ' "$work/kilnd.log" | head -n 12 | sed -e 's/^/#   kilnd: /'
-	fi
-}
-
-wait_for() {
-	local end=$((SECONDS + $1))
-	shift
-	until "$@"; do
-		[ $SECONDS -ge $end ] && return 1
-		sleep 0.1
-	done
-}
-
-# run ARGS...: kiln's stdout in $out, stderr in $err, status in $st.
-run() {
-	"$kiln" "$@" >"$work/out" 2>"$work/err"
-	st=$?
-	out=$(cat "$work/out") err=$(cat "$work/err")
-}
-detail() { printf 'status %s\nstdout: %s\nstderr: %s\n' "$st" "$out" "$err"; }
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 tcp=http://127.0.0.1:$port
 mkdir -p "$work/state"
 ASAN_OPTIONS=detect_leaks=0 "$kilnd" --state-dir "$work/state" --listen "unix:$sock" \
@@ -172,5 +145,4 @@ kp=
 check "kilnd ends on SIGTERM with no sanitizer report" \
 	"$(! grep -qE 'Sanitizer|runtime error' "$work/kilnd.log" && echo 1)" "exit $kst; $(tail -n 5 "$work/kilnd.log")"
 
-echo "# kilnd-cli: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+done_tap

@@ -8,7 +8,6 @@ set -u
 [ $# = 3 ] || { echo "usage: $0 FAKE_KILND AGENT KILN" >&2; exit 2; }
 fake=$1 agent=$2 kiln=$3
 work=$(mktemp -d)
-pass=0 fail=0
 ap= fp= sp=
 cleanup() {
 	for p in $sp $fp $ap; do kill "$p" 2>/dev/null; done
@@ -16,32 +15,8 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
-
-check() {
-	if [ "$2" = 1 ]; then
-		pass=$((pass + 1)); echo "ok $((pass + fail)) - kilnd-tunnel: $1"
-	else
-		fail=$((fail + 1)); echo "not ok $((pass + fail)) - kilnd-tunnel: $1"
-		printf '%s\n' "$3" | sed -e 's/^/#   /' | tail -n 10
-		grep -hE 'Sanitizer|runtime error|#[0-4] ' "$work/fake.log" "$work/agent.log" | head -n 12 | sed -e 's/^/#   /'
-	fi
-}
-
-wait_for() {
-	local end=$((SECONDS + $1))
-	shift
-	until "$@"; do
-		[ $SECONDS -ge $end ] && return 1
-		sleep 0.1
-	done
-}
-
-run() {
-	"$kiln" "$@" >"$work/out" 2>"$work/err" <"${stdin:-/dev/null}"
-	st=$?
-	out=$(cat "$work/out") err=$(cat "$work/err")
-}
-detail() { printf 'status %s\nstdout: %s\nstderr: %s\n' "$st" "$out" "$err"; }
+tap_name=kilnd-tunnel tap_logs="$work/fake.log $work/agent.log"
+. "$(dirname "$0")/lib.sh"
 
 ASAN_OPTIONS=detect_leaks=0 "$agent" --listen "unix:$work/agent.sock" 2>"$work/agent.log" &
 ap=$!
@@ -76,7 +51,7 @@ run exec sbx_text -- sleep 30
 check "a text message from kilnd ends the connection: 125" "$([ $st = 125 ] && echo 1)" "$(detail)"
 
 # connect --raw half-closes at stdin's end; the tunnel keeps the reply coming.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 python3 -c '
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -119,5 +94,4 @@ kill "$fp"; wait "$fp" 2>/dev/null; fp=
 check "no sanitizer report (kiln's are in the checks above)" \
 	"$(! grep -qE 'Sanitizer|runtime error' "$work/fake.log" "$work/agent.log" && echo 1)" "$(cat "$work/fake.log")"
 
-echo "# kilnd-tunnel: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+done_tap
