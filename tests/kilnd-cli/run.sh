@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The kiln CLI against a real kilnd, for the verbs that need no VM: node,
-# ls, metrics, template ls, tokens over the unix socket and TCP, unknown
+# ls, metrics, template ls, tokens over the unix socket and TCP, create
+# (refused, or failing to boot without /dev/kvm: either way kilnd's message), unknown
 # sandboxes (exit 1 with kilnd's message, 125 for the agent tunnel), an
 # unreachable kilnd (125), a silent one (--request-timeout) and an oversized
 # reply. Starts its own kilnd with --state-dir and --listen in a temporary
@@ -90,6 +91,26 @@ check "info of a malformed id: exit 1 with kilnd's 400 message" "$([[ $st = 1 &&
 run exec "$unknown" -- true
 check "exec through the tunnel to an unknown sandbox: 125 with kilnd's message" \
 	"$([[ $st = 125 && $err == 'kiln: '* && $err != *HS:* ]] && echo 1)" "$(detail)"
+
+run create --memory 100
+check "create --memory 100: kilnd's range message, exit 1" \
+	"$([[ $st = 1 && $err == 'kiln: '*memory_mb* ]] && echo 1)" "$(detail)"
+# Without a usable /dev/kvm the template fails to boot: kilnd's reason,
+# exit 1. With one, the sandbox is listed by its label and killed.
+run create --memory 768 --vcpus 1 --timeout 1m --label suite=kilnd-cli --env A=b
+if [ $st = 0 ]; then
+	id=$out
+	run ls --label suite=kilnd-cli
+	check "create prints the id; ls --label lists it" "$([[ $id == sbx_* && $out == *"$id"* ]] && echo 1)" "$(detail)"
+	run kill "$id"
+	check "kill ID" "$([ $st = 0 ] && echo 1)" "$(detail)"
+else
+	check "create that kilnd cannot boot: exit 1 with its reason" \
+		"$([[ $st = 1 && $err == 'kiln: '* && -z $out ]] && echo 1)" "$(detail)"
+	run ls --all --label suite=kilnd-cli
+	check "ls --all --label: the failed sandbox with its label" \
+		"$([[ $st = 0 && $out == *sbx_*suite=kilnd-cli* ]] && echo 1)" "$(detail)"
+fi
 
 run info 'a/b'
 check "an id that is no URL path segment: usage, exit 2" "$([ $st = 2 ] && echo 1)" "$(detail)"
