@@ -317,6 +317,7 @@ int agent_connect(const struct common *o, struct kac **c, struct kac_err *err)
 	struct kr_endpoint ep;
 	struct kiln_err kerr;
 	const char *env = getenv("KILN_ENDPOINT");
+	char why[128];
 	int ret, fd;
 
 	err->code = 0;
@@ -332,6 +333,9 @@ int agent_connect(const struct common *o, struct kac **c, struct kac_err *err)
 			return ret;
 		}
 		ret = kac_connect_fd(c, fd, o->connect_ms, err);
+		if (ret && kr_tunnel_close_reason(why, sizeof(why)))
+			snprintf(err->msg, sizeof(err->msg), "kilnd closed the agent connection of %s: %s",
+				 o->sandbox, why);
 	}
 	if (!ret)
 		kac_set_timeout(*c, o->agent_ms);
@@ -350,11 +354,18 @@ struct kac *connect_or_die(const struct common *o)
 	return c;
 }
 
-/* What to add to an error: how to wait longer for a silent agent. */
+/* What to add to an error: how to wait longer for a silent agent, or why kilnd hung up. */
 const char *hint(const struct kac_err *err)
 {
-	return err->code == KAC_ERR_TIMEOUT ? " (is the guest overloaded or its agent stuck? "
-	       "--agent-timeout S waits longer, 0 without limit)" : "";
+	static char buf[160];
+	char why[128];
+
+	if (err->code == KAC_ERR_TIMEOUT)
+		return " (is the guest overloaded or its agent stuck? --agent-timeout S waits longer, 0 without limit)";
+	if (!kr_tunnel_close_reason(why, sizeof(why)))
+		return "";
+	snprintf(buf, sizeof(buf), " (kilnd: %s)", why);
+	return buf;
 }
 
 /* ---- output ----------------------------------------------------------------- */

@@ -69,6 +69,12 @@ int kr_request(const struct kr_endpoint *ep, const char *method, const char *pat
 int kr_tunnel_open(const struct kr_endpoint *ep, const char *id, int timeout_ms, int *fd,
 		   struct kiln_err *err);
 
+/*
+ * The reason kilnd gave when it last closed an agent WebSocket (its close
+ * frame's text), copied into buf; NULL when it gave none.
+ */
+const char *kr_tunnel_close_reason(char *buf, size_t cap);
+
 /* ---- used by the two files above ------------------------------------------- */
 
 /*

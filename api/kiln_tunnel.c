@@ -61,6 +61,45 @@ struct tun {
 	int closing;			/* fd gone: close the WebSocket once out is sent */
 };
 
+/* Why kilnd closed the last tunnel (its WebSocket close reason), for the CLI's messages. */
+static pthread_mutex_t reason_mu = PTHREAD_MUTEX_INITIALIZER;
+static char close_reason[128];
+
+const char *kr_tunnel_close_reason(char *buf, size_t cap)
+{
+	pthread_mutex_lock(&reason_mu);
+	snprintf(buf, cap, "%s", close_reason);
+	pthread_mutex_unlock(&reason_mu);
+	return buf[0] ? buf : NULL;
+}
+
+/* The close frame's reason: a 2-byte status, then UTF-8 text (RFC 6455 5.5.1). */
+static void tun_note_close(const unsigned char *in, size_t len)
+{
+	size_t n = len > 2 ? len - 2 : 0, i;
+
+	if (n >= sizeof(close_reason))
+		n = sizeof(close_reason) - 1;
+	pthread_mutex_lock(&reason_mu);
+	for (i = 0; i < n; i++)
+		close_reason[i] = in[2 + i] < 0x20 || in[2 + i] == 0x7f ? '?' : (char)in[2 + i];
+	close_reason[n] = '\0';
+	pthread_mutex_unlock(&reason_mu);
+}
+
+/*
+ * Before our end closes: read what the client sent and nobody will carry,
+ * so that it sees an orderly EOF, not ECONNRESET (a unix socket closed
+ * with unread bytes resets its peer).
+ */
+static void tun_drain(int fd)
+{
+	char buf[4096];
+
+	while (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) > 0)
+		;
+}
+
 static void tun_put(struct tun *t)
 {
 	int last;
@@ -218,6 +257,9 @@ static int ws_event(struct tun *t, struct lws *wsi, enum lws_callback_reasons re
 			return -1;
 		}
 		return 0;
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		tun_note_close(in, len);
+		return 0;
 	case LWS_CALLBACK_CLIENT_CLOSED:
 		t->ws = NULL;
 		/* What kilnd sent reaches the client before its end closes. */
@@ -261,6 +303,7 @@ static int file_event(struct tun *t, struct lws *wsi, enum lws_callback_reasons 
 		lws_rx_flow_control(t->ws, 1);
 		return 0;
 	case LWS_CALLBACK_RAW_CLOSE_FILE:
+		tun_drain(lws_get_socket_fd(wsi));
 		t->file = NULL;
 		if (t->ws) {
 			t->closing = 1;
