@@ -9,6 +9,7 @@
  *                                      agent at AGENT_SOCK (kiln-agent-host),
  *                                      after the CONNECT/OK exchange
  *   GET /v1/sandboxes/sbx_drop/agent   the same, closed after 2 messages out
+ *                                      with the reason "sandbox killed"
  *   GET /v1/sandboxes/sbx_text/agent   the same, but sends a text message
  *
  *   fake-kilnd SOCK AGENT_SOCK
@@ -139,7 +140,11 @@ static int agent_cb(struct lws *wsi, enum lws_callback_reasons reason, void *use
 			if (lws_write(wsi, s->out + LWS_PRE, s->out_len, s->text ? LWS_WRITE_TEXT : LWS_WRITE_BINARY) < 0)
 				return -1;
 			s->out_len = 0;
-			if ((s->drop && ++s->sent >= 2) || s->text)
+			if (s->drop && ++s->sent >= 2) {
+				lws_close_reason(wsi, LWS_CLOSE_STATUS_GOINGAWAY, (unsigned char *)"sandbox killed", 14);
+				return -1;
+			}
+			if (s->text)
 				return -1;
 			if (s->file)
 				lws_rx_flow_control(s->file, 1);

@@ -112,6 +112,10 @@ else
 		"$([[ $st = 0 && $out == *sbx_*suite=kilnd-cli* ]] && echo 1)" "$(detail)"
 fi
 
+KILN_TOKEN=ddo_wrong run exec "$unknown" --endpoint "$tcp" -- true
+check "exec over TCP with a wrong token: 125 with kilnd's reason" \
+	"$([[ $st = 125 && $err == 'kiln: '*oken* ]] && echo 1)" "$(detail)"
+
 run info 'a/b'
 check "an id that is no URL path segment: usage, exit 2" "$([ $st = 2 ] && echo 1)" "$(detail)"
 run create --memory lots

@@ -45,8 +45,8 @@ run exec sbx_gone -- true
 check "exec to a sandbox kilnd does not know: 125 with kilnd's message" \
 	"$([[ $st = 125 && $err == 'kiln: no sandbox with that id (kiln ls lists them)' ]] && echo 1)" "$(detail)"
 run exec sbx_drop -- sleep 30
-check "kilnd closing the WebSocket mid-exec: the agent client's connection-lost error, 125" \
-	"$([[ $st = 125 && $err == *'agent closed the connection'* ]] && echo 1)" "$(detail)"
+check "kilnd closing the WebSocket mid-exec: the agent client's connection-lost error and kilnd's reason, 125" \
+	"$([[ $st = 125 && $err == *'agent closed the connection'*'(kilnd: sandbox killed)' ]] && echo 1)" "$(detail)"
 run exec sbx_text -- sleep 30
 check "a text message from kilnd ends the connection: 125" "$([ $st = 125 ] && echo 1)" "$(detail)"
 
