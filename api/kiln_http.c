@@ -38,6 +38,10 @@ int kr_endpoint_parse(struct kr_endpoint *ep, const char *text, struct kiln_err 
 	ep->token = getenv("KILN_TOKEN");
 	if (ep->token && !*ep->token)
 		ep->token = NULL;
+	for (h = ep->token; h && *h; h++)
+		if (*h <= ' ' || *h == 0x7f)
+			return kiln_fail(err, EINVAL, "KILN_TOKEN has a space or control character; "
+					 "set it to the ddo_... token that kiln token create printed");
 	if (strncmp(text, "unix:", 5) == 0) {
 		if (text[5] != '/')
 			return kiln_fail(err, EINVAL, "endpoint %s: expected unix:/ABSOLUTE/PATH", text);

@@ -255,7 +255,8 @@ static const char *ms_text(const json_t *v, char *buf, size_t cap)
 	struct tm tm;
 	time_t s;
 
-	if (!json_is_integer(v) && !json_is_real(v))
+	/* Years 1970 to about 33658: anything else is no time kilnd meant. */
+	if ((!json_is_integer(v) && !json_is_real(v)) || !(json_number_value(v) >= 0 && json_number_value(v) < 1e15))
 		return "-";
 	s = (time_t)(json_number_value(v) / 1000);
 	if (!gmtime_r(&s, &tm) || !strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm))
@@ -456,7 +457,9 @@ static int list_sandboxes(struct ropts *o)
 			die_usage("ls: the --label filters are too long (at most 8 KB in all)");
 		sep = "&";
 	}
-	if (o->all && n + 16 < sizeof(path))
+	if (o->all && n + 16 >= sizeof(path))
+		die_usage("ls: the --label filters are too long (at most 8 KB in all)");
+	if (o->all)
 		snprintf(path + n, sizeof(path) - n, "%sstate=all", sep);
 	return call_list(o, path, "sandboxes", "ID                           STATE     MEMORY VCPUS STOP_AT              LABELS\n",
 			 sandbox_row);

@@ -120,6 +120,9 @@ run info 'a/b'
 check "an id that is no URL path segment: usage, exit 2" "$([ $st = 2 ] && echo 1)" "$(detail)"
 run create --memory lots
 check "create --memory lots: usage, exit 2" "$([ $st = 2 ] && echo 1)" "$(detail)"
+KILN_TOKEN=$'ddo_x\r\nX-Injected: 1' run node
+check "a KILN_TOKEN with control characters: usage, exit 2, not sent" \
+	"$([[ $st = 2 && $err == *KILN_TOKEN* ]] && echo 1)" "$(detail)"
 run node --endpoint ftp://x
 check "a bad endpoint: usage, exit 2" "$([[ $st = 2 && $err == *unix:/PATH* ]] && echo 1)" "$(detail)"
 
