@@ -201,6 +201,23 @@ static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
 	return 0;
 }
 
+int kac_dial(const char *uds, int timeout_ms, int *fd, struct kac_err *err)
+{
+	int ret;
+
+	if (err)
+		err->code = 0;
+	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long", uds);
+	ret = vsock_connect_once(uds, ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0), fd);
+	if (ret == -EAGAIN)
+		return ac_fail(err, ECONNREFUSED, "%s: the VM did not accept a connection to the agent's port %u",
+			       uds, KP_VSOCK_PORT);
+	if (ret)
+		return ac_fail(err, -ret, "%s: %s", uds, strerror(-ret));
+	return 0;
+}
+
 /* c and its buffers (its fd closed, or never opened). */
 static void conn_free(struct kac *c)
 {

@@ -51,6 +51,13 @@ struct kac;
 int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err);
 
 /*
+ * One try at the agent's stream without the HELLO: connect to uds and
+ * CONNECT to the agent's vsock port, for a caller that relays the stream
+ * (kilnd's agent WebSocket). 0 with *fd (blocking, close-on-exec), or -errno.
+ */
+int kac_dial(const char *uds, int timeout_ms, int *fd, struct kac_err *err);
+
+/*
  * The HELLO exchange only, on fd: a stream already connected to the agent
  * (the vsock CONNECT done, e.g. kilnd's agent WebSocket bridged to a
  * socketpair). fd is made non-blocking and consumed: kac_close closes it,

@@ -579,18 +579,18 @@ int reg_usage_add(struct reg *r, const char *id, uint64_t cpu_ns, uint64_t mem_m
 
 /* ---- VMM identity ------------------------------------------------------------------------------------- */
 
-int reg_parse_start_time(const char *stat, size_t len, uint64_t *out)
+int reg_parse_stat_field(const char *stat, size_t len, unsigned want, uint64_t *out)
 {
 	const char *p = memrchr(stat, ')', len), *end = stat + len;
 	uint64_t v = 0;
-	int field = 2;	/* the ')' ends field 2, comm, which may hold spaces and ')' */
+	unsigned field = 2;	/* the ')' ends field 2, comm, which may hold spaces and ')' */
 
-	if (!p)
+	if (!p || want < 3)
 		return -EINVAL;
-	for (p++; p < end && field < 22; p++)
+	for (p++; p < end && field < want; p++)
 		if (*p == ' ')
 			field++;
-	if (field != 22 || p >= end || *p < '0' || *p > '9')
+	if (field != want || p >= end || *p < '0' || *p > '9')
 		return -EINVAL;
 	for (; p < end && *p >= '0' && *p <= '9'; p++) {
 		if (v > (UINT64_MAX - 9) / 10)
@@ -603,9 +603,15 @@ int reg_parse_start_time(const char *stat, size_t len, uint64_t *out)
 	return 0;
 }
 
-int reg_proc_start_time(pid_t pid, uint64_t *out, struct kiln_err *err)
+int reg_parse_start_time(const char *stat, size_t len, uint64_t *out)
 {
-	char path[64], buf[4096];
+	return reg_parse_stat_field(stat, len, 22, out);
+}
+
+/* Read /proc/PID/stat into buf (NUL-terminated); its length, or -errno with err. */
+static ssize_t read_proc_stat(pid_t pid, char *buf, size_t size, struct kiln_err *err)
+{
+	char path[64];
 	ssize_t n;
 	int fd, e;
 
@@ -618,7 +624,7 @@ int reg_proc_start_time(pid_t pid, uint64_t *out, struct kiln_err *err)
 				 e == ENOENT ? "gone" : strerror(e));
 	}
 	do
-		n = read(fd, buf, sizeof(buf));
+		n = read(fd, buf, size - 1);
 	while (n < 0 && errno == EINTR);
 	e = errno;
 	close(fd);
@@ -626,7 +632,33 @@ int reg_proc_start_time(pid_t pid, uint64_t *out, struct kiln_err *err)
 		return kiln_fail(err, e == ESRCH ? ESRCH : e, "process %d: reading %s: %s", (int)pid, path, strerror(e));
 	if (n == 0)
 		return kiln_fail(err, ESRCH, "process %d: gone", (int)pid);
+	buf[n] = '\0';
+	return n;
+}
+
+int reg_proc_start_time(pid_t pid, uint64_t *out, struct kiln_err *err)
+{
+	char buf[4096];
+	ssize_t n = read_proc_stat(pid, buf, sizeof(buf), err);
+
+	if (n < 0)
+		return (int)n;
 	if (reg_parse_start_time(buf, (size_t)n, out))
-		return kiln_fail(err, EINVAL, "process %d: %s has no start time in field 22", (int)pid, path);
+		return kiln_fail(err, EINVAL, "process %d: /proc/%d/stat has no start time in field 22", (int)pid,
+				 (int)pid);
+	return 0;
+}
+
+int reg_proc_cpu_ticks(pid_t pid, uint64_t *out, struct kiln_err *err)
+{
+	char buf[4096];
+	ssize_t n = read_proc_stat(pid, buf, sizeof(buf), err);
+	uint64_t ut, st;
+
+	if (n < 0)
+		return (int)n;
+	if (reg_parse_stat_field(buf, (size_t)n, 14, &ut) || reg_parse_stat_field(buf, (size_t)n, 15, &st))
+		return kiln_fail(err, EINVAL, "process %d: /proc/%d/stat has no utime and stime", (int)pid, (int)pid);
+	*out = ut + st;
 	return 0;
 }

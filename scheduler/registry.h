@@ -227,5 +227,9 @@ int reg_template_delete(struct reg *r, const char *image, uint32_t memory_mb, ui
 int reg_proc_start_time(pid_t pid, uint64_t *out, struct kiln_err *err);
 /* The same from the text of a stat file (len bytes), for tests; -EINVAL if malformed. */
 int reg_parse_start_time(const char *stat, size_t len, uint64_t *out);
+/* Field want (3 and up, as proc(5) numbers them) of a stat file's text as a number; -EINVAL if malformed. */
+int reg_parse_stat_field(const char *stat, size_t len, unsigned want, uint64_t *out);
+/* utime + stime of a process (fields 14 and 15), in clock ticks; -ESRCH if it is gone. */
+int reg_proc_cpu_ticks(pid_t pid, uint64_t *out, struct kiln_err *err);
 
 #endif

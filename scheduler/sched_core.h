@@ -43,9 +43,10 @@
 #define SCHED_TIMEOUT_DEFAULT_MS	(5 * 60 * 1000ull)
 
 #define SCHED_BODY_MAX			(256 * 1024u)	/* bytes of a create body */
-#define SCHED_LABELS_MAX		64u
+/* Deno Sandbox's limits, which the registry keeps too (REG_LABELS_MAX ...). */
+#define SCHED_LABELS_MAX		5u
 #define SCHED_LABEL_KEY_MAX		63u		/* bytes; at least 1 */
-#define SCHED_LABEL_VALUE_MAX		256u		/* bytes */
+#define SCHED_LABEL_VALUE_MAX		128u		/* bytes */
 #define SCHED_ENV_MAX			256u
 /* NAME=VALUE\0 of every entry together, as the guest's environ holds them. */
 #define SCHED_ENV_BYTES_MAX		(128 * 1024u)
@@ -98,7 +99,7 @@ void sched_spec_free(struct sched_spec *s);
 
 /*
  * Check one label: a key of 1-63 bytes of [a-zA-Z0-9._/-] and a value of at
- * most 256 bytes with no control bytes (below 0x20, or 0x7f). Lengths are
+ * most 128 bytes with no control bytes (below 0x20, or 0x7f). Lengths are
  * explicit so that an embedded NUL is caught. Returns 0 or -EINVAL. kilnd
  * uses it for the ?labels[k]=v filters of list too.
  */

@@ -26,6 +26,8 @@ LAYERS = {
     # kilnd's side: api -> scheduler -> (agent client, kiln-vmm processes).
     "scheduler": ["lib"],
     "api": ["scheduler", "lib"],
+    # kilnd, the program: its HTTP front over the agent client and the scheduler.
+    "api/kilnd": ["api", "scheduler", "lib"],
     "bench": ["api", "lib"],
 }
 

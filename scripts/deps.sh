@@ -8,7 +8,7 @@ build_pkgs=(build-essential pkg-config flex bison bc libelf-dev libssl-dev
 	libsqlite3-dev)
 # kilnd's JSON: the create body (scheduler/sched_spec.c) and the API.
 build_pkgs+=(libjansson-dev)
-# kiln's client of kilnd: HTTP and the agent WebSocket.
+# kilnd's HTTP and WebSocket front, and the CLI's client of it.
 build_pkgs+=(libwebsockets-dev)
 test_pkgs=(qemu-system-x86 linux-image-amd64 kmod clang libclang-rt-14-dev util-linux python3 mount e2fsprogs iproute2)
 

@@ -144,6 +144,29 @@ chroot $R /sbin/modprobe -a -q tun veth nf_tables ext4 loop 2>/dev/null ||
 log "extra modules loaded"
 ip link set lo up 2>/dev/null || true
 
+# --- network (kvm-host.sh --forward) ---------------------------------------------
+# QEMU user networking with restrict=on: connections come in only through
+# its hostfwd rules and nothing goes out, so a static address and no gateway.
+if [ -s /ctl/net ]; then
+	read -r netaddr </ctl/net
+	chroot $R /sbin/modprobe -q virtio_net 2>/dev/null || log "modprobe virtio_net failed"
+	nic='' i=0
+	while [ -z "$nic" ] && [ $i -lt 50 ]; do
+		for d in /sys/class/net/*; do
+			case $(readlink "$d/device/driver" 2>/dev/null) in
+			*/virtio_net) nic=${d##*/}; break ;;
+			esac
+		done
+		[ -n "$nic" ] || sleep 0.1
+		i=$((i + 1))
+	done
+	[ -n "$nic" ] || fail "the forwarding NIC did not appear (virtio_net: $([ -d /sys/module/virtio_net ] && echo loaded || echo not loaded))"
+	if ! ip addr add "$netaddr" dev "$nic" || ! ip link set "$nic" up; then
+		fail "cannot configure $nic as $netaddr"
+	fi
+	log "$nic is $netaddr"
+fi
+
 # --- run CMD -------------------------------------------------------------------
 log "running job (cwd $cwd)"
 env -i chroot $R /bin/sh /run/kiln/job </dev/null >"$outdev" 2>&1

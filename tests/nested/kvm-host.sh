@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # kvm-host.sh - run a command where /dev/kvm works, even on machines without it.
 #
-# Usage: tests/nested/kvm-host.sh [--mem MiB] [--timeout SECONDS] -- CMD [ARGS...]
+# Usage: tests/nested/kvm-host.sh [--mem MiB] [--timeout SECONDS]
+#                                 [--forward HOSTPORT[:GUESTPORT]]... -- CMD [ARGS...]
+#        tests/nested/kvm-host.sh --probe    (prints "direct" or "nested")
 #
 # If /dev/kvm can be opened read-write here and is hardware KVM (the CPU
 # has vmx or svm), CMD is simply exec'd (under timeout(1), so --timeout
@@ -15,7 +17,12 @@
 # path, and CMD runs there with stdin from /dev/null.  CMD's stdout+stderr
 # stream to this script's stdout (carriage returns dropped); harness messages
 # go to stderr; CMD's exit status becomes ours.  Harness failures exit 125
-# with a one-line "kvm-host: ..." reason, a timeout exits 124.
+# with a one-line "kvm-host: ..." reason, a timeout exits 124 (--timeout 0:
+# none).  --forward gives the nested host a NIC on QEMU user networking with
+# restrict=on (10.0.2.15/24; nothing inside can open a connection out) and
+# forwards this machine's 127.0.0.1:HOSTPORT to its GUESTPORT, so a server
+# in there can be reached from here.  Ctrl-C or SIGTERM stops the nested
+# host and exits 130 or 143.
 # See tests/nested/README.md.
 #
 # Environment knobs (all optional):
@@ -41,8 +48,12 @@ INIT_SRC=$HERE/host-init.sh
 mem=6144
 timeout_s=3000
 
+forwards=() # "HOSTPORT GUESTPORT"
+probe=0
+
 usage() {
-	echo "usage: $0 [--mem MiB] [--timeout SECONDS] -- CMD [ARGS...]" >&2
+	echo "usage: $0 [--mem MiB] [--timeout SECONDS] [--forward HOSTPORT[:GUESTPORT]]... -- CMD [ARGS...]" >&2
+	echo "       $0 --probe" >&2
 	exit 125
 }
 die() {
@@ -50,6 +61,16 @@ die() {
 	exit 125
 }
 note() { echo "$PROG: $*" >&2; }
+add_forward() { # HOSTPORT[:GUESTPORT]
+	local hp=${1%%:*} gp=${1#*:} p
+	[[ $1 == *:* ]] || gp=$hp
+	for p in "$hp" "$gp"; do
+		if [[ ! $p =~ ^[1-9][0-9]{0,4}$ ]] || ((p > 65535)); then
+			die "--forward wants HOSTPORT[:GUESTPORT] with ports 1-65535, got '$1'"
+		fi
+	done
+	forwards+=("$hp $gp")
+}
 
 while (($#)); do
 	case $1 in
@@ -57,24 +78,34 @@ while (($#)); do
 	--mem=*) mem=${1#*=}; shift ;;
 	--timeout) (($# >= 2)) || usage; timeout_s=$2; shift 2 ;;
 	--timeout=*) timeout_s=${1#*=}; shift ;;
+	--forward) (($# >= 2)) || usage; add_forward "$2"; shift 2 ;;
+	--forward=*) add_forward "${1#*=}"; shift ;;
+	--probe) probe=1; shift ;;
 	-h | --help) usage ;;
 	--) shift; break ;;
 	-*) echo "$PROG: unknown option $1" >&2; usage ;;
 	*) break ;;
 	esac
 done
-(($#)) || usage
+(($# || probe)) || usage
 [[ $mem =~ ^[1-9][0-9]*$ ]] || die "--mem wants a number of MiB, got '$mem'"
-[[ $timeout_s =~ ^[1-9][0-9]*$ ]] || die "--timeout wants a positive number of seconds, got '$timeout_s'"
+[[ $timeout_s =~ ^(0|[1-9][0-9]*)$ ]] || die "--timeout wants a number of seconds (0: no limit), got '$timeout_s'"
 
 # --- fast path: KVM works right here -------------------------------------------
 # (-c first: bash's <> would create a regular file if /dev/kvm did not exist)
 # Same timeout semantics as the nested path; timeout(1) passes CMD's status on
 # and says on stderr when it had to kill CMD.
+# --forward has nothing to do there: CMD's ports are this machine's own.
 if [[ ${KILN_NESTED_FORCE:-} != 1 && -c /dev/kvm ]] && { : <>/dev/kvm; } 2>/dev/null &&
 	grep -qw -E 'vmx|svm' /proc/cpuinfo; then
+	((probe)) && { echo direct; exit 0; }
+	for f in "${forwards[@]}"; do
+		read -r hp gp <<<"$f"
+		[[ $hp == "$gp" ]] || note "note: KVM works here, so --forward $hp:$gp does nothing: CMD must listen on port $hp itself"
+	done
 	exec timeout --verbose --kill-after=10 "$timeout_s" "$@"
 fi
+((probe)) && { echo nested; exit 0; }
 
 # --- helpers -------------------------------------------------------------------
 now_us() { local t=${EPOCHREALTIME/[.,]/}; echo "$((10#$t))"; }
@@ -301,6 +332,19 @@ trap 'note "hangup"; exit 129' HUP
 	echo
 } >"$tmp/ctl/job"
 printf '%s\n' "$cwd" >"$tmp/ctl/cwd"
+net=()
+if ((${#forwards[@]})); then
+	# restrict=on: the nested host can open no connection anywhere (not even
+	# to this machine); only the hostfwd rules below reach it, from here.
+	fwd=
+	for f in "${forwards[@]}"; do
+		read -r hp gp <<<"$f"
+		fwd+=",hostfwd=tcp:127.0.0.1:$hp-:$gp"
+	done
+	net=(-netdev "user,id=n0,restrict=on$fwd" -device 'virtio-net-pci,netdev=n0,romfile=')
+	# /init configures the NIC statically when this file is there
+	echo 10.0.2.15/24 >"$tmp/ctl/net"
+fi
 [[ $cwd == / ]] && note "warning: cwd is /; writes will not reach the dev machine"
 
 mkfifo "$tmp/out.fifo" "$tmp/msg.fifo" || die "mkfifo failed in $tmp"
@@ -356,7 +400,7 @@ timeout --kill-after=10 "$timeout_s" \
 	-device virtserialport,bus=vser.0,chardev=msg,name=kiln.msg \
 	-chardev "file,id=out,path=${tmp//,/,,}/out.fifo" \
 	-device virtserialport,bus=vser.0,chardev=out,name=kiln.out \
-	"${p9[@]}" \
+	"${p9[@]}" "${net[@]}" \
 	</dev/null >"$tmp/qemu.log" 2>&1 &
 tpid=$!
 wait "$tpid"
@@ -383,6 +427,9 @@ fi
 err=$(grep -a '^error: ' "$tmp/msg.log" 2>/dev/null | tail -n 1)
 if [[ -n $err ]]; then
 	die "nested host setup failed: ${err#error: }"
+fi
+if ((qrc != 0)) && grep -q 'host forwarding rule' "$tmp/qemu.log" 2>/dev/null; then
+	die "cannot forward $(grep -o "tcp:127.0.0.1:[0-9]*" "$tmp/qemu.log" | head -n 1) into the nested host: is that port in use? (pick another --forward HOSTPORT)"
 fi
 if ((qrc != 0)); then
 	die "qemu exited with status $qrc before CMD finished: $(one_line 3 "$tmp/qemu.log")"

@@ -249,7 +249,7 @@ static void gen_long_key(int i, char *k, size_t kn, char *v, size_t vn)
 
 static void gen_long_value(int i, char *k, size_t kn, char *v, size_t vn)
 {
-	size_t len = 256 + (size_t)i;
+	size_t len = 128 + (size_t)i;
 
 	snprintf(k, kn, "k%d", i);
 	ck_assert_uint_lt(len, vn);
@@ -263,16 +263,16 @@ START_TEST(spec_bounds)
 	struct sched_spec s;
 	char *b;
 
-	b = build_obj("labels", 64, gen_label);
+	b = build_obj("labels", 5, gen_label);
 	ck_assert_msg(spec_parse(b, &s, &err) == 0, "%s", err.msg);
-	ck_assert_uint_eq(s.nlabels, 64);
-	ck_assert_str_eq(s.labels[63].key, "k63");
+	ck_assert_uint_eq(s.nlabels, 5);
+	ck_assert_str_eq(s.labels[4].key, "k4");
 	sched_spec_free(&s);
 	free(b);
 
-	b = build_obj("labels", 65, gen_label);
+	b = build_obj("labels", 6, gen_label);
 	ck_assert_int_eq(spec_parse(b, &s, &err), -EINVAL);
-	ck_assert_str_eq(err.msg, "labels has 65 entries (at most 64)");
+	ck_assert_str_eq(err.msg, "labels has 6 entries (at most 5)");
 	free(b);
 
 	b = build_obj("env", 256, gen_env);
@@ -298,7 +298,7 @@ START_TEST(spec_bounds)
 
 	b = build_obj("labels", 2, gen_long_value);
 	ck_assert_int_eq(spec_parse(b, &s, &err), -EINVAL);
-	ck_assert_str_eq(err.msg, "label \"k1\" value is 257 bytes (at most 256)");
+	ck_assert_str_eq(err.msg, "label \"k1\" value is 129 bytes (at most 128)");
 	free(b);
 
 	/* env: NAME=VALUE\0 of all entries, 128 KiB at most. */

@@ -1,0 +1,251 @@
+/*
+ * Templates: one snapshot per (image, memory_mb, vcpus) of a guest whose
+ * agent is up, which every create of that shape restores. The first create
+ * of a shape boots one (kiln-vmm --template) and later ones find it in the
+ * registry. A template records the SHA-256 of the kernel and initramfs it
+ * booted; when either changes (kilnd hashes them at start) the old one is
+ * no longer current and the next create builds a new one beside it, in a
+ * directory named by the new hashes, and removes the old.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "kilnd.h"
+
+static int sha256_file(const char *path, char hex[REG_SHA256_HEX], struct kiln_err *err)
+{
+	unsigned char md[EVP_MAX_MD_SIZE], buf[1 << 16];
+	unsigned mdlen = 0;
+	EVP_MD_CTX *c;
+	ssize_t n;
+	int fd, r = 0;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return kiln_fail(err, errno, "cannot read %s: %s (kilnd --kernel/--initrd; run make)", path,
+				 strerror(errno));
+	c = EVP_MD_CTX_new();
+	if (!c || !EVP_DigestInit_ex(c, EVP_sha256(), NULL)) {
+		r = kiln_fail(err, ENOMEM, "SHA-256 of %s: libcrypto failed", path);
+		goto out;
+	}
+	while ((n = read(fd, buf, sizeof(buf))) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			r = kiln_fail(err, errno, "reading %s: %s", path, strerror(errno));
+			goto out;
+		}
+		EVP_DigestUpdate(c, buf, (size_t)n);
+	}
+	EVP_DigestFinal_ex(c, md, &mdlen);
+	for (unsigned i = 0; i < mdlen && i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+out:
+	EVP_MD_CTX_free(c);
+	close(fd);
+	return r;
+}
+
+int kd_template_hashes(struct kilnd *kd, struct kiln_err *err)
+{
+	int r = sha256_file(kd->conf.kernel, kd->kernel_sha, err);
+
+	return r ? r : sha256_file(kd->conf.initrd, kd->initrd_sha, err);
+}
+
+static int rmtree_at(int dfd, const char *name)
+{
+	int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	DIR *d;
+	struct dirent *e;
+
+	if (fd < 0)
+		return unlinkat(dfd, name, 0) && errno != ENOENT ? -errno : 0;
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	while ((e = readdir(d))) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+			continue;
+		if (e->d_type == DT_DIR)
+			rmtree_at(dirfd(d), e->d_name);
+		else
+			unlinkat(dirfd(d), e->d_name, 0);
+	}
+	closedir(d);
+	return unlinkat(dfd, name, AT_REMOVEDIR) && errno != ENOENT ? -errno : 0;
+}
+
+int kd_rmtree(const char *path)
+{
+	return rmtree_at(AT_FDCWD, path);
+}
+
+static void template_dir(const struct kilnd *kd, const char *image, unsigned mem, unsigned vcpus, char *buf,
+			 size_t n)
+{
+	kd_pathf(buf, n, "%s/templates/%s-%um-%uc-%.8s%.8s", kd->conf.state_dir, image, mem, vcpus, kd->kernel_sha,
+		 kd->initrd_sha);
+}
+
+/* The last line of a log (for a message), "" if none. */
+static void last_line(const char *path, char *out, size_t n)
+{
+	char buf[512];
+	ssize_t r;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	out[0] = '\0';
+	if (fd < 0)
+		return;
+	off_t end = lseek(fd, 0, SEEK_END);
+	r = pread(fd, buf, sizeof(buf) - 1, end > (off_t)sizeof(buf) - 1 ? end - (off_t)sizeof(buf) + 1 : 0);
+	close(fd);
+	if (r <= 0)
+		return;
+	buf[r] = '\0';
+	while (r > 0 && (buf[r - 1] == '\n' || buf[r - 1] == '\r'))
+		buf[--r] = '\0';
+	char *nl = strrchr(buf, '\n');
+
+	snprintf(out, n, "%.190s", nl ? nl + 1 : buf);
+	for (char *p = out; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+			*p = '?';
+}
+
+/* Boot the guest and snapshot it into dir/snap; 0 or -errno with err. */
+static int template_boot(struct kilnd *kd, const char *dir, unsigned mem, unsigned vcpus, struct kiln_err *err)
+{
+	char snap[KD_PATH_MAX + 8], vsock[KD_PATH_MAX + 16], log[KD_PATH_MAX + 16], memarg[16], cpuarg[16];
+	pid_t pid;
+	int r, st;
+
+	kd_pathf(snap, sizeof(snap), "%s/snap", dir);
+	kd_pathf(vsock, sizeof(vsock), "cid=3,uds=%s/vsock", dir);
+	kd_pathf(log, sizeof(log), "%s/boot.log", dir);
+	snprintf(memarg, sizeof(memarg), "%u", mem);
+	snprintf(cpuarg, sizeof(cpuarg), "%u", vcpus);
+	char *argv[] = { "kiln-vmm", "--kernel", kd->conf.kernel, "--initrd", kd->conf.initrd, "--mem", memarg,
+			 "--vcpus", cpuarg, "--cmdline", "kiln.agent", "--console", "none", "--vsock", vsock,
+			 "--template", snap, "-v", NULL };
+
+	r = kd_vmm_spawn(kd, argv, log, &pid, err);
+	if (r)
+		return r;
+	r = kd_vmm_wait(pid, KD_TEMPLATE_TIMEOUT_S * 1000, &st);
+	if (r == -ETIMEDOUT) {
+		kd_vmm_kill(pid, -1, 1);
+		return kiln_fail(err, ETIMEDOUT, "the template of %u MiB, %u vCPUs did not boot within %d s (see %s)",
+				 mem, vcpus, KD_TEMPLATE_TIMEOUT_S, log);
+	}
+	if (r)
+		return kiln_fail(err, -r, "waiting for the template's kiln-vmm: %s", strerror(-r));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		char why[200];
+
+		last_line(log, why, sizeof(why));
+		return kiln_fail(err, EIO, "the template of %u MiB, %u vCPUs failed to boot: kiln-vmm %s %d: %s", mem,
+				 vcpus, WIFEXITED(st) ? "exited" : "killed by signal",
+				 WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), why[0] ? why : "(no output)");
+	}
+	return 0;
+}
+
+int kd_template_ensure(struct kilnd *kd, const char *image, unsigned mem, unsigned vcpus, char *dir, size_t n,
+		       int *built, struct kiln_err *err)
+{
+	struct reg_template t, old;
+	char final[KD_PATH_MAX], tmp[KD_PATH_MAX + 8];
+	int r, have_old;
+
+	*built = 0;
+	pthread_mutex_lock(&kd->tmpl_lock);
+	pthread_mutex_lock(&kd->reg_lock);
+	have_old = reg_template_get(kd->reg, image, mem, vcpus, &old, NULL) == 0;
+	pthread_mutex_unlock(&kd->reg_lock);
+	template_dir(kd, image, mem, vcpus, final, sizeof(final));
+	if (have_old && !strcmp(old.kernel_sha256, kd->kernel_sha) && !strcmp(old.initramfs_sha256, kd->initrd_sha) &&
+	    access(old.path, R_OK) == 0) {
+		kd_pathf(dir, n, "%s", old.path);
+		pthread_mutex_unlock(&kd->tmpl_lock);
+		return 0;
+	}
+	kd_pathf(tmp, sizeof(tmp), "%s.build", final);
+	kd_rmtree(tmp);
+	kd_rmtree(final);
+	if (mkdir(tmp, 0700)) {
+		r = kiln_fail(err, errno, "cannot create %s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	r = template_boot(kd, tmp, mem, vcpus, err);
+	if (r)
+		goto out;
+	if (rename(tmp, final)) {
+		r = kiln_fail(err, errno, "cannot move %s to %s: %s", tmp, final, strerror(errno));
+		goto out;
+	}
+	memset(&t, 0, sizeof(t));
+	snprintf(t.image, sizeof(t.image), "%s", image);
+	t.memory_mb = mem;
+	t.vcpus = vcpus;
+	kd_pathf(t.path, sizeof(t.path), "%s/snap", final);
+	memcpy(t.kernel_sha256, kd->kernel_sha, sizeof(t.kernel_sha256));
+	memcpy(t.initramfs_sha256, kd->initrd_sha, sizeof(t.initramfs_sha256));
+	pthread_mutex_lock(&kd->reg_lock);
+	r = reg_template_put(kd->reg, &t, (int64_t)kd_now_ms(), err);
+	pthread_mutex_unlock(&kd->reg_lock);
+	if (r)
+		goto out;
+	/* The old template's clones keep their MAP_PRIVATE mapping of its memory file. */
+	if (have_old && strcmp(old.path, t.path)) {
+		char *slash = strrchr(old.path, '/');
+
+		if (slash && !strcmp(slash, "/snap")) {
+			*slash = '\0';
+			kd_rmtree(old.path);
+		}
+	}
+	kd_pathf(dir, n, "%s", t.path);
+	*built = 1;
+out:
+	if (r)
+		kd_rmtree(tmp);
+	pthread_mutex_unlock(&kd->tmpl_lock);
+	return r;
+}
+
+int kd_template_remove(struct kilnd *kd, const char *image, unsigned mem, unsigned vcpus, struct kiln_err *err)
+{
+	struct reg_template t;
+	int r;
+
+	pthread_mutex_lock(&kd->tmpl_lock);
+	pthread_mutex_lock(&kd->reg_lock);
+	r = reg_template_get(kd->reg, image, mem, vcpus, &t, err);
+	if (!r)
+		r = reg_template_delete(kd->reg, image, mem, vcpus, err);
+	pthread_mutex_unlock(&kd->reg_lock);
+	if (!r) {
+		char *slash = strrchr(t.path, '/');
+
+		if (slash && !strcmp(slash, "/snap")) {
+			*slash = '\0';
+			kd_rmtree(t.path);
+		}
+	}
+	pthread_mutex_unlock(&kd->tmpl_lock);
+	return r;
+}

@@ -1,0 +1,121 @@
+/*
+ * kiln-vmm processes as kilnd starts, watches and ends them.
+ *
+ * A VMM runs in its own session (setsid), so a Ctrl-C meant for kilnd in a
+ * terminal does not reach the sandboxes, and it outlives kilnd: a kill -9
+ * and restart of kilnd finds it again (node.c, kd_readopt). It inherits no
+ * descriptor of kilnd's but its log on stdout and stderr.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kilnd.h"
+
+int kd_pidfd_open(pid_t pid)
+{
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+/* Close every descriptor from 3 up, in a child between fork and exec. */
+static void close_from_3(void)
+{
+	if (syscall(SYS_close_range, 3u, ~0u, 0u) == 0)
+		return;
+	for (int fd = 3; fd < 4096; fd++)
+		close(fd);
+}
+
+int kd_vmm_spawn(const struct kilnd *kd, char *const argv[], const char *log, pid_t *pid, struct kiln_err *err)
+{
+	int lfd, nfd, e;
+	pid_t p;
+
+	lfd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (lfd < 0)
+		return kiln_fail(err, errno, "cannot create %s: %s", log, strerror(errno));
+	nfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (nfd < 0) {
+		e = errno;
+		close(lfd);
+		return kiln_fail(err, e, "cannot open /dev/null: %s", strerror(e));
+	}
+	p = fork();
+	if (p < 0) {
+		e = errno;
+		close(lfd);
+		close(nfd);
+		return kiln_fail(err, e, "cannot start %s: fork: %s", kd->conf.vmm, strerror(e));
+	}
+	if (p == 0) {
+		sigset_t none;
+
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		signal(SIGPIPE, SIG_DFL);
+		setsid();
+		if (dup2(nfd, 0) < 0 || dup2(lfd, 1) < 0 || dup2(lfd, 2) < 0)
+			_exit(125);
+		close_from_3();
+		execv(kd->conf.vmm, argv);
+		dprintf(2, "kilnd: cannot run %s: %s\n", kd->conf.vmm, strerror(errno));
+		_exit(125);
+	}
+	close(lfd);
+	close(nfd);
+	*pid = p;
+	return 0;
+}
+
+int kd_vmm_wait(pid_t pid, int ms, int *status)
+{
+	struct timespec d = { 0, 10 * 1000 * 1000 };
+
+	for (int waited = 0;; waited += 10) {
+		pid_t r = waitpid(pid, status, WNOHANG);
+
+		if (r == pid)
+			return 0;
+		if (r < 0 && errno != EINTR)
+			return -errno;
+		if (ms >= 0 && waited >= ms)
+			return -ETIMEDOUT;
+		nanosleep(&d, NULL);
+	}
+}
+
+void kd_vmm_kill(pid_t pid, int pidfd, int is_child)
+{
+	int st;
+
+	if (pid <= 0)
+		return;
+	if (pidfd >= 0) {
+		struct pollfd p = { .fd = pidfd, .events = POLLIN };
+
+		syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+		while (poll(&p, 1, KD_KILL_WAIT_MS) < 0 && errno == EINTR)
+			;
+	} else {
+		kill(pid, SIGKILL);
+	}
+	if (is_child)
+		kd_vmm_wait(pid, KD_KILL_WAIT_MS, &st);
+}
+
+uint64_t kd_proc_cpu_ns(pid_t pid)
+{
+	long hz = sysconf(_SC_CLK_TCK);
+	uint64_t ticks;
+
+	if (pid <= 0 || hz <= 0 || reg_proc_cpu_ticks(pid, &ticks, NULL))
+		return 0;
+	return ticks * (1000000000ull / (uint64_t)hz);
+}

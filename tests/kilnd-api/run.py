@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""kilnd's REST front against hostile and malformed requests, without a VM.
+
+Starts kilnd (the ASan/UBSan build in `make test`) on a unix socket and a TCP
+port in a scratch state dir and checks what every client sees: JSON errors
+with a status that fits and a message that names the fix, auth on both
+listeners, bounded bodies and headers, a slow client and hundreds of idle
+connections that do not stop kilnd serving others, and a second kilnd on
+the same state dir refused. What needs a guest is in
+tests/integration/kilnd.sh, which runs in the nested KVM host.
+
+Usage: tests/kilnd-api/run.py KILND
+"""
+import http.client
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+KILND = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else "build/asan/kilnd"
+passed = failed = 0
+
+
+def check(name, cond, detail=""):
+    global passed, failed
+    if cond:
+        passed += 1
+        print("ok %d - %s" % (passed + failed, name))
+    else:
+        failed += 1
+        print("not ok %d - %s" % (passed + failed, name))
+        for line in str(detail).splitlines()[-15:]:
+            print("#   " + line)
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path, timeout=10):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def start(state, sock, port, extra=()):
+    log = open(state + ".log", "ab")
+    p = subprocess.Popen([KILND, "--state-dir", state, "--listen", "unix:" + sock,
+                          "--listen", "tcp:127.0.0.1:%d" % port] + list(extra),
+                         stdout=log, stderr=log, env=dict(os.environ, ASAN_OPTIONS="detect_leaks=1"))
+    for _ in range(200):
+        if os.path.exists(sock):
+            try:
+                c = UnixHTTP(sock, 2)
+                c.request("GET", "/v1/node")
+                c.getresponse().read()
+                return p
+            except OSError:
+                pass
+        if p.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise SystemExit("kilnd did not start: " + open(state + ".log").read())
+
+
+def req(conn, method, path, body=None, headers=None):
+    h = dict(headers or {})
+    if body is not None and not isinstance(body, (bytes, bytearray)):
+        body = body.encode()
+    conn.request(method, path, body=body, headers=h)
+    r = conn.getresponse()
+    data = r.read()
+    try:
+        js = json.loads(data) if data else None
+    except ValueError:
+        js = None
+    return r.status, js, data
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="kd-api.")
+    os.chmod(tmp, 0o755)
+    state, sock, port = tmp + "/st", tmp + "/kd.sock", free_port()
+    kd = start(state, sock, port)
+    u = lambda: UnixHTTP(sock)
+    t = lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        run_checks(state, sock, port, kd, u, t, tmp)
+    finally:
+        if kd.poll() is None:
+            kd.send_signal(signal.SIGTERM)
+            try:
+                rc = kd.wait(20)
+            except subprocess.TimeoutExpired:
+                kd.kill()
+                rc = "killed"
+            check("kilnd stops on SIGTERM with status 0 and no sanitizer report", rc == 0,
+                  open(state + ".log").read())
+    print("# kilnd-api: %d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+def run_checks(state, sock, port, kd, u, t, tmp):
+    c = u()
+    st, js, raw = req(c, "GET", "/v1/node")
+    check("GET /v1/node over the unix socket answers the node's capacity",
+          st == 200 and js["capacity_mb"] > 0 and js["cpus"] >= 1, raw)
+
+    # Modes: owner-only state, registry and socket.
+    check("the state dir is 0700, the registry 0600, the unix socket 0600",
+          stat.S_IMODE(os.stat(state).st_mode) == 0o700 and
+          stat.S_IMODE(os.stat(state + "/registry.db").st_mode) == 0o600 and
+          stat.S_IMODE(os.stat(sock).st_mode) == 0o600,
+          "%o %o %o" % (os.stat(state).st_mode, os.stat(state + "/registry.db").st_mode, os.stat(sock).st_mode))
+
+    bad = [
+        ('{"memory_mb": 600}', 400, "memory_mb 600 is out of range (768-4096)"),
+        ('{"vcpus": 64}', 400, "vcpus 64 is out of range (1-8)"),
+        ('{"memory": 1024}', 400, 'unknown field "memory"'),
+        ('{"timeout": "5min"}', 400, 'has an unknown unit "min"'),
+        ('{"memory_mb": 1024', 400, "malformed JSON at line 1"),
+        ('{"memory_mb": "big"}', 400, "memory_mb must be an integer"),
+        ('{"labels": {"a b": "c"}}', 400, 'label key "a b"'),
+        ('[1,2]', 400, "JSON object"),
+    ]
+    for body, want, msg in bad:
+        st, js, raw = req(c, "POST", "/v1/sandboxes", body, {"Content-Type": "application/json"})
+        check("POST /v1/sandboxes %s -> %d %s" % (body, want, msg),
+              st == want and js and js.get("code") == "bad_request" and msg in js.get("message", ""), raw)
+
+    st, js, raw = req(c, "POST", "/v1/sandboxes", b"x" * 300000)
+    check("a body over 256 KiB is refused with 413 before it is read",
+          st == 413 and "request body is 300000 bytes (at most 262144)" in js["message"], raw)
+
+    for path, want, msg in [("/v1/sandboxes/bogus", 400, "is malformed"),
+                            ("/v1/sandboxes/sbx_loc_aaaaaaaaaaaaaaaaaaaa", 404, "no sandbox sbx_loc_aaaaaaaaaaaaaaaaaaaa"),
+                            ("/v1/nothing", 404, "no such path"),
+                            ("/v1/sandboxes/sbx_loc_aaaaaaaaaaaaaaaaaaaa/events", 404, "no sandbox")]:
+        st, js, raw = req(c, "GET", path)
+        check("GET %s -> %d" % (path, want), st == want and msg in js["message"], raw)
+    st, js, raw = req(c, "PUT", "/v1/sandboxes")
+    check("PUT /v1/sandboxes -> 405 naming the methods", st == 405 and "GET (list) or POST" in js["message"], raw)
+    st, js, raw = req(c, "DELETE", "/v1/sandboxes/sbx_loc_aaaaaaaaaaaaaaaaaaaa")
+    check("kill of an unknown sandbox -> 404", st == 404, raw)
+    st, js, raw = req(c, "POST", "/v1/sandboxes/sbx_loc_aaaaaaaaaaaaaaaaaaaa/extend", '{"timeout":"10m"}')
+    check("extend of an unknown sandbox -> 404", st == 404, raw)
+    st, js, raw = req(c, "GET", "/v1/sandboxes?label=a%20b=1")
+    check("a malformed label filter -> 400", st == 400 and "label key" in js["message"], raw)
+    st, js, raw = req(c, "GET", "/v1/sandboxes?frob=1")
+    check("an unknown query argument -> 400", st == 400 and "unknown query argument" in js["message"], raw)
+
+    # Tokens: over the unix socket only; TCP wants one.
+    st, js, raw = req(c, "POST", "/v1/tokens")
+    check("POST /v1/tokens over the unix socket mints a ddo_ token",
+          st == 201 and js["token"].startswith("ddo_") and js["id"].startswith("tok_"), raw)
+    tok, tok_id = js["token"], js["id"]
+    tc = t()
+    st, js, raw = req(tc, "GET", "/v1/sandboxes")
+    check("TCP without a token -> 401 naming the header", st == 401 and "Authorization: Bearer" in js["message"], raw)
+    st, js, raw = req(tc, "GET", "/v1/sandboxes", headers={"Authorization": "Bearer ddo_wrong"})
+    check("TCP with a wrong token -> 401", st == 401 and "invalid or revoked token" in js["message"], raw)
+    st, js, raw = req(tc, "GET", "/v1/sandboxes", headers={"Authorization": "Bearer " + tok})
+    check("TCP with the token -> 200", st == 200 and js["sandboxes"] == [], raw)
+    st, js, raw = req(tc, "POST", "/v1/tokens", headers={"Authorization": "Bearer " + tok})
+    check("tokens cannot be minted over TCP (403)", st == 403 and "unix socket" in js["message"], raw)
+    st, js, raw = req(c, "GET", "/v1/tokens")
+    check("GET /v1/tokens lists the token without its secret",
+          st == 200 and js["tokens"][0]["id"] == tok_id and tok not in raw.decode(), raw)
+    st, js, raw = req(c, "DELETE", "/v1/tokens/" + tok_id)
+    check("DELETE /v1/tokens/ID revokes it", st == 200 and js["revoked"] is True, raw)
+    tc = t()
+    st, js, raw = req(tc, "GET", "/v1/sandboxes", headers={"Authorization": "Bearer " + tok})
+    check("a revoked token -> 401", st == 401, raw)
+
+    # Oversized headers: the connection is refused, and kilnd keeps serving.
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET /v1/node HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    try:
+        got = s.recv(4096)
+    except OSError:
+        got = b""
+    s.close()
+    st, js, raw = req(u(), "GET", "/v1/node")
+    check("headers over 8 KiB get no answer but a closed connection, and kilnd serves the next client",
+          not got.startswith(b"HTTP/1.1 200") and st == 200, got[:200])
+
+    # A client that sends a byte at a time does not hold up the others.
+    slow = socket.socket(socket.AF_UNIX)
+    slow.connect(sock)
+    slow.sendall(b"GET /v1/no")
+    t0 = time.monotonic()
+    st, js, raw = req(u(), "GET", "/v1/node")
+    dt = time.monotonic() - t0
+    check("a slow client (half a request line) does not stall another client", st == 200 and dt < 5, dt)
+    for ch in b"de HTTP/1.1\r\nHost: x\r\n\r\n":
+        slow.sendall(bytes([ch]))
+        time.sleep(0.02)
+    slow.settimeout(10)
+    got = slow.recv(4096)
+    slow.close()
+    check("... and the slow client is answered when its request is whole", got.startswith(b"HTTP/1.1 200"), got[:200])
+
+    # Hundreds of idle connections at once.
+    idle = []
+    for _ in range(300):
+        x = socket.socket(socket.AF_UNIX)
+        x.connect(sock)
+        idle.append(x)
+    t0 = time.monotonic()
+    st, js, raw = req(u(), "GET", "/v1/node")
+    check("300 idle connections open: another client is still served", st == 200 and time.monotonic() - t0 < 5, raw)
+    for x in idle:
+        x.close()
+
+    # Metrics.
+    st, _, raw = req(u(), "GET", "/metrics")
+    text = raw.decode()
+    check("GET /metrics is Prometheus text with sandboxes by state, creates, refusals, committed memory",
+          st == 200 and 'kiln_sandboxes{state="running"}' in text and "kiln_creates_total" in text and
+          "kiln_admission_refusals_total" in text and "kiln_memory_committed_mb" in text and
+          "kiln_create_seconds_bucket" in text, text[:400])
+
+    # Admission: a sandbox bigger than the node is refused with 503 and what is free.
+    st, js, raw = req(u(), "GET", "/v1/node")
+    free = js["free_mb"]
+    if free < 4096:
+        st, js, raw = req(u(), "POST", "/v1/sandboxes", '{"memory_mb": 4096}')
+        check("a create that does not fit -> 503 saying what is free",
+              st == 503 and js["code"] == "no_capacity" and "no room for 4096 MiB" in js["message"], raw)
+    st, js, raw = req(u(), "POST", "/v1/sandboxes", '{"vcpus": %d}' % (js["vcpus_limit"] + 1)) \
+        if js["vcpus_limit"] < 8 else (400, {"message": "vcpus"}, b"")
+    check("vcpus above the node's limit -> 400 naming --vcpu-overcommit",
+          st == 400 and "vcpu" in js["message"], raw)
+
+    # A second kilnd on the same state dir is refused.
+    p2 = subprocess.run([KILND, "--state-dir", state, "--listen", "unix:" + tmp + "/kd2.sock"],
+                        capture_output=True, text=True, timeout=30)
+    check("a second kilnd on the same state dir is refused, naming the lock",
+          p2.returncode == 1 and "another kilnd already uses" in p2.stderr, p2.stderr)
+    p3 = subprocess.run([KILND, "--state-dir", tmp + "/st3", "--listen", "unix:" + sock],
+                        capture_output=True, text=True, timeout=30)
+    check("a kilnd on a socket another one serves is refused",
+          p3.returncode == 1 and "in use by another server" in p3.stderr, p3.stderr)
+    p4 = subprocess.run([KILND, "--state-dir", "relative"], capture_output=True, text=True, timeout=30)
+    check("bad flags name the fix", p4.returncode == 1 and "absolute path" in p4.stderr, p4.stderr)
+
+    # kill -9 and restart: the registry survives, tokens included.
+    st, js, raw = req(u(), "POST", "/v1/tokens")
+    tok2 = js["token"]
+    kd.kill()
+    kd.wait()
+    kd2 = start(state, sock, port)
+    st, js, raw = req(t(), "GET", "/v1/sandboxes", headers={"Authorization": "Bearer " + tok2})
+    check("after kill -9 and a restart the registry (and its tokens) is intact", st == 200, raw)
+    kd2.send_signal(signal.SIGTERM)
+    check("the restarted kilnd stops cleanly", kd2.wait(20) == 0, open(state + ".log").read())
+
+
+if __name__ == "__main__":
+    main()
