@@ -277,8 +277,16 @@ static int file_event(struct tun *t, struct lws *wsi, enum lws_callback_reasons 
 
 	switch (reason) {
 	case LWS_CALLBACK_RAW_RX_FILE:
-		if (t->out_len || !t->ws)
+		if (!t->ws) {
+			/* kilnd is gone: what the client still sends goes nowhere (and must not spin us). */
+			tun_drain(lws_get_socket_fd(wsi));
+			lws_rx_flow_control(wsi, 0);
 			return 0;
+		}
+		if (t->out_len) {
+			lws_rx_flow_control(wsi, 0);
+			return 0;
+		}
 		r = read(lws_get_socket_fd(wsi), t->out + LWS_PRE, TUN_CHUNK);
 		if (r < 0)
 			return errno == EAGAIN || errno == EINTR ? 0 : -1;
