@@ -88,6 +88,15 @@ check "an upgrade never answered: 125 after --connect-timeout" \
 	"$([[ $st = 125 && $err == *'did not open the agent connection'* && $took -lt 20 ]] && echo 1)" \
 	"$(detail); took $took s"
 
+# Endpoints: bad forms are usage errors (2); good ones with nothing there, 125.
+for ep in unix:relative http://host http://h:99999 http://h:1/path https://h:1 'http://[::1:1'; do
+	run node --endpoint "$ep"
+	check "endpoint $ep: usage, exit 2" "$([[ $st = 2 && $err == *"endpoint $ep"* ]] && echo 1)" "$(detail)"
+done
+run node --endpoint 'http://[::1]:1'
+check "endpoint http://[::1]:1: parsed, unreachable, 125" "$([[ $st = 125 && $err == *'cannot reach kilnd'* ]] && echo 1)" \
+	"$(detail)"
+
 run exec sbx_ok -- true
 check "the fake kilnd and the agent still serve" "$([ $st = 0 ] && echo 1)" "$(detail)"
 kill "$fp"; wait "$fp" 2>/dev/null; fp=
