@@ -41,7 +41,8 @@ PROTO_HDRS := $(LIB_HDRS)
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all vmm guest kernel initramfs unit asan demo test check-layers test-unit test-integration test-client test-kilnd-api \
-        bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot bench-create fuzz fuzz-build deps deps-test clean FORCE
+        test-kilnd-cli \
+        bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
 
@@ -64,9 +65,13 @@ KAC_SRCS  := api/ac_conn.c api/ac_op.c api/ac_proc.c api/ac_file.c api/ac_fh.c a
 KAC_HDRS  := api/agent_client.h api/ac_int.h
 # kiln: the CLI client of the guest agent (api/).
 KILN_SRCS := api/kiln.c api/kiln_exec.c api/kiln_files.c api/kiln_ctl.c api/kiln_port.c $(KAC_SRCS) $(PROTO_SRCS)
+# ... and of kilnd: HTTP and the agent WebSocket with libwebsockets, JSON with jansson.
+KILN_SRCS += api/kiln_remote.c api/kiln_http.c api/kiln_tunnel.c lib/err.c
+KILN_HDRS := api/kiln_cli.h api/kiln_remote.h
+KILN_LIBS = $(shell pkg-config --libs libwebsockets 2>/dev/null || echo -lwebsockets) $(JANSSON_LIBS) -pthread
 
-$(O)/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS) | $(O)
-	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ $(KILN_SRCS)
+$(O)/kiln: $(KILN_SRCS) $(KILN_HDRS) $(KAC_HDRS) $(PROTO_HDRS) | $(O)
+	$(CC) $(CPPFLAGS) -Iapi $(CFLAGS) $(WARN) -o $@ $(KILN_SRCS) $(KILN_LIBS)
 
 # The same sources with AddressSanitizer and UBSan (Solo5's two tenders from one tree).
 $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/kiln-vmm/main.c $(VMM_HDRS)
@@ -74,9 +79,9 @@ $(O)/asan/kiln-vmm: $(VMM_SRCS) vmm/kiln-vmm/main.c $(VMM_HDRS)
 	$(CC) $(CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(VMM_SRCS) vmm/kiln-vmm/main.c $(LDLIBS)
 
 # The CLI with ASan and UBSan, for the hostile-agent tests (test-client).
-$(O)/asan/kiln: $(KILN_SRCS) api/kiln_cli.h $(KAC_HDRS) $(PROTO_HDRS)
+$(O)/asan/kiln: $(KILN_SRCS) $(KILN_HDRS) $(KAC_HDRS) $(PROTO_HDRS)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ $(KILN_SRCS)
+	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ $(KILN_SRCS) $(KILN_LIBS)
 
 # The C client's file-handle calls against a live agent (tests/integration/agent.sh).
 $(O)/asan/kac-fh-test: tests/integration/kac_fh.c $(KAC_SRCS) $(KAC_HDRS) $(PROTO_SRCS) $(PROTO_HDRS)
@@ -179,19 +184,32 @@ asan: $(O)/asan/kilnd
 unit: $(O)/unit-tests $(O)/agent-unit-tests
 unit: $(O)/registry-unit-tests
 
+# A stand-in for kilnd's agent WebSocket, for the CLI's tunnel test (tests/kilnd-cli/tunnel.sh).
+$(O)/asan/fake-kilnd: tests/kilnd-cli/fake_kilnd.c
+	@mkdir -p $(@D)
+	$(CC) -D_GNU_SOURCE $(ASAN_FLAGS) $(WARN) -o $@ $< $(KILN_LIBS)
+
+unit: $(O)/asan/fake-kilnd $(O)/asan/kiln
+
 test-unit: $(O)/unit-tests $(O)/agent-unit-tests $(O)/asan/kiln-agent-host $(O)/kiln
-test-unit: $(O)/registry-unit-tests
+test-unit: $(O)/registry-unit-tests $(O)/asan/fake-kilnd $(O)/asan/kiln
 	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/registry-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/agent-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/sched-unit-tests
 	tests/agent-host/run.sh $(O)/asan/kiln-agent-host $(O)/kiln
+	tests/kilnd-cli/tunnel.sh $(O)/asan/fake-kilnd $(O)/asan/kiln-agent-host $(O)/asan/kiln
 
 # Integration tests boot real guests: directly where /dev/kvm works, else
 # inside a nested KVM host under QEMU's TCG (tests/nested/). Both the
 # release and the sanitizer builds of kiln-vmm are tested.
 test-integration: all asan
 	tests/nested/kvm-host.sh -- tests/integration/run.sh $(O)/kiln-vmm $(O)/asan/kiln-vmm
+
+# The CLI against a kilnd of its own (tests/kilnd-cli/run.sh): the REST verbs
+# that need no VM, and the agent tunnel's refusals.
+test-kilnd-cli: $(O)/asan/kiln $(O)/asan/kilnd
+	tests/kilnd-cli/run.sh $(O)/asan/kilnd $(O)/asan/kiln
 
 # kvm-host.sh --forward, which carries make run's port out of the nested host:
 # one nested boot, about 15 s.
@@ -214,7 +232,7 @@ check-layers:
 test: deps-test
 	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory all asan unit fuzz-build
-	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-kilnd-api test-integration
+	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-kilnd-api test-kilnd-cli test-integration
 
 # ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
 
@@ -318,6 +336,7 @@ bench-snapshot: deps-test
 # BENCH_CREATE_TIMEOUT (s per step, 120; 300 nested).
 BENCH_CREATE_ENV = BENCH_CREATE_ROUNDS BENCH_CREATE_CLIENTS BENCH_CREATE_REPEATS BENCH_CREATE_MANY \
   BENCH_CREATE_MEM BENCH_CREATE_VCPUS BENCH_CREATE_TIMEOUT
+.PHONY: bench-create
 bench-create: deps-test
 	@$(MAKE) --no-print-directory all $(O)/kilnd $(O)/kiln-firstexec
 	KILN_NESTED_PASSENV="$${KILN_NESTED_PASSENV:-} $(BENCH_CREATE_ENV)" \

@@ -228,25 +228,13 @@ static void conn_free(struct kac *c)
 	free(c);
 }
 
-int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
+/* A connection with its buffers and no fd yet, or NULL. */
+static struct kac *conn_new(void)
 {
-	int64_t deadline = ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
-	struct kac *c;
-	struct kp_frame f;
-	struct kp_rec r;
-	struct kp_field fl;
-	uint64_t v, version = 0;
-	int ret, last = 0, n;
-	useconds_t backoff_us = 1000;
+	struct kac *c = calloc(1, sizeof(*c));
 
-	if (err)
-		err->code = 0;
-	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
-			       sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
-	c = calloc(1, sizeof(*c));
 	if (!c)
-		return ac_fail(err, ENOMEM, "out of memory");
+		return NULL;
 	c->fd = -1;
 	c->timeout_ms = KAC_TIMEOUT_DEFAULT_MS;
 	c->dbuf = malloc(KP_MAX_PAYLOAD);
@@ -254,10 +242,74 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 	c->sbuf = malloc(KAC_SBUF);
 	c->chunk = malloc(KP_DATA_HDR_LEN + KAC_CHUNK);
 	if (!c->dbuf || !c->rbuf || !c->sbuf || !c->chunk) {
-		ret = ac_fail(err, ENOMEM, "out of memory");
-		goto err_free;
+		conn_free(c);
+		return NULL;
 	}
 	kp_dec_init(&c->dec, c->dbuf, KP_MAX_PAYLOAD);
+	return c;
+}
+
+/*
+ * The HELLO exchange on c's connected stream, which it makes non-blocking;
+ * the agent's HELLO is due by deadline. Returns 0 or -errno with err set.
+ */
+static int conn_hello(struct kac *c, const char *name, int64_t deadline, struct kac_err *err)
+{
+	struct kp_frame f;
+	struct kp_rec r;
+	struct kp_field fl;
+	uint64_t v, version = 0;
+	int ret, n;
+
+	if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0)
+		return ac_fail(err, errno, "%s: fcntl: %s", name, strerror(errno));
+	n = kp_enc_hello(c->sbuf, KAC_SBUF, KAC_WINDOW, KP_MAX_PAYLOAD, "kiln 0.1");
+	if (n < 0)
+		return ac_fail(err, EINVAL, "HELLO: %s", kp_strerror(n));
+	ret = ac_send_frame(c, c->sbuf, (size_t)n, err);
+	if (ret)
+		return ret;
+	ret = ac_read_frame(c, &f, deadline, err);
+	if (ret)
+		return ret;
+	if (f.type != KP_HELLO)
+		return ac_fail(err, EPROTO, "agent: sent %s before HELLO", kp_type_name(f.type));
+	c->peer_window = KP_DEFAULT_WINDOW;
+	c->peer_max = KP_MAX_PAYLOAD;
+	kp_rec_open(&r, f.payload, f.len);
+	while (kp_rec_next(&r, &fl) == 1) {
+		if (fl.tag == KT_VERSION && !kp_field_u64(&fl, &v))
+			version = v;
+		else if (fl.tag == KT_WINDOW && !kp_field_u64(&fl, &v))
+			c->peer_window = v > 0xffffffffu ? 0xffffffffu : (uint32_t)v;
+		else if (fl.tag == KT_MAX_FRAME && !kp_field_u64(&fl, &v))
+			c->peer_max = v > KP_MAX_PAYLOAD ? KP_MAX_PAYLOAD : (uint32_t)v;
+		else if (fl.tag == KT_AGENT)
+			kp_field_str(&fl, c->agent, sizeof(c->agent));
+	}
+	if (version < 1)
+		return ac_fail(err, EPROTO, "agent: HELLO without a protocol version");
+	if (c->peer_max < KP_MIN_PAYLOAD_CAP)
+		return ac_fail(err, EPROTO, "agent: HELLO max_frame %u below the minimum %u",
+			       c->peer_max, KP_MIN_PAYLOAD_CAP);
+	return 0;
+}
+
+int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
+{
+	int64_t deadline = ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+	struct kac *c;
+	int ret, last = 0;
+	useconds_t backoff_us = 1000;
+
+	if (err)
+		err->code = 0;
+	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
+			       sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+	c = conn_new();
+	if (!c)
+		return ac_fail(err, ENOMEM, "out of memory");
 
 	for (;;) {
 		ret = vsock_connect_once(uds, deadline, &c->fd);
@@ -282,48 +334,9 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 		if (backoff_us < 50 * 1000)
 			backoff_us *= 2;
 	}
-	if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0) {
-		ret = ac_fail(err, errno, "%s: fcntl: %s", uds, strerror(errno));
-		goto err_close;
-	}
-
-	n = kp_enc_hello(c->sbuf, KAC_SBUF, KAC_WINDOW, KP_MAX_PAYLOAD, "kiln 0.1");
-	if (n < 0) {
-		ret = ac_fail(err, EINVAL, "HELLO: %s", kp_strerror(n));
-		goto err_close;
-	}
-	ret = ac_send_frame(c, c->sbuf, (size_t)n, err);
+	ret = conn_hello(c, uds, deadline + 10000, err);
 	if (ret)
 		goto err_close;
-	ret = ac_read_frame(c, &f, deadline + 10000, err);
-	if (ret)
-		goto err_close;
-	if (f.type != KP_HELLO) {
-		ret = ac_fail(err, EPROTO, "agent: sent %s before HELLO", kp_type_name(f.type));
-		goto err_close;
-	}
-	c->peer_window = KP_DEFAULT_WINDOW;
-	c->peer_max = KP_MAX_PAYLOAD;
-	kp_rec_open(&r, f.payload, f.len);
-	while (kp_rec_next(&r, &fl) == 1) {
-		if (fl.tag == KT_VERSION && !kp_field_u64(&fl, &v))
-			version = v;
-		else if (fl.tag == KT_WINDOW && !kp_field_u64(&fl, &v))
-			c->peer_window = v > 0xffffffffu ? 0xffffffffu : (uint32_t)v;
-		else if (fl.tag == KT_MAX_FRAME && !kp_field_u64(&fl, &v))
-			c->peer_max = v > KP_MAX_PAYLOAD ? KP_MAX_PAYLOAD : (uint32_t)v;
-		else if (fl.tag == KT_AGENT)
-			kp_field_str(&fl, c->agent, sizeof(c->agent));
-	}
-	if (version < 1) {
-		ret = ac_fail(err, EPROTO, "agent: HELLO without a protocol version");
-		goto err_close;
-	}
-	if (c->peer_max < KP_MIN_PAYLOAD_CAP) {
-		ret = ac_fail(err, EPROTO, "agent: HELLO max_frame %u below the minimum %u",
-			      c->peer_max, KP_MIN_PAYLOAD_CAP);
-		goto err_close;
-	}
 	*out = c;
 	return 0;
 
@@ -339,6 +352,29 @@ err_close:
 err_free:
 	conn_free(c);
 	return ret;
+}
+
+int kac_connect_fd(struct kac **out, int fd, int timeout_ms, struct kac_err *err)
+{
+	struct kac *c;
+	int ret;
+
+	if (err)
+		err->code = 0;
+	c = conn_new();
+	if (!c) {
+		close(fd);
+		return ac_fail(err, ENOMEM, "out of memory");
+	}
+	c->fd = fd;
+	ret = conn_hello(c, "agent connection", ac_now_ms() + (timeout_ms > 0 ? timeout_ms : KAC_TIMEOUT_DEFAULT_MS), err);
+	if (ret) {
+		close(fd);
+		conn_free(c);
+		return ret;
+	}
+	*out = c;
+	return 0;
 }
 
 void kac_close(struct kac *c)

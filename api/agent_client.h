@@ -57,6 +57,15 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
  */
 int kac_dial(const char *uds, int timeout_ms, int *fd, struct kac_err *err);
 
+/*
+ * The HELLO exchange only, on fd: a stream already connected to the agent
+ * (the vsock CONNECT done, e.g. kilnd's agent WebSocket bridged to a
+ * socketpair). fd is made non-blocking and consumed: kac_close closes it,
+ * and so does a failure. The agent's HELLO is due within timeout_ms (<= 0:
+ * KAC_TIMEOUT_DEFAULT_MS). Returns 0 with *out set, or -errno.
+ */
+int kac_connect_fd(struct kac **out, int fd, int timeout_ms, struct kac_err *err);
+
 /* Close the connection (detaches, does not stop, its processes) and free c. */
 void kac_close(struct kac *c);
 

@@ -1,18 +1,22 @@
 /*
- * kiln: the command-line client of a sandbox's agent (docs/agent-protocol.md),
- * reached through the VMM's vsock unix socket.
+ * kiln: the command-line client of kilnd (the node daemon's /v1 API) and of
+ * a sandbox's agent (docs/agent-protocol.md). The agent is reached through
+ * kilnd's agent WebSocket (kiln exec ID ...) or, with --uds, straight
+ * through a VMM's vsock unix socket.
  *
- *   kiln exec --uds PATH [--env K=V]... [--cwd DIR] [--timeout S] [-i] [--tty] [--detach] -- CMD ARGS...
- *   kiln shell|attach|ps|wait|release --uds PATH ...
- *   kiln cp   --uds PATH SRC DST          (guest:/path on one side, or both: copy in the guest)
- *   kiln ls|stat|mkdir|rm|mv|copy|walk --uds PATH ...
- *   kiln identity|shutdown|env --uds PATH ...
- *   kiln connect|forward|ports --uds PATH ...
+ *   kiln create|ls|info|extend|kill|events|metrics|node|token|template ...
+ *   kiln exec ID|--uds PATH [--env K=V]... [--cwd DIR] [--timeout S] [-i] [--tty] [--detach] -- CMD ARGS...
+ *   kiln shell|attach|ps|wait|release ID|--uds PATH ...
+ *   kiln cp   ID|--uds PATH SRC DST      (guest:/path on one side, or both: copy in the guest)
+ *   kiln ls|stat|mkdir|rm|mv|copy|walk ID|--uds PATH ...
+ *   kiln identity|shutdown|env ID|--uds PATH ...
+ *   kiln connect|forward|ports ID|--uds PATH ...
  *
  * Exit status of exec: the command's own; 128+N when it was killed by signal
  * N; 124 on --timeout; 125 when kiln itself failed; 126 not executable; 127
- * not found. Other commands: 0, 1 when the operation failed, 2 on bad usage,
- * 125 when the agent could not be reached.
+ * not found. Other commands: 0, 1 when the operation failed (or kilnd
+ * refused a request), 2 on bad usage, 125 when the agent or kilnd could not
+ * be reached.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -26,14 +30,45 @@
 #include "agent_proto.h"
 #include "agent_client.h"
 #include "kiln_cli.h"
+#include "kiln_remote.h"
 
 static const char usage_text[] =
-"usage: kiln COMMAND --uds PATH [OPTIONS] ARGS...\n"
+"usage: kiln COMMAND [OPTIONS] ARGS...\n"
 "\n"
-"Talk to the kiln agent of a VM started with\n"
-"  kiln-vmm --vsock cid=3,uds=PATH --cmdline kiln.agent\n"
+"Sandboxes, from kilnd (the node daemon) at --endpoint or $KILN_ENDPOINT\n"
+"(unix:/PATH or http://HOST:PORT; default " KR_DEFAULT_ENDPOINT "), with\n"
+"$KILN_TOKEN sent as a bearer token (needed over TCP):\n"
+"  create [--memory MiB] [--vcpus N] [--timeout session|30s|5m|1h] [--label K=V]...\n"
+"         [--env K=V]... [--json]\n"
+"        start a sandbox; prints its id (--json: kilnd's object). May take\n"
+"        minutes when its template boots first\n"
+"  ls [--label K=V]... [--all] [--json]\n"
+"        the live sandboxes (--all: ended ones too): id, state, memory, vcpus,\n"
+"        stop_at and labels; --label keeps those with every label given\n"
+"  info ID [--json]           a sandbox's state, times, size, labels and usage\n"
+"  extend ID DURATION | extend ID --to MS [--json]\n"
+"        move its stop_at: DURATION (10m) from now, or to MS since the epoch;\n"
+"        prints the new stop_at\n"
+"  kill ID [--json]           end it now and free everything it holds\n"
+"  events ID [--json]         its events: created, restored, extended, killed ...\n"
+"  metrics                    kilnd's Prometheus metrics\n"
+"  node [--json]              the node: memory, capacity, committed, CPUs\n"
+"  token create|ls|revoke ID [--json]\n"
+"        API tokens for TCP clients (over the unix socket only); create\n"
+"        prints the token once\n"
+"  template ls|build [--memory MiB] [--vcpus N]|rm IMAGE MEMORY_MB VCPUS [--json]\n"
+"        the snapshots sandboxes start from\n"
+"  --request-timeout S        wait this long for kilnd's answer (default 60;\n"
+"                             create and template build: 600)\n"
+"        exit 0, 1 if kilnd refused (its message on stderr), 2 on bad usage,\n"
+"        125 if kilnd could not be reached\n"
 "\n"
-"commands:\n"
+"Inside a sandbox: its agent, through kilnd (the sandbox ID first:\n"
+"  kiln exec ID -- uname -a), or through the vsock socket of a VM started with\n"
+"  kiln-vmm --vsock cid=3,uds=PATH --cmdline kiln.agent  (--uds PATH, no ID)\n"
+"\n"
+"agent commands: kiln COMMAND ID|--uds PATH [OPTIONS] ARGS... (through kilnd,\n"
+"  125 also when kilnd refuses the agent connection, with its message)\n"
 "  exec [--env K=V]... [--cwd DIR] [--timeout S] [-i] -- CMD [ARGS...]\n"
 "        run CMD in the guest; its stdout and stderr become ours, its exit\n"
 "        code ours (128+N if killed by signal N, 124 on --timeout, 125 if kiln\n"
@@ -64,7 +99,7 @@ static const char usage_text[] =
 "                 file too, less setuid/setgid/sticky and our umask (as scp)\n"
 "                 and never through a dangling symlink. With guest: on both\n"
 "                 sides the file is copied inside the guest (as kiln copy)\n"
-"  ls [--json] DIR           list a guest directory\n"
+"  ls [--json] ID|--uds PATH [DIR]   list a guest directory (default /)\n"
 "  stat [--json] PATH        stat a guest path\n"
 "  mkdir [-p] [--mode OCTAL] DIR\n"
 "  rm [-r] PATH\n"
@@ -96,8 +131,11 @@ static const char usage_text[] =
 "        could not be reached\n"
 "\n"
 "common options:\n"
-"  --uds PATH             the VMM's vsock socket (or $KILN_UDS)\n"
-"  --connect-timeout S    wait this long for the VM and its agent (default 60)\n"
+"  ID                     the sandbox, through kilnd's agent WebSocket\n"
+"  --endpoint EP          kilnd (unix:/PATH or http://HOST:PORT; or $KILN_ENDPOINT)\n"
+"  --uds PATH             instead: the VMM's vsock socket (or $KILN_UDS)\n"
+"  --connect-timeout S    wait this long for the VM and its agent, or for\n"
+"                         kilnd to open the agent connection (default 60)\n"
 "  --agent-timeout S      how long the agent may stay silent (default 30, 0: no\n"
 "                         limit): a request unanswered, or during a long exec,\n"
 "                         attach, cp or wait, no answer to kiln's keep-alive pings;\n"
@@ -105,6 +143,11 @@ static const char usage_text[] =
 "  -h, --help             this text\n";
 
 const char *prog = "kiln";
+
+void kiln_usage(void)
+{
+	fputs(usage_text, stdout);
+}
 
 void die_usage(const char *fmt, ...)
 {
@@ -121,7 +164,7 @@ void die_usage(const char *fmt, ...)
 enum { OPT_UDS = 256, OPT_ENV, OPT_CWD, OPT_TIMEOUT, OPT_CONNECT_TIMEOUT, OPT_AGENT_TIMEOUT, OPT_JSON, OPT_MODE,
        OPT_ID, OPT_HOSTNAME, OPT_CLEAR_ENV, OPT_CLOCK, OPT_REBOOT, OPT_RAW, OPT_ADDR,
        OPT_DETACH, OPT_ROWS, OPT_COLS, OPT_RING, OPT_OVERFLOW, OPT_FROM, OPT_FROM_ERR, OPT_MAX_DEPTH,
-       OPT_FOLLOW };
+       OPT_FOLLOW, OPT_ENDPOINT };
 
 #define ARG(name, code)		{ name, required_argument, NULL, code }
 #define FLAG(name, code)	{ name, no_argument, NULL, code }
@@ -134,6 +177,7 @@ static const struct option long_opts[] = {
 	ARG("addr", OPT_ADDR), FLAG("detach", OPT_DETACH), FLAG("tty", 't'), ARG("rows", OPT_ROWS),
 	ARG("cols", OPT_COLS), ARG("ring", OPT_RING), ARG("overflow", OPT_OVERFLOW), ARG("from", OPT_FROM),
 	ARG("from-err", OPT_FROM_ERR), ARG("max-depth", OPT_MAX_DEPTH), FLAG("follow", OPT_FOLLOW), FLAG("help", 'h'),
+	ARG("endpoint", OPT_ENDPOINT),
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -179,11 +223,17 @@ int parse_opts(int argc, char **argv, struct common *o)
 	o->agent_ms = KAC_TIMEOUT_DEFAULT_MS;
 	o->mode = 0755;
 	o->max_depth = KAC_WALK_ALL;
-	optind = 1;
-	/* "+": stop at the first operand, so the guest command keeps its options. */
+	optind = 0;	/* 0: glibc starts afresh, ordering (+) included */
+	/*
+	 * "+": stop at the first operand, so the guest command keeps its
+	 * options. Without --uds that operand is the sandbox ID, and the
+	 * options go on after it.
+	 */
+again:
 	while ((c = getopt_long(argc, argv, "+hiprft", long_opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_UDS: o->uds = optarg; break;
+		case OPT_ENDPOINT: o->endpoint = optarg; break;
 		case OPT_ENV:
 			if (!strchr(optarg, '='))
 				die_usage("--env %s: expected KEY=VALUE", optarg);
@@ -239,8 +289,19 @@ int parse_opts(int argc, char **argv, struct common *o)
 		default: die_usage("bad option");
 		}
 	}
-	if (!o->uds)
-		die_usage("--uds PATH is required (the socket of kiln-vmm --vsock cid=3,uds=PATH)");
+	if (o->uds && *o->uds) {
+		if (o->endpoint)
+			die_usage("%s: --uds and --endpoint do not go together", argv[0]);
+		return optind;
+	}
+	if (!o->sandbox) {
+		if (optind >= argc || strcmp(argv[optind - 1], "--") == 0)
+			die_usage("%s: expected the sandbox ID first (kiln %s ID ...), or --uds PATH", argv[0], argv[0]);
+		kr_check_id(argv[optind], "sandbox ID");
+		o->sandbox = argv[optind++];
+		goto again;
+	}
+	o->uds = NULL;
 	return optind;
 }
 
@@ -251,25 +312,60 @@ void timeout_secs(struct common *o)
 		o->timeout_s = parse_secs(o->timeout_arg, "--timeout");
 }
 
+int agent_connect(const struct common *o, struct kac **c, struct kac_err *err)
+{
+	struct kr_endpoint ep;
+	struct kiln_err kerr;
+	const char *env = getenv("KILN_ENDPOINT");
+	char why[128];
+	int ret, fd;
+
+	err->code = 0;
+	if (!o->sandbox) {
+		ret = kac_connect(c, o->uds, o->connect_ms, err);
+	} else {
+		ret = kr_endpoint_parse(&ep, o->endpoint ? o->endpoint : env && *env ? env : KR_DEFAULT_ENDPOINT,
+					&kerr);
+		if (!ret)
+			ret = kr_tunnel_open(&ep, o->sandbox, o->connect_ms, &fd, &kerr);
+		if (ret) {
+			snprintf(err->msg, sizeof(err->msg), "%s", kerr.msg);
+			return ret;
+		}
+		ret = kac_connect_fd(c, fd, o->connect_ms, err);
+		if (ret && kr_tunnel_close_reason(why, sizeof(why)))
+			snprintf(err->msg, sizeof(err->msg), "kilnd closed the agent connection of %s: %s",
+				 o->sandbox, why);
+	}
+	if (!ret)
+		kac_set_timeout(*c, o->agent_ms);
+	return ret;
+}
+
 struct kac *connect_or_die(const struct common *o)
 {
 	struct kac_err err = { "", 0 };
 	struct kac *c;
-	int ret = kac_connect(&c, o->uds, o->connect_ms, &err);
 
-	if (ret) {
+	if (agent_connect(o, &c, &err)) {
 		fprintf(stderr, "%s: %s\n", prog, err.msg);
 		exit(EXIT_KILN);
 	}
-	kac_set_timeout(c, o->agent_ms);
 	return c;
 }
 
-/* What to add to an error: how to wait longer for a silent agent. */
+/* What to add to an error: how to wait longer for a silent agent, or why kilnd hung up. */
 const char *hint(const struct kac_err *err)
 {
-	return err->code == KAC_ERR_TIMEOUT ? " (is the guest overloaded or its agent stuck? "
-	       "--agent-timeout S waits longer, 0 without limit)" : "";
+	static char buf[160];
+	char why[128];
+
+	if (err->code == KAC_ERR_TIMEOUT)
+		return " (is the guest overloaded or its agent stuck? --agent-timeout S waits longer, 0 without limit)";
+	if (!kr_tunnel_close_reason(why, sizeof(why)))
+		return "";
+	snprintf(buf, sizeof(buf), " (kilnd: %s)", why);
+	return buf;
 }
 
 /* ---- output ----------------------------------------------------------------- */
@@ -392,10 +488,13 @@ static const struct command {
 	int (*run)(int argc, char **argv);
 } commands[] = {
 	{ "exec", cmd_exec }, { "shell", cmd_shell }, { "attach", cmd_attach }, { "ps", cmd_ps },
-	{ "wait", cmd_wait }, { "release", cmd_release }, { "cp", cmd_cp }, { "ls", cmd_ls },
+	{ "wait", cmd_wait }, { "release", cmd_release }, { "cp", cmd_cp }, { "ls", kr_cmd_ls },
 	{ "stat", cmd_stat }, { "walk", cmd_walk }, { "copy", cmd_copy }, { "mkdir", cmd_simple },
 	{ "rm", cmd_simple }, { "mv", cmd_simple }, { "identity", cmd_identity }, { "shutdown", cmd_shutdown },
 	{ "env", cmd_env }, { "connect", cmd_connect }, { "forward", cmd_forward }, { "ports", cmd_ports },
+	{ "create", kr_cmd_create }, { "info", kr_cmd_info }, { "extend", kr_cmd_extend }, { "kill", kr_cmd_kill },
+	{ "events", kr_cmd_events }, { "metrics", kr_cmd_metrics }, { "node", kr_cmd_node },
+	{ "token", kr_cmd_token }, { "template", kr_cmd_template },
 };
 
 int main(int argc, char **argv)

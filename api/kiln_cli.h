@@ -18,7 +18,9 @@
 
 /* What a command's options say (parse_opts). */
 struct common {
-	const char *uds;
+	const char *uds;		/* --uds (or $KILN_UDS); NULL when the agent is reached through kilnd */
+	const char *sandbox;		/* without --uds: the sandbox ID, the first operand */
+	const char *endpoint;		/* --endpoint: kilnd (else $KILN_ENDPOINT, or the default) */
 	int connect_ms;
 	int agent_ms;
 	int json;
@@ -48,6 +50,9 @@ struct common {
 
 extern const char *prog;
 
+/* Print the usage text on stdout (kiln --help). */
+void kiln_usage(void);
+
 /* Print "kiln: " fmt " (see kiln --help)" on stderr and exit EXIT_USAGE. */
 void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
@@ -59,6 +64,13 @@ int parse_opts(int argc, char **argv, struct common *o);
 
 /* --timeout in seconds into o->timeout_s (every command but shutdown). */
 void timeout_secs(struct common *o);
+
+/*
+ * Connect to the agent o names: through kilnd's agent WebSocket for
+ * o->sandbox, else through the VMM's socket o->uds; the agent timeout set.
+ * Returns 0 with *c, or -errno with err->msg.
+ */
+int agent_connect(const struct common *o, struct kac **c, struct kac_err *err);
 
 /* The agent connection o names, or exit EXIT_KILN with the reason. */
 struct kac *connect_or_die(const struct common *o);

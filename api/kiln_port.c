@@ -194,11 +194,9 @@ int cmd_forward(int argc, char **argv)
 			continue;
 		}
 		close(lfd);
-		ret = kac_connect(&c, o.uds, o.connect_ms, &err);
-		if (!ret) {
-			kac_set_timeout(c, o.agent_ms);
+		ret = agent_connect(&o, &c, &err);
+		if (!ret)
 			ret = kac_port_raw(c, gport, o.addr, &fd, &err);
-		}
 		if (ret) {
 			fprintf(stderr, "%s: forward: guest port %u: %s\n", prog, gport, err.msg);
 			_exit(EXIT_FAIL);

@@ -10,7 +10,8 @@ build_pkgs=(build-essential pkg-config flex bison bc libelf-dev libssl-dev
 build_pkgs+=(libjansson-dev)
 # kilnd's HTTP and WebSocket front, and the CLI's client of it.
 build_pkgs+=(libwebsockets-dev)
-test_pkgs=(qemu-system-x86 linux-image-amd64 kmod clang libclang-rt-14-dev util-linux python3 mount e2fsprogs iproute2)
+test_pkgs=(qemu-system-x86 linux-image-amd64 kmod clang libclang-rt-14-dev util-linux python3 mount e2fsprogs iproute2
+	curl jq)
 
 pkgs=("${build_pkgs[@]}")
 case "${1:-build}" in

@@ -35,6 +35,7 @@ static const char *status_code(int status)
 	case 411: return "length_required";
 	case 413: return "payload_too_large";
 	case 503: return "no_capacity";
+	case 507: return "insufficient_storage";
 	default: return status >= 500 ? "internal" : "bad_request";
 	}
 }
@@ -57,6 +58,7 @@ int kd_errno_status(int ret)
 	case -EBUSY: return 409;
 	case -E2BIG: return 413;
 	case -ENOSPC: return 503;
+	case -EDQUOT: return 507;
 	default: return 500;
 	}
 }

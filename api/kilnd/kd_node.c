@@ -189,6 +189,9 @@ fail_row:
 	kd_rmtree(j->run_dir);
 	reg_locked_state(kd, s->id, REG_FAILED, REG_END_CREATE_FAILED, err->msg);
 fail_admit:
+	/* Past admission, ENOSPC is a full disk, not a full node. */
+	if (r == -ENOSPC)
+		r = -EDQUOT;
 	sched_release(&kd->admit, spec->memory_mb, spec->vcpus);
 	kd_job_free(j);
 	free(s);

@@ -1,0 +1,224 @@
+# kilnd with real guests ($vmm as its kiln-vmm, kilnd's ASan/UBSan build):
+# create, exec and kill through its API; 20 creates at once; timeouts,
+# extension and session lifetimes; admission; kill -9 and re-adoption; VMMs
+# that die or hang; a full disk; and 200 create/kill cycles that leak
+# nothing. One kilnd (restarted where a test needs it) serves every test,
+# and one template (768 MiB, 1 vCPU) every sandbox.
+# shellcheck shell=bash
+
+# kilnd drives the kiln-vmm it is given; once, with the release build, is enough.
+if [[ $vmm == */asan/* ]]; then
+	echo "# kilnd: run with the first kiln-vmm only"
+	return 0
+fi
+
+kiln=${KILN_CLI:-$root/build/kiln}
+kilnd_bin=${KILND:-$root/build/asan/kilnd}
+kd=$work/kd
+kdsock=$work/kd.sock
+kdport=18181
+shape='"memory_mb": 768, "vcpus": 1'
+export kiln kilnd_bin kd kdsock kdport shape vmm
+
+# kd_start [FLAGS...]: start kilnd (log in $work/kilnd.log) and wait for its socket.
+kd_start() {
+	ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=16 "$kilnd_bin" --state-dir "$kd" --listen "unix:$kdsock" \
+		--listen "tcp:127.0.0.1:$kdport" --vmm "$vmm" --session-grace 2s "$@" >>"$work/kilnd.log" 2>&1 &
+	echo $! >"$work/kilnd.pid"
+	for _ in $(seq 100); do
+		curl -s --max-time 2 --unix-socket "$kdsock" http://kd/v1/node >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "kilnd did not start: $(tail -3 "$work/kilnd.log")"
+	return 1
+}
+# kd_stop: SIGTERM kilnd and wait until it is gone (it is not our child: no status).
+kd_stop() {
+	local p
+	p=$(cat "$work/kilnd.pid")
+	kill "$p" 2>/dev/null
+	for _ in $(seq 200); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+	echo "kilnd (pid $p) did not stop on SIGTERM"
+	return 1
+}
+# api METHOD PATH [JSON]: the response body; the HTTP status goes to $work/status.
+api() {
+	curl -sS --max-time 300 --unix-socket "$kdsock" -X "$1" -o "$work/body" -w '%{http_code}' \
+		${3:+-H 'Content-Type: application/json' --data-binary "$3"} "http://kd$2" >"$work/status"
+	cat "$work/body"
+}
+# js FILTER: jq's raw output for the JSON on stdin (python3 starts too slowly under TCG).
+js() { jq -r "$1"; }
+# mk [JSON fields]: create a sandbox of the test shape; prints its id.
+mk() { api POST /v1/sandboxes "{$shape${1:+, $1}}" | js '.id // empty'; }
+# state ID: its state and end reason.
+state() { api GET "/v1/sandboxes/$1" | js '.state + ":" + (.end_reason // "None")'; }
+# wait_state ID WANT [SECONDS]: poll until state ID prints WANT.
+wait_state() {
+	local s
+	for _ in $(seq $((${3:-20} * 5))); do
+		s=$(state "$1")
+		[ "$s" = "$2" ] && { echo "$s"; return 0; }
+		sleep 0.2
+	done
+	echo "still $s, not $2"
+	return 1
+}
+# ex ID CMD...: run CMD in sandbox ID through its VMM's vsock socket.
+ex() { local id=$1; shift; "$kiln" exec --uds "$kd/run/$id/vsock" --connect-timeout 30 -- "$@"; }
+# vmm_pid ID: the pid of sandbox ID's kiln-vmm.
+vmm_pid() { pgrep -f "kiln-vmm --restore .* --vsock cid=3,uds=$kd/run/$1/vsock"; }
+export -f kd_start kd_stop api js mk state wait_state ex vmm_pid
+
+on_test_failure() { echo "#   kilnd log: $(tail -n 5 "$work/kilnd.log" | tr '\n' '|')"; }
+
+rm -rf "$kd" "$work/kilnd.log"
+run "kilnd: starts on a unix socket and TCP with a fresh state dir" 0 '^up$' \
+	bash -c 'kd_start --mem-overcommit 8 && echo up'
+
+run "kilnd: the first create boots the template and answers 201 with a running sandbox" 0 \
+	'^201 running 768 1 5m$' \
+	bash -c 'api POST /v1/sandboxes "{$shape}" >"$work/first.json"; printf "%s " "$(cat $work/status)"
+	         js "[.state, .memory_mb, .vcpus, .timeout] | map(tostring) | join(\" \")" <"$work/first.json"'
+
+run "kilnd: the sandbox has its identity (id, hostname, env) before the create returns" 0 \
+	'^id=sbx_loc_[0-9a-z]{20} host=sbx-loc-[0-9a-z]{20} same=yes env=blue$' \
+	bash -c 'id=$(mk "\"env\": {\"COLOR\": \"blue\"}")
+	         out=$(ex "$id" sh -c "echo \$(cat /run/kiln/sandbox-id) \$(hostname) \$COLOR")
+	         set -- $out; [ "$1" = "$id" ] && same=yes || same=no
+	         echo "id=$1 host=$2 same=$same env=$3"; api DELETE /v1/sandboxes/$id >/dev/null'
+
+run "kilnd: create, exec and kill through raw HTTP on TCP with a token; kill frees the VMM and files at once" 0 \
+	'^exec=hello kill=200 stopped:killed vmm=gone dir=gone$' \
+	bash -c 'tok=$(api POST /v1/tokens | js .token)
+	         h=(-H "Authorization: Bearer $tok" -H "Content-Type: application/json")
+	         id=$(curl -sS "${h[@]}" -d "{$shape}" http://127.0.0.1:$kdport/v1/sandboxes | js .id)
+	         pid=$(vmm_pid $id)
+	         e=$(ex $id echo hello)
+	         code=$(curl -sS "${h[@]}" -X DELETE -o /dev/null -w "%{http_code}" http://127.0.0.1:$kdport/v1/sandboxes/$id)
+	         kill -0 $pid 2>/dev/null && v=alive || v=gone
+	         [ -e "$kd/run/$id" ] && d=left || d=gone
+	         echo "exec=$e kill=$code $(state $id) vmm=$v dir=$d"'
+
+run "kilnd: 20 creates at once are all usable, each with its own identity" 0 '^20 created, 20 distinct, 20 answer as themselves$' \
+	bash -c 'for i in $(seq 20); do api POST /v1/sandboxes "{$shape, \"labels\": {\"batch\": \"b20\"}}" >"$work/c$i.json" & done; wait
+	         ids=$(for i in $(seq 20); do js ".id // empty" <"$work/c$i.json"; done | grep -c sbx_)
+	         uniq=$(for i in $(seq 20); do js ".id // empty" <"$work/c$i.json"; done | sort -u | grep -c sbx_)
+	         ok=0; for id in $(api GET "/v1/sandboxes?label=batch=b20" | js ".sandboxes[].id"); do
+	             [ "$(ex $id cat /run/kiln/sandbox-id)" = "$id" ] && ok=$((ok + 1)); api DELETE /v1/sandboxes/$id >/dev/null; done
+	         echo "$ids created, $uniq distinct, $ok answer as themselves"'
+
+run "kilnd: a 5 s timeout fires, and frees the VMM and its files" 0 '^stopped:timed_out vmm=gone dir=gone$' \
+	bash -c 'id=$(mk "\"timeout\": \"5s\""); pid=$(vmm_pid $id)
+	         wait_state $id stopped:timed_out 30 >/dev/null
+	         kill -0 $pid 2>/dev/null && v=alive || v=gone; [ -e "$kd/run/$id" ] && d=left || d=gone
+	         echo "$(state $id) vmm=$v dir=$d"'
+
+run "kilnd: extend keeps a running process alive past the old deadline" 0 '^extended running sleeper=alive$' \
+	bash -c 'id=$(mk "\"timeout\": \"6s\"")
+	         "$kiln" exec --uds "$kd/run/$id/vsock" --detach -- sleep 600 >/dev/null
+	         api POST /v1/sandboxes/$id/extend "{\"timeout\": \"2m\"}" >/dev/null; [ "$(cat $work/status)" = 200 ] && printf "extended "
+	         sleep 9
+	         s=$(state $id); "$kiln" ps --uds "$kd/run/$id/vsock" | grep -q "sleep 600" && p=alive || p=gone
+	         echo "${s%%:*} sleeper=$p"; api DELETE /v1/sandboxes/$id >/dev/null'
+
+run "kilnd: extend refuses what it cannot do, naming why" 0 '^400 session .* 400 not after now .* 409 over$' \
+	bash -c 'id=$(mk "\"timeout\": \"session\""); api POST /v1/sandboxes/$id/extend "{\"timeout\": \"1m\"}" >"$work/e1"
+	         printf "%s session %s " "$(cat $work/status)" "$(js ".message[:20]" <"$work/e1")"
+	         api DELETE /v1/sandboxes/$id >/dev/null
+	         id=$(mk); api POST /v1/sandboxes/$id/extend "{\"stop_at_ms\": 1000}" >/dev/null; printf "%s not after now x " "$(cat $work/status)"
+	         api DELETE /v1/sandboxes/$id >/dev/null
+	         api POST /v1/sandboxes/$id/extend "{\"timeout\": \"1m\"}" >/dev/null; echo "$(cat $work/status) over"'
+
+run "kilnd: a session sandbox ends when its creating connection drops (after the grace)" 0 \
+	'^while connected: running:None; after: stopped:session_ended$' \
+	bash -c 'python3 - "$kdsock" "$shape" >"$work/sess" <<-"EOF" &
+	import json, socket, sys, time
+	s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+	body = ("{%s, \"timeout\": \"session\"}" % sys.argv[2]).encode()
+	s.sendall(b"POST /v1/sandboxes HTTP/1.1\r\nHost: kd\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+	buf = b""
+	while b"\r\n\r\n" not in buf or not buf.rstrip().endswith(b"}"):
+	    buf += s.recv(65536)
+	print(json.loads(buf.split(b"\r\n\r\n", 1)[1])["id"], flush=True)
+	time.sleep(4)
+	s.close()
+	EOF
+	         for _ in $(seq 600); do [ -s "$work/sess" ] && break; sleep 0.1; done; id=$(cat "$work/sess")
+	         sleep 2.5; printf "while connected: %s; " "$(state $id)"; wait
+	         echo "after: $(wait_state $id stopped:session_ended 20)"'
+
+run "kilnd: a client that leaves mid-create gets its duration sandbox finished and owned" 0 '^running:None$' \
+	bash -c 'python3 - "$kdsock" "$shape" <<-"EOF"
+	import socket, sys
+	s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+	body = ("{%s, \"labels\": {\"left\": \"yes\"}}" % sys.argv[2]).encode()
+	s.sendall(b"POST /v1/sandboxes HTTP/1.1\r\nHost: kd\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+	s.close()
+	EOF
+	         for _ in $(seq 100); do id=$(api GET "/v1/sandboxes?label=left=yes" | js ".sandboxes[0].id // empty"); [ -n "$id" ] && break; sleep 0.1; done
+	         wait_state $id running:None 30; api DELETE /v1/sandboxes/$id >/dev/null'
+
+run "kilnd: a VMM killed behind kilnd's back is noticed at once and recorded" 0 '^stopped:oom .*SIGKILL, not by kilnd' \
+	bash -c 'id=$(mk); kill -9 $(vmm_pid $id); wait_state $id stopped:oom 5 | tr "\n" " "
+	         api GET /v1/sandboxes/$id/events | js ".events[-1].detail"'
+
+run "kilnd: a hung VMM (SIGSTOP) is still killed within a second" 0 '^stopped:killed vmm=gone in [01]s$' \
+	bash -c 'id=$(mk); pid=$(vmm_pid $id); kill -STOP $pid; t0=$(date +%s)
+	         api DELETE /v1/sandboxes/$id >/dev/null; t1=$(date +%s)
+	         kill -0 $pid 2>/dev/null && v=alive || v=gone; echo "$(state $id) vmm=$v in $((t1 - t0))s"'
+
+run "kilnd: kill -9 of kilnd and a restart: every sandbox still answers, one whose VMM died is reported lost" 0 \
+	'^a=ok b=ok c=stopped:lost adopted=yes$' \
+	bash -c 'a=$(mk "\"labels\": {\"n\": \"a\"}"); b=$(mk "\"labels\": {\"n\": \"b\"}"); c=$(mk)
+	         api GET /v1/node | js ".capacity_mb / 8" >"$work/base_mb"
+	         echo "$a $b" >"$work/ab"
+	         kill -9 $(cat "$work/kilnd.pid"); kill -9 $(vmm_pid $c)
+	         kd_start --mem-overcommit $(awk "{print 2304.5 / \$1}" "$work/base_mb") || exit 1
+	         [ "$(ex $a cat /run/kiln/sandbox-id)" = "$a" ] && ra=ok || ra=no
+	         [ "$(ex $b cat /run/kiln/sandbox-id)" = "$b" ] && rb=ok || rb=no
+	         api GET /v1/sandboxes/$a/events | grep -q "re-adopted kiln-vmm" && ad=yes || ad=no
+	         echo "a=$ra b=$rb c=$(state $c) adopted=$ad"'
+
+run "kilnd: admission refuses the sandbox that does not fit, saying what is free, and admits it after a kill" 0 \
+	'^fits=201 refused=503 no room for 768 MiB: 0 MiB of 2304 MiB free .* after kill=201$' \
+	bash -c 'read a b <"$work/ab"
+	         d=$(mk); [ -n "$d" ] && f=201 || f=$(cat $work/status)
+	         api POST /v1/sandboxes "{$shape}" >"$work/refused"; r=$(cat $work/status)
+	         api DELETE /v1/sandboxes/$a >/dev/null
+	         e=$(mk); [ -n "$e" ] && k=201 || k=$(cat $work/status)
+	         echo "fits=$f refused=$r $(js .message <"$work/refused") after kill=$k"
+	         for id in $b $d $e; do api DELETE /v1/sandboxes/$id >/dev/null; done'
+
+run "kilnd: metrics count creates, refusals and committed memory" 0 \
+	'^creates=[1-9][0-9]* refusals=[1-9][0-9]* committed=0 running=0$' \
+	bash -c 'm=$(curl -s --unix-socket "$kdsock" http://kd/metrics)
+	         g() { echo "$m" | grep "^$1 " | cut -d" " -f2; }
+	         echo "creates=$(g kiln_creates_total) refusals=$(g kiln_admission_refusals_total) committed=$(g kiln_memory_committed_mb) running=$(echo "$m" | grep "^kiln_sandboxes{state=\"running\"}" | cut -d" " -f2)"'
+
+run "kilnd: 200 create/kill cycles leak no fds, processes, files, registry rows or memory" 0 '^leaks: none ' \
+	bash -c 'kd_stop; kd_start --mem-overcommit 8 || exit 1; p=$(cat "$work/kilnd.pid")
+	         for i in $(seq 10); do id=$(mk); api DELETE /v1/sandboxes/$id >/dev/null; done
+	         fd0=$(ls /proc/$p/fd | wc -l); rss0=$(awk "/VmRSS/{print \$2}" /proc/$p/status)
+	         for i in $(seq 200); do id=$(mk) || exit 1; [ -n "$id" ] || { echo "create $i failed: $(cat $work/body)"; exit 1; }
+	             api DELETE /v1/sandboxes/$id >/dev/null; done
+	         fd1=$(ls /proc/$p/fd | wc -l); rss1=$(awk "/VmRSS/{print \$2}" /proc/$p/status)
+	         vm=$(pgrep -c -f "kiln-vmm --restore $kd/" || true); dirs=$(ls "$kd/run" | wc -l)
+	         live=$(api GET /v1/sandboxes | js ".sandboxes | length")
+	         bad=""; [ "$fd1" -le "$fd0" ] || bad="$bad fds"; [ "$vm" = 0 ] || bad="$bad vmms"; [ "$dirs" = 0 ] || bad="$bad dirs"
+	         [ "$live" = 0 ] || bad="$bad rows"; [ $((rss1 - rss0)) -lt 16384 ] || bad="$bad rss"
+	         echo "leaks: ${bad:-none} (fds $fd0->$fd1, RSS $rss0->$rss1 KiB, VMMs $vm, run dirs $dirs, live rows $live)"'
+
+run "kilnd: a full disk under the state dir gets a clear error, and kilnd keeps serving" 0 \
+	'^create=50[037] .*(full|space).* node=200$' \
+	bash -c 'kd_stop; m=$work/small; mkdir -p $m && mount -t tmpfs -o size=4m tmpfs $m || exit 1
+	         trap "umount -l $m" EXIT
+	         "$kilnd_bin" --state-dir $m/kd --listen unix:$m/kd.sock --vmm "$vmm" >$work/full.log 2>&1 & p=$!
+	         for _ in $(seq 100); do [ -S $m/kd.sock ] && break; sleep 0.1; done
+	         dd if=/dev/zero of=$m/fill bs=64k 2>/dev/null
+	         c=$(curl -sS --unix-socket $m/kd.sock -o $work/fullbody -w "%{http_code}" -d "{$shape}" http://kd/v1/sandboxes)
+	         n=$(curl -sS --unix-socket $m/kd.sock -o /dev/null -w "%{http_code}" http://kd/v1/node)
+	         echo "create=$c $(js .message <$work/fullbody) node=$n"; kill $p; wait $p'
+
+run "kilnd: stops cleanly on SIGTERM, and ran with no sanitizer report" 0 '^stopped, reports=0$' \
+	bash -c 'kd_start --mem-overcommit 8 >/dev/null && kd_stop && echo "stopped, reports=$(grep -c -E "Sanitizer|runtime error" "$work/kilnd.log" "$work/full.log" | awk -F: "{s+=\$2} END {print s}")"'
