@@ -299,6 +299,13 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
 		return 0;
 	case LWS_CALLBACK_HTTP_WRITEABLE:
 		return write_resp(wsi, p);
+	case LWS_CALLBACK_WSI_DESTROY:
+		/*
+		 * Every wsi ends here, also one that never got CLOSED_HTTP; its user
+		 * data may be another protocol's by now, so only forget the wsi.
+		 */
+		kd_conn_closed(kd, wsi);
+		return 0;
 	case LWS_CALLBACK_CLOSED_HTTP:
 		if (p) {
 			free(p->req.body);

@@ -275,6 +275,9 @@ int kd_tunnel_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
 			return -1;
 		}
 		return 0;
+	case LWS_CALLBACK_WSI_DESTROY:
+		kd_jobs_forget(kd, wsi);
+		return 0;
 	case LWS_CALLBACK_CLOSED:
 		tunnel_closed(kd, wsi, t);
 		if (pss)

@@ -18,7 +18,7 @@ kd=$work/kd
 kdsock=$work/kd.sock
 kdport=18181
 shape='"memory_mb": 768, "vcpus": 1'
-export kiln kilnd_bin kd kdsock kdport shape vmm
+export kiln kilnd_bin kd kdsock kdport shape vmm work
 
 # kd_start [FLAGS...]: start kilnd (log in $work/kilnd.log) and wait for its socket.
 kd_start() {
@@ -99,6 +99,34 @@ run "kilnd: create, exec and kill through raw HTTP on TCP with a token; kill fre
 	         kill -0 $pid 2>/dev/null && v=alive || v=gone
 	         [ -e "$kd/run/$id" ] && d=left || d=gone
 	         echo "exec=$e kill=$code $(state $id) vmm=$v dir=$d"'
+
+run "kilnd: create, exec, cp, extend and kill through the CLI, the agent riding kilnd's WebSocket" 0 \
+	'^exec=sbx-loc-[0-9a-z]{20} cp=same info=running extend=ok kill=0 ls=empty$' \
+	bash -c 'export KILN_ENDPOINT=unix:$kdsock
+	         id=$("$kiln" create --memory 768 --vcpus 1 --label via=cli) || exit 1
+	         e=$("$kiln" exec $id -- hostname)
+	         head -c 300000 /dev/urandom >"$work/blob"; "$kiln" cp "$work/blob" $id guest:/tmp/blob 2>/dev/null || "$kiln" cp $id "$work/blob" guest:/tmp/blob
+	         "$kiln" cp $id guest:/tmp/blob "$work/blob.back"; cmp -s "$work/blob" "$work/blob.back" && c=same || c=differs
+	         i=$("$kiln" info $id --json | js .state)
+	         "$kiln" extend $id 10m >/dev/null && x=ok || x=failed
+	         "$kiln" kill $id >/dev/null; k=$?
+	         l=$("$kiln" ls --label via=cli); [ -z "$l" ] || [ "$(echo "$l" | grep -c sbx_)" = 0 ] && l=empty
+	         echo "exec=$e cp=$c info=$i extend=$x kill=$k ls=$l"'
+
+run "kilnd: the CLI over TCP with a token reaches a sandbox by id after its creator left" 0 '^hello over tcp$' \
+	bash -c 'tok=$(api POST /v1/tokens | js .token); id=$(mk)
+	         KILN_ENDPOINT=http://127.0.0.1:$kdport KILN_TOKEN=$tok "$kiln" exec $id -- echo hello over tcp
+	         api DELETE /v1/sandboxes/$id >/dev/null'
+
+run "kilnd: an open agent WebSocket keeps a session sandbox alive past its creator's grace" 0 \
+	'^during=running:None after=stopped:session_ended$' \
+	bash -c 'id=$(mk "\"timeout\": \"session\""); export KILN_ENDPOINT=unix:$kdsock
+	         "$kiln" exec $id -- sleep 6 & sleep 4.5; d=$(state $id); wait
+	         echo "during=$d after=$(wait_state $id stopped:session_ended 20)"'
+
+run "kilnd: the agent WebSocket of an unknown or ended sandbox is refused, saying why" 0 \
+	'sbx_loc_aaaaaaaaaaaaaaaaaaaa is not running on this node' \
+	bash -c 'KILN_ENDPOINT=unix:$kdsock "$kiln" exec sbx_loc_aaaaaaaaaaaaaaaaaaaa -- true; echo "rc=$?"'
 
 run "kilnd: 20 creates at once are all usable, each with its own identity" 0 '^20 created, 20 distinct, 20 answer as themselves$' \
 	bash -c 'for i in $(seq 20); do api POST /v1/sandboxes "{$shape, \"labels\": {\"batch\": \"b20\"}}" >"$work/c$i.json" & done; wait
