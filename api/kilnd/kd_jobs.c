@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent_client.h"
 #include "kilnd.h"
 
 static void *job_thread(void *arg)
@@ -26,6 +27,9 @@ static void *job_thread(void *arg)
 		break;
 	case KD_JOB_DIAL:
 		j->ret = kd_dial_work(j);
+		break;
+	case KD_JOB_POOL:
+		j->ret = kd_pool_work(j);
 		break;
 	}
 	pthread_mutex_lock(&kd->q_lock);
@@ -76,6 +80,8 @@ void kd_job_free(struct kd_job *j)
 {
 	if (!j)
 		return;
+	if (j->agent)
+		kac_close(j->agent);
 	if (j->env)
 		for (char **e = j->env; *e; e++)
 			free(*e);
@@ -114,6 +120,9 @@ void kd_jobs_drain(struct kilnd *kd)
 			break;
 		case KD_JOB_DIAL:
 			kd_dial_done(kd, j);
+			break;
+		case KD_JOB_POOL:
+			kd_pool_done(kd, j);
 			break;
 		}
 		kd_job_free(j);

@@ -49,6 +49,8 @@ static const char usage_text[] =
 "  --max-lifetime DUR      no sandbox lives longer (default 1d; 0: no limit)\n"
 "  --session-grace DUR     a session sandbox outlives its creator's connection by this (default 10s)\n"
 "  --region ABC            the 3 letters in sandbox ids, sbx_ABC_... (default loc)\n"
+"  --pool MEM:VCPUS:N      keep N VMs of that shape restored ahead of demand (a warm\n"
+"                          pool, counted against admission); repeat for more shapes\n"
 "  -v, --verbose           log connections and libwebsockets' notices\n"
 "  -h, --help              show this help\n";
 
@@ -185,7 +187,7 @@ static void default_paths(struct kd_conf *c)
 static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 {
 	enum { O_STATE = 256, O_GROUP, O_VMM, O_KERNEL, O_INITRD, O_RESERVE, O_MEMOC, O_CPUOC, O_MAXLIFE, O_GRACE,
-	       O_REGION };
+	       O_REGION, O_POOL };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },	{ "state-dir", required_argument, NULL, O_STATE },
 		{ "socket-group", required_argument, NULL, O_GROUP }, { "vmm", required_argument, NULL, O_VMM },
@@ -195,6 +197,7 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 		{ "vcpu-overcommit", required_argument, NULL, O_CPUOC },
 		{ "max-lifetime", required_argument, NULL, O_MAXLIFE },
 		{ "session-grace", required_argument, NULL, O_GRACE }, { "region", required_argument, NULL, O_REGION },
+		{ "pool", required_argument, NULL, O_POOL },
 		{ "verbose", no_argument, NULL, 'v' },		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -246,6 +249,21 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 				die("--region %s: give 3 lowercase letters, e.g. fra", optarg);
 			snprintf(c->region, sizeof(c->region), "%s", optarg);
 			break;
+		case O_POOL: {
+			struct kd_pool *p = &kd->pools[kd->npools];
+			int used = 0;
+
+			if (kd->npools == KD_POOLS_MAX)
+				die("at most %d --pool", KD_POOLS_MAX);
+			memset(p, 0, sizeof(*p));
+			if (sscanf(optarg, "%u:%u:%u%n", &p->memory_mb, &p->vcpus, &p->size, &used) != 3 || optarg[used] ||
+			    p->memory_mb < SCHED_MEM_MIN_MB || p->memory_mb > SCHED_MEM_MAX_MB || p->vcpus < SCHED_VCPUS_MIN ||
+			    p->vcpus > SCHED_VCPUS_MAX || p->size < 1 || p->size > 256)
+				die("--pool %s: expected MEMORY_MB:VCPUS:N, e.g. 1280:2:4 (memory %u-%u, vcpus %u-%u, N 1-256)",
+				    optarg, SCHED_MEM_MIN_MB, SCHED_MEM_MAX_MB, SCHED_VCPUS_MIN, SCHED_VCPUS_MAX);
+			kd->npools++;
+			break;
+		}
 		case 'v': *verbose = 1; break;
 		case 'h': fputs(usage_text, stdout); exit(0);
 		default: fputs(usage_text, stderr); exit(2);
@@ -426,9 +444,11 @@ int main(int argc, char **argv)
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	lws_sul_schedule(kd->ctx, 0, &kd->tick, kd_tick, KD_TICK_MS * LWS_US_PER_MS);
+	kd_pool_refill(kd);
 	while (!kd->stopping)
 		if (lws_service(kd->ctx, 0) < 0)
 			break;
+	kd_pool_drain(kd);
 	lwsl_user("kilnd: stopping; %u sandbox(es) keep running and are re-adopted at the next start\n",
 		  kd->admit.sandboxes);
 	for (unsigned i = 0; i < kd->conf.nlisten; i++)

@@ -68,6 +68,10 @@ char *kd_metrics_text(struct kilnd *kd)
 		(unsigned long long)sched_capacity_mb(h));
 	fprintf(f, "# HELP kiln_memory_free_mb Memory still free for sandboxes.\n# TYPE kiln_memory_free_mb gauge\n"
 		   "kiln_memory_free_mb %llu\n", (unsigned long long)sched_free_mb(&kd->admit, h));
+	fprintf(f, "# HELP kiln_pool_ready Warm VMs ready per pool shape.\n# TYPE kiln_pool_ready gauge\n");
+	for (unsigned i = 0; i < kd->npools; i++)
+		fprintf(f, "kiln_pool_ready{memory_mb=\"%u\",vcpus=\"%u\"} %u\n", kd->pools[i].memory_mb,
+			kd->pools[i].vcpus, kd->pools[i].nready);
 	fprintf(f, "# HELP kiln_jobs_running Creates, template builds and agent dials in progress.\n"
 		   "# TYPE kiln_jobs_running gauge\nkiln_jobs_running %u\n", kd->jobs_running);
 	if (fclose(f)) {

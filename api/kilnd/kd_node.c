@@ -6,6 +6,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -112,13 +113,15 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		  struct kiln_err *err)
 {
 	uint64_t now = kd_now_ms();
+	struct kd_pooled *warm = kd_pool_take(kd, spec->memory_mb, spec->vcpus);
+	char wdir[KD_PATH_MAX];
 	struct reg_sandbox rec;
 	struct kd_job *j = NULL;
 	struct kd_sbx *s;
 	int r;
 
-	r = sched_admit(&kd->admit, &kd->conf.host, spec->memory_mb, spec->vcpus, err);
-	if (r) {
+	/* A warm VM was admitted when the pool filled; its admission passes to the sandbox. */
+	if (!warm && (r = sched_admit(&kd->admit, &kd->conf.host, spec->memory_mb, spec->vcpus, err))) {
 		kd->m.refusals++;
 		return r;
 	}
@@ -134,14 +137,15 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	r = sched_life_init(&s->life, &kd->conf.life, &spec->timeout, now, err);
 	if (r)
 		goto fail_admit;
-	r = reg_sandbox_id_new(kd->conf.region, s->id, err);
-	if (r)
+	if (warm)
+		memcpy(s->id, warm->id, sizeof(s->id));
+	else if ((r = reg_sandbox_id_new(kd->conf.region, s->id, err)))
 		goto fail_admit;
 	if (kd_run_dir(kd, s->id, j->run_dir, sizeof(j->run_dir))) {
 		r = kiln_fail(err, ENAMETOOLONG, "the state dir's path is too long for a sandbox's sockets");
 		goto fail_admit;
 	}
-	if (mkdir(j->run_dir, 0700)) {
+	if (!warm && mkdir(j->run_dir, 0700)) {
 		r = kiln_fail(err, errno, "cannot create %s: %s", j->run_dir, strerror(errno));
 		goto fail_admit;
 	}
@@ -159,6 +163,8 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	rec.n_labels = (unsigned)(spec->nlabels < REG_LABELS_MAX ? spec->nlabels : REG_LABELS_MAX);
 	pthread_mutex_lock(&kd->reg_lock);
 	r = reg_sandbox_insert(kd->reg, &rec, (int64_t)now, err);
+	if (!r && warm)
+		r = reg_sandbox_set_vmm(kd->reg, s->id, &warm->vmm, err);
 	pthread_mutex_unlock(&kd->reg_lock);
 	if (r) {
 		kd_rmtree(j->run_dir);
@@ -173,16 +179,31 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		r = kiln_fail(err, ENOMEM, "out of memory");
 		goto fail_row;
 	}
+	if (warm) {
+		j->pooled = 1;
+		j->vmm = warm->vmm;
+		j->agent = warm->agent;
+		warm->agent = NULL;
+	}
 	r = kd_job_start(kd, j, err);
 	if (r)
 		goto fail_row;
+	if (warm) {
+		s->pidfd = warm->pidfd;
+		free(warm);
+		warm = NULL;
+	}
 	s->state = REG_CREATING;
 	s->creator = creator;
-	s->holders = spec->timeout.kind == SCHED_TIMEOUT_SESSION && creator ? 1 : 0;
+	if (spec->timeout.kind == SCHED_TIMEOUT_SESSION && creator) {
+		s->session_conn = creator;
+		s->holders = 1;
+	}
 	s->t0_ns = kd_mono_ns();
 	s->next = kd->sbx;
 	kd->sbx = s;
 	*out = s;
+	kd_pool_refill(kd);
 	return 0;
 
 fail_row:
@@ -192,6 +213,16 @@ fail_admit:
 	/* Past admission, ENOSPC is a full disk, not a full node. */
 	if (r == -ENOSPC)
 		r = -EDQUOT;
+	if (warm) {
+		kd_vmm_kill(warm->vmm.pid, warm->pidfd, 1);
+		if (warm->pidfd >= 0)
+			close(warm->pidfd);
+		if (warm->agent)
+			kac_close(warm->agent);
+		if (!kd_run_dir(kd, warm->id, wdir, sizeof(wdir)))
+			kd_rmtree(wdir);
+		free(warm);
+	}
 	sched_release(&kd->admit, spec->memory_mb, spec->vcpus);
 	kd_job_free(j);
 	free(s);
@@ -199,15 +230,17 @@ fail_admit:
 	return r;
 }
 
-/* On the worker: restore the template into a VMM and hand the agent its identity. */
-int kd_create_work(struct kd_job *j)
+/*
+ * On the worker: restore the template of j's shape into a VMM with j's run
+ * dir and connect to its agent (*c, the HELLO done). A sandbox's VMM is
+ * recorded in the registry at once; a pooled one has no row yet.
+ */
+int kd_restore_work(struct kd_job *j, struct kac **c)
 {
 	struct kilnd *kd = j->kd;
 	char tdir[KD_PATH_MAX], vsock[KD_PATH_MAX + 32], log[KD_PATH_MAX + 16], console[KD_PATH_MAX + 32];
-	char host[REG_ID_MAX];
-	uint64_t t0;
-	struct kac *c = NULL;
 	struct kac_err kerr;
+	uint64_t t0;
 	pid_t pid;
 	int r;
 
@@ -228,39 +261,60 @@ int kd_create_work(struct kd_job *j)
 	if (r)
 		return r;
 	j->vmm.pid = pid;
-	if (reg_proc_start_time(pid, &j->vmm.start_time, &j->err) == 0) {
+	r = reg_proc_start_time(pid, &j->vmm.start_time, &j->err);
+	if (!r && j->kind == KD_JOB_CREATE) {
 		pthread_mutex_lock(&kd->reg_lock);
 		r = reg_sandbox_set_vmm(kd->reg, j->id, &j->vmm, &j->err);
 		pthread_mutex_unlock(&kd->reg_lock);
-	} else {
-		r = -ESRCH;
 	}
-	if (!r)
-		r = kac_connect(&c, j->vmm.vsock_path, KD_AGENT_TIMEOUT_MS, &kerr);
 	if (!r) {
-		struct kac_identity id = {
-			.sandbox_id = j->id,
-			.hostname = host,
-			.env = (const char *const *)j->env,
-			.set_clock = 1,
-		};
-
-		snprintf(host, sizeof(host), "%s", j->id);
-		for (char *p = host; *p; p++)
-			if (*p == '_')
-				*p = '-';
-		r = kac_identity(c, &id, &kerr);
-		kac_close(c);
+		r = kac_connect(c, j->vmm.vsock_path, KD_AGENT_TIMEOUT_MS, &kerr);
+		if (r)
+			kiln_fail(&j->err, -r, "the restored VM's agent did not answer: %s (see %s)", kerr.msg, log);
 	}
 	if (r) {
-		if (!j->err.msg[0])
-			kiln_fail(&j->err, -r, "the restored VM's agent did not take its identity: %s (see %s)",
-				  kerr.msg, log);
 		kd_vmm_kill(pid, -1, 1);
 		j->vmm.pid = 0;
 		return r;
 	}
 	j->restore_ms = (double)(kd_mono_ns() - t0) / 1e6;
+	return 0;
+}
+
+/* On the worker: a restore (unless a warm VM came with the job), then the sandbox's identity. */
+int kd_create_work(struct kd_job *j)
+{
+	struct kac *c = j->agent;
+	char host[REG_ID_MAX];
+	struct kac_err kerr;
+	uint64_t t0;
+	int r;
+
+	j->agent = NULL;
+	if (!c && (r = kd_restore_work(j, &c)))
+		return r;
+	t0 = kd_mono_ns();
+	struct kac_identity id = {
+		.sandbox_id = j->id,
+		.hostname = host,
+		.env = (const char *const *)j->env,
+		.set_clock = 1,
+	};
+
+	snprintf(host, sizeof(host), "%s", j->id);
+	for (char *p = host; *p; p++)
+		if (*p == '_')
+			*p = '-';
+	r = kac_identity(c, &id, &kerr);
+	kac_close(c);
+	if (r) {
+		kiln_fail(&j->err, -r, "the restored VM's agent did not take its identity: %s (see %s/vmm.log)", kerr.msg,
+			  j->run_dir);
+		kd_vmm_kill(j->vmm.pid, -1, 1);
+		j->vmm.pid = 0;
+		return r;
+	}
+	j->identity_ms = (double)(kd_mono_ns() - t0) / 1e6;
 	return 0;
 }
 
@@ -285,12 +339,17 @@ void kd_create_done(struct kilnd *kd, struct kd_job *j)
 	}
 	s->vmm = j->vmm;
 	s->is_child = 1;
-	s->pidfd = kd_pidfd_open(s->vmm.pid);
+	if (s->pidfd < 0)
+		s->pidfd = kd_pidfd_open(s->vmm.pid);
 	s->state = REG_RUNNING;
 	secs = (double)(kd_mono_ns() - s->t0_ns) / 1e9;
 	kd_metrics_create(kd, secs);
-	snprintf(detail, sizeof(detail), "restored in %.1f ms%s; created in %.1f ms", j->restore_ms,
-		 j->built ? " after booting its template" : "", secs * 1e3);
+	if (j->pooled)
+		snprintf(detail, sizeof(detail), "taken from the warm pool; identity in %.2f ms; created in %.2f ms",
+			 j->identity_ms, secs * 1e3);
+	else
+		snprintf(detail, sizeof(detail), "restored in %.1f ms%s; created in %.1f ms", j->restore_ms,
+			 j->built ? " after booting its template" : "", secs * 1e3);
 	reg_locked_state(kd, s->id, REG_RUNNING, REG_END_NONE, detail);
 	if (s->kill_asked) {
 		kd_sbx_end(kd, s, REG_END_KILLED, "killed while it was being created");
@@ -335,11 +394,14 @@ void kd_sbx_unhold(struct kilnd *kd, struct kd_sbx *s)
 void kd_conn_closed(struct kilnd *kd, struct lws *wsi)
 {
 	kd_jobs_forget(kd, wsi);
-	for (struct kd_sbx *s = kd->sbx; s; s = s->next)
-		if (s->creator == wsi) {
+	for (struct kd_sbx *s = kd->sbx; s; s = s->next) {
+		if (s->creator == wsi)
 			s->creator = NULL;
+		if (s->session_conn == wsi) {
+			s->session_conn = NULL;
 			kd_sbx_unhold(kd, s);
 		}
+	}
 }
 
 /* Why a VMM that exited on its own did. */
@@ -396,6 +458,7 @@ void kd_tick(lws_sorted_usec_list_t *sul)
 			kd_sbx_end(kd, s, e == SCHED_EXPIRED_SESSION ? REG_END_SESSION_ENDED : REG_END_TIMED_OUT,
 				   sched_expiry_name(e));
 	}
+	kd_pool_check(kd);
 	if (!kd->stopping)
 		lws_sul_schedule(kd->ctx, 0, &kd->tick, kd_tick, KD_TICK_MS * LWS_US_PER_MS);
 }
@@ -463,6 +526,58 @@ static void sweep_run_dirs(struct kilnd *kd)
 	closedir(d);
 }
 
+/*
+ * Kill kiln-vmm processes of this state dir that no live sandbox owns: one
+ * started by a kilnd killed before it recorded the pid, a warm pool's, a
+ * template half built. They are found by the socket paths in their argv.
+ */
+static void sweep_orphans(struct kilnd *kd)
+{
+	char run[KD_PATH_MAX + 16], tmpl[KD_PATH_MAX + 16], path[64], argv[4096];
+	struct dirent *e;
+	DIR *d = opendir("/proc");
+
+	if (!d)
+		return;
+	kd_pathf(run, sizeof(run), "cid=3,uds=%s/run/", kd->conf.state_dir);
+	kd_pathf(tmpl, sizeof(tmpl), "cid=3,uds=%s/templates/", kd->conf.state_dir);
+	while ((e = readdir(d))) {
+		char *end, id[REG_ID_MAX];
+		long pid = strtol(e->d_name, &end, 10);
+		ssize_t n;
+		int fd;
+
+		if (*end || pid <= 1 || pid == getpid())
+			continue;
+		snprintf(path, sizeof(path), "/proc/%ld/cmdline", pid);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		n = read(fd, argv, sizeof(argv) - 1);
+		close(fd);
+		if (n <= 0)
+			continue;
+		argv[n] = '\0';
+		for (char *a = argv; a < argv + n; a += strlen(a) + 1) {
+			int orphan = 0;
+
+			if (!strncmp(a, tmpl, strlen(tmpl))) {
+				orphan = 1;
+			} else if (!strncmp(a, run, strlen(run)) && strlen(a) >= strlen(run) + REG_ID_LEN) {
+				memcpy(id, a + strlen(run), REG_ID_LEN);
+				id[REG_ID_LEN] = '\0';
+				orphan = !kd_sbx_find(kd, id);
+			}
+			if (orphan) {
+				lwsl_user("kilnd: killing kiln-vmm pid %ld, which no sandbox owns (%s)\n", pid, a + 10);
+				kill((pid_t)pid, SIGKILL);
+				break;
+			}
+		}
+	}
+	closedir(d);
+}
+
 int kd_readopt(struct kilnd *kd, struct kiln_err *err)
 {
 	uint64_t now = kd_now_ms();
@@ -498,6 +613,7 @@ int kd_readopt(struct kilnd *kd, struct kiln_err *err)
 		ended++;
 	}
 	free(rows);
+	sweep_orphans(kd);
 	sweep_run_dirs(kd);
 	if (n)
 		lwsl_user("kilnd: re-adopted %zu sandbox(es); %zu had ended while kilnd was away\n", adopted, ended);

@@ -74,10 +74,27 @@ struct kd_sbx {
 	int pidfd;			/* -1: none */
 	int is_child;			/* ours to reap (not re-adopted after a restart) */
 	struct lws *creator;		/* the HTTP connection waiting for the create, or NULL */
+	struct lws *session_conn;	/* SESSION: the creating connection while it lasts (a holder) */
 	unsigned holders;		/* SESSION: connections that keep it alive */
 	unsigned tunnels;		/* agent WebSockets open to it */
 	int kill_asked;			/* killed while CREATING: ended when its job is back */
 	uint64_t t0_ns;			/* create started (CLOCK_MONOTONIC) */
+};
+
+/* A warm pool (kilnd --pool MEM:VCPUS:N): VMs restored ahead of demand, agent connected, no identity yet. */
+#define KD_POOLS_MAX		8
+struct kd_pooled {
+	struct kd_pooled *next;
+	char id[REG_ID_MAX];		/* minted at fill: its run dir is run/ID */
+	struct reg_vmm vmm;
+	int pidfd;
+	struct kac *agent;
+};
+struct kd_pool {
+	unsigned memory_mb, vcpus, size;
+	unsigned filling, nready;
+	struct kd_pooled *ready;
+	uint64_t retry_at_ms;		/* after a failed fill */
 };
 
 /* Counters for GET /metrics. */
@@ -101,6 +118,8 @@ struct kilnd {
 	char kernel_sha[REG_SHA256_HEX];
 	char initrd_sha[REG_SHA256_HEX];
 	struct sched_admit admit;
+	struct kd_pool pools[KD_POOLS_MAX];
+	unsigned npools;
 	struct kd_sbx *sbx;		/* every sandbox not yet ended */
 	struct kd_metrics m;
 	lws_sorted_usec_list_t tick;
@@ -145,6 +164,15 @@ void kd_sbx_usage(const struct kd_sbx *s, uint64_t now_ms, uint64_t *cpu_ns, uin
 /* A sandbox's run dir and its sockets. */
 int kd_run_dir(const struct kilnd *kd, const char *id, char *buf, size_t n);
 
+/* ---- pool.c ---- */
+/* Start fills for every pool below its size (admission permitting). */
+void kd_pool_refill(struct kilnd *kd);
+/* Take a warm VM of this shape, or NULL; its admission passes to the sandbox. */
+struct kd_pooled *kd_pool_take(struct kilnd *kd, unsigned memory_mb, unsigned vcpus);
+/* Pooled VMs that died: drop them (from the tick). Kill them all (at stop). */
+void kd_pool_check(struct kilnd *kd);
+void kd_pool_drain(struct kilnd *kd);
+
 /* ---- template.c ---- */
 /* Hash the kernel and initramfs (they key templates). */
 int kd_template_hashes(struct kilnd *kd, struct kiln_err *err);
@@ -172,7 +200,7 @@ uint64_t kd_proc_cpu_ns(pid_t pid);
 int kd_pidfd_open(pid_t pid);
 
 /* ---- jobs.c: worker threads ---- */
-enum kd_job_kind { KD_JOB_CREATE, KD_JOB_TEMPLATE, KD_JOB_DIAL };
+enum kd_job_kind { KD_JOB_CREATE, KD_JOB_TEMPLATE, KD_JOB_DIAL, KD_JOB_POOL };
 
 struct kd_job {
 	struct kd_job *next;		/* the done queue (q_lock) */
@@ -193,7 +221,9 @@ struct kd_job {
 	struct reg_vmm vmm;		/* CREATE: the VMM started */
 	int fd;				/* DIAL: the agent stream */
 	int built;			/* a template was booted for it */
-	double restore_ms;
+	int pooled;			/* CREATE: its VM came from the warm pool */
+	struct kac *agent;		/* CREATE from the pool: the agent, connected; POOL: out */
+	double restore_ms, identity_ms;
 };
 
 /* Run j on a new thread; it comes back through kd_jobs_drain. 0 or -errno. */
@@ -207,8 +237,12 @@ void kd_jobs_drain(struct kilnd *kd);
 void kd_create_done(struct kilnd *kd, struct kd_job *j);
 void kd_template_done(struct kilnd *kd, struct kd_job *j);
 void kd_dial_done(struct kilnd *kd, struct kd_job *j);
-/* The worker side of CREATE and DIAL. */
+/* The worker side of CREATE, POOL and DIAL. */
 int kd_create_work(struct kd_job *j);
+struct kac;
+int kd_restore_work(struct kd_job *j, struct kac **c);
+int kd_pool_work(struct kd_job *j);
+void kd_pool_done(struct kilnd *kd, struct kd_job *j);
 int kd_dial_work(struct kd_job *j);
 
 /* ---- http.c: the REST front ---- */

@@ -65,7 +65,7 @@ wait_state() {
 	return 1
 }
 # ex ID CMD...: run CMD in sandbox ID through its VMM's vsock socket.
-ex() { local id=$1; shift; "$kiln" exec --uds "$kd/run/$id/vsock" --connect-timeout 30 -- "$@"; }
+ex() { local id=$1; shift; "$kiln" exec --uds "$kd/run/$id/vsock" --connect-timeout 30 --timeout 60 -- "$@"; }
 # vmm_pid ID: the pid of sandbox ID's kiln-vmm.
 vmm_pid() { pgrep -f "kiln-vmm --restore .* --vsock cid=3,uds=$kd/run/$1/vsock"; }
 export -f kd_start kd_stop api js mk state wait_state ex vmm_pid
@@ -129,7 +129,8 @@ run "kilnd: the agent WebSocket of an unknown or ended sandbox is refused, sayin
 	bash -c 'KILN_ENDPOINT=unix:$kdsock "$kiln" exec sbx_loc_aaaaaaaaaaaaaaaaaaaa -- true; echo "rc=$?"'
 
 run "kilnd: 20 creates at once are all usable, each with its own identity" 0 '^20 created, 20 distinct, 20 answer as themselves$' \
-	bash -c 'for i in $(seq 20); do api POST /v1/sandboxes "{$shape, \"labels\": {\"batch\": \"b20\"}}" >"$work/c$i.json" & done; wait
+	bash -c 'for i in $(seq 20); do curl -sS --max-time 280 --unix-socket "$kdsock" -o "$work/c$i.json" \
+	             -d "{$shape, \"labels\": {\"batch\": \"b20\"}}" http://kd/v1/sandboxes & done; wait
 	         ids=$(for i in $(seq 20); do js ".id // empty" <"$work/c$i.json"; done | grep -c sbx_)
 	         uniq=$(for i in $(seq 20); do js ".id // empty" <"$work/c$i.json"; done | sort -u | grep -c sbx_)
 	         ok=0; for id in $(api GET "/v1/sandboxes?label=batch=b20" | js ".sandboxes[].id"); do
@@ -236,6 +237,24 @@ run "kilnd: 200 create/kill cycles leak no fds, processes, files, registry rows 
 	         bad=""; [ "$fd1" -le "$fd0" ] || bad="$bad fds"; [ "$vm" = 0 ] || bad="$bad vmms"; [ "$dirs" = 0 ] || bad="$bad dirs"
 	         [ "$live" = 0 ] || bad="$bad rows"; [ $((rss1 - rss0)) -lt 16384 ] || bad="$bad rss"
 	         echo "leaks: ${bad:-none} (fds $fd0->$fd1, RSS $rss0->$rss1 KiB, VMMs $vm, run dirs $dirs, live rows $live)"'
+
+# pool_ready: the warm VMs ready in the 768 MiB / 1 vCPU pool.
+pool_ready() { curl -s --unix-socket "$kdsock" http://kd/metrics | sed -n 's/^kiln_pool_ready{memory_mb="768",vcpus="1"} //p'; }
+export -f pool_ready
+
+run "kilnd: with a warm pool a create only hands over identity, and the pool refills" 0 \
+	'^ready=2 pooled=yes identity=ok refilled=2$' \
+	bash -c 'kd_stop; kd_start --mem-overcommit 8 --pool 768:1:2 || exit 1
+	         for _ in $(seq 300); do [ "$(pool_ready)" = 2 ] && break; sleep 0.2; done; r=$(pool_ready)
+	         id=$(mk); api GET /v1/sandboxes/$id/events | grep -q "taken from the warm pool" && p=yes || p=no
+	         [ "$(ex $id hostname)" = "$(echo $id | tr _ -)" ] && i=ok || i=bad
+	         for _ in $(seq 300); do [ "$(pool_ready)" = 2 ] && break; sleep 0.2; done
+	         echo "ready=$r pooled=$p identity=$i refilled=$(pool_ready)"; api DELETE /v1/sandboxes/$id >/dev/null'
+
+run "kilnd: a restart after kill -9 kills the old warm pool's VMs, which no sandbox owns" 0 '^orphans before=2 after=0$' \
+	bash -c 'b=$(pgrep -c -f "kiln-vmm --restore $kd/" || true); kill -9 $(cat "$work/kilnd.pid")
+	         kd_start --mem-overcommit 8 || exit 1; sleep 0.5
+	         echo "orphans before=$b after=$(pgrep -c -f "kiln-vmm --restore $kd/" || true)"'
 
 run "kilnd: a full disk under the state dir gets a clear error, and kilnd keeps serving" 0 \
 	'^create=50[037] .*(full|space).* node=200$' \
