@@ -15,6 +15,8 @@
 #      C raw restores started at once
 #   3. kilnd's VmRSS with 0 sandboxes and with M of them
 #   4. kilnd's create (POST -> 201) against the 93 ms Deno Sandbox advertises
+#   1b. (run after 2) the same create through a kilnd with a warm pool of 2
+#      (--pool), where a create only hands over identity
 # Needs /dev/kvm (make bench-create goes through tests/nested/kvm-host.sh
 # where there is none), and root or a user that may run kilnd and kiln-vmm.
 # Usage: bench/create.sh VMM KILND KILN FIRSTEXEC [ROUNDS]
@@ -165,11 +167,11 @@ many = min(many, fit)
 overcommit = min(16.0, max(1.0, math.ceil(max(many, nclients) * mem_mib * 1.1 / (mem_total - reserve))))
 
 kd_proc = None
-def start_kilnd():
+def start_kilnd(extra=()):
     global kd_proc
     out = open(kd_log, "ab")
     kd_proc = subprocess.Popen([kilnd, "--state-dir", kd_dir, "--listen", "unix:" + kd_sock, "--vmm", vmm,
-                                "--mem-reserve", str(reserve), "--mem-overcommit", "%g" % overcommit],
+                                "--mem-reserve", str(reserve), "--mem-overcommit", "%g" % overcommit] + list(extra),
                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=die_with_us)
     out.close()
     deadline = time.monotonic() + 30
@@ -387,6 +389,27 @@ def direct(kind, tag):
     res["restore_ms"] = vm.restore_ms()
     return res
 
+def pool_ready():
+    """kilnd's kiln_pool_ready gauge for our shape (GET /metrics)."""
+    c = UnixHTTP(tmo)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode(errors="replace")
+    finally:
+        c.close()
+    want = 'kiln_pool_ready{memory_mb="%d",vcpus="%d"}' % (mem_mib, vcpus)
+    for line in text.splitlines():
+        if line.startswith(want):
+            return int(float(line.split()[-1]))
+    return 0
+
+def wait_pool(n):
+    deadline = time.monotonic() + tmo
+    while pool_ready() < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the warm pool did not reach %d ready VMs within %d s" % (n, tmo))
+        time.sleep(0.05)
+
 # ---- 2. many at once ----------------------------------------------------------
 def kilnd_batch(n, tag):
     """n clients POST at once, each followed by its first exec through the library.
@@ -461,7 +484,8 @@ def raw_batch(n, tag):
 
 # ---- the run ------------------------------------------------------------------
 tpl = None
-lat = {"lib": [], "cli": [], "raw": [], "cold": []}
+lat = {"lib": [], "cli": [], "raw": [], "cold": [], "pool": []}
+POOL_N = 2
 tput = {"kd_c": [], "kd_e": [], "raw": [], "post": []}
 rss = {}
 try:
@@ -508,6 +532,19 @@ try:
         tput["raw"].append(raw_batch(nclients, "batch %d" % (r + 1)))
 
     rss["used"] = status("VmRSS", kd_proc.pid)
+    # kilnd with a warm pool of this shape: a create only hands over identity.
+    stop_kilnd()
+    start_kilnd(["--pool", "%d:%d:%d" % (mem_mib, vcpus, POOL_N)])
+    log("kilnd restarted with --pool %d:%d:%d; %d rounds, each once the pool is full" % (mem_mib, vcpus, POOL_N, rounds))
+    try:
+        for i in range(rounds + 1):
+            wait_pool(POOL_N)
+            r = kilnd_lib("pool round %d" % i)
+            if r and i:
+                lat["pool"].append(r)
+            log("pool round %d: %s" % (i, "create %.1f ms, first exec %.0f ms" % (r["post_ms"], r["ms"]) if r else "FAILED"))
+    except RuntimeError as e:
+        failed(str(e))
     # kilnd again, so that 0 and `many` are measured from a fresh start (the
     # batches above leave freed heap in malloc's per-thread arenas).
     stop_kilnd()
@@ -593,6 +630,15 @@ print("target: kilnd adds at most 20% to a raw restore (p50 ratio <= 1.20)")
 print("  same client library both sides:  %s" % verdict(r_lib))
 print("  with the kiln exec CLI (%s): %s" % ("WebSocket" if cli_mode == "ws" else "--uds", verdict(r_cli)))
 print()
+print("1b. with a warm pool (kilnd --pool %d:%d:%d), after 2; each create once the pool is full again" % (mem_mib, vcpus, POOL_N))
+print("%-40s %-4s %12s %12s %7s" % ("metric", "", "kilnd pool", "raw restore", "kd/raw"))
+for q, stat in ((50, "p50"), (99, "p99")):
+    row("create -> first exec (library)", stat, pct(col("pool"), q), pct(col("raw"), q), "ms")
+print("%-40s %-4s %12s %12s %7s" % ("", "", "kilnd pool", "kilnd", "pool/kd"))
+row("create (POST -> 201)", "p50", med(col("pool", "post_ms")), med(col("lib", "post_ms") + col("cli", "post_ms")), "ms")
+row("  kilnd's own create_ms (its clock)", "p50", med(col("pool", "kd_ms")), med(col("lib", "kd_ms")), "ms")
+print("  (raw restore: the rounds of 1, not interleaved with these)")
+print()
 print("2. %d at once, %d times (rate = how many / time from the start to the last one)" % (nclients, repeats))
 print("%-40s %-4s %12s %12s %7s" % ("metric", "", "kilnd", "raw restore", "kd/raw"))
 row("creates/s (POST -> 201)", "p50", med(tput["kd_c"]), None, "/s")
@@ -617,6 +663,7 @@ print()
 print("4. against Deno Sandbox's advertised create (93 ms)")
 print("%-40s %-4s %12s %12s %7s" % ("metric", "", "kilnd", "Deno", "kd/Deno"))
 for label, v in (("create (POST -> 201), 1 at a time", med(col("lib", "post_ms") + col("cli", "post_ms"))),
+                 ("create (POST -> 201), warm pool", med(col("pool", "post_ms"))),
                  ("create -> first exec (library)", med(col("lib")))):
     if nested:      # a nested TCG time against a real host's: no ratio to print
         print("%-40s %-4s %12s %12s %7s" % (label, "p50", fmt(v, "ms"), fmt(DENO_MS, "ms"), "-"))
@@ -624,7 +671,7 @@ for label, v in (("create (POST -> 201), 1 at a time", med(col("lib", "post_ms")
         row(label, "p50", v, DENO_MS, "ms")
 if nested:
     print("nested TCG: kilnd's times here are many times a real KVM host's, so they cannot be set")
-    print("against Deno's 93 ms; only the ratios in 1 and 2 carry over. Run make bench-create on")
+    print("against Deno's 93 ms; only the ratios in 1, 1b and 2 carry over. Run make bench-create on")
     print("a real KVM host for this comparison.")
 print()
 print("run took %.0f s (kilnd, memory overcommit %g; %d create->exec reconnects)" % (
