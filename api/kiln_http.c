@@ -202,15 +202,19 @@ static int body_append(struct req *r, const void *p, size_t n)
 
 	if (rep->len + n > KR_BODY_MAX)
 		return req_fail(r, EFBIG, "the reply is larger than 16 MiB");
-	cap = rep->len + n + 1;
-	if (cap < 2 * rep->len)
-		cap = 2 * rep->len + 1;
-	if (cap > KR_BODY_MAX + 1)
-		cap = KR_BODY_MAX + 1;
-	nb = realloc(rep->body, cap);
-	if (!nb)
-		return req_fail(r, ENOMEM, "out of memory");
-	rep->body = nb;
+	/* Double, so a large reply costs O(n) copying, not a realloc per chunk. */
+	if (rep->len + n + 1 > rep->cap) {
+		cap = 2 * rep->cap > rep->len + n + 1 ? 2 * rep->cap : rep->len + n + 1;
+		if (cap < 16384)
+			cap = 16384;
+		if (cap > KR_BODY_MAX + 1)
+			cap = KR_BODY_MAX + 1;
+		nb = realloc(rep->body, cap);
+		if (!nb)
+			return req_fail(r, ENOMEM, "out of memory");
+		rep->body = nb;
+		rep->cap = cap;
+	}
 	memcpy(rep->body + rep->len, p, n);
 	rep->len += n;
 	rep->body[rep->len] = '\0';

@@ -41,6 +41,7 @@ struct kr_reply {
 	json_t *json;		/* the body parsed, when it is JSON; else NULL */
 	char *body;		/* the body as received, NUL-terminated */
 	size_t len;
+	size_t cap;		/* bytes allocated at body */
 };
 
 /* Free what a reply holds (not rep itself). */
