@@ -70,6 +70,7 @@ ex() { local id=$1; shift; "$kiln" exec --uds "$kd/run/$id/vsock" --connect-time
 vmm_pid() { pgrep -f "kiln-vmm --restore .* --vsock cid=3,uds=$kd/run/$1/vsock"; }
 export -f kd_start kd_stop api js mk state wait_state ex vmm_pid
 
+saved_timeout=$per_test_timeout
 on_test_failure() { echo "#   kilnd log: $(tail -n 5 "$work/kilnd.log" | tr '\n' '|')"; }
 
 rm -rf "$kd" "$work/kilnd.log"
@@ -128,14 +129,20 @@ run "kilnd: the agent WebSocket of an unknown or ended sandbox is refused, sayin
 	'sbx_loc_aaaaaaaaaaaaaaaaaaaa is not running on this node' \
 	bash -c 'KILN_ENDPOINT=unix:$kdsock "$kiln" exec sbx_loc_aaaaaaaaaaaaaaaaaaaa -- true; echo "rc=$?"'
 
+# 21 guests under TCG on one CPU answer slowly: this test may take 10 minutes.
+per_test_timeout=600
 run "kilnd: 20 creates at once are all usable, each with its own identity" 0 '^20 created, 20 distinct, 20 answer as themselves$' \
-	bash -c 'for i in $(seq 20); do curl -sS --max-time 280 --unix-socket "$kdsock" -o "$work/c$i.json" \
-	             -d "{$shape, \"labels\": {\"batch\": \"b20\"}}" http://kd/v1/sandboxes & done; wait
+	bash -c 'pids=(); for i in $(seq 20); do curl -sS --max-time 280 --unix-socket "$kdsock" -o "$work/c$i.json" \
+	             -d "{$shape, \"labels\": {\"batch\": \"b20\"}}" http://kd/v1/sandboxes & pids+=($!); done; wait "${pids[@]}"
 	         ids=$(for i in $(seq 20); do js ".id // empty" <"$work/c$i.json"; done | grep -c sbx_)
 	         uniq=$(for i in $(seq 20); do js ".id // empty" <"$work/c$i.json"; done | sort -u | grep -c sbx_)
-	         ok=0; for id in $(api GET "/v1/sandboxes?label=batch=b20" | js ".sandboxes[].id"); do
-	             [ "$(ex $id cat /run/kiln/sandbox-id)" = "$id" ] && ok=$((ok + 1)); api DELETE /v1/sandboxes/$id >/dev/null; done
+	         pids=(); for id in $(api GET "/v1/sandboxes?label=batch=b20" | js ".sandboxes[].id"); do
+	             (timeout 400 "$kiln" exec --uds "$kd/run/$id/vsock" --connect-timeout 300 -- cat /run/kiln/sandbox-id >"$work/who.$id" 2>&1) & pids+=($!); done
+	         wait "${pids[@]}"; ok=0
+	         for id in $(api GET "/v1/sandboxes?label=batch=b20" | js ".sandboxes[].id"); do
+	             [ "$(cat "$work/who.$id")" = "$id" ] && ok=$((ok + 1)) || echo "$id: $(cat "$work/who.$id")"; api DELETE /v1/sandboxes/$id >/dev/null; done
 	         echo "$ids created, $uniq distinct, $ok answer as themselves"'
+per_test_timeout=$saved_timeout
 
 run "kilnd: a 5 s timeout fires, and frees the VMM and its files" 0 '^stopped:timed_out vmm=gone dir=gone$' \
 	bash -c 'id=$(mk "\"timeout\": \"5s\""); pid=$(vmm_pid $id)
@@ -225,6 +232,8 @@ run "kilnd: metrics count creates, refusals and committed memory" 0 \
 	         g() { echo "$m" | grep "^$1 " | cut -d" " -f2; }
 	         echo "creates=$(g kiln_creates_total) refusals=$(g kiln_admission_refusals_total) committed=$(g kiln_memory_committed_mb) running=$(echo "$m" | grep "^kiln_sandboxes{state=\"running\"}" | cut -d" " -f2)"'
 
+# 200 cycles take minutes under TCG: this one test may take 15.
+per_test_timeout=900
 run "kilnd: 200 create/kill cycles leak no fds, processes, files, registry rows or memory" 0 '^leaks: none ' \
 	bash -c 'kd_stop; kd_start --mem-overcommit 8 || exit 1; p=$(cat "$work/kilnd.pid")
 	         for i in $(seq 10); do id=$(mk); api DELETE /v1/sandboxes/$id >/dev/null; done
@@ -236,7 +245,8 @@ run "kilnd: 200 create/kill cycles leak no fds, processes, files, registry rows 
 	         live=$(api GET /v1/sandboxes | js ".sandboxes | length")
 	         bad=""; [ "$fd1" -le "$fd0" ] || bad="$bad fds"; [ "$vm" = 0 ] || bad="$bad vmms"; [ "$dirs" = 0 ] || bad="$bad dirs"
 	         [ "$live" = 0 ] || bad="$bad rows"; [ $((rss1 - rss0)) -lt 16384 ] || bad="$bad rss"
-	         echo "leaks: ${bad:-none} (fds $fd0->$fd1, RSS $rss0->$rss1 KiB, VMMs $vm, run dirs $dirs, live rows $live)"'
+	         echo "leaks: ${bad:-none} (fds $fd0->$fd1, RSS $rss0->$rss1 KiB, VMMs $vm, run dirs $dirs, live rows $live; $SECONDS s)"'
+per_test_timeout=$saved_timeout
 
 # pool_ready: the warm VMs ready in the 768 MiB / 1 vCPU pool.
 pool_ready() { curl -s --unix-socket "$kdsock" http://kd/metrics | sed -n 's/^kiln_pool_ready{memory_mb="768",vcpus="1"} //p'; }
