@@ -113,14 +113,20 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		  struct kiln_err *err)
 {
 	uint64_t now = kd_now_ms();
-	struct kd_pooled *warm = kd_pool_take(kd, spec->memory_mb, spec->vcpus);
+	struct kd_pooled *warm;
+	struct sched_life life;
 	char wdir[KD_PATH_MAX];
 	struct reg_sandbox rec;
 	struct kd_job *j = NULL;
 	struct kd_sbx *s;
 	int r;
 
+	/* A request the lifetime rules refuse must not cost a warm VM. */
+	r = sched_life_init(&life, &kd->conf.life, &spec->timeout, now, err);
+	if (r)
+		return r;
 	/* A warm VM was admitted when the pool filled; its admission passes to the sandbox. */
+	warm = kd_pool_take(kd, spec->memory_mb, spec->vcpus);
 	if (!warm && (r = sched_admit(&kd->admit, &kd->conf.host, spec->memory_mb, spec->vcpus, err))) {
 		kd->m.refusals++;
 		return r;
@@ -134,9 +140,7 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	s->pidfd = -1;
 	s->memory_mb = spec->memory_mb;
 	s->vcpus = spec->vcpus;
-	r = sched_life_init(&s->life, &kd->conf.life, &spec->timeout, now, err);
-	if (r)
-		goto fail_admit;
+	s->life = life;
 	if (warm)
 		memcpy(s->id, warm->id, sizeof(s->id));
 	else if ((r = reg_sandbox_id_new(kd->conf.region, s->id, err)))
