@@ -422,6 +422,11 @@ if [[ -s $tmp/ctl/status ]]; then
 fi
 if ((qrc == 124 || qrc == 137)); then
 	echo "$PROG: timeout: CMD did not finish within ${timeout_s} s (including boot); killed the nested host" >&2
+	# What the nested kernel said last (a lockup, the OOM killer, a hung task).
+	if [[ -s $tmp/console.log ]]; then
+		echo "$PROG: the nested host's console, last lines:" >&2
+		tail -n 30 "$tmp/console.log" | tr -d '\r' | sed "s/^/$PROG: | /" >&2
+	fi
 	exit 124
 fi
 err=$(grep -a '^error: ' "$tmp/msg.log" 2>/dev/null | tail -n 1)
