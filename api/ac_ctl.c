@@ -10,21 +10,20 @@
 
 /* ---- control -------------------------------------------------------------------- */
 
-int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *err)
+/* The IDENTITY request for id, as o with its record w. */
+static void identity_req(struct kac *c, struct op *o, struct kp_recw *w, const struct kac_identity *id)
 {
-	struct kp_recw w;
-	struct op o;
 	int i;
 
-	ac_op_start(c, &o, &w, KP_OP_IDENTITY);
+	ac_op_start(c, o, w, KP_OP_IDENTITY);
 	if (id->sandbox_id)
-		kp_put_str(&w, KT_SANDBOX_ID, id->sandbox_id);
+		kp_put_str(w, KT_SANDBOX_ID, id->sandbox_id);
 	if (id->hostname)
-		kp_put_str(&w, KT_HOSTNAME, id->hostname);
+		kp_put_str(w, KT_HOSTNAME, id->hostname);
 	if (id->clear_env)
-		kp_put_bool(&w, KT_CLEAR_ENV, 1);
+		kp_put_bool(w, KT_CLEAR_ENV, 1);
 	for (i = 0; id->env && id->env[i]; i++)
-		kp_put_str(&w, KT_ENV, id->env[i]);
+		kp_put_str(w, KT_ENV, id->env[i]);
 	if (id->set_clock) {
 		uint64_t ns = id->realtime_ns;
 
@@ -34,9 +33,54 @@ int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *e
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 		}
-		kp_put_u64(&w, KT_REALTIME_NS, ns);
+		kp_put_u64(w, KT_REALTIME_NS, ns);
 	}
+}
+
+int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	identity_req(c, &o, &w, id);
 	return ac_simple(c, &o, &w, err);
+}
+
+int kac_identity_send(struct kac *c, const struct kac_identity *id, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	if (c->pend_id)
+		return ac_fail(err, EBUSY, "identity: one is already on its way (kac_identity_wait first)");
+	identity_req(c, &o, &w, id);
+	if ((ret = ac_req_send(c, o.id, &w, err)) == 0) {
+		c->pend_id = o.id;
+		c->pend_done = 0;
+		c->pend_ret = 0;
+	}
+	return ret;
+}
+
+int kac_identity_wait(struct kac *c, struct kac_err *err)
+{
+	struct op o;
+	int ret;
+
+	if (!c->pend_id)
+		return ac_fail(err, EINVAL, "identity: none was sent (kac_identity_send)");
+	if (c->pend_done) {
+		ret = c->pend_ret;
+		if (ret && err)
+			memcpy(err->msg, c->pend_msg, sizeof(err->msg));
+	} else {
+		ac_op_init(&o, c->pend_id);
+		c->pend_id = 0;		/* its frames are o's now */
+		ret = ac_op_run(c, &o, -1, err);
+	}
+	c->pend_id = 0;
+	return ret;
 }
 
 int kac_shutdown(struct kac *c, int grace_ms, int reboot, struct kac_err *err)

@@ -33,6 +33,10 @@ struct kac {
 	uint32_t rpos, rlen;
 	uint8_t *sbuf;			/* record frames we send */
 	uint8_t *chunk;			/* stream input bytes we send */
+	/* An IDENTITY sent ahead of later requests (kac_identity_send): its answer. */
+	uint32_t pend_id;		/* 0: none in flight */
+	int pend_done, pend_ret;
+	char pend_msg[sizeof(((struct kac_err *)0)->msg)];
 };
 
 /* How long a request may go without a frame (kac_set_timeout). */
@@ -78,6 +82,8 @@ struct op {
 	int tty_fd;			/* SIGWINCH on sig_fd: RESIZE to this terminal's size */
 	kac_gap_fn gap_fn;
 	void *gap_arg;
+	kac_started_fn started_fn;	/* exec: called once the process started */
+	void *started_arg;
 };
 
 /* ---- ac_conn.c: the connection -------------------------------------------- */
@@ -135,6 +141,8 @@ int64_t ac_deadline_of(int timeout_ms);
 
 /* Send o's REQUEST (record w) and run it to its end or deadline (-1: none): o->ret, or -errno. */
 int ac_op_send_run(struct kac *c, struct op *o, struct kp_recw *w, int64_t deadline, struct kac_err *err);
+/* Run o, whose REQUEST went out already, to its end. */
+int ac_op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err *err);
 
 /* ac_op_send_run without a deadline: one REQUEST, RESPONSE|END or ERROR. */
 int ac_simple(struct kac *c, struct op *o, struct kp_recw *w, struct kac_err *err);

@@ -189,6 +189,19 @@ static int dispatch(struct kac *c, struct op *o, const struct kp_frame *f, struc
 			return ac_fail(err, EPROTO, "agent: unexpected %s on id 0", kp_type_name(f->type));
 		}
 	}
+	if (f->id != o->id && f->id == c->pend_id) {
+		/* The answer to an IDENTITY sent ahead (kac_identity_send). */
+		if (f->type == KP_ERROR) {
+			struct kac_err e;
+
+			c->pend_ret = ac_error_frame(f, &e);
+			memcpy(c->pend_msg, e.msg, sizeof(c->pend_msg));
+			c->pend_done = 1;
+		} else if (f->type == KP_RESPONSE && (f->flags & KP_F_END)) {
+			c->pend_done = 1;
+		}
+		return 0;
+	}
 	if (f->id != o->id) {
 		for (i = 0; i < 8; i++)
 			if (o->sig_ids[i] == f->id)
@@ -414,6 +427,13 @@ static int op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err 
 int64_t ac_deadline_of(int timeout_ms)
 {
 	return timeout_ms > 0 ? ac_now_ms() + timeout_ms : -1;
+}
+
+int ac_op_run(struct kac *c, struct op *o, int64_t deadline, struct kac_err *err)
+{
+	if (err)
+		err->code = 0;
+	return op_run(c, o, deadline, err);
 }
 
 /* Send o's REQUEST (its record w) and run it to its end (op_run). */

@@ -53,6 +53,10 @@ static int exec_rec(struct op *o, const struct kp_frame *f)
 		case KT_OOM: if (!kp_field_bool(&fl, &b)) ex->oom = b; break;
 		}
 	}
+	if (ret == 0 && ex->pid && o->started_fn) {
+		o->started_fn(o->started_arg, ex->pid);
+		o->started_fn = NULL;
+	}
 	return ret < 0 ? -EPROTO : 0;
 }
 
@@ -77,6 +81,8 @@ static void proc_streams(struct op *o, const struct kac_exec_opts *eo)
 	o->tty_fd = eo->tty_fd;
 	o->gap_fn = eo->gap_fn;
 	o->gap_arg = eo->gap_arg;
+	o->started_fn = eo->started_fn;
+	o->started_arg = eo->started_arg;
 }
 
 int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex, struct kac_err *err)

@@ -92,6 +92,9 @@ typedef int (*kac_data_fn)(void *arg, int chan, const void *p, size_t n);
 /* Called when the agent reports that bytes [from, to) of channel chan were lost (overwritten in its ring). */
 typedef void (*kac_gap_fn)(void *arg, int chan, uint64_t from, uint64_t to);
 
+/* Called once, when the agent reports that the process started (its pid in the guest). */
+typedef void (*kac_started_fn)(void *arg, uint64_t pid);
+
 struct kac_exec_opts {
 	const char *const *argv;	/* NULL-terminated; argv[0] looked up in PATH */
 	const char *const *env;		/* NULL-terminated KEY=VALUE list, or NULL */
@@ -114,6 +117,8 @@ struct kac_exec_opts {
 					 * stopping the process */
 	kac_gap_fn gap_fn;		/* NULL: gaps are not reported */
 	void *gap_arg;
+	kac_started_fn started_fn;	/* NULL: the start is not reported */
+	void *started_arg;
 };
 
 struct kac_exit {
@@ -307,6 +312,17 @@ struct kac_identity {
  * anything else runs in it: validated whole before anything changes.
  */
 int kac_identity(struct kac *c, const struct kac_identity *id, struct kac_err *err);
+
+/*
+ * IDENTITY without waiting for its answer: the request goes out now and
+ * the requests after it on c follow at once, in the same round trip (the
+ * agent handles a connection's requests in order, so an exec sent next
+ * already runs as the new identity). kac_identity_wait then collects the
+ * answer (at once if it came while another request ran): 0, or the
+ * agent's error. One at a time per connection.
+ */
+int kac_identity_send(struct kac *c, const struct kac_identity *id, struct kac_err *err);
+int kac_identity_wait(struct kac *c, struct kac_err *err);
 
 /*
  * SHUTDOWN: the agent SIGTERMs every process, SIGKILLs what is left after
