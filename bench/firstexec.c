@@ -6,10 +6,15 @@
  * as it exists and the agent answers), sends IDENTITY if asked (a clone
  * must have one before it is used), runs `true` through the agent and prints
  *
- *   ok MS RETRIES        milliseconds from "go" to the exit status of `true`
+ *   ok MS RETRIES t_go=NS t_hello=NS t_identity=NS t_started=NS t_exit=NS [again_ms=MS]
  *   error MESSAGE
  *
- * on stdout. What a daemon holding a client library would see, without a
+ * on stdout: MS from "go" to the exit status of `true`, then the moments
+ * (CLOCK_MONOTONIC ns, comparable with kiln-vmm's timeline) at which "go"
+ * came, HELLO and IDENTITY were answered (with --pipeline, IDENTITY sent:
+ * the exec follows it in the same round trip), the agent said `true` started
+ * and its exit status arrived; with --again, a second `true` on the same
+ * connection (the steady-state cost of an exec). What a daemon holding a client library would see, without a
  * CLI process started per request.
  */
 #include <errno.h>
@@ -17,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <time.h>
 
 #include "agent_client.h"
@@ -29,12 +35,28 @@ static double now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static void on_started(void *arg, uint64_t pid)
+{
+	(void)pid;
+	*(uint64_t *)arg = mono_ns();
+}
+
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: kiln-firstexec --uds PATH [--identity NAME] [--timeout SEC] [--verbose]\n"
+	fprintf(f, "usage: kiln-firstexec --uds PATH [--identity NAME [--pipeline]] [--again] [--timeout SEC] [--verbose]\n"
 		   "Waits for a line on stdin, then connects to the agent behind PATH, sends\n"
-		   "IDENTITY NAME if given, runs `true`, and prints \"ok MS RETRIES\" or\n"
-		   "\"error MESSAGE\" (MS: from the line to the exit status).\n");
+		   "IDENTITY NAME if given (with --pipeline, the exec follows it without waiting\n"
+		   "for its answer), runs `true` (twice with --again), and prints\n"
+		   "\"ok MS RETRIES t_go=NS t_hello=NS t_identity=NS t_started=NS t_exit=NS [again_ms=MS]\"\n"
+		   "or \"error MESSAGE\" (MS: from the line to the exit status).\n");
 }
 
 int main(int argc, char **argv)
@@ -44,6 +66,8 @@ int main(int argc, char **argv)
 		{ "identity", required_argument, NULL, 'i' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ "verbose", no_argument, NULL, 'v' },
+		{ "again", no_argument, NULL, 'a' },
+		{ "pipeline", no_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -57,8 +81,9 @@ int main(int argc, char **argv)
 	char line[64];
 	double t0, deadline;
 	long timeout_s = 120;
-	int opt, r, retries = 0, verbose = 0;
-	double t_conn = 0, t_id = 0;
+	int opt, r, retries = 0, verbose = 0, again = 0, pipeline = 0;
+	double t_conn = 0, t_id = 0, t_exit, again_ms = 0;
+	uint64_t ns_go, ns_hello = 0, ns_id = 0, ns_started = 0, ns_exit;
 
 	while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
 		switch (opt) {
@@ -72,6 +97,8 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'v': verbose = 1; break;
+		case 'a': again = 1; break;
+		case 'p': pipeline = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -84,6 +111,9 @@ int main(int argc, char **argv)
 	if (!fgets(line, sizeof(line), stdin))
 		return 1;	/* the benchmark went away before starting the VM */
 	t0 = now_ms();
+	ns_go = mono_ns();
+	eo.started_fn = on_started;
+	eo.started_arg = &ns_started;
 	deadline = t0 + (double)timeout_s * 1e3;
 
 	/*
@@ -101,13 +131,16 @@ int main(int argc, char **argv)
 		}
 		r = kac_connect(&c, uds, left, &err);
 		t_conn = now_ms();
+		ns_hello = mono_ns();
 		if (r == 0 && name) {
 			struct kac_identity id = { .sandbox_id = name, .hostname = name, .set_clock = 1 };
 
-			r = kac_identity(c, &id, &err);
+			r = pipeline ? kac_identity_send(c, &id, &err) : kac_identity(c, &id, &err);
 		}
 		t_id = now_ms();
-		if (r == 0 && (r = kac_exec(c, &eo, &ex, &err)) == 0)
+		ns_id = mono_ns();
+		if (r == 0 && (r = kac_exec(c, &eo, &ex, &err)) == 0 && (!pipeline || !name ||
+									 (r = kac_identity_wait(c, &err)) == 0))
 			break;
 		if (c)
 			kac_close(c);
@@ -118,14 +151,31 @@ int main(int argc, char **argv)
 		}
 		retries++;
 	}
+	t_exit = now_ms();
+	ns_exit = mono_ns();
 	if (ex.code != 0) {
 		printf("error `true` exited %lld (signal %d)\n", (long long)ex.code, ex.signal);
 		return 1;
 	}
+	if (again) {
+		double t = now_ms();
+
+		eo.started_fn = NULL;
+		if ((r = kac_exec(c, &eo, &ex, &err)) < 0 || ex.code != 0) {
+			printf("error the second `true`: %s\n", r < 0 ? err.msg : "it failed");
+			return 1;
+		}
+		again_ms = now_ms() - t;
+	}
 	if (verbose)
 		fprintf(stderr, "kiln-firstexec: connected (HELLO done) %.1f ms, IDENTITY %.1f ms, exec %.1f ms\n",
-			t_conn - t0, t_id - t_conn, now_ms() - t_id);
-	printf("ok %.3f %d\n", now_ms() - t0, retries);
+			t_conn - t0, t_id - t_conn, t_exit - t_id);
+	printf("ok %.3f %d t_go=%llu t_hello=%llu t_identity=%llu t_started=%llu t_exit=%llu", t_exit - t0, retries,
+	       (unsigned long long)ns_go, (unsigned long long)ns_hello, (unsigned long long)ns_id,
+	       (unsigned long long)ns_started, (unsigned long long)ns_exit);
+	if (again)
+		printf(" again_ms=%.3f", again_ms);
+	printf("\n");
 	kac_close(c);
 	return 0;
 }

@@ -45,7 +45,7 @@ trap 'rm -rf "$tmp"' EXIT
 bench_host_banner
 python3 - "$vmm" "$firstexec" "$rounds" "$clones" "${BENCH_SNAP_MEMVMS:-10}" \
 	"${BENCH_SNAP_MEM:-256}" "${BENCH_SNAP_TIMEOUT:-$dt}" "$tmp" "$nested" <<'PY'
-import ctypes, os, signal, socket, subprocess, sys, threading, time
+import ctypes, json, os, signal, socket, subprocess, sys, threading, time
 
 vmm, firstexec = sys.argv[1], sys.argv[2]
 rounds, nclones, nmem, mem_mib, tmo = (int(a) for a in sys.argv[3:8])
@@ -69,7 +69,7 @@ seq = [0]
 
 class VM:
     """One kiln-vmm: a cold boot (restore=None) or a restore of a template."""
-    def __init__(self, kind, restore=None):
+    def __init__(self, kind, restore=None, prefetch=None, pipeline=True):
         seq[0] += 1
         self.name = "%s%d" % (kind, seq[0])
         self.uds = os.path.join(tmp, self.name + ".sock")
@@ -78,21 +78,24 @@ class VM:
         self.ctl = os.path.join(tmp, self.name + ".ctl")
         argv = [vmm, "--timeout", "3600", "--vsock", "cid=%d,uds=%s" % (CID, self.uds), "--control", self.ctl]
         if restore:
-            argv += ["--restore", restore, "-v"]
+            argv += ["--restore", restore, "-v"] + (["--prefetch", prefetch] if prefetch else [])
         else:
             argv += ["--mem", str(mem_mib), "--cmdline", "kiln.agent"]
         self.ready = threading.Event()
         self.t_ready = None
         self.con = b""
         # Its client first, waiting for "go": its own start-up is not measured.
-        self.cli = subprocess.Popen([firstexec, "--uds", self.uds, "--timeout", str(tmo)] +
-                                    (["--identity", self.name] if restore else []),
+        self.cli = subprocess.Popen([firstexec, "--uds", self.uds, "--timeout", str(tmo), "--again"] +
+                                    (["--identity", self.name] if restore else []) +
+                                    (["--pipeline"] if restore and pipeline else []),
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=die_with_us)
         err = open(self.errpath, "wb")
         self.t0 = time.perf_counter()
-        # (spawned from the main thread only: PDEATHSIG follows the forking thread)
-        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=err, preexec_fn=die_with_us)
+        self.t0_ns = time.monotonic_ns()
+        # No preexec_fn: without one Python starts the VMM with vfork, not a
+        # fork of this whole interpreter, which in the nested host alone
+        # cost ~60 ms of "start" (the finally below and --timeout stop it).
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         err.close()
         self.cli.stdin.write(b"go\n")
         self.cli.stdin.close()
@@ -134,6 +137,24 @@ class VM:
         except OSError as e:
             return " | control stats: %s" % e
 
+    def control(self, req):
+        """One control request's JSON answer, or None."""
+        if self.p.poll() is not None:
+            return None
+        try:
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(tmo)
+                c.connect(self.ctl)
+                c.sendall(req.encode() + b"\n")
+                return json.loads(c.makefile("rb").readline())
+        except (OSError, ValueError):
+            return None
+
+    def timeline(self):
+        """kiln-vmm's own timeline (control "stats"), or None."""
+        st = self.control("stats")
+        return st.get("timeline") if st else None
+
     def stop(self):
         if self.cli.poll() is None:
             self.cli.kill()
@@ -167,17 +188,69 @@ def first_exec(vm, res):
         return
     res.update(ms=(t - vm.t0) * 1e3, retries=int(line[2]), t_done=t,
                ready_ms=(vm.t_ready - vm.t0) * 1e3 if vm.t_ready else None)
+    res.update((k, float(v)) for k, v in (w.split("=", 1) for w in line[3:] if "=" in w))
 
-def start(kind):
-    vm = VM(kind, None if kind == "cold" else tpl)
+def start(kind, prefetch=None, pipeline=True):
+    vm = VM(kind, None if kind == "cold" else tpl, prefetch, pipeline)
     vm.restored = kind != "cold"
     return vm
 
-def one(kind):
-    vm = start(kind)
+# The phases of a start, in order: (name, where its end is read). "vmm:X" is
+# kiln-vmm's timeline mark X, "cli:X" kiln-firstexec's moment t_X.
+PHASES = [("spawn -> main()", "vmm:start"), ("state file parsed", "vmm:parsed"),
+          ("memory mapped", "vmm:mapped"), ("vCPU, irqchip, clock state", "vmm:kvm_state"),
+          ("devices restored", "vmm:devices"), ("working set prefetched", "vmm:prefetched"),
+          ("vCPUs running", "vmm:running"), ("guest userspace (cold)", "vmm:userspace"),
+          ("agent ready (cold)", "vmm:agent_ready"), ("vsock reset delivered", "vmm:vsock_reset"),
+          ("agent accepts", "vmm:accept"), ("HELLO answered", "cli:hello"),
+          ("identity done", "cli:identity"), ("first exec spawned", "cli:started"),
+          ("first exec answered", "cli:exit")]
+
+def phases(vm, res, tl):
+    """Each phase's (ms, minor faults, major faults) for one start, from both timelines."""
+    if not tl:
+        return {}
+    t0 = tl["t0_ns"]
+    marks = {m["name"]: (m["ms"], m["minflt"], m["majflt"]) for m in tl["marks"]}
+    samples = tl.get("samples", [])
+    start = marks.get("start", (0, 0, 0))
+    points = {"vmm:start": (0.0, start[1], start[2])}
+    for name, (ms, mn, mj) in marks.items():
+        points["vmm:" + name] = (ms, mn, mj)
+    last = max([marks[k] for k in marks], key=lambda m: m[0], default=(0, 0, 0))
+    for key in ("hello", "identity", "started", "exit"):
+        ns = res.get("t_" + key)
+        if not ns:
+            continue
+        ms = (ns - t0) / 1e6
+        # faults: the VMM's last sample (or mark) before the client saw it
+        before = [x for x in samples if x[0] <= ms] + [m for m in marks.values() if m[0] <= ms]
+        f = max(before, key=lambda x: x[0], default=last)
+        points["cli:" + key] = (ms, f[1], f[2])
+    out, prev = {}, (-(t0 - vm.t0_ns) / 1e6, start[1], start[2])
+    for label, key in PHASES:
+        if key not in points:
+            continue
+        p = points[key]
+        if key == "vmm:start":
+            out[label] = ((t0 - vm.t0_ns) / 1e6, 0, 0)
+            prev = (0.0, start[1], start[2])
+            continue
+        out[label] = (p[0] - prev[0], p[1] - prev[1], p[2] - prev[2])
+        prev = p
+    if "vmm:running" in points and "cli:exit" in points:
+        run, ex = points["vmm:running"], points["cli:exit"]
+        res["after_resume_ms"] = ex[0] - run[0]
+        res["after_resume_flt"] = (ex[1] - run[1], ex[2] - run[2])
+    return out
+
+def one(kind, prefetch=None, pipeline=True):
+    vm = start(kind, prefetch, pipeline)
     res = {}
     try:
         first_exec(vm, res)
+        if "error" not in res:
+            res["phases"] = phases(vm, res, vm.timeline())
     finally:
         vm.stop()
     res["restore_ms"] = vm.restore_ms()
@@ -210,12 +283,12 @@ def smaps(pid, guest_path):
     g = sorted(cand, key=lambda m: (m[2] != guest_path, m[0]))[0]
     return pss, total - g[3], g[3]
 
-def batch(kind, n):
+def batch(kind, n, prefetch=None):
     """n VMs started at once, each to its first exec: (VMs/s of those that answered, results, VMs that answered)."""
     vms, res, threads = [], [], []
     t0 = time.perf_counter()
     for _ in range(n):
-        vm = start(kind)
+        vm = start(kind, prefetch)
         r = {}
         t = threading.Thread(target=first_exec, args=(vm, r), daemon=True)
         t.start()
@@ -261,10 +334,30 @@ try:
     guest_path = os.path.realpath(os.path.join(tpl, "memory"))
 
     print("bench-snapshot: template written; %d rounds of restore and cold boot" % rounds, file=sys.stderr)
-    lat = {"restore": [], "cold": []}
+    # The template's working set: a clone's first operations (IDENTITY, an
+    # exec), then kiln-vmm records the pages they touched beside the template.
+    vm = start("record", "none")
+    res = {}
+    try:
+        first_exec(vm, res)
+        ws = vm.control("workingset") if "error" not in res else None
+    finally:
+        vm.stop()
+    if not ws or not ws.get("ok"):
+        fail("recording the working set: %s" % (res.get("error") or ws))
+    print("bench-snapshot: working set recorded: %d pages read, %d written, in %d ranges" % (
+        ws["read_pages"], ws["write_pages"], ws["ranges"]), file=sys.stderr)
+
+    # "restore": kiln-vmm's default (--prefetch auto: the working set just
+    # recorded); "none" and "all": the other strategies, in the same rounds.
+    # "serial": the default, but the client waits for IDENTITY's answer
+    # before it sends the exec (one round trip more).
+    KINDS = ("restore", "none", "all", "serial", "cold")
+    lat = {k: [] for k in KINDS}
     for i in range(rounds + 1):                     # round 0 warms the page cache
-        for kind in ("restore", "cold"):
-            res = one(kind)
+        for kind in KINDS:
+            res = one("restore" if kind in ("none", "all", "serial") else kind,
+                      kind if kind in ("none", "all") else None, kind != "serial")
             tag = "round %d" % i if i else "warm-up"
             if "error" in res:
                 failures.append("%s %s: %s" % (tag, kind, res["error"]))
@@ -295,6 +388,15 @@ try:
             finally:
                 for vm in vms:
                     vm.stop()
+    # Prefetching must not turn pages the clones share into private copies.
+    for mode in ("none", "all"):
+        print("bench-snapshot: %d restore VMs, --prefetch %s, for memory" % (nmem, mode), file=sys.stderr)
+        _, _, vms = batch("restore", nmem, mode)
+        try:
+            mem[mode] = memory(vms, guest_path)
+        finally:
+            for vm in vms:
+                vm.stop()
 finally:
     for vm in list(live):
         vm.stop()
@@ -314,8 +416,8 @@ def row(label, stat, r, c, unit):
     print("%-38s %-5s %14s %14s %9s" % (label, stat, fmt(r, unit), fmt(c, unit), ratio))
 
 R, C = lat["restore"], lat["cold"]
-retries = {k: sum(x["retries"] for x in lat[k]) + sum(x["retries"] for x in bres[k]) for k in lat}
-execs = {k: len(lat[k]) + len(bres[k]) for k in lat}
+retries = {k: sum(x["retries"] for x in lat[k]) + sum(x["retries"] for x in bres[k]) for k in bres}
+execs = {k: len(lat[k]) + len(bres[k]) for k in bres}
 print("kiln-vmm --restore of a template vs cold boot, same guest (%d MiB, 1 vCPU, kiln.agent), same run" % mem_mib)
 print("%d rounds each, interleaved, after 1 warm-up; p99 is nearest rank (the max below 100 rounds)" % rounds)
 print("batch: %d VMs started at once%s; memory: %d VMs of each kind running at once" % (
@@ -323,7 +425,7 @@ print("batch: %d VMs started at once%s; memory: %d VMs of each kind running at o
 print()
 print("%-38s %-5s %14s %14s %9s" % ("metric", "", "restore", "cold boot", "rest/cold"))
 row("start -> first exec returns", "p50", med([x["ms"] for x in R]), med([x["ms"] for x in C]), "ms")
-row("  (restore: IDENTITY, then exec)", "p99", pct([x["ms"] for x in R], 99), pct([x["ms"] for x in C], 99), "ms")
+row("  (restore: IDENTITY and exec at once)", "p99", pct([x["ms"] for x in R], 99), pct([x["ms"] for x in C], 99), "ms")
 row("start -> guest running, agent up", "p50", med([x["restore_ms"] for x in R]), med([x["ready_ms"] for x in C]), "ms")
 row("  (restore: kiln-vmm -v \"restored in\";", "p99", pct([x["restore_ms"] for x in R], 99), pct([x["ready_ms"] for x in C], 99), "ms")
 print("   cold: \"kiln-agent: ready\" on the console)")
@@ -338,6 +440,36 @@ print("%-38s %-5s %14s %14s" % ("first-exec reconnects", "",
       "%d of %d" % (retries["restore"], execs["restore"]), "%d of %d" % (retries["cold"], execs["cold"])))
 print("template (boot to agent ready + snapshot): %s; rest/cold below 1: restore is faster or smaller, "
       "except VMs/s (above 1: restore starts more)" % fmt(t_tpl, "ms"))
+print()
+print("prefetch strategies (kiln-vmm --prefetch): start -> first exec, and kiln-vmm's page faults from vCPUs running to the exit status")
+print("%-30s %10s %10s %9s %16s %14s" % ("", "p50", "p99", "/cold p50", "faults after run", "PSS of %d" % nmem))
+for label, key in (("ws (default: auto)", "restore"), ("none", "none"), ("all", "all"),
+                   ("ws, IDENTITY answered first", "serial")):
+    rows = lat[key]
+    p50 = med([x["ms"] for x in rows])
+    cold = med([x["ms"] for x in C])
+    flt = [x["after_resume_flt"] for x in rows if "after_resume_flt" in x]
+    m = mem.get(key)
+    print("%-30s %10s %10s %9s %16s %14s" % (label, fmt(p50, "ms"), fmt(pct([x["ms"] for x in rows], 99), "ms"),
+          "%.3f" % (p50 / cold) if p50 and cold else "n/a",
+          "%d/%d" % (med([f[0] for f in flt]), med([f[1] for f in flt])) if flt else "n/a",
+          fmt(m[0], "MiB") if m else "n/a"))
+print()
+print("where the time goes (p50 of each phase, ms; kiln-vmm's minor/major page faults in it)")
+print("%-30s %10s %12s %10s %12s" % ("phase", "restore", "faults", "cold boot", "faults"))
+def phase_col(rows, label):
+    v = [x["phases"][label] for x in rows if label in x.get("phases", {})]
+    if not v:
+        return "", ""
+    return fmt(med([p[0] for p in v]), "ms"), "%d/%d" % (med([p[1] for p in v]), med([p[2] for p in v]))
+for label, _ in PHASES:
+    rc, cc = phase_col(R, label), phase_col(C, label)
+    if rc[0] or cc[0]:
+        print("%-30s %10s %12s %10s %12s" % (label, rc[0], rc[1], cc[0], cc[1]))
+pen = [x["after_resume_ms"] - x["again_ms"] for x in R if "after_resume_ms" in x and "again_ms" in x]
+print("first-exec penalty (restore): vCPUs running -> first exec answered, minus a steady-state exec "
+      "on the same clone: p50 %s (steady-state exec p50 %s)" % (fmt(med(pen), "ms"),
+      fmt(med([x["again_ms"] for x in R if "again_ms" in x]), "ms")))
 if failures:
     print("FAILED: %d VM(s) never answered their first exec (left out above):" % len(failures))
     for f in failures:

@@ -7,6 +7,7 @@
  * from the restorer's options, never from the file.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "snapshot.h"
+#include "timeline.h"
 
 /* What a restore holds while it runs; the persist hooks' copy_out reaches it. */
 struct restore_ctx {
@@ -183,8 +185,69 @@ static int check_meta(struct restore_ctx *c, const struct snap_meta *m, struct k
 	return 0;
 }
 
+/*
+ * The pages --prefetch asks for into src->ws: every data extent of the
+ * memory file mfd (all), or the snapshot's recorded working set (ws; auto
+ * when it has one). 1 if there is something to bring in, 0 if not, or -errno.
+ */
+static int load_working_set(struct restore_ctx *c, struct snap_source *src, const struct snap_meta *m, int mfd,
+			    struct kiln_err *err)
+{
+	char msg[256];
+	uint8_t *buf;
+	size_t len;
+	int fd, r;
+
+	switch (c->o->prefetch) {
+	case SNAP_PREFETCH_NONE:
+		return 0;
+	case SNAP_PREFETCH_ALL:
+		if ((r = snap_ws_from_extents(mfd, m->mem_size, &src->ws, err)) < 0)
+			return kiln_err_prefix(err, r, "--prefetch all");
+		return 1;
+	case SNAP_PREFETCH_AUTO:
+	case SNAP_PREFETCH_WS:
+		break;
+	}
+	fd = openat(c->dfd, SNAP_WS_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT && c->o->prefetch == SNAP_PREFETCH_AUTO)
+		return 0;
+	if (fd < 0)
+		return kiln_fail(err, errno, "--prefetch ws: %s/" SNAP_WS_FILE ": %s%s", c->state_dir, strerror(errno),
+				 errno == ENOENT ? " (record one: restore with --control and send it \"workingset\" after the first exec)" : "");
+	if (!(buf = read_state_file(fd, c->state_path, &len, err)))
+		return -EINVAL;
+	r = snap_ws_parse(buf, len, m->id, m->mem_size, &src->ws, msg, sizeof(msg));
+	free(buf);
+	if (r < 0)
+		return kiln_fail(err, EINVAL, "--restore %s/" SNAP_WS_FILE ": %s (or restore with --prefetch none)",
+				 c->state_dir, msg);
+	return 1;
+}
+
+static void *prefetch_thread(void *arg)
+{
+	struct snap_source *src = arg;
+
+	src->prefetch_err = snap_ws_prefetch(src->vm, &src->ws, &src->pre_faulted);
+	return NULL;
+}
+
+int snap_prefetch_wait(struct snap_source *src)
+{
+	if (src->prefetching) {
+		pthread_join(src->prefetch_thread, NULL);
+		src->prefetching = 0;
+		tl_mark(TL_PREFETCHED);
+		memcpy(src->prefetched, src->ws.pages, sizeof(src->prefetched));
+	}
+	snap_ws_free(&src->ws);
+	return src->prefetch_err;
+}
+
 /* The memory file, whole and this state's (its trailer holds the state's id), mapped as guest RAM. */
-static int map_memory(struct restore_ctx *c, const struct snap_meta *m, struct guest_mem *mem, struct kiln_err *err)
+static int map_memory(struct restore_ctx *c, struct snap_source *src, const struct snap_meta *m,
+		      struct guest_mem *mem, struct kiln_err *err)
 {
 	char mem_path[4200];
 	int mfd, r;
@@ -201,6 +264,8 @@ static int map_memory(struct restore_ctx *c, const struct snap_meta *m, struct g
 	if ((r = snap_mem_check(mfd, mem_path, m->mem_size, m->id, err)) < 0 ||
 	    (r = guest_mem_map_fd(mem, mfd, mem_path, m->mem_size, err)) < 0)
 		kiln_err_prefix(err, r, "--restore");
+	else
+		r = load_working_set(c, src, m, mfd, err);
 	close(mfd);
 	return r;
 }
@@ -271,8 +336,7 @@ static int restore_devices(struct restore_ctx *c, const struct snap_state *st, c
 	return 0;
 }
 
-int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, struct snap_restore_times *t,
-		 struct kiln_err *err)
+int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, struct kiln_err *err)
 {
 	struct restore_ctx *c = calloc(1, sizeof(*c));
 	int plan[SNAP_MAX_DEVICES], sfd, r;
@@ -281,7 +345,6 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, str
 	uint8_t *file = NULL;
 	char msg[512];
 	size_t len;
-	uint64_t t0 = now_ns();
 
 	memset(&st, 0, sizeof(st));
 	if (!c)
@@ -304,10 +367,14 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, str
 	src->kernel_size = st.meta.kernel_size;
 	snprintf(src->kernel_buf, sizeof(src->kernel_buf), "%s", st.meta.kernel);
 	src->kernel_path = src->kernel_buf;
-	t->parse_ns = now_ns() - t0;
+	tl_mark(TL_PARSED);
 
-	if ((r = map_memory(c, &st.meta, &mem, err)) < 0)
+	if ((r = map_memory(c, src, &st.meta, &mem, err)) < 0)
 		goto out;
+	tl_mark(TL_MAPPED);
+	src->restored = 1;
+	snprintf(src->restored_dir, sizeof(src->restored_dir), "%s", c->state_dir);
+	memcpy(src->restored_id, st.meta.id, SNAP_ID_LEN);
 	/* Which option replaces which device, and every host resource named by one. */
 	if ((r = snap_plan_devices(&st, o->kinds, o->specs, o->ndevices, plan, err)) < 0) {
 		kiln_err_prefix(err, r, "--restore %s", c->state_path);
@@ -315,12 +382,17 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, str
 	}
 	if ((r = restore_kvm(c, &st, src->vm, &mem, err)) < 0)
 		goto out;
-	t->kvm_ns = now_ns() - t0 - t->parse_ns;
+	/* The working set comes in while the devices are rebuilt (vm->mem is set now). */
+	if (src->ws.n && pthread_create(&src->prefetch_thread, NULL, prefetch_thread, src) == 0)
+		src->prefetching = 1;
+	tl_mark(TL_KVM);
 	if ((r = restore_devices(c, &st, plan, src, err)) < 0)
 		goto out;
 	src->ndevs = (int)st.meta.ndevices;
 	if ((r = serial_restore(src->uart, &st.serial, err)) < 0)
 		kiln_err_prefix(err, r, "--restore %s", c->state_path);
+	else
+		tl_mark(TL_DEVICES);
 out:
 	snap_state_free(&st);
 	free(file);

@@ -15,6 +15,7 @@
 #ifndef KILN_SNAPSHOT_H
 #define KILN_SNAPSHOT_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "i8042.h"
@@ -23,6 +24,7 @@
 #include "snapfile.h"
 #include "virtio.h"
 #include "vmm.h"
+#include "workingset.h"
 
 #define SNAP_MAX_DEVICES	16
 #define SNAP_STATE_FILE		"state"
@@ -121,6 +123,17 @@ struct snap_source {
 	uint64_t t_start;		/* when kiln-vmm started (for messages) */
 	char spec_buf[SNAP_MAX_DEVICES][4200];	/* dev_spec's storage (snap_source_add) */
 	char kernel_buf[256];		/* kernel_path's after a restore */
+	/* After a restore: the snapshot it came from (its working set is recorded there). */
+	int restored;
+	char restored_dir[4096];
+	uint8_t restored_id[SNAP_ID_LEN];
+	/* The working set being brought in while the restore goes on (snap_prefetch_wait). */
+	enum snap_prefetch prefetch;
+	struct snap_ws ws;
+	pthread_t prefetch_thread;
+	int prefetching, prefetch_err;
+	uint64_t prefetched[3];		/* pages brought in, by SNAP_WS_READ/WRITE */
+	int pre_faulted;		/* ... and mapped in KVM's page tables too */
 };
 
 /*
@@ -204,12 +217,7 @@ struct snap_restore_opts {
 	int ndevices;			/* device options (see snap_plan_devices) */
 	const char *const *kinds;
 	const char *const *specs;
-};
-
-/* Where a restore's time went, for kiln-vmm -v. */
-struct snap_restore_times {
-	uint64_t parse_ns;		/* reading and checking the state file */
-	uint64_t kvm_ns;		/* guest memory mapped, KVM and vCPU state applied */
+	enum snap_prefetch prefetch;	/* --prefetch */
 };
 
 /*
@@ -220,10 +228,17 @@ struct snap_restore_times {
  * device at its slot (from its option, or from the snapshot's own copy
  * through the kind's spec_clone) and apply its state, then the UART's.
  * Returns 0, or -errno with err naming the file or option at fault; on
- * failure src's VM may be partly built (kiln-vmm exits).
+ * failure src's VM may be partly built (kiln-vmm exits). Marks the
+ * timeline (vmm/timeline.h) at each step.
  */
-int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, struct snap_restore_times *t,
-		 struct kiln_err *err);
+int snap_restore(const struct snap_restore_opts *o, struct snap_source *src, struct kiln_err *err);
+
+/*
+ * Wait until the working set snap_restore started bringing in is in (before
+ * the vCPUs run); marks TL_PREFETCHED. Nothing to wait for: returns at once.
+ * 0, or -errno if prefetching failed (the guest then faults pages in itself).
+ */
+int snap_prefetch_wait(struct snap_source *src);
 
 /* The vendor string of a CPUID table (leaf 0), NUL-terminated into out[13]. */
 void snap_cpuid_vendor(const struct kvm_cpuid2 *c, char out[13]);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "vmm.h"
+#include "timeline.h"
 
 #define EXIT_TABLE_SIZE 64
 _Static_assert(KVM_EXIT_NOTIFY < EXIT_TABLE_SIZE, "exit table covers every KVM exit reason");
@@ -56,10 +57,12 @@ void guest_port_io(void *opaque, uint64_t port, uint8_t *data, uint32_t size, in
 
 			if (!vm->t_agent_ns)
 				vm->t_agent_ns = now_ns();
+			tl_mark(TL_AGENT_READY);
 			if (vm->agent_efd >= 0)
 				(void)!write(vm->agent_efd, &one, sizeof(one));
 		} else if (!vm->t_mark_ns) {
 			vm->t_mark_ns = now_ns();
+			tl_mark(TL_USERSPACE);
 		}
 		return;
 	}

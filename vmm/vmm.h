@@ -323,6 +323,21 @@ int kvm_ioctl(int fd, unsigned long req, void *arg, const char *name, struct kil
 #define KVM_IOCTL(fd, req, arg, err) \
 	kvm_ioctl((fd), (req), (void *)(uintptr_t)(arg), #req, (err))
 
+/*
+ * Whether KVM can map guest memory into its page tables ahead of the guest
+ * (KVM_PRE_FAULT_MEMORY, Linux 6.10) for this VM, whose vCPU 0 exists.
+ */
+int vm_can_pre_fault(const struct vm *vm);
+
+/*
+ * Map bytes [off, off+len) of guest RAM (offsets in the host mapping, as in
+ * a snapshot's memory file) into KVM's page tables now, so the guest's
+ * first touches of them take no exit; the host pages must be in already
+ * (the mapping's permissions are kept: a page only read stays shared).
+ * Before the vCPUs run. 0, or -errno.
+ */
+int vm_pre_fault(const struct vm *vm, uint64_t off, uint64_t len);
+
 /* The same on vCPU v's fd; the error reads "vCPU N: NAME: strerror". */
 int vcpu_ioctl(const struct vcpu *v, unsigned long req, void *arg, const char *name, struct kiln_err *err);
 #define VCPU_IOCTL(v, req, arg, err) \

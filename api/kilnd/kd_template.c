@@ -19,6 +19,7 @@
 
 #include <openssl/evp.h>
 
+#include "agent_client.h"
 #include "kilnd.h"
 
 static int sha256_file(const char *path, char hex[REG_SHA256_HEX], struct kiln_err *err)
@@ -164,6 +165,68 @@ static int template_boot(struct kilnd *kd, const char *dir, unsigned mem, unsign
 	return 0;
 }
 
+/*
+ * Restore the template in dir/snap once, run a clone's first operations
+ * (IDENTITY, an exec of `true`, a stat) and have its kiln-vmm record the
+ * pages they touched as the template's working set, which every later
+ * restore brings in before its vCPUs run (kiln-vmm --prefetch auto). A
+ * template without one still works, each clone faulting its pages in: a
+ * failure here is logged, not fatal.
+ */
+static void template_record_ws(struct kilnd *kd, const char *dir)
+{
+	char snap[KD_PATH_MAX + 8], uds[KD_PATH_MAX + 16], vsock[KD_PATH_MAX + 32], ctl[KD_PATH_MAX + 16],
+		log[KD_PATH_MAX + 16], reply[512];
+	const char *const argv_true[] = { "true", NULL };
+	struct kac_exec_opts eo = { .argv = argv_true, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
+				    .sig_fd = -1, .tty_fd = -1 };
+	struct kac_identity id = { .sandbox_id = "template", .hostname = "template", .set_clock = 1 };
+	struct kiln_err err;
+	struct kac_err kerr = { 0 };
+	struct kac_stat st;
+	struct kac_exit ex;
+	struct kac *c = NULL;
+	pid_t pid;
+	int r;
+
+	err.msg[0] = '\0';
+	kd_pathf(snap, sizeof(snap), "%s/snap", dir);
+	kd_pathf(uds, sizeof(uds), "%s/rec.vsock", dir);
+	kd_pathf(vsock, sizeof(vsock), "cid=3,uds=%s", uds);
+	kd_pathf(ctl, sizeof(ctl), "%s/rec.ctl", dir);
+	kd_pathf(log, sizeof(log), "%s/record.log", dir);
+	char *argv[] = { "kiln-vmm", "--restore", snap, "--prefetch", "none", "--vsock", vsock, "--control", ctl,
+			 "--console", "none", NULL };
+
+	if ((r = kd_vmm_spawn(kd, argv, log, &pid, &err)))
+		goto fail;
+	r = kac_connect(&c, uds, KD_AGENT_TIMEOUT_MS, &kerr);
+	if (!r)
+		r = kac_identity(c, &id, &kerr);
+	if (!r)
+		r = kac_exec(c, &eo, &ex, &kerr);
+	if (!r)
+		r = kac_stat(c, "/", 0, &st, &kerr);
+	if (r)
+		kiln_fail(&err, -r, "the agent: %s", kerr.msg);
+	else if ((r = kd_vmm_control(ctl, "workingset", reply, sizeof(reply), KD_AGENT_TIMEOUT_MS)) < 0)
+		kiln_fail(&err, -r, "its control socket: %s", strerror(-r));
+	else if (!strstr(reply, "\"ok\":true"))
+		kiln_fail(&err, EIO, "kiln-vmm: %.300s", reply);
+	if (c)
+		kac_close(c);
+	kd_vmm_kill(pid, -1, 1);
+	unlink(uds);
+	unlink(ctl);
+	if (!r) {
+		unlink(log);
+		return;
+	}
+fail:
+	lwsl_user("kilnd: template %s: no working set recorded (its clones fault their memory in): %s\n", dir,
+		  err.msg);
+}
+
 int kd_template_ensure(struct kilnd *kd, const char *image, unsigned mem, unsigned vcpus, char *dir, size_t n,
 		       int *built, struct kiln_err *err)
 {
@@ -193,6 +256,7 @@ int kd_template_ensure(struct kilnd *kd, const char *image, unsigned mem, unsign
 	r = template_boot(kd, tmp, mem, vcpus, err);
 	if (r)
 		goto out;
+	template_record_ws(kd, tmp);
 	if (rename(tmp, final)) {
 		r = kiln_fail(err, errno, "cannot move %s to %s: %s", tmp, final, strerror(errno));
 		goto out;

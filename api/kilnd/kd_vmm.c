@@ -12,7 +12,9 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -118,4 +120,48 @@ uint64_t kd_proc_cpu_ns(pid_t pid)
 	if (pid <= 0 || hz <= 0 || reg_proc_cpu_ticks(pid, &ticks, NULL))
 		return 0;
 	return ticks * (1000000000ull / (uint64_t)hz);
+}
+
+int kd_vmm_control(const char *path, const char *req, char *reply, size_t n, int ms)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	uint64_t deadline = kd_mono_ns() + (uint64_t)ms * 1000000ULL;
+	size_t len = 0;
+	int fd, r = 0;
+
+	if (strlen(path) >= sizeof(sa.sun_path) || n < 2)
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || dprintf(fd, "%s\n", req) < 0) {
+		r = -errno;
+		goto out;
+	}
+	/* One line of JSON comes back; a VMM that says nothing in ms is given up on. */
+	while (len < n - 1 && !memchr(reply, '\n', len)) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		uint64_t now = kd_mono_ns();
+		ssize_t got;
+
+		if (now >= deadline || poll(&p, 1, (int)((deadline - now) / 1000000ULL) + 1) == 0) {
+			r = -ETIMEDOUT;
+			goto out;
+		}
+		got = read(fd, reply + len, n - 1 - len);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			r = got < 0 ? -errno : -ECONNRESET;
+			goto out;
+		}
+		len += (size_t)got;
+	}
+	reply[len] = '\0';
+	if (memchr(reply, '\n', len))
+		*(char *)memchr(reply, '\n', len) = '\0';
+out:
+	close(fd);
+	return r;
 }

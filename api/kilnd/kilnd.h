@@ -191,6 +191,12 @@ int kd_rmtree(const char *path);
 /* ---- vmm.c: kiln-vmm processes ---- */
 /* Start kiln-vmm with argv (NULL-terminated, argv[0] ignored) in its own session, output to log. */
 int kd_vmm_spawn(const struct kilnd *kd, char *const argv[], const char *log, pid_t *pid, struct kiln_err *err);
+/*
+ * One request to a kiln-vmm's control socket at path: its one-line JSON
+ * answer into reply (n bytes, NUL-terminated, newline dropped) within ms.
+ * 0, or -errno (-ETIMEDOUT).
+ */
+int kd_vmm_control(const char *path, const char *req, char *reply, size_t n, int ms);
 /* Wait up to ms for pid (a child) to exit; its status, or -ETIMEDOUT. */
 int kd_vmm_wait(pid_t pid, int ms, int *status);
 /* SIGKILL a VMM and wait until it is gone (pidfd may be -1). */

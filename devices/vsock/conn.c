@@ -16,6 +16,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include "timeline.h"
 #include "vsock_internal.h"
 
 /* Credit the guest has left for our data (5.10.6.3.1). */
@@ -590,6 +591,7 @@ void vsock_conn_input(struct vsock *vs, const struct vsock_hdr *h, const struct 
 			break;
 		}
 		c->state = CONN_ESTABLISHED;
+		tl_mark(TL_ACCEPT);
 		c->hello_len = vs->be->greeting(c, c->hello, sizeof(c->hello));
 		conn_flush(c);
 		break;
@@ -603,6 +605,7 @@ void vsock_conn_input(struct vsock *vs, const struct vsock_hdr *h, const struct 
 		conn_flush(c);
 		break;
 	case VIRTIO_VSOCK_OP_RW:
+		tl_sample();
 		conn_rw(c, ch, h->len);
 		break;
 	case VIRTIO_VSOCK_OP_CREDIT_UPDATE:

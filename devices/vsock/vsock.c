@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "virtio_vsock.h"
+#include "timeline.h"
 #include "vsock_internal.h"
 
 /* A guest's mistake: rate-limited so a guest cannot flood stderr. */
@@ -186,6 +187,7 @@ static void vsock_event_run(struct vsock *vs)
 	vs->reset_unacked = 1;
 	vs->reset_avail = __atomic_load_n(&d->vq[VSOCK_EVQ].avail[1], __ATOMIC_ACQUIRE);
 	vs->reset_ns = now_ns();
+	tl_mark(TL_VSOCK_RESET);
 	/*
 	 * The refill is the acknowledgement, so it must be kicked: the ring
 	 * still holds spare event buffers, and with EVENT_IDX the driver would

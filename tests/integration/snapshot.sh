@@ -14,12 +14,20 @@ export kiln sn vmm snapedit
 
 # clone NAME [ARGS...]: restore $sn/tpl in the background as clone NAME, with
 # its own vsock socket ($sn/NAME.sock) and console; the pid goes to $sn/NAME.pid.
+# Each clone brings its memory in by one of the --prefetch strategies, chosen
+# by its name (ARGS may name one), so every test runs with each of them.
 clone() {
-	local n=$1
+	local n=$1 modes=(auto none all)
 	shift
-	"$vmm" --restore "$sn/tpl" --vsock "cid=3,uds=$sn/$n.sock" --console "$sn/$n.console" \
-		--control "$sn/$n.ctl" --timeout 600 "$@" </dev/null 2>"$sn/$n.err" &
+	local m=${modes[$(($(printf %s "$n" | cksum | cut -d" " -f1) % 3))]}
+	echo "prefetch: $m" >"$sn/$n.err"
+	"$vmm" --restore "$sn/tpl" --prefetch "$m" --vsock "cid=3,uds=$sn/$n.sock" --console "$sn/$n.console" \
+		--control "$sn/$n.ctl" --timeout 600 "$@" </dev/null 2>>"$sn/$n.err" &
 	echo $! >"$sn/$n.pid"
+}
+# ctl SOCKET REQUEST: one control request; prints the answer.
+ctl() {
+	python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.settimeout(60); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode() + b\"\\n\"); print(s.makefile().readline().strip())" "$1" "$2"
 }
 # diag NAME: what a clone that does not answer is doing (for the failure output).
 diag() {
@@ -43,13 +51,23 @@ unclone() {
 snap() {
 	python3 -c "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b\"snapshot %s\\n\" % sys.argv[2].encode()); print(s.makefile().readline().strip())" "$1" "$2"
 }
-export -f clone unclone diag snap
+export -f clone unclone diag snap ctl
 
 run "$v: snapshot: --template boots, waits for the agent and writes state, memory and a disk copy" 0 \
 	'^state memory disk0.img rc=0$' \
 	bash -c '"$vmm" --mem 256 --disk "$sn/data.img" --cmdline "kiln.mount=/dev/vda:/data" \
 	           --vsock "cid=3,uds=$sn/tpl.sock" --console "$sn/tpl.console" --template "$sn/tpl" --timeout 300
 	         rc=$?; cd "$sn/tpl" && echo "$(ls state) $(ls memory) $(ls disk0.img) rc=$rc"'
+
+run "$v: snapshot: a clone's first operations are recorded as the template's working set" 0 \
+	'^ok read=[1-9][0-9]* written=[1-9][0-9]* file=yes mode=0600$' \
+	bash -c 'clone ws --prefetch none; trap "unclone ws" EXIT
+	         "$kiln" identity --uds "$sn/ws.sock" --connect-timeout 60 --id ws >/dev/null || { diag ws; exit 1; }
+	         "$kiln" exec --uds "$sn/ws.sock" -- true || exit 1
+	         r=$(ctl "$sn/ws.ctl" workingset)
+	         case $r in *"\"ok\":true"*) ;; *) echo "workingset: $r"; exit 1 ;; esac
+	         echo "ok read=$(echo "$r" | jq .read_pages) written=$(echo "$r" | jq .write_pages)" \
+	              "file=$([ -f "$sn/tpl/workingset" ] && echo yes) mode=$(stat -c %04a "$sn/tpl/workingset")"'
 
 run "$v: snapshot: a clone answers exec, with the template'\''s disk and files" 0 \
 	'^hello from the template clone-a$' \
@@ -77,6 +95,27 @@ run "$v: snapshot: 10 clones restored at once, each answering with its own id" 0
 	         done; wait $clients
 	         for i in $(seq 10); do [ "$(cat "$sn/m$i.out")" = "sandbox-$i sandbox-$i" ] || { echo "m$i: $(cat "$sn/m$i.out")"; diag "m$i"; }; done
 	         echo "distinct=$(cat "$sn"/m*.out | sort -u | wc -l)"'
+
+# The same guest whatever the strategy, and what a clone only read stays
+# shared: its private memory is no more than a lazily faulted clone's.
+run "$v: snapshot: every --prefetch strategy restores the same guest, and keeps read pages shared" 0 \
+	'^same guest; prefetched none=0 ws=[1-9][0-9]* all=[1-9][0-9]*; private ws<=none all<=none$' \
+	bash -c 'for m in none ws all; do clone "p$m" --prefetch "$m"; done
+	         trap "for m in none ws all; do unclone p\$m; done" EXIT
+	         for m in none ws all; do
+	           "$kiln" identity --uds "$sn/p$m.sock" --connect-timeout 60 --id same >/dev/null || { diag "p$m"; exit 1; }
+	           "$kiln" exec --uds "$sn/p$m.sock" -- sh -c "cat /data/base; hostname; ls / | wc -l; cat /proc/cmdline" >"$sn/p$m.out" || exit 1
+	           ctl "$sn/p$m.ctl" stats >"$sn/p$m.stats"
+	         done
+	         cmp -s "$sn/pnone.out" "$sn/pws.out" && cmp -s "$sn/pnone.out" "$sn/pall.out" && echo -n "same guest; " ||
+	           { head "$sn"/p*.out; exit 1; }
+	         pf() { jq "(.prefetched.read_pages + .prefetched.write_pages)" "$sn/p$1.stats"; }
+	         pv() { jq .memory.private "$sn/p$1.stats"; }
+	         echo -n "prefetched none=$(pf none) ws=$(pf ws) all=$(pf all); private"
+	         # (a page or two of slack per strategy: the guest is not stopped between runs)
+	         for m in ws all; do
+	           [ "$(pv $m)" -le $(($(pv none) + 64 * 4096)) ] && echo -n " $m<=none" || echo -n " $m=$(pv $m)>none=$(pv none)"
+	         done; echo'
 
 run "$v: snapshot: a clone'\''s wall clock is right after IDENTITY, though the template is older" 0 '^clock-ok$' \
 	bash -c 'sleep 3; clone c; trap "unclone c" EXIT
@@ -187,6 +226,19 @@ run "$v: snapshot: a restore cannot add devices" 125 'no further net device' \
 	"$vmm" --restore "$sn/tpl" --net tap=nope0
 run "$v: snapshot: another vsock CID is refused" 125 'vsock.*(cid|CID)' \
 	"$vmm" --restore "$sn/tpl" --vsock "cid=9,uds=$sn/x.sock"
+run "$v: snapshot: a damaged working set is refused, naming the way around it" 125 \
+	'bad/workingset: its CRC-32C does not match .*--prefetch none' \
+	bash -c 'cp "$sn/tpl/state" "$sn/bad/state"; cp --sparse=always "$sn/tpl/memory" "$sn/bad/memory"
+	         cp "$sn/tpl/workingset" "$sn/bad/workingset"
+	         printf "\xff" | dd of="$sn/bad/workingset" bs=1 seek=60 conv=notrunc 2>/dev/null
+	         "$vmm" --restore "$sn/bad" --vsock "cid=3,uds=$sn/x.sock"'
+run "$v: snapshot: the working set of another snapshot is refused" 125 \
+	'live-snap/workingset: recorded for another snapshot' \
+	bash -c 'cp "$sn/tpl/workingset" "$sn/live-snap/workingset"; trap "rm -f \"$sn/live-snap/workingset\"" EXIT
+	         "$vmm" --restore "$sn/live-snap" --vsock "cid=3,uds=$sn/x.sock"'
+run "$v: snapshot: --prefetch ws without a recorded working set says how to record one" 125 \
+	'--prefetch ws: .*live-snap/workingset: No such file.*record one' \
+	"$vmm" --restore "$sn/live-snap" --prefetch ws --vsock "cid=3,uds=$sn/x.sock"
 
 # A crafted snapshot (docs/snapshot.md, "What a snapshot can and cannot do"):
 # it names only files in its own directory, and host sockets and taps come

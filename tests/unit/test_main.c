@@ -28,6 +28,7 @@ int main(void)
 	srunner_add_suite(sr, suite_proto());
 	srunner_add_suite(sr, suite_devsnap());
 	srunner_add_suite(sr, suite_snapshot());
+	srunner_add_suite(sr, suite_workingset());
 	srunner_add_suite(sr, suite_usock());
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);

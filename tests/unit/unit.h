@@ -21,6 +21,7 @@ Suite *suite_net(void);
 Suite *suite_proto(void);
 Suite *suite_devsnap(void);
 Suite *suite_snapshot(void);
+Suite *suite_workingset(void);
 Suite *suite_usock(void);
 
 struct virtio_dev;

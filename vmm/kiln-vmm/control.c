@@ -3,7 +3,7 @@
  * one request per line and answering each with one line of JSON. The
  * requests and answers are documented in docs/snapshot.md.
  *
- *   pause | resume | snapshot DIR | shutdown | stats | vcpus | help
+ *   pause | resume | snapshot DIR | shutdown | stats | workingset | vcpus | help
  *
  * One thread serves up to CONTROL_MAX_CLIENTS clients with poll(), each
  * under deadlines, so an idle or slow client holds up no other; only the
@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "timeline.h"
 
 #define CONTROL_LINE_MAX	4096
 #define PAUSE_TIMEOUT_MS	2000
@@ -138,7 +139,7 @@ static void req_stats(struct control *c, struct out *o)
 {
 	struct vm *vm = c->src->vm;
 	uint64_t exits = 0, touched, priv;
-	char dev[1024];
+	char dev[1024], tl[4096];
 	int i;
 
 	outf(o, "{\"ok\":true,\"state\":\"%s\",\"uptime_ms\":%.3f,\"vcpus\":[", state_name(c),
@@ -157,7 +158,37 @@ static void req_stats(struct control *c, struct out *o)
 			snprintf(dev, sizeof(dev), "{}");
 		outf(o, "%s%s", i ? "," : "", dev);
 	}
-	outf(o, "],\"console_bytes\":%llu}}", (unsigned long long)c->src->uart->tx_bytes);
+	tl_json(tl, sizeof(tl));
+	outf(o, "],\"console_bytes\":%llu},\"prefetched\":{\"read_pages\":%llu,\"write_pages\":%llu,\"kvm_mapped\":%s},\"timeline\":%s}",
+	     (unsigned long long)c->src->uart->tx_bytes, (unsigned long long)c->src->prefetched[SNAP_WS_READ],
+	     (unsigned long long)c->src->prefetched[SNAP_WS_WRITE], c->src->pre_faulted ? "true" : "false", tl);
+}
+
+/*
+ * Record the pages of guest memory this clone has touched as its snapshot's
+ * working set (snapshot/workingset.h): sent after a restore's first
+ * operations, so later restores bring those pages in before they run.
+ */
+static void req_workingset(struct control *c, struct out *o)
+{
+	const struct snap_source *src = c->src;
+	struct kiln_err err = { { 0 } };
+	struct snap_ws ws;
+
+	if (!src->restored) {
+		out_error(o, "workingset: this VM was not restored from a snapshot (restore a template, run its first operations, then ask)");
+		return;
+	}
+	if (snap_ws_record(&src->vm->mem, &ws, &err) < 0 ||
+	    snap_ws_save(src->restored_dir, &ws, src->restored_id, src->vm->mem.size, &err) < 0) {
+		out_error(o, err.msg);
+		return;
+	}
+	outf(o, "{\"ok\":true,\"file\":");
+	out_str(o, src->restored_dir);
+	outf(o, ",\"ranges\":%u,\"read_pages\":%llu,\"write_pages\":%llu}", ws.n,
+	     (unsigned long long)ws.pages[SNAP_WS_READ], (unsigned long long)ws.pages[SNAP_WS_WRITE]);
+	snap_ws_free(&ws);
 }
 
 /*
@@ -247,14 +278,16 @@ static void handle_line(struct control *c, char *line, struct out *o)
 		outf(o, "{\"ok\":true,\"state\":\"stopped\"}");
 	} else if (strcmp(line, "stats") == 0 && !*arg)
 		req_stats(c, o);
+	else if (strcmp(line, "workingset") == 0 && !*arg)
+		req_workingset(c, o);
 	else if (strcmp(line, "vcpus") == 0 && !*arg)
 		req_vcpus(c, o);
 	else if (strcmp(line, "help") == 0)
-		outf(o, "{\"ok\":true,\"requests\":[\"pause\",\"resume\",\"snapshot DIR\",\"shutdown\",\"stats\",\"vcpus\",\"help\"]}");
+		outf(o, "{\"ok\":true,\"requests\":[\"pause\",\"resume\",\"snapshot DIR\",\"shutdown\",\"stats\",\"workingset\",\"vcpus\",\"help\"]}");
 	else {
-		char msg[200];
+		char msg[256];
 
-		snprintf(msg, sizeof(msg), "unknown request \"%.60s%s%.60s\" (try: pause, resume, snapshot DIR, shutdown, stats)",
+		snprintf(msg, sizeof(msg), "unknown request \"%.60s%s%.60s\" (try: pause, resume, snapshot DIR, shutdown, stats, workingset)",
 			 line, *arg ? " " : "", arg);
 		out_error(o, msg);
 	}

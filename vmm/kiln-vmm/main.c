@@ -29,6 +29,7 @@
 #include "control.h"
 #include "ioloop.h"
 #include "snapshot.h"
+#include "timeline.h"
 #include "vmm.h"
 
 #define KILN_VERSION "0.1.0"
@@ -66,7 +67,9 @@ struct opts {
 	const char *restore;	/* --restore DIR or STATE */
 	const char *memory;	/* --memory FILE (restore) */
 	const char *clone_dir;	/* --clone-dir DIR (restore): keep the disks' copies there */
+	enum snap_prefetch prefetch;	/* --prefetch (restore) */
 	int kernel_set, mem_set, vcpus_set;	/* given explicitly: a restore checks them */
+	int prefetch_set;
 	char **cmd;		/* guest command, NULL for an interactive shell */
 	int ncmd;
 	const char *dev_kind[VIRTIO_MAX_DEVICES];	/* --disk, --net, --vsock in order: the kind */
@@ -130,6 +133,12 @@ static void usage(FILE *f)
 "  --memory FILE     the snapshot's memory file (default: beside STATE)\n"
 "  --clone-dir DIR   keep the copies of the snapshot's writable disks in DIR\n"
 "                    (default: unnamed files that vanish with the VM)\n"
+"  --prefetch none|ws|all|auto\n"
+"                    how a restore brings guest memory in before the vCPUs run:\n"
+"                    none: a page at a time as the guest touches it; ws: the\n"
+"                    working set recorded in the snapshot (control request\n"
+"                    \"workingset\"); all: every page the memory file holds;\n"
+"                    auto (default): ws if the snapshot has one, else none\n"
 "  -v, --verbose     report boot timings and exit counts on stderr\n"
 "  -h, --help        show this help\n"
 "  --version         show the version\n"
@@ -225,7 +234,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 {
 	enum { OPT_KERNEL = 256, OPT_INITRD, OPT_MEM, OPT_VCPUS, OPT_CMDLINE, OPT_CONSOLE,
 	       OPT_TIMEOUT, OPT_HUGEPAGES, OPT_KVM, OPT_VERSION, OPT_DEVICE, OPT_CONTROL,
-	       OPT_TEMPLATE, OPT_RESTORE, OPT_MEMORY, OPT_CLONE_DIR,
+	       OPT_TEMPLATE, OPT_RESTORE, OPT_MEMORY, OPT_CLONE_DIR, OPT_PREFETCH,
 	       OPT_CONTROL_GROUP };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, OPT_KERNEL },
@@ -244,6 +253,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		{ "control-group", required_argument, NULL, OPT_CONTROL_GROUP },
 		{ "template", required_argument, NULL, OPT_TEMPLATE },
 		{ "restore", required_argument, NULL, OPT_RESTORE },
+		{ "prefetch", required_argument, NULL, OPT_PREFETCH },
 		{ "memory", required_argument, NULL, OPT_MEMORY },
 		{ "clone-dir", required_argument, NULL, OPT_CLONE_DIR },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -273,6 +283,11 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		case OPT_RESTORE: o->restore = optarg; break;
 		case OPT_MEMORY: o->memory = optarg; break;
 		case OPT_CLONE_DIR: o->clone_dir = optarg; break;
+		case OPT_PREFETCH:
+			if (snap_prefetch_parse(optarg, &o->prefetch) < 0)
+				die("--prefetch %s: none, ws, all or auto", optarg);
+			o->prefetch_set = 1;
+			break;
 		case OPT_CMDLINE: o->cmdline = optarg; break;
 		case OPT_CONSOLE: o->console = optarg; break;
 		case OPT_TIMEOUT: {
@@ -311,8 +326,8 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		die("--restore resumes a running guest: a command, --cmdline and --hugepages do not apply");
 	if (o->control_group && !o->control)
 		die("--control-group goes with --control (the socket it lets the group use)");
-	if ((o->memory || o->clone_dir) && !o->restore)
-		die("--memory and --clone-dir go with --restore");
+	if ((o->memory || o->clone_dir || o->prefetch_set) && !o->restore)
+		die("--memory, --clone-dir and --prefetch go with --restore");
 	if (!o->kernel)
 		o->kernel = beside_exe("guest/vmlinux");
 	if (!o->initrd)
@@ -728,13 +743,14 @@ static void boot_prepare(const struct opts *o)
  * Restore: the snapshot layer maps the memory file and brings back KVM,
  * vCPU and device state (snapshot/restore.c).
  */
-static void restore_prepare(const struct opts *o, struct snap_restore_times *t)
+static void restore_prepare(const struct opts *o)
 {
 	struct kiln_err err = { { 0 } };
 	struct snap_restore_opts ro = {
 		.path = o->restore,
 		.memory = o->memory,
 		.clone_dir = o->clone_dir,
+		.prefetch = o->prefetch,
 		.kernel = o->kernel_set ? o->kernel : NULL,
 		.mem_size = o->mem_set ? o->mem_mib * MIB : 0,
 		.vcpus = o->vcpus_set ? o->vcpus : 0,
@@ -743,9 +759,35 @@ static void restore_prepare(const struct opts *o, struct snap_restore_times *t)
 		.specs = o->dev_spec,
 	};
 
-	if (snap_restore(&ro, &src, t, &err) < 0)
+	if (snap_restore(&ro, &src, &err) < 0)
 		die("%s", err.msg);
 	ndevs = src.ndevs;
+}
+
+/*
+ * kiln-vmm -v after a restore: "restored in MS ms" (start to vCPUs running),
+ * then each step's share and the page faults the process took in it.
+ */
+static void print_restore_times(void)
+{
+	static const enum tl_mark steps[] = { TL_PARSED, TL_MAPPED, TL_KVM, TL_DEVICES, TL_PREFETCHED, TL_RUNNING };
+	struct tl_point t0, prev, p;
+	char buf[512];
+	size_t n = 0;
+	unsigned i;
+
+	if (!tl_get(TL_START, &t0) || !tl_get(TL_RUNNING, &p))
+		return;
+	prev = t0;
+	for (i = 0; i < sizeof(steps) / sizeof(steps[0]) && n < sizeof(buf); i++) {
+		if (!tl_get(steps[i], &p))
+			continue;
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "%s%s %.2f ms %llu/%llu", n ? ", " : "", tl_name(steps[i]),
+				      (double)(p.ns - prev.ns) / 1e6, (unsigned long long)(p.minflt - prev.minflt),
+				      (unsigned long long)(p.majflt - prev.majflt));
+		prev = p;
+	}
+	fprintf(stderr, "kiln-vmm: restored in %.2f ms (%s; minor/major page faults)\n", (double)(p.ns - t0.ns) / 1e6, buf);
 }
 
 static void resume_device(void *arg)
@@ -755,8 +797,7 @@ static void resume_device(void *arg)
 
 int main(int argc, char **argv)
 {
-	uint64_t t0 = now_ns(), t_loop, t_ready;
-	struct snap_restore_times rt = { 0, 0 };
+	uint64_t t0 = now_ns(), t_loop;
 	static struct control ctl;
 	struct guest_mem mem;
 	struct kiln_err err = { { 0 } };
@@ -766,6 +807,7 @@ int main(int argc, char **argv)
 	int kvm_fd, con_fd, i, signo, rc;
 	uint64_t con_max;
 
+	tl_mark(TL_START);
 	parse_args(argc, argv, &o);
 	con_fd = open_console(o.console, &con_max);
 	src.t_start = t0;
@@ -788,7 +830,7 @@ int main(int argc, char **argv)
 	src.devs = devs;
 	if (o.restore) {
 		vm.kvm_fd = kvm_fd;
-		restore_prepare(&o, &rt);
+		restore_prepare(&o);
 	} else {
 		if (guest_mem_alloc(&mem, o.mem_mib * MIB, o.hugepages, &err) < 0)
 			die("%s", err.msg);
@@ -829,7 +871,9 @@ int main(int argc, char **argv)
 		die("%s", err.msg);
 	if (!o.ncmd && !o.restore && !o.template_dir)
 		console_setup();
-	t_ready = now_ns();
+	if (o.restore && (rc = snap_prefetch_wait(&src)) < 0)
+		fprintf(stderr, "kiln-vmm: prefetching the working set: %s (the guest faults its pages in itself)\n",
+			strerror(-rc));
 	for (i = 0; i < vm.nvcpus; i++) {
 		pthread_mutex_lock(&vm.lock);
 		rc = pthread_create(&vm.vcpus[i].thread, NULL, vcpu_thread, &vm.vcpus[i]);
@@ -838,10 +882,9 @@ int main(int argc, char **argv)
 		if (rc)
 			die("cannot start vCPU thread %d: %s", i, strerror(rc));
 	}
+	tl_mark(TL_RUNNING);
 	if (o.verbose && o.restore)
-		fprintf(stderr, "kiln-vmm: restored in %.2f ms (state file %.2f ms, KVM state %.2f ms, devices and threads %.2f ms)\n",
-			(double)(now_ns() - t0) / 1e6, (double)rt.parse_ns / 1e6, (double)rt.kvm_ns / 1e6,
-			(double)(t_ready - t0 - rt.parse_ns - rt.kvm_ns) / 1e6);
+		print_restore_times();
 	signo = wait_for_stop(&vm, &uart, &o, &src);
 	vm_request_stop(&vm, VM_STOP_SIGNAL, NULL);	/* no-op if already stopped */
 	if (o.control)

@@ -1,0 +1,106 @@
+/* The process's start-up timeline (timeline.h). */
+#include <stdio.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "timeline.h"
+
+static const char *const names[] = {
+	[TL_START] = "start",
+	[TL_PARSED] = "parsed",
+	[TL_MAPPED] = "mapped",
+	[TL_KVM] = "kvm_state",
+	[TL_DEVICES] = "devices",
+	[TL_PREFETCHED] = "prefetched",
+	[TL_RUNNING] = "running",
+	[TL_USERSPACE] = "userspace",
+	[TL_AGENT_READY] = "agent_ready",
+	[TL_VSOCK_RESET] = "vsock_reset",
+	[TL_ACCEPT] = "accept",
+};
+_Static_assert(sizeof(names) / sizeof(names[0]) == TL_N, "a name for every milestone");
+
+static struct tl_point points[TL_N], samples[TL_SAMPLES];
+static int claimed[TL_N], done[TL_N], sample_done[TL_SAMPLES];
+static unsigned nsamples;
+
+static void take(struct tl_point *p)
+{
+	struct timespec ts;
+	struct rusage ru;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	p->ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+	if (getrusage(RUSAGE_SELF, &ru) == 0) {
+		p->minflt = (uint64_t)ru.ru_minflt;
+		p->majflt = (uint64_t)ru.ru_majflt;
+	}
+}
+
+void tl_mark(enum tl_mark m)
+{
+	if ((unsigned)m >= TL_N || __atomic_exchange_n(&claimed[m], 1, __ATOMIC_ACQ_REL))
+		return;
+	take(&points[m]);
+	__atomic_store_n(&done[m], 1, __ATOMIC_RELEASE);
+}
+
+void tl_sample(void)
+{
+	unsigned i;
+
+	if (__atomic_load_n(&nsamples, __ATOMIC_RELAXED) >= TL_SAMPLES)
+		return;
+	i = __atomic_fetch_add(&nsamples, 1, __ATOMIC_ACQ_REL);
+	if (i >= TL_SAMPLES)
+		return;
+	take(&samples[i]);
+	__atomic_store_n(&sample_done[i], 1, __ATOMIC_RELEASE);
+}
+
+int tl_get(enum tl_mark m, struct tl_point *p)
+{
+	if ((unsigned)m >= TL_N || !__atomic_load_n(&done[m], __ATOMIC_ACQUIRE))
+		return 0;
+	*p = points[m];
+	return 1;
+}
+
+const char *tl_name(enum tl_mark m)
+{
+	return (unsigned)m < TL_N ? names[m] : "?";
+}
+
+int tl_json(char *buf, size_t len)
+{
+	struct tl_point t0, p;
+	size_t n = 0;
+	int i, first = 1, w;
+
+	if (!tl_get(TL_START, &t0))
+		t0 = (struct tl_point){ 0, 0, 0 };
+	w = snprintf(buf, len, "{\"t0_ns\":%llu,\"marks\":[", (unsigned long long)t0.ns);
+	n += (size_t)w;
+	for (i = 0; i < TL_N; i++) {
+		if (!tl_get((enum tl_mark)i, &p))
+			continue;
+		w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0,
+			     "%s{\"name\":\"%s\",\"ms\":%.3f,\"minflt\":%llu,\"majflt\":%llu}", first ? "" : ",",
+			     names[i], (double)(p.ns - t0.ns) / 1e6, (unsigned long long)p.minflt,
+			     (unsigned long long)p.majflt);
+		n += (size_t)w;
+		first = 0;
+	}
+	w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0, "],\"samples\":[");
+	n += (size_t)w;
+	for (i = 0; i < TL_SAMPLES; i++) {
+		if (!__atomic_load_n(&sample_done[i], __ATOMIC_ACQUIRE))
+			break;
+		p = samples[i];
+		w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0, "%s[%.3f,%llu,%llu]", i ? "," : "",
+			     (double)(p.ns - t0.ns) / 1e6, (unsigned long long)p.minflt, (unsigned long long)p.majflt);
+		n += (size_t)w;
+	}
+	w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0, "]}");
+	return (int)(n + (size_t)w);
+}
