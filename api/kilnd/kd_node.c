@@ -115,7 +115,6 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	uint64_t now = kd_now_ms();
 	struct kd_pooled *warm;
 	struct sched_life life;
-	char wdir[KD_PATH_MAX];
 	struct reg_sandbox rec;
 	struct kd_job *j = NULL;
 	struct kd_sbx *s;
@@ -217,16 +216,8 @@ fail_admit:
 	/* Past admission, ENOSPC is a full disk, not a full node. */
 	if (r == -ENOSPC)
 		r = -EDQUOT;
-	if (warm) {
-		kd_vmm_kill(warm->vmm.pid, warm->pidfd, 1);
-		if (warm->pidfd >= 0)
-			close(warm->pidfd);
-		if (warm->agent)
-			kac_close(warm->agent);
-		if (!kd_run_dir(kd, warm->id, wdir, sizeof(wdir)))
-			kd_rmtree(wdir);
-		free(warm);
-	}
+	if (warm)
+		kd_pooled_discard(kd, warm, 1);
 	sched_release(&kd->admit, spec->memory_mb, spec->vcpus);
 	kd_job_free(j);
 	free(s);

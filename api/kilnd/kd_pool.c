@@ -77,7 +77,7 @@ int kd_pool_work(struct kd_job *j)
 	return kd_restore_work(j, &j->agent);
 }
 
-static void pooled_free(struct kilnd *kd, struct kd_pool *p, struct kd_pooled *v, int kill_it)
+void kd_pooled_discard(struct kilnd *kd, struct kd_pooled *v, int kill_it)
 {
 	char dir[KD_PATH_MAX];
 
@@ -89,9 +89,15 @@ static void pooled_free(struct kilnd *kd, struct kd_pool *p, struct kd_pooled *v
 		kac_close(v->agent);
 	if (!kd_run_dir(kd, v->id, dir, sizeof(dir)))
 		kd_rmtree(dir);
+	free(v);
+}
+
+/* A pooled VM leaves the pool: killed (kill_it), its admission given back too. */
+static void pooled_free(struct kilnd *kd, struct kd_pool *p, struct kd_pooled *v, int kill_it)
+{
+	kd_pooled_discard(kd, v, kill_it);
 	if (kill_it)
 		sched_release(&kd->admit, p->memory_mb, p->vcpus);
-	free(v);
 }
 
 void kd_pool_done(struct kilnd *kd, struct kd_job *j)

@@ -169,6 +169,12 @@ int kd_run_dir(const struct kilnd *kd, const char *id, char *buf, size_t n);
 void kd_pool_refill(struct kilnd *kd);
 /* Take a warm VM of this shape, or NULL; its admission passes to the sandbox. */
 struct kd_pooled *kd_pool_take(struct kilnd *kd, unsigned memory_mb, unsigned vcpus);
+/*
+ * Throw a warm VM away: SIGKILL its VMM (kill_it), close its pidfd and
+ * agent, remove its run dir, free v. Its admission is the caller's to give
+ * back (a taken VM's passed to the sandbox that failed to use it).
+ */
+void kd_pooled_discard(struct kilnd *kd, struct kd_pooled *v, int kill_it);
 /* Pooled VMs that died: drop them (from the tick). Kill them all (at stop). */
 void kd_pool_check(struct kilnd *kd);
 void kd_pool_drain(struct kilnd *kd);
