@@ -40,7 +40,7 @@ PROTO_HDRS := $(LIB_HDRS)
 
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-.PHONY: all vmm guest kernel initramfs unit asan demo test check-layers test-unit test-integration test-client test-kilnd-api \
+.PHONY: all vmm guest kernel image test-image initramfs unit asan demo test check-layers test-unit test-integration test-client test-kilnd-api \
         test-kilnd-cli \
         bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
@@ -123,6 +123,20 @@ kernel: | $(O)
 	@dir=$$(guest/build-kernel.sh) && \
 	  ln -sf "$$dir/vmlinux" $(O)/guest/vmlinux && \
 	  ln -sf "$$dir/bzImage" $(O)/guest/bzImage
+
+# The Debian base image (guest/mkimage.sh, issue 15), cached outside the repo
+# like the kernel, linked as build/guest/debian.ext4. Not yet booted by
+# kiln: the overlay root and the kernel options it needs come next.
+image: | $(O)
+	@scripts/deps.sh image
+	@mkdir -p $(O)/guest
+	@dir=$$(guest/mkimage.sh) && \
+	  ln -sf "$$dir/rootfs.ext4" $(O)/guest/debian.ext4 && \
+	  echo "image: $(O)/guest/debian.ext4 ($$(du -h --apparent-size "$$dir/rootfs.ext4" | cut -f1), sha256 $$(cut -c1-16 "$$dir/rootfs.sha256")...)"
+
+# The image's userland, checked in a chroot over a tmpfs overlay (root).
+test-image: image
+	tests/image/check.sh $(O)/guest/debian.ext4
 
 $(O):
 	@mkdir -p $(O)

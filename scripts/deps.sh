@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages kiln needs to build, boot guests and run its
-# tests, when any is missing. Usage: scripts/deps.sh [build|test|bench]
+# tests, when any is missing. Usage: scripts/deps.sh [build|test|bench|image]
 set -euo pipefail
 
 build_pkgs=(build-essential pkg-config flex bison bc libelf-dev libssl-dev
@@ -13,11 +13,15 @@ build_pkgs+=(libwebsockets-dev)
 test_pkgs=(qemu-system-x86 linux-image-amd64 kmod clang libclang-rt-14-dev util-linux python3 mount e2fsprogs iproute2
 	curl jq)
 
+# The Debian base image (guest/mkimage.sh): mmdebstrap, and npm for deno.
+image_pkgs=(mmdebstrap e2fsprogs)
+
 pkgs=("${build_pkgs[@]}")
 case "${1:-build}" in
 build) ;;
 test|bench) pkgs+=("${test_pkgs[@]}") ;;
-*) echo "usage: scripts/deps.sh [build|test|bench]" >&2; exit 2 ;;
+image) pkgs=("${image_pkgs[@]}") ;;
+*) echo "usage: scripts/deps.sh [build|test|bench|image]" >&2; exit 2 ;;
 esac
 
 missing=()
