@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The guest agent on the host: build/asan/kiln-agent-host (the agent built
 # with ASan and UBSan, serving a unix socket) driven by python and build/kiln,
-# no VM needed. Run by `make test-unit`.
-# Usage: tests/agent-host/run.sh AGENT KILN
+# no VM needed, and build/asan/kac-pipeline-test (IDENTITY sent ahead of an
+# exec, through the C client). Run by `make test-unit`.
+# Usage: tests/agent-host/run.sh AGENT KILN PIPELINE_TEST
 set -u
-[ $# = 2 ] || { echo "usage: $0 AGENT KILN" >&2; exit 2; }
-agent=$1 kiln=$2
+[ $# = 3 ] || { echo "usage: $0 AGENT KILN PIPELINE_TEST" >&2; exit 2; }
+agent=$1 kiln=$2 pipeline=$3
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 work=$(mktemp -d)
@@ -50,6 +51,10 @@ check "the agent listens on a unix socket, owner only" \
 out=$("$kiln" exec --uds "$sock" -- sh -c 'echo hi; exit 3' 2>&1); st=$?
 check "kiln exec through the CONNECT/OK exchange (stdout, exit status)" \
 	"$([ "$out" = hi ] && [ $st = 3 ] && echo 1)" "status $st: $out"
+
+out=$("$pipeline" "$sock" 2>&1); st=$?
+check "IDENTITY sent ahead: the exec behind it runs as the new identity, a refusal still comes back" \
+	"$([ $st = 0 ] && [ "$(grep -c '^ok ' <<<"$out")" = 4 ] && echo 1)" "status $st: $out"
 
 # 1,900 processes that exit at once while a background child keeps their
 # pipes open: each stays attached until its pipes close, and each adds poll
