@@ -193,7 +193,7 @@ static int check_meta(struct restore_ctx *c, const struct snap_meta *m, struct k
 static int load_working_set(struct restore_ctx *c, struct snap_source *src, const struct snap_meta *m, int mfd,
 			    struct kiln_err *err)
 {
-	char msg[256];
+	char msg[256], path[4200];
 	uint8_t *buf;
 	size_t len;
 	int fd, r;
@@ -212,16 +212,16 @@ static int load_working_set(struct restore_ctx *c, struct snap_source *src, cons
 	fd = openat(c->dfd, SNAP_WS_FILE, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0 && errno == ENOENT && c->o->prefetch == SNAP_PREFETCH_AUTO)
 		return 0;
+	snprintf(path, sizeof(path), "%s/" SNAP_WS_FILE, c->state_dir);
 	if (fd < 0)
-		return kiln_fail(err, errno, "--prefetch ws: %s/" SNAP_WS_FILE ": %s%s", c->state_dir, strerror(errno),
+		return kiln_fail(err, errno, "--prefetch ws: %s: %s%s", path, strerror(errno),
 				 errno == ENOENT ? " (record one: restore with --control and send it \"workingset\" after the first exec)" : "");
-	if (!(buf = read_state_file(fd, c->state_path, &len, err)))
+	if (!(buf = read_state_file(fd, path, &len, err)))
 		return -EINVAL;
 	r = snap_ws_parse(buf, len, m->id, m->mem_size, &src->ws, msg, sizeof(msg));
 	free(buf);
 	if (r < 0)
-		return kiln_fail(err, EINVAL, "--restore %s/" SNAP_WS_FILE ": %s (or restore with --prefetch none)",
-				 c->state_dir, msg);
+		return kiln_fail(err, EINVAL, "--restore %s: %s (or restore with --prefetch none)", path, msg);
 	return 1;
 }
 

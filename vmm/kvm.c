@@ -302,8 +302,7 @@ struct kvm_pre_fault_memory {
 int vm_can_pre_fault(const struct vm *vm)
 {
 	return vm->nvcpus > 0 && vm->vcpus[0].fd >= 0 &&
-	       kvm_ioctl(vm->fd, KVM_CHECK_EXTENSION, (void *)(uintptr_t)KVM_CAP_PRE_FAULT_MEMORY,
-			 "KVM_CHECK_EXTENSION", NULL) > 0;
+	       KVM_IOCTL(vm->fd, KVM_CHECK_EXTENSION, KVM_CAP_PRE_FAULT_MEMORY, NULL) > 0;
 }
 
 int vm_pre_fault(const struct vm *vm, uint64_t off, uint64_t len)
