@@ -14,8 +14,8 @@
  * came, HELLO and IDENTITY were answered (with --pipeline, IDENTITY sent:
  * the exec follows it in the same round trip), the agent said `true` started
  * and its exit status arrived; with --again, a second `true` on the same
- * connection (the steady-state cost of an exec). What a daemon holding a client library would see, without a
- * CLI process started per request.
+ * connection (the steady-state cost of an exec). What a daemon holding a
+ * client library would see, without a CLI process started per request.
  */
 #include <errno.h>
 #include <getopt.h>

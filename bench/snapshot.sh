@@ -125,15 +125,20 @@ class VM:
             self.name, "running" if rc is None else "exited %d" % rc, err.strip() or "-",
             self.con[-600:].decode(errors="replace").strip() or "-", self.stats())
 
+    def request(self, req, timeout):
+        """One control request's answer line (raises OSError)."""
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(timeout)
+            c.connect(self.ctl)
+            c.sendall(req.encode() + b"\n")
+            return c.makefile("rb").readline()
+
     def stats(self):
-        if not self.ctl or self.p.poll() is not None:
+        """The control stats as text, for a VM that failed."""
+        if self.p.poll() is not None:
             return ""
         try:
-            with socket.socket(socket.AF_UNIX) as c:
-                c.settimeout(3)
-                c.connect(self.ctl)
-                c.sendall(b"stats\n")
-                return " | control stats: " + c.makefile("rb").readline().decode(errors="replace").strip()
+            return " | control stats: " + self.request("stats", 3).decode(errors="replace").strip()
         except OSError as e:
             return " | control stats: %s" % e
 
@@ -142,11 +147,7 @@ class VM:
         if self.p.poll() is not None:
             return None
         try:
-            with socket.socket(socket.AF_UNIX) as c:
-                c.settimeout(tmo)
-                c.connect(self.ctl)
-                c.sendall(req.encode() + b"\n")
-                return json.loads(c.makefile("rb").readline())
+            return json.loads(self.request(req, tmo))
         except (OSError, ValueError):
             return None
 
@@ -227,17 +228,14 @@ def phases(vm, res, tl):
         before = [x for x in samples if x[0] <= ms] + [m for m in marks.values() if m[0] <= ms]
         f = max(before, key=lambda x: x[0], default=last)
         points["cli:" + key] = (ms, f[1], f[2])
-    out, prev = {}, (-(t0 - vm.t0_ns) / 1e6, start[1], start[2])
-    for label, key in PHASES:
-        if key not in points:
-            continue
-        p = points[key]
-        if key == "vmm:start":
-            out[label] = ((t0 - vm.t0_ns) / 1e6, 0, 0)
-            prev = (0.0, start[1], start[2])
-            continue
-        out[label] = (p[0] - prev[0], p[1] - prev[1], p[2] - prev[2])
-        prev = p
+    # Spawn -> main() is the bench's clock to kiln-vmm's; each later phase
+    # ends at its point and starts at the previous one reached.
+    out, prev = {PHASES[0][0]: ((t0 - vm.t0_ns) / 1e6, 0, 0)}, points["vmm:start"]
+    for label, key in PHASES[1:]:
+        if key in points:
+            p = points[key]
+            out[label] = (p[0] - prev[0], p[1] - prev[1], p[2] - prev[2])
+            prev = p
     if "vmm:running" in points and "cli:exit" in points:
         run, ex = points["vmm:running"], points["cli:exit"]
         res["after_resume_ms"] = ex[0] - run[0]
