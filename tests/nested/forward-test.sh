@@ -175,7 +175,10 @@ fi
 sleep 1
 if pgrep -f -- "$scratch/tmp" >/dev/null; then fail "no leftover processes" "$(pgrep -a -f -- "$scratch/tmp")"; else pass "no leftover processes"; fi
 if [[ -z $(ls -A tmp) ]]; then pass "no leftover temp dirs"; else fail "no leftover temp dirs" "$(ls tmp)"; fi
-if python3 -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$port" 2>/dev/null; then
+# Free as a server sees it: nothing listens there. SO_REUSEADDR, as every
+# server (QEMU's hostfwd too) binds, so a TIME_WAIT left by the test's own
+# connections does not count; a leftover listener still fails the bind.
+if python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()' "$port" 2>/dev/null; then
 	pass "port $port free again"
 else
 	fail "port $port free again"
