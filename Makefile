@@ -129,9 +129,9 @@ kernel: | $(O)
 	  ln -sf "$$dir/vmlinux" $(O)/guest/vmlinux && \
 	  ln -sf "$$dir/bzImage" $(O)/guest/bzImage
 
-# The Debian base image (guest/mkimage.sh, issue 15), cached outside the repo
-# like the kernel, linked as build/guest/debian.ext4. Not yet booted by
-# kiln: the overlay root and the kernel options it needs come next.
+# The Debian base image (guest/mkimage.sh), cached outside the repo like the
+# kernel, linked as build/guest/debian.ext4: every sandbox's read-only root,
+# under its own writable layer (docs/images.md).
 image: | $(O)
 	@scripts/deps.sh image
 	@mkdir -p $(O)/guest
@@ -222,7 +222,7 @@ test-unit: $(O)/registry-unit-tests $(O)/asan/fake-kilnd $(O)/asan/kiln
 # Integration tests boot real guests: directly where /dev/kvm works, else
 # inside a nested KVM host under QEMU's TCG (tests/nested/). Both the
 # release and the sanitizer builds of kiln-vmm are tested.
-test-integration: all asan
+test-integration: all asan image
 	tests/nested/kvm-host.sh -- tests/integration/run.sh $(O)/kiln-vmm $(O)/asan/kiln-vmm
 
 # The CLI against a kilnd of its own (tests/kilnd-cli/run.sh): the REST verbs
@@ -250,8 +250,9 @@ check-layers:
 
 test: deps-test
 	@$(MAKE) --no-print-directory check-layers
-	@$(MAKE) --no-print-directory all asan unit fuzz-build
-	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-kilnd-api test-kilnd-cli test-integration
+	@$(MAKE) --no-print-directory all asan unit fuzz-build image
+	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-kilnd-api test-kilnd-cli test-image \
+	  test-integration
 
 # ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
 

@@ -255,6 +255,202 @@ static void mount_disks(const char *cmdline)
 	}
 }
 
+/* The value of param (up to a space) into buf: its length, or -1 when absent or longer than len - 1. */
+static int cmdline_value(const char *cmdline, const char *param, char *buf, size_t len)
+{
+	const char *p = cmdline_find(cmdline, param, 1);
+	size_t n;
+
+	if (!p)
+		return -1;
+	p += strlen(param);
+	n = strcspn(p, " \n");
+	if (n >= len)
+		return -1;
+	memcpy(buf, p, n);
+	buf[n] = '\0';
+	return (int)n;
+}
+
+/*
+ * kiln.root=LOWER:UPPER: mount the read-only image and the writable layer,
+ * join them with overlayfs (the layer holds upper/ and work/) and make the
+ * join the root, carrying /dev and /proc along, as switch_root does. PID 1
+ * stays this process: the agent runs on from its initramfs copy, and every
+ * command it starts sees only the new root. The initramfs stays below,
+ * unreachable. 0 when there is nothing to do or it worked; -1 after saying why.
+ */
+static int switch_root(const char *cmdline)
+{
+	static const char opts[] = "lowerdir=/.kiln/lower,upperdir=/.kiln/layer/upper,workdir=/.kiln/layer/work";
+	char spec[128], *upper;
+
+	if (!cmdline_find(cmdline, KILN_PARAM_ROOT, 1))
+		return 0;
+	if (cmdline_value(cmdline, KILN_PARAM_ROOT, spec, sizeof(spec)) < 0 || !(upper = strchr(spec, ':')) ||
+	    spec[0] != '/' || upper[1] != '/') {
+		say("kiln-init: kiln.root= wants LOWER:UPPER, e.g. kiln.root=/dev/vda:/dev/vdb\n");
+		return -1;
+	}
+	*upper++ = '\0';
+	mkdir("/.kiln", 0700);
+	mkdir("/.kiln/lower", 0755);
+	mkdir("/.kiln/layer", 0755);
+	mkdir("/.kiln/root", 0755);
+	if (mount(spec, "/.kiln/lower", "ext4", MS_RDONLY | MS_NOATIME, NULL) < 0) {
+		say("kiln-init: the image on %s will not mount: %s\n", spec, strerror(errno));
+		return -1;
+	}
+	/* noinit_itable: no thread zeroing a sparse layer's inode tables behind the sandbox's back. */
+	if (mount(upper, "/.kiln/layer", "ext4", MS_NOATIME, "noinit_itable") < 0) {
+		say("kiln-init: the writable layer on %s will not mount: %s\n", upper, strerror(errno));
+		return -1;
+	}
+	if ((mkdir("/.kiln/layer/upper", 0755) < 0 && errno != EEXIST) ||
+	    (mkdir("/.kiln/layer/work", 0755) < 0 && errno != EEXIST) ||
+	    mount("overlay", "/.kiln/root", "overlay", MS_NOATIME, opts) < 0) {
+		say("kiln-init: overlay of %s and %s: %s\n", spec, upper, strerror(errno));
+		return -1;
+	}
+	if (mount("/dev", "/.kiln/root/dev", NULL, MS_MOVE, NULL) < 0 ||
+	    mount("/proc", "/.kiln/root/proc", NULL, MS_MOVE, NULL) < 0 || chdir("/.kiln/root") < 0 ||
+	    mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 || chdir("/") < 0) {
+		say("kiln-init: switching to the overlay root: %s\n", strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * The image's locale (/etc/default/locale, as pam_env would read it at a
+ * login): its LANG, LANGUAGE and LC_* lines go into the environment every
+ * command inherits.
+ */
+static void image_locale(void)
+{
+	char line[256];
+	FILE *f = fopen("/etc/default/locale", "re");
+
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char *eq = strchr(line, '='), *v;
+		size_t n;
+
+		if (!eq || (strncmp(line, "LANG=", 5) && strncmp(line, "LANGUAGE=", 9) && strncmp(line, "LC_", 3)))
+			continue;
+		*eq = '\0';
+		v = eq + 1;
+		n = strcspn(v, "\n");
+		v[n] = '\0';
+		if (n >= 2 && v[0] == '"' && v[n - 1] == '"') {
+			v[n - 1] = '\0';
+			v++;
+		}
+		if (strspn(line, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_") == strlen(line))
+			setenv(line, v, 1);
+	}
+	fclose(f);
+}
+
+/*
+ * Field i (from 0) of a colon-separated passwd or group line, copied into
+ * buf: NUL-terminated, or NULL when the line is shorter.
+ */
+static char *field(const char *line, int i, char *buf, size_t len)
+{
+	char *p = buf;
+
+	snprintf(buf, len, "%s", line);
+	while (i-- > 0)
+		if (!(p = strchr(p, ':')))
+			return NULL;
+		else
+			p++;
+	p[strcspn(p, ":\n")] = '\0';
+	return p;
+}
+
+static int parse_id(const char *s, uint32_t *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (!*s || *end || errno || v > 0xfffffffful)
+		return -1;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+/*
+ * kiln.user=NAME: look NAME up in the root's /etc/passwd and /etc/group (the
+ * image's own files, read once at boot) for the credentials commands run
+ * with by default; HOME, USER and LOGNAME come from it, and PID 1 moves to
+ * the home directory, which commands inherit. 1 when u is filled, 0 when
+ * there is no kiln.user=, -1 after saying why.
+ */
+static int default_user(const char *cmdline, struct agent_user *u)
+{
+	char name[64], line[1024], home[512] = "";
+	FILE *f;
+	int found = 0;
+
+	if (!cmdline_find(cmdline, KILN_PARAM_USER, 1))
+		return 0;
+	if (cmdline_value(cmdline, KILN_PARAM_USER, name, sizeof(name)) <= 0) {
+		say("kiln-init: kiln.user= wants a user name of at most 63 bytes\n");
+		return -1;
+	}
+	memset(u, 0, sizeof(*u));
+	if (!(f = fopen("/etc/passwd", "re"))) {
+		say("kiln-init: kiln.user=%s: /etc/passwd: %s\n", name, strerror(errno));
+		return -1;
+	}
+	while (!found && fgets(line, sizeof(line), f)) {
+		char b1[1024], b2[1024], b3[1024], b4[1024], *n = field(line, 0, b1, sizeof(b1)),
+			*uid = field(line, 2, b2, sizeof(b2)), *gid = field(line, 3, b3, sizeof(b3)),
+			*dir = field(line, 5, b4, sizeof(b4));
+
+		if (!n || strcmp(n, name))
+			continue;
+		found = uid && gid && !parse_id(uid, &u->uid) && !parse_id(gid, &u->gid);
+		if (found && dir && dir[0] == '/')
+			snprintf(home, sizeof(home), "%s", dir);
+	}
+	fclose(f);
+	if (!found) {
+		say("kiln-init: kiln.user=%s: no such user in the image's /etc/passwd\n", name);
+		return -1;
+	}
+	u->groups[u->ngroups++] = u->gid;
+	if ((f = fopen("/etc/group", "re"))) {
+		while (fgets(line, sizeof(line), f) && u->ngroups < AGENT_USER_GROUPS_MAX) {
+			char b1[1024], b2[1024], *gid = field(line, 2, b1, sizeof(b1)),
+				*members = field(line, 3, b2, sizeof(b2)), *m, *save;
+			uint32_t g;
+
+			if (!gid || parse_id(gid, &g) || g == u->gid)
+				continue;
+			for (m = members ? strtok_r(members, ",", &save) : NULL; m; m = strtok_r(NULL, ",", &save))
+				if (!strcmp(m, name)) {
+					u->groups[u->ngroups++] = g;
+					break;
+				}
+		}
+		fclose(f);
+	}
+	setenv("USER", name, 1);
+	setenv("LOGNAME", name, 1);
+	if (home[0]) {
+		setenv("HOME", home, 1);
+		if (chdir(home) < 0)
+			say("kiln-init: kiln.user=%s: home %s: %s\n", name, home, strerror(errno));
+	}
+	return 1;
+}
+
 /*
  * Decode kiln.cmd= into argv (pointers into buf). Returns the argument count,
  * 0 when there is no command, -1 when it is malformed.
@@ -408,7 +604,8 @@ int main(void)
 	static uint8_t argbuf[KILN_CMDLINE_MAX];
 	char *argv[MAX_ARGS];
 	char *shell[] = { "/bin/sh", NULL };
-	int argc, exec_errno, st, agent;
+	struct agent_user user;
+	int argc, exec_errno, st, agent, has_user;
 	uint32_t status;
 	pid_t pid;
 
@@ -423,6 +620,8 @@ int main(void)
 		outb(KILN_MARK_USERSPACE, KILN_PORT_MARK);
 	if (cmdline_find(cmdline, KILN_PARAM_BOOTMARK, 0))
 		say("%s\n", KILN_BOOT_MARK);
+	if (switch_root(cmdline) < 0)
+		finish(KILN_STATUS(KILN_STATUS_INITFAIL, 3));
 
 	mount_or_warn("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 	mount_or_warn("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=0620,ptmxmode=0666");
@@ -437,10 +636,14 @@ int main(void)
 	setenv("HOME", "/root", 1);
 	setenv("TERM", "linux", 0);
 	chdir("/root");
+	if (cmdline_find(cmdline, KILN_PARAM_ROOT, 1))
+		image_locale();
+	if ((has_user = default_user(cmdline, &user)) < 0)
+		finish(KILN_STATUS(KILN_STATUS_INITFAIL, 4));
 
 	if (agent) {
 		/* PID 1 serves the agent protocol until the VM is stopped. */
-		agent_main(agent_stop);
+		agent_main(agent_stop, has_user ? &user : NULL);
 		say("kiln-init: the agent could not start\n");
 		finish(KILN_STATUS(KILN_STATUS_INITFAIL, 2));
 	}

@@ -59,10 +59,10 @@ mmdebstrap --mode=root --variant=minbase --include="$(IFS=,; echo "${pkgs[*]}")"
 	--customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
 	"$release" "$tmp/root" >&2
 
-say "[3/3] ext4 image"
+say "[3/3] ext4 image (no journal: every sandbox mounts it read-only)"
 used=$(du -sm "$tmp/root" | cut -f1)
 size=$((used + used / 4 + 64))
-mke2fs -q -t ext4 -m 0 -L kiln-debian -d "$tmp/root" "$tmp/rootfs.ext4" "${size}M" >&2
+mke2fs -q -t ext4 -O ^has_journal -m 0 -L kiln-debian -d "$tmp/root" "$tmp/rootfs.ext4" "${size}M" >&2
 rm -rf "$tmp/root" "$tmp/npm"
 sha256sum "$tmp/rootfs.ext4" | cut -d' ' -f1 >"$tmp/rootfs.sha256"
 trap - EXIT

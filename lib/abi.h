@@ -44,6 +44,14 @@
 #define KILN_PARAM_MOUNT	"kiln.mount="
 /* kiln.agent: the init serves the agent protocol on vsock (docs/agent-protocol.md). */
 #define KILN_PARAM_AGENT	"kiln.agent"
+/*
+ * kiln.root=LOWER:UPPER: the init mounts the read-only image on disk LOWER
+ * and the writable ext4 layer on disk UPPER, joins them with overlayfs and
+ * makes that the root before anything else runs (docs/images.md).
+ */
+#define KILN_PARAM_ROOT		"kiln.root="
+/* kiln.user=NAME: commands run as NAME (the root's /etc/passwd), in its home, unless they ask otherwise. */
+#define KILN_PARAM_USER		"kiln.user="
 #define KILN_BOOT_MARK		"kiln-boot-mark"
 
 /* x86 COMMAND_LINE_SIZE: the kernel truncates anything longer. */

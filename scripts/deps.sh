@@ -13,14 +13,17 @@ build_pkgs+=(libwebsockets-dev)
 test_pkgs=(qemu-system-x86 linux-image-amd64 kmod clang libclang-rt-14-dev util-linux python3 mount e2fsprogs iproute2
 	curl jq)
 
-# The Debian base image (guest/mkimage.sh): mmdebstrap, and npm for deno.
+# The Debian base image (guest/mkimage.sh): mmdebstrap, e2fsprogs, and npm for deno.
 image_pkgs=(mmdebstrap e2fsprogs)
 
 pkgs=("${build_pkgs[@]}")
 case "${1:-build}" in
 build) ;;
 test|bench) pkgs+=("${test_pkgs[@]}") ;;
-image) pkgs=("${image_pkgs[@]}") ;;
+image)
+	pkgs=("${image_pkgs[@]}")
+	# Debian's npm, unless an npm (e.g. with NodeSource's nodejs) is already there.
+	command -v npm >/dev/null || pkgs+=(npm) ;;
 *) echo "usage: scripts/deps.sh [build|test|bench|image]" >&2; exit 2 ;;
 esac
 

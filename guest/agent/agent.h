@@ -5,14 +5,27 @@
 #ifndef KILN_AGENT_H
 #define KILN_AGENT_H
 
+#include <stdint.h>
+
+/*
+ * Whom a command runs as when its EXEC names no UID or GID: the image's
+ * user (kiln.user=), with its groups. The agent itself stays root.
+ */
+#define AGENT_USER_GROUPS_MAX	32
+struct agent_user {
+	uint32_t uid, gid;
+	uint32_t ngroups;
+	uint32_t groups[AGENT_USER_GROUPS_MAX];
+};
+
 /*
  * Listen on vsock port KP_VSOCK_PORT and serve connections until the VM
- * stops. Prints "kiln-agent: ready" on stderr once the listener is up.
+ * stops. user: whom commands run as by default (NULL: root, the agent's own). Prints "kiln-agent: ready" on stderr once the listener is up.
  * stop is called, after SHUTDOWN has stopped every process, to sync and power
  * off (reboot 0) or reset (reboot 1) the VM; it must not return.
  * Returns only if the listener cannot be set up: a negative errno.
  */
-int agent_main(void (*stop)(int reboot));
+int agent_main(void (*stop)(int reboot), const struct agent_user *user);
 
 /*
  * Host mode, for tests of a sanitizer build on the host (build/asan/

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -258,6 +259,8 @@ struct agent {
 	uint64_t next_handle;
 	unsigned nports;	/* framed port streams */
 	unsigned nwalks;
+	struct agent_user user;	/* EXEC's default credentials, when has_user */
+	int has_user;
 	char **envs;		/* the default environment: malloc'd "KEY=VALUE" strings */
 	size_t nenvs, env_bytes;
 	char sandbox_id[SANDBOX_ID_MAX + 1];

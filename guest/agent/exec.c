@@ -80,6 +80,8 @@ fail:
 }
 
 /* EXEC's arguments. */
+#define ID_UNSET	UINT64_MAX	/* no KT_UID / KT_GID in the request */
+_Static_assert(sizeof(gid_t) == sizeof(uint32_t), "struct agent_user keeps gids as uint32_t");
 struct exec_args {
 	char **argv, **envv;	/* KT_ARG*, KT_ENV* */
 	size_t argc, nenv;
@@ -98,8 +100,8 @@ static int exec_args_read(struct conn *c, const struct kp_frame *f, struct exec_
 	x->envv = arg_list(f, KT_ENV, &x->nenv, &bad);
 	x->shell = arg_str(f, KT_SHELL, &bad);
 	x->cwd = arg_str(f, KT_CWD, &bad);
-	x->uid = arg_u64(f, KT_UID, 0, &bad);
-	x->gid = arg_u64(f, KT_GID, 0, &bad);
+	x->uid = arg_u64(f, KT_UID, ID_UNSET, &bad);
+	x->gid = arg_u64(f, KT_GID, ID_UNSET, &bad);
 	x->clear = (int)arg_u64(f, KT_CLEAR_ENV, 0, &bad);
 	x->pty = (int)arg_u64(f, KT_PTY, 0, &bad);
 	x->rows = arg_u64(f, KT_ROWS, 24, &bad);
@@ -110,7 +112,8 @@ static int exec_args_read(struct conn *c, const struct kp_frame *f, struct exec_
 	x->io[1] = (int)arg_u64(f, KT_STDOUT, KP_IO_PIPE, &bad);
 	x->io[2] = (int)arg_u64(f, KT_STDERR, KP_IO_PIPE, &bad);
 	if (bad || (!x->shell && x->argc == 0) || x->io[0] > KP_IO_PIPE || x->io[1] > KP_IO_PIPE ||
-	    x->io[2] > KP_IO_MERGE || x->uid > 0xffffffffu || x->gid > 0xffffffffu) {
+	    x->io[2] > KP_IO_MERGE || (x->uid != ID_UNSET && x->uid > 0xffffffffu) ||
+	    (x->gid != ID_UNSET && x->gid > 0xffffffffu)) {
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "exec: wants ARG* or SHELL; STDIN/STDOUT NULL or PIPE, STDERR NULL, PIPE or MERGE");
 		return -1;
 	}
@@ -211,6 +214,30 @@ static void exec_fds_close(struct exec_fds *d)
 		fd_close(fds[i]);
 }
 
+/*
+ * In the child: take the command's credentials. With neither UID nor GID
+ * asked, the agent's default user (kiln.user=) with its groups, else root
+ * as the agent is. An asked UID other than 0 also drops root's groups to
+ * the one GID, so no root group survives into a user's process.
+ */
+static int exec_creds(const struct agent *a, const struct exec_args *x)
+{
+	gid_t gid;
+
+	if (x->uid == ID_UNSET && x->gid == ID_UNSET) {
+		if (!a->has_user)
+			return 0;
+		return setgroups(a->user.ngroups, (const gid_t *)a->user.groups) < 0 || setgid(a->user.gid) < 0 ||
+		       setuid(a->user.uid) < 0 ? -1 : 0;
+	}
+	if (x->gid != ID_UNSET && setgid((gid_t)x->gid) < 0)
+		return -1;
+	if (x->uid == ID_UNSET || x->uid == 0)
+		return 0;
+	gid = getgid();
+	return setgroups(1, &gid) < 0 || setuid((uid_t)x->uid) < 0 ? -1 : 0;
+}
+
 /* In the child: stdio, signals, limits, a session, then exec; a failure goes up d->ex. */
 static _Noreturn void exec_child(struct agent *a, const struct exec_args *x, const struct exec_fds *d,
 				 char **envp)
@@ -236,7 +263,7 @@ static _Noreturn void exec_child(struct agent *a, const struct exec_args *x, con
 	if (x->cwd && chdir(x->cwd) < 0)
 		goto fail;
 	ex[0] = 2;
-	if ((x->gid && setgid((gid_t)x->gid) < 0) || (x->uid && setuid((uid_t)x->uid) < 0))
+	if (exec_creds(a, x) < 0)
 		goto fail;
 	ex[0] = 3;
 	if (x->shell)

@@ -374,7 +374,7 @@ void agent_free(struct agent *a)
 	free(a);
 }
 
-int agent_main(void (*stop)(int reboot))
+int agent_main(void (*stop)(int reboot), const struct agent_user *user)
 {
 	struct sockaddr_vm addr = {
 		.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = KP_VSOCK_PORT,
@@ -384,6 +384,10 @@ int agent_main(void (*stop)(int reboot))
 
 	if (ret < 0)
 		return ret;
+	if (user) {
+		a->user = *user;
+		a->has_user = 1;
+	}
 	a->lfd = socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (a->lfd < 0 || bind(a->lfd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(a->lfd, 64) < 0) {
 		ret = -errno;
