@@ -300,6 +300,9 @@ void virtio_kick(struct virtio_dev *d, unsigned q);
 /* Interrupt the driver if queue q's ring asks for it (device lock held). */
 void virtio_signal_used(struct virtio_dev *d, unsigned q);
 
+/* The device's config space changed (a disk's capacity): a new generation and a config interrupt. Under d->lock. */
+void virtio_config_changed(struct virtio_dev *d);
+
 /*
  * The driver broke the device's rules (a bad ring, a bad request): log why,
  * set DEVICE_NEEDS_RESET and tell the driver with a config interrupt (4.2.3.4).

@@ -56,6 +56,8 @@ struct blk {
 	struct virtio_dev *dev;
 	int fd;
 	int ro;
+	int slot;		/* a volume slot (,slot): never offered read-only, may be empty */
+	int resized;		/* restored with another size than the snapshot's: tell the driver */
 	uint64_t sectors;
 	char id[DISK_ID_BYTES + 1];
 	char path[sizeof(((struct disk_spec *)0)->path)];
@@ -293,7 +295,8 @@ static int blk_save(struct virtio_dev *d, struct snap_buf *w)
 	struct blk *b = d->priv;
 
 	snapw_u64(w, b->sectors);
-	snapw_u8(w, (uint8_t)b->ro);
+	/* 0 writable, 1 read-only, 2 a volume slot (whatever its file was). */
+	snapw_u8(w, b->slot ? 2 : (uint8_t)b->ro);
 	snapw_blob(w, b->id, (uint32_t)strlen(b->id));
 	return 0;
 }
@@ -301,7 +304,10 @@ static int blk_save(struct virtio_dev *d, struct snap_buf *w)
 /*
  * The disk under a restored guest must look like the one it booted with: its
  * page cache and filesystem already know the size and serial. The contents
- * are the caller's business (a copy of the image the snapshot saw).
+ * are the caller's business (a copy of the image the snapshot saw). A volume
+ * slot is the exception: nothing in the guest used it (it was empty, or held
+ * a volume the guest had let go of), so the restorer may put any file of any
+ * size there, read-only or not, and the driver is told its new capacity.
  */
 static int blk_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err *err)
 {
@@ -315,6 +321,17 @@ static int blk_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err 
 	snapr_str(r, id, sizeof(id), "disk id");
 	if (snapr_end(r, "virtio-blk state") < 0)
 		return kiln_fail(err, EINVAL, "virtio-blk state: %s", r->err);
+	if (ro == 2 || b->slot) {
+		if (ro != 2 || !b->slot)
+			return kiln_fail(err, EINVAL, "virtio-blk state: the snapshot's disk %s a volume slot, %s %s (give ,slot %s)",
+					 ro == 2 ? "was" : "was not", b->path, b->slot ? "is one" : "is not",
+					 ro == 2 ? "for it" : "only for slots");
+		if (strcmp(id, b->id) != 0)
+			return kiln_fail(err, EINVAL, "virtio-blk state: the snapshot's slot had id '%s', %s has '%s' (give the same id=)",
+					 id, b->path, b->id);
+		b->resized = sectors != b->sectors;
+		return 0;
+	}
 	if (sectors != b->sectors)
 		return kiln_fail(err, EINVAL, "virtio-blk state: the snapshot's disk had %" PRIu64 " sectors, %s has %" PRIu64,
 				 sectors, b->path, b->sectors);
@@ -325,6 +342,17 @@ static int blk_restore(struct virtio_dev *d, struct snap_rd *r, struct kiln_err 
 		return kiln_fail(err, EINVAL, "virtio-blk state: the snapshot's disk had id '%s', %s has '%s' (give the same id=)",
 				 id, b->path, b->id);
 	return 0;
+}
+
+/* A slot restored with another file than the snapshot's: the driver re-reads the capacity. */
+static void blk_resumed(struct virtio_dev *d)
+{
+	struct blk *b = d->priv;
+
+	if (b->resized) {
+		b->resized = 0;
+		virtio_config_changed(d);
+	}
 }
 
 static int blk_stats(struct virtio_dev *d, char *buf, size_t len)
@@ -359,18 +387,20 @@ int disk_spec_parse(const char *spec, struct disk_spec *ds, struct kiln_err *err
 		olen = comma ? (size_t)(comma - opt) : strlen(opt);
 		if (olen == 2 && strncmp(opt, "ro", 2) == 0) {
 			ds->ro = 1;
+		} else if (olen == 4 && strncmp(opt, "slot", 4) == 0) {
+			ds->slot = 1;
 		} else if (olen > 3 && strncmp(opt, "id=", 3) == 0 && olen - 3 <= DISK_ID_BYTES) {
 			memcpy(ds->id, opt + 3, olen - 3);
 			ds->id[olen - 3] = '\0';
 		} else {
-			return kiln_fail(err, EINVAL, "--disk %s: unknown option '%.*s' (expected ro or id=NAME of at most %d bytes)",
+			return kiln_fail(err, EINVAL, "--disk %s: unknown option '%.*s' (expected ro, slot or id=NAME of at most %d bytes)",
 					 spec, (int)olen, opt, DISK_ID_BYTES);
 		}
 	}
 	return 0;
 }
 
-/* Parse "PATH[,ro][,id=NAME]" into b. */
+/* Parse "PATH[,ro][,slot][,id=NAME]" into b. */
 static int blk_parse(struct blk *b, const char *spec, struct kiln_err *err)
 {
 	struct disk_spec ds;
@@ -381,6 +411,7 @@ static int blk_parse(struct blk *b, const char *spec, struct kiln_err *err)
 	memcpy(b->path, ds.path, sizeof(b->path));
 	memcpy(b->id, ds.id, sizeof(b->id));
 	b->ro = ds.ro;
+	b->slot = ds.slot;
 	return 0;
 }
 
@@ -425,7 +456,7 @@ int virtio_blk_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 		r = kiln_fail(err, EINVAL, "--disk %s: not a regular file or block device", b->path);
 		goto fail;
 	}
-	if (size == 0 || size % SECTOR) {
+	if ((size == 0 && !b->slot) || size % SECTOR) {
 		r = kiln_fail(err, EINVAL, "--disk %s: size %" PRIu64 " is not a positive multiple of 512 bytes (truncate -s to fix)",
 			      b->path, size);
 		goto fail;
@@ -435,7 +466,8 @@ int virtio_blk_create(struct virtio_dev *d, const char *spec, struct vm *vm,
 	r = virtio_mmio_init(d, &virtio_blk_ops, b, vm, mem, loop, base, irq, err);
 	if (r < 0)
 		goto fail_dev;
-	if (b->ro)
+	/* A slot keeps its features whatever it holds: read-only is enforced per request. */
+	if (b->ro && !b->slot)
 		d->offered |= 1ULL << VIRTIO_BLK_F_RO;
 	return 0;
 fail:
@@ -465,7 +497,7 @@ static int blk_spec_persist(const char *spec, struct dev_persist *p, char *out, 
 
 	if ((r = disk_spec_parse(spec, &ds, err)) < 0)
 		return r;
-	if (ds.ro) {
+	if (ds.ro || ds.slot) {
 		if (!realpath(ds.path, abs))
 			return kiln_fail(err, errno, "%s: %s", ds.path, strerror(errno));
 		if (snprintf(out, outlen, "%s%s", abs, ds.opts) >= (int)outlen)
@@ -490,8 +522,8 @@ static int blk_spec_check(const char *spec, int *own, struct kiln_err *err)
 
 	if (disk_spec_parse(spec, &ds, &e) < 0)
 		return kiln_fail(err, EINVAL, "disk: %s", e.msg);
-	*own = !ds.ro;
-	if (!ds.ro && !name_is_local(ds.path))
+	*own = !ds.ro && !ds.slot;
+	if (*own && !name_is_local(ds.path))
 		return kiln_fail(err, EINVAL, "disk path \"%s\" is not a file in the snapshot's directory (a snapshot names only its own files; give a host disk with --disk)",
 				 str_printable(ds.path, shown));
 	return 0;
@@ -517,7 +549,14 @@ static int blk_spec_clone(const char *spec, struct dev_persist *p, char *out, si
 static void blk_spec_needs(const char *spec, char *buf, size_t len)
 {
 	char shown[64];
+	struct disk_spec ds;
+	struct kiln_err e;
 
+	if (disk_spec_parse(spec, &ds, &e) == 0 && ds.slot) {
+		snprintf(buf, len, "a volume slot (\"%s\"): pass --disk PATH,slot[,ro] for it (an empty file leaves it empty), after a --disk for each disk before it",
+			 str_printable(spec, shown));
+		return;
+	}
 	snprintf(buf, len, "a read-only disk the snapshot shared (\"%s\"): pass --disk PATH,ro for it, after a --disk for each disk before it (a snapshot opens no host file outside its directory)",
 		 str_printable(spec, shown));
 }
@@ -546,6 +585,7 @@ const struct virtio_dev_ops virtio_blk_ops = {
 	.inflight = blk_inflight,
 	.save = blk_save,
 	.restore = blk_restore,
+	.resumed = blk_resumed,
 	.stats = blk_stats,
 	.kind = "disk",
 	.create = virtio_blk_create,

@@ -14,10 +14,11 @@ struct disk_spec {
 	char path[4096];
 	char id[DISK_ID_BYTES + 1];	/* "kiln" unless id= */
 	int ro;
+	int slot;			/* a volume slot: its file is the restorer's, its size may change */
 	const char *opts;		/* SPEC from its first comma on ("" if none) */
 };
 
-/* Parse PATH[,ro][,id=NAME]. Returns 0, or -EINVAL (-ENAMETOOLONG) with err naming the problem. */
+/* Parse PATH[,ro][,slot][,id=NAME]. Returns 0, or -EINVAL (-ENAMETOOLONG) with err naming the problem. */
 int disk_spec_parse(const char *spec, struct disk_spec *ds, struct kiln_err *err);
 
 #endif

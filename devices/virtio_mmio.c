@@ -147,6 +147,13 @@ void virtio_signal_used(struct virtio_dev *d, unsigned q)
 		raise_irq(d, VIRTIO_INT_USED);
 }
 
+void virtio_config_changed(struct virtio_dev *d)
+{
+	d->config_gen++;
+	if (d->status & VIRTIO_STATUS_DRIVER_OK)
+		raise_irq(d, VIRTIO_INT_CONFIG);
+}
+
 void virtio_needs_reset(struct virtio_dev *d, const char *why)
 {
 	static struct log_limit lim = LOG_LIMIT("virtio devices broken by their drivers");

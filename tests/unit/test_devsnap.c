@@ -438,6 +438,56 @@ START_TEST(blk_other_disk_refused)
 }
 END_TEST
 
+/* A volume slot takes another file at restore (kilnd's volumes), and the driver is told its new size. */
+START_TEST(blk_slot_takes_another_file)
+{
+	char path[128];
+	uint8_t cfg[8];
+	uint64_t cap;
+	uint32_t gen;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/empty.img", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	open_blk(&a, "empty.img", ",slot,ro");
+	ck_assert_uint_eq(a.offered & (1ULL << 5), 0);	/* a slot is never offered read-only */
+	driver_init(&a, ~0ULL, 1);
+	save(&a);
+	old_vmm_exits();
+	snprintf(path, sizeof(path), "%s/big.img", dir);
+	make_image(path, 2 * IMG_SECTORS);
+	/* A plain disk cannot stand in for a slot. */
+	open_blk(&b, "big.img", "");
+	ck_assert_int_eq(restore(&b, state.p, state.len), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "was a volume slot") != NULL, "%s", err.msg);
+	virtio_mmio_destroy(&b);
+	open_blk(&b, "big.img", ",slot");
+	ck_assert_msg(restore(&b, state.p, state.len) == 0, "%s", err.msg);
+	gen = vdrv_read(&b, 0xfc);
+	virtio_mmio_resumed(&b);
+	ck_assert_uint_eq(vdrv_read(&b, 0xfc), gen + 1);
+	ck_assert_uint_ne(vdrv_read(&b, 0x60) & 2, 0);	/* a config interrupt */
+	virtio_mmio_io(&b, BASE + 0x100, cfg, 8, 0);
+	memcpy(&cap, cfg, sizeof(cap));
+	ck_assert_uint_eq(cap, 2 * IMG_SECTORS);
+}
+END_TEST
+
+/* A slot cannot stand in for a plain disk either. */
+START_TEST(blk_slot_not_for_a_disk)
+{
+	blk_busy_original();
+	save(&a);
+	old_vmm_exits();
+	open_blk(&b, "disk.img", ",slot");
+	ck_assert_int_eq(restore(&b, state.p, state.len), -EINVAL);
+	ck_assert_msg(strstr(err.msg, "was not a volume slot") != NULL, "%s", err.msg);
+	assert_pristine(&b);
+}
+END_TEST
+
 /* ---- virtio-net ---------------------------------------------------------------- */
 
 #define NET_RXQ	0
@@ -965,6 +1015,8 @@ Suite *suite_devsnap(void)
 	tcase_add_test(tc, blk_restored_device_carries_on);
 	tcase_add_test(tc, blk_hostile_states_refused);
 	tcase_add_test(tc, blk_other_disk_refused);
+	tcase_add_test(tc, blk_slot_takes_another_file);
+	tcase_add_test(tc, blk_slot_not_for_a_disk);
 	tcase_add_test(tc, net_partial_frame_given_back);
 	tcase_add_test(tc, net_restored_device_carries_on);
 	tcase_add_test(tc, wrong_device_type_refused);
