@@ -175,7 +175,8 @@ unit test-unit: $(O)/sched-unit-tests
 # kilnd's registry (scheduler/registry.c): SQLite, tokens hashed with libcrypto.
 REG_LIBS := $(shell pkg-config --libs sqlite3 libcrypto 2>/dev/null || echo -lsqlite3 -lcrypto)
 
-REG_SRCS := scheduler/registry.c scheduler/reg_sandbox.c scheduler/reg_token.c scheduler/reg_template.c lib/err.c
+REG_SRCS := scheduler/registry.c scheduler/reg_sandbox.c scheduler/reg_token.c scheduler/reg_template.c \
+	scheduler/reg_volume.c lib/err.c
 REG_HDRS := scheduler/registry.h scheduler/registry_int.h $(LIB_HDRS)
 
 $(O)/registry-unit-tests: tests/unit/registry/test_registry.c $(REG_SRCS) $(REG_HDRS) | $(O)
@@ -186,7 +187,8 @@ $(O)/registry-unit-tests: tests/unit/registry/test_registry.c $(REG_SRCS) $(REG_
 LWS_LIBS   := $(shell pkg-config --libs libwebsockets 2>/dev/null || echo -lwebsockets)
 KILND_SRCS := $(sort $(wildcard api/kilnd/*.c)) scheduler/sched.c scheduler/sched_spec.c scheduler/sched_time.c \
               scheduler/sched_host.c scheduler/registry.c scheduler/reg_sandbox.c scheduler/reg_token.c \
-              scheduler/reg_template.c $(filter-out lib/io.c,$(KAC_SRCS)) lib/io.c lib/err.c $(PROTO_SRCS)
+              scheduler/reg_template.c scheduler/reg_volume.c $(filter-out lib/io.c,$(KAC_SRCS)) lib/io.c lib/err.c \
+              $(PROTO_SRCS)
 KILND_HDRS := api/kilnd/kilnd.h $(SCHED_CORE_HDRS) $(REG_HDRS) $(KAC_HDRS) $(PROTO_HDRS)
 KILND_LIBS := $(LWS_LIBS) $(JANSSON_LIBS) $(REG_LIBS) -pthread -lm
 
@@ -294,7 +296,7 @@ fuzz: fuzz-build
 # out of it; prints a token and two lines to try (scripts/run.sh).
 .PHONY: run
 run: deps-test
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all image
 	@scripts/run.sh
 
 demo: deps-test
@@ -358,7 +360,7 @@ BENCH_CREATE_ENV = BENCH_CREATE_ROUNDS BENCH_CREATE_CLIENTS BENCH_CREATE_REPEATS
   BENCH_CREATE_MEM BENCH_CREATE_VCPUS BENCH_CREATE_TIMEOUT
 .PHONY: bench-create
 bench-create: deps-test
-	@$(MAKE) --no-print-directory all $(O)/kilnd $(O)/kiln-firstexec
+	@$(MAKE) --no-print-directory all image $(O)/kilnd $(O)/kiln-firstexec
 	KILN_NESTED_PASSENV="$${KILN_NESTED_PASSENV:-} $(BENCH_CREATE_ENV)" \
 	  tests/nested/kvm-host.sh --timeout 1800 -- bench/create.sh $(O)/kiln-vmm $(O)/kilnd $(O)/kiln $(O)/kiln-firstexec
 

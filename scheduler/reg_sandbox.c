@@ -31,17 +31,26 @@ _Static_assert(sizeof(timeout_names) / sizeof(timeout_names[0]) == REG_TIMEOUT_C
 
 #define SB_COLS "SELECT s.id, s.state, s.memory_mb, s.vcpus, s.timeout_kind, s.timeout_ms, s.stop_at," \
 	" s.created_at, s.ended_at, s.end_reason, s.vmm_pid, s.vmm_start_time, s.control_path," \
-	" s.vsock_path, s.run_dir, u.cpu_ns, u.mem_mb_ms FROM sandboxes s LEFT JOIN usage u ON u.sandbox_id = s.id"
+	" s.vsock_path, s.run_dir, u.cpu_ns, u.mem_mb_ms, s.image FROM sandboxes s LEFT JOIN usage u ON u.sandbox_id = s.id"
 /* A label filter slot: unused slots bind NULL. Uses the (key, value) index once per query. */
 #define LABEL_SLOT(k, v) " AND (?" #k " IS NULL OR s.id IN (SELECT sandbox_id FROM sandbox_labels" \
 	" WHERE key = ?" #k " AND value = ?" #v "))"
 _Static_assert(REG_LABELS_MAX == 5, "SQL_SB_LIST has five label filter slots");
 
 static const char SQL_SB_INSERT[] = "INSERT INTO sandboxes (id, state, memory_mb, vcpus, timeout_kind, timeout_ms, stop_at,"
-	" created_at) VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7)";
+	" created_at, image) VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 static const char SQL_LABEL_INSERT[] = "INSERT INTO sandbox_labels (sandbox_id, key, value) VALUES (?1, ?2, ?3)";
 static const char SQL_LABELS_JSON[] = "UPDATE sandboxes SET labels = (SELECT json_group_object(key, value)"
 	" FROM sandbox_labels WHERE sandbox_id = ?1) WHERE id = ?1";
+/* Who holds a volume: its writer if any, else a reader. */
+static const char SQL_ATTACH_HELD[] = "SELECT a.sandbox_id, a.readonly FROM volume_attachments a WHERE a.volume = ?1"
+	" ORDER BY a.readonly LIMIT 1";
+static const char SQL_VOL_EXISTS[] = "SELECT count(*) FROM volumes WHERE name = ?1";
+static const char SQL_ATTACH_INSERT[] = "INSERT INTO volume_attachments (sandbox_id, volume, path, readonly)"
+	" VALUES (?1, ?2, ?3, ?4)";
+static const char SQL_ATTACH_RELEASE[] = "DELETE FROM volume_attachments WHERE sandbox_id = ?1";
+static const char SQL_SB_VOLS[] = "SELECT volume, path, readonly FROM volume_attachments WHERE sandbox_id = ?1"
+	" ORDER BY path";
 static const char SQL_USAGE_INSERT[] = "INSERT INTO usage (sandbox_id) VALUES (?1)";
 static const char SQL_EVENT_INSERT[] = "INSERT INTO events (sandbox_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)";
 static const char SQL_SB_STATE[] = "SELECT state, end_reason, stop_at FROM sandboxes WHERE id = ?1";
@@ -138,6 +147,63 @@ static int event_insert(struct reg *r, const char *id, const char *kind, const c
 	return 0;
 }
 
+/*
+ * In the insert's transaction: attach a volume, one writer or any number of
+ * readers at a time. Names who holds it when it cannot be had.
+ */
+static int attach(struct reg *r, const char *id, const struct reg_attach *a, struct kiln_err *err)
+{
+	const char *what = "attaching a volume";
+	char holder[REG_ID_MAX] = "";
+	sqlite3_stmt *s;
+	int rc, ret, held_ro = 0, held = 0;
+
+	if ((ret = reg_volume_name_check(a->volume, err)))
+		return ret;
+	if (a->path[0] != '/' || strnlen(a->path, REG_VOL_PATH_MAX) >= REG_VOL_PATH_MAX || !a->path[1])
+		return kiln_fail(err, EINVAL, "volume %s: mount path must be absolute and not /", a->volume);
+	if ((ret = reg_prep(r, SQL_VOL_EXISTS, &s, what, err)))
+		return ret;
+	if ((rc = reg_bind_text(s, 1, a->volume)) || (rc = sqlite3_step(s)) != SQLITE_ROW)
+		return reg_sqlfail(r, rc, what, err);
+	if (sqlite3_column_int64(s, 0) == 0) {
+		sqlite3_reset(s);
+		return kiln_fail(err, ENOENT, "no volume %s on this node (kiln volume create %s SIZE makes one)", a->volume,
+				 a->volume);
+	}
+	sqlite3_reset(s);
+	if ((ret = reg_prep(r, SQL_ATTACH_HELD, &s, what, err)))
+		return ret;
+	if ((rc = reg_bind_text(s, 1, a->volume)))
+		return reg_sqlfail(r, rc, what, err);
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_ROW) {
+		held = 1;
+		held_ro = sqlite3_column_int(s, 1);
+		if ((ret = reg_col_text(r, s, 0, holder, sizeof(holder), err)))
+			return ret;
+	} else if (rc != SQLITE_DONE) {
+		return reg_sqlfail(r, rc, what, err);
+	}
+	sqlite3_reset(s);
+	if (held && !held_ro)
+		return kiln_fail(err, EBUSY, "volume %s is attached writable to sandbox %s: one writer at a time; "
+				 "attach it once that sandbox ends", a->volume, holder);
+	if (held && !a->readonly)
+		return kiln_fail(err, EBUSY, "volume %s is attached read-only to sandbox %s (perhaps others too): a writable "
+				 "attach waits until none has it; or attach it read-only (\"readonly\": true)", a->volume, holder);
+	if ((ret = reg_prep(r, SQL_ATTACH_INSERT, &s, what, err)))
+		return ret;
+	if ((rc = reg_bind_text(s, 1, id)) || (rc = reg_bind_text(s, 2, a->volume)) ||
+	    (rc = reg_bind_text(s, 3, a->path)) || (rc = reg_bind_int(s, 4, a->readonly ? 1 : 0)) ||
+	    (rc = reg_run(s))) {
+		if ((rc & 0xff) == SQLITE_CONSTRAINT)
+			return kiln_fail(err, EINVAL, "two volumes at %s", a->path);
+		return reg_sqlfail(r, rc, what, err);
+	}
+	return 0;
+}
+
 int reg_sandbox_insert(struct reg *r, const struct reg_sandbox *sb, int64_t now_ms, struct kiln_err *err)
 {
 	const char *what = "recording a new sandbox";
@@ -145,7 +211,7 @@ int reg_sandbox_insert(struct reg *r, const struct reg_sandbox *sb, int64_t now_
 	int rc, ret;
 
 	if ((ret = reg_sandbox_id_check(sb->id, err)) || (ret = reg_shape_check(sb->memory_mb, sb->vcpus, err)) ||
-	    (ret = labels_check(sb->labels, sb->n_labels, "labels", err)))
+	    (ret = reg_image_check(sb->image, err)) || (ret = labels_check(sb->labels, sb->n_labels, "labels", err)))
 		return ret;
 	if ((unsigned)sb->timeout_kind >= REG_TIMEOUT_COUNT || sb->timeout_ms < 0 || sb->stop_at_ms < 0 ||
 	    (sb->timeout_kind == REG_TIMEOUT_DURATION && sb->timeout_ms == 0))
@@ -158,7 +224,8 @@ int reg_sandbox_insert(struct reg *r, const struct reg_sandbox *sb, int64_t now_
 	if ((rc = reg_bind_text(s, 1, sb->id)) || (rc = reg_bind_int(s, 2, sb->memory_mb)) ||
 	    (rc = reg_bind_int(s, 3, sb->vcpus)) ||
 	    (rc = reg_bind_text(s, 4, timeout_names[sb->timeout_kind])) || (rc = reg_bind_int(s, 5, sb->timeout_ms)) ||
-	    (rc = reg_bind_opt(s, 6, sb->stop_at_ms)) || (rc = reg_bind_int(s, 7, now_ms)) || (rc = reg_run(s)))
+	    (rc = reg_bind_opt(s, 6, sb->stop_at_ms)) || (rc = reg_bind_int(s, 7, now_ms)) ||
+	    (rc = reg_bind_text(s, 8, sb->image)) || (rc = reg_run(s)))
 		return reg_abort(r, reg_sqlfail(r, rc, what, err));
 	for (unsigned i = 0; i < sb->n_labels; i++) {
 		if ((ret = reg_prep(r, SQL_LABEL_INSERT, &s, what, err)))
@@ -175,6 +242,11 @@ int reg_sandbox_insert(struct reg *r, const struct reg_sandbox *sb, int64_t now_
 		return reg_abort(r, ret);
 	if ((rc = reg_bind_text(s, 1, sb->id)) || (rc = reg_run(s)))
 		return reg_abort(r, reg_sqlfail(r, rc, what, err));
+	if (sb->n_vols > REG_VOLS_MAX)
+		return reg_abort(r, kiln_fail(err, EINVAL, "%u volumes given (at most %d)", sb->n_vols, REG_VOLS_MAX));
+	for (unsigned i = 0; i < sb->n_vols; i++)
+		if ((ret = attach(r, sb->id, &sb->vols[i], err)))
+			return reg_abort(r, ret);
 	if ((ret = event_insert(r, sb->id, "created", NULL, now_ms, err)))
 		return reg_abort(r, ret);
 	return reg_commit(r, what, err);
@@ -265,6 +337,13 @@ int reg_sandbox_set_state(struct reg *r, const char *id, enum reg_state state, e
 	    (rc = reg_bind_opt(s, 4, ended(state) ? now_ms : 0)) ||
 	    (rc = reg_run(s)))
 		return reg_abort(r, reg_sqlfail(r, rc, what, err));
+	/* An ended sandbox lets go of its volumes. */
+	if (ended(state)) {
+		if ((ret = reg_prep(r, SQL_ATTACH_RELEASE, &s, what, err)))
+			return reg_abort(r, ret);
+		if ((rc = reg_bind_text(s, 1, id)) || (rc = reg_run(s)))
+			return reg_abort(r, reg_sqlfail(r, rc, what, err));
+	}
 	/* A reason given now names the event ("killed"); else the state does ("running"). */
 	if ((ret = event_insert(r, id, reason != had ? end_names[reason] : state_names[state], detail, now_ms, err)))
 		return reg_abort(r, ret);
@@ -354,7 +433,8 @@ static int read_sandbox(struct reg *r, sqlite3_stmt *s, void *elem, struct kiln_
 	    (sqlite3_column_type(s, 9) != SQLITE_NULL && (ret = reg_col_enum(r, s, 9, end_names, REG_END_COUNT, &end, err))) ||
 	    (ret = reg_col_text(r, s, 12, sb->vmm.control_path, REG_PATH_MAX, err)) ||
 	    (ret = reg_col_text(r, s, 13, sb->vmm.vsock_path, REG_PATH_MAX, err)) ||
-	    (ret = reg_col_text(r, s, 14, sb->vmm.run_dir, REG_PATH_MAX, err)))
+	    (ret = reg_col_text(r, s, 14, sb->vmm.run_dir, REG_PATH_MAX, err)) ||
+	    (ret = reg_col_text(r, s, 17, sb->image, sizeof(sb->image), err)))
 		return ret;
 	sb->state = st;
 	sb->timeout_kind = tk;
@@ -384,7 +464,26 @@ static int read_sandbox(struct reg *r, sqlite3_stmt *s, void *elem, struct kiln_
 		sb->n_labels++;
 	}
 	sqlite3_reset(l);
-	return rc == SQLITE_DONE ? 0 : reg_sqlfail(r, rc, "reading a sandbox's labels", err);
+	if (rc != SQLITE_DONE)
+		return reg_sqlfail(r, rc, "reading a sandbox's labels", err);
+	if ((ret = reg_prep(r, SQL_SB_VOLS, &l, "reading a sandbox's volumes", err)))
+		return ret;
+	if ((rc = reg_bind_text(l, 1, sb->id)))
+		return reg_sqlfail(r, rc, "reading a sandbox's volumes", err);
+	while ((rc = sqlite3_step(l)) == SQLITE_ROW) {
+		struct reg_attach *a = &sb->vols[sb->n_vols];
+
+		if (sb->n_vols == REG_VOLS_MAX)
+			return kiln_fail(err, EBADMSG, "registry %s: sandbox %s has over %d volumes; the file was changed "
+					 "outside kilnd: move it aside", r->path, sb->id, REG_VOLS_MAX);
+		if ((ret = reg_col_text(r, l, 0, a->volume, sizeof(a->volume), err)) ||
+		    (ret = reg_col_text(r, l, 1, a->path, sizeof(a->path), err)))
+			return ret;
+		a->readonly = sqlite3_column_int(l, 2) != 0;
+		sb->n_vols++;
+	}
+	sqlite3_reset(l);
+	return rc == SQLITE_DONE ? 0 : reg_sqlfail(r, rc, "reading a sandbox's volumes", err);
 }
 
 int reg_sandbox_get(struct reg *r, const char *id, struct reg_sandbox *out, struct kiln_err *err)

@@ -16,7 +16,7 @@ static const char SQL_TPL_LIST[] = "SELECT image, memory_mb, vcpus, path, kernel
 	" FROM templates ORDER BY image, memory_mb, vcpus";
 static const char SQL_TPL_DEL[] = "DELETE FROM templates WHERE image = ?1 AND memory_mb = ?2 AND vcpus = ?3";
 
-static int image_check(const char *image, struct kiln_err *err)
+int reg_image_check(const char *image, struct kiln_err *err)
 {
 	char b[48];
 
@@ -40,7 +40,7 @@ int reg_template_put(struct reg *r, const struct reg_template *t, int64_t now_ms
 	sqlite3_stmt *s;
 	int rc, ret;
 
-	if ((ret = image_check(t->image, err)) || (ret = reg_shape_check(t->memory_mb, t->vcpus, err)) ||
+	if ((ret = reg_image_check(t->image, err)) || (ret = reg_shape_check(t->memory_mb, t->vcpus, err)) ||
 	    (ret = reg_path_check("template path", t->path, err)) ||
 	    (ret = hex_check("kernel hash", t->kernel_sha256, err)) ||
 	    (ret = hex_check("initramfs hash", t->initramfs_sha256, err)))
@@ -90,7 +90,7 @@ int reg_template_get(struct reg *r, const char *image, uint32_t memory_mb, uint3
 	sqlite3_stmt *s;
 	int rc, ret;
 
-	if ((ret = image_check(image, err)) || (ret = reg_shape_check(memory_mb, vcpus, err)))
+	if ((ret = reg_image_check(image, err)) || (ret = reg_shape_check(memory_mb, vcpus, err)))
 		return ret;
 	if ((ret = reg_begin(r, false, what, err)))
 		return ret;
@@ -134,7 +134,7 @@ int reg_template_delete(struct reg *r, const char *image, uint32_t memory_mb, ui
 	sqlite3_stmt *s;
 	int rc, ret;
 
-	if ((ret = image_check(image, err)) || (ret = reg_shape_check(memory_mb, vcpus, err)))
+	if ((ret = reg_image_check(image, err)) || (ret = reg_shape_check(memory_mb, vcpus, err)))
 		return ret;
 	if ((ret = reg_begin(r, true, what, err)))
 		return ret;

@@ -17,7 +17,7 @@
 
 #include "registry_int.h"
 
-#define REG_SCHEMA	1
+#define REG_SCHEMA	2
 #define REG_APP_ID	0x6b696c6e	/* "kiln": PRAGMA application_id */
 #define REG_BUSY_MS	5000
 
@@ -77,6 +77,24 @@ static const char *const migrations[REG_SCHEMA] = {
 	" PRIMARY KEY (image, memory_mb, vcpus)) STRICT;"
 	"PRAGMA application_id = 1802071150;"
 	"PRAGMA user_version = 1;",
+	/* 2: the image a sandbox boots (issue 15); the old initramfs-only one is "minimal". */
+	"ALTER TABLE sandboxes ADD COLUMN image TEXT NOT NULL DEFAULT 'minimal'"
+	" CHECK (length(image) BETWEEN 1 AND 64);"
+	"UPDATE templates SET image = 'minimal' WHERE image = 'base';"
+	"CREATE TABLE volumes ("
+	" name TEXT PRIMARY KEY NOT NULL CHECK (length(name) BETWEEN 1 AND 64),"
+	" size_bytes INTEGER NOT NULL CHECK (size_bytes > 0),"
+	" created_at INTEGER NOT NULL,"
+	" metered_at INTEGER NOT NULL,"
+	" mib_ms INTEGER NOT NULL DEFAULT 0 CHECK (mib_ms >= 0)) STRICT;"
+	"CREATE TABLE volume_attachments ("
+	" sandbox_id TEXT NOT NULL REFERENCES sandboxes (id) ON DELETE CASCADE,"
+	" volume TEXT NOT NULL REFERENCES volumes (name),"
+	" path TEXT NOT NULL CHECK (length(path) BETWEEN 2 AND 256),"
+	" readonly INTEGER NOT NULL CHECK (readonly IN (0, 1)),"
+	" PRIMARY KEY (sandbox_id, path)) STRICT, WITHOUT ROWID;"
+	"CREATE INDEX volume_attachments_volume ON volume_attachments (volume);"
+	"PRAGMA user_version = 2;",
 };
 _Static_assert(REG_APP_ID == 1802071150, "migration 1 spells the application id out");
 

@@ -78,8 +78,31 @@ struct reg_vmm {
 	char run_dir[REG_PATH_MAX];
 };
 
+/* Volumes: ext4 files kilnd keeps, attached to sandboxes at create (reg_volume.c). */
+#define REG_VOLS_MAX		4		/* attached to one sandbox: its template has four slots */
+#define REG_VOL_PATH_MAX	257		/* a guest mount path, with the NUL */
+#define REG_VOL_MIN_BYTES	(300ull << 20)
+#define REG_VOL_MAX_BYTES	(20ull << 30)
+
+struct reg_attach {
+	char volume[REG_IMAGE_MAX];	/* names as images: [a-z0-9._-]{1,64} */
+	char path[REG_VOL_PATH_MAX];	/* where the guest mounts it */
+	int readonly;
+};
+
+struct reg_volume {
+	char name[REG_IMAGE_MAX];
+	uint64_t size_bytes;
+	int64_t created_ms;
+	int64_t metered_ms;		/* mib_ms counts up to here */
+	uint64_t mib_ms;		/* MiB x milliseconds of size before metered_ms */
+	unsigned writers, readers;	/* live attachments */
+	char writer[REG_ID_MAX];	/* the sandbox attached writable, "" if none */
+};
+
 struct reg_sandbox {
 	char id[REG_ID_MAX];
+	char image[REG_IMAGE_MAX];	/* what it boots: "minimal", "debian", ... */
 	enum reg_state state;
 	uint32_t memory_mb;
 	uint32_t vcpus;
@@ -94,6 +117,8 @@ struct reg_sandbox {
 	struct reg_vmm vmm;
 	uint64_t cpu_ns;		/* usage, kept after the sandbox ends */
 	uint64_t mem_mb_ms;		/* memory_mb x milliseconds alive */
+	struct reg_attach vols[REG_VOLS_MAX];	/* released when it ends */
+	unsigned n_vols;
 };
 
 struct reg_event {
@@ -119,6 +144,23 @@ struct reg_template {
 	char initramfs_sha256[REG_SHA256_HEX];
 	int64_t created_ms;
 };
+
+/*
+ * Volumes. create: a new row (-EEXIST if the name is taken); size within
+ * REG_VOL_MIN_BYTES..REG_VOL_MAX_BYTES. resize: grow only, and only while
+ * nothing has it attached (-EBUSY). delete: only while nothing has it
+ * attached (-EBUSY). A sandbox attaches volumes in reg_sandbox_insert: one
+ * writer, or any number of readers, at a time (-EBUSY naming who has it);
+ * an ended sandbox lets go of them.
+ */
+int reg_volume_create(struct reg *r, const char *name, uint64_t size_bytes, int64_t now_ms, struct kiln_err *err);
+int reg_volume_get(struct reg *r, const char *name, struct reg_volume *out, struct kiln_err *err);
+int reg_volume_list(struct reg *r, struct reg_volume **out, size_t *n, struct kiln_err *err);
+int reg_volume_resize(struct reg *r, const char *name, uint64_t size_bytes, int64_t now_ms, struct kiln_err *err);
+int reg_volume_delete(struct reg *r, const char *name, struct kiln_err *err);
+/* Its usage so far: size x time since it was made, in GiB-hours. */
+double reg_volume_gib_hours(const struct reg_volume *v, int64_t now_ms);
+int reg_volume_name_check(const char *name, struct kiln_err *err);
 
 /* Names as stored and shown ("running", "timed_out", "session"); NULL if out of range. */
 const char *reg_state_name(enum reg_state s);

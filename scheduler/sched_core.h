@@ -47,6 +47,9 @@
 #define SCHED_LABELS_MAX		5u
 #define SCHED_LABEL_KEY_MAX		63u		/* bytes; at least 1 */
 #define SCHED_LABEL_VALUE_MAX		128u		/* bytes */
+#define SCHED_IMAGE_MAX			64u		/* bytes of an image name: a-z 0-9 . _ - */
+#define SCHED_VOLS_MAX			4u		/* volumes one sandbox attaches */
+#define SCHED_VOL_PATH_MAX		256u		/* bytes of a guest mount path */
 #define SCHED_ENV_MAX			256u
 /* NAME=VALUE\0 of every entry together, as the guest's environ holds them. */
 #define SCHED_ENV_BYTES_MAX		(128 * 1024u)
@@ -68,7 +71,18 @@ struct sched_kv {
 };
 
 /* A create request, checked. Labels and env keep the order of the body. */
+/* A volume attached at create: {"/data": "NAME"} or {"/data": {"volume": "NAME", "readonly": true}}. */
+struct sched_vol {
+	char path[SCHED_VOL_PATH_MAX + 1];
+	char name[SCHED_IMAGE_MAX + 1];
+	int readonly;
+};
+
 struct sched_spec {
+	char image[SCHED_IMAGE_MAX + 1];	/* "": the node's default; "root" says the same */
+	int root_given;
+	struct sched_vol vols[SCHED_VOLS_MAX];
+	size_t nvols;
 	unsigned memory_mb;
 	unsigned vcpus;
 	struct sched_timeout timeout;
@@ -83,8 +97,9 @@ void sched_spec_init(struct sched_spec *s);
 
 /*
  * Parse kiln's REST create body (len bytes, need not be NUL-terminated):
- * a JSON object with the optional fields memory_mb (integer), vcpus
- * (integer), timeout (string: "session" or a duration), labels and env
+ * a JSON object with the optional fields image (string), memory_mb
+ * (integer), vcpus (integer), timeout (string: "session" or a duration),
+ * volumes (object of mount path to volume), labels and env
  * (objects of string to string); null means the default, an empty body means
  * all defaults. Unknown fields, duplicate keys, wrong types, values out of
  * range and trailing bytes are refused naming the field; malformed JSON

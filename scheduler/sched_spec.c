@@ -189,6 +189,138 @@ static int parse_range(const json_t *v, const char *field, const char *what, uns
 	return 0;
 }
 
+static int name_ok(const char *n, size_t len)
+{
+	return len >= 1 && len <= SCHED_IMAGE_MAX && strspn(n, "abcdefghijklmnopqrstuvwxyz0123456789._-") == len;
+}
+
+/* An image's name; whether this node has it is kilnd's to say. */
+static int parse_image(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	char q[SCHED_QUOTE_MAX];
+	const char *n;
+	size_t len;
+
+	if (s->root_given && json_is_string(v) && strcmp(json_string_value(v), s->image))
+		return kiln_fail(err, EINVAL, "image \"%.64s\" and root \"%s\" differ: give one of them",
+				 json_string_value(v), s->image);
+	if (!json_is_string(v))
+		return kiln_fail(err, EINVAL, "image must be a string (an image name such as \"debian\"), not %s",
+				 json_kind(v));
+	n = json_string_value(v);
+	len = json_string_length(v);
+	if (!name_ok(n, len))
+		return kiln_fail(err, EINVAL, "image %s is not an image name (1-%u of a-z 0-9 . _ -)",
+				 sched_quote(n, len, q), SCHED_IMAGE_MAX);
+	memcpy(s->image, n, len);
+	s->image[len] = '\0';
+	return 0;
+}
+
+/*
+ * A guest mount path: absolute, clean (no empty, . or .. components), of
+ * printable bytes, and not where the system lives (/, /proc, /sys, /dev and
+ * what is below them).
+ */
+static int mount_path_check(const char *p, size_t len, struct kiln_err *err)
+{
+	static const char *const system[] = { "/proc", "/sys", "/dev" };
+	char q[SCHED_QUOTE_MAX];
+
+	sched_quote(p, len, q);
+	if (len < 2 || len > SCHED_VOL_PATH_MAX || p[0] != '/')
+		return kiln_fail(err, EINVAL, "volumes: mount path %s must be absolute, 2-%u bytes, and not /", q,
+				 SCHED_VOL_PATH_MAX);
+	/* A plain charset: the path reaches a guest shell and kiln-vmm's option syntax. */
+	if (strspn(p, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-+@=:") != len)
+		return kiln_fail(err, EINVAL, "volumes: mount path %s may hold only letters, digits and / . _ - + @ = :", q);
+	if (p[len - 1] == '/' || strstr(p, "//") || strstr(p, "/./") || strstr(p, "/../") ||
+	    (len >= 2 && !strcmp(p + len - 2, "/.")) || (len >= 3 && !strcmp(p + len - 3, "/..")))
+		return kiln_fail(err, EINVAL, "volumes: mount path %s is not clean (no trailing /, //, . or ..)", q);
+	for (size_t i = 0; i < sizeof(system) / sizeof(system[0]); i++) {
+		size_t n = strlen(system[i]);
+
+		if (!strncmp(p, system[i], n) && (p[n] == '\0' || p[n] == '/'))
+			return kiln_fail(err, EINVAL, "volumes: mount path %s is under %s, which the system needs", q,
+					 system[i]);
+	}
+	return 0;
+}
+
+static int parse_volumes(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	char q[SCHED_QUOTE_MAX];
+	const char *key;
+	size_t klen;
+	json_t *val;
+	int r;
+
+	if (!json_is_object(v))
+		return kiln_fail(err, EINVAL, "volumes must be an object of mount path to volume, such as "
+				 "{\"/data\": \"mydata\"}, not %s", json_kind(v));
+	if (json_object_size(v) > SCHED_VOLS_MAX)
+		return kiln_fail(err, EINVAL, "volumes: %zu given (at most %u)", json_object_size(v), SCHED_VOLS_MAX);
+	json_object_keylen_foreach((json_t *)v, key, klen, val) {
+		struct sched_vol *sv = &s->vols[s->nvols];
+		const json_t *name = val, *ro = NULL;
+		const char *n;
+		size_t nlen;
+
+		if ((r = mount_path_check(key, klen, err)))
+			return r;
+		sched_quote(key, klen, q);
+		if (json_is_object(val)) {
+			const char *k2;
+			json_t *v2;
+
+			json_object_foreach((json_t *)val, k2, v2)
+				if (strcmp(k2, "volume") && strcmp(k2, "readonly")) {
+					char kq[SCHED_QUOTE_MAX];
+
+					return kiln_fail(err, EINVAL, "volumes %s: unknown field %s; it takes volume and readonly", q,
+							 sched_quote(k2, strlen(k2), kq));
+				}
+			name = json_object_get(val, "volume");
+			ro = json_object_get(val, "readonly");
+			if (ro && !json_is_boolean(ro))
+				return kiln_fail(err, EINVAL, "volumes %s: readonly must be true or false, not %s", q, json_kind(ro));
+		}
+		if (!name || !json_is_string(name))
+			return kiln_fail(err, EINVAL, "volumes %s must name a volume (a string, or {\"volume\": NAME, "
+					 "\"readonly\": true}), not %s", q, name ? json_kind(name) : "an object without one");
+		n = json_string_value(name);
+		nlen = json_string_length(name);
+		if (!name_ok(n, nlen)) {
+			char nq[SCHED_QUOTE_MAX];
+
+			return kiln_fail(err, EINVAL, "volumes %s: %s is not a volume name (1-%u of a-z 0-9 . _ -)", q,
+					 sched_quote(n, nlen, nq), SCHED_IMAGE_MAX);
+		}
+		memcpy(sv->path, key, klen);
+		sv->path[klen] = '\0';
+		memcpy(sv->name, n, nlen);
+		sv->name[nlen] = '\0';
+		sv->readonly = ro && json_is_true(ro);
+		s->nvols++;
+	}
+	return 0;
+}
+
+/* root: Deno Sandbox's name for the image a sandbox boots (a snapshot of a volume, or a base image). */
+static int parse_root(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	char saved[sizeof(s->image)];
+	int r;
+
+	memcpy(saved, s->image, sizeof(saved));
+	if ((r = parse_image(v, s, err)))
+		return kiln_err_prefix(err, r, "root");
+	if (saved[0] && strcmp(saved, s->image))
+		return kiln_fail(err, EINVAL, "root \"%s\" and image \"%s\" differ: give one of them", s->image, saved);
+	s->root_given = 1;
+	return 0;
+}
+
 static int parse_memory(const json_t *v, struct sched_spec *s, struct kiln_err *err)
 {
 	return parse_range(v, "memory_mb", "an integer (MiB)", SCHED_MEM_MIN_MB, SCHED_MEM_MAX_MB, &s->memory_mb, err);
@@ -234,11 +366,14 @@ static const struct spec_field {
 	const char *name;
 	int (*parse)(const json_t *v, struct sched_spec *s, struct kiln_err *err);
 } spec_fields[] = {
+	{ "image", parse_image },
+	{ "root", parse_root },
 	{ "memory_mb", parse_memory },
 	{ "vcpus", parse_vcpus },
 	{ "timeout", parse_timeout },
 	{ "labels", parse_labels },
 	{ "env", parse_env },
+	{ "volumes", parse_volumes },
 };
 #define NFIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
 
@@ -292,7 +427,7 @@ int sched_spec_from_json(const char *body, size_t len, struct sched_spec *out, s
 			if (strlen(spec_fields[i].name) == klen && !memcmp(key, spec_fields[i].name, klen))
 				break;
 		if (i == NFIELDS) {
-			r = kiln_fail(err, EINVAL, "unknown field %s; a create takes memory_mb, vcpus, timeout, labels and env",
+			r = kiln_fail(err, EINVAL, "unknown field %s; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env",
 				      sched_quote(key, klen, q));
 			goto out;
 		}

@@ -58,8 +58,8 @@ static struct reg *open_ok(void)
 /* A new sandbox's spec with the given labels ("k=v" strings, NULL-terminated). */
 static struct reg_sandbox spec(const char *const *labels)
 {
-	struct reg_sandbox sb = { .memory_mb = 1280, .vcpus = 2, .timeout_kind = REG_TIMEOUT_DURATION,
-				  .timeout_ms = 300000, .stop_at_ms = T0 + 300000 };
+	struct reg_sandbox sb = { .image = "debian", .memory_mb = 1280, .vcpus = 2,
+				  .timeout_kind = REG_TIMEOUT_DURATION, .timeout_ms = 300000, .stop_at_ms = T0 + 300000 };
 
 	ck_assert_int_eq(reg_sandbox_id_new("lcl", sb.id, &err), 0);
 	for (; labels && *labels; labels++) {
@@ -122,7 +122,7 @@ START_TEST(test_open_owner_only)
 	ck_assert_int_eq(stat(wal, &st), 0);	/* WAL mode, and its files are as private */
 	ck_assert_int_eq(st.st_mode & 07777, 0600);
 	reg_close(r);
-	ck_assert_int_eq(raw_int("PRAGMA user_version"), 1);
+	ck_assert_int_eq(raw_int("PRAGMA user_version"), 2);
 
 	/* An existing file with loose bits is narrowed. */
 	ck_assert_int_eq(chmod(path, 0644), 0);
@@ -190,7 +190,7 @@ START_TEST(test_open_refuses_other_files)
 	r = open_ok();
 	reg_close(r);
 	raw_exec("PRAGMA user_version = 99");
-	FAILS(reg_open(&r, path, &err), ENOTSUP, "schema version 99, newer than this kilnd knows (1)");
+	FAILS(reg_open(&r, path, &err), ENOTSUP, "schema version 99, newer than this kilnd knows (2)");
 }
 END_TEST
 
@@ -210,6 +210,7 @@ START_TEST(test_sandbox_persists)
 	r = open_ok();
 	OK(reg_sandbox_get(r, sb.id, &got, &err));
 	ck_assert_str_eq(got.id, sb.id);
+	ck_assert_str_eq(got.image, "debian");
 	ck_assert_int_eq(got.state, REG_CREATING);
 	ck_assert_uint_eq(got.memory_mb, 1280);
 	ck_assert_uint_eq(got.vcpus, 2);
@@ -243,6 +244,105 @@ START_TEST(test_sandbox_persists)
 }
 END_TEST
 
+/* A registry of schema 1 (before images) is brought to 2: its sandboxes and templates become "minimal". */
+START_TEST(test_upgrade_from_v1)
+{
+	struct reg_template t = { .image = "base", .memory_mb = 768, .vcpus = 1, .path = "/x/snap" };
+	struct reg_sandbox sb, got;
+	struct reg *r = open_ok();
+
+	memset(t.kernel_sha256, 'a', 64);
+	memset(t.initramfs_sha256, 'b', 64);
+	sb = insert(r, NULL);
+	OK(reg_template_put(r, &t, T0, &err));
+	reg_close(r);
+	raw_exec("ALTER TABLE sandboxes DROP COLUMN image; DROP TABLE volume_attachments; DROP TABLE volumes;"
+		 "PRAGMA user_version = 1");
+	r = open_ok();
+	ck_assert_int_eq(raw_int("PRAGMA user_version"), 2);
+	OK(reg_sandbox_get(r, sb.id, &got, &err));
+	ck_assert_str_eq(got.image, "minimal");
+	OK(reg_template_get(r, "minimal", 768, 1, &t, &err));
+	ck_assert_str_eq(t.path, "/x/snap");
+	reg_close(r);
+}
+END_TEST
+
+/* Volumes: one writer or many readers, released when a sandbox ends; resize and delete only when free. */
+START_TEST(test_volumes)
+{
+	struct reg *r = open_ok();
+	struct reg_sandbox a = spec(NULL), b = spec(NULL), c = spec(NULL), got;
+	struct reg_volume v, *list;
+	size_t n;
+
+	OK(reg_volume_create(r, "data", 300ull << 20, T0, &err));
+	FAILS(reg_volume_create(r, "data", 300ull << 20, T0, &err), EEXIST, "volume data already exists");
+	FAILS(reg_volume_create(r, "small", 299ull << 20, T0, &err), EINVAL, "300 MiB to 20 GiB");
+	FAILS(reg_volume_create(r, "big", (20ull << 30) + 4096, T0, &err), EINVAL, "300 MiB to 20 GiB");
+	FAILS(reg_volume_create(r, "Bad/Name", 300ull << 20, T0, &err), EINVAL, "is malformed");
+	FAILS(reg_volume_get(r, "nope", &v, &err), ENOENT, "no volume nope");
+
+	a.vols[0] = (struct reg_attach){ .volume = "data", .path = "/data" };
+	a.n_vols = 1;
+	OK(reg_sandbox_insert(r, &a, T0, &err));
+	OK(reg_sandbox_get(r, a.id, &got, &err));
+	ck_assert_uint_eq(got.n_vols, 1);
+	ck_assert_str_eq(got.vols[0].volume, "data");
+	ck_assert_str_eq(got.vols[0].path, "/data");
+	ck_assert_int_eq(got.vols[0].readonly, 0);
+	OK(reg_volume_get(r, "data", &v, &err));
+	ck_assert_uint_eq(v.writers, 1);
+	ck_assert_str_eq(v.writer, a.id);
+
+	b.vols[0] = (struct reg_attach){ .volume = "data", .path = "/d" };
+	b.n_vols = 1;
+	FAILS(reg_sandbox_insert(r, &b, T0, &err), EBUSY, "attached writable to sandbox sbx_");
+	ck_assert_ptr_nonnull(strstr(err.msg, a.id));
+	FAILS(reg_sandbox_get(r, b.id, &got, &err), ENOENT, "not found");	/* the refused insert left nothing */
+	b.vols[0].readonly = 1;
+	FAILS(reg_sandbox_insert(r, &b, T0, &err), EBUSY, "one writer at a time");
+	FAILS(reg_volume_resize(r, "data", 400ull << 20, T0, &err), EBUSY, "attached writable");
+	FAILS(reg_volume_delete(r, "data", &err), EBUSY, "attached writable");
+
+	OK(reg_sandbox_set_state(r, a.id, REG_STOPPED, REG_END_KILLED, NULL, T0 + 1000, &err));
+	OK(reg_volume_get(r, "data", &v, &err));
+	ck_assert_uint_eq(v.writers, 0);
+	OK(reg_sandbox_insert(r, &b, T0, &err));		/* readers share it */
+	c.vols[0] = (struct reg_attach){ .volume = "data", .path = "/d", .readonly = 1 };
+	c.n_vols = 1;
+	OK(reg_sandbox_insert(r, &c, T0, &err));
+	OK(reg_volume_get(r, "data", &v, &err));
+	ck_assert_uint_eq(v.readers, 2);
+	a = spec(NULL);
+	a.vols[0] = (struct reg_attach){ .volume = "data", .path = "/data" };
+	a.n_vols = 1;
+	FAILS(reg_sandbox_insert(r, &a, T0, &err), EBUSY, "attached read-only");
+	a.vols[0] = (struct reg_attach){ .volume = "nope", .path = "/x" };
+	FAILS(reg_sandbox_insert(r, &a, T0, &err), ENOENT, "no volume nope");
+	a.vols[0] = (struct reg_attach){ .volume = "data", .path = "relative", .readonly = 1 };
+	FAILS(reg_sandbox_insert(r, &a, T0, &err), EINVAL, "absolute");
+	OK(reg_sandbox_set_state(r, b.id, REG_FAILED, REG_END_LOST, NULL, T0, &err));
+	OK(reg_sandbox_set_state(r, c.id, REG_STOPPED, REG_END_KILLED, NULL, T0, &err));
+
+	/* Metering: 300 MiB for an hour, then 600 MiB for an hour. */
+	FAILS(reg_volume_resize(r, "data", 299ull << 20, T0, &err), EINVAL, "300 MiB to 20 GiB");
+	OK(reg_volume_resize(r, "data", 600ull << 20, T0 + 3600000, &err));
+	FAILS(reg_volume_resize(r, "data", 500ull << 20, T0 + 3600000, &err), EINVAL, "only grows");
+	OK(reg_volume_get(r, "data", &v, &err));
+	ck_assert_uint_eq(v.size_bytes, 600ull << 20);
+	ck_assert_double_eq_tol(reg_volume_gib_hours(&v, T0 + 7200000), (300.0 + 600.0) / 1024.0, 1e-9);
+	OK(reg_volume_create(r, "b", 1ull << 30, T0, &err));
+	OK(reg_volume_list(r, &list, &n, &err));
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(list[0].name, "b");
+	free(list);
+	OK(reg_volume_delete(r, "data", &err));
+	FAILS(reg_volume_get(r, "data", &v, &err), ENOENT, "no volume");
+	reg_close(r);
+}
+END_TEST
+
 START_TEST(test_sandbox_hostile_input)
 {
 	static const char *const bad_ids[] = {
@@ -266,6 +366,9 @@ START_TEST(test_sandbox_hostile_input)
 	sb = spec(NULL);
 	sb.memory_mb = 0;
 	FAILS(reg_sandbox_insert(r, &sb, T0, &err), EINVAL, "memory_mb 0 is out of range");
+	sb = spec(NULL);
+	snprintf(sb.image, sizeof(sb.image), "Debian/12");
+	FAILS(reg_sandbox_insert(r, &sb, T0, &err), EINVAL, "image name \"Debian/12\" is malformed");
 	sb = spec(NULL);
 	sb.timeout_ms = 0;
 	FAILS(reg_sandbox_insert(r, &sb, T0, &err), EINVAL, "not a valid timeout");
@@ -887,6 +990,8 @@ static Suite *suite_registry(void)
 	tcase_add_test(tc, test_open_refuses_odd_files);
 	tcase_add_test(tc, test_open_refuses_other_files);
 	tcase_add_test(tc, test_sandbox_persists);
+	tcase_add_test(tc, test_upgrade_from_v1);
+	tcase_add_test(tc, test_volumes);
 	tcase_add_test(tc, test_sandbox_hostile_input);
 	tcase_add_test(tc, test_sandbox_states);
 	tcase_add_test(tc, test_sandbox_vmm_and_stop_at);

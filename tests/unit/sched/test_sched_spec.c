@@ -20,7 +20,7 @@ static int spec_parse(const char *body, struct sched_spec *s, struct kiln_err *e
 START_TEST(spec_defaults)
 {
 	static const char *const bodies[] = {
-		"", "{}", " { } ", "{\"memory_mb\":null,\"vcpus\":null,\"timeout\":null,\"labels\":null,\"env\":null}",
+		"", "{}", " { } ", "{\"image\":null,\"memory_mb\":null,\"vcpus\":null,\"timeout\":null,\"labels\":null,\"env\":null}",
 		"{\"labels\":{},\"env\":{}}",
 	};
 	struct kiln_err err = { { 0 } };
@@ -29,6 +29,7 @@ START_TEST(spec_defaults)
 
 	for (i = 0; i < ROWS(bodies); i++) {
 		ck_assert_msg(spec_parse(bodies[i], &s, &err) == 0, "%s: %s", bodies[i], err.msg);
+		ck_assert_str_eq(s.image, "");
 		ck_assert_uint_eq(s.memory_mb, 1280);
 		ck_assert_uint_eq(s.vcpus, 2);
 		ck_assert_int_eq(s.timeout.kind, SCHED_TIMEOUT_DURATION);
@@ -43,13 +44,22 @@ END_TEST
 START_TEST(spec_full)
 {
 	static const char body[] =
-		"{\"memory_mb\": 2048, \"vcpus\": 4, \"timeout\": \"1h30m\",\n"
+		"{\"image\": \"debian-12.x_y\", \"memory_mb\": 2048, \"vcpus\": 4, \"timeout\": \"1h30m\",\n"
+		" \"volumes\": {\"/data\": \"d1\", \"/srv/ro\": {\"volume\": \"d2\", \"readonly\": true}},\n"
 		" \"labels\": {\"team\": \"a\", \"app.example/tier-1_x\": \"caf\\u00e9\", \"empty\": \"\"},\n"
 		" \"env\": {\"PATH\": \"/usr/bin\", \"_x1\": \"line\\nbreak\", \"E\": \"\"}}";
 	struct kiln_err err = { { 0 } };
 	struct sched_spec s;
 
 	ck_assert_msg(spec_parse(body, &s, &err) == 0, "%s", err.msg);
+	ck_assert_str_eq(s.image, "debian-12.x_y");
+	ck_assert_uint_eq(s.nvols, 2);
+	ck_assert_str_eq(s.vols[0].path, "/data");
+	ck_assert_str_eq(s.vols[0].name, "d1");
+	ck_assert_int_eq(s.vols[0].readonly, 0);
+	ck_assert_str_eq(s.vols[1].path, "/srv/ro");
+	ck_assert_str_eq(s.vols[1].name, "d2");
+	ck_assert_int_eq(s.vols[1].readonly, 1);
 	ck_assert_uint_eq(s.memory_mb, 2048);
 	ck_assert_uint_eq(s.vcpus, 4);
 	ck_assert_int_eq(s.timeout.kind, SCHED_TIMEOUT_DURATION);
@@ -121,6 +131,27 @@ static const struct {
 	{ "{\"memory_mb\":1280.5}", "memory_mb must be an integer (MiB), not a fractional number" },
 	{ "{\"memory_mb\":true}", "memory_mb must be an integer (MiB), not a boolean" },
 	{ "{\"memory_mb\":{}}", "memory_mb must be an integer (MiB), not an object" },
+	{ "{\"image\":\"a\",\"root\":\"b\"}", "root \"b\" and image \"a\" differ: give one of them" },
+	{ "{\"root\":\"b\",\"image\":\"a\"}", "image \"a\" and root \"b\" differ: give one of them" },
+	{ "{\"root\":7}", "root: image must be a string (an image name such as \"debian\"), not an integer" },
+	{ "{\"image\":5}", "image must be a string (an image name such as \"debian\"), not an integer" },
+	{ "{\"image\":\"Debian\"}", "image \"Debian\" is not an image name (1-64 of a-z 0-9 . _ -)" },
+	{ "{\"image\":\"\"}", "image \"\" is not an image name (1-64 of a-z 0-9 . _ -)" },
+	{ "{\"image\":\"a\\u0000b\"}", "image \"a\\x00b\" is not an image name (1-64 of a-z 0-9 . _ -)" },
+	{ "{\"volumes\":[]}", "volumes must be an object of mount path to volume, such as {\"/data\": \"mydata\"}, not an array" },
+	{ "{\"volumes\":{\"data\":\"v\"}}", "volumes: mount path \"data\" must be absolute, 2-256 bytes, and not /" },
+	{ "{\"volumes\":{\"/\":\"v\"}}", "volumes: mount path \"/\" must be absolute, 2-256 bytes, and not /" },
+	{ "{\"volumes\":{\"/a/../b\":\"v\"}}", "volumes: mount path \"/a/../b\" is not clean (no trailing /, //, . or ..)" },
+	{ "{\"volumes\":{\"/a/\":\"v\"}}", "volumes: mount path \"/a/\" is not clean (no trailing /, //, . or ..)" },
+	{ "{\"volumes\":{\"/proc/x\":\"v\"}}", "volumes: mount path \"/proc/x\" is under /proc, which the system needs" },
+	{ "{\"volumes\":{\"/devices\":\"V\"}}", "volumes \"/devices\": \"V\" is not a volume name (1-64 of a-z 0-9 . _ -)" },
+	{ "{\"volumes\":{\"/a,b\":\"v\"}}", "volumes: mount path \"/a,b\" may hold only letters, digits and / . _ - + @ = :" },
+	{ "{\"volumes\":{\"/a'b\":\"v\"}}", "volumes: mount path \"/a'b\" may hold only letters, digits and / . _ - + @ = :" },
+	{ "{\"volumes\":{\"/d\":1}}", "volumes \"/d\" must name a volume (a string, or {\"volume\": NAME, \"readonly\": true}), not an integer" },
+	{ "{\"volumes\":{\"/d\":{\"readonly\":true}}}", "volumes \"/d\" must name a volume (a string, or {\"volume\": NAME, \"readonly\": true}), not an object without one" },
+	{ "{\"volumes\":{\"/d\":{\"volume\":\"v\",\"readonly\":1}}}", "volumes \"/d\": readonly must be true or false, not an integer" },
+	{ "{\"volumes\":{\"/d\":{\"volume\":\"v\",\"ro\":true}}}", "volumes \"/d\": unknown field \"ro\"; it takes volume and readonly" },
+	{ "{\"volumes\":{\"/a\":\"v\",\"/b\":\"v\",\"/c\":\"v\",\"/d\":\"v\",\"/e\":\"v\"}}", "volumes: 5 given (at most 4)" },
 	{ "{\"vcpus\":0}", "vcpus 0 is out of range (1-8)" },
 	{ "{\"vcpus\":9}", "vcpus 9 is out of range (1-8)" },
 	{ "{\"vcpus\":[2]}", "vcpus must be an integer, not an array" },
@@ -131,12 +162,12 @@ static const struct {
 	{ "{\"timeout\":\"\"}", "timeout is empty; write a duration such as 30s, 5m, 1h30m or 500ms" },
 	{ "{\"timeout\":\"0s\"}", "timeout \"0s\" is zero; it must be above zero, such as 30s, 5m, 1h30m or 500ms" },
 	{ "{\"timeout\":\"5m\\u0000\"}", "timeout \"5m\\x00\" has a NUL byte" },
-	{ "{\"foo\":1}", "unknown field \"foo\"; a create takes memory_mb, vcpus, timeout, labels and env" },
-	{ "{\"memory\":2048}", "unknown field \"memory\"; a create takes memory_mb, vcpus, timeout, labels and env" },
+	{ "{\"foo\":1}", "unknown field \"foo\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env" },
+	{ "{\"memory\":2048}", "unknown field \"memory\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env" },
 	{ "{\"Memory_MB\":2048}",
-	  "unknown field \"Memory_MB\"; a create takes memory_mb, vcpus, timeout, labels and env" },
+	  "unknown field \"Memory_MB\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env" },
 	{ "{\"\\u00e9\\n\":null}",
-	  "unknown field \"\\xc3\\xa9\\x0a\"; a create takes memory_mb, vcpus, timeout, labels and env" },
+	  "unknown field \"\\xc3\\xa9\\x0a\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env" },
 	{ "{\"labels\":[]}", "labels must be an object of string to string, not an array" },
 	{ "{\"labels\":\"a=b\"}", "labels must be an object of string to string, not a string" },
 	{ "{\"labels\":{\"a\":1}}", "label \"a\" must be a string, not an integer" },
