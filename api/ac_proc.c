@@ -111,6 +111,10 @@ int kac_exec(struct kac *c, const struct kac_exec_opts *eo, struct kac_exit *ex,
 		kp_put_str(&w, KT_ENV, eo->env[i]);
 	if (eo->cwd)
 		kp_put_str(&w, KT_CWD, eo->cwd);
+	if (eo->set_ids) {
+		kp_put_u64(&w, KT_UID, eo->uid);
+		kp_put_u64(&w, KT_GID, eo->gid);
+	}
 	kp_put_u64(&w, KT_STDIN, eo->stdin_fd >= 0 && !eo->detach ? KP_IO_PIPE : KP_IO_NULL);
 	kp_put_u64(&w, KT_STDOUT, KP_IO_PIPE);
 	kp_put_u64(&w, KT_STDERR, KP_IO_PIPE);

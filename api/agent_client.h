@@ -119,6 +119,8 @@ struct kac_exec_opts {
 	void *gap_arg;
 	kac_started_fn started_fn;	/* NULL: the start is not reported */
 	void *started_arg;
+	int set_ids;			/* run as uid/gid below, not the agent's default user */
+	uint32_t uid, gid;
 };
 
 struct kac_exit {

@@ -38,10 +38,11 @@ static const char usage_text[] =
 "Sandboxes, from kilnd (the node daemon) at --endpoint or $KILN_ENDPOINT\n"
 "(unix:/PATH or http://HOST:PORT; default " KR_DEFAULT_ENDPOINT "), with\n"
 "$KILN_TOKEN sent as a bearer token (needed over TCP):\n"
-"  create [--memory MiB] [--vcpus N] [--timeout session|30s|5m|1h] [--label K=V]...\n"
-"         [--env K=V]... [--json]\n"
-"        start a sandbox; prints its id (--json: kilnd's object). May take\n"
-"        minutes when its template boots first\n"
+"  create [--image NAME] [--memory MiB] [--vcpus N] [--timeout session|30s|5m|1h]\n"
+"         [--volume /PATH=NAME[:ro]]... [--label K=V]... [--env K=V]... [--json]\n"
+"        start a sandbox (of kilnd's default image: Debian where built); prints\n"
+"        its id (--json: kilnd's object). May take minutes when its template\n"
+"        boots first\n"
 "  ls [--label K=V]... [--all] [--json]\n"
 "        the live sandboxes (--all: ended ones too): id, state, memory, vcpus,\n"
 "        stop_at and labels; --label keeps those with every label given\n"
@@ -56,8 +57,14 @@ static const char usage_text[] =
 "  token create|ls|revoke ID [--json]\n"
 "        API tokens for TCP clients (over the unix socket only); create\n"
 "        prints the token once\n"
-"  template ls|build [--memory MiB] [--vcpus N]|rm IMAGE MEMORY_MB VCPUS [--json]\n"
-"        the snapshots sandboxes start from\n"
+"  template ls|build [--image NAME] [--memory MiB] [--vcpus N]|rm IMAGE MEMORY_MB VCPUS\n"
+"         [--json]    the snapshots sandboxes start from\n"
+"  image ls | rm IMAGE [--json]\n"
+"        the images sandboxes can boot (minimal, debian, snapshots of volumes)\n"
+"  volume create NAME SIZE [--from IMAGE] | ls | info NAME | resize NAME SIZE |\n"
+"         snapshot NAME IMAGE | rm NAME [--json]\n"
+"        volumes (300M-20G) that outlive sandboxes; attach with create --volume;\n"
+"        a snapshot is a read-only image to boot with create --image IMAGE\n"
 "  --request-timeout S        wait this long for kilnd's answer (default 60;\n"
 "                             create and template build: 600)\n"
 "        exit 0, 1 if kilnd refused (its message on stderr), 2 on bad usage,\n"
@@ -494,7 +501,8 @@ static const struct command {
 	{ "env", cmd_env }, { "connect", cmd_connect }, { "forward", cmd_forward }, { "ports", cmd_ports },
 	{ "create", kr_cmd_create }, { "info", kr_cmd_info }, { "extend", kr_cmd_extend }, { "kill", kr_cmd_kill },
 	{ "events", kr_cmd_events }, { "metrics", kr_cmd_metrics }, { "node", kr_cmd_node },
-	{ "token", kr_cmd_token }, { "template", kr_cmd_template },
+	{ "token", kr_cmd_token }, { "template", kr_cmd_template }, { "image", kr_cmd_image },
+	{ "volume", kr_cmd_volume },
 };
 
 int main(int argc, char **argv)

@@ -27,15 +27,18 @@ struct ropts {
 	int timeout_ms;			/* --request-timeout; 0: the verb's default */
 	json_t *labels, *env;		/* --label, --env: objects, or NULL */
 	long long memory, vcpus;	/* -1: not given */
+	const char *image;		/* create, template build: --image */
+	json_t *volumes;		/* create: --volume PATH=NAME[:ro], an object */
+	const char *from;		/* volume create: --from IMAGE */
 	const char *timeout;		/* create: the sandbox's lifetime */
 	const char *to;			/* extend --to MS */
 };
 
 enum { RO_JSON = 1, RO_LABEL = 2, RO_ALL = 4, RO_ENV = 8, RO_MEMORY = 16, RO_VCPUS = 32, RO_TIMEOUT = 64,
-       RO_TO = 128, RO_AGENT = 256 };
+       RO_TO = 128, RO_AGENT = 256, RO_IMAGE = 512, RO_VOLUME = 1024, RO_FROM = 2048 };
 
 enum { O_ENDPOINT = 300, O_JSON, O_LABEL, O_ALL, O_ENV, O_MEMORY, O_VCPUS, O_TIMEOUT, O_TO, O_REQ_TIMEOUT,
-       O_UDS, O_CONNECT_TIMEOUT, O_AGENT_TIMEOUT };
+       O_UDS, O_CONNECT_TIMEOUT, O_AGENT_TIMEOUT, O_IMAGE, O_VOLUME, O_FROM };
 
 static const struct option ropt_table[] = {
 	{ "endpoint", required_argument, NULL, O_ENDPOINT },
@@ -52,6 +55,9 @@ static const struct option ropt_table[] = {
 	{ "uds", required_argument, NULL, O_UDS },
 	{ "connect-timeout", required_argument, NULL, O_CONNECT_TIMEOUT },
 	{ "agent-timeout", required_argument, NULL, O_AGENT_TIMEOUT },
+	{ "image", required_argument, NULL, O_IMAGE },
+	{ "volume", required_argument, NULL, O_VOLUME },
+	{ "from", required_argument, NULL, O_FROM },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -79,6 +85,33 @@ static void kv_add(json_t **obj, const char *opt, const char *kv)
 		die_usage("--%s %s: not UTF-8 text", opt, kv);
 }
 
+/* --volume /PATH=NAME[:ro]: kilnd checks the path and name; here only the shape. */
+static void volume_add(struct ropts *o, const char *arg)
+{
+	const char *eq = strchr(arg, '=');
+	char path[300], name[80];
+	size_t n;
+	int ro = 0;
+
+	if (!eq || arg[0] != '/' || (size_t)(eq - arg) >= sizeof(path) || strlen(eq + 1) >= sizeof(name) || !eq[1])
+		die_usage("--volume %s: expected /PATH=NAME or /PATH=NAME:ro", arg);
+	memcpy(path, arg, (size_t)(eq - arg));
+	path[eq - arg] = '\0';
+	snprintf(name, sizeof(name), "%s", eq + 1);
+	n = strlen(name);
+	if (n > 3 && !strcmp(name + n - 3, ":ro")) {
+		name[n - 3] = '\0';
+		ro = 1;
+	}
+	if (!o->volumes)
+		o->volumes = json_object();
+	if (json_object_get(o->volumes, path))
+		die_usage("--volume %s: %s given twice", arg, path);
+	if (json_object_set_new(o->volumes, path, ro ? json_pack("{s:s, s:b}", "volume", name, "readonly", 1)
+						    : json_string(name)))
+		die_usage("--volume %s: not UTF-8 text", arg);
+}
+
 static const char *endpoint_text(const char *opt)
 {
 	const char *env = getenv("KILN_ENDPOINT");
@@ -94,6 +127,8 @@ static int ropts_parse(int argc, char **argv, struct ropts *o, unsigned allowed)
 		[O_ENV - O_ENDPOINT] = RO_ENV, [O_MEMORY - O_ENDPOINT] = RO_MEMORY, [O_VCPUS - O_ENDPOINT] = RO_VCPUS,
 		[O_TIMEOUT - O_ENDPOINT] = RO_TIMEOUT, [O_TO - O_ENDPOINT] = RO_TO, [O_UDS - O_ENDPOINT] = RO_AGENT,
 		[O_CONNECT_TIMEOUT - O_ENDPOINT] = RO_AGENT, [O_AGENT_TIMEOUT - O_ENDPOINT] = RO_AGENT,
+		[O_IMAGE - O_ENDPOINT] = RO_IMAGE, [O_VOLUME - O_ENDPOINT] = RO_VOLUME,
+		[O_FROM - O_ENDPOINT] = RO_FROM,
 	};
 	const char *endpoint = NULL;
 	struct kiln_err err;
@@ -128,6 +163,14 @@ static int ropts_parse(int argc, char **argv, struct ropts *o, unsigned allowed)
 			o->timeout = optarg;
 			break;
 		case O_TO: o->to = optarg; break;
+		case O_VOLUME: volume_add(o, optarg); break;
+		case O_FROM: o->from = optarg; break;
+		case O_IMAGE:
+			if (!*optarg || strlen(optarg) > 64 ||
+			    strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(optarg))
+				die_usage("--image %s: expected an image name (kiln image ls lists them)", optarg);
+			o->image = optarg;
+			break;
 		case O_REQ_TIMEOUT:
 			o->timeout_ms = (int)parse_num(optarg, "--request-timeout", 1, 2000000, 0) * 1000;
 			break;
@@ -142,6 +185,7 @@ static int ropts_parse(int argc, char **argv, struct ropts *o, unsigned allowed)
 
 static void ropts_free(struct ropts *o)
 {
+	json_decref(o->volumes);
 	json_decref(o->labels);
 	json_decref(o->env);
 }
@@ -353,13 +397,15 @@ static int call_list(struct ropts *o, const char *path, const char *key, const c
 
 /* ---- the verbs ---------------------------------------------------------------- */
 
-/* A request body with the --memory and --vcpus given (create, template build). */
+/* A request body with the --image, --memory and --vcpus given (create, template build). */
 static json_t *shape_body(const struct ropts *o)
 {
 	json_t *body = json_object();
 
 	if (!body)
 		die_usage("out of memory");
+	if (o->image)
+		json_object_set_new(body, "image", json_string(o->image));
 	if (o->memory >= 0)
 		json_object_set_new(body, "memory_mb", json_integer(o->memory));
 	if (o->vcpus >= 0)
@@ -376,7 +422,7 @@ int kr_cmd_create(int argc, char **argv)
 	int ret;
 
 	want_operands(&o, argc, ropts_parse(argc, argv, &o, RO_JSON | RO_LABEL | RO_ENV | RO_MEMORY | RO_VCPUS |
-					     RO_TIMEOUT), 0, "no argument (kiln create [--memory MiB] ...)");
+					     RO_TIMEOUT | RO_IMAGE | RO_VOLUME), 0, "no argument (kiln create [--memory MiB] ...)");
 	body = shape_body(&o);
 	if (o.timeout)
 		json_object_set_new(body, "timeout", json_string(o.timeout));
@@ -384,6 +430,8 @@ int kr_cmd_create(int argc, char **argv)
 		json_object_set(body, "labels", o.labels);
 	if (o.env)
 		json_object_set(body, "env", o.env);
+	if (o.volumes)
+		json_object_set(body, "volumes", o.volumes);
 	ret = call(&o, "POST", "/v1/sandboxes", body, 1, 1, &rep);
 	json_decref(body);
 	ropts_free(&o);
@@ -679,21 +727,21 @@ int kr_cmd_template(int argc, char **argv)
 	char path[512];
 	const char *sub;
 	json_t *body;
-	int i = ropts_parse(argc, argv, &o, RO_JSON | RO_MEMORY | RO_VCPUS), ret;
+	int i = ropts_parse(argc, argv, &o, RO_JSON | RO_MEMORY | RO_VCPUS | RO_IMAGE), ret;
 
 	if (i >= argc)
 		die_usage("template: expected ls, build or rm IMAGE MEMORY_MB VCPUS");
 	sub = argv[i++];
 	o.verb = "template";
-	if ((o.memory >= 0 || o.vcpus >= 0) && strcmp(sub, "build"))
-		die_usage("template %s: --memory and --vcpus go with build", sub);
+	if ((o.memory >= 0 || o.vcpus >= 0 || o.image) && strcmp(sub, "build"))
+		die_usage("template %s: --image, --memory and --vcpus go with build", sub);
 	if (!strcmp(sub, "ls")) {
 		want_operands(&o, argc, i, 0, "nothing after ls");
 		return call_list(&o, "/v1/templates", "templates",
 				 "IMAGE                    MEMORY VCPUS CREATED              CURRENT\n", template_row);
 	}
 	if (!strcmp(sub, "build")) {
-		want_operands(&o, argc, i, 0, "options only (template build [--memory MiB] [--vcpus N])");
+		want_operands(&o, argc, i, 0, "options only (template build [--image NAME] [--memory MiB] [--vcpus N])");
 		body = shape_body(&o);
 		ret = call_show(&o, "POST", "/v1/templates", body, 1, 0);
 		json_decref(body);
@@ -708,4 +756,117 @@ int kr_cmd_template(int argc, char **argv)
 		return call_show(&o, "DELETE", path, NULL, 0, 1);
 	}
 	die_usage("template %s: expected ls, build or rm IMAGE MEMORY_MB VCPUS", sub);
+}
+
+static void image_row(const json_t *img)
+{
+	char buf[64], sbuf[32];
+	const json_t *size = json_object_get(img, "size_bytes");
+
+	put_col(scalar(json_object_get(img, "name"), buf, sizeof(buf)), 16);
+	put_col(scalar(json_object_get(img, "kind"), buf, sizeof(buf)), 10);
+	if (json_is_integer(size))
+		snprintf(sbuf, sizeof(sbuf), "%.1f MiB", (double)json_integer_value(size) / (1 << 20));
+	else
+		snprintf(sbuf, sizeof(sbuf), "-");
+	put_col(sbuf, 12);
+	printf("%-8s ", json_is_true(json_object_get(img, "default")) ? "yes" : "no");
+	put_text(stdout, json_string_value(json_object_get(img, "path")) ? json_string_value(json_object_get(img, "path"))
+									    : "(the initramfs)");
+	putchar('\n');
+}
+
+/* kiln image ls | rm IMAGE */
+int kr_cmd_image(int argc, char **argv)
+{
+	struct ropts o;
+	int i = ropts_parse(argc, argv, &o, RO_JSON);
+
+	o.verb = "image";
+	if (i < argc && !strcmp(argv[i], "rm")) {
+		char path[256];
+
+		want_operands(&o, argc, i + 1, 1, "rm IMAGE");
+		kr_check_id(argv[i + 1], "IMAGE");
+		snprintf(path, sizeof(path), "/v1/images/%s", argv[i + 1]);
+		return call_show(&o, "DELETE", path, NULL, 0, !o.json);
+	}
+	if (i >= argc || strcmp(argv[i], "ls"))
+		die_usage("image: expected ls or rm IMAGE (images are given to kilnd with --image NAME=PATH, or made "
+			  "with kiln volume snapshot)");
+	want_operands(&o, argc, i + 1, 0, "nothing after ls");
+	return call_list(&o, "/v1/images", "images", "NAME             KIND       SIZE         DEFAULT  PATH\n", image_row);
+}
+
+static void volume_row(const json_t *v)
+{
+	char buf[64], sbuf[32], hbuf[32];
+	const json_t *size = json_object_get(v, "size_bytes");
+	const json_t *use = json_object_get(json_object_get(v, "usage"), "gib_hours");
+
+	put_col(scalar(json_object_get(v, "name"), buf, sizeof(buf)), 20);
+	snprintf(sbuf, sizeof(sbuf), "%.0f MiB", json_is_integer(size) ? (double)json_integer_value(size) / (1 << 20) : 0.0);
+	put_col(sbuf, 11);
+	put_col(scalar(json_object_get(v, "state"), buf, sizeof(buf)), 19);
+	snprintf(hbuf, sizeof(hbuf), "%.3f", json_is_number(use) ? json_number_value(use) : 0.0);
+	put_col(hbuf, 10);
+	put_text(stdout, json_is_string(json_object_get(v, "writer")) ? json_string_value(json_object_get(v, "writer")) : "-");
+	putchar('\n');
+}
+
+/* kiln volume create NAME SIZE | ls | info NAME | resize NAME SIZE | rm NAME */
+int kr_cmd_volume(int argc, char **argv)
+{
+	struct ropts o;
+	char path[256];
+	const char *sub;
+	json_t *body;
+	int i = ropts_parse(argc, argv, &o, RO_JSON | RO_FROM), ret;
+
+	o.verb = "volume";
+	if (i >= argc)
+		die_usage("volume: expected create NAME SIZE, ls, info NAME, resize NAME SIZE, snapshot NAME IMAGE or rm NAME");
+	sub = argv[i++];
+	if (o.from && strcmp(sub, "create"))
+		die_usage("volume %s: --from goes with create", sub);
+	if (!strcmp(sub, "snapshot")) {
+		want_operands(&o, argc, i, 2, "snapshot NAME IMAGE (a read-only image to boot with create --image IMAGE)");
+		kr_check_id(argv[i], "volume NAME");
+		body = json_pack("{s:s}", "image", argv[i + 1]);
+		if (!body)
+			die_usage("volume snapshot: IMAGE must be UTF-8 text");
+		snprintf(path, sizeof(path), "/v1/volumes/%s/snapshot", argv[i]);
+		ret = call_show(&o, "POST", path, body, 1, !o.json);
+		json_decref(body);
+		return ret;
+	}
+	if (!strcmp(sub, "ls")) {
+		want_operands(&o, argc, i, 0, "nothing after ls");
+		return call_list(&o, "/v1/volumes", "volumes",
+				 "NAME                 SIZE        STATE               GIB_HOURS  WRITER\n", volume_row);
+	}
+	if (!strcmp(sub, "create") || !strcmp(sub, "resize")) {
+		int create = !strcmp(sub, "create");
+
+		want_operands(&o, argc, i, 2, create ? "create NAME SIZE (e.g. create data 1G)" : "resize NAME SIZE");
+		kr_check_id(argv[i], "volume NAME");
+		body = create ? json_pack("{s:s, s:s}", "name", argv[i], "size", argv[i + 1])
+			      : json_pack("{s:s}", "size", argv[i + 1]);
+		if (body && o.from)
+			json_object_set_new(body, "from", json_string(o.from));
+		if (!body)
+			die_usage("volume %s: NAME and SIZE must be UTF-8 text", sub);
+		snprintf(path, sizeof(path), create ? "/v1/volumes" : "/v1/volumes/%s/resize", argv[i]);
+		ret = call_show(&o, "POST", path, body, 1, !o.json);
+		json_decref(body);
+		return ret;
+	}
+	if (!strcmp(sub, "info") || !strcmp(sub, "rm")) {
+		want_operands(&o, argc, i, 1, !strcmp(sub, "rm") ? "rm NAME" : "info NAME");
+		kr_check_id(argv[i], "volume NAME");
+		snprintf(path, sizeof(path), "/v1/volumes/%s", argv[i]);
+		return call_show(&o, !strcmp(sub, "rm") ? "DELETE" : "GET", path, NULL, 0, !strcmp(sub, "rm") && !o.json);
+	}
+	die_usage("volume %s: expected create NAME SIZE, ls, info NAME, resize NAME SIZE, snapshot NAME IMAGE or rm NAME",
+		  sub);
 }

@@ -110,6 +110,8 @@ int kr_cmd_metrics(int argc, char **argv);
 int kr_cmd_node(int argc, char **argv);
 int kr_cmd_token(int argc, char **argv);
 int kr_cmd_template(int argc, char **argv);
+int kr_cmd_image(int argc, char **argv);
+int kr_cmd_volume(int argc, char **argv);
 
 /* A sandbox, token or template id usable in a URL path, or die_usage naming what. */
 void kr_check_id(const char *s, const char *what);

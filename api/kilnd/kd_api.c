@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "kilnd.h"
 
@@ -58,8 +59,8 @@ static json_t *row_json(struct kilnd *kd, const struct reg_sandbox *sb)
 		cpu += c;
 		mem += m;
 	}
-	o = json_pack("{s:s, s:s, s:i, s:i, s:s, s:o, s:o, s:I, s:o, s:o, s:o, s:o, s:o, s:{s:f, s:f}}",
-		      "id", sb->id, "state", reg_state_name(sb->state), "memory_mb", (int)sb->memory_mb,
+	o = json_pack("{s:s, s:s, s:s, s:i, s:i, s:s, s:o, s:o, s:I, s:o, s:o, s:o, s:o, s:o, s:{s:f, s:f}}",
+		      "id", sb->id, "state", reg_state_name(sb->state), "image", sb->image, "memory_mb", (int)sb->memory_mb,
 		      "vcpus", (int)sb->vcpus, "timeout",
 		      sb->timeout_kind == REG_TIMEOUT_SESSION ? "session"
 							  : sched_format_duration((uint64_t)sb->timeout_ms, dur, sizeof(dur)),
@@ -70,6 +71,9 @@ static json_t *row_json(struct kilnd *kd, const struct reg_sandbox *sb)
 		      "end_reason", sb->end_reason ? json_string(reg_end_name(sb->end_reason)) : json_null(),
 		      "labels", labels, "session_holders", json_integer(s ? s->holders : 0),
 		      "usage", "cpu_seconds", (double)cpu / 1e9, "memory_gib_seconds", (double)mem / 1024.0 / 1000.0);
+	/* Volumes while it holds them (an ended sandbox has let go). */
+	if (o)
+		json_object_set_new(o, "volumes", kd_sbx_vols_json(sb));
 	return o;
 }
 
@@ -320,13 +324,17 @@ static int sbx_events(struct kilnd *kd, const struct kd_req *r, const char *id, 
 static int node_info(struct kilnd *kd, json_t **body)
 {
 	const struct sched_host *h = &kd->conf.host;
+	struct statvfs sv;
+	json_int_t disk_free = statvfs(kd->conf.state_dir, &sv) ? -1 : (json_int_t)((uint64_t)sv.f_bavail * sv.f_frsize);
 
-	*body = json_pack("{s:I, s:I, s:I, s:I, s:I, s:i, s:i, s:i, s:s, s:s}", "memory_total_mb",
+	*body = json_pack("{s:I, s:I, s:I, s:I, s:I, s:i, s:i, s:i, s:s, s:s, s:s, s:o, s:I, s:I, s:I}", "memory_total_mb",
 			  (json_int_t)h->mem_total_mb, "reserve_mb", (json_int_t)h->reserve_mb, "capacity_mb",
 			  (json_int_t)sched_capacity_mb(h), "committed_mb", (json_int_t)kd->admit.mem_mb, "free_mb",
 			  (json_int_t)sched_free_mb(&kd->admit, h), "cpus", (int)h->cpus, "vcpus_limit",
 			  (int)sched_vcpus_limit(h), "sandboxes", (int)kd->admit.sandboxes, "kernel_sha256",
-			  kd->kernel_sha, "initramfs_sha256", kd->initrd_sha);
+			  kd->kernel_sha, "initramfs_sha256", kd->initrd_sha, "default_image", kd->conf.default_image,
+			  "images", kd_images_json(kd), "layer_bytes", (json_int_t)kd->conf.layer_bytes, "disk_free_bytes",
+			  disk_free, "min_free_bytes", (json_int_t)kd->conf.min_free_bytes);
 	return 200;
 }
 
@@ -417,6 +425,11 @@ static int templates(struct kilnd *kd, const struct kd_req *r, const char *rest,
 			return fail(body, 500, "out of memory");
 		}
 		j->kind = KD_JOB_TEMPLATE;
+		if ((ret = kd_image_lookup(kd, spec.image, &j->image, &err))) {
+			sched_spec_free(&spec);
+			free(j);
+			return fail_err(body, ret, &err);
+		}
 		j->memory_mb = spec.memory_mb;
 		j->vcpus = spec.vcpus;
 		j->wsi = r->wsi;
@@ -433,7 +446,7 @@ static int templates(struct kilnd *kd, const struct kd_req *r, const char *rest,
 		int used = 0;
 
 		if (sscanf(rest, "/%64[a-z0-9._-]/%u/%u%n", image, &mem, &vcpus, &used) != 3 || rest[used])
-			return fail(body, 400, "DELETE /v1/templates/IMAGE/MEMORY_MB/VCPUS, e.g. /v1/templates/base/1280/2");
+			return fail(body, 400, "DELETE /v1/templates/IMAGE/MEMORY_MB/VCPUS, e.g. /v1/templates/debian/1280/2");
 		ret = kd_template_remove(kd, image, mem, vcpus, &err);
 		if (ret)
 			return fail_err(body, ret, &err);
@@ -455,7 +468,7 @@ void kd_template_done(struct kilnd *kd, struct kd_job *j)
 		return;
 	}
 	pthread_mutex_lock(&kd->reg_lock);
-	int r = reg_template_get(kd->reg, KD_IMAGE_DEFAULT, j->memory_mb, j->vcpus, &t, &err);
+	int r = reg_template_get(kd->reg, j->image->name, j->memory_mb, j->vcpus, &t, &err);
 	pthread_mutex_unlock(&kd->reg_lock);
 	if (r)
 		kd_http_reply(j->wsi, 500, kd_err_json(500, err.msg));
@@ -476,13 +489,37 @@ int kd_api_route(struct kilnd *kd, const struct kd_req *r, json_t **body, char *
 	}
 	if (!strcmp(p, "/v1/node"))
 		return m == LWSHUMETH_GET ? node_info(kd, body) : fail(body, 405, "/v1/node takes GET");
+	if (!strncmp(p, "/v1/volumes", 11) && (!p[11] || p[11] == '/'))
+		return kd_volumes_route(kd, r, p + 11, body);
+	if (!strcmp(p, "/v1/images")) {
+		if (m != LWSHUMETH_GET)
+			return fail(body, 405, "/v1/images takes GET (images are given to kilnd with --image NAME=PATH, "
+				    "or made with POST /v1/volumes/NAME/snapshot)");
+		*body = json_pack("{s:o}", "images", kd_images_json(kd));
+		return 200;
+	}
+	if (!strncmp(p, "/v1/images/", 11)) {
+		const struct kd_image *img = kd_image_find(kd, p + 11);
+		struct kiln_err err;
+		int ret;
+
+		if (m == LWSHUMETH_GET)
+			return img ? (*body = kd_image_json(kd, img), 200)
+				   : fail(body, 404, "no image %.64s on this node (kiln image ls lists them)", p + 11);
+		if (m != LWSHUMETH_DELETE)
+			return fail(body, 405, "/v1/images/NAME takes GET or DELETE");
+		if ((ret = kd_image_remove(kd, p + 11, &err)))
+			return fail_err(body, ret, &err);
+		*body = json_pack("{s:s, s:b}", "name", p + 11, "deleted", 1);
+		return 200;
+	}
 	if (!strncmp(p, TOK_PREFIX, strlen(TOK_PREFIX)) && (!p[strlen(TOK_PREFIX)] || p[strlen(TOK_PREFIX)] == '/'))
 		return tokens(kd, r, p + strlen(TOK_PREFIX), body);
 	if (!strncmp(p, TMPL_PREFIX, strlen(TMPL_PREFIX)) && (!p[strlen(TMPL_PREFIX)] || p[strlen(TMPL_PREFIX)] == '/'))
 		return templates(kd, r, p + strlen(TMPL_PREFIX), body);
 	if (strncmp(p, SBX_PREFIX, strlen(SBX_PREFIX)))
-		return fail(body, 404, "no such path %.64s: kilnd serves /v1/sandboxes, /v1/node, /v1/tokens, "
-			    "/v1/templates and /metrics (docs/kilnd.md)", p);
+		return fail(body, 404, "no such path %.64s: kilnd serves /v1/sandboxes, /v1/node, /v1/images, "
+			    "/v1/volumes, /v1/tokens, /v1/templates and /metrics (docs/kilnd.md)", p);
 	rest = p + strlen(SBX_PREFIX);
 	if (!*rest || !strcmp(rest, "/")) {
 		if (m == LWSHUMETH_POST)

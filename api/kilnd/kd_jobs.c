@@ -22,7 +22,7 @@ static void *job_thread(void *arg)
 		j->ret = kd_create_work(j);
 		break;
 	case KD_JOB_TEMPLATE:
-		j->ret = kd_template_ensure(kd, KD_IMAGE_DEFAULT, j->memory_mb, j->vcpus, j->run_dir,
+		j->ret = kd_template_ensure(kd, j->image, j->memory_mb, j->vcpus, j->run_dir,
 					    sizeof(j->run_dir), &j->built, &j->err);
 		break;
 	case KD_JOB_DIAL:
@@ -30,6 +30,9 @@ static void *job_thread(void *arg)
 		break;
 	case KD_JOB_POOL:
 		j->ret = kd_pool_work(j);
+		break;
+	case KD_JOB_VOLUME:
+		j->ret = kd_volume_work(j);
 		break;
 	}
 	pthread_mutex_lock(&kd->q_lock);
@@ -123,6 +126,9 @@ void kd_jobs_drain(struct kilnd *kd)
 			break;
 		case KD_JOB_POOL:
 			kd_pool_done(kd, j);
+			break;
+		case KD_JOB_VOLUME:
+			kd_volume_done(kd, j);
 			break;
 		}
 		kd_job_free(j);

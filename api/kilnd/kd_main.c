@@ -50,7 +50,16 @@ static const char usage_text[] =
 "  --session-grace DUR     a session sandbox outlives its creator's connection by this (default 10s)\n"
 "  --region ABC            the 3 letters in sandbox ids, sbx_ABC_... (default loc)\n"
 "  --pool MEM:VCPUS:N      keep N VMs of that shape restored ahead of demand (a warm\n"
-"                          pool, counted against admission); repeat for more shapes\n"
+"                          pool of the default image, counted against admission);\n"
+"                          repeat for more shapes\n"
+"  --image NAME=PATH       a read-only ext4 root image sandboxes may boot (\"image\" at\n"
+"                          create); repeat for more. Default: guest/debian.ext4 beside\n"
+"                          kilnd, as debian, when it exists (make image builds it)\n"
+"  --default-image NAME    what a create naming no image boots (default: debian when\n"
+"                          there is one, else minimal, the initramfs alone)\n"
+"  --layer-size SIZE       each sandbox's writable layer over a disk image, sparse\n"
+"                          (default 10G; 64M at least)\n"
+"  --min-free SIZE         refuse creates while the state dir has less free (default 1G; 0: never)\n"
 "  -v, --verbose           log connections and libwebsockets' notices\n"
 "  -h, --help              show this help\n";
 
@@ -166,6 +175,34 @@ static uint64_t parse_dur(const char *s, const char *what, int zero_ok)
 	return ms;
 }
 
+/* SIZE: bytes, or a number with K, M, G or T (binary units). */
+static uint64_t parse_size(const char *s, const char *what)
+{
+	char *end;
+	unsigned long long v;
+	unsigned shift = 0;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (end == s || errno || s[0] == '-')
+		die("%s %s is not a size such as 10G or 512M", what, s);
+	switch (*end) {
+	case 'K': case 'k': shift = 10; end++; break;
+	case 'M': case 'm': shift = 20; end++; break;
+	case 'G': case 'g': shift = 30; end++; break;
+	case 'T': case 't': shift = 40; end++; break;
+	}
+	if (*end == 'i' && end[1] == 'B')
+		end += 2;
+	else if (*end == 'B')
+		end++;
+	if (*end || (shift && v > (~0ull >> shift)))
+		die("%s %s is not a size such as 10G or 512M", what, s);
+	return (uint64_t)v << shift;
+}
+
+static char beside[PATH_MAX];	/* kilnd's directory */
+
 /* Paths beside the kilnd binary: build/kiln-vmm, build/guest/... */
 static void default_paths(struct kd_conf *c)
 {
@@ -176,6 +213,7 @@ static void default_paths(struct kd_conf *c)
 		die("cannot find kilnd's own path: give --vmm, --kernel and --initrd");
 	exe[n] = '\0';
 	dir = dirname(exe);
+	snprintf(beside, sizeof(beside), "%s", dir);
 	if (!c->vmm[0])
 		kd_pathf(c->vmm, sizeof(c->vmm), "%.200s/kiln-vmm", dir);
 	if (!c->kernel[0])
@@ -187,7 +225,7 @@ static void default_paths(struct kd_conf *c)
 static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 {
 	enum { O_STATE = 256, O_GROUP, O_VMM, O_KERNEL, O_INITRD, O_RESERVE, O_MEMOC, O_CPUOC, O_MAXLIFE, O_GRACE,
-	       O_REGION, O_POOL };
+	       O_REGION, O_POOL, O_IMAGE, O_DEFIMAGE, O_LAYER, O_MINFREE };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },	{ "state-dir", required_argument, NULL, O_STATE },
 		{ "socket-group", required_argument, NULL, O_GROUP }, { "vmm", required_argument, NULL, O_VMM },
@@ -197,7 +235,9 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 		{ "vcpu-overcommit", required_argument, NULL, O_CPUOC },
 		{ "max-lifetime", required_argument, NULL, O_MAXLIFE },
 		{ "session-grace", required_argument, NULL, O_GRACE }, { "region", required_argument, NULL, O_REGION },
-		{ "pool", required_argument, NULL, O_POOL },
+		{ "pool", required_argument, NULL, O_POOL },	{ "image", required_argument, NULL, O_IMAGE },
+		{ "default-image", required_argument, NULL, O_DEFIMAGE },
+		{ "layer-size", required_argument, NULL, O_LAYER }, { "min-free", required_argument, NULL, O_MINFREE },
 		{ "verbose", no_argument, NULL, 'v' },		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -214,6 +254,8 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 	c->life.max_life_ms = SCHED_MAX_LIFE_DEFAULT_MS;
 	c->life.session_grace_ms = SCHED_SESSION_GRACE_DEFAULT_MS;
 	c->prune_after_ms = 7 * 24 * 3600 * 1000ull;
+	c->layer_bytes = KD_LAYER_DEFAULT;
+	c->min_free_bytes = KD_MIN_FREE_DEFAULT;
 	while ((o = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
 		switch (o) {
 		case 'l': add_listen(c, optarg); break;
@@ -264,6 +306,22 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 			kd->npools++;
 			break;
 		}
+		case O_IMAGE:
+			if (kd_image_add(c, optarg, &err))
+				die("%s", err.msg);
+			break;
+		case O_DEFIMAGE:
+			if (!*optarg || strlen(optarg) >= sizeof(c->default_image) ||
+			    strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(optarg))
+				die("--default-image %s: not an image name (1-64 of a-z 0-9 . _ -)", optarg);
+			snprintf(c->default_image, sizeof(c->default_image), "%s", optarg);
+			break;
+		case O_LAYER:
+			c->layer_bytes = parse_size(optarg, "--layer-size") & ~4095ull;
+			if (c->layer_bytes < KD_LAYER_MIN || c->layer_bytes > (16ull << 40))
+				die("--layer-size %s is out of range (64M-16T)", optarg);
+			break;
+		case O_MINFREE: c->min_free_bytes = parse_size(optarg, "--min-free"); break;
 		case 'v': *verbose = 1; break;
 		case 'h': fputs(usage_text, stdout); exit(0);
 		default: fputs(usage_text, stderr); exit(2);
@@ -411,6 +469,7 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&kd->reg_lock, NULL);
 	pthread_mutex_init(&kd->tmpl_lock, NULL);
 	pthread_mutex_init(&kd->q_lock, NULL);
+	pthread_mutex_init(&kd->vol_lock, NULL);
 
 	own_dir(kd->conf.state_dir);
 	lockfd = lock_state(kd->conf.state_dir);
@@ -418,12 +477,25 @@ int main(int argc, char **argv)
 	own_dir(path);
 	kd_pathf(path, sizeof(path), "%s/templates", kd->conf.state_dir);
 	own_dir(path);
+	kd_pathf(path, sizeof(path), "%s/volumes", kd->conf.state_dir);
+	own_dir(path);
+	kd_pathf(path, sizeof(path), "%s/images", kd->conf.state_dir);
+	own_dir(path);
+	/* What an empty volume slot holds. */
+	kd_pathf(path, sizeof(path), "%s/empty.img", kd->conf.state_dir);
+	{
+		int efd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+
+		if (efd < 0)
+			die("cannot create %s: %s", path, strerror(errno));
+		close(efd);
+	}
 	kd_pathf(path, sizeof(path), "%s/registry.db", kd->conf.state_dir);
 	if (reg_open(&kd->reg, path, &err))
 		die("%s", err.msg);
 	if (access(kd->conf.vmm, X_OK))
 		die("cannot run %s: %s (build it with make, or give --vmm)", kd->conf.vmm, strerror(errno));
-	if (kd_template_hashes(kd, &err))
+	if (kd_template_hashes(kd, &err) || kd_images_probe(kd, beside, &err))
 		die("%s", err.msg);
 	if (kd_readopt(kd, &err))
 		die("%s", err.msg);

@@ -113,6 +113,7 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		  struct kiln_err *err)
 {
 	uint64_t now = kd_now_ms();
+	const struct kd_image *img;
 	struct kd_pooled *warm;
 	struct sched_life life;
 	struct reg_sandbox rec;
@@ -122,10 +123,25 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 
 	/* A request the lifetime rules refuse must not cost a warm VM. */
 	r = sched_life_init(&life, &kd->conf.life, &spec->timeout, now, err);
+	if (!r)
+		r = kd_image_lookup(kd, spec->image, &img, err);
+	if (!r)
+		r = kd_disk_floor(kd, err);
+	if (!r && spec->nvols && !img->path[0])
+		r = kiln_fail(err, EINVAL, "volumes need a disk image: image %s has no slots for them (use debian)",
+			      img->name);
+	for (size_t i = 0; !r && i < spec->nvols; i++)
+		if (kd_volume_busy(kd, spec->vols[i].name))
+			r = kiln_fail(err, EBUSY, "volume %s is being made or grown; try again when that is done",
+				      spec->vols[i].name);
 	if (r)
 		return r;
-	/* A warm VM was admitted when the pool filled; its admission passes to the sandbox. */
-	warm = kd_pool_take(kd, spec->memory_mb, spec->vcpus);
+	/*
+	 * A warm VM was admitted when the pool filled; its admission passes to
+	 * the sandbox. Pools hold the default image with empty volume slots.
+	 */
+	warm = !strcmp(img->name, kd->conf.default_image) && !spec->nvols ? kd_pool_take(kd, spec->memory_mb, spec->vcpus)
+									   : NULL;
 	if (!warm && (r = sched_admit(&kd->admit, &kd->conf.host, spec->memory_mb, spec->vcpus, err))) {
 		kd->m.refusals++;
 		return r;
@@ -137,6 +153,7 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		goto fail_admit;
 	}
 	s->pidfd = -1;
+	snprintf(s->image, sizeof(s->image), "%s", img->name);
 	s->memory_mb = spec->memory_mb;
 	s->vcpus = spec->vcpus;
 	s->life = life;
@@ -154,6 +171,7 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	}
 	memset(&rec, 0, sizeof(rec));
 	memcpy(rec.id, s->id, sizeof(rec.id));
+	memcpy(rec.image, s->image, sizeof(rec.image));
 	rec.memory_mb = spec->memory_mb;
 	rec.vcpus = spec->vcpus;
 	rec.timeout_kind = spec->timeout.kind == SCHED_TIMEOUT_SESSION ? REG_TIMEOUT_SESSION : REG_TIMEOUT_DURATION;
@@ -164,6 +182,12 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		snprintf(rec.labels[i].value, sizeof(rec.labels[i].value), "%s", spec->labels[i].value);
 	}
 	rec.n_labels = (unsigned)(spec->nlabels < REG_LABELS_MAX ? spec->nlabels : REG_LABELS_MAX);
+	for (size_t i = 0; i < spec->nvols && i < REG_VOLS_MAX; i++) {
+		snprintf(rec.vols[i].volume, sizeof(rec.vols[i].volume), "%s", spec->vols[i].name);
+		snprintf(rec.vols[i].path, sizeof(rec.vols[i].path), "%s", spec->vols[i].path);
+		rec.vols[i].readonly = spec->vols[i].readonly;
+	}
+	rec.n_vols = (unsigned)(spec->nvols < REG_VOLS_MAX ? spec->nvols : REG_VOLS_MAX);
 	pthread_mutex_lock(&kd->reg_lock);
 	r = reg_sandbox_insert(kd->reg, &rec, (int64_t)now, err);
 	if (!r && warm)
@@ -175,6 +199,9 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	}
 	j->kind = KD_JOB_CREATE;
 	memcpy(j->id, s->id, sizeof(j->id));
+	j->image = img;
+	memcpy(j->vols, rec.vols, sizeof(j->vols));
+	j->nvols = rec.n_vols;
 	j->memory_mb = spec->memory_mb;
 	j->vcpus = spec->vcpus;
 	j->env = env_list(spec);
@@ -233,13 +260,14 @@ fail_admit:
 int kd_restore_work(struct kd_job *j, struct kac **c)
 {
 	struct kilnd *kd = j->kd;
-	char tdir[KD_PATH_MAX], vsock[KD_PATH_MAX + 32], log[KD_PATH_MAX + 16], console[KD_PATH_MAX + 32];
+	char tdir[KD_PATH_MAX], vsock[KD_PATH_MAX + 32], log[KD_PATH_MAX + 16], console[KD_PATH_MAX + 32],
+		disk[KD_PATH_MAX + 8], slots[KD_SLOTS][KD_SLOT_ARG_MAX];
 	struct kac_err kerr;
 	uint64_t t0;
 	pid_t pid;
 	int r;
 
-	r = kd_template_ensure(kd, KD_IMAGE_DEFAULT, j->memory_mb, j->vcpus, tdir, sizeof(tdir), &j->built, &j->err);
+	r = kd_template_ensure(kd, j->image, j->memory_mb, j->vcpus, tdir, sizeof(tdir), &j->built, &j->err);
 	if (r)
 		return r;
 	t0 = kd_mono_ns();
@@ -249,9 +277,16 @@ int kd_restore_work(struct kd_job *j, struct kac **c)
 	kd_pathf(vsock, sizeof(vsock), "cid=3,uds=%s", j->vmm.vsock_path);
 	kd_pathf(console, sizeof(console), "%s/console.log,max=1M", j->run_dir);
 	kd_pathf(log, sizeof(log), "%s/vmm.log", j->run_dir);
-	char *argv[] = { "kiln-vmm", "--restore", tdir, "--vsock", vsock, "--control", j->vmm.control_path,
-			 "--console", console, NULL };
+	char *argv[32] = { "kiln-vmm", "--restore", tdir, "--vsock", vsock, "--control", j->vmm.control_path,
+			   "--console", console, NULL };
 
+	/*
+	 * The image and the volume slots are the disks a snapshot leaves out;
+	 * the writable layer is copied from the template's.
+	 */
+	kd_image_disk_args(j->image, argv, sizeof(argv) / sizeof(argv[0]), disk, sizeof(disk));
+	if (j->image->path[0])
+		kd_slot_args(kd, j->vols, j->nvols, argv, sizeof(argv) / sizeof(argv[0]), slots);
 	r = kd_vmm_spawn(kd, argv, log, &pid, &j->err);
 	if (r)
 		return r;
@@ -286,7 +321,7 @@ int kd_create_work(struct kd_job *j)
 	int r;
 
 	j->agent = NULL;
-	if (!c && (r = kd_restore_work(j, &c)))
+	if (!c && ((r = kd_volumes_prepare(j)) || (r = kd_restore_work(j, &c))))
 		return r;
 	t0 = kd_mono_ns();
 	struct kac_identity id = {
@@ -301,10 +336,13 @@ int kd_create_work(struct kd_job *j)
 		if (*p == '_')
 			*p = '-';
 	r = kac_identity(c, &id, &kerr);
-	kac_close(c);
-	if (r) {
+	if (r)
 		kiln_fail(&j->err, -r, "the restored VM's agent did not take its identity: %s (see %s/vmm.log)", kerr.msg,
 			  j->run_dir);
+	else
+		r = kd_volumes_mount(j, c);
+	kac_close(c);
+	if (r) {
 		kd_vmm_kill(j->vmm.pid, -1, 1);
 		j->vmm.pid = 0;
 		return r;
@@ -476,6 +514,7 @@ static int adopt(struct kilnd *kd, const struct reg_sandbox *row, uint64_t now)
 	if (!s)
 		return -ENOMEM;
 	memcpy(s->id, row->id, sizeof(s->id));
+	memcpy(s->image, row->image, sizeof(s->image));
 	s->state = REG_RUNNING;
 	s->memory_mb = row->memory_mb;
 	s->vcpus = row->vcpus;

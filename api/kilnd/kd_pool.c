@@ -39,6 +39,7 @@ static int pool_fill_one(struct kilnd *kd, struct kd_pool *p)
 	if (!j)
 		goto fail;
 	j->kind = KD_JOB_POOL;
+	j->image = kd_image_find(kd, kd->conf.default_image);
 	j->memory_mb = p->memory_mb;
 	j->vcpus = p->vcpus;
 	if (reg_sandbox_id_new(kd->conf.region, j->id, &err) || kd_run_dir(kd, j->id, j->run_dir, sizeof(j->run_dir)) ||

@@ -3,9 +3,10 @@
  * agent is up, which every create of that shape restores. The first create
  * of a shape boots one (kiln-vmm --template) and later ones find it in the
  * registry. A template records the SHA-256 of the kernel and initramfs it
- * booted; when either changes (kilnd hashes them at start) the old one is
- * no longer current and the next create builds a new one beside it, in a
- * directory named by the new hashes, and removes the old.
+ * booted and its directory is named by a hash of those, the image's
+ * identity and the writable layer's size; when any changes (kilnd hashes
+ * them at start) the old one is no longer current and the next create
+ * builds a new one beside it and removes the old.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -22,46 +23,13 @@
 #include "agent_client.h"
 #include "kilnd.h"
 
-static int sha256_file(const char *path, char hex[REG_SHA256_HEX], struct kiln_err *err)
-{
-	unsigned char md[EVP_MAX_MD_SIZE], buf[1 << 16];
-	unsigned mdlen = 0;
-	EVP_MD_CTX *c;
-	ssize_t n;
-	int fd, r = 0;
-
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return kiln_fail(err, errno, "cannot read %s: %s (kilnd --kernel/--initrd; run make)", path,
-				 strerror(errno));
-	c = EVP_MD_CTX_new();
-	if (!c || !EVP_DigestInit_ex(c, EVP_sha256(), NULL)) {
-		r = kiln_fail(err, ENOMEM, "SHA-256 of %s: libcrypto failed", path);
-		goto out;
-	}
-	while ((n = read(fd, buf, sizeof(buf))) != 0) {
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			r = kiln_fail(err, errno, "reading %s: %s", path, strerror(errno));
-			goto out;
-		}
-		EVP_DigestUpdate(c, buf, (size_t)n);
-	}
-	EVP_DigestFinal_ex(c, md, &mdlen);
-	for (unsigned i = 0; i < mdlen && i < 32; i++)
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
-out:
-	EVP_MD_CTX_free(c);
-	close(fd);
-	return r;
-}
-
 int kd_template_hashes(struct kilnd *kd, struct kiln_err *err)
 {
-	int r = sha256_file(kd->conf.kernel, kd->kernel_sha, err);
+	int r = kd_sha256_file(kd->conf.kernel, kd->kernel_sha, err);
 
-	return r ? r : sha256_file(kd->conf.initrd, kd->initrd_sha, err);
+	if (!r)
+		r = kd_sha256_file(kd->conf.initrd, kd->initrd_sha, err);
+	return r ? kiln_err_prefix(err, r, "kilnd --kernel/--initrd (run make)") : 0;
 }
 
 static int rmtree_at(int dfd, const char *name)
@@ -94,19 +62,37 @@ int kd_rmtree(const char *path)
 	return rmtree_at(AT_FDCWD, path);
 }
 
-static void template_dir(const struct kilnd *kd, const char *image, unsigned mem, unsigned vcpus, char *buf,
-			 size_t n)
+/*
+ * A template's directory is named by its shape and a hash of everything its
+ * snapshot depends on: kernel, initramfs, image name and, for a disk image,
+ * the image and the size of the writable layer its clones copy. The name
+ * is short on purpose: sockets live in it (at most 107 bytes of path).
+ */
+static void template_dir(const struct kilnd *kd, const struct kd_image *img, unsigned mem, unsigned vcpus,
+			 char *buf, size_t n)
 {
-	kd_pathf(buf, n, "%s/templates/%s-%um-%uc-%.8s%.8s", kd->conf.state_dir, image, mem, vcpus, kd->kernel_sha,
-		 kd->initrd_sha);
+	char in[REG_SHA256_HEX * 3 + REG_IMAGE_MAX + 32], hex[REG_SHA256_HEX];
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+	int len = snprintf(in, sizeof(in), "%s %s %s %s %llu slots=%d", kd->kernel_sha, kd->initrd_sha, img->name,
+			   img->id, img->path[0] ? (unsigned long long)kd->conf.layer_bytes : 0ull, img->path[0] ? KD_SLOTS : 0);
+
+	memset(hex, '0', 12);
+	if (EVP_Digest(in, (size_t)len, md, &mdlen, EVP_sha256(), NULL))
+		for (unsigned i = 0; i < 6 && i < mdlen; i++)
+			snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	kd_pathf(buf, n, "%s/templates/%.8s-%um-%uc-%.12s", kd->conf.state_dir, img->name, mem, vcpus, hex);
 }
 
-/* The last line of a log (for a message), "" if none. */
-static void last_line(const char *path, char *out, size_t n)
+/*
+ * A line from the end of a file, for a message ("" if none): the last line
+ * holding mark, or with mark NULL the last line. Control bytes become '?'.
+ */
+static void tail_line(const char *path, const char *mark, char *out, size_t n)
 {
-	char buf[512];
-	ssize_t r;
+	char buf[4096], *p, *line = NULL;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t r;
 
 	out[0] = '\0';
 	if (fd < 0)
@@ -119,48 +105,91 @@ static void last_line(const char *path, char *out, size_t n)
 	buf[r] = '\0';
 	while (r > 0 && (buf[r - 1] == '\n' || buf[r - 1] == '\r'))
 		buf[--r] = '\0';
-	char *nl = strrchr(buf, '\n');
-
-	snprintf(out, n, "%.190s", nl ? nl + 1 : buf);
-	for (char *p = out; *p; p++)
+	if (mark) {
+		for (p = buf; (p = strstr(p, mark)); p++)
+			line = p;
+		if (!line)
+			return;
+	} else {
+		line = strrchr(buf, '\n');
+		line = line ? line + 1 : buf;
+	}
+	line[strcspn(line, "\r\n")] = '\0';
+	snprintf(out, n, "%.200s", line);
+	for (p = out; *p; p++)
 		if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
 			*p = '?';
 }
 
-/* Boot the guest and snapshot it into dir/snap; 0 or -errno with err. */
-static int template_boot(struct kilnd *kd, const char *dir, unsigned mem, unsigned vcpus, struct kiln_err *err)
+/*
+ * Boot the guest and snapshot it into dir/snap; 0 or -errno with err. A
+ * disk image boots with a fresh writable layer (dir/layer.img), which the
+ * snapshot copies in: every clone starts from its own copy of it.
+ */
+static int template_boot(struct kilnd *kd, const struct kd_image *img, const char *dir, unsigned mem, unsigned vcpus,
+			 struct kiln_err *err)
 {
-	char snap[KD_PATH_MAX + 8], vsock[KD_PATH_MAX + 16], log[KD_PATH_MAX + 16], memarg[16], cpuarg[16];
+	char snap[KD_PATH_MAX + 8], vsock[KD_PATH_MAX + 16], log[KD_PATH_MAX + 16], memarg[16], cpuarg[16],
+		console[KD_PATH_MAX + 32], layer[KD_PATH_MAX + 16], layerarg[KD_PATH_MAX + 16], disk[KD_PATH_MAX + 8],
+		cmdline[128] = "kiln.agent";
 	pid_t pid;
 	int r, st;
 
 	kd_pathf(snap, sizeof(snap), "%s/snap", dir);
 	kd_pathf(vsock, sizeof(vsock), "cid=3,uds=%s/vsock", dir);
 	kd_pathf(log, sizeof(log), "%s/boot.log", dir);
+	kd_pathf(console, sizeof(console), "%s/console.log,max=1M", dir);
+	kd_pathf(layer, sizeof(layer), "%s/layer.img", dir);
 	snprintf(memarg, sizeof(memarg), "%u", mem);
 	snprintf(cpuarg, sizeof(cpuarg), "%u", vcpus);
-	char *argv[] = { "kiln-vmm", "--kernel", kd->conf.kernel, "--initrd", kd->conf.initrd, "--mem", memarg,
-			 "--vcpus", cpuarg, "--cmdline", "kiln.agent", "--console", "none", "--vsock", vsock,
-			 "--template", snap, "-v", NULL };
+	char slots[KD_SLOTS][KD_SLOT_ARG_MAX];
+	char *argv[32] = { "kiln-vmm", "--kernel", kd->conf.kernel, "--initrd", kd->conf.initrd, "--mem", memarg,
+			   "--vcpus", cpuarg, "--cmdline", cmdline, "--console", console, "--vsock", vsock,
+			   "--template", snap, "-v", NULL };
 
+	if (img->path[0]) {
+		if ((r = kd_image_verify(kd, img, err)) || (r = kd_layer_make(layer, kd->conf.layer_bytes, log, err)))
+			return r;
+		/*
+		 * Disks: the image (/dev/vda), the empty volume slots a restore
+		 * fills (/dev/vdb to /dev/vde), then the layer (/dev/vdf), last
+		 * because it is the one a restore does not name: it is copied.
+		 */
+		snprintf(cmdline, sizeof(cmdline), "kiln.agent kiln.root=/dev/vda:/dev/vd%c kiln.user=%s", 'b' + KD_SLOTS,
+			 KD_IMAGE_USER);
+		kd_image_disk_args(img, argv, sizeof(argv) / sizeof(argv[0]), disk, sizeof(disk));
+		kd_slot_args(kd, NULL, 0, argv, sizeof(argv) / sizeof(argv[0]), slots);
+		snprintf(layerarg, sizeof(layerarg), "%s", layer);
+		for (size_t i = 0; i < sizeof(argv) / sizeof(argv[0]) - 3; i++)
+			if (!argv[i]) {
+				argv[i] = "--disk";
+				argv[i + 1] = layerarg;
+				argv[i + 2] = NULL;
+				break;
+			}
+	}
 	r = kd_vmm_spawn(kd, argv, log, &pid, err);
 	if (r)
 		return r;
 	r = kd_vmm_wait(pid, KD_TEMPLATE_TIMEOUT_S * 1000, &st);
+	unlink(layer);	/* the snapshot holds its copy; the VMM is gone or going */
 	if (r == -ETIMEDOUT) {
 		kd_vmm_kill(pid, -1, 1);
-		return kiln_fail(err, ETIMEDOUT, "the template of %u MiB, %u vCPUs did not boot within %d s (see %s)",
-				 mem, vcpus, KD_TEMPLATE_TIMEOUT_S, log);
+		return kiln_fail(err, ETIMEDOUT, "the template of %s, %u MiB, %u vCPUs did not boot within %d s (see %s)",
+				 img->name, mem, vcpus, KD_TEMPLATE_TIMEOUT_S, log);
 	}
 	if (r)
 		return kiln_fail(err, -r, "waiting for the template's kiln-vmm: %s", strerror(-r));
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-		char why[200];
+		char why[200], guest[220];
 
-		last_line(log, why, sizeof(why));
-		return kiln_fail(err, EIO, "the template of %u MiB, %u vCPUs failed to boot: kiln-vmm %s %d: %s", mem,
-				 vcpus, WIFEXITED(st) ? "exited" : "killed by signal",
-				 WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), why[0] ? why : "(no output)");
+		console[strlen(console) - strlen(",max=1M")] = '\0';
+		tail_line(console, "kiln-init: ", guest, sizeof(guest));
+		tail_line(log, NULL, why, sizeof(why));
+		return kiln_fail(err, EIO, "the template of %s, %u MiB, %u vCPUs failed to boot: kiln-vmm %s %d: %s",
+				 img->name, mem, vcpus, WIFEXITED(st) ? "exited" : "killed by signal",
+				 WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st),
+				 guest[0] ? guest : why[0] ? why : "(no output)");
 	}
 	return 0;
 }
@@ -173,10 +202,10 @@ static int template_boot(struct kilnd *kd, const char *dir, unsigned mem, unsign
  * template without one still works, each clone faulting its pages in: a
  * failure here is logged, not fatal.
  */
-static void template_record_ws(struct kilnd *kd, const char *dir)
+static void template_record_ws(struct kilnd *kd, const struct kd_image *img, const char *dir)
 {
 	char snap[KD_PATH_MAX + 8], uds[KD_PATH_MAX + 16], vsock[KD_PATH_MAX + 32], ctl[KD_PATH_MAX + 16],
-		log[KD_PATH_MAX + 16], reply[512];
+		log[KD_PATH_MAX + 16], reply[512], disk[KD_PATH_MAX + 8], slots[KD_SLOTS][KD_SLOT_ARG_MAX];
 	const char *const argv_true[] = { "true", NULL };
 	struct kac_exec_opts eo = { .argv = argv_true, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
 				    .sig_fd = -1, .tty_fd = -1 };
@@ -195,9 +224,12 @@ static void template_record_ws(struct kilnd *kd, const char *dir)
 	kd_pathf(vsock, sizeof(vsock), "cid=3,uds=%s", uds);
 	kd_pathf(ctl, sizeof(ctl), "%s/rec.ctl", dir);
 	kd_pathf(log, sizeof(log), "%s/record.log", dir);
-	char *argv[] = { "kiln-vmm", "--restore", snap, "--prefetch", "none", "--vsock", vsock, "--control", ctl,
-			 "--console", "none", NULL };
+	char *argv[32] = { "kiln-vmm", "--restore", snap, "--prefetch", "none", "--vsock", vsock, "--control", ctl,
+			   "--console", "none", NULL };
 
+	kd_image_disk_args(img, argv, sizeof(argv) / sizeof(argv[0]), disk, sizeof(disk));
+	if (img->path[0])
+		kd_slot_args(kd, NULL, 0, argv, sizeof(argv) / sizeof(argv[0]), slots);
 	if ((r = kd_vmm_spawn(kd, argv, log, &pid, &err)))
 		goto fail;
 	r = kac_connect(&c, uds, KD_AGENT_TIMEOUT_MS, &kerr);
@@ -227,21 +259,23 @@ fail:
 		  err.msg);
 }
 
-int kd_template_ensure(struct kilnd *kd, const char *image, unsigned mem, unsigned vcpus, char *dir, size_t n,
-		       int *built, struct kiln_err *err)
+int kd_template_ensure(struct kilnd *kd, const struct kd_image *img, unsigned mem, unsigned vcpus, char *dir,
+		       size_t n, int *built, struct kiln_err *err)
 {
 	struct reg_template t, old;
-	char final[KD_PATH_MAX], tmp[KD_PATH_MAX + 8];
+	char final[KD_PATH_MAX], tmp[KD_PATH_MAX + 8], want[KD_PATH_MAX + 8];
 	int r, have_old;
 
 	*built = 0;
 	pthread_mutex_lock(&kd->tmpl_lock);
 	pthread_mutex_lock(&kd->reg_lock);
-	have_old = reg_template_get(kd->reg, image, mem, vcpus, &old, NULL) == 0;
+	have_old = reg_template_get(kd->reg, img->name, mem, vcpus, &old, NULL) == 0;
 	pthread_mutex_unlock(&kd->reg_lock);
-	template_dir(kd, image, mem, vcpus, final, sizeof(final));
-	if (have_old && !strcmp(old.kernel_sha256, kd->kernel_sha) && !strcmp(old.initramfs_sha256, kd->initrd_sha) &&
-	    access(old.path, R_OK) == 0) {
+	template_dir(kd, img, mem, vcpus, final, sizeof(final));
+	kd_pathf(want, sizeof(want), "%s/snap", final);
+	/* Current: built from this kernel, initramfs, image and layer size (all in its directory's name). */
+	if (have_old && !strcmp(old.path, want) && !strcmp(old.kernel_sha256, kd->kernel_sha) &&
+	    !strcmp(old.initramfs_sha256, kd->initrd_sha) && access(old.path, R_OK) == 0) {
 		kd_pathf(dir, n, "%s", old.path);
 		pthread_mutex_unlock(&kd->tmpl_lock);
 		return 0;
@@ -253,16 +287,16 @@ int kd_template_ensure(struct kilnd *kd, const char *image, unsigned mem, unsign
 		r = kiln_fail(err, errno, "cannot create %s: %s", tmp, strerror(errno));
 		goto out;
 	}
-	r = template_boot(kd, tmp, mem, vcpus, err);
+	r = template_boot(kd, img, tmp, mem, vcpus, err);
 	if (r)
 		goto out;
-	template_record_ws(kd, tmp);
+	template_record_ws(kd, img, tmp);
 	if (rename(tmp, final)) {
 		r = kiln_fail(err, errno, "cannot move %s to %s: %s", tmp, final, strerror(errno));
 		goto out;
 	}
 	memset(&t, 0, sizeof(t));
-	snprintf(t.image, sizeof(t.image), "%s", image);
+	snprintf(t.image, sizeof(t.image), "%s", img->name);
 	t.memory_mb = mem;
 	t.vcpus = vcpus;
 	kd_pathf(t.path, sizeof(t.path), "%s/snap", final);

@@ -33,7 +33,15 @@
 #define KD_PATH_MAX		REG_PATH_MAX
 /* A state dir's path leaves room for run/<id>/vsock_<port> in a unix socket's 108 bytes. */
 #define KD_STATE_DIR_MAX	48
-#define KD_IMAGE_DEFAULT	"base"		/* the initramfs userland; issue 15 adds debian */
+#define KD_IMAGE_MINIMAL	"minimal"	/* the initramfs alone: busybox and the agent */
+#define KD_IMAGES_MAX		32		/* --image and snapshots of volumes, minimal aside */
+#define KD_IMAGE_USER		"app"		/* a disk image's commands run as this user */
+#define KD_LAYER_DEFAULT	(10ull << 30)	/* a sandbox's writable layer, apparent size */
+#define KD_LAYER_MIN		(64ull << 20)
+#define KD_MIN_FREE_DEFAULT	(1ull << 30)	/* creates stop when the state dir has less free */
+#define KD_SLOTS		REG_VOLS_MAX	/* volume slots in a disk image's template: /dev/vdb.. */
+#define KD_SLOT_ARG_MAX		(KD_PATH_MAX + 96)
+#define KD_VOL_BUSY_MAX		16		/* volumes being made or grown at once */
 #define KD_AGENT_TIMEOUT_MS	60000		/* a restored agent answers IDENTITY within this */
 #define KD_TEMPLATE_TIMEOUT_S	600		/* a template boot and snapshot */
 #define KD_KILL_WAIT_MS		1000		/* a SIGKILLed VMM is gone within this */
@@ -46,6 +54,22 @@ struct kd_listen {
 	char addr[64];			/* tcp */
 	int port;
 	struct lws_vhost *vh;
+};
+
+/*
+ * An image sandboxes boot: "minimal" (no path), or a read-only ext4 root
+ * joined in the guest with a writable layer of each sandbox's own
+ * (--image NAME=PATH; image.c).
+ */
+struct kd_image {
+	char name[REG_IMAGE_MAX];
+	char path[KD_PATH_MAX];		/* resolved; "" for minimal */
+	char sum_path[KD_PATH_MAX];	/* the SHA-256 recorded beside it; "" if none */
+	char id[REG_SHA256_HEX];	/* that SHA-256, else a hash of its path, size, mtime and inode */
+	uint64_t bytes;
+	int verified;			/* its content matched sum_path (checked once, before a template boot) */
+	int snapshot;			/* made from a volume (STATE/images/NAME.ext4); kilnd may remove it */
+	int removed;			/* removed: its slot stays, for jobs that still point at it */
 };
 
 /* kilnd's flags (main.c). */
@@ -61,12 +85,18 @@ struct kd_conf {
 	struct sched_host host;
 	struct sched_life_policy life;
 	uint64_t prune_after_ms;	/* ended sandboxes' rows are kept this long */
+	struct kd_image images[KD_IMAGES_MAX];	/* --image, and Debian's found beside kilnd */
+	unsigned nimages;
+	char default_image[REG_IMAGE_MAX];	/* a create that names none boots this */
+	uint64_t layer_bytes;		/* --layer-size */
+	uint64_t min_free_bytes;	/* --min-free: the state dir's floor */
 };
 
 /* One sandbox as the loop sees it, from admission until kd_sbx_end. */
 struct kd_sbx {
 	struct kd_sbx *next;
 	char id[REG_ID_MAX];
+	char image[REG_IMAGE_MAX];
 	enum reg_state state;		/* CREATING until its job is back, then RUNNING */
 	unsigned memory_mb, vcpus;
 	struct sched_life life;
@@ -128,6 +158,9 @@ struct kilnd {
 	struct kd_job *pending;		/* jobs out, the loop's list: a closed connection is unhooked */
 	unsigned jobs_running;
 	struct kd_tun *tunnels;		/* agent WebSockets (tunnel.c) */
+	pthread_mutex_t vol_lock;	/* one host-side journal replay at a time */
+	char vol_busy[KD_VOL_BUSY_MAX][REG_IMAGE_MAX];	/* volumes being made or grown (the loop's) */
+	unsigned nvol_busy;
 	volatile int stopping;
 };
 
@@ -179,16 +212,67 @@ void kd_pooled_discard(struct kilnd *kd, struct kd_pooled *v, int kill_it);
 void kd_pool_check(struct kilnd *kd);
 void kd_pool_drain(struct kilnd *kd);
 
+/* ---- image.c ---- */
+/* SHA-256 of a file, as 64 hex digits. */
+int kd_sha256_file(const char *path, char hex[REG_SHA256_HEX], struct kiln_err *err);
+/* --image NAME=PATH. */
+int kd_image_add(struct kd_conf *c, const char *arg, struct kiln_err *err);
+/* At start: Debian's image beside kilnd (dir beside) unless --image gave some; each one's identity; the default. */
+int kd_images_probe(struct kilnd *kd, const char *beside, struct kiln_err *err);
+const struct kd_image *kd_image_find(const struct kilnd *kd, const char *name);
+/* name (NULL or "": the default) as an image of this node, or -EINVAL naming the ones it has. */
+int kd_image_lookup(const struct kilnd *kd, const char *name, const struct kd_image **out, struct kiln_err *err);
+/* Check a disk image against its recorded SHA-256, once per kilnd (-EBADMSG naming it). */
+int kd_image_verify(struct kilnd *kd, const struct kd_image *img, struct kiln_err *err);
+/* Append "--disk PATH,ro" for a disk image to a NULL-terminated argv of max slots (buf holds the spec). */
+void kd_image_disk_args(const struct kd_image *img, char **argv, size_t max, char *buf, size_t n);
+/*
+ * Run a tool (argv[0] on PATH, else in /usr/sbin or /sbin), output to log;
+ * an exit status above ok_max fails, saying what it could not do.
+ */
+int kd_run_tool(char *const argv[], const char *log, const char *doing, int ok_max, struct kiln_err *err);
+/* An empty, sparse ext4 writable layer of bytes at path (mke2fs, output to log). */
+int kd_layer_make(const char *path, uint64_t bytes, const char *log, struct kiln_err *err);
+/* -EDQUOT when the state dir's free space is below --min-free. */
+int kd_disk_floor(const struct kilnd *kd, struct kiln_err *err);
+json_t *kd_images_json(const struct kilnd *kd);
+json_t *kd_image_json(const struct kilnd *kd, const struct kd_image *img);
+/* A sparse copy of the file at from into a new file at to (0600); -errno with err. */
+int kd_copy_sparse(const char *from, const char *to, struct kiln_err *err);
+/* Register a snapshot image made at path (its .sha256 beside it). */
+int kd_image_register(struct kilnd *kd, const char *name, const char *path, struct kiln_err *err);
+/* DELETE /v1/images/NAME: a snapshot image no live sandbox boots, with its templates. */
+int kd_image_remove(struct kilnd *kd, const char *name, struct kiln_err *err);
+
+/* ---- volume.c ---- */
+struct kd_req;
+struct kac;
+int kd_volume_path(const struct kilnd *kd, const char *name, char *buf, size_t n);
+/* Being made or grown: no create may attach it. */
+int kd_volume_busy(const struct kilnd *kd, const char *name);
+/* /v1/volumes (rest: what follows it). */
+int kd_volumes_route(struct kilnd *kd, const struct kd_req *r, const char *rest, json_t **body);
+int kd_volume_work(struct kd_job *j);
+void kd_volume_done(struct kilnd *kd, struct kd_job *j);
+/* On the worker, before the restore: replay the journals of volumes attached read-only. */
+int kd_volumes_prepare(struct kd_job *j);
+/* Append "--disk FILE,slot[,ro]" for each of the KD_SLOTS slots (an empty file where no volume goes). */
+void kd_slot_args(const struct kilnd *kd, const struct reg_attach *vols, unsigned nvols, char **argv, size_t max,
+		  char bufs[][KD_SLOT_ARG_MAX]);
+/* After IDENTITY: mount the job's volumes in the guest, as root. */
+int kd_volumes_mount(struct kd_job *j, struct kac *c);
+json_t *kd_sbx_vols_json(const struct reg_sandbox *sb);
+
 /* ---- template.c ---- */
 /* Hash the kernel and initramfs (they key templates). */
 int kd_template_hashes(struct kilnd *kd, struct kiln_err *err);
 /*
- * The template for (image, memory_mb, vcpus) built from the current kernel
- * and initramfs: found in the registry, or booted and snapshotted now (on a
- * worker thread; one build at a time). dir gets its path.
+ * The template for (image, memory_mb, vcpus) built from the current kernel,
+ * initramfs and image: found in the registry, or booted and snapshotted now
+ * (on a worker thread; one build at a time). dir gets its path.
  */
-int kd_template_ensure(struct kilnd *kd, const char *image, unsigned memory_mb, unsigned vcpus, char *dir,
-		       size_t n, int *built, struct kiln_err *err);
+int kd_template_ensure(struct kilnd *kd, const struct kd_image *image, unsigned memory_mb, unsigned vcpus,
+		       char *dir, size_t n, int *built, struct kiln_err *err);
 int kd_template_remove(struct kilnd *kd, const char *image, unsigned memory_mb, unsigned vcpus,
 		       struct kiln_err *err);
 /* rm -rf of a directory kilnd made (no symlinks followed). */
@@ -212,7 +296,8 @@ uint64_t kd_proc_cpu_ns(pid_t pid);
 int kd_pidfd_open(pid_t pid);
 
 /* ---- jobs.c: worker threads ---- */
-enum kd_job_kind { KD_JOB_CREATE, KD_JOB_TEMPLATE, KD_JOB_DIAL, KD_JOB_POOL };
+enum kd_job_kind { KD_JOB_CREATE, KD_JOB_TEMPLATE, KD_JOB_DIAL, KD_JOB_POOL, KD_JOB_VOLUME };
+enum { KD_VOL_CREATE, KD_VOL_RESIZE, KD_VOL_SNAPSHOT };
 
 struct kd_job {
 	struct kd_job *next;		/* the done queue (q_lock) */
@@ -221,6 +306,14 @@ struct kd_job {
 	struct kilnd *kd;
 	/* in */
 	char id[REG_ID_MAX];
+	const struct kd_image *image;	/* CREATE, POOL, TEMPLATE: what it boots */
+	struct reg_attach vols[REG_VOLS_MAX];	/* CREATE: volumes in its slots, in order */
+	unsigned nvols;
+	char vol_name[REG_IMAGE_MAX];	/* VOLUME: which, how big, make, grow or snapshot */
+	uint64_t vol_bytes;
+	int vol_op;
+	const struct kd_image *vol_from;	/* VOLUME create: copy this image in; NULL: empty */
+	char snap_name[REG_IMAGE_MAX];	/* VOLUME snapshot: the image to make */
 	unsigned memory_mb, vcpus;
 	char **env;			/* KEY=VALUE, NULL-terminated (CREATE) */
 	char run_dir[KD_PATH_MAX];

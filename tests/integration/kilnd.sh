@@ -23,7 +23,8 @@ export kiln kilnd_bin kd kdsock kdport shape vmm work root
 # kd_start [FLAGS...]: start kilnd (log in $work/kilnd.log) and wait for its socket.
 kd_start() {
 	ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=16 "$kilnd_bin" --state-dir "$kd" --listen "unix:$kdsock" \
-		--listen "tcp:127.0.0.1:$kdport" --vmm "$vmm" --session-grace 2s "$@" >>"$work/kilnd.log" 2>&1 &
+		--listen "tcp:127.0.0.1:$kdport" --vmm "$vmm" --session-grace 2s --default-image minimal "$@" \
+		>>"$work/kilnd.log" 2>&1 &
 	echo $! >"$work/kilnd.pid"
 	for _ in $(seq 100); do
 		curl -s --max-time 2 --unix-socket "$kdsock" http://kd/v1/node >/dev/null 2>&1 && return 0
@@ -277,7 +278,8 @@ run "kilnd: a full disk under the state dir gets a clear error, and kilnd keeps 
 	'^create=50[037] .*(full|space).* node=200$' \
 	bash -c 'kd_stop; m=$work/small; mkdir -p $m && mount -t tmpfs -o size=4m tmpfs $m || exit 1
 	         trap "umount -l $m" EXIT
-	         "$kilnd_bin" --state-dir $m/kd --listen unix:$m/kd.sock --vmm "$vmm" >$work/full.log 2>&1 & p=$!
+	         "$kilnd_bin" --state-dir $m/kd --listen unix:$m/kd.sock --vmm "$vmm" --default-image minimal --min-free 0 \
+	           >$work/full.log 2>&1 & p=$!
 	         for _ in $(seq 100); do [ -S $m/kd.sock ] && break; sleep 0.1; done
 	         dd if=/dev/zero of=$m/fill bs=64k 2>/dev/null
 	         c=$(curl -sS --unix-socket $m/kd.sock -o $work/fullbody -w "%{http_code}" -d "{$shape}" http://kd/v1/sandboxes)
@@ -286,7 +288,7 @@ run "kilnd: a full disk under the state dir gets a clear error, and kilnd keeps 
 
 run "kilnd: templates are keyed by the initramfs's content: a copy reuses one, a change boots a new one and the old goes" 0 \
 	'^first=restored stale=false second=booted dirs=1 exec=ok$' \
-	bash -c 'kd_stop; cp "$root/build/guest/initramfs.cpio" "$work/initrd.cpio"
+	bash -c 'kd_stop; cp "$(dirname "$kilnd_bin")/guest/initramfs.cpio" "$work/initrd.cpio"
 	         kd_start --mem-overcommit 8 --initrd "$work/initrd.cpio" || exit 1
 	         id=$(mk); api GET /v1/sandboxes/$id/events | grep -q "after booting its template" && a=booted || a=restored
 	         api DELETE /v1/sandboxes/$id >/dev/null; kd_stop
@@ -294,10 +296,126 @@ run "kilnd: templates are keyed by the initramfs's content: a copy reuses one, a
 	         kd_start --mem-overcommit 8 --initrd "$work/initrd.cpio" || exit 1
 	         st=$(api GET /v1/templates | js "[.templates[] | select(.memory_mb == 768 and .vcpus == 1) | .current][0]")
 	         id=$(mk); api GET /v1/sandboxes/$id/events | grep -q "after booting its template" && b=booted || b=restored
-	         d=$(ls -d "$kd"/templates/base-768m-1c-* | grep -vc "\.build$")
+	         d=$(ls -d "$kd"/templates/minimal-768m-1c-* | grep -vc "\.build$")
 	         [ "$(ex $id cat /run/kiln/sandbox-id)" = "$id" ] && e=ok || e=bad
 	         api DELETE /v1/sandboxes/$id >/dev/null
 	         echo "first=$a stale=$st second=$b dirs=$d exec=$e"'
 
+# Debian sandboxes (make image): what make run's kilnd boots by default. The
+# tests above run on the minimal image; kilnd finds Debian's beside it.
+deb='"image": "debian"'
+dimg=$(readlink -f "$root/build/guest/debian.ext4")
+export deb dimg
+run "kilnd: images: minimal and debian (found beside kilnd) are listed; an unknown image is refused, naming them" 0 \
+	'^minimal,debian debian .* 400 .*image "nope" is not on this node \(it has minimal, debian\)' \
+	bash -c 'kd_stop; kd_start --mem-overcommit 8 || exit 1
+	         l=$(api GET /v1/images | js "[.images[].name] | join(\",\")")
+	         t=$("$kiln" image ls --endpoint "unix:$kdsock" | grep "^debian" | tr -s " ")
+	         api POST /v1/sandboxes "{$shape, \"image\": \"nope\"}" >/dev/null
+	         echo "$l $t $(cat $work/status) $(js .message <$work/body)"'
+
+run "kilnd: a Debian sandbox runs bash, python3 and sudo as app in /home/app, on a 10 GiB layer, its hostname resolving" 0 \
+	'^201 debian 5\.[^ ]+ app /home/app 2 0 sbx-loc-[0-9a-z]{20} 10G$' \
+	bash -c 'id=$(mk "$deb"); st=$(cat $work/status); img=$(api GET /v1/sandboxes/$id | js .image)
+	         out=$(ex $id bash -c "echo \$BASH_VERSION \$(id -un) \$PWD \$(python3 -c \"print(1+1)\") \$(sudo -n id -u) \$(hostname) \$(df --output=size -BG / | tail -1)")
+	         api DELETE /v1/sandboxes/$id >/dev/null; echo "$st $img $out"'
+
+run "kilnd: 10 Debian sandboxes write everywhere; none sees another's files, and the image is unchanged" 0 \
+	'^isolated=10 image=unchanged$' \
+	bash -c 'iso=0
+	         for i in $(seq 10); do
+	           id=$(mk "$deb"); [ -n "$id" ] || { echo "create $i: $(cat $work/body)"; exit 1; }
+	           n=$(ex $id bash -c "ls /usr/kiln-* /etc/kiln-* ~/kiln-* 2>/dev/null | wc -l
+	                 echo $i | sudo tee /usr/kiln-$i /etc/kiln-$i >/dev/null && echo $i >~/kiln-$i &&
+	                 sudo rm -rf /usr/share/doc /etc/apt && sync")
+	           [ "$n" = 0 ] && iso=$((iso + 1)); api DELETE /v1/sandboxes/$id >/dev/null
+	         done
+	         sum=$(sha256sum <"$dimg" | cut -d" " -f1)
+	         [ "$sum" = "$(cat "${dimg%.ext4}.sha256")" ] && u=unchanged || u="changed ($sum)"
+	         echo "isolated=$iso image=$u"'
+
+# Volumes: made through the CLI, attached at create in the template's slots.
+vol='"volumes": {"/data": "vol1"}'
+volro='"volumes": {"/v": {"volume": "vol1", "readonly": true}}'
+export vol volro
+run "kilnd: a volume keeps app's data across sandboxes; a second writer is refused, naming the first" 0 \
+	'^made 1024 a=ok second=409 .*vol1 is attached writable to sandbox sbx_loc_[0-9a-z]{20}.* b=kept$' \
+	bash -c '"$kiln" volume create vol1 1G --endpoint "unix:$kdsock" >/dev/null || exit 1
+	         s=$(api GET /v1/volumes/vol1 | js .size_mb)
+	         a=$(mk "$deb, $vol"); [ -n "$a" ] || { echo "create: $(cat $work/body)"; exit 1; }
+	         ra=$(ex $a bash -c "echo hello >/data/f && sync && cat /data/f" | grep -q hello && echo ok)
+	         api POST /v1/sandboxes "{$shape, $deb, \"volumes\": {\"/d\": \"vol1\"}}" >/dev/null
+	         sec="$(cat $work/status) $(js .message <$work/body)"
+	         api DELETE /v1/sandboxes/$a >/dev/null
+	         b=$(mk "$deb, $vol"); rb=$(ex $b cat /data/f); api DELETE /v1/sandboxes/$b >/dev/null
+	         [ "$rb" = hello ] && rb=kept
+	         echo "made $s a=$ra second=$sec b=$rb"'
+
+run "kilnd: a volume attaches read-only to two sandboxes at once; writes there fail; a writer must wait" 0 \
+	'^r1=hello r2=hello write=Read-only file system writer=409 .*attached read-only' \
+	bash -c 'r1=$(mk "$deb, $volro"); r2=$(mk "$deb, $volro")
+	         [ -n "$r1" ] && [ -n "$r2" ] || { echo "create: $(cat $work/body)"; exit 1; }
+	         a=$(ex $r1 cat /v/f); b=$(ex $r2 cat /v/f)
+	         w=$(ex $r1 bash -c "{ echo x >/v/g; } 2>&1" | grep -o "Read-only file system" | head -1)
+	         api POST /v1/sandboxes "{$shape, $deb, $vol}" >/dev/null; wr="$(cat $work/status) $(js .message <$work/body)"
+	         api DELETE /v1/sandboxes/$r1 >/dev/null; api DELETE /v1/sandboxes/$r2 >/dev/null
+	         echo "r1=$a r2=$b write=$w writer=$wr"'
+
+run "kilnd: a volume grows only while free, and the next sandbox sees it grown; rm waits until it is free" 0 \
+	'^busy=1 rm=1 grown=2048 df=(19|20)[0-9]{2} f=hello gone=404 hours=yes$' \
+	bash -c 'a=$(mk "$deb, $vol"); [ -n "$a" ] || { echo "create: $(cat $work/body)"; exit 1; }
+	         "$kiln" volume resize vol1 2G --endpoint "unix:$kdsock" 2>/dev/null; busy=$?
+	         "$kiln" volume rm vol1 --endpoint "unix:$kdsock" 2>/dev/null; rm=$?
+	         api DELETE /v1/sandboxes/$a >/dev/null
+	         "$kiln" volume resize vol1 2G --endpoint "unix:$kdsock" || exit 1
+	         g=$(api GET /v1/volumes/vol1 | js .size_mb)
+	         h=$(api GET /v1/volumes/vol1 | js "if .usage.gib_hours > 0 then \"yes\" else \"no\" end")
+	         b=$(mk "$deb, $vol"); d=$(ex $b df -BM --output=size /data | tail -1 | tr -dc 0-9); f=$(ex $b cat /data/f)
+	         api DELETE /v1/sandboxes/$b >/dev/null
+	         "$kiln" volume rm vol1 --endpoint "unix:$kdsock" || exit 1
+	         api GET /v1/volumes/vol1 >/dev/null
+	         echo "busy=$busy rm=$rm grown=$g df=$d f=$f gone=$(cat $work/status) hours=$h"'
+
+run "kilnd: a volume made from debian, changed in a sandbox and snapshotted, boots as an image whose sandboxes' writes vanish" 0 \
+	'^sees=hello vanished=yes kind=snapshot gone=404$' \
+	bash -c 'ep="unix:$kdsock"
+	         "$kiln" volume create rv 1G --from debian --endpoint "$ep" || exit 1
+	         a=$(mk "$deb, \"volumes\": {\"/mnt/r\": \"rv\"}"); [ -n "$a" ] || { echo "create: $(cat $work/body)"; exit 1; }
+	         ex $a bash -c "echo hello | sudo tee /mnt/r/etc/kiln-hello >/dev/null && sync"; api DELETE /v1/sandboxes/$a >/dev/null
+	         "$kiln" volume snapshot rv snap1 --endpoint "$ep" || exit 1
+	         k=$(api GET /v1/images/snap1 | js .kind)
+	         b=$(mk "\"root\": \"snap1\""); [ -n "$b" ] || { echo "create: $(cat $work/body)"; exit 1; }
+	         h=$(ex $b cat /etc/kiln-hello); ex $b bash -c "echo x | sudo tee /etc/kiln-x >/dev/null"
+	         api DELETE /v1/sandboxes/$b >/dev/null
+	         c=$(mk "\"image\": \"snap1\""); v=$(ex $c bash -c "test -e /etc/kiln-x && echo kept || echo yes")
+	         api DELETE /v1/sandboxes/$c >/dev/null
+	         "$kiln" image rm snap1 --endpoint "$ep" && "$kiln" volume rm rv --endpoint "$ep" || exit 1
+	         api GET /v1/images/snap1 >/dev/null
+	         echo "sees=$h vanished=$v kind=$k gone=$(cat $work/status)"'
+
+run "kilnd: a full layer gives ENOSPC in its sandbox; another sandbox still writes" 0 \
+	'^a: No space left on device b: written$' \
+	bash -c 'kd_stop; kd_start --mem-overcommit 8 --layer-size 128M || exit 1
+	         a=$(mk "$deb"); b=$(mk "$deb")
+	         ea=$(ex $a bash -c "dd if=/dev/zero of=fill bs=1M count=200 2>&1 | grep -o \"No space left on device\" | head -1")
+	         eb=$(ex $b bash -c "head -c 1048576 /dev/zero >f && echo written")
+	         api DELETE /v1/sandboxes/$a >/dev/null; api DELETE /v1/sandboxes/$b >/dev/null; echo "a: $ea b: $eb"'
+
+run "kilnd: a damaged image is refused by its recorded SHA-256; a truncated one fails its template boot, saying why" 0 \
+	'^bad: 500 .*bad .*does not match the SHA-256 recorded in .*/bad/rootfs\.sha256.* trunc: 500 .*image on /dev/vda will not mount' \
+	bash -c 'kd_stop; mkdir -p $work/bad $work/trunc
+	         head -c 64M "$dimg" >$work/bad/rootfs.ext4; cp "${dimg%.ext4}.sha256" $work/bad/rootfs.sha256
+	         head -c 64M "$dimg" >$work/trunc/t.ext4
+	         kd_start --mem-overcommit 8 --image "debian=$dimg" --image bad=$work/bad/rootfs.ext4 \
+	           --image trunc=$work/trunc/t.ext4 || exit 1
+	         api POST /v1/sandboxes "{$shape, \"image\": \"bad\"}" >/dev/null; a="$(cat $work/status) $(js .message <$work/body)"
+	         api POST /v1/sandboxes "{$shape, \"image\": \"trunc\"}" >/dev/null; b="$(cat $work/status) $(js .message <$work/body)"
+	         rm -rf $work/bad $work/trunc; echo "bad: $a trunc: $b"'
+
+run "kilnd: below --min-free a create is refused with 507, naming the floor and the fix" 0 \
+	'^507 .*has [0-9.]+ GiB free, below the floor of 1024\.00 GiB \(kilnd --min-free\)' \
+	bash -c 'kd_stop; kd_start --mem-overcommit 8 --min-free 1T || exit 1
+	         api POST /v1/sandboxes "{$shape}" >/dev/null; echo "$(cat $work/status) $(js .message <$work/body)"'
+
 run "kilnd: stops cleanly on SIGTERM, and ran with no sanitizer report" 0 '^stopped, reports=0$' \
-	bash -c 'kd_start --mem-overcommit 8 >/dev/null && kd_stop && echo "stopped, reports=$(grep -c -E "Sanitizer|runtime error" "$work/kilnd.log" "$work/full.log" | awk -F: "{s+=\$2} END {print s}")"'
+	bash -c 'kd_stop; kd_start --mem-overcommit 8 >/dev/null && kd_stop && echo "stopped, reports=$(grep -c -E "Sanitizer|runtime error" "$work/kilnd.log" "$work/full.log" | awk -F: "{s+=\$2} END {print s}")"'
