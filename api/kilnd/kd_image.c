@@ -443,7 +443,7 @@ int kd_run_tool(char *const argv[], const char *log, const char *doing, int ok_m
 int kd_layer_make(const char *path, uint64_t bytes, const char *log, struct kiln_err *err)
 {
 	char size[32];
-	char *const argv[] = { "mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-E",
+	char *const argv[] = { "mke2fs", "-q", "-F", "-t", "ext4", "-O", "^has_journal,^resize_inode", "-m", "0", "-E",
 			       "lazy_itable_init=1,nodiscard", "-L", "kiln-layer", (char *)path, size, NULL };
 	int fd, r;
 

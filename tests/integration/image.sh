@@ -24,7 +24,7 @@ export img isock kiln root_args work vmm
 # mklayer FILE SIZE: a sparse, empty ext4 writable layer, as kilnd makes one.
 mklayer() {
 	rm -f "$1" && truncate -s "$2" "$1" &&
-		mke2fs -q -t ext4 -O ^has_journal -m 0 -E lazy_itable_init=1,nodiscard "$1"
+		mke2fs -q -t ext4 -O ^has_journal,^resize_inode -m 0 -E lazy_itable_init=1,nodiscard "$1"
 }
 # "${ki[@]}" -- CMD...: run CMD in the shared Debian guest.
 ki=("$kiln" exec --uds "$isock" --connect-timeout 300)
