@@ -17,6 +17,10 @@
 #   4. kilnd's create (POST -> 201) against the 93 ms Deno Sandbox advertises
 #   1b. (run after 2) the same create through a kilnd with a warm pool of 2
 #      (--pool), where a create only hands over identity
+#   5. images (issue 15): create -> first exec through kilnd of a Debian
+#      sandbox against a minimal one, interleaved, and the summed PSS of 10
+#      VMMs of each; target: Debian within 1.5x of minimal (p50)
+# Sections 1-4 run on the minimal image (kilnd --default-image minimal).
 # Needs /dev/kvm (make bench-create goes through tests/nested/kvm-host.sh
 # where there is none), and root or a user that may run kilnd and kiln-vmm.
 # Usage: bench/create.sh VMM KILND KILN FIRSTEXEC [ROUNDS]
@@ -113,10 +117,13 @@ def api(method, url, body=None, timeout=None):
 live_ids = set()
 ids_lock = threading.Lock()
 
-def create():
+def create(image=None):
     """POST a sandbox: (ms to the 201, its JSON) or raises with kilnd's message."""
     t = time.perf_counter()
-    st, o = api("POST", "/v1/sandboxes", {"memory_mb": mem_mib, "vcpus": vcpus, "timeout": "1h"})
+    body = {"memory_mb": mem_mib, "vcpus": vcpus, "timeout": "1h"}
+    if image:
+        body["image"] = image
+    st, o = api("POST", "/v1/sandboxes", body)
     ms = (time.perf_counter() - t) * 1e3
     if st != 201 or not o or "id" not in o:
         raise RuntimeError("POST /v1/sandboxes: %d %s" % (st, (o or {}).get("message", o)))
@@ -171,7 +178,8 @@ def start_kilnd(extra=()):
     global kd_proc
     out = open(kd_log, "ab")
     kd_proc = subprocess.Popen([kilnd, "--state-dir", kd_dir, "--listen", "unix:" + kd_sock, "--vmm", vmm,
-                                "--mem-reserve", str(reserve), "--mem-overcommit", "%g" % overcommit] + list(extra),
+                                "--mem-reserve", str(reserve), "--mem-overcommit", "%g" % overcommit,
+                                "--default-image", "minimal"] + list(extra),
                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, preexec_fn=die_with_us)
     out.close()
     deadline = time.monotonic() + 30
@@ -315,13 +323,13 @@ def med(v):
     return pct(v, 50)
 
 # ---- 1. create -> first exec --------------------------------------------------
-def kilnd_lib(tag):
+def kilnd_lib(tag, image=None):
     """POST, then the first exec through the client library on the sandbox's vsock socket."""
     cli = Client(next_name("kdlib"), identity=False)
     sid = None
     t0 = time.perf_counter()
     try:
-        post_ms, o = create()
+        post_ms, o = create(image)
         sid = o["id"]
         cli.go(vsock_of(sid))
         t, retries = cli.result()
@@ -482,9 +490,46 @@ def raw_batch(n, tag):
     done = [r for r in res if "t_done" in r]
     return len(done) / (max(r["t_done"] for r in done) - t0) if done else None
 
+# ---- 5. images ----------------------------------------------------------------
+def vmm_pss_kib(sid):
+    """PSS of the kiln-vmm serving sandbox sid (found by its vsock path in its argv)."""
+    want = vsock_of(sid).encode()
+    for p in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            argv = open(p, "rb").read()
+            if want in argv and b"kiln-vmm" in argv.split(b"\0")[0]:
+                with open(p.replace("cmdline", "smaps_rollup")) as f:
+                    for line in f:
+                        if line.startswith("Pss:"):
+                            return int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return None
+
+def image_pss(image, n=10):
+    """n sandboxes of image held at once: their VMMs' summed PSS (KiB), then killed."""
+    ids, total = [], 0
+    try:
+        for _ in range(n):
+            ids.append(create(image)[1]["id"])
+        time.sleep(1)
+        for sid in ids:
+            v = vmm_pss_kib(sid)
+            if v is None:
+                raise RuntimeError("no kiln-vmm found for %s" % sid)
+            total += v
+        return total
+    except Exception as e:              # noqa: BLE001
+        failed("PSS of %d %s sandboxes: %s" % (n, image, e))
+        return None
+    finally:
+        kill_all(ids)
+
 # ---- the run ------------------------------------------------------------------
 tpl = None
-lat = {"lib": [], "cli": [], "raw": [], "cold": [], "pool": []}
+lat = {"lib": [], "cli": [], "raw": [], "cold": [], "pool": [], "deb": [], "min": []}
+img_pss = {}
+has_debian = False
 POOL_N = 2
 tput = {"kd_c": [], "kd_e": [], "raw": [], "post": []}
 rss = {}
@@ -532,6 +577,23 @@ try:
         tput["raw"].append(raw_batch(nclients, "batch %d" % (r + 1)))
 
     rss["used"] = status("VmRSS", kd_proc.pid)
+    st, imgs = api("GET", "/v1/images")
+    has_debian = any(i.get("name") == "debian" for i in (imgs or {}).get("images", []))
+    if has_debian:
+        log("images: the Debian template, then %d rounds of debian and minimal creates, interleaved" % rounds)
+        for i in range(rounds + 1):                 # round 0 builds the Debian template and warms up
+            tag = "image round %d" % i if i else "image warm-up"
+            got = {"deb": kilnd_lib(tag, "debian"), "min": kilnd_lib(tag, "minimal")}
+            if i:
+                for k, v in got.items():
+                    if v:
+                        lat[k].append(v)
+            log("%s: %s" % (tag, "  ".join("%s %s" % (k, "%.0f ms" % v["ms"] if v else "FAILED") for k, v in got.items())))
+        for image in ("debian", "minimal"):
+            log("10 %s sandboxes at once for their PSS" % image)
+            img_pss[image] = image_pss(image)
+    else:
+        log("images: kilnd has no debian image (make image builds it); section 5 is left out")
     # kilnd with a warm pool of this shape: a create only hands over identity.
     stop_kilnd()
     start_kilnd(["--pool", "%d:%d:%d" % (mem_mib, vcpus, POOL_N)])
@@ -673,6 +735,20 @@ if nested:
     print("nested TCG: kilnd's times here are many times a real KVM host's, so they cannot be set")
     print("against Deno's 93 ms; only the ratios in 1, 1b and 2 carry over. Run make bench-create on")
     print("a real KVM host for this comparison.")
+print()
+print("5. images: a Debian sandbox against a minimal one, both through kilnd, interleaved")
+if has_debian:
+    print("%-40s %-4s %12s %12s %7s" % ("metric", "", "debian", "minimal", "deb/min"))
+    for q, stat in ((50, "p50"), (99, "p99")):
+        row("create -> first exec (library)", stat, pct(col("deb"), q), pct(col("min"), q), "ms")
+    row("  of which: POST -> 201", "p50", med(col("deb", "post_ms")), med(col("min", "post_ms")), "ms")
+    row("  kilnd's own create_ms (its clock)", "p50", med(col("deb", "kd_ms")), med(col("min", "kd_ms")), "ms")
+    row("summed PSS of 10 VMMs", "", img_pss.get("debian"), img_pss.get("minimal"), "MiB")
+    r_img = (med(col("deb")) / med(col("min"))) if col("deb") and col("min") else None
+    print("target: a Debian sandbox within 1.5x of a minimal one (create -> first exec, p50): %s" % (
+        "n/a" if r_img is None else "%s (%.2f)" % ("PASS" if r_img <= 1.5 else "MISS", r_img)))
+else:
+    print("left out: kilnd has no debian image (make image builds it)")
 print()
 print("run took %.0f s (kilnd, memory overcommit %g; %d create->exec reconnects)" % (
     total, overcommit, sum(x.get("retries", 0) for k in ("lib", "raw", "cold") for x in lat[k])))
