@@ -225,7 +225,7 @@ test-unit: $(O)/registry-unit-tests $(O)/asan/fake-kilnd $(O)/asan/kiln
 # inside a nested KVM host under QEMU's TCG (tests/nested/). Both the
 # release and the sanitizer builds of kiln-vmm are tested.
 test-integration: all asan image
-	tests/nested/kvm-host.sh -- tests/integration/run.sh $(O)/kiln-vmm $(O)/asan/kiln-vmm
+	tests/nested/kvm-host.sh --timeout 3600 -- tests/integration/run.sh $(O)/kiln-vmm $(O)/asan/kiln-vmm
 
 # The CLI against a kilnd of its own (tests/kilnd-cli/run.sh): the REST verbs
 # that need no VM, and the agent tunnel's refusals.
