@@ -176,7 +176,7 @@ static uint64_t parse_dur(const char *s, const char *what, int zero_ok)
 }
 
 /* SIZE: bytes, or a number with K, M, G or T (binary units). */
-static uint64_t parse_size(const char *s, const char *what)
+int kd_parse_size(const char *s, uint64_t *out)
 {
 	char *end;
 	unsigned long long v;
@@ -185,7 +185,7 @@ static uint64_t parse_size(const char *s, const char *what)
 	errno = 0;
 	v = strtoull(s, &end, 10);
 	if (end == s || errno || s[0] == '-')
-		die("%s %s is not a size such as 10G or 512M", what, s);
+		return -EINVAL;
 	switch (*end) {
 	case 'K': case 'k': shift = 10; end++; break;
 	case 'M': case 'm': shift = 20; end++; break;
@@ -197,8 +197,18 @@ static uint64_t parse_size(const char *s, const char *what)
 	else if (*end == 'B')
 		end++;
 	if (*end || (shift && v > (~0ull >> shift)))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+static uint64_t parse_size(const char *s, const char *what)
+{
+	uint64_t v;
+
+	if (kd_parse_size(s, &v))
 		die("%s %s is not a size such as 10G or 512M", what, s);
-	return (uint64_t)v << shift;
+	return v;
 }
 
 static char beside[PATH_MAX];	/* kilnd's directory */

@@ -53,31 +53,11 @@ static void busy_clear(struct kilnd *kd, const char *name)
 /* "1G", "512M", "300MiB" or a number of bytes; 0 when malformed. */
 static uint64_t size_of(const json_t *v)
 {
-	const char *s = json_string_value(v);
-	char *end;
-	unsigned long long n;
-	unsigned shift = 0;
+	uint64_t n;
 
 	if (json_is_integer(v))
 		return json_integer_value(v) > 0 ? (uint64_t)json_integer_value(v) : 0;
-	if (!s || !*s || *s == '-')
-		return 0;
-	errno = 0;
-	n = strtoull(s, &end, 10);
-	if (end == s || errno)
-		return 0;
-	switch (*end) {
-	case 'K': case 'k': shift = 10; end++; break;
-	case 'M': case 'm': shift = 20; end++; break;
-	case 'G': case 'g': shift = 30; end++; break;
-	}
-	if (shift && end[0] == 'i' && end[1] == 'B')
-		end += 2;
-	else if (shift && end[0] == 'B')
-		end++;
-	if (*end || n > (1ull << 40) >> shift)
-		return 0;
-	return (uint64_t)n << shift;
+	return json_is_string(v) && !kd_parse_size(json_string_value(v), &n) ? n : 0;
 }
 
 static json_t *volume_json(const struct reg_volume *v, int64_t now)

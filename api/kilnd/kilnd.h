@@ -169,6 +169,8 @@ struct kilnd {
 int kd_pathf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 uint64_t kd_now_ms(void);
 uint64_t kd_mono_ns(void);
+/* A size: bytes, or a number with K, M, G or T (binary; an optional B or iB). 0, or -EINVAL. */
+int kd_parse_size(const char *s, uint64_t *out);
 
 /* ---- node.c: sandboxes ---- */
 struct kd_sbx *kd_sbx_find(struct kilnd *kd, const char *id);
