@@ -18,13 +18,7 @@ static const char SQL_TPL_DEL[] = "DELETE FROM templates WHERE image = ?1 AND me
 
 int reg_image_check(const char *image, struct kiln_err *err)
 {
-	char b[48];
-
-	if (!image || !*image || strnlen(image, REG_IMAGE_MAX) >= REG_IMAGE_MAX ||
-	    !reg_in_set(image, strlen(image), "abcdefghijklmnopqrstuvwxyz0123456789._-"))
-		return kiln_fail(err, EINVAL, "image name \"%s\" is malformed (1-64 of a-z 0-9 . _ -)",
-				 image ? reg_shown(image, b) : "");
-	return 0;
+	return reg_name_check("image", image, err);
 }
 
 static int hex_check(const char *what, const char *h, struct kiln_err *err)

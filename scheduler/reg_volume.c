@@ -24,13 +24,7 @@ static const char SQL_VOL_DELETE[] = "DELETE FROM volumes WHERE name = ?1";
 
 int reg_volume_name_check(const char *name, struct kiln_err *err)
 {
-	char b[48];
-
-	if (!name || !*name || strnlen(name, REG_IMAGE_MAX) >= REG_IMAGE_MAX ||
-	    !reg_in_set(name, strlen(name), "abcdefghijklmnopqrstuvwxyz0123456789._-"))
-		return kiln_fail(err, EINVAL, "volume name \"%s\" is malformed (1-64 of a-z 0-9 . _ -)",
-				 name ? reg_shown(name, b) : "");
-	return 0;
+	return reg_name_check("volume", name, err);
 }
 
 static int size_check(uint64_t size, struct kiln_err *err)

@@ -169,6 +169,17 @@ bool reg_in_set(const char *s, size_t len, const char *set)
 	return true;
 }
 
+int reg_name_check(const char *what, const char *name, struct kiln_err *err)
+{
+	char b[48];
+
+	if (!name || !*name || strnlen(name, REG_IMAGE_MAX) >= REG_IMAGE_MAX ||
+	    !reg_in_set(name, strlen(name), "abcdefghijklmnopqrstuvwxyz0123456789._-"))
+		return kiln_fail(err, EINVAL, "%s name \"%s\" is malformed (1-64 of a-z 0-9 . _ -)", what,
+				 name ? reg_shown(name, b) : "");
+	return 0;
+}
+
 int reg_path_check(const char *what, const char *p, struct kiln_err *err)
 {
 	int r = reg_str_check(what, p, 1, REG_PATH_MAX - 1, err);

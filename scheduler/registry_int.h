@@ -72,7 +72,8 @@ const char *reg_shown(const char *s, char buf[48]);
 int reg_str_check(const char *what, const char *s, size_t min, size_t max, struct kiln_err *err);
 int reg_path_check(const char *what, const char *p, struct kiln_err *err);
 int reg_shape_check(uint32_t memory_mb, uint32_t vcpus, struct kiln_err *err);
-/* An image name: 1-64 of a-z 0-9 . _ - (0, or -EINVAL naming it). */
+/* A name of an image or volume (what): 1-64 of a-z 0-9 . _ - (0, or -EINVAL naming it). */
+int reg_name_check(const char *what, const char *name, struct kiln_err *err);
 int reg_image_check(const char *image, struct kiln_err *err);
 /* n characters of alphabet (k of them) from getrandom, unbiased, and a NUL. */
 int reg_random_chars(char *out, size_t n, const char *alphabet, unsigned k, struct kiln_err *err);
