@@ -29,6 +29,23 @@
 
 extern char **environ;
 
+static void hex32(const unsigned char md[32], char hex[REG_SHA256_HEX])
+{
+	for (unsigned i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+}
+
+int kd_sha256_hex(const void *p, size_t len, char hex[REG_SHA256_HEX])
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned mdlen = 0;
+
+	if (!EVP_Digest(p, len, md, &mdlen, EVP_sha256(), NULL) || mdlen < 32)
+		return -ENOMEM;
+	hex32(md, hex);
+	return 0;
+}
+
 int kd_sha256_file(const char *path, char hex[REG_SHA256_HEX], struct kiln_err *err)
 {
 	unsigned char md[EVP_MAX_MD_SIZE], buf[1 << 16];
@@ -54,16 +71,17 @@ int kd_sha256_file(const char *path, char hex[REG_SHA256_HEX], struct kiln_err *
 		}
 		EVP_DigestUpdate(c, buf, (size_t)n);
 	}
-	EVP_DigestFinal_ex(c, md, &mdlen);
-	for (unsigned i = 0; i < mdlen && i < 32; i++)
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	if (!EVP_DigestFinal_ex(c, md, &mdlen) || mdlen < 32)
+		r = kiln_fail(err, ENOMEM, "SHA-256 of %s: libcrypto failed", path);
+	else
+		hex32(md, hex);
 out:
 	EVP_MD_CTX_free(c);
 	close(fd);
 	return r;
 }
 
-static int name_ok(const char *s, size_t n)
+int kd_name_ok(const char *s, size_t n)
 {
 	return n >= 1 && n < REG_IMAGE_MAX && strspn(s, "abcdefghijklmnopqrstuvwxyz0123456789._-") >= n;
 }
@@ -74,7 +92,7 @@ int kd_image_add(struct kd_conf *c, const char *arg, struct kiln_err *err)
 	struct kd_image *img;
 	size_t n = eq ? (size_t)(eq - arg) : 0;
 
-	if (!eq || !name_ok(arg, n) || !eq[1])
+	if (!eq || !kd_name_ok(arg, n) || !eq[1])
 		return kiln_fail(err, EINVAL, "--image %s: expected NAME=PATH, NAME 1-64 of a-z 0-9 . _ -, "
 				 "e.g. debian=/var/lib/kiln/images/debian.ext4", arg);
 	if (n == strlen(KD_IMAGE_MINIMAL) && !memcmp(arg, KD_IMAGE_MINIMAL, n))
@@ -151,26 +169,38 @@ static int image_identify(struct kd_image *img, struct kiln_err *err)
 		return r;
 	if (!r) {
 		/* No recorded sum: the file as it is now keys the templates. */
-		unsigned char md[EVP_MAX_MD_SIZE];
-		unsigned mdlen = 0;
 		char key[KD_PATH_MAX + 96];
 		int kl = snprintf(key, sizeof(key), "%s %llu %lld.%09ld %llu", real, (unsigned long long)st.st_size,
 				  (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec, (unsigned long long)st.st_ino);
 
-		if (!EVP_Digest(key, (size_t)kl, md, &mdlen, EVP_sha256(), NULL))
+		if (kd_sha256_hex(key, (size_t)kl, hex))
 			return kiln_fail(err, ENOMEM, "image %s: libcrypto failed", img->name);
-		for (unsigned j = 0; j < 32; j++)
-			snprintf(hex + 2 * j, 3, "%02x", md[j]);
 	}
 	memcpy(img->id, hex, sizeof(img->id));
 	snprintf(img->path, sizeof(img->path), "%s", real);
 	return 0;
 }
 
+/* A snapshot image at path, added to the list (not yet identified). */
+static int snapshot_add(struct kilnd *kd, const char *name, const char *path, struct kiln_err *err)
+{
+	char arg[KD_PATH_MAX + 96];
+	int r;
+
+	if (kd_image_find(kd, name))
+		return kiln_fail(err, EEXIST, "image %s already exists", name);
+	if (kd_pathf(arg, sizeof(arg), "%s=%s", name, path))
+		return kiln_fail(err, ENAMETOOLONG, "image %s: path too long", name);
+	if ((r = kd_image_add(&kd->conf, arg, err)))
+		return r;
+	kd->conf.images[kd->conf.nimages - 1].snapshot = 1;
+	return 0;
+}
+
 /* Snapshots of volumes kept in STATE/images: NAME.ext4 with NAME.sha256. */
 static int images_load(struct kilnd *kd, struct kiln_err *err)
 {
-	char dir[KD_PATH_MAX + 16], arg[KD_PATH_MAX + 96];
+	char dir[KD_PATH_MAX + 16], path[KD_PATH_MAX + 96], name[REG_IMAGE_MAX];
 	struct dirent *e;
 	DIR *d;
 	int r = 0;
@@ -181,16 +211,12 @@ static int images_load(struct kilnd *kd, struct kiln_err *err)
 	while (!r && (e = readdir(d))) {
 		size_t n = strlen(e->d_name);
 
-		if (n < 6 || n - 5 >= REG_IMAGE_MAX || strcmp(e->d_name + n - 5, ".ext4") ||
-		    !name_ok(e->d_name, n - 5) || kd_image_find(kd, e->d_name) ||
-		    kd_pathf(arg, sizeof(arg), "%.*s=%s/%s", (int)(n - 5), e->d_name, dir, e->d_name))
+		if (n < 6 || strcmp(e->d_name + n - 5, ".ext4") || !kd_name_ok(e->d_name, n - 5))
 			continue;
-		arg[n - 5] = '\0';
-		if (kd_image_find(kd, arg))
-			continue;
-		arg[n - 5] = '=';
-		if ((r = kd_image_add(&kd->conf, arg, err)) == 0)
-			kd->conf.images[kd->conf.nimages - 1].snapshot = 1;
+		snprintf(name, sizeof(name), "%.*s", (int)(n - 5), e->d_name);
+		/* An --image of that name wins. */
+		if (!kd_image_find(kd, name) && !kd_pathf(path, sizeof(path), "%s/%s", dir, e->d_name))
+			r = snapshot_add(kd, name, path, err);
 	}
 	closedir(d);
 	return r;
@@ -222,18 +248,12 @@ int kd_images_probe(struct kilnd *kd, const char *beside, struct kiln_err *err)
 
 int kd_image_register(struct kilnd *kd, const char *name, const char *path, struct kiln_err *err)
 {
-	char arg[KD_PATH_MAX + 96];
 	struct kd_image *img;
 	int r;
 
-	if (kd_image_find(kd, name))
-		return kiln_fail(err, EEXIST, "image %s already exists", name);
-	if (kd_pathf(arg, sizeof(arg), "%s=%s", name, path))
-		return kiln_fail(err, ENAMETOOLONG, "image %s: path too long", name);
-	if ((r = kd_image_add(&kd->conf, arg, err)))
+	if ((r = snapshot_add(kd, name, path, err)))
 		return r;
 	img = &kd->conf.images[kd->conf.nimages - 1];
-	img->snapshot = 1;
 	if ((r = image_identify(img, err))) {
 		img->removed = 1;
 		img->name[0] = '\0';
@@ -398,17 +418,8 @@ int kd_image_verify(struct kilnd *kd, const struct kd_image *cimg, struct kiln_e
 
 void kd_image_disk_args(const struct kd_image *img, char **argv, size_t max, char *buf, size_t n)
 {
-	size_t i = 0;
-
-	if (!img || !img->path[0])
-		return;
-	while (argv[i])
-		i++;
-	if (i + 3 > max || kd_pathf(buf, n, "%s,ro", img->path))
-		return;
-	argv[i] = "--disk";
-	argv[i + 1] = buf;
-	argv[i + 2] = NULL;
+	if (img && img->path[0] && !kd_pathf(buf, n, "%s,ro", img->path))
+		kd_argv_add(argv, max, "--disk", buf);
 }
 
 int kd_run_tool(char *const argv[], const char *log, const char *doing, int ok_max, struct kiln_err *err)

@@ -321,8 +321,7 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 				die("%s", err.msg);
 			break;
 		case O_DEFIMAGE:
-			if (!*optarg || strlen(optarg) >= sizeof(c->default_image) ||
-			    strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(optarg))
+			if (!kd_name_ok(optarg, strlen(optarg)))
 				die("--default-image %s: not an image name (1-64 of a-z 0-9 . _ -)", optarg);
 			snprintf(c->default_image, sizeof(c->default_image), "%s", optarg);
 			break;

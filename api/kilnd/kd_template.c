@@ -18,8 +18,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include "agent_client.h"
 #include "kilnd.h"
 
@@ -72,15 +70,11 @@ static void template_dir(const struct kilnd *kd, const struct kd_image *img, uns
 			 char *buf, size_t n)
 {
 	char in[REG_SHA256_HEX * 3 + REG_IMAGE_MAX + 32], hex[REG_SHA256_HEX];
-	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned mdlen = 0;
 	int len = snprintf(in, sizeof(in), "%s %s %s %s %llu slots=%d", kd->kernel_sha, kd->initrd_sha, img->name,
 			   img->id, img->path[0] ? (unsigned long long)kd->conf.layer_bytes : 0ull, img->path[0] ? KD_SLOTS : 0);
 
-	memset(hex, '0', 12);
-	if (EVP_Digest(in, (size_t)len, md, &mdlen, EVP_sha256(), NULL))
-		for (unsigned i = 0; i < 6 && i < mdlen; i++)
-			snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	if (kd_sha256_hex(in, (size_t)len, hex))
+		memset(hex, '0', 12);
 	kd_pathf(buf, n, "%s/templates/%.8s-%um-%uc-%.12s", kd->conf.state_dir, img->name, mem, vcpus, hex);
 }
 
@@ -130,7 +124,7 @@ static int template_boot(struct kilnd *kd, const struct kd_image *img, const cha
 			 struct kiln_err *err)
 {
 	char snap[KD_PATH_MAX + 8], vsock[KD_PATH_MAX + 16], log[KD_PATH_MAX + 16], memarg[16], cpuarg[16],
-		console[KD_PATH_MAX + 32], layer[KD_PATH_MAX + 16], layerarg[KD_PATH_MAX + 16], disk[KD_PATH_MAX + 8],
+		console[KD_PATH_MAX + 32], layer[KD_PATH_MAX + 16], disk[KD_PATH_MAX + 8],
 		cmdline[128] = "kiln.agent";
 	pid_t pid;
 	int r, st;
@@ -159,14 +153,7 @@ static int template_boot(struct kilnd *kd, const struct kd_image *img, const cha
 			 KD_IMAGE_USER);
 		kd_image_disk_args(img, argv, sizeof(argv) / sizeof(argv[0]), disk, sizeof(disk));
 		kd_slot_args(kd, NULL, 0, argv, sizeof(argv) / sizeof(argv[0]), slots);
-		snprintf(layerarg, sizeof(layerarg), "%s", layer);
-		for (size_t i = 0; i < sizeof(argv) / sizeof(argv[0]) - 3; i++)
-			if (!argv[i]) {
-				argv[i] = "--disk";
-				argv[i + 1] = layerarg;
-				argv[i + 2] = NULL;
-				break;
-			}
+		kd_argv_add(argv, sizeof(argv) / sizeof(argv[0]), "--disk", layer);
 	}
 	r = kd_vmm_spawn(kd, argv, log, &pid, err);
 	if (r)

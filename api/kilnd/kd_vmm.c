@@ -35,6 +35,20 @@ static void close_from_3(void)
 		close(fd);
 }
 
+int kd_argv_add(char **argv, size_t max, char *opt, char *val)
+{
+	size_t i = 0;
+
+	while (i < max && argv[i])
+		i++;
+	if (i + 3 > max)
+		return -E2BIG;
+	argv[i] = opt;
+	argv[i + 1] = val;
+	argv[i + 2] = NULL;
+	return 0;
+}
+
 int kd_vmm_spawn(const struct kilnd *kd, char *const argv[], const char *log, pid_t *pid, struct kiln_err *err)
 {
 	int lfd, nfd, e;

@@ -260,11 +260,7 @@ int kd_volumes_prepare(struct kd_job *j)
 void kd_slot_args(const struct kilnd *kd, const struct reg_attach *vols, unsigned nvols, char **argv, size_t max,
 		  char bufs[][KD_SLOT_ARG_MAX])
 {
-	size_t i = 0;
-
-	while (argv[i])
-		i++;
-	for (unsigned s = 0; s < KD_SLOTS && i + 3 <= max; s++) {
+	for (unsigned s = 0; s < KD_SLOTS; s++) {
 		const struct reg_attach *a = s < nvols ? &vols[s] : NULL;
 		char path[KD_PATH_MAX + 80];
 
@@ -274,9 +270,7 @@ void kd_slot_args(const struct kilnd *kd, const struct reg_attach *vols, unsigne
 			kd_pathf(path, sizeof(path), "%s/empty.img", kd->conf.state_dir);
 		/* The empty file is every sandbox's: shared, so read-only. */
 		kd_pathf(bufs[s], KD_SLOT_ARG_MAX, "%s,slot%s", path, !a || a->readonly ? ",ro" : "");
-		argv[i++] = "--disk";
-		argv[i++] = bufs[s];
-		argv[i] = NULL;
+		kd_argv_add(argv, max, "--disk", bufs[s]);
 	}
 }
 

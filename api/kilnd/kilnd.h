@@ -215,8 +215,12 @@ void kd_pool_check(struct kilnd *kd);
 void kd_pool_drain(struct kilnd *kd);
 
 /* ---- image.c ---- */
+/* SHA-256 of len bytes at p, as 64 hex digits; -ENOMEM if libcrypto fails. */
+int kd_sha256_hex(const void *p, size_t len, char hex[REG_SHA256_HEX]);
 /* SHA-256 of a file, as 64 hex digits. */
 int kd_sha256_file(const char *path, char hex[REG_SHA256_HEX], struct kiln_err *err);
+/* Do the first n bytes of s make an image name (1-64 of a-z 0-9 . _ -)? */
+int kd_name_ok(const char *s, size_t n);
 /* --image NAME=PATH. */
 int kd_image_add(struct kd_conf *c, const char *arg, struct kiln_err *err);
 /* At start: Debian's image beside kilnd (dir beside) unless --image gave some; each one's identity; the default. */
@@ -281,6 +285,8 @@ int kd_template_remove(struct kilnd *kd, const char *image, unsigned memory_mb, 
 int kd_rmtree(const char *path);
 
 /* ---- vmm.c: kiln-vmm processes ---- */
+/* Append OPT VAL to a NULL-terminated argv of max slots; -E2BIG when it does not fit. */
+int kd_argv_add(char **argv, size_t max, char *opt, char *val);
 /* Start kiln-vmm with argv (NULL-terminated, argv[0] ignored) in its own session, output to log. */
 int kd_vmm_spawn(const struct kilnd *kd, char *const argv[], const char *log, pid_t *pid, struct kiln_err *err);
 /*
