@@ -32,22 +32,24 @@ int kd_volume_path(const struct kilnd *kd, const char *name, char *buf, size_t n
 	return kd_pathf(buf, n, "%s/volumes/%s.ext4", kd->conf.state_dir, name);
 }
 
-int kd_volume_busy(const struct kilnd *kd, const char *name)
+/*
+ * Volume jobs out (kd->pending, the loop's): all of them, or with volume
+ * those on that volume, or with image the snapshot making that image.
+ */
+static unsigned volume_jobs(const struct kilnd *kd, const char *volume, const char *image)
 {
-	for (unsigned i = 0; i < kd->nvol_busy; i++)
-		if (!strcmp(kd->vol_busy[i], name))
-			return 1;
-	return 0;
+	unsigned n = 0;
+
+	for (const struct kd_job *j = kd->pending; j; j = j->pnext)
+		if (j->kind == KD_JOB_VOLUME && (!volume || !strcmp(j->vol_name, volume)) &&
+		    (!image || (j->vol_op == KD_VOL_SNAPSHOT && !strcmp(j->snap_name, image))))
+			n++;
+	return n;
 }
 
-static void busy_clear(struct kilnd *kd, const char *name)
+int kd_volume_busy(const struct kilnd *kd, const char *name)
 {
-	for (unsigned i = 0; i < kd->nvol_busy; i++)
-		if (!strcmp(kd->vol_busy[i], name)) {
-			memmove(kd->vol_busy[i], kd->vol_busy[kd->nvol_busy - 1], sizeof(kd->vol_busy[i]));
-			kd->nvol_busy--;
-			return;
-		}
+	return volume_jobs(kd, name, NULL) > 0;
 }
 
 /* "1G", "512M", "300MiB" or a number of bytes; 0 when malformed. */
@@ -366,7 +368,7 @@ static int start_job(struct kilnd *kd, const struct kd_req *r, const char *name,
 	struct kiln_err err;
 	struct kd_job *j = calloc(1, sizeof(*j));
 
-	if (!j || kd->nvol_busy == KD_VOL_BUSY_MAX) {
+	if (!j || volume_jobs(kd, NULL, NULL) >= KD_VOL_JOBS_MAX) {
 		free(j);
 		kiln_fail(&err, EBUSY, "too many volume operations at once; try again in a moment");
 		return fail_msg(body, 503, &err);
@@ -383,10 +385,7 @@ static int start_job(struct kilnd *kd, const struct kd_req *r, const char *name,
 		free(j);
 		return fail_msg(body, 500, &err);
 	}
-	snprintf(kd->vol_busy[kd->nvol_busy++], REG_IMAGE_MAX, "%s", name);
-	if (snap && kd->nvol_busy < KD_VOL_BUSY_MAX)
-		snprintf(kd->vol_busy[kd->nvol_busy++], REG_IMAGE_MAX, "%s", snap);	/* the image's name, taken */
-	return 0;	/* kd_volume_done answers */
+	return 0;	/* kd_volume_done answers; until then the volume is busy */
 }
 
 void kd_volume_done(struct kilnd *kd, struct kd_job *j)
@@ -395,11 +394,9 @@ void kd_volume_done(struct kilnd *kd, struct kd_job *j)
 	struct kiln_err err;
 	int r;
 
-	busy_clear(kd, j->vol_name);
 	if (j->vol_op == KD_VOL_SNAPSHOT) {
 		char path[KD_PATH_MAX + 96];
 
-		busy_clear(kd, j->snap_name);
 		kd_pathf(path, sizeof(path), "%s/images/%s.ext4", kd->conf.state_dir, j->snap_name);
 		if (!j->ret && (r = kd_image_register(kd, j->snap_name, path, &j->err)))
 			j->ret = r;
@@ -577,7 +574,7 @@ int kd_volumes_route(struct kilnd *kd, const struct kd_req *r, const char *rest,
 		json_decref(root);
 		if ((st = reg_volume_name_check(image, &err)))
 			return fail_msg(body, 400, &err);
-		if (kd_image_find(kd, image) || kd_volume_busy(kd, image) || !strcmp(image, KD_IMAGE_MINIMAL)) {
+		if (kd_image_find(kd, image) || volume_jobs(kd, NULL, image) || !strcmp(image, KD_IMAGE_MINIMAL)) {
 			kiln_fail(&err, EEXIST, "image %s already exists: name the snapshot otherwise", image);
 			return fail_msg(body, 409, &err);
 		}

@@ -41,7 +41,7 @@
 #define KD_MIN_FREE_DEFAULT	(1ull << 30)	/* creates stop when the state dir has less free */
 #define KD_SLOTS		REG_VOLS_MAX	/* volume slots in a disk image's template: /dev/vdb.. */
 #define KD_SLOT_ARG_MAX		(KD_PATH_MAX + 96)
-#define KD_VOL_BUSY_MAX		16		/* volumes being made or grown at once */
+#define KD_VOL_JOBS_MAX		16		/* volumes being made, grown or snapshotted at once */
 #define KD_AGENT_TIMEOUT_MS	60000		/* a restored agent answers IDENTITY within this */
 #define KD_TEMPLATE_TIMEOUT_S	600		/* a template boot and snapshot */
 #define KD_KILL_WAIT_MS		1000		/* a SIGKILLed VMM is gone within this */
@@ -159,8 +159,6 @@ struct kilnd {
 	unsigned jobs_running;
 	struct kd_tun *tunnels;		/* agent WebSockets (tunnel.c) */
 	pthread_mutex_t vol_lock;	/* one host-side journal replay at a time */
-	char vol_busy[KD_VOL_BUSY_MAX][REG_IMAGE_MAX];	/* volumes being made or grown (the loop's) */
-	unsigned nvol_busy;
 	volatile int stopping;
 };
 
@@ -254,7 +252,7 @@ int kd_image_remove(struct kilnd *kd, const char *name, struct kiln_err *err);
 struct kd_req;
 struct kac;
 int kd_volume_path(const struct kilnd *kd, const char *name, char *buf, size_t n);
-/* Being made or grown: no create may attach it. */
+/* Being made, grown or snapshotted (a volume job is out for it): no create may attach it. */
 int kd_volume_busy(const struct kilnd *kd, const char *name);
 /* /v1/volumes (rest: what follows it). */
 int kd_volumes_route(struct kilnd *kd, const struct kd_req *r, const char *rest, json_t **body);
