@@ -132,7 +132,7 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 			      img->name);
 	for (size_t i = 0; !r && i < spec->nvols; i++)
 		if (kd_volume_busy(kd, spec->vols[i].name))
-			r = kiln_fail(err, EBUSY, "volume %s is being made or grown; try again when that is done",
+			r = kiln_fail(err, EBUSY, "volume %s is being made, grown or snapshotted; try again when that is done",
 				      spec->vols[i].name);
 	if (r)
 		return r;

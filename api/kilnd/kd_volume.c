@@ -549,7 +549,7 @@ int kd_volumes_route(struct kilnd *kd, const struct kd_req *r, const char *rest,
 		return 200;
 	}
 	if (kd_volume_busy(kd, name)) {
-		kiln_fail(&err, EBUSY, "volume %s is being made or grown; try again when that is done", name);
+		kiln_fail(&err, EBUSY, "volume %s is being made, grown or snapshotted; try again when that is done", name);
 		return fail_msg(body, 409, &err);
 	}
 	if (!*rest && r->method == LWSHUMETH_DELETE) {
