@@ -137,30 +137,41 @@ static const char *cmdline_find(const char *cmdline, const char *word, int prefi
 	return NULL;
 }
 
+/* The value of param (up to a space) into buf: its length, or -1 when absent or longer than len - 1. */
+static int cmdline_value(const char *cmdline, const char *param, char *buf, size_t len)
+{
+	const char *p = cmdline_find(cmdline, param, 1);
+	size_t n;
+
+	if (!p)
+		return -1;
+	p += strlen(param);
+	n = strcspn(p, " \n");
+	if (n >= len)
+		return -1;
+	memcpy(buf, p, n);
+	buf[n] = '\0';
+	return (int)n;
+}
+
 /*
  * Configure eth0 from kiln.net=ADDR/PREFIX[,GATEWAY] with ioctls (no ip=,
  * which costs the kernel about 10 ms of boot, and no fork of ip(8)).
  */
 static void net_setup(const char *cmdline)
 {
-	const char *p = cmdline_find(cmdline, "kiln.net=", 1);
 	char spec[64], *slash, *comma, *end;
 	struct sockaddr_in *sin;
 	struct in_addr addr, gw;
 	struct rtentry rt;
 	struct ifreq ifr;
-	size_t n;
 	long prefix;
 	int fd;
 
-	if (!p)
+	if (!cmdline_find(cmdline, "kiln.net=", 1))
 		return;
-	p += strlen("kiln.net=");
-	n = strcspn(p, " \n");
-	if (n >= sizeof(spec))
+	if (cmdline_value(cmdline, "kiln.net=", spec, sizeof(spec)) < 0)
 		goto bad;
-	memcpy(spec, p, n);
-	spec[n] = '\0';
 	comma = strchr(spec, ',');
 	if (comma)
 		*comma++ = '\0';
@@ -253,23 +264,6 @@ static void mount_disks(const char *cmdline)
 		if (mount(dev, dir, type, flags, NULL) < 0)
 			say("kiln-init: mount %s on %s (%s): %s\n", dev, dir, type, strerror(errno));
 	}
-}
-
-/* The value of param (up to a space) into buf: its length, or -1 when absent or longer than len - 1. */
-static int cmdline_value(const char *cmdline, const char *param, char *buf, size_t len)
-{
-	const char *p = cmdline_find(cmdline, param, 1);
-	size_t n;
-
-	if (!p)
-		return -1;
-	p += strlen(param);
-	n = strcspn(p, " \n");
-	if (n >= len)
-		return -1;
-	memcpy(buf, p, n);
-	buf[n] = '\0';
-	return (int)n;
 }
 
 /*
