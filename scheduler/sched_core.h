@@ -90,6 +90,13 @@ struct sched_spec {
 	size_t nlabels;
 	struct sched_kv *env;
 	size_t nenv;
+	/*
+	 * Where the guest may connect (sched_net.h's entries, checked). Empty (or not
+	 * given): no outbound access at all.
+	 */
+	char **allow_net;
+	size_t nallow;
+	int allow_given;
 };
 
 /* Fill *s with the defaults: 1280 MiB, 2 vCPUs, timeout 5m, no labels, no env. */

@@ -12,6 +12,7 @@
 
 #include "sched_core.h"
 #include "sched_int.h"
+#include "sched_net.h"
 
 #define LABEL_KEY_CHARS "[a-zA-Z0-9._/-]"
 #define ENV_NAME_FORM "[A-Za-z_][A-Za-z0-9_]*"
@@ -40,6 +41,9 @@ void sched_spec_free(struct sched_spec *s)
 {
 	kv_free(s->labels, s->nlabels);
 	kv_free(s->env, s->nenv);
+	for (size_t i = 0; i < s->nallow; i++)
+		free(s->allow_net[i]);
+	free(s->allow_net);
 	sched_spec_init(s);
 }
 
@@ -361,6 +365,48 @@ static int parse_env(const json_t *v, struct sched_spec *s, struct kiln_err *err
 	return 0;
 }
 
+/*
+ * allow_net: an array of up to SCHED_ALLOW_MAX entries (sched_net.h). An
+ * empty array says what leaving it out says: no outbound access.
+ */
+static int parse_allow_net(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	struct sched_allow a;
+	size_t i, n;
+
+	if (!json_is_array(v))
+		return kiln_fail(err, EINVAL, "allow_net must be an array of host names, *.domain, IP addresses or "
+				 "CIDR ranges, such as [\"api.example.com\", \"*.example.org:443\"], not %s", json_kind(v));
+	n = json_array_size(v);
+	if (n > SCHED_ALLOW_MAX)
+		return kiln_fail(err, EINVAL, "allow_net: %zu entries given (at most %u)", n, SCHED_ALLOW_MAX);
+	s->allow_given = 1;
+	if (!n)
+		return 0;
+	s->allow_net = calloc(n, sizeof(*s->allow_net));
+	if (!s->allow_net)
+		return kiln_fail(err, ENOMEM, "allow_net: out of memory");
+	for (i = 0; i < n; i++) {
+		const json_t *e = json_array_get(v, i);
+		char q[SCHED_QUOTE_MAX];
+		int r;
+
+		if (!json_is_string(e))
+			return kiln_fail(err, EINVAL, "allow_net[%zu] must be a string, not %s", i, json_kind(e));
+		if (json_string_length(e) > SCHED_ALLOW_LEN_MAX || strlen(json_string_value(e)) != json_string_length(e))
+			return kiln_fail(err, EINVAL, "allow_net entry %s is not a host name, *.domain, IP address or CIDR range",
+					 sched_quote(json_string_value(e), json_string_length(e), q));
+		r = sched_allow_parse(json_string_value(e), &a, err);
+		if (r < 0)
+			return r;
+		s->allow_net[i] = strdup(json_string_value(e));
+		if (!s->allow_net[i])
+			return kiln_fail(err, ENOMEM, "allow_net: out of memory");
+		s->nallow = i + 1;
+	}
+	return 0;
+}
+
 /* The create body's fields: a field not here is refused by name. */
 static const struct spec_field {
 	const char *name;
@@ -374,6 +420,7 @@ static const struct spec_field {
 	{ "labels", parse_labels },
 	{ "env", parse_env },
 	{ "volumes", parse_volumes },
+	{ "allow_net", parse_allow_net },
 };
 #define NFIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
 
@@ -427,7 +474,7 @@ int sched_spec_from_json(const char *body, size_t len, struct sched_spec *out, s
 			if (strlen(spec_fields[i].name) == klen && !memcmp(key, spec_fields[i].name, klen))
 				break;
 		if (i == NFIELDS) {
-			r = kiln_fail(err, EINVAL, "unknown field %s; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env",
+			r = kiln_fail(err, EINVAL, "unknown field %s; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net",
 				      sched_quote(key, klen, q));
 			goto out;
 		}

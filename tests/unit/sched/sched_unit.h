@@ -21,4 +21,7 @@ void assert_printable(const char *msg);
 TCase *tcase_sched_spec(void);
 TCase *tcase_sched_duration(void);
 
+/* allow_net entries and special addresses (test_sched_net.c). */
+TCase *tcase_sched_net(void);
+
 #endif

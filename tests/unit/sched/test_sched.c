@@ -487,6 +487,7 @@ static Suite *suite_sched(void)
 
 	suite_add_tcase(s, tcase_sched_spec());
 	suite_add_tcase(s, tcase_sched_duration());
+	suite_add_tcase(s, tcase_sched_net());
 
 	tc = tcase_create("admission");
 	tcase_add_test(tc, admit_fits_then_refuses);

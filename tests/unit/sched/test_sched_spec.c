@@ -47,7 +47,8 @@ START_TEST(spec_full)
 		"{\"image\": \"debian-12.x_y\", \"memory_mb\": 2048, \"vcpus\": 4, \"timeout\": \"1h30m\",\n"
 		" \"volumes\": {\"/data\": \"d1\", \"/srv/ro\": {\"volume\": \"d2\", \"readonly\": true}},\n"
 		" \"labels\": {\"team\": \"a\", \"app.example/tier-1_x\": \"caf\\u00e9\", \"empty\": \"\"},\n"
-		" \"env\": {\"PATH\": \"/usr/bin\", \"_x1\": \"line\\nbreak\", \"E\": \"\"}}";
+		" \"env\": {\"PATH\": \"/usr/bin\", \"_x1\": \"line\\nbreak\", \"E\": \"\"},\n"
+		" \"allow_net\": [\"api.example.com\", \"*.example.org:443\", \"203.0.113.0/24\", \"[2001:db8::1]:22\"]}";
 	struct kiln_err err = { { 0 } };
 	struct sched_spec s;
 
@@ -77,6 +78,10 @@ START_TEST(spec_full)
 	ck_assert_str_eq(s.env[1].key, "_x1");
 	ck_assert_str_eq(s.env[1].value, "line\nbreak");
 	ck_assert_str_eq(s.env[2].value, "");
+	ck_assert_uint_eq(s.nallow, 4);
+	ck_assert_int_eq(s.allow_given, 1);
+	ck_assert_str_eq(s.allow_net[0], "api.example.com");
+	ck_assert_str_eq(s.allow_net[3], "[2001:db8::1]:22");
 	sched_spec_free(&s);
 	ck_assert_uint_eq(s.nlabels, 0);
 	ck_assert_ptr_null(s.labels);
@@ -138,6 +143,9 @@ static const struct {
 	{ "{\"image\":\"Debian\"}", "image \"Debian\" is not an image name (1-64 of a-z 0-9 . _ -)" },
 	{ "{\"image\":\"\"}", "image \"\" is not an image name (1-64 of a-z 0-9 . _ -)" },
 	{ "{\"image\":\"a\\u0000b\"}", "image \"a\\x00b\" is not an image name (1-64 of a-z 0-9 . _ -)" },
+	{ "{\"allow_net\":\"a.test\"}", "allow_net must be an array of host names, *.domain, IP addresses or CIDR ranges, "
+	  "such as [\"api.example.com\", \"*.example.org:443\"], not a string" },
+	{ "{\"allow_net\":[7]}", "allow_net[0] must be a string, not an integer" },
 	{ "{\"volumes\":[]}", "volumes must be an object of mount path to volume, such as {\"/data\": \"mydata\"}, not an array" },
 	{ "{\"volumes\":{\"data\":\"v\"}}", "volumes: mount path \"data\" must be absolute, 2-256 bytes, and not /" },
 	{ "{\"volumes\":{\"/\":\"v\"}}", "volumes: mount path \"/\" must be absolute, 2-256 bytes, and not /" },
@@ -162,12 +170,12 @@ static const struct {
 	{ "{\"timeout\":\"\"}", "timeout is empty; write a duration such as 30s, 5m, 1h30m or 500ms" },
 	{ "{\"timeout\":\"0s\"}", "timeout \"0s\" is zero; it must be above zero, such as 30s, 5m, 1h30m or 500ms" },
 	{ "{\"timeout\":\"5m\\u0000\"}", "timeout \"5m\\x00\" has a NUL byte" },
-	{ "{\"foo\":1}", "unknown field \"foo\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env" },
-	{ "{\"memory\":2048}", "unknown field \"memory\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env" },
+	{ "{\"foo\":1}", "unknown field \"foo\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net" },
+	{ "{\"memory\":2048}", "unknown field \"memory\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net" },
 	{ "{\"Memory_MB\":2048}",
-	  "unknown field \"Memory_MB\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env" },
+	  "unknown field \"Memory_MB\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net" },
 	{ "{\"\\u00e9\\n\":null}",
-	  "unknown field \"\\xc3\\xa9\\x0a\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels and env" },
+	  "unknown field \"\\xc3\\xa9\\x0a\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net" },
 	{ "{\"labels\":[]}", "labels must be an object of string to string, not an array" },
 	{ "{\"labels\":\"a=b\"}", "labels must be an object of string to string, not a string" },
 	{ "{\"labels\":{\"a\":1}}", "label \"a\" must be a string, not an integer" },
