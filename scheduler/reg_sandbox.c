@@ -31,14 +31,15 @@ _Static_assert(sizeof(timeout_names) / sizeof(timeout_names[0]) == REG_TIMEOUT_C
 
 #define SB_COLS "SELECT s.id, s.state, s.memory_mb, s.vcpus, s.timeout_kind, s.timeout_ms, s.stop_at," \
 	" s.created_at, s.ended_at, s.end_reason, s.vmm_pid, s.vmm_start_time, s.control_path," \
-	" s.vsock_path, s.run_dir, u.cpu_ns, u.mem_mb_ms, s.image FROM sandboxes s LEFT JOIN usage u ON u.sandbox_id = s.id"
+	" s.vsock_path, s.run_dir, u.cpu_ns, u.mem_mb_ms, s.image, s.net FROM sandboxes s LEFT JOIN usage u ON u.sandbox_id = s.id"
 /* A label filter slot: unused slots bind NULL. Uses the (key, value) index once per query. */
 #define LABEL_SLOT(k, v) " AND (?" #k " IS NULL OR s.id IN (SELECT sandbox_id FROM sandbox_labels" \
 	" WHERE key = ?" #k " AND value = ?" #v "))"
 _Static_assert(REG_LABELS_MAX == 5, "SQL_SB_LIST has five label filter slots");
 
 static const char SQL_SB_INSERT[] = "INSERT INTO sandboxes (id, state, memory_mb, vcpus, timeout_kind, timeout_ms, stop_at,"
-	" created_at, image) VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+	" created_at, image, net, allow_net) VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+static const char SQL_SB_ALLOW[] = "SELECT allow_net FROM sandboxes WHERE id = ?1";
 static const char SQL_LABEL_INSERT[] = "INSERT INTO sandbox_labels (sandbox_id, key, value) VALUES (?1, ?2, ?3)";
 static const char SQL_LABELS_JSON[] = "UPDATE sandboxes SET labels = (SELECT json_group_object(key, value)"
 	" FROM sandbox_labels WHERE sandbox_id = ?1) WHERE id = ?1";
@@ -225,7 +226,8 @@ int reg_sandbox_insert(struct reg *r, const struct reg_sandbox *sb, int64_t now_
 	    (rc = reg_bind_int(s, 3, sb->vcpus)) ||
 	    (rc = reg_bind_text(s, 4, timeout_names[sb->timeout_kind])) || (rc = reg_bind_int(s, 5, sb->timeout_ms)) ||
 	    (rc = reg_bind_opt(s, 6, sb->stop_at_ms)) || (rc = reg_bind_int(s, 7, now_ms)) ||
-	    (rc = reg_bind_text(s, 8, sb->image)) || (rc = reg_run(s)))
+	    (rc = reg_bind_text(s, 8, sb->image)) || (rc = reg_bind_int(s, 9, sb->net != 0)) ||
+	    (rc = reg_bind_text(s, 10, sb->allow_net ? sb->allow_net : "[]")) || (rc = reg_run(s)))
 		return reg_abort(r, reg_sqlfail(r, rc, what, err));
 	for (unsigned i = 0; i < sb->n_labels; i++) {
 		if ((ret = reg_prep(r, SQL_LABEL_INSERT, &s, what, err)))
@@ -449,6 +451,7 @@ static int read_sandbox(struct reg *r, sqlite3_stmt *s, void *elem, struct kiln_
 	sb->vmm.start_time = (uint64_t)sqlite3_column_int64(s, 11);
 	sb->cpu_ns = (uint64_t)sqlite3_column_int64(s, 15);
 	sb->mem_mb_ms = (uint64_t)sqlite3_column_int64(s, 16);
+	sb->net = sqlite3_column_int(s, 18) != 0;
 
 	if ((ret = reg_prep(r, SQL_SB_LABELS, &l, "reading a sandbox's labels", err)))
 		return ret;
@@ -588,6 +591,33 @@ int reg_sandbox_prune(struct reg *r, int64_t ended_before_ms, size_t *deleted, s
 }
 
 /* ---- events and usage ---------------------------------------------------------------- */
+
+int reg_sandbox_allow_net(struct reg *r, const char *id, char **json, struct kiln_err *err)
+{
+	const char *what = "reading a sandbox's allow_net";
+	const unsigned char *t;
+	sqlite3_stmt *s;
+	int rc, ret;
+
+	*json = NULL;
+	if ((ret = reg_sandbox_id_check(id, err)) || (ret = reg_begin(r, false, what, err)))
+		return ret;
+	if ((ret = reg_prep(r, SQL_SB_ALLOW, &s, what, err)))
+		return reg_abort(r, ret);
+	if ((rc = reg_bind_text(s, 1, id)))
+		return reg_abort(r, reg_sqlfail(r, rc, what, err));
+	rc = sqlite3_step(s);
+	if (rc == SQLITE_DONE)
+		return reg_abort(r, kiln_fail(err, ENOENT, "sandbox %s not found", id));
+	if (rc != SQLITE_ROW)
+		return reg_abort(r, reg_sqlfail(r, rc, what, err));
+	t = sqlite3_column_text(s, 0);
+	*json = strdup(t ? (const char *)t : "[]");
+	sqlite3_reset(s);
+	if (!*json)
+		return reg_abort(r, kiln_fail(err, ENOMEM, "%s: out of memory", what));
+	return reg_commit(r, what, err);
+}
 
 int reg_event_add(struct reg *r, const char *id, const char *kind, const char *detail, int64_t now_ms,
 		  struct kiln_err *err)

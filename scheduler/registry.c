@@ -17,7 +17,7 @@
 
 #include "registry_int.h"
 
-#define REG_SCHEMA	2
+#define REG_SCHEMA	3
 #define REG_APP_ID	0x6b696c6e	/* "kiln": PRAGMA application_id */
 #define REG_BUSY_MS	5000
 
@@ -95,6 +95,10 @@ static const char *const migrations[REG_SCHEMA] = {
 	" PRIMARY KEY (sandbox_id, path)) STRICT, WITHOUT ROWID;"
 	"CREATE INDEX volume_attachments_volume ON volume_attachments (volume);"
 	"PRAGMA user_version = 2;",
+	/* 3: the network a sandbox has (issue 16): a namespace or none, and its allow_net entries. */
+	"ALTER TABLE sandboxes ADD COLUMN net INTEGER NOT NULL DEFAULT 0 CHECK (net IN (0, 1));"
+	"ALTER TABLE sandboxes ADD COLUMN allow_net TEXT NOT NULL DEFAULT '[]' CHECK (length(allow_net) <= 131072);"
+	"PRAGMA user_version = 3;",
 };
 _Static_assert(REG_APP_ID == 1802071150, "migration 1 spells the application id out");
 

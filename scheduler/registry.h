@@ -119,6 +119,8 @@ struct reg_sandbox {
 	uint64_t mem_mb_ms;		/* memory_mb x milliseconds alive */
 	struct reg_attach vols[REG_VOLS_MAX];	/* released when it ends */
 	unsigned n_vols;
+	int net;			/* it has a network namespace (issue 16) */
+	const char *allow_net;		/* insert only: its allow_net as a JSON array (NULL: "[]"); reg_sandbox_allow_net reads it */
 };
 
 struct reg_event {
@@ -229,6 +231,9 @@ int reg_sandbox_count(struct reg *r, uint64_t counts[REG_STATE_COUNT], struct ki
 int reg_sandbox_prune(struct reg *r, int64_t ended_before_ms, size_t *deleted, struct kiln_err *err);
 
 /* Append an event; kind is [a-z_]{1,31}, detail text (may be NULL) under REG_DETAIL_MAX bytes. */
+/* A sandbox's allow_net, as the JSON array text it was recorded with (malloc'd, the caller frees). */
+int reg_sandbox_allow_net(struct reg *r, const char *id, char **json, struct kiln_err *err);
+
 int reg_event_add(struct reg *r, const char *id, const char *kind, const char *detail, int64_t now_ms,
 		  struct kiln_err *err);
 

@@ -122,7 +122,7 @@ START_TEST(test_open_owner_only)
 	ck_assert_int_eq(stat(wal, &st), 0);	/* WAL mode, and its files are as private */
 	ck_assert_int_eq(st.st_mode & 07777, 0600);
 	reg_close(r);
-	ck_assert_int_eq(raw_int("PRAGMA user_version"), 2);
+	ck_assert_int_eq(raw_int("PRAGMA user_version"), 3);
 
 	/* An existing file with loose bits is narrowed. */
 	ck_assert_int_eq(chmod(path, 0644), 0);
@@ -190,7 +190,7 @@ START_TEST(test_open_refuses_other_files)
 	r = open_ok();
 	reg_close(r);
 	raw_exec("PRAGMA user_version = 99");
-	FAILS(reg_open(&r, path, &err), ENOTSUP, "schema version 99, newer than this kilnd knows (2)");
+	FAILS(reg_open(&r, path, &err), ENOTSUP, "schema version 99, newer than this kilnd knows (3)");
 }
 END_TEST
 
@@ -256,12 +256,21 @@ START_TEST(test_upgrade_from_v1)
 	sb = insert(r, NULL);
 	OK(reg_template_put(r, &t, T0, &err));
 	reg_close(r);
-	raw_exec("ALTER TABLE sandboxes DROP COLUMN image; DROP TABLE volume_attachments; DROP TABLE volumes;"
+	raw_exec("ALTER TABLE sandboxes DROP COLUMN net; ALTER TABLE sandboxes DROP COLUMN allow_net;"
+		 "ALTER TABLE sandboxes DROP COLUMN image; DROP TABLE volume_attachments; DROP TABLE volumes;"
 		 "PRAGMA user_version = 1");
 	r = open_ok();
-	ck_assert_int_eq(raw_int("PRAGMA user_version"), 2);
+	ck_assert_int_eq(raw_int("PRAGMA user_version"), 3);
 	OK(reg_sandbox_get(r, sb.id, &got, &err));
 	ck_assert_str_eq(got.image, "minimal");
+	ck_assert_int_eq(got.net, 0);
+	{
+		char *allow;
+
+		OK(reg_sandbox_allow_net(r, sb.id, &allow, &err));
+		ck_assert_str_eq(allow, "[]");
+		free(allow);
+	}
 	OK(reg_template_get(r, "minimal", 768, 1, &t, &err));
 	ck_assert_str_eq(t.path, "/x/snap");
 	reg_close(r);
