@@ -155,6 +155,26 @@ static int cmdline_value(const char *cmdline, const char *param, char *buf, size
 }
 
 /*
+ * The gateway is where a sandbox's DNS goes (kilnd answers there, and
+ * redirects any other server's port 53 there too): an image's own
+ * resolv.conf, perhaps a link into /run, is replaced by one that says so.
+ */
+static void resolv_write(const char *gw)
+{
+	int fd;
+
+	mkdir("/etc", 0755);
+	unlink("/etc/resolv.conf");
+	fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		say("kiln-init: /etc/resolv.conf: %s\n", strerror(errno));
+		return;
+	}
+	dprintf(fd, "nameserver %s\noptions timeout:2 attempts:2\n", gw);
+	close(fd);
+}
+
+/*
  * Configure eth0 from kiln.net=ADDR/PREFIX[,GATEWAY] with ioctls (no ip=,
  * which costs the kernel about 10 ms of boot, and no fork of ip(8)).
  */
@@ -210,6 +230,7 @@ static void net_setup(const char *cmdline)
 		rt.rt_dev = ifr.ifr_name;
 		if (ioctl(fd, SIOCADDRT, &rt) < 0)
 			goto fail;
+		resolv_write(comma);
 	}
 	close(fd);
 	return;
