@@ -41,7 +41,7 @@ PROTO_HDRS := $(LIB_HDRS)
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all vmm guest kernel image test-image initramfs unit asan demo test check-layers test-unit test-integration test-client test-kilnd-api \
-        test-kilnd-cli \
+        test-kilnd-cli test-net-host \
         bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
@@ -161,10 +161,11 @@ $(O)/agent-unit-tests: $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(AGENT_HDRS) $(PROTO_SR
 	$(CC) $(AGENT_CPPFLAGS) $(ASAN_FLAGS) $(WARN) -o $@ $(AGENT_UNIT_SRCS) $(AGENT_SRCS) $(PROTO_SRCS) lib/io.c $(CHECK_LIBS)
 
 # The scheduler's core (scheduler/sched_core.h): requests, durations, admission, lifetimes.
-SCHED_CORE_SRCS := scheduler/sched.c scheduler/sched_spec.c scheduler/sched_time.c scheduler/sched_host.c lib/err.c
-SCHED_CORE_HDRS := scheduler/sched_core.h scheduler/sched_int.h lib/err.h
+SCHED_CORE_SRCS := scheduler/sched.c scheduler/sched_spec.c scheduler/sched_time.c scheduler/sched_host.c \
+                   scheduler/sched_net.c lib/err.c
+SCHED_CORE_HDRS := scheduler/sched_core.h scheduler/sched_int.h scheduler/sched_net.h lib/err.h
 
-SCHED_UNIT_SRCS := tests/unit/sched/test_sched.c tests/unit/sched/test_sched_spec.c
+SCHED_UNIT_SRCS := tests/unit/sched/test_sched.c tests/unit/sched/test_sched_spec.c tests/unit/sched/test_sched_net.c
 
 $(O)/sched-unit-tests: $(SCHED_UNIT_SRCS) tests/unit/sched/sched_unit.h $(SCHED_CORE_SRCS) $(SCHED_CORE_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) -Itests/unit/sched -DSCHED_FIXTURES='"$(CURDIR)/tests/unit/sched/fixtures"' $(ASAN_FLAGS) $(WARN) \
@@ -186,11 +187,16 @@ $(O)/registry-unit-tests: tests/unit/registry/test_registry.c $(REG_SRCS) $(REG_
 # registry and the agent client; also built with ASan/UBSan for the tests.
 LWS_LIBS   := $(shell pkg-config --libs libwebsockets 2>/dev/null || echo -lwebsockets)
 KILND_SRCS := $(sort $(wildcard api/kilnd/*.c)) scheduler/sched.c scheduler/sched_spec.c scheduler/sched_time.c \
-              scheduler/sched_host.c scheduler/registry.c scheduler/reg_sandbox.c scheduler/reg_token.c \
+              scheduler/sched_host.c scheduler/sched_net.c scheduler/registry.c scheduler/reg_sandbox.c scheduler/reg_token.c \
               scheduler/reg_template.c scheduler/reg_volume.c $(filter-out lib/io.c,$(KAC_SRCS)) lib/io.c lib/err.c \
               $(PROTO_SRCS)
-KILND_HDRS := api/kilnd/kilnd.h $(SCHED_CORE_HDRS) $(REG_HDRS) $(KAC_HDRS) $(PROTO_HDRS)
-KILND_LIBS := $(LWS_LIBS) $(JANSSON_LIBS) $(REG_LIBS) -pthread -lm
+KILND_HDRS := $(wildcard api/kilnd/*.h) $(SCHED_CORE_HDRS) $(REG_HDRS) $(KAC_HDRS) $(PROTO_HDRS)
+# The network (issue 16): nftables through libnftnl and libmnl; the egress
+# proxy and resolver on libevent (evdns), TLS's SNI read with OpenSSL, HTTP's
+# Host with http-parser.
+NET_LIBS   := $(shell pkg-config --libs libnftnl libmnl libevent libevent_pthreads libssl libcrypto 2>/dev/null || \
+                echo -lnftnl -lmnl -levent -levent_pthreads -lssl -lcrypto) -lhttp_parser
+KILND_LIBS := $(LWS_LIBS) $(JANSSON_LIBS) $(REG_LIBS) $(NET_LIBS) -pthread -lm
 
 $(O)/kilnd: $(KILND_SRCS) $(KILND_HDRS) | $(O)
 	$(CC) $(CPPFLAGS) -Iapi -Iapi/kilnd $(CFLAGS) $(WARN) -o $@ $(KILND_SRCS) $(KILND_LIBS)
@@ -254,7 +260,15 @@ test: deps-test
 	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory all asan unit fuzz-build image
 	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-kilnd-api test-kilnd-cli test-image \
-	  test-integration
+	  test-net-host test-integration
+
+# Sandbox networks without a VM (issue 16), as root: the namespace and its
+# nftables rules with real packets from a stand-in guest (tests/netns/); the
+# resolver and egress proxy against a fake internet of namespaces, hostile
+# clients included (tests/egress/).
+test-net-host:
+	tests/netns/run.sh $(O)/netns
+	tests/egress/run.sh $(O)/egress
 
 # ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
 
@@ -274,6 +288,18 @@ $(O)/fuzz/fuzz_agent: tests/fuzz/fuzz_agent.c $(AGENT_SRCS) $(AGENT_HDRS) $(PROT
 $(O)/fuzz/fuzz_sched_spec: tests/fuzz/fuzz_sched_spec.c $(SCHED_CORE_SRCS) $(SCHED_CORE_HDRS)
 	@mkdir -p $(@D)
 	clang $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(SCHED_CORE_SRCS) $(JANSSON_LIBS) -lm
+
+# What the egress proxy reads before it knows where a connection goes (TLS SNI, HTTP Host).
+$(O)/fuzz/fuzz_sniff: tests/fuzz/fuzz_sniff.c api/kilnd/kd_sniff.c api/kilnd/kd_sniff.h
+	@mkdir -p $(@D)
+	clang $(CPPFLAGS) -Iapi/kilnd -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< api/kilnd/kd_sniff.c \
+	  $(shell pkg-config --libs libssl libcrypto 2>/dev/null || echo -lssl -lcrypto) -lhttp_parser
+
+# The question of a guest's DNS query, parsed by kilnd's resolver (kd_sniff.c too).
+$(O)/fuzz/fuzz_dns: tests/fuzz/fuzz_dns.c api/kilnd/kd_sniff.c api/kilnd/kd_sniff.h
+	@mkdir -p $(@D)
+	clang $(CPPFLAGS) -Iapi/kilnd -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< api/kilnd/kd_sniff.c \
+	  $(shell pkg-config --libs libssl libcrypto 2>/dev/null || echo -lssl -lcrypto) -lhttp_parser
 
 fuzz-build: $(FUZZ_TARGETS)
 

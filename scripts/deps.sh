@@ -6,12 +6,14 @@ set -euo pipefail
 build_pkgs=(build-essential pkg-config flex bison bc libelf-dev libssl-dev
 	linux-source-6.1 busybox-static cpio check liburing-dev libcap-dev libnftnl-dev
 	libsqlite3-dev)
+# The network (issue 16): nftables, the egress proxy and resolver.
+build_pkgs+=(libmnl-dev libevent-dev libhttp-parser-dev)
 # kilnd's JSON: the create body (scheduler/sched_spec.c) and the API.
 build_pkgs+=(libjansson-dev)
 # kilnd's HTTP and WebSocket front, and the CLI's client of it.
 build_pkgs+=(libwebsockets-dev)
 test_pkgs=(qemu-system-x86 linux-image-amd64 kmod clang libclang-rt-14-dev util-linux python3 mount e2fsprogs iproute2
-	curl jq)
+	curl jq dnsmasq-base nftables openssl)
 
 # The Debian base image (guest/mkimage.sh): mmdebstrap, e2fsprogs, and npm for deno.
 image_pkgs=(mmdebstrap e2fsprogs)
