@@ -72,8 +72,10 @@ static json_t *row_json(struct kilnd *kd, const struct reg_sandbox *sb)
 		      "labels", labels, "session_holders", json_integer(s ? s->holders : 0),
 		      "usage", "cpu_seconds", (double)cpu / 1e9, "memory_gib_seconds", (double)mem / 1024.0 / 1000.0);
 	/* Volumes while it holds them (an ended sandbox has let go). */
-	if (o)
+	if (o) {
 		json_object_set_new(o, "volumes", kd_sbx_vols_json(sb));
+		json_object_set_new(o, "network", json_boolean(sb->net));
+	}
 	return o;
 }
 
@@ -95,7 +97,17 @@ json_t *kd_sbx_json(struct kilnd *kd, const char *id, struct kiln_err *err, int 
 		*status = kd_errno_status(r);
 		return NULL;
 	}
-	return row_json(kd, &sb);
+	json_t *o = row_json(kd, &sb);
+	char *allow = NULL;
+
+	/* Its allow_net, as recorded (what its egress proxy and resolver let through). */
+	pthread_mutex_lock(&kd->reg_lock);
+	r = reg_sandbox_allow_net(kd->reg, id, &allow, NULL);
+	pthread_mutex_unlock(&kd->reg_lock);
+	if (o && !r)
+		json_object_set_new(o, "allow_net", json_loads(allow, 0, NULL) ?: json_array());
+	free(allow);
+	return o;
 }
 
 static int sbx_get(struct kilnd *kd, const char *id, json_t **body)
@@ -335,6 +347,11 @@ static int node_info(struct kilnd *kd, json_t **body)
 			  kd->kernel_sha, "initramfs_sha256", kd->initrd_sha, "default_image", kd->conf.default_image,
 			  "images", kd_images_json(kd), "layer_bytes", (json_int_t)kd->conf.layer_bytes, "disk_free_bytes",
 			  disk_free, "min_free_bytes", (json_int_t)kd->conf.min_free_bytes);
+	if (*body) {
+		json_object_set_new(*body, "network", json_boolean(kd->net_ok));
+		if (!kd->net_ok)
+			json_object_set_new(*body, "network_why", json_string(kd->net_why));
+	}
 	return 200;
 }
 
@@ -419,7 +436,7 @@ static int templates(struct kilnd *kd, const struct kd_req *r, const char *rest,
 		ret = sched_spec_from_json(r->body ? r->body : "", r->body_len, &spec, &err);
 		if (ret)
 			return fail_err(body, ret, &err);
-		j = calloc(1, sizeof(*j));
+		j = kd_job_new();
 		if (!j) {
 			sched_spec_free(&spec);
 			return fail(body, 500, "out of memory");

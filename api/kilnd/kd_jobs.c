@@ -79,12 +79,25 @@ static void unpend(struct kilnd *kd, struct kd_job *j)
 		}
 }
 
+struct kd_job *kd_job_new(void)
+{
+	struct kd_job *j = calloc(1, sizeof(*j));
+
+	if (j)
+		j->net.nsfd = j->net.tcp_fd = j->net.udp_fd = -1;
+	return j;
+}
+
 void kd_job_free(struct kd_job *j)
 {
 	if (!j)
 		return;
 	if (j->agent)
 		kac_close(j->agent);
+	kd_netns_close(&j->net);
+	for (size_t i = 0; i < j->nallow; i++)
+		free(j->allow[i]);
+	free(j->allow);
 	if (j->env)
 		for (char **e = j->env; *e; e++)
 			free(*e);

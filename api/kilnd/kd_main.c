@@ -60,6 +60,10 @@ static const char usage_text[] =
 "  --layer-size SIZE       each sandbox's writable layer over a disk image, sparse\n"
 "                          (default 10G; 64M at least)\n"
 "  --min-free SIZE         refuse creates while the state dir has less free (default 1G; 0: never)\n"
+"  --dns-upstream IP[:PORT] where the sandboxes' resolver looks allowed names up\n"
+"                          (default: the nameservers in /etc/resolv.conf)\n"
+"  --no-net                sandboxes get no network device (the default when kilnd\n"
+"                          cannot make network namespaces: it runs as root)\n"
 "  -v, --verbose           log connections and libwebsockets' notices\n"
 "  -h, --help              show this help\n";
 
@@ -235,7 +239,7 @@ static void default_paths(struct kd_conf *c)
 static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 {
 	enum { O_STATE = 256, O_GROUP, O_VMM, O_KERNEL, O_INITRD, O_RESERVE, O_MEMOC, O_CPUOC, O_MAXLIFE, O_GRACE,
-	       O_REGION, O_POOL, O_IMAGE, O_DEFIMAGE, O_LAYER, O_MINFREE };
+	       O_REGION, O_POOL, O_IMAGE, O_DEFIMAGE, O_LAYER, O_MINFREE, O_NONET, O_DNS };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },	{ "state-dir", required_argument, NULL, O_STATE },
 		{ "socket-group", required_argument, NULL, O_GROUP }, { "vmm", required_argument, NULL, O_VMM },
@@ -248,6 +252,7 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 		{ "pool", required_argument, NULL, O_POOL },	{ "image", required_argument, NULL, O_IMAGE },
 		{ "default-image", required_argument, NULL, O_DEFIMAGE },
 		{ "layer-size", required_argument, NULL, O_LAYER }, { "min-free", required_argument, NULL, O_MINFREE },
+		{ "no-net", no_argument, NULL, O_NONET },	{ "dns-upstream", required_argument, NULL, O_DNS },
 		{ "verbose", no_argument, NULL, 'v' },		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -331,6 +336,12 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 				die("--layer-size %s is out of range (64M-16T)", optarg);
 			break;
 		case O_MINFREE: c->min_free_bytes = parse_size(optarg, "--min-free"); break;
+		case O_NONET: c->no_net = 1; break;
+		case O_DNS:
+			if (strlen(optarg) >= sizeof(c->dns_upstream) || !*optarg)
+				die("--dns-upstream %.80s: give an IP address, optionally with :PORT", optarg);
+			snprintf(c->dns_upstream, sizeof(c->dns_upstream), "%s", optarg);
+			break;
 		case 'v': *verbose = 1; break;
 		case 'h': fputs(usage_text, stdout); exit(0);
 		default: fputs(usage_text, stderr); exit(2);
@@ -506,6 +517,7 @@ int main(int argc, char **argv)
 		die("cannot run %s: %s (build it with make, or give --vmm)", kd->conf.vmm, strerror(errno));
 	if (kd_template_hashes(kd, &err) || kd_images_probe(kd, beside, &err))
 		die("%s", err.msg);
+	kd_net_init(kd);
 	if (kd_readopt(kd, &err))
 		die("%s", err.msg);
 
@@ -538,6 +550,8 @@ int main(int argc, char **argv)
 	/* Workers still out would call into the context: leave it to exit. */
 	if (!kd->jobs_running)
 		lws_context_destroy(kd->ctx);
+	if (!kd->jobs_running)
+		kd_net_stop(kd);
 	pthread_mutex_lock(&kd->reg_lock);
 	reg_close(kd->reg);
 	close(lockfd);

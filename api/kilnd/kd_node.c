@@ -67,6 +67,8 @@ void kd_sbx_end(struct kilnd *kd, struct kd_sbx *s, enum reg_end why, const char
 	struct kiln_err err;
 
 	kd_sbx_usage(s, now, &cpu, &mem);
+	if (s->net)
+		kd_net_forget(kd, s->id);
 	kd_vmm_kill(s->vmm.pid, s->pidfd, s->is_child);
 	if (s->pidfd >= 0)
 		close(s->pidfd);
@@ -127,6 +129,9 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		r = kd_image_lookup(kd, spec->image, &img, err);
 	if (!r)
 		r = kd_disk_floor(kd, err);
+	if (!r && spec->nallow && !kd->net_ok)
+		r = kiln_fail(err, EINVAL, "allow_net needs sandbox networks, which this node does not give: %s",
+			      kd->net_why);
 	if (!r && spec->nvols && !img->path[0])
 		r = kiln_fail(err, EINVAL, "volumes need a disk image: image %s has no slots for them (use debian)",
 			      img->name);
@@ -147,7 +152,7 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		return r;
 	}
 	s = calloc(1, sizeof(*s));
-	j = calloc(1, sizeof(*j));
+	j = kd_job_new();
 	if (!s || !j) {
 		r = kiln_fail(err, ENOMEM, "out of memory");
 		goto fail_admit;
@@ -188,11 +193,23 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		rec.vols[i].readonly = spec->vols[i].readonly;
 	}
 	rec.n_vols = (unsigned)(spec->nvols < REG_VOLS_MAX ? spec->nvols : REG_VOLS_MAX);
+	rec.net = kd->net_ok;
+	s->net = kd->net_ok;
+	json_t *allow = kd_allow_json(spec->allow_net, spec->nallow);
+	char *allow_text = allow ? json_dumps(allow, JSON_COMPACT) : NULL;
+
+	json_decref(allow);
+	if (!allow_text) {
+		r = kiln_fail(err, ENOMEM, "out of memory");
+		goto fail_admit;
+	}
+	rec.allow_net = allow_text;
 	pthread_mutex_lock(&kd->reg_lock);
 	r = reg_sandbox_insert(kd->reg, &rec, (int64_t)now, err);
 	if (!r && warm)
 		r = reg_sandbox_set_vmm(kd->reg, s->id, &warm->vmm, err);
 	pthread_mutex_unlock(&kd->reg_lock);
+	free(allow_text);
 	if (r) {
 		kd_rmtree(j->run_dir);
 		goto fail_admit;
@@ -205,6 +222,16 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	j->memory_mb = spec->memory_mb;
 	j->vcpus = spec->vcpus;
 	j->env = env_list(spec);
+	if (spec->nallow) {
+		j->allow = calloc(spec->nallow, sizeof(*j->allow));
+		for (size_t i = 0; j->allow && i < spec->nallow; i++)
+			if ((j->allow[i] = strdup(spec->allow_net[i])))
+				j->nallow = i + 1;
+		if (j->nallow != spec->nallow) {
+			r = kiln_fail(err, ENOMEM, "out of memory");
+			goto fail_row;
+		}
+	}
 	if (!j->env) {
 		r = kiln_fail(err, ENOMEM, "out of memory");
 		goto fail_row;
@@ -214,6 +241,8 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 		j->vmm = warm->vmm;
 		j->agent = warm->agent;
 		warm->agent = NULL;
+		j->net = warm->net;
+		warm->net.nsfd = warm->net.tcp_fd = warm->net.udp_fd = -1;
 	}
 	r = kd_job_start(kd, j, err);
 	if (r)
@@ -277,7 +306,7 @@ int kd_restore_work(struct kd_job *j, struct kac **c)
 	kd_pathf(vsock, sizeof(vsock), "cid=3,uds=%s", j->vmm.vsock_path);
 	kd_pathf(console, sizeof(console), "%s/console.log,max=1M", j->run_dir);
 	kd_pathf(log, sizeof(log), "%s/vmm.log", j->run_dir);
-	char *argv[32] = { "kiln-vmm", "--restore", tdir, "--vsock", vsock, "--control", j->vmm.control_path,
+	char *argv[48] = { "kiln-vmm", "--restore", tdir, "--vsock", vsock, "--control", j->vmm.control_path,
 			   "--console", console, NULL };
 
 	/*
@@ -287,7 +316,14 @@ int kd_restore_work(struct kd_job *j, struct kac **c)
 	kd_image_disk_args(j->image, argv, sizeof(argv) / sizeof(argv[0]), disk, sizeof(disk));
 	if (j->image->path[0])
 		kd_slot_args(kd, j->vols, j->nvols, argv, sizeof(argv) / sizeof(argv[0]), slots);
-	r = kd_vmm_spawn(kd, argv, log, &pid, &j->err);
+	r = kd_net_prepare(kd, &j->net, argv, sizeof(argv) / sizeof(argv[0]), &j->err);
+	if (r)
+		return r;
+	r = kd_vmm_spawn(kd, argv, log, j->net.nsfd, &pid, &j->err);
+	/* The VMM holds the namespace now; the job keeps its two sockets for the egress proxy. */
+	if (j->net.nsfd >= 0)
+		close(j->net.nsfd);
+	j->net.nsfd = -1;
 	if (r)
 		return r;
 	j->vmm.pid = pid;
@@ -335,6 +371,14 @@ int kd_create_work(struct kd_job *j)
 	for (char *p = host; *p; p++)
 		if (*p == '_')
 			*p = '-';
+	/* The guest may reach out the moment it runs its user's code: its allow_net is served first. */
+	r = kd_net_serve(j->kd, j->id, &j->net, j->allow, j->nallow, &j->err);
+	if (r) {
+		kac_close(c);
+		kd_vmm_kill(j->vmm.pid, -1, 1);
+		j->vmm.pid = 0;
+		return kiln_err_prefix(&j->err, r, "its network");
+	}
 	r = kac_identity(c, &id, &kerr);
 	if (r)
 		kiln_fail(&j->err, -r, "the restored VM's agent did not take its identity: %s (see %s/vmm.log)", kerr.msg,
@@ -509,7 +553,7 @@ static int vmm_alive(const struct reg_vmm *v)
 static int adopt(struct kilnd *kd, const struct reg_sandbox *row, uint64_t now)
 {
 	struct kd_sbx *s = calloc(1, sizeof(*s));
-	char detail[96];
+	char detail[160];
 
 	if (!s)
 		return -ENOMEM;
@@ -520,6 +564,7 @@ static int adopt(struct kilnd *kd, const struct reg_sandbox *row, uint64_t now)
 	s->vcpus = row->vcpus;
 	s->vmm = row->vmm;
 	s->pidfd = kd_pidfd_open(row->vmm.pid);
+	s->net = row->net;
 	s->life.kind = row->timeout_kind == REG_TIMEOUT_SESSION ? SCHED_TIMEOUT_SESSION : SCHED_TIMEOUT_DURATION;
 	s->life.created_ms = (uint64_t)row->created_ms;
 	s->life.stop_at_ms = (uint64_t)row->stop_at_ms;
@@ -534,6 +579,16 @@ static int adopt(struct kilnd *kd, const struct reg_sandbox *row, uint64_t now)
 	s->next = kd->sbx;
 	kd->sbx = s;
 	snprintf(detail, sizeof(detail), "kilnd restarted and re-adopted kiln-vmm pid %d", (int)row->vmm.pid);
+	if (s->net) {
+		struct kiln_err err;
+
+		if (kd_net_adopt(kd, s->id, row->vmm.pid, &err)) {
+			/* Its guest reaches nothing now (nothing serves its namespace), which fails closed. */
+			lwsl_err("kilnd: %s: its network could not be served again: %s\n", s->id, err.msg);
+			snprintf(detail, sizeof(detail), "kilnd restarted and re-adopted kiln-vmm pid %d; its network is "
+				 "down: %.40s", (int)row->vmm.pid, err.msg);
+		}
+	}
 	pthread_mutex_lock(&kd->reg_lock);
 	reg_event_add(kd->reg, s->id, "adopted", detail, (int64_t)now, NULL);
 	pthread_mutex_unlock(&kd->reg_lock);

@@ -35,7 +35,7 @@ static int pool_fill_one(struct kilnd *kd, struct kd_pool *p)
 
 	if (sched_admit(&kd->admit, &kd->conf.host, p->memory_mb, p->vcpus, &err))
 		return -ENOSPC;	/* the pool waits for room like anyone */
-	j = calloc(1, sizeof(*j));
+	j = kd_job_new();
 	if (!j)
 		goto fail;
 	j->kind = KD_JOB_POOL;
@@ -88,6 +88,7 @@ void kd_pooled_discard(struct kilnd *kd, struct kd_pooled *v, int kill_it)
 		close(v->pidfd);
 	if (v->agent)
 		kac_close(v->agent);
+	kd_netns_close(&v->net);
 	if (!kd_run_dir(kd, v->id, dir, sizeof(dir)))
 		kd_rmtree(dir);
 	free(v);
@@ -122,6 +123,8 @@ void kd_pool_done(struct kilnd *kd, struct kd_job *j)
 	v->vmm = j->vmm;
 	v->pidfd = kd_pidfd_open(v->vmm.pid);
 	v->agent = j->agent;
+	v->net = j->net;
+	j->net.nsfd = j->net.tcp_fd = j->net.udp_fd = -1;
 	j->agent = NULL;
 	v->next = p->ready;
 	p->ready = v;

@@ -70,8 +70,9 @@ static void template_dir(const struct kilnd *kd, const struct kd_image *img, uns
 			 char *buf, size_t n)
 {
 	char in[REG_SHA256_HEX * 3 + REG_IMAGE_MAX + 32], hex[REG_SHA256_HEX];
-	int len = snprintf(in, sizeof(in), "%s %s %s %s %llu slots=%d", kd->kernel_sha, kd->initrd_sha, img->name,
-			   img->id, img->path[0] ? (unsigned long long)kd->conf.layer_bytes : 0ull, img->path[0] ? KD_SLOTS : 0);
+	int len = snprintf(in, sizeof(in), "%s %s %s %s %llu slots=%d net=%d", kd->kernel_sha, kd->initrd_sha,
+			   img->name, img->id, img->path[0] ? (unsigned long long)kd->conf.layer_bytes : 0ull,
+			   img->path[0] ? KD_SLOTS : 0, kd->net_ok);
 
 	if (kd_sha256_hex(in, (size_t)len, hex))
 		memset(hex, '0', 12);
@@ -125,7 +126,8 @@ static int template_boot(struct kilnd *kd, const struct kd_image *img, const cha
 {
 	char snap[KD_PATH_MAX + 8], vsock[KD_PATH_MAX + 16], log[KD_PATH_MAX + 16], memarg[16], cpuarg[16],
 		console[KD_PATH_MAX + 32], layer[KD_PATH_MAX + 16], disk[KD_PATH_MAX + 8],
-		cmdline[128] = "kiln.agent";
+		cmdline[256] = "kiln.agent";
+	struct kd_netns net;
 	pid_t pid;
 	int r, st;
 
@@ -137,7 +139,7 @@ static int template_boot(struct kilnd *kd, const struct kd_image *img, const cha
 	snprintf(memarg, sizeof(memarg), "%u", mem);
 	snprintf(cpuarg, sizeof(cpuarg), "%u", vcpus);
 	char slots[KD_SLOTS][KD_SLOT_ARG_MAX];
-	char *argv[32] = { "kiln-vmm", "--kernel", kd->conf.kernel, "--initrd", kd->conf.initrd, "--mem", memarg,
+	char *argv[48] = { "kiln-vmm", "--kernel", kd->conf.kernel, "--initrd", kd->conf.initrd, "--mem", memarg,
 			   "--vcpus", cpuarg, "--cmdline", cmdline, "--console", console, "--vsock", vsock,
 			   "--template", snap, "-v", NULL };
 
@@ -155,7 +157,13 @@ static int template_boot(struct kilnd *kd, const struct kd_image *img, const cha
 		kd_slot_args(kd, NULL, 0, argv, sizeof(argv) / sizeof(argv[0]), slots);
 		kd_argv_add(argv, sizeof(argv) / sizeof(argv[0]), "--disk", layer);
 	}
-	r = kd_vmm_spawn(kd, argv, log, &pid, err);
+	/* Every clone restores into a namespace where the same eth0 address works (kd_netns.h). */
+	if (kd->net_ok)
+		snprintf(cmdline + strlen(cmdline), sizeof(cmdline) - strlen(cmdline), " %s", kd_net_cmdline(kd));
+	if ((r = kd_net_prepare(kd, &net, argv, sizeof(argv) / sizeof(argv[0]), err)))
+		return r;
+	r = kd_vmm_spawn(kd, argv, log, net.nsfd, &pid, err);
+	kd_netns_close(&net);
 	if (r)
 		return r;
 	r = kd_vmm_wait(pid, KD_TEMPLATE_TIMEOUT_S * 1000, &st);
@@ -202,6 +210,7 @@ static void template_record_ws(struct kilnd *kd, const struct kd_image *img, con
 	struct kac_stat st;
 	struct kac_exit ex;
 	struct kac *c = NULL;
+	struct kd_netns net;
 	pid_t pid;
 	int r;
 
@@ -211,13 +220,17 @@ static void template_record_ws(struct kilnd *kd, const struct kd_image *img, con
 	kd_pathf(vsock, sizeof(vsock), "cid=3,uds=%s", uds);
 	kd_pathf(ctl, sizeof(ctl), "%s/rec.ctl", dir);
 	kd_pathf(log, sizeof(log), "%s/record.log", dir);
-	char *argv[32] = { "kiln-vmm", "--restore", snap, "--prefetch", "none", "--vsock", vsock, "--control", ctl,
+	char *argv[48] = { "kiln-vmm", "--restore", snap, "--prefetch", "none", "--vsock", vsock, "--control", ctl,
 			   "--console", "none", NULL };
 
 	kd_image_disk_args(img, argv, sizeof(argv) / sizeof(argv[0]), disk, sizeof(disk));
 	if (img->path[0])
 		kd_slot_args(kd, NULL, 0, argv, sizeof(argv) / sizeof(argv[0]), slots);
-	if ((r = kd_vmm_spawn(kd, argv, log, &pid, &err)))
+	if ((r = kd_net_prepare(kd, &net, argv, sizeof(argv) / sizeof(argv[0]), &err)))
+		goto fail;
+	r = kd_vmm_spawn(kd, argv, log, net.nsfd, &pid, &err);
+	kd_netns_close(&net);
+	if (r)
 		goto fail;
 	r = kac_connect(&c, uds, KD_AGENT_TIMEOUT_MS, &kerr);
 	if (!r)

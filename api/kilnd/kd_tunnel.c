@@ -136,7 +136,7 @@ static int tunnel_open(struct kilnd *kd, struct lws *wsi, struct kd_tun_pss *pss
 		return -1;
 	}
 	t = calloc(1, sizeof(*t));
-	j = calloc(1, sizeof(*j));
+	j = kd_job_new();
 	if (!t || !j) {
 		free(t);
 		free(j);

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -49,7 +50,8 @@ int kd_argv_add(char **argv, size_t max, char *opt, char *val)
 	return 0;
 }
 
-int kd_vmm_spawn(const struct kilnd *kd, char *const argv[], const char *log, pid_t *pid, struct kiln_err *err)
+int kd_vmm_spawn(const struct kilnd *kd, char *const argv[], const char *log, int nsfd, pid_t *pid,
+		 struct kiln_err *err)
 {
 	int lfd, nfd, e;
 	pid_t p;
@@ -79,6 +81,11 @@ int kd_vmm_spawn(const struct kilnd *kd, char *const argv[], const char *log, pi
 		setsid();
 		if (dup2(nfd, 0) < 0 || dup2(lfd, 1) < 0 || dup2(lfd, 2) < 0)
 			_exit(125);
+		/* The sandbox's namespace: its tap is there, and nothing else is reachable. */
+		if (nsfd >= 0 && setns(nsfd, CLONE_NEWNET) < 0) {
+			dprintf(2, "kilnd: cannot enter the sandbox's network namespace: %s\n", strerror(errno));
+			_exit(125);
+		}
 		close_from_3();
 		execv(kd->conf.vmm, argv);
 		dprintf(2, "kilnd: cannot run %s: %s\n", kd->conf.vmm, strerror(errno));

@@ -366,7 +366,7 @@ static int start_job(struct kilnd *kd, const struct kd_req *r, const char *name,
 		     const struct kd_image *from, const char *snap, json_t **body)
 {
 	struct kiln_err err;
-	struct kd_job *j = calloc(1, sizeof(*j));
+	struct kd_job *j = kd_job_new();
 
 	if (!j || volume_jobs(kd, NULL, NULL) >= KD_VOL_JOBS_MAX) {
 		free(j);

@@ -26,6 +26,7 @@
 #include <libwebsockets.h>
 
 #include "err.h"
+#include "kd_netns.h"
 #include "registry.h"
 #include "sched_core.h"
 
@@ -90,6 +91,8 @@ struct kd_conf {
 	char default_image[REG_IMAGE_MAX];	/* a create that names none boots this */
 	uint64_t layer_bytes;		/* --layer-size */
 	uint64_t min_free_bytes;	/* --min-free: the state dir's floor */
+	int no_net;			/* --no-net: sandboxes get no network device at all */
+	char dns_upstream[64];		/* --dns-upstream: the resolver's upstream ("": /etc/resolv.conf) */
 };
 
 /* One sandbox as the loop sees it, from admission until kd_sbx_end. */
@@ -108,6 +111,7 @@ struct kd_sbx {
 	unsigned holders;		/* SESSION: connections that keep it alive */
 	unsigned tunnels;		/* agent WebSockets open to it */
 	int kill_asked;			/* killed while CREATING: ended when its job is back */
+	int net;			/* it has a network namespace, served by kd->egress */
 	uint64_t t0_ns;			/* create started (CLOCK_MONOTONIC) */
 };
 
@@ -119,6 +123,7 @@ struct kd_pooled {
 	struct reg_vmm vmm;
 	int pidfd;
 	struct kac *agent;
+	struct kd_netns net;		/* its namespace's sockets, until a sandbox takes it */
 };
 struct kd_pool {
 	unsigned memory_mb, vcpus, size;
@@ -138,6 +143,7 @@ struct kd_metrics {
 
 struct kd_job;
 struct kd_tun;
+struct kd_egress;
 
 struct kilnd {
 	struct kd_conf conf;
@@ -159,6 +165,9 @@ struct kilnd {
 	unsigned jobs_running;
 	struct kd_tun *tunnels;		/* agent WebSockets (tunnel.c) */
 	pthread_mutex_t vol_lock;	/* one host-side journal replay at a time */
+	int net_ok;			/* sandboxes get a network namespace (kd_net_init) */
+	char net_why[600];		/* why not, when not */
+	struct kd_egress *egress;	/* the resolver and egress proxy (net_ok) */
 	volatile int stopping;
 };
 
@@ -285,8 +294,12 @@ int kd_rmtree(const char *path);
 /* ---- vmm.c: kiln-vmm processes ---- */
 /* Append OPT VAL to a NULL-terminated argv of max slots; -E2BIG when it does not fit. */
 int kd_argv_add(char **argv, size_t max, char *opt, char *val);
-/* Start kiln-vmm with argv (NULL-terminated, argv[0] ignored) in its own session, output to log. */
-int kd_vmm_spawn(const struct kilnd *kd, char *const argv[], const char *log, pid_t *pid, struct kiln_err *err);
+/*
+ * Start kiln-vmm with argv (NULL-terminated, argv[0] ignored) in its own
+ * session, output to log, inside the network namespace nsfd (-1: kilnd's).
+ */
+int kd_vmm_spawn(const struct kilnd *kd, char *const argv[], const char *log, int nsfd, pid_t *pid,
+		 struct kiln_err *err);
 /*
  * One request to a kiln-vmm's control socket at path: its one-line JSON
  * answer into reply (n bytes, NUL-terminated, newline dropped) within ms.
@@ -300,6 +313,28 @@ void kd_vmm_kill(pid_t pid, int pidfd, int is_child);
 /* utime + stime of a process, in ns; 0 if it is gone. */
 uint64_t kd_proc_cpu_ns(pid_t pid);
 int kd_pidfd_open(pid_t pid);
+
+/* ---- net.c: each sandbox's network (issue 16) ---- */
+/* At start: can sandboxes have networks here? Start the resolver and egress proxy if so. */
+void kd_net_init(struct kilnd *kd);
+void kd_net_stop(struct kilnd *kd);
+/*
+ * On a worker, before a VMM starts: a namespace for it in *n and "--net
+ * tap=kt0" in argv, when the node gives sandboxes networks (else n->nsfd
+ * stays -1 and argv unchanged). 0 or -errno with err.
+ */
+int kd_net_prepare(struct kilnd *kd, struct kd_netns *n, char **argv, size_t max, struct kiln_err *err);
+/* The guest's kernel command line for its network ("" when none). */
+const char *kd_net_cmdline(const struct kilnd *kd);
+/* Serve a sandbox's namespace (its sockets pass to the egress thread) with its allow_net. */
+int kd_net_serve(struct kilnd *kd, const char *id, struct kd_netns *n, char *const *allow, size_t nallow,
+		 struct kiln_err *err);
+/* After a restart: serve the namespace of a re-adopted sandbox's VMM again, with its recorded allow_net. */
+int kd_net_adopt(struct kilnd *kd, const char *id, pid_t vmm, struct kiln_err *err);
+/* A sandbox ended: stop serving it (its namespace goes with its VMM). */
+void kd_net_forget(struct kilnd *kd, const char *id);
+/* allow_net entries as a JSON array (for the registry and the API). */
+json_t *kd_allow_json(char *const *allow, size_t nallow);
 
 /* ---- jobs.c: worker threads ---- */
 enum kd_job_kind { KD_JOB_CREATE, KD_JOB_TEMPLATE, KD_JOB_DIAL, KD_JOB_POOL, KD_JOB_VOLUME };
@@ -322,6 +357,9 @@ struct kd_job {
 	char snap_name[REG_IMAGE_MAX];	/* VOLUME snapshot: the image to make */
 	unsigned memory_mb, vcpus;
 	char **env;			/* KEY=VALUE, NULL-terminated (CREATE) */
+	char **allow;			/* CREATE: allow_net entries (nallow), for the egress proxy */
+	size_t nallow;
+	struct kd_netns net;		/* CREATE, POOL: the VM's namespace (nsfd -1: none) */
 	char run_dir[KD_PATH_MAX];
 	char vsock[KD_PATH_MAX];	/* DIAL: the VMM's vsock socket */
 	struct lws *wsi;		/* DIAL: the tunnel; TEMPLATE: the request */
@@ -339,6 +377,8 @@ struct kd_job {
 
 /* Run j on a new thread; it comes back through kd_jobs_drain. 0 or -errno. */
 int kd_job_start(struct kilnd *kd, struct kd_job *j, struct kiln_err *err);
+/* A zeroed job with no namespace held (NULL when out of memory). */
+struct kd_job *kd_job_new(void);
 void kd_job_free(struct kd_job *j);
 /* A connection closed: jobs that would answer it answer nobody. */
 void kd_jobs_forget(struct kilnd *kd, struct lws *wsi);
