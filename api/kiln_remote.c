@@ -29,16 +29,18 @@ struct ropts {
 	long long memory, vcpus;	/* -1: not given */
 	const char *image;		/* create, template build: --image */
 	json_t *volumes;		/* create: --volume PATH=NAME[:ro], an object */
+	json_t *allow;			/* create: --allow-net HOST, an array */
 	const char *from;		/* volume create: --from IMAGE */
 	const char *timeout;		/* create: the sandbox's lifetime */
 	const char *to;			/* extend --to MS */
 };
 
 enum { RO_JSON = 1, RO_LABEL = 2, RO_ALL = 4, RO_ENV = 8, RO_MEMORY = 16, RO_VCPUS = 32, RO_TIMEOUT = 64,
-       RO_TO = 128, RO_AGENT = 256, RO_IMAGE = 512, RO_VOLUME = 1024, RO_FROM = 2048 };
+       RO_TO = 128, RO_AGENT = 256, RO_IMAGE = 512, RO_VOLUME = 1024, RO_FROM = 2048,
+       RO_ALLOW = 4096 };
 
 enum { O_ENDPOINT = 300, O_JSON, O_LABEL, O_ALL, O_ENV, O_MEMORY, O_VCPUS, O_TIMEOUT, O_TO, O_REQ_TIMEOUT,
-       O_UDS, O_CONNECT_TIMEOUT, O_AGENT_TIMEOUT, O_IMAGE, O_VOLUME, O_FROM };
+       O_UDS, O_CONNECT_TIMEOUT, O_AGENT_TIMEOUT, O_IMAGE, O_VOLUME, O_FROM, O_ALLOW };
 
 static const struct option ropt_table[] = {
 	{ "endpoint", required_argument, NULL, O_ENDPOINT },
@@ -58,6 +60,7 @@ static const struct option ropt_table[] = {
 	{ "image", required_argument, NULL, O_IMAGE },
 	{ "volume", required_argument, NULL, O_VOLUME },
 	{ "from", required_argument, NULL, O_FROM },
+	{ "allow-net", required_argument, NULL, O_ALLOW },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -128,7 +131,7 @@ static int ropts_parse(int argc, char **argv, struct ropts *o, unsigned allowed)
 		[O_TIMEOUT - O_ENDPOINT] = RO_TIMEOUT, [O_TO - O_ENDPOINT] = RO_TO, [O_UDS - O_ENDPOINT] = RO_AGENT,
 		[O_CONNECT_TIMEOUT - O_ENDPOINT] = RO_AGENT, [O_AGENT_TIMEOUT - O_ENDPOINT] = RO_AGENT,
 		[O_IMAGE - O_ENDPOINT] = RO_IMAGE, [O_VOLUME - O_ENDPOINT] = RO_VOLUME,
-		[O_FROM - O_ENDPOINT] = RO_FROM,
+		[O_FROM - O_ENDPOINT] = RO_FROM, [O_ALLOW - O_ENDPOINT] = RO_ALLOW,
 	};
 	const char *endpoint = NULL;
 	struct kiln_err err;
@@ -165,6 +168,13 @@ static int ropts_parse(int argc, char **argv, struct ropts *o, unsigned allowed)
 		case O_TO: o->to = optarg; break;
 		case O_VOLUME: volume_add(o, optarg); break;
 		case O_FROM: o->from = optarg; break;
+		case O_ALLOW:
+			/* kilnd checks each entry and says what is wrong with it. */
+			if (!o->allow)
+				o->allow = json_array();
+			if (!*optarg || json_array_append_new(o->allow, json_string(optarg)))
+				die_usage("--allow-net %s: expected a host name, *.domain, IP address or CIDR range", optarg);
+			break;
 		case O_IMAGE:
 			if (!*optarg || strlen(optarg) > 64 ||
 			    strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(optarg))
@@ -186,6 +196,7 @@ static int ropts_parse(int argc, char **argv, struct ropts *o, unsigned allowed)
 static void ropts_free(struct ropts *o)
 {
 	json_decref(o->volumes);
+	json_decref(o->allow);
 	json_decref(o->labels);
 	json_decref(o->env);
 }
@@ -422,7 +433,8 @@ int kr_cmd_create(int argc, char **argv)
 	int ret;
 
 	want_operands(&o, argc, ropts_parse(argc, argv, &o, RO_JSON | RO_LABEL | RO_ENV | RO_MEMORY | RO_VCPUS |
-					     RO_TIMEOUT | RO_IMAGE | RO_VOLUME), 0, "no argument (kiln create [--memory MiB] ...)");
+					     RO_TIMEOUT | RO_IMAGE | RO_VOLUME | RO_ALLOW), 0,
+		      "no argument (kiln create [--memory MiB] ...)");
 	body = shape_body(&o);
 	if (o.timeout)
 		json_object_set_new(body, "timeout", json_string(o.timeout));
@@ -432,6 +444,8 @@ int kr_cmd_create(int argc, char **argv)
 		json_object_set(body, "env", o.env);
 	if (o.volumes)
 		json_object_set(body, "volumes", o.volumes);
+	if (o.allow)
+		json_object_set(body, "allow_net", o.allow);
 	ret = call(&o, "POST", "/v1/sandboxes", body, 1, 1, &rep);
 	json_decref(body);
 	ropts_free(&o);
