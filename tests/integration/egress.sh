@@ -1,0 +1,212 @@
+# Sandbox networks through kilnd (issue 16): a namespace per sandbox, the
+# nftables rules in it, the resolver that answers only allowed names and the
+# egress proxy that checks SNI and Host against allow_net, all with real
+# Debian guests using curl, getent and python3.
+#
+# The "internet" exists only here: a namespace (kinet) joined to the nested
+# host by a veth, at documentation addresses (203.0.113.0/24) with dnsmasq
+# and HTTP, HTTPS, echo and UDP servers. The nested host has no NIC, so a
+# rule that fails can send a packet nowhere else. One kilnd serves every
+# test, with three sandboxes: one with no allow_net, one with a list, one
+# with "*".
+# shellcheck shell=bash
+
+if [[ $vmm == */asan/* ]]; then
+	echo "# egress: run with the first kiln-vmm only"
+	return 0
+fi
+
+eg_kiln=${KILN_CLI:-$root/build/kiln}
+eg_kilnd=${KILND:-$root/build/asan/kilnd}
+eg=$work/eg
+egsock=$eg/kd.sock
+mkdir -p "$eg"
+export eg eg_kiln egsock
+
+# The fake internet: kinet at 203.0.113.2-.53, the nested host at .1.
+eg_net_up() {
+	ip netns add kinet || return 1
+	ip link add kvh type veth peer name kvi || return 1
+	ip link set kvi netns kinet
+	ip addr add 203.0.113.1/24 dev kvh
+	ip link set kvh up
+	ip -n kinet link set lo up
+	ip -n kinet addr add 203.0.113.53/24 dev kvi
+	for a in 10 11 12 13 14; do ip -n kinet addr add 203.0.113.$a/32 dev kvi; done
+	ip -n kinet link set kvi up
+	ip -n kinet route add default dev kvi
+	# A test CA, and one certificate for every name the servers answer as.
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=kiln-test-ca -keyout "$eg/ca.key" \
+		-out "$eg/ca.crt" >/dev/null 2>&1 || return 1
+	openssl req -newkey rsa:2048 -nodes -subj /CN=allowed.test -keyout "$eg/srv.key" -out "$eg/srv.csr" \
+		>/dev/null 2>&1 || return 1
+	printf 'subjectAltName=DNS:allowed.test,DNS:blocked.test,DNS:a.wild.test,DNS:wild.test,DNS:wild.test.evil\n' \
+		>"$eg/san.ext"
+	openssl x509 -req -in "$eg/srv.csr" -CA "$eg/ca.crt" -CAkey "$eg/ca.key" -CAcreateserial -days 2 \
+		-extfile "$eg/san.ext" -out "$eg/srv.crt" >/dev/null 2>&1 || return 1
+	ip netns exec kinet dnsmasq --no-resolv --no-hosts --bind-interfaces --listen-address=203.0.113.53 \
+		--except-interface=lo --pid-file="$eg/dnsmasq.pid" --user=root --group=root \
+		--log-queries --log-facility="$eg/dnsmasq.log" --address=/#/ \
+		--address=/allowed.test/203.0.113.10 --address=/blocked.test/203.0.113.11 \
+		--address=/a.wild.test/203.0.113.12 --address=/wild.test.evil/203.0.113.13 \
+		--address=/wild.test/203.0.113.14 || return 1
+	ip netns exec kinet python3 "$here/egress-server.py" "$eg/srv.crt" "$eg/srv.key" "$eg/udp.log" \
+		>"$eg/server.log" 2>&1 &
+	echo $! >"$eg/server.pid"
+	for _ in $(seq 100); do grep -q ready "$eg/server.log" && return 0; sleep 0.1; done
+	echo "the test servers did not start: $(cat "$eg/server.log")"
+	return 1
+}
+eg_net_down() {
+	[ -f "$eg/server.pid" ] && kill "$(cat "$eg/server.pid")" 2>/dev/null
+	[ -f "$eg/dnsmasq.pid" ] && kill "$(cat "$eg/dnsmasq.pid")" 2>/dev/null
+	ip link del kvh 2>/dev/null
+	ip netns del kinet 2>/dev/null
+}
+
+eg_start() {
+	ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=16 "$eg_kilnd" --state-dir "$eg/kd" --listen "unix:$egsock" \
+		--vmm "$vmm" --default-image debian --min-free 0 --dns-upstream 203.0.113.53 "$@" >>"$eg/kilnd.log" 2>&1 &
+	echo $! >"$eg/kilnd.pid"
+	for _ in $(seq 600); do
+		curl -s --max-time 2 --unix-socket "$egsock" http://kd/v1/node >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "kilnd did not start: $(tail -3 "$eg/kilnd.log")"
+	return 1
+}
+eg_api() {
+	curl -sS --max-time 600 --unix-socket "$egsock" -X "$1" -o "$eg/body" -w '%{http_code}' \
+		${3:+-H 'Content-Type: application/json' --data-binary "$3"} "http://kd$2" >"$eg/status"
+	cat "$eg/body"
+}
+eg_mk() { eg_api POST /v1/sandboxes "{\"memory_mb\": 768, \"vcpus\": 1${1:+, $1}}" | jq -r '.id // empty'; }
+eg_ex() { local id=$1; shift; "$eg_kiln" exec --uds "$eg/kd/run/$id/vsock" --connect-timeout 30 --timeout 60 -- "$@"; }
+# eg_curl ID ARGS...: curl in the guest, printing the body or "fail:<exit code>" and the seconds it took.
+eg_curl() {
+	local id=$1; shift
+	eg_ex "$id" bash -c 's=$(date +%s.%N); out=$(curl -sS --max-time 8 "$@" 2>/dev/null) || out="fail:$?";
+		e=$(date +%s.%N); printf "%s t=%.1f\n" "$out" "$(echo "$e - $s" | bc 2>/dev/null || echo 0)"' curl "$@"
+}
+export -f eg_start eg_api eg_mk eg_ex eg_curl
+export eg_kilnd vmm
+
+saved_eg_timeout=$per_test_timeout
+per_test_timeout=900
+on_test_failure() { echo "#   kilnd log: $(tail -n 8 "$eg/kilnd.log" | tr '\n' '|')"; }
+eg_net_down
+if ! eg_net_up || ! eg_start; then
+	run "egress: the fake internet and kilnd start" 0 '^never$' cat "$eg/server.log" "$eg/kilnd.log"
+	eg_net_down
+	per_test_timeout=$saved_eg_timeout
+	return 0
+fi
+
+run "egress: kilnd gives sandboxes networks; three sandboxes start (no allow_net, a list, *)" 0 \
+	'^net=true a=201 b=201 c=201 net=true$' \
+	bash -c 'n=$(eg_api GET /v1/node | jq -r .network)
+	         a=$(eg_mk); as=$(cat $eg/status)
+	         b=$(eg_mk "\"allow_net\": [\"allowed.test\", \"*.wild.test\", \"203.0.113.13:7\"]"); bs=$(cat $eg/status)
+	         c=$(eg_mk "\"allow_net\": [\"*\"]"); cs=$(cat $eg/status)
+	         echo "$a" >$eg/a; echo "$b" >$eg/b; echo "$c" >$eg/c
+	         echo "net=$n a=$as b=$bs c=$cs net=$(eg_api GET /v1/sandboxes/$b | jq -r .network)"'
+A=$(cat "$eg/a" 2>/dev/null); B=$(cat "$eg/b" 2>/dev/null); C=$(cat "$eg/c" 2>/dev/null)
+export A B C
+
+run "egress: the guest has eth0 at 172.29.0.2, a route via 172.29.0.1 and kilnd's resolver in resolv.conf" 0 \
+	'^172\.29\.0\.2/30 default via 172\.29\.0\.1 nameserver 172\.29\.0\.1$' \
+	bash -c 'eg_ex $B bash -c "ip -o -4 addr show eth0 | awk '"'"'{printf \"%s \", \$4}'"'"';
+	         ip route | grep -o \"^default via [0-9.]*\" | tr \"\\n\" \" \"; grep -m1 ^nameserver /etc/resolv.conf"'
+
+run "egress: no allow_net: no DNS answer and no connection, even to an address" 0 \
+	'^dns=fail http=fail:[0-9]+ ip=fail:[0-9]+$' \
+	bash -c 'd=$(eg_ex $A getent hosts allowed.test >/dev/null && echo ok || echo fail)
+	         h=$(eg_curl $A http://allowed.test/ | cut -d" " -f1); i=$(eg_curl $A http://203.0.113.10/ | cut -d" " -f1)
+	         echo "dns=$d http=$h ip=$i"'
+
+run "egress: allow_net [allowed.test]: its name resolves, HTTP reaches it with its Host" 0 \
+	'^203\.0\.113\.10 +allowed\.test server=203\.0\.113\.10 host=allowed\.test ' \
+	bash -c 'echo "$(eg_ex $B getent hosts allowed.test | head -1) $(eg_curl $B http://allowed.test/)"'
+
+run "egress: HTTPS to an allowed name goes through by its SNI, the guest verifying the server itself" 0 \
+	'^server=203\.0\.113\.10 host=allowed\.test ' \
+	bash -c '"$eg_kiln" cp --uds "$eg/kd/run/$B/vsock" "$eg/ca.crt" guest:/tmp/ca.crt >/dev/null &&
+	         eg_curl $B --cacert /tmp/ca.crt https://allowed.test/'
+
+run "egress: a name not in allow_net gets no DNS answer, and HTTP and HTTPS to it are reset at once" 0 \
+	'^dns=fail http=fail:[0-9]+ t=[0-2]\.[0-9] https=fail:[0-9]+ t=[0-2]\.[0-9]$' \
+	bash -c 'd=$(eg_ex $B getent hosts blocked.test >/dev/null && echo ok || echo fail)
+	         h=$(eg_curl $B --resolve blocked.test:80:203.0.113.11 http://blocked.test/)
+	         s=$(eg_curl $B --cacert /tmp/ca.crt --resolve blocked.test:443:203.0.113.11 https://blocked.test/)
+	         echo "dns=$d http=$h https=$s"'
+
+run "egress: the proxy resolves names itself: allowed.test pinned to blocked.test's address still reaches only allowed.test" 0 \
+	'^server=203\.0\.113\.10 host=allowed\.test .*/server=203\.0\.113\.10 host=allowed\.test .*/fail:[0-9]+ ' \
+	bash -c 'a=$(eg_curl $B --resolve allowed.test:80:203.0.113.11 http://allowed.test/)
+	         s=$(eg_curl $B --cacert /tmp/ca.crt --resolve allowed.test:443:203.0.113.11 https://allowed.test/)
+	         ip=$(eg_curl $B -H "Host: blocked.test" http://203.0.113.11/)
+	         echo "$a/$s/$ip"'
+
+run "egress: *.wild.test allows a.wild.test, not wild.test or wild.test.evil" 0 \
+	'^server=203\.0\.113\.12 host=a\.wild\.test .*/fail:[0-9]+ .*/fail:[0-9]+ ' \
+	bash -c 'a=$(eg_curl $B http://a.wild.test/); w=$(eg_curl $B --resolve wild.test:80:203.0.113.14 http://wild.test/)
+	         e=$(eg_curl $B --resolve wild.test.evil:80:203.0.113.13 http://wild.test.evil/); echo "$a/$w/$e"'
+
+run "egress: an IP:port entry lets raw TCP through to that port only" 0 '^echo=kiln-echo other=refused$' \
+	bash -c 'eg_ex $B python3 -c "
+import socket
+s = socket.create_connection((\"203.0.113.13\", 7), timeout=5); s.sendall(b\"kiln-echo\"); print(\"echo=\" + s.recv(64).decode(), end=\" \")
+try:
+    t = socket.create_connection((\"203.0.113.13\", 80), timeout=5); t.sendall(b\"x\"); r = t.recv(64); print(\"other=open\" if r else \"other=refused\")
+except OSError:
+    print(\"other=refused\")"'
+
+run "egress: even with *, link-local, private, loopback, the host's own and the gateway's addresses are unreachable" 0 \
+	'^public=ok( fail:[0-9]+){5}$' \
+	bash -c 'p=$(eg_curl $C http://allowed.test/ | grep -q "server=203.0.113.10" && echo ok || echo no); out="public=$p"
+	         for u in http://169.254.169.254/latest/meta-data/ http://10.0.0.1/ http://203.0.113.1/ http://172.29.0.1:18181/ http://127.0.0.1:1/; do
+	           out="$out $(eg_curl $C "$u" | cut -d" " -f1)"; done; echo "$out"'
+
+run "egress: UDP other than DNS never leaves the sandbox" 0 '^sent udp=none$' \
+	bash -c 'eg_ex $C python3 -c "
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(5): s.sendto(b\"leak\", (\"203.0.113.10\", 9999))
+print(\"sent\", end=\" \")"; sleep 1; grep -q leak $eg/udp.log 2>/dev/null && echo udp=leaked || echo udp=none'
+
+run "egress: refusals are the sandbox's events, naming host, port and reason" 0 \
+	'egress_refused .*blocked\.test:80.*not in allow_net' \
+	bash -c 'eg_api GET /v1/sandboxes/$B/events | jq -r ".events[] | .kind + \" \" + .detail"'
+
+run "egress: a bad allow_net entry is refused with the reason, from the API and the CLI" 0 \
+	'^400 .*allow_net entry .*exa mple\.com.* / 1 kiln: .*allow_net entry .*exa mple' \
+	bash -c 'm=$(eg_api POST /v1/sandboxes "{\"allow_net\": [\"exa mple.com\"]}" | jq -r .message); s=$(cat $eg/status)
+	         c=$("$eg_kiln" create --endpoint "unix:$egsock" --allow-net "exa mple.com" 2>&1); echo "$s $m / $? $c"'
+
+run "egress: after kill -9 and a restart, kilnd serves the sandboxes' networks again" 0 \
+	'^server=203\.0\.113\.10 host=allowed\.test .*/dns=fail$' \
+	bash -c 'kill -9 $(cat $eg/kilnd.pid); sleep 0.5; eg_start >/dev/null || exit 1
+	         a=$(eg_curl $B http://allowed.test/); d=$(eg_ex $A getent hosts allowed.test >/dev/null && echo ok || echo fail)
+	         echo "$a/dns=$d"'
+
+# Namespaces are counted by their inodes across every process (kilnd holds none of its own).
+eg_netns_count() { find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l\n' 2>/dev/null | sort -u | wc -l; }
+export -f eg_netns_count
+run "egress: 20 create/kill cycles leave no namespace, tap or kilnd descriptor behind" 0 '^ns=same fds=same$' \
+	bash -c 'n0=$(eg_netns_count); f0=$(ls /proc/$(cat $eg/kilnd.pid)/fd | wc -l)
+	         for i in $(seq 20); do id=$(eg_mk "\"allow_net\": [\"allowed.test\"]"); [ -n "$id" ] || exit 1
+	           eg_api DELETE /v1/sandboxes/$id >/dev/null; done; sleep 1
+	         n1=$(eg_netns_count); f1=$(ls /proc/$(cat $eg/kilnd.pid)/fd | wc -l)
+	         echo "ns=$([ $n1 -le $n0 ] && echo same || echo "$n0->$n1") fds=$([ $f1 -le $((f0 + 2)) ] && echo same || echo "$f0->$f1")"'
+
+run "egress: killing the sandboxes removes their namespaces" 0 '^gone$' \
+	bash -c 'n0=$(eg_netns_count); for s in $A $B $C; do eg_api DELETE /v1/sandboxes/$s >/dev/null; done; sleep 1
+	         n1=$(eg_netns_count); [ $n1 -eq $((n0 - 3)) ] && echo gone || echo "$n0 -> $n1"'
+
+kill "$(cat "$eg/kilnd.pid")" 2>/dev/null
+for _ in $(seq 100); do kill -0 "$(cat "$eg/kilnd.pid")" 2>/dev/null || break; sleep 0.1; done
+if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|runtime error" "$eg/kilnd.log"; then
+	run "egress: kilnd's sanitizers are quiet" 0 '^never$' grep -A20 "Sanitizer\|runtime error" "$eg/kilnd.log"
+fi
+eg_net_down
+per_test_timeout=$saved_eg_timeout
