@@ -23,46 +23,11 @@ egsock=$eg/kd.sock
 mkdir -p "$eg"
 export eg eg_kiln egsock
 
-# The fake internet: kinet at 203.0.113.2-.53, the nested host at .1.
-eg_net_up() {
-	ip netns add kinet || return 1
-	ip link add kvh type veth peer name kvi || return 1
-	ip link set kvi netns kinet
-	ip addr add 203.0.113.1/24 dev kvh
-	ip link set kvh up
-	ip -n kinet link set lo up
-	ip -n kinet addr add 203.0.113.53/24 dev kvi
-	for a in 10 11 12 13 14; do ip -n kinet addr add 203.0.113.$a/32 dev kvi; done
-	ip -n kinet link set kvi up
-	ip -n kinet route add default dev kvi
-	# A test CA, and one certificate for every name the servers answer as.
-	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=kiln-test-ca -keyout "$eg/ca.key" \
-		-out "$eg/ca.crt" >/dev/null 2>&1 || return 1
-	openssl req -newkey rsa:2048 -nodes -subj /CN=allowed.test -keyout "$eg/srv.key" -out "$eg/srv.csr" \
-		>/dev/null 2>&1 || return 1
-	printf 'subjectAltName=DNS:allowed.test,DNS:blocked.test,DNS:a.wild.test,DNS:wild.test,DNS:wild.test.evil\n' \
-		>"$eg/san.ext"
-	openssl x509 -req -in "$eg/srv.csr" -CA "$eg/ca.crt" -CAkey "$eg/ca.key" -CAcreateserial -days 2 \
-		-extfile "$eg/san.ext" -out "$eg/srv.crt" >/dev/null 2>&1 || return 1
-	ip netns exec kinet dnsmasq --no-resolv --no-hosts --bind-interfaces --listen-address=203.0.113.53 \
-		--except-interface=lo --pid-file="$eg/dnsmasq.pid" --user=root --group=root \
-		--log-queries --log-facility="$eg/dnsmasq.log" --address=/#/ \
-		--address=/allowed.test/203.0.113.10 --address=/blocked.test/203.0.113.11 \
-		--address=/a.wild.test/203.0.113.12 --address=/wild.test.evil/203.0.113.13 \
-		--address=/wild.test/203.0.113.14 || return 1
-	ip netns exec kinet python3 "$here/egress-server.py" "$eg/srv.crt" "$eg/srv.key" "$eg/udp.log" \
-		>"$eg/server.log" 2>&1 &
-	echo $! >"$eg/server.pid"
-	for _ in $(seq 100); do grep -q ready "$eg/server.log" && return 0; sleep 0.1; done
-	echo "the test servers did not start: $(cat "$eg/server.log")"
-	return 1
-}
-eg_net_down() {
-	[ -f "$eg/server.pid" ] && kill "$(cat "$eg/server.pid")" 2>/dev/null
-	[ -f "$eg/dnsmasq.pid" ] && kill "$(cat "$eg/dnsmasq.pid")" 2>/dev/null
-	ip link del kvh 2>/dev/null
-	ip netns del kinet 2>/dev/null
-}
+# The fake internet (tests/net/fake-internet.sh): kinet at 203.0.113.2-.53, the nested host at .1.
+# shellcheck source=tests/net/fake-internet.sh
+. "$root/tests/net/fake-internet.sh"
+eg_net_up() { fi_up "$eg"; }
+eg_net_down() { fi_down "$eg"; }
 
 eg_start() {
 	ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=16 "$eg_kilnd" --state-dir "$eg/kd" --listen "unix:$egsock" \
