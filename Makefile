@@ -194,8 +194,8 @@ KILND_HDRS := $(wildcard api/kilnd/*.h) $(SCHED_CORE_HDRS) $(REG_HDRS) $(KAC_HDR
 # The network (issue 16): nftables through libnftnl and libmnl; the egress
 # proxy and resolver on libevent (evdns), TLS's SNI read with OpenSSL, HTTP's
 # Host with http-parser.
-NET_LIBS   := $(shell pkg-config --libs libnftnl libmnl libevent libevent_pthreads libssl libcrypto 2>/dev/null || \
-                echo -lnftnl -lmnl -levent -levent_pthreads -lssl -lcrypto) -lhttp_parser
+NET_LIBS   := $(shell pkg-config --libs libnftnl libmnl libevent libevent_pthreads libevent_openssl libssl libcrypto 2>/dev/null || \
+                echo -lnftnl -lmnl -levent -levent_pthreads -levent_openssl -lssl -lcrypto) -lhttp_parser
 KILND_LIBS := $(LWS_LIBS) $(JANSSON_LIBS) $(REG_LIBS) $(NET_LIBS) -pthread -lm
 
 $(O)/kilnd: $(KILND_SRCS) $(KILND_HDRS) | $(O)
@@ -350,12 +350,15 @@ bench-blk: deps-test
 	tests/nested/kvm-host.sh -- bench/blk.sh $(O)/kiln-vmm $(O)/guest/vmlinux \
 	  $(O)/guest/initramfs.cpio $(O)/guest/tools/kiln-blkbench $(BENCH_SECONDS)
 
-# virtio-net against a veth pair and QEMU microvm, through taps.
+# virtio-net against a veth pair and QEMU microvm, through taps; then a
+# Debian sandbox's egress through kilnd's proxy against the veth baseline,
+# namespace set-up and a 256-entry allow_net (bench/egress.sh).
 BENCH_NET_MIB ?= 32
 bench-net: deps-test
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all image
 	tests/nested/kvm-host.sh -- bench/net.sh $(O)/kiln-vmm $(O)/guest/vmlinux \
 	  $(O)/guest/initramfs.cpio $(BENCH_NET_MIB)
+	tests/nested/kvm-host.sh -- bench/egress.sh $(O)/kilnd $(O)/kiln-vmm $(O)/kiln
 
 # vsock echo latency and throughput against a plain unix socket.
 bench-vsock: deps-test

@@ -30,6 +30,7 @@ struct ropts {
 	const char *image;		/* create, template build: --image */
 	json_t *volumes;		/* create: --volume PATH=NAME[:ro], an object */
 	json_t *allow;			/* create: --allow-net HOST, an array */
+	json_t *secrets;		/* create: --secret NAME=HOSTS:VALUE, an object */
 	const char *from;		/* volume create: --from IMAGE */
 	const char *timeout;		/* create: the sandbox's lifetime */
 	const char *to;			/* extend --to MS */
@@ -37,10 +38,10 @@ struct ropts {
 
 enum { RO_JSON = 1, RO_LABEL = 2, RO_ALL = 4, RO_ENV = 8, RO_MEMORY = 16, RO_VCPUS = 32, RO_TIMEOUT = 64,
        RO_TO = 128, RO_AGENT = 256, RO_IMAGE = 512, RO_VOLUME = 1024, RO_FROM = 2048,
-       RO_ALLOW = 4096 };
+       RO_ALLOW = 4096, RO_SECRET = 8192 };
 
 enum { O_ENDPOINT = 300, O_JSON, O_LABEL, O_ALL, O_ENV, O_MEMORY, O_VCPUS, O_TIMEOUT, O_TO, O_REQ_TIMEOUT,
-       O_UDS, O_CONNECT_TIMEOUT, O_AGENT_TIMEOUT, O_IMAGE, O_VOLUME, O_FROM, O_ALLOW };
+       O_UDS, O_CONNECT_TIMEOUT, O_AGENT_TIMEOUT, O_IMAGE, O_VOLUME, O_FROM, O_ALLOW, O_SECRET };
 
 static const struct option ropt_table[] = {
 	{ "endpoint", required_argument, NULL, O_ENDPOINT },
@@ -61,6 +62,7 @@ static const struct option ropt_table[] = {
 	{ "volume", required_argument, NULL, O_VOLUME },
 	{ "from", required_argument, NULL, O_FROM },
 	{ "allow-net", required_argument, NULL, O_ALLOW },
+	{ "secret", required_argument, NULL, O_SECRET },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -122,6 +124,72 @@ static const char *endpoint_text(const char *opt)
 	return opt ? opt : env && *env ? env : KR_DEFAULT_ENDPOINT;
 }
 
+/*
+ * --secret NAME=HOST[,HOST...]:VALUE. NAME ends at the first '='. The hosts
+ * end at the first ':' that does not start a port: a port is digits followed
+ * by ',' or ':', and a host takes at most one. VALUE is the rest, verbatim;
+ * @env:VAR reads it from the environment instead, so it need not be in argv.
+ * kilnd checks the name, hosts and value and says what is wrong.
+ */
+static void secret_add(struct ropts *o, const char *arg)
+{
+	const char *eq = strchr(arg, '='), *p, *value;
+	json_t *hosts, *sec;
+	char name[80];
+	int had_port = 0;
+
+	if (!eq || eq == arg || (size_t)(eq - arg) >= sizeof(name))
+		die_usage("--secret: expected NAME=HOST[,HOST...]:VALUE (or :@env:VAR)");
+	memcpy(name, arg, (size_t)(eq - arg));
+	name[eq - arg] = '\0';
+	for (p = eq + 1; *p; p++) {
+		size_t d;
+
+		if (*p == ',') {
+			had_port = 0;
+			continue;
+		}
+		if (*p != ':')
+			continue;
+		d = strspn(p + 1, "0123456789");
+		if (!had_port && d && (p[1 + d] == ',' || p[1 + d] == ':')) {
+			had_port = 1;
+			p += d;
+			continue;
+		}
+		break;
+	}
+	if (*p != ':' || p == eq + 1)
+		die_usage("--secret %s: expected NAME=HOST[,HOST...]:VALUE (or :@env:VAR)", name);
+	value = p + 1;
+	if (!strncmp(value, "@env:", 5)) {
+		const char *v = getenv(value + 5);
+
+		if (!v)
+			die_usage("--secret %s: environment variable %s is not set", name, value + 5);
+		value = v;
+	}
+	if (!o->secrets)
+		o->secrets = json_object();
+	if (json_object_get(o->secrets, name))
+		die_usage("--secret %s: given twice", name);
+	hosts = json_array();
+	{
+		const char *h = eq + 1;
+
+		while (h < p) {
+			const char *c = memchr(h, ',', (size_t)(p - h));
+			const char *end = c ? c : p;
+
+			json_array_append_new(hosts, json_stringn(h, (size_t)(end - h)));
+			h = end + 1;
+		}
+	}
+	sec = json_pack("{s:o, s:s}", "hosts", hosts, "value", value);
+	if (!sec || json_object_set_new(o->secrets, name, sec))
+		die_usage("--secret %s: the value is not valid UTF-8", name);
+}
+
 /* Parse argv's options as the verb allows; returns the index of the first operand. */
 static int ropts_parse(int argc, char **argv, struct ropts *o, unsigned allowed)
 {
@@ -131,7 +199,7 @@ static int ropts_parse(int argc, char **argv, struct ropts *o, unsigned allowed)
 		[O_TIMEOUT - O_ENDPOINT] = RO_TIMEOUT, [O_TO - O_ENDPOINT] = RO_TO, [O_UDS - O_ENDPOINT] = RO_AGENT,
 		[O_CONNECT_TIMEOUT - O_ENDPOINT] = RO_AGENT, [O_AGENT_TIMEOUT - O_ENDPOINT] = RO_AGENT,
 		[O_IMAGE - O_ENDPOINT] = RO_IMAGE, [O_VOLUME - O_ENDPOINT] = RO_VOLUME,
-		[O_FROM - O_ENDPOINT] = RO_FROM, [O_ALLOW - O_ENDPOINT] = RO_ALLOW,
+		[O_FROM - O_ENDPOINT] = RO_FROM, [O_ALLOW - O_ENDPOINT] = RO_ALLOW, [O_SECRET - O_ENDPOINT] = RO_SECRET,
 	};
 	const char *endpoint = NULL;
 	struct kiln_err err;
@@ -175,6 +243,7 @@ static int ropts_parse(int argc, char **argv, struct ropts *o, unsigned allowed)
 			if (!*optarg || json_array_append_new(o->allow, json_string(optarg)))
 				die_usage("--allow-net %s: expected a host name, *.domain, IP address or CIDR range", optarg);
 			break;
+		case O_SECRET: secret_add(o, optarg); break;
 		case O_IMAGE:
 			if (!*optarg || strlen(optarg) > 64 ||
 			    strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789._-") != strlen(optarg))
@@ -197,6 +266,7 @@ static void ropts_free(struct ropts *o)
 {
 	json_decref(o->volumes);
 	json_decref(o->allow);
+	json_decref(o->secrets);
 	json_decref(o->labels);
 	json_decref(o->env);
 }
@@ -433,7 +503,7 @@ int kr_cmd_create(int argc, char **argv)
 	int ret;
 
 	want_operands(&o, argc, ropts_parse(argc, argv, &o, RO_JSON | RO_LABEL | RO_ENV | RO_MEMORY | RO_VCPUS |
-					     RO_TIMEOUT | RO_IMAGE | RO_VOLUME | RO_ALLOW), 0,
+					     RO_TIMEOUT | RO_IMAGE | RO_VOLUME | RO_ALLOW | RO_SECRET), 0,
 		      "no argument (kiln create [--memory MiB] ...)");
 	body = shape_body(&o);
 	if (o.timeout)
@@ -446,6 +516,8 @@ int kr_cmd_create(int argc, char **argv)
 		json_object_set(body, "volumes", o.volumes);
 	if (o.allow)
 		json_object_set(body, "allow_net", o.allow);
+	if (o.secrets)
+		json_object_set(body, "secrets", o.secrets);
 	ret = call(&o, "POST", "/v1/sandboxes", body, 1, 1, &rep);
 	json_decref(body);
 	ropts_free(&o);

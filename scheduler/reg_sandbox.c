@@ -38,8 +38,9 @@ _Static_assert(sizeof(timeout_names) / sizeof(timeout_names[0]) == REG_TIMEOUT_C
 _Static_assert(REG_LABELS_MAX == 5, "SQL_SB_LIST has five label filter slots");
 
 static const char SQL_SB_INSERT[] = "INSERT INTO sandboxes (id, state, memory_mb, vcpus, timeout_kind, timeout_ms, stop_at,"
-	" created_at, image, net, allow_net) VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+	" created_at, image, net, allow_net, secrets) VALUES (?1, 'creating', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 static const char SQL_SB_ALLOW[] = "SELECT allow_net FROM sandboxes WHERE id = ?1";
+static const char SQL_SB_SECRETS[] = "SELECT secrets FROM sandboxes WHERE id = ?1";
 static const char SQL_LABEL_INSERT[] = "INSERT INTO sandbox_labels (sandbox_id, key, value) VALUES (?1, ?2, ?3)";
 static const char SQL_LABELS_JSON[] = "UPDATE sandboxes SET labels = (SELECT json_group_object(key, value)"
 	" FROM sandbox_labels WHERE sandbox_id = ?1) WHERE id = ?1";
@@ -227,7 +228,8 @@ int reg_sandbox_insert(struct reg *r, const struct reg_sandbox *sb, int64_t now_
 	    (rc = reg_bind_text(s, 4, timeout_names[sb->timeout_kind])) || (rc = reg_bind_int(s, 5, sb->timeout_ms)) ||
 	    (rc = reg_bind_opt(s, 6, sb->stop_at_ms)) || (rc = reg_bind_int(s, 7, now_ms)) ||
 	    (rc = reg_bind_text(s, 8, sb->image)) || (rc = reg_bind_int(s, 9, sb->net != 0)) ||
-	    (rc = reg_bind_text(s, 10, sb->allow_net ? sb->allow_net : "[]")) || (rc = reg_run(s)))
+	    (rc = reg_bind_text(s, 10, sb->allow_net ? sb->allow_net : "[]")) ||
+	    (rc = reg_bind_text(s, 11, sb->secrets ? sb->secrets : "[]")) || (rc = reg_run(s)))
 		return reg_abort(r, reg_sqlfail(r, rc, what, err));
 	for (unsigned i = 0; i < sb->n_labels; i++) {
 		if ((ret = reg_prep(r, SQL_LABEL_INSERT, &s, what, err)))
@@ -592,9 +594,9 @@ int reg_sandbox_prune(struct reg *r, int64_t ended_before_ms, size_t *deleted, s
 
 /* ---- events and usage ---------------------------------------------------------------- */
 
-int reg_sandbox_allow_net(struct reg *r, const char *id, char **json, struct kiln_err *err)
+static int sb_text_col(struct reg *r, const char *sql, const char *what, const char *id, char **json,
+		       struct kiln_err *err)
 {
-	const char *what = "reading a sandbox's allow_net";
 	const unsigned char *t;
 	sqlite3_stmt *s;
 	int rc, ret;
@@ -602,7 +604,7 @@ int reg_sandbox_allow_net(struct reg *r, const char *id, char **json, struct kil
 	*json = NULL;
 	if ((ret = reg_sandbox_id_check(id, err)) || (ret = reg_begin(r, false, what, err)))
 		return ret;
-	if ((ret = reg_prep(r, SQL_SB_ALLOW, &s, what, err)))
+	if ((ret = reg_prep(r, sql, &s, what, err)))
 		return reg_abort(r, ret);
 	if ((rc = reg_bind_text(s, 1, id)))
 		return reg_abort(r, reg_sqlfail(r, rc, what, err));
@@ -617,6 +619,16 @@ int reg_sandbox_allow_net(struct reg *r, const char *id, char **json, struct kil
 	if (!*json)
 		return reg_abort(r, kiln_fail(err, ENOMEM, "%s: out of memory", what));
 	return reg_commit(r, what, err);
+}
+
+int reg_sandbox_allow_net(struct reg *r, const char *id, char **json, struct kiln_err *err)
+{
+	return sb_text_col(r, SQL_SB_ALLOW, "reading a sandbox's allow_net", id, json, err);
+}
+
+int reg_sandbox_secrets(struct reg *r, const char *id, char **json, struct kiln_err *err)
+{
+	return sb_text_col(r, SQL_SB_SECRETS, "reading a sandbox's secrets", id, json, err);
 }
 
 int reg_event_add(struct reg *r, const char *id, const char *kind, const char *detail, int64_t now_ms,

@@ -95,9 +95,13 @@ static const char *const migrations[REG_SCHEMA] = {
 	" PRIMARY KEY (sandbox_id, path)) STRICT, WITHOUT ROWID;"
 	"CREATE INDEX volume_attachments_volume ON volume_attachments (volume);"
 	"PRAGMA user_version = 2;",
-	/* 3: the network a sandbox has (issue 16): a namespace or none, and its allow_net entries. */
+	/*
+	 * 3: the network a sandbox has (issue 16): a namespace or none, its allow_net
+	 * entries, and its secrets (values sealed with the node's key, never plain).
+	 */
 	"ALTER TABLE sandboxes ADD COLUMN net INTEGER NOT NULL DEFAULT 0 CHECK (net IN (0, 1));"
 	"ALTER TABLE sandboxes ADD COLUMN allow_net TEXT NOT NULL DEFAULT '[]' CHECK (length(allow_net) <= 131072);"
+	"ALTER TABLE sandboxes ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]' CHECK (length(secrets) <= 1048576);"
 	"PRAGMA user_version = 3;",
 };
 _Static_assert(REG_APP_ID == 1802071150, "migration 1 spells the application id out");

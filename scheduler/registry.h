@@ -121,6 +121,8 @@ struct reg_sandbox {
 	unsigned n_vols;
 	int net;			/* it has a network namespace (issue 16) */
 	const char *allow_net;		/* insert only: its allow_net as a JSON array (NULL: "[]"); reg_sandbox_allow_net reads it */
+	const char *secrets;		/* insert only: its secrets as a JSON array of sealed values (NULL: "[]");
+					 * reg_sandbox_secrets reads it. Never plain values: kilnd seals them. */
 };
 
 struct reg_event {
@@ -233,6 +235,8 @@ int reg_sandbox_prune(struct reg *r, int64_t ended_before_ms, size_t *deleted, s
 /* Append an event; kind is [a-z_]{1,31}, detail text (may be NULL) under REG_DETAIL_MAX bytes. */
 /* A sandbox's allow_net, as the JSON array text it was recorded with (malloc'd, the caller frees). */
 int reg_sandbox_allow_net(struct reg *r, const char *id, char **json, struct kiln_err *err);
+/* A sandbox's secrets, as the JSON array text it was recorded with (sealed; malloc'd, the caller frees). */
+int reg_sandbox_secrets(struct reg *r, const char *id, char **json, struct kiln_err *err);
 
 int reg_event_add(struct reg *r, const char *id, const char *kind, const char *detail, int64_t now_ms,
 		  struct kiln_err *err);

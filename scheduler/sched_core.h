@@ -78,6 +78,24 @@ struct sched_vol {
 	int readonly;
 };
 
+/*
+ * A secret (issue 16): the guest sees NAME=KILN_SECRET_<hex> in its
+ * environment, and kilnd's egress proxy puts value in place of that
+ * placeholder in the request headers of HTTPS requests to hosts only.
+ */
+#define SCHED_SECRETS_MAX		32
+#define SCHED_SECRET_NAME_MAX		64
+#define SCHED_SECRET_VALUE_MAX		4096
+#define SCHED_SECRET_HOSTS_MAX		16
+
+struct sched_secret {
+	char name[SCHED_SECRET_NAME_MAX + 1];
+	char **hosts;			/* allow_net-style entries: NAME or *.DOMAIN, optional :PORT */
+	size_t nhosts;
+	char *value;			/* value_len bytes and a NUL; no NUL, CR or LF inside */
+	size_t value_len;
+};
+
 struct sched_spec {
 	char image[SCHED_IMAGE_MAX + 1];	/* "": the node's default; "root" says the same */
 	int root_given;
@@ -97,6 +115,9 @@ struct sched_spec {
 	char **allow_net;
 	size_t nallow;
 	int allow_given;
+	/* Secrets, in the order of the body; values are cleansed by sched_spec_free. */
+	struct sched_secret *secrets;
+	size_t nsecrets;
 };
 
 /* Fill *s with the defaults: 1280 MiB, 2 vCPUs, timeout 5m, no labels, no env. */
@@ -107,7 +128,9 @@ void sched_spec_init(struct sched_spec *s);
  * a JSON object with the optional fields image (string), memory_mb
  * (integer), vcpus (integer), timeout (string: "session" or a duration),
  * volumes (object of mount path to volume), labels and env
- * (objects of string to string); null means the default, an empty body means
+ * (objects of string to string), allow_net (array of entries) and secrets
+ * (object of NAME to {"hosts": [HOST...], "value": "..."}; a name may not
+ * also be an env key, and no message ever quotes a value); null means the default, an empty body means
  * all defaults. Unknown fields, duplicate keys, wrong types, values out of
  * range and trailing bytes are refused naming the field; malformed JSON
  * names jansson's line and column. Returns 0 with *out filled (free it with

@@ -44,6 +44,18 @@ void sched_spec_free(struct sched_spec *s)
 	for (size_t i = 0; i < s->nallow; i++)
 		free(s->allow_net[i]);
 	free(s->allow_net);
+	for (size_t i = 0; i < s->nsecrets; i++) {
+		struct sched_secret *x = &s->secrets[i];
+
+		for (size_t k = 0; k < x->nhosts; k++)
+			free(x->hosts[k]);
+		free(x->hosts);
+		if (x->value) {
+			explicit_bzero(x->value, x->value_len);
+			free(x->value);
+		}
+	}
+	free(s->secrets);
 	sched_spec_init(s);
 }
 
@@ -407,6 +419,131 @@ static int parse_allow_net(const json_t *v, struct sched_spec *s, struct kiln_er
 	return 0;
 }
 
+/* One secret's hosts: NAME or *.DOMAIN entries (sched_net.h), optionally with :PORT. */
+static int parse_secret_hosts(const json_t *v, const char *q, struct sched_secret *x, struct kiln_err *err)
+{
+	struct sched_allow a;
+	size_t i, n;
+
+	if (!json_is_array(v))
+		return kiln_fail(err, EINVAL, "secrets %s: hosts must be an array of host names or *.domain, such as "
+				 "[\"api.example.com\"], not %s", q, v ? json_kind(v) : "missing");
+	n = json_array_size(v);
+	if (n < 1 || n > SCHED_SECRET_HOSTS_MAX)
+		return kiln_fail(err, EINVAL, "secrets %s: hosts has %zu entries (1-%u: the hosts the secret is sent to)",
+				 q, n, SCHED_SECRET_HOSTS_MAX);
+	x->hosts = calloc(n, sizeof(*x->hosts));
+	if (!x->hosts)
+		return kiln_fail(err, ENOMEM, "secrets: out of memory");
+	for (i = 0; i < n; i++) {
+		const json_t *e = json_array_get(v, i);
+		char hq[SCHED_QUOTE_MAX];
+
+		if (!json_is_string(e))
+			return kiln_fail(err, EINVAL, "secrets %s: hosts[%zu] must be a string, not %s", q, i, json_kind(e));
+		sched_quote(json_string_value(e), json_string_length(e), hq);
+		if (json_string_length(e) > SCHED_ALLOW_LEN_MAX || strlen(json_string_value(e)) != json_string_length(e) ||
+		    sched_allow_parse(json_string_value(e), &a, err) < 0 ||
+		    (a.kind != SCHED_ALLOW_NAME && a.kind != SCHED_ALLOW_WILD))
+			return kiln_fail(err, EINVAL, "secrets %s: host %s is not a host name or *.domain (optionally "
+					 "with :PORT); secrets go only to named hosts, never to an address, range or *", q, hq);
+		x->hosts[i] = strdup(json_string_value(e));
+		if (!x->hosts[i])
+			return kiln_fail(err, ENOMEM, "secrets: out of memory");
+		x->nhosts = i + 1;
+	}
+	return 0;
+}
+
+/*
+ * secrets: {"NAME": {"hosts": [...], "value": "..."}}. A message names the
+ * secret and what to fix, and never quotes the value.
+ */
+static int parse_secrets(const json_t *v, struct sched_spec *s, struct kiln_err *err)
+{
+	const char *key;
+	size_t klen, n;
+	json_t *val;
+	int r;
+
+	if (!json_is_object(v))
+		return kiln_fail(err, EINVAL, "secrets must be an object of NAME to {\"hosts\": [HOST...], \"value\": "
+				 "\"...\"}, not %s", json_kind(v));
+	n = json_object_size(v);
+	if (n > SCHED_SECRETS_MAX)
+		return kiln_fail(err, EINVAL, "secrets: %zu given (at most %u)", n, SCHED_SECRETS_MAX);
+	if (!n)
+		return 0;
+	s->secrets = calloc(n, sizeof(*s->secrets));
+	if (!s->secrets)
+		return kiln_fail(err, ENOMEM, "secrets: out of memory");
+	json_object_keylen_foreach((json_t *)v, key, klen, val) {
+		struct sched_secret *x = &s->secrets[s->nsecrets];
+		char q[SCHED_QUOTE_MAX];
+		const json_t *hosts, *value;
+		const char *k2, *vs;
+		json_t *v2;
+		size_t vlen;
+		int ok = klen >= 1 && klen <= SCHED_SECRET_NAME_MAX;
+
+		for (size_t i = 0; ok && i < klen; i++) {
+			char c = key[i];
+
+			ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_' || (i > 0 && c >= '0' && c <= '9');
+		}
+		sched_quote(key, klen, q);
+		if (!ok)
+			return kiln_fail(err, EINVAL, "secret name %s is not a variable name; names are 1-%u bytes matching "
+					 "[A-Za-z_][A-Za-z0-9_]*", q, SCHED_SECRET_NAME_MAX);
+		memcpy(x->name, key, klen);
+		x->name[klen] = '\0';
+		s->nsecrets++;
+		if (!json_is_object(val))
+			return kiln_fail(err, EINVAL, "secrets %s must be {\"hosts\": [HOST...], \"value\": \"...\"}, not %s", q,
+					 json_kind(val));
+		json_object_foreach(val, k2, v2)
+			if (strcmp(k2, "hosts") && strcmp(k2, "value")) {
+				char kq[SCHED_QUOTE_MAX];
+
+				return kiln_fail(err, EINVAL, "secrets %s: unknown field %s; a secret takes hosts and value", q,
+						 sched_quote(k2, strlen(k2), kq));
+			}
+		hosts = json_object_get(val, "hosts");
+		value = json_object_get(val, "value");
+		if ((r = parse_secret_hosts(hosts, q, x, err)))
+			return r;
+		if (!value || !json_is_string(value))
+			return kiln_fail(err, EINVAL, "secrets %s: value must be a string of 1-%u bytes, not %s", q,
+					 SCHED_SECRET_VALUE_MAX, value ? json_kind(value) : "missing");
+		vs = json_string_value(value);
+		vlen = json_string_length(value);
+		if (vlen < 1 || vlen > SCHED_SECRET_VALUE_MAX)
+			return kiln_fail(err, EINVAL, "secrets %s: value is %zu bytes (1-%u)", q, vlen, SCHED_SECRET_VALUE_MAX);
+		if (memchr(vs, '\0', vlen) || memchr(vs, '\r', vlen) || memchr(vs, '\n', vlen))
+			return kiln_fail(err, EINVAL, "secrets %s: value has a NUL, CR or LF byte, which cannot go in an "
+					 "HTTP header; remove it", q);
+		x->value = malloc(vlen + 1);
+		if (!x->value)
+			return kiln_fail(err, ENOMEM, "secrets: out of memory");
+		memcpy(x->value, vs, vlen);
+		x->value[vlen] = '\0';
+		x->value_len = vlen;
+	}
+	return 0;
+}
+
+/* After all fields: a secret's name is an environment variable, so env may not set it too. */
+static int secrets_check_env(const struct sched_spec *s, struct kiln_err *err)
+{
+	for (size_t i = 0; i < s->nsecrets; i++)
+		for (size_t k = 0; k < s->nenv; k++)
+			if (!strcmp(s->secrets[i].name, s->env[k].key))
+				return kiln_fail(err, EINVAL, "secrets \"%s\": env sets %s too; a secret is an environment "
+						 "variable of its own, so remove it from env", s->secrets[i].name,
+						 s->secrets[i].name);
+	return 0;
+}
+
 /* The create body's fields: a field not here is refused by name. */
 static const struct spec_field {
 	const char *name;
@@ -421,6 +558,7 @@ static const struct spec_field {
 	{ "env", parse_env },
 	{ "volumes", parse_volumes },
 	{ "allow_net", parse_allow_net },
+	{ "secrets", parse_secrets },
 };
 #define NFIELDS (sizeof(spec_fields) / sizeof(spec_fields[0]))
 
@@ -474,7 +612,7 @@ int sched_spec_from_json(const char *body, size_t len, struct sched_spec *out, s
 			if (strlen(spec_fields[i].name) == klen && !memcmp(key, spec_fields[i].name, klen))
 				break;
 		if (i == NFIELDS) {
-			r = kiln_fail(err, EINVAL, "unknown field %s; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net",
+			r = kiln_fail(err, EINVAL, "unknown field %s; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env, allow_net and secrets",
 				      sched_quote(key, klen, q));
 			goto out;
 		}
@@ -484,6 +622,9 @@ int sched_spec_from_json(const char *body, size_t len, struct sched_spec *out, s
 		if (r < 0)
 			goto out;
 	}
+	r = secrets_check_env(&s, err);
+	if (r < 0)
+		goto out;
 	*out = s;
 	json_decref(root);
 	return 0;

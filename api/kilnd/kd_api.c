@@ -107,6 +107,14 @@ json_t *kd_sbx_json(struct kilnd *kd, const char *id, struct kiln_err *err, int 
 	if (o && !r)
 		json_object_set_new(o, "allow_net", json_loads(allow, 0, NULL) ?: json_array());
 	free(allow);
+	allow = NULL;
+	/* Its secrets: names, hosts and placeholders; never a value (the registry holds them sealed). */
+	pthread_mutex_lock(&kd->reg_lock);
+	r = reg_sandbox_secrets(kd->reg, id, &allow, NULL);
+	pthread_mutex_unlock(&kd->reg_lock);
+	if (o && !r)
+		json_object_set_new(o, "secrets", kd_secrets_public(allow));
+	free(allow);
 	return o;
 }
 

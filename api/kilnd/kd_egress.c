@@ -10,9 +10,12 @@
  * cancels, because libevent still runs the callback, later, with a cancel
  * error. e->tickets counts them so stop can wait for the last one.
  *
- * A connection goes accept -> (sniff) -> resolve -> connect -> splice. A
- * TLS-terminating step would go between connect and splice, in
- * conn_upstream_ready(), wrapping both bufferevents before they are spliced.
+ * A connection goes accept -> (sniff) -> resolve -> connect -> splice. For
+ * a TLS connection to one of the sandbox's secret hosts, connect is
+ * followed by two handshakes (upstream first, verified; then the guest's,
+ * with the ClientHello already read fed in) and the splice becomes a
+ * request rewriter one way and a copy the other (the "terminated
+ * connections" section).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -34,7 +37,15 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/util.h>
+
+#include <http_parser.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "kd_ca.h"
 
 #include "kd_egress.h"
 #include "kd_sniff.h"
@@ -70,6 +81,8 @@ struct eg_cmd {
 	int tcp_fd, udp_fd;
 	char *const *allow;
 	size_t nallow;
+	const struct kd_secret *secrets;
+	size_t nsecrets;
 	struct kd_egress_stats *stats;
 	struct kiln_err *err;
 	int ret, done;
@@ -91,14 +104,27 @@ struct kd_egress {
 	size_t nself;
 	time_t self_at;
 	unsigned long tickets;		/* async callbacks still to run */
+	SSL_CTX *up_ctx;		/* TLS to upstreams of terminated connections (verifying) */
+};
+
+/* A secret, copied; value is cleansed when the sandbox goes. */
+struct eg_secret {
+	char placeholder[64];
+	size_t plen;
+	char *value;
+	size_t vlen;
+	struct sched_allow *hosts;
+	size_t nhosts;
 };
 
 struct eg_sbx {
 	struct eg_sbx *next;
 	struct kd_egress *e;
 	char id[EG_ID_MAX];
-	struct sched_allow *allow;
+	struct sched_allow *allow;	/* allow_net, and the secrets' hosts after it */
 	size_t nallow;
+	struct eg_secret *secrets;
+	size_t nsecrets;
 	struct evconnlistener *lis;
 	struct event *lis_pause;
 	struct event *dns_ev;
@@ -133,7 +159,8 @@ struct eg_gai {				/* ticket */
 	struct evutil_addrinfo *res;
 };
 
-enum eg_state { EG_SNIFF, EG_RESOLVE, EG_CONNECT, EG_SPLICE };
+enum eg_state { EG_SNIFF, EG_RESOLVE, EG_CONNECT, EG_SPLICE, EG_TLS_UP, EG_TLS_GUEST, EG_DRAIN };
+enum eg_rw { RW_HEAD, RW_BODY, RW_RAW };
 
 /* Index 0 is the guest's side, 1 the upstream's. */
 struct eg_conn {
@@ -152,6 +179,14 @@ struct eg_conn {
 	long long deadline_ms;
 	int last_err;
 	int eof[2], shut[2], paused[2];
+	int tls;			/* the sniffed bytes were a TLS ClientHello */
+	int by_addr;			/* allow_net lets the original address through as it is */
+	uint32_t secmask;		/* the secrets whose hosts this is: terminate (bit k: s->secrets[k]) */
+	/* terminated connections: the guest's requests, one at a time */
+	http_parser hp;
+	enum eg_rw rw;
+	int rw_done;
+	long long drain_until;
 };
 
 static long long now_ms(void)
@@ -444,14 +479,379 @@ static void conn_splice(struct eg_conn *c)
 	}
 }
 
-/*
- * Both ends are open. This is where a TLS-terminating path (secrets) would
- * wrap c->bev[0] and c->bev[1] in OpenSSL filters before splicing them.
- */
+static void tls_up_start(struct eg_conn *c);
+
+/* Both ends are open: splice them, or terminate TLS first for a secret host. */
 static void conn_upstream_ready(struct eg_conn *c)
 {
+	if (c->secmask) {
+		tls_up_start(c);
+		return;
+	}
 	c->s->st.conns_ok++;
 	conn_splice(c);
+}
+
+/* --- terminated connections (secrets) ------------------------------------ */
+
+/*
+ * A connection to a secret host: TLS ends here on both sides. The guest's
+ * side is an OpenSSL filter over its socket's bufferevent, whose input still
+ * holds the ClientHello the sniff read; the upstream's is a filter over the
+ * connected socket, verified against the host's trust store with the name
+ * as SNI and as the name checked. Guest to upstream, each HTTP/1.1 request's
+ * header block (at most KD_EGRESS_HEAD_MAX) is collected, the placeholders
+ * of the secrets for this host are replaced in its header lines (not the
+ * request line), and its body follows as http-parser delimits it
+ * (Content-Length or chunked); then the next request of the keep-alive
+ * connection. Upstream to guest is copied as it is.
+ */
+#define EG_REWRITE_MAX		(1u << 20)	/* one rewritten header block */
+#define EG_DRAIN_TICK_MS	20
+#define EG_DRAIN_MS		10000
+
+static const unsigned char eg_alpn_h11[] = "\x08http/1.1";
+
+static void tls_read(struct bufferevent *bev, void *arg);
+static void tls_write(struct bufferevent *bev, void *arg);
+static void tls_event(struct bufferevent *bev, short what, void *arg);
+
+static int rw_message_complete(http_parser *p)
+{
+	struct eg_conn *c = p->data;
+
+	c->rw_done = 1;
+	http_parser_pause(p, 1);	/* stop at the message's end: the next one's head is collected whole */
+	return 0;
+}
+
+static const http_parser_settings rw_settings = { .on_message_complete = rw_message_complete };
+
+/* The header block h (hlen bytes) to out with this connection's placeholders replaced. 0, or -1 when too big. */
+static int rw_head_out(struct eg_conn *c, const char *h, size_t hlen, struct evbuffer *out)
+{
+	static const char pre[] = KD_SECRET_PREFIX;
+	const char *eol = memmem(h, hlen, "\r\n", 2);
+	size_t done = 0, i = eol ? (size_t)(eol - h) + 2 : hlen, total = hlen;
+
+	while (i < hlen) {
+		const char *p = memmem(h + i, hlen - i, pre, sizeof(pre) - 1);
+		size_t off;
+		int hit = 0;
+
+		if (!p)
+			break;
+		off = (size_t)(p - h);
+		for (size_t k = 0; k < c->s->nsecrets && !hit; k++) {
+			const struct eg_secret *x = &c->s->secrets[k];
+
+			if (!(c->secmask & (1u << k)) || off + x->plen > hlen || memcmp(p, x->placeholder, x->plen))
+				continue;
+			total += x->vlen;
+			if (total > EG_REWRITE_MAX)
+				return -1;
+			evbuffer_add(out, h + done, off - done);
+			evbuffer_add(out, x->value, x->vlen);
+			done = i = off + x->plen;
+			hit = 1;
+		}
+		if (!hit)
+			i = off + 1;
+	}
+	evbuffer_add(out, h + done, hlen - done);
+	return 0;
+}
+
+static void tls_fail(struct eg_conn *c, const char *why)
+{
+	char name[SCHED_HOST_MAX + 16];
+
+	sbx_event(c->s, "egress_refused", "%s: %s", conn_name(c, name, sizeof(name)), why);
+	c->s->st.conns_refused++;
+	conn_close(c);
+}
+
+/* Guest to upstream: whole header blocks, rewritten; bodies as they come. */
+static void tls_pump_out(struct eg_conn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev[0]);
+	struct evbuffer *out = bufferevent_get_output(c->bev[1]);
+
+	for (;;) {
+		size_t have = evbuffer_get_length(in), queued = evbuffer_get_length(out), room, n;
+		enum http_errno he;
+
+		if (!have)
+			return;
+		if (queued >= KD_EGRESS_BUF_MAX) {
+			bufferevent_disable(c->bev[0], EV_READ);
+			c->paused[0] = 1;
+			return;
+		}
+		room = KD_EGRESS_BUF_MAX - queued;
+		if (c->rw == RW_RAW) {
+			int m = evbuffer_remove_buffer(in, out, room);
+
+			if (m > 0)
+				c->s->st.bytes_out += (uint64_t)m;
+			continue;
+		}
+		if (c->rw == RW_HEAD) {
+			struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+			const char *h;
+			size_t hlen;
+
+			if (end.pos < 0) {
+				if (have > KD_EGRESS_HEAD_MAX)
+					tls_fail(c, "a request's header block is over 64 KiB");
+				return;
+			}
+			hlen = (size_t)end.pos + 4;
+			if (hlen > KD_EGRESS_HEAD_MAX) {
+				tls_fail(c, "a request's header block is over 64 KiB");
+				return;
+			}
+			h = (const char *)evbuffer_pullup(in, (ev_ssize_t)hlen);
+			c->rw_done = 0;
+			n = http_parser_execute(&c->hp, &rw_settings, h, hlen);
+			he = HTTP_PARSER_ERRNO(&c->hp);
+			if ((he != HPE_OK && he != HPE_PAUSED) || n != hlen) {
+				tls_fail(c, "not an HTTP/1.1 request (only HTTP/1.1 is spoken to secret hosts)");
+				return;
+			}
+			if (rw_head_out(c, h, hlen, out) < 0) {
+				tls_fail(c, "a request's header block is over 1 MiB with its secrets in");
+				return;
+			}
+			evbuffer_drain(in, hlen);
+			c->s->st.bytes_out += hlen;
+			if (c->hp.upgrade)
+				c->rw = RW_RAW;	/* another protocol from here: nothing more is rewritten */
+			else if (c->rw_done)
+				http_parser_pause(&c->hp, 0);
+			else
+				c->rw = RW_BODY;
+			continue;
+		}
+		/* RW_BODY: through the parser only to find where the message ends. */
+		{
+			struct evbuffer_iovec v;
+			size_t len;
+
+			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+				return;
+			len = v.iov_len < room ? v.iov_len : room;
+			c->rw_done = 0;
+			n = http_parser_execute(&c->hp, &rw_settings, v.iov_base, len);
+			he = HTTP_PARSER_ERRNO(&c->hp);
+			if (he != HPE_OK && he != HPE_PAUSED) {
+				tls_fail(c, "a request's body is not valid HTTP/1.1 framing");
+				return;
+			}
+			evbuffer_remove_buffer(in, out, n);
+			c->s->st.bytes_out += n;
+			if (c->rw_done) {
+				http_parser_pause(&c->hp, 0);
+				c->rw = c->hp.upgrade ? RW_RAW : RW_HEAD;
+			}
+		}
+	}
+}
+
+/* Upstream to guest: as it is, within the guest's buffer. */
+static void tls_copy_in(struct eg_conn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev[1]);
+	struct evbuffer *out = bufferevent_get_output(c->bev[0]);
+	size_t have = evbuffer_get_length(out), room = have < KD_EGRESS_BUF_MAX ? KD_EGRESS_BUF_MAX - have : 0;
+	int n = evbuffer_remove_buffer(in, out, room);
+
+	if (n > 0)
+		c->s->st.bytes_in += (uint64_t)n;
+	if (evbuffer_get_length(in) && c->state != EG_DRAIN) {
+		bufferevent_disable(c->bev[1], EV_READ);
+		c->paused[1] = 1;
+	}
+}
+
+static void tls_read(struct bufferevent *bev, void *arg)
+{
+	struct eg_conn *c = arg;
+
+	if (c->state == EG_DRAIN)
+		return;
+	if (conn_side(c, bev) == 0)
+		tls_pump_out(c);
+	else
+		tls_copy_in(c);
+}
+
+static void tls_write(struct bufferevent *bev, void *arg)
+{
+	struct eg_conn *c = arg;
+	int j = conn_side(c, bev);
+
+	if (c->state == EG_DRAIN || !c->paused[!j])
+		return;
+	c->paused[!j] = 0;
+	bufferevent_enable(c->bev[!j], EV_READ);
+	tls_read(c->bev[!j], c);
+}
+
+static size_t bev_pending_out(struct bufferevent *bev)
+{
+	struct bufferevent *u = bufferevent_get_underlying(bev);
+
+	return evbuffer_get_length(bufferevent_get_output(bev)) + (u ? evbuffer_get_length(bufferevent_get_output(u)) : 0);
+}
+
+/* After the upstream's end: what it sent still goes to the guest, then both close. */
+static void tls_drain_tick(struct eg_conn *c)
+{
+	struct timeval tv = ms_tv(EG_DRAIN_TICK_MS);
+
+	tls_copy_in(c);
+	if ((!evbuffer_get_length(bufferevent_get_input(c->bev[1])) && !bev_pending_out(c->bev[0])) ||
+	    now_ms() >= c->drain_until || c->eof[0]) {
+		conn_close(c);
+		return;
+	}
+	evtimer_add(c->tmo, &tv);
+}
+
+static void tls_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct eg_conn *c = arg;
+	int i = conn_side(c, bev);
+
+	c->eof[i] = 1;
+	if (i == 0 || !(what & BEV_EVENT_EOF) || c->state == EG_DRAIN) {
+		conn_close(c);	/* the guest is done, or an error: nothing more to deliver */
+		return;
+	}
+	c->state = EG_DRAIN;
+	c->drain_until = now_ms() + EG_DRAIN_MS;
+	bufferevent_disable(c->bev[0], EV_READ);
+	bufferevent_disable(c->bev[1], EV_READ);
+	tls_drain_tick(c);
+}
+
+/* The guest's handshake is done: rewrite one way, copy the other. */
+static void tls_guest_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct eg_conn *c = arg;
+
+	(void)bev;
+	if (!(what & BEV_EVENT_CONNECTED)) {
+		tls_fail(c, "the guest's TLS handshake failed (does it trust the node CA?)");
+		return;
+	}
+	evtimer_del(c->tmo);
+	c->state = EG_SPLICE;
+	c->s->st.conns_ok++;
+	http_parser_init(&c->hp, HTTP_REQUEST);
+	c->hp.data = c;
+	c->rw = RW_HEAD;
+	for (int i = 0; i < 2; i++) {
+		bufferevent_setcb(c->bev[i], tls_read, tls_write, tls_event, c);
+		bufferevent_setwatermark(c->bev[i], EV_READ, 0, 0);
+		bufferevent_setwatermark(c->bev[i], EV_WRITE, KD_EGRESS_BUF_MAX / 2, 0);
+		bufferevent_enable(c->bev[i], EV_READ | EV_WRITE);
+	}
+	tls_pump_out(c);
+}
+
+/* The upstream's handshake: verified, so now the guest's, with the leaf for this name. */
+static void tls_up_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct eg_conn *c = arg;
+	struct kd_egress *e = c->s->e;
+	struct timeval tv = ms_tv(EG_CONNECT_TOTAL_MS);
+	struct kiln_err err = { "" };
+	struct bufferevent *g;
+	SSL_CTX *ctx;
+	SSL *ssl;
+	char why[300];
+
+	if (!(what & BEV_EVENT_CONNECTED)) {
+		long v = X509_V_OK;
+		unsigned long code = bufferevent_get_openssl_error(bev);
+
+		ssl = bufferevent_openssl_get_ssl(bev);
+		if (ssl)
+			v = SSL_get_verify_result(ssl);
+		if (v != X509_V_OK) {
+			snprintf(why, sizeof(why), "upstream certificate not trusted: %s", X509_verify_cert_error_string(v));
+		} else if (code) {
+			char buf[200];
+
+			ERR_error_string_n(code, buf, sizeof(buf));
+			snprintf(why, sizeof(why), "upstream TLS handshake failed: %s", buf);
+		} else {
+			snprintf(why, sizeof(why), "upstream TLS handshake failed: the connection closed");
+		}
+		while (bufferevent_get_openssl_error(bev))
+			;
+		/* The guest's TCP is reset: its TLS fails, with no certificate of ours to accept. */
+		conn_refuse(c, "%s:%u: %s", c->host, ntohs(c->orig.sin_port), why);
+		return;
+	}
+	evtimer_del(c->tmo);
+	ctx = kd_ca_leaf_ctx(e->conf.ca, c->host, &err);
+	ssl = ctx ? SSL_new(ctx) : NULL;
+	if (ctx)
+		SSL_CTX_free(ctx);	/* the SSL holds its own reference */
+	if (!ssl) {
+		conn_refuse(c, "%s: no leaf certificate: %s", c->host, err.msg[0] ? err.msg : "out of memory");
+		return;
+	}
+	g = bufferevent_openssl_filter_new(e->base, c->bev[0], ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (!g) {
+		SSL_free(ssl);
+		conn_refuse(c, "%s: out of memory", c->host);
+		return;
+	}
+	c->bev[0] = g;
+	c->state = EG_TLS_GUEST;
+	bufferevent_openssl_set_allow_dirty_shutdown(g, 1);
+	bufferevent_setcb(g, NULL, NULL, tls_guest_event, c);
+	bufferevent_setcb(c->bev[1], NULL, NULL, tls_event, c);
+	bufferevent_enable(g, EV_READ | EV_WRITE);
+	evtimer_add(c->tmo, &tv);
+	/* The ClientHello is in the socket's input already: nothing would wake the handshake for it. */
+	bufferevent_trigger(bufferevent_get_underlying(g), EV_READ, BEV_TRIG_IGNORE_WATERMARKS);
+}
+
+static void tls_up_start(struct eg_conn *c)
+{
+	struct kd_egress *e = c->s->e;
+	struct timeval tv = ms_tv(EG_CONNECT_TOTAL_MS);
+	struct bufferevent *f;
+	SSL *ssl;
+
+	evtimer_del(c->tmo);
+	ssl = e->up_ctx ? SSL_new(e->up_ctx) : NULL;
+	if (!ssl || !SSL_set_tlsext_host_name(ssl, c->host) ||
+	    !X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), c->host, 0) ||
+	    SSL_set_alpn_protos(ssl, eg_alpn_h11, sizeof(eg_alpn_h11) - 1)) {
+		SSL_free(ssl);
+		conn_refuse(c, "%s: cannot set up TLS to the upstream", c->host);
+		return;
+	}
+	f = bufferevent_openssl_filter_new(e->base, c->bev[1], ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+	if (!f) {
+		SSL_free(ssl);
+		conn_refuse(c, "%s: out of memory", c->host);
+		return;
+	}
+	c->bev[1] = f;
+	c->state = EG_TLS_UP;
+	bufferevent_openssl_set_allow_dirty_shutdown(f, 1);
+	bufferevent_setcb(f, NULL, NULL, tls_up_event, c);
+	bufferevent_enable(f, EV_READ | EV_WRITE);
+	evtimer_add(c->tmo, &tv);
+	/* Nothing is queued to write yet, so nothing would start the handshake: start it. */
+	bufferevent_trigger(bufferevent_get_underlying(f), EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS);
 }
 
 static void conn_connect_next(struct eg_conn *c);
@@ -653,6 +1053,16 @@ static void conn_named(struct eg_conn *c)
 		conn_connect_start(c);
 		return;
 	}
+	if (c->tls)
+		for (size_t k = 0; k < s->nsecrets; k++)
+			if (sched_allow_name(s->secrets[k].hosts, s->secrets[k].nhosts, c->host, port))
+				c->secmask |= 1u << k;
+	if (c->by_addr && !c->secmask) {
+		/* Sniffed only to spot secret hosts: otherwise it goes where the guest dialled. */
+		conn_add_addr(c, (struct sockaddr *)&c->orig);
+		conn_connect_start(c);
+		return;
+	}
 	if (!sched_allow_name(s->allow, s->nallow, c->host, port)) {
 		conn_refuse(c, "%s:%u: not in allow_net", c->host, port);
 		return;
@@ -672,16 +1082,29 @@ static void sniff_read(struct bufferevent *bev, void *arg)
 	switch (kd_sniff(p, len, c->host, sizeof(c->host), &hport, why, sizeof(why))) {
 	case KD_SNIFF_MORE:
 		c->host[0] = '\0';
+		if (len >= KD_EGRESS_SNIFF_MAX && c->by_addr)
+			break;
 		if (len >= KD_EGRESS_SNIFF_MAX)
 			conn_refuse(c, "%s: no server name in the first %u bytes", c->dst, KD_EGRESS_SNIFF_MAX);
 		return;
 	case KD_SNIFF_NONE:
 		c->host[0] = '\0';
+		if (c->by_addr)
+			break;
 		conn_refuse(c, "%s: %s", c->dst, why[0] ? why : "neither TLS nor HTTP");
 		return;
 	case KD_SNIFF_TLS:
+		c->tls = 1;
+		break;
 	case KD_SNIFF_HTTP:
 		break;
+	}
+	if (c->by_addr && (!c->tls || !c->host[0])) {
+		bufferevent_disable(bev, EV_READ);
+		evtimer_del(c->tmo);
+		conn_add_addr(c, (struct sockaddr *)&c->orig);
+		conn_connect_start(c);
+		return;
 	}
 	/* The Host header's port is ignored: the packet's port is what the guest asked for. */
 	bufferevent_disable(bev, EV_READ);
@@ -696,6 +1119,8 @@ static void sniff_event(struct bufferevent *bev, short what, void *arg)
 	conn_close(arg);	/* gone before it said where to */
 }
 
+static void tls_drain_tick(struct eg_conn *c);
+
 static void conn_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct eg_conn *c = arg;
@@ -704,7 +1129,20 @@ static void conn_timeout(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	switch (c->state) {
 	case EG_SNIFF:
+		if (c->by_addr) {	/* a server-first protocol: it goes by address after all */
+			bufferevent_disable(c->bev[0], EV_READ);
+			conn_add_addr(c, (struct sockaddr *)&c->orig);
+			conn_connect_start(c);
+			break;
+		}
 		conn_refuse(c, "%s: no server name within %d s", c->dst, KD_EGRESS_SNIFF_MS / 1000);
+		break;
+	case EG_TLS_UP:
+	case EG_TLS_GUEST:
+		conn_refuse(c, "%s: TLS handshake timed out", c->host);
+		break;
+	case EG_DRAIN:
+		tls_drain_tick(c);
 		break;
 	case EG_RESOLVE:
 		conn_refuse(c, "%s: no address (lookup timed out)", c->host);
@@ -719,6 +1157,22 @@ static void conn_timeout(evutil_socket_t fd, short what, void *arg)
 		conn_close(c);	/* not armed while splicing */
 		break;
 	}
+}
+
+/*
+ * Could a connection to this port be TLS to one of the sandbox's secret
+ * hosts? Their explicit ports, or 443 for hosts without one.
+ */
+static int secret_port(const struct eg_sbx *s, uint16_t port)
+{
+	for (size_t k = 0; k < s->nsecrets; k++)
+		for (size_t i = 0; i < s->secrets[k].nhosts; i++) {
+			uint16_t p = s->secrets[k].hosts[i].port;
+
+			if (p ? p == port : port == 443)
+				return 1;
+		}
+	return 0;
 }
 
 static void conn_accept(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
@@ -778,10 +1232,16 @@ static void conn_accept(struct evconnlistener *lis, evutil_socket_t fd, struct s
 		return;
 	}
 	if (sched_allow_addr(s->allow, s->nallow, AF_INET, &c->orig.sin_addr, port)) {
-		/* Allowed by address: nothing to read first (SSH and such talk server-first). */
-		conn_add_addr(c, (struct sockaddr *)&c->orig);
-		conn_connect_start(c);
-		return;
+		/*
+		 * Allowed by address: nothing to read first (SSH and such talk
+		 * server-first), unless it may be TLS to a secret host.
+		 */
+		if (!secret_port(s, port)) {
+			conn_add_addr(c, (struct sockaddr *)&c->orig);
+			conn_connect_start(c);
+			return;
+		}
+		c->by_addr = 1;
 	}
 	c->state = EG_SNIFF;
 	bufferevent_setcb(c->bev[0], sniff_read, NULL, sniff_event, c);
@@ -1038,8 +1498,78 @@ static void sbx_free(struct kd_egress *e, struct eg_sbx *s)
 		close(event_get_fd(s->dns_ev));
 		event_free(s->dns_ev);
 	}
+	for (size_t k = 0; k < s->nsecrets; k++) {
+		if (s->secrets[k].value) {
+			OPENSSL_cleanse(s->secrets[k].value, s->secrets[k].vlen);
+			free(s->secrets[k].value);
+		}
+		free(s->secrets[k].hosts);
+	}
+	free(s->secrets);
 	free(s->allow);
 	free(s);
+}
+
+/* Copy the secrets; their hosts go on the end of allow_net too. */
+static int sbx_secrets(struct eg_sbx *s, const struct eg_cmd *cmd)
+{
+	size_t extra = 0;
+
+	if (!cmd->nsecrets)
+		return 0;
+	if (cmd->nsecrets > KD_EGRESS_SECRETS_MAX)
+		return kiln_fail(cmd->err, EINVAL, "egress: more than %d secrets", KD_EGRESS_SECRETS_MAX);
+	if (!s->e->conf.ca || !s->e->up_ctx)
+		return kiln_fail(cmd->err, ENOTSUP, "egress: secrets need the node CA, which did not load");
+	for (size_t k = 0; k < cmd->nsecrets; k++)
+		extra += cmd->secrets[k].nhosts;
+	if (extra > 16 * KD_EGRESS_SECRETS_MAX)
+		return kiln_fail(cmd->err, EINVAL, "egress: secrets have too many hosts");
+	s->secrets = calloc(cmd->nsecrets, sizeof(*s->secrets));
+	if (!s->secrets)
+		return kiln_fail(cmd->err, ENOMEM, "egress: out of memory");
+	{
+		struct sched_allow *a = realloc(s->allow, (s->nallow + extra) * sizeof(*a));
+
+		if (!a)
+			return kiln_fail(cmd->err, ENOMEM, "egress: out of memory");
+		s->allow = a;
+	}
+	for (size_t k = 0; k < cmd->nsecrets; k++) {
+		const struct kd_secret *in = &cmd->secrets[k];
+		struct eg_secret *x = &s->secrets[k];
+		const char *name = in->name ? in->name : "?";
+		size_t plen = in->placeholder ? strlen(in->placeholder) : 0;
+
+		s->nsecrets = k + 1;
+		if (plen <= strlen(KD_SECRET_PREFIX) || plen >= sizeof(x->placeholder) ||
+		    strncmp(in->placeholder, KD_SECRET_PREFIX, strlen(KD_SECRET_PREFIX)))
+			return kiln_fail(cmd->err, EINVAL, "egress: secret %s: placeholder is not " KD_SECRET_PREFIX "...",
+					 name);
+		if (!in->value || !in->value_len || memchr(in->value, '\0', in->value_len) ||
+		    memchr(in->value, '\r', in->value_len) || memchr(in->value, '\n', in->value_len))
+			return kiln_fail(cmd->err, EINVAL, "egress: secret %s: value is empty or has a NUL, CR or LF", name);
+		if (!in->nhosts || !in->hosts)
+			return kiln_fail(cmd->err, EINVAL, "egress: secret %s has no hosts", name);
+		memcpy(x->placeholder, in->placeholder, plen + 1);
+		x->plen = plen;
+		x->value = malloc(in->value_len);
+		x->hosts = calloc(in->nhosts, sizeof(*x->hosts));
+		if (!x->value || !x->hosts)
+			return kiln_fail(cmd->err, ENOMEM, "egress: out of memory");
+		memcpy(x->value, in->value, in->value_len);
+		x->vlen = in->value_len;
+		for (size_t i = 0; i < in->nhosts; i++) {
+			int r = in->hosts[i] ? sched_allow_parse(in->hosts[i], &x->hosts[i], cmd->err) : -EINVAL;
+
+			if (r < 0 || (x->hosts[i].kind != SCHED_ALLOW_NAME && x->hosts[i].kind != SCHED_ALLOW_WILD))
+				return kiln_fail(cmd->err, EINVAL, "egress: secret %s: host %zu is not a name or *.domain",
+						 name, i);
+			x->nhosts = i + 1;
+			s->allow[s->nallow++] = x->hosts[i];
+		}
+	}
+	return 0;
 }
 
 static int sbx_add(struct kd_egress *e, struct eg_cmd *cmd)
@@ -1080,6 +1610,9 @@ static int sbx_add(struct kd_egress *e, struct eg_cmd *cmd)
 			goto fail;
 	}
 	s->nallow = cmd->nallow;
+	r = sbx_secrets(s, cmd);
+	if (r < 0)
+		goto fail;
 	s->lis_pause = evtimer_new(e->base, lis_resume, s);
 	if (!s->lis_pause) {
 		r = kiln_fail(cmd->err, ENOMEM, "egress: out of memory");
@@ -1253,6 +1786,27 @@ static int dns_setup(struct kd_egress *e, struct kiln_err *err)
 	return 0;
 }
 
+/* TLS to the real upstreams of terminated connections: verified, by the system's store and --upstream-ca. */
+static int up_ctx_make(struct kd_egress *e, struct kiln_err *err)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (!ctx)
+		return kiln_fail(err, ENOMEM, "egress: cannot make a TLS context");
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if (SSL_CTX_set_default_verify_paths(ctx) != 1)
+		ERR_clear_error();	/* no system store: only upstream_ca, if any, is trusted */
+	if (e->conf.upstream_ca[0] && SSL_CTX_load_verify_locations(ctx, e->conf.upstream_ca, NULL) != 1) {
+		ERR_clear_error();
+		SSL_CTX_free(ctx);
+		return kiln_fail(err, EINVAL, "egress: --upstream-ca %s is not a readable PEM file of certificates",
+				 e->conf.upstream_ca);
+	}
+	e->up_ctx = ctx;
+	return 0;
+}
+
 int kd_egress_start(const struct kd_egress_conf *conf, struct kd_egress **out, struct kiln_err *err)
 {
 	struct kd_egress *e;
@@ -1268,6 +1822,7 @@ int kd_egress_start(const struct kd_egress_conf *conf, struct kd_egress **out, s
 		return kiln_fail(err, ENOMEM, "egress: out of memory");
 	e->conf = *conf;
 	e->conf.dns_upstream[sizeof(e->conf.dns_upstream) - 1] = '\0';
+	e->conf.upstream_ca[sizeof(e->conf.upstream_ca) - 1] = '\0';
 	e->cmds_tail = &e->cmds;
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->cv, NULL);
@@ -1282,6 +1837,11 @@ int kd_egress_start(const struct kd_egress_conf *conf, struct kd_egress **out, s
 	r = dns_setup(e, err);
 	if (r < 0)
 		goto fail_quiet;
+	if (e->conf.ca) {
+		r = up_ctx_make(e, err);
+		if (r < 0)
+			goto fail_quiet;
+	}
 	self_refresh(e, 1);
 	/* The thread takes no signals: SIGPIPE from a reset peer must not kill kilnd. */
 	sigfillset(&all);
@@ -1295,6 +1855,8 @@ int kd_egress_start(const struct kd_egress_conf *conf, struct kd_egress **out, s
 fail:
 	kiln_fail(err, -r, "egress: cannot start its loop: %s", strerror(-r));
 fail_quiet:
+	if (e->up_ctx)
+		SSL_CTX_free(e->up_ctx);
 	if (e->dns)
 		evdns_base_free(e->dns, 0);
 	if (e->cmd_ev)
@@ -1308,10 +1870,10 @@ fail_quiet:
 }
 
 int kd_egress_add(struct kd_egress *e, const char *sbx_id, int tcp_fd, int udp_fd, char *const *allow, size_t nallow,
-		  struct kiln_err *err)
+		  const struct kd_secret *secrets, size_t nsecrets, struct kiln_err *err)
 {
 	struct eg_cmd c = { .op = EG_ADD, .id = sbx_id, .tcp_fd = tcp_fd, .udp_fd = udp_fd,
-			    .allow = allow, .nallow = nallow, .err = err };
+			    .allow = allow, .nallow = nallow, .secrets = secrets, .nsecrets = nsecrets, .err = err };
 
 	if (on_loop(e)) {	/* from the event callback: would wait on itself */
 		if (tcp_fd >= 0)
@@ -1373,6 +1935,8 @@ void kd_egress_stop(struct kd_egress *e)
 	event_base_loop(e->base, EVLOOP_NONBLOCK);
 	event_free(e->cmd_ev);
 	event_base_free(e->base);
+	if (e->up_ctx)
+		SSL_CTX_free(e->up_ctx);
 	pthread_mutex_destroy(&e->mu);
 	pthread_cond_destroy(&e->cv);
 	free(e);

@@ -9,6 +9,13 @@
  * (sched_addr_special) and the host's own, connects from the host's
  * namespace and copies bytes both ways with bounded buffers.
  *
+ * Secrets: for a TLS connection whose server name is one of a sandbox's
+ * secret hosts, the proxy terminates TLS with a leaf of the node CA
+ * (kd_ca.h), opens TLS to the real upstream itself (verified against the
+ * system's trust store and conf.upstream_ca), and in each HTTP/1.1 request
+ * on it replaces the secret's placeholder with its value in the header
+ * lines. Nothing else is terminated or rewritten.
+ *
  * It runs on a thread of its own with a libevent loop; these calls are
  * safe from any other thread.
  */
@@ -21,6 +28,27 @@
 #include "err.h"
 
 struct kd_egress;
+struct kd_ca;
+
+/*
+ * A secret as the proxy needs it: the placeholder the guest holds
+ * (KILN_SECRET_ and hex), the value it stands for (no NUL, CR or LF), and
+ * the hosts it may go to (allow_net-style NAME or *.DOMAIN entries,
+ * optionally with :PORT). kd_egress_add copies all of it; the copy of the
+ * value is cleansed when the sandbox is removed. Its hosts are allowed too.
+ */
+struct kd_secret {
+	const char *name;
+	const char *placeholder;
+	const char *value;
+	size_t value_len;
+	char *const *hosts;
+	size_t nhosts;
+};
+
+#define KD_SECRET_PREFIX	"KILN_SECRET_"
+#define KD_EGRESS_SECRETS_MAX	32
+#define KD_EGRESS_HEAD_MAX	(64u << 10)	/* bytes of one request's header block on a terminated connection */
 
 struct kd_egress_conf {
 	/* Upstream DNS server ("IP" or "IP:PORT"); "" reads /etc/resolv.conf. */
@@ -33,6 +61,10 @@ struct kd_egress_conf {
 	 */
 	void (*event)(void *arg, const char *sbx_id, const char *kind, const char *detail);
 	void *arg;
+	/* The node CA that signs the leaves of terminated connections; NULL: no secrets served. */
+	struct kd_ca *ca;
+	/* A PEM file of CAs trusted for upstreams besides the system's store ("" none; tests). */
+	char upstream_ca[512];
 };
 
 #define KD_EGRESS_EVENTS_PER_MIN	60
@@ -51,10 +83,11 @@ int kd_egress_start(const struct kd_egress_conf *c, struct kd_egress **out, stru
  * Serve a sandbox: tcp_fd is a listening TCP socket and udp_fd a bound UDP
  * socket, both made inside its namespace (non-blocking, close-on-exec); the
  * egress thread owns them from now on, even on failure. allow holds the
- * create's allow_net entries (already valid; copied). -EEXIST if id is served.
+ * create's allow_net entries (already valid; copied), secrets its secrets
+ * (copied; needs conf.ca). -EEXIST if id is served.
  */
 int kd_egress_add(struct kd_egress *e, const char *sbx_id, int tcp_fd, int udp_fd, char *const *allow, size_t nallow,
-		  struct kiln_err *err);
+		  const struct kd_secret *secrets, size_t nsecrets, struct kiln_err *err);
 
 /* Stop serving a sandbox: close its sockets and every connection it has; returns once done. */
 void kd_egress_remove(struct kd_egress *e, const char *sbx_id);

@@ -98,6 +98,7 @@ void kd_job_free(struct kd_job *j)
 	for (size_t i = 0; i < j->nallow; i++)
 		free(j->allow[i]);
 	free(j->allow);
+	kd_secrets_free(j->secrets, j->nsecrets);
 	if (j->env)
 		for (char **e = j->env; *e; e++)
 			free(*e);

@@ -61,6 +61,7 @@ static const char usage_text[] =
 "                          (default 10G; 64M at least)\n"
 "  --min-free SIZE         refuse creates while the state dir has less free (default 1G; 0: never)\n"
 "  --dns-upstream IP[:PORT] where the sandboxes' resolver looks allowed names up\n"
+"  --upstream-ca FILE       also trust these CAs (PEM) for the upstreams of secret hosts (tests)\n"
 "                          (default: the nameservers in /etc/resolv.conf)\n"
 "  --no-net                sandboxes get no network device (the default when kilnd\n"
 "                          cannot make network namespaces: it runs as root)\n"
@@ -239,7 +240,7 @@ static void default_paths(struct kd_conf *c)
 static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 {
 	enum { O_STATE = 256, O_GROUP, O_VMM, O_KERNEL, O_INITRD, O_RESERVE, O_MEMOC, O_CPUOC, O_MAXLIFE, O_GRACE,
-	       O_REGION, O_POOL, O_IMAGE, O_DEFIMAGE, O_LAYER, O_MINFREE, O_NONET, O_DNS };
+	       O_REGION, O_POOL, O_IMAGE, O_DEFIMAGE, O_LAYER, O_MINFREE, O_NONET, O_DNS, O_UPCA };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },	{ "state-dir", required_argument, NULL, O_STATE },
 		{ "socket-group", required_argument, NULL, O_GROUP }, { "vmm", required_argument, NULL, O_VMM },
@@ -253,6 +254,7 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 		{ "default-image", required_argument, NULL, O_DEFIMAGE },
 		{ "layer-size", required_argument, NULL, O_LAYER }, { "min-free", required_argument, NULL, O_MINFREE },
 		{ "no-net", no_argument, NULL, O_NONET },	{ "dns-upstream", required_argument, NULL, O_DNS },
+		{ "upstream-ca", required_argument, NULL, O_UPCA },
 		{ "verbose", no_argument, NULL, 'v' },		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -341,6 +343,11 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 			if (strlen(optarg) >= sizeof(c->dns_upstream) || !*optarg)
 				die("--dns-upstream %.80s: give an IP address, optionally with :PORT", optarg);
 			snprintf(c->dns_upstream, sizeof(c->dns_upstream), "%s", optarg);
+			break;
+		case O_UPCA:
+			if (strlen(optarg) >= sizeof(c->upstream_ca) || access(optarg, R_OK))
+				die("--upstream-ca %.80s: give a readable PEM file of CA certificates", optarg);
+			snprintf(c->upstream_ca, sizeof(c->upstream_ca), "%s", optarg);
 			break;
 		case 'v': *verbose = 1; break;
 		case 'h': fputs(usage_text, stdout); exit(0);

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "kd_ca.h"
 #include "kd_egress.h"
 #include "kilnd.h"
 
@@ -46,8 +47,24 @@ void kd_net_init(struct kilnd *kd)
 		return;
 	}
 	snprintf(ec.dns_upstream, sizeof(ec.dns_upstream), "%s", kd->conf.dns_upstream);
+	snprintf(ec.upstream_ca, sizeof(ec.upstream_ca), "%s", kd->conf.upstream_ca);
+	/* The node CA (secrets): without it sandboxes still get networks, but a create with secrets is refused. */
+	{
+		char dir[KD_PATH_MAX + 8];
+
+		snprintf(dir, sizeof(dir), "%s/ca", kd->conf.state_dir);
+		if (kd_ca_open(dir, &kd->ca, &err)) {
+			snprintf(kd->ca_why, sizeof(kd->ca_why), "the node CA did not load: %.500s", err.msg);
+			lwsl_user("kilnd: sandboxes cannot have secrets: %s\n", kd->ca_why);
+			kd->ca = NULL;
+			err.msg[0] = '\0';
+		}
+		ec.ca = kd->ca;
+	}
 	if (kd_egress_start(&ec, &kd->egress, &err)) {
 		snprintf(kd->net_why, sizeof(kd->net_why), "the egress proxy did not start: %.400s", err.msg);
+		kd_ca_free(kd->ca);
+		kd->ca = NULL;
 		lwsl_user("kilnd: sandboxes get no network: %s\n", kd->net_why);
 		return;
 	}
@@ -61,6 +78,8 @@ void kd_net_stop(struct kilnd *kd)
 	if (kd->egress)
 		kd_egress_stop(kd->egress);
 	kd->egress = NULL;
+	kd_ca_free(kd->ca);
+	kd->ca = NULL;
 	kd->net_ok = 0;
 }
 
@@ -88,7 +107,7 @@ int kd_net_prepare(struct kilnd *kd, struct kd_netns *n, char **argv, size_t max
 }
 
 int kd_net_serve(struct kilnd *kd, const char *id, struct kd_netns *n, char *const *allow, size_t nallow,
-		 struct kiln_err *err)
+		 const struct kd_secret *secrets, size_t nsecrets, struct kiln_err *err)
 {
 	int tcp = n->tcp_fd, udp = n->udp_fd;
 
@@ -96,14 +115,15 @@ int kd_net_serve(struct kilnd *kd, const char *id, struct kd_netns *n, char *con
 		return 0;
 	/* The egress thread owns the sockets from here, even when it fails. */
 	n->tcp_fd = n->udp_fd = -1;
-	return kd_egress_add(kd->egress, id, tcp, udp, allow, nallow, err);
+	return kd_egress_add(kd->egress, id, tcp, udp, allow, nallow, secrets, nsecrets, err);
 }
 
 int kd_net_adopt(struct kilnd *kd, const char *id, pid_t vmm, struct kiln_err *err)
 {
 	struct kd_netns n = { -1, -1, -1 };
 	char **allow = NULL, *text = NULL;
-	size_t nallow = 0, i;
+	struct kd_secret *secrets = NULL;
+	size_t nallow = 0, nsecrets = 0, i;
 	json_t *a = NULL, *v;
 	int r;
 
@@ -128,9 +148,12 @@ int kd_net_adopt(struct kilnd *kd, const char *id, pid_t vmm, struct kiln_err *e
 	json_array_foreach(a, i, v)
 		if (json_is_string(v))
 			allow[nallow++] = (char *)json_string_value(v);
-	r = kd_netns_adopt(&n, vmm, err);
+	r = kd_secrets_load(kd, id, &secrets, &nsecrets, err);
 	if (!r)
-		r = kd_net_serve(kd, id, &n, allow, nallow, err);
+		r = kd_netns_adopt(&n, vmm, err);
+	if (!r)
+		r = kd_net_serve(kd, id, &n, allow, nallow, secrets, nsecrets, err);
+	kd_secrets_free(secrets, nsecrets);
 	kd_netns_close(&n);
 	free(allow);
 	json_decref(a);

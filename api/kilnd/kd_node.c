@@ -132,6 +132,14 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	if (!r && spec->nallow && !kd->net_ok)
 		r = kiln_fail(err, EINVAL, "allow_net needs sandbox networks, which this node does not give: %s",
 			      kd->net_why);
+	if (!r && spec->nsecrets && !kd->net_ok)
+		r = kiln_fail(err, EINVAL, "secrets need sandbox networks, which this node does not give: %s",
+			      kd->net_why);
+	if (!r && spec->nsecrets && !kd->ca)
+		r = kiln_fail(err, EINVAL, "secrets need the node CA, which this node has not: %s", kd->ca_why);
+	if (!r && spec->nsecrets && !img->path[0])
+		r = kiln_fail(err, EINVAL, "secrets need a disk image with a CA bundle: image %s has none (use debian)",
+			      img->name);
 	if (!r && spec->nvols && !img->path[0])
 		r = kiln_fail(err, EINVAL, "volumes need a disk image: image %s has no slots for them (use debian)",
 			      img->name);
@@ -196,20 +204,31 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	rec.net = kd->net_ok;
 	s->net = kd->net_ok;
 	json_t *allow = kd_allow_json(spec->allow_net, spec->nallow);
-	char *allow_text = allow ? json_dumps(allow, JSON_COMPACT) : NULL;
+	char *allow_text = allow ? json_dumps(allow, JSON_COMPACT) : NULL, *secrets_text = NULL;
 
 	json_decref(allow);
 	if (!allow_text) {
 		r = kiln_fail(err, ENOMEM, "out of memory");
 		goto fail_admit;
 	}
+	/* The environment first: the secrets add to it. */
+	j->env = env_list(spec);
+	if (!j->env || (r = kd_secrets_prepare(kd, spec, j, &secrets_text, err))) {
+		if (!j->env)
+			r = kiln_fail(err, ENOMEM, "out of memory");
+		free(allow_text);
+		free(secrets_text);
+		goto fail_admit;
+	}
 	rec.allow_net = allow_text;
+	rec.secrets = secrets_text;
 	pthread_mutex_lock(&kd->reg_lock);
 	r = reg_sandbox_insert(kd->reg, &rec, (int64_t)now, err);
 	if (!r && warm)
 		r = reg_sandbox_set_vmm(kd->reg, s->id, &warm->vmm, err);
 	pthread_mutex_unlock(&kd->reg_lock);
 	free(allow_text);
+	free(secrets_text);
 	if (r) {
 		kd_rmtree(j->run_dir);
 		goto fail_admit;
@@ -221,7 +240,6 @@ int kd_sbx_create(struct kilnd *kd, const struct sched_spec *spec, struct lws *c
 	j->nvols = rec.n_vols;
 	j->memory_mb = spec->memory_mb;
 	j->vcpus = spec->vcpus;
-	j->env = env_list(spec);
 	if (spec->nallow) {
 		j->allow = calloc(spec->nallow, sizeof(*j->allow));
 		for (size_t i = 0; j->allow && i < spec->nallow; i++)
@@ -372,7 +390,7 @@ int kd_create_work(struct kd_job *j)
 		if (*p == '_')
 			*p = '-';
 	/* The guest may reach out the moment it runs its user's code: its allow_net is served first. */
-	r = kd_net_serve(j->kd, j->id, &j->net, j->allow, j->nallow, &j->err);
+	r = kd_net_serve(j->kd, j->id, &j->net, j->allow, j->nallow, j->secrets, j->nsecrets, &j->err);
 	if (r) {
 		kac_close(c);
 		kd_vmm_kill(j->vmm.pid, -1, 1);
@@ -384,6 +402,8 @@ int kd_create_work(struct kd_job *j)
 		kiln_fail(&j->err, -r, "the restored VM's agent did not take its identity: %s (see %s/vmm.log)", kerr.msg,
 			  j->run_dir);
 	else
+		r = kd_secrets_trust(j, c);
+	if (!r)
 		r = kd_volumes_mount(j, c);
 	kac_close(c);
 	if (r) {

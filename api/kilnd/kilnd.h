@@ -26,6 +26,7 @@
 #include <libwebsockets.h>
 
 #include "err.h"
+#include "kd_egress.h"
 #include "kd_netns.h"
 #include "registry.h"
 #include "sched_core.h"
@@ -93,6 +94,8 @@ struct kd_conf {
 	uint64_t min_free_bytes;	/* --min-free: the state dir's floor */
 	int no_net;			/* --no-net: sandboxes get no network device at all */
 	char dns_upstream[64];		/* --dns-upstream: the resolver's upstream ("": /etc/resolv.conf) */
+	char upstream_ca[512];		/* --upstream-ca: a PEM file of CAs trusted for secret hosts' upstreams,
+					 * besides the system's store (tests) */
 };
 
 /* One sandbox as the loop sees it, from admission until kd_sbx_end. */
@@ -168,6 +171,8 @@ struct kilnd {
 	int net_ok;			/* sandboxes get a network namespace (kd_net_init) */
 	char net_why[600];		/* why not, when not */
 	struct kd_egress *egress;	/* the resolver and egress proxy (net_ok) */
+	struct kd_ca *ca;		/* the node CA and secrets key (STATE/ca), when net_ok; NULL: no secrets */
+	char ca_why[600];		/* why not, when net_ok and no ca */
 	volatile int stopping;
 };
 
@@ -328,11 +333,27 @@ int kd_net_prepare(struct kilnd *kd, struct kd_netns *n, char **argv, size_t max
 const char *kd_net_cmdline(const struct kilnd *kd);
 /* Serve a sandbox's namespace (its sockets pass to the egress thread) with its allow_net. */
 int kd_net_serve(struct kilnd *kd, const char *id, struct kd_netns *n, char *const *allow, size_t nallow,
+		 const struct kd_secret *secrets, size_t nsecrets,
 		 struct kiln_err *err);
 /* After a restart: serve the namespace of a re-adopted sandbox's VMM again, with its recorded allow_net. */
 int kd_net_adopt(struct kilnd *kd, const char *id, pid_t vmm, struct kiln_err *err);
 /* A sandbox ended: stop serving it (its namespace goes with its VMM). */
 void kd_net_forget(struct kilnd *kd, const char *id);
+/*
+ * A create's secrets (issue 16): placeholders made, values sealed for the
+ * registry (*sealed_json, malloc'd), copies for the job (j->secrets) and the
+ * guest's environment entries added to j->env. 0 or -errno with err.
+ */
+int kd_secrets_prepare(struct kilnd *kd, const struct sched_spec *spec, struct kd_job *j, char **sealed_json,
+		       struct kiln_err *err);
+/* On the worker, after the identity: put the node CA into the guest's trust store (sandboxes with secrets). */
+int kd_secrets_trust(struct kd_job *j, struct kac *c);
+/* After a restart: a sandbox's secrets from the registry, opened with the node's key (free with kd_secrets_free). */
+int kd_secrets_load(struct kilnd *kd, const char *id, struct kd_secret **out, size_t *n, struct kiln_err *err);
+/* Free a job's secrets, their values cleansed. */
+void kd_secrets_free(struct kd_secret *x, size_t n);
+/* The API's view of a sealed secrets column: [{name, hosts, placeholder}], never a value. */
+json_t *kd_secrets_public(const char *sealed_json);
 /* allow_net entries as a JSON array (for the registry and the API). */
 json_t *kd_allow_json(char *const *allow, size_t nallow);
 
@@ -359,6 +380,8 @@ struct kd_job {
 	char **env;			/* KEY=VALUE, NULL-terminated (CREATE) */
 	char **allow;			/* CREATE: allow_net entries (nallow), for the egress proxy */
 	size_t nallow;
+	struct kd_secret *secrets;	/* CREATE: its secrets (owned; values cleansed on free) */
+	size_t nsecrets;
 	struct kd_netns net;		/* CREATE, POOL: the VM's namespace (nsfd -1: none) */
 	char run_dir[KD_PATH_MAX];
 	char vsock[KD_PATH_MAX];	/* DIAL: the VMM's vsock socket */

@@ -6,7 +6,11 @@
  * sandbox until SIGTERM, then removes it, stops and exits so LeakSanitizer
  * can look.
  *
- *   egress-test --netns /run/netns/sbx --dns IP[:PORT] [--id ID] ALLOW...
+ *   egress-test --netns /run/netns/sbx --dns IP[:PORT] [--id ID] [--ca-dir DIR --upstream-ca FILE]
+ *               [--secret NAME,PLACEHOLDER,VALUE,HOST[,HOST...]]... ALLOW...
+ *
+ * With --ca-dir, the node CA is loaded or made there (kd_ca) and the
+ * secrets are served: their values never appear in this program's output.
  *
  * SIGUSR1 prints the sandbox's counters; SIGUSR2 removes the sandbox (with
  * whatever it has open) and adds it again on new sockets. Events go to
@@ -25,6 +29,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "kd_ca.h"
 #include "kd_egress.h"
 #include "kd_netns.h"
 
@@ -78,6 +83,37 @@ static int socks_make(const char *nspath, int *tcp, int *udp)
 	return r;
 }
 
+#define SECRETS_MAX 8
+static struct kd_secret secrets[SECRETS_MAX];
+static size_t nsecrets;
+
+/* NAME,PLACEHOLDER,VALUE,HOST[,HOST...] */
+static void secret_arg(char *a)
+{
+	struct kd_secret *x = &secrets[nsecrets];
+	char **hosts = calloc(16, sizeof(*hosts));
+	char *save = NULL, *t;
+	size_t n = 0;
+
+	if (nsecrets >= SECRETS_MAX || !hosts) {
+		fprintf(stderr, "egress-test: too many secrets\n");
+		exit(2);
+	}
+	x->name = strtok_r(a, ",", &save);
+	x->placeholder = strtok_r(NULL, ",", &save);
+	x->value = strtok_r(NULL, ",", &save);
+	while (n < 16 && (t = strtok_r(NULL, ",", &save)))
+		hosts[n++] = t;
+	if (!x->name || !x->placeholder || !x->value || !n) {
+		fprintf(stderr, "egress-test: --secret NAME,PLACEHOLDER,VALUE,HOST[,HOST...]\n");
+		exit(2);
+	}
+	x->value_len = strlen(x->value);
+	x->hosts = hosts;
+	x->nhosts = n;
+	nsecrets++;
+}
+
 static void add(struct kd_egress *e, const char *id, const char *nspath, char **allow, size_t nallow)
 {
 	struct kiln_err err = { "" };
@@ -87,7 +123,7 @@ static void add(struct kd_egress *e, const char *id, const char *nspath, char **
 		fprintf(stderr, "egress-test: sockets in %s: %s / %s\n", nspath, strerror(-tcp), strerror(-udp));
 		exit(2);
 	}
-	if (kd_egress_add(e, id, tcp, udp, allow, nallow, &err) < 0) {
+	if (kd_egress_add(e, id, tcp, udp, allow, nallow, secrets, nsecrets, &err) < 0) {
 		fprintf(stderr, "egress-test: %s\n", err.msg);
 		exit(2);
 	}
@@ -112,7 +148,8 @@ int main(int argc, char **argv)
 {
 	struct kd_egress_conf conf = { .event = on_event };
 	struct kiln_err err = { "" };
-	const char *nspath = NULL, *id = "sbx1";
+	const char *nspath = NULL, *id = "sbx1", *ca_dir = NULL;
+	struct kd_ca *ca = NULL;
 	struct rlimit rl;
 	struct kd_egress *e;
 	sigset_t set;
@@ -127,6 +164,12 @@ int main(int argc, char **argv)
 			snprintf(conf.dns_upstream, sizeof(conf.dns_upstream), "%s", argv[i + 1]);
 		else if (!strcmp(argv[i], "--id"))
 			id = argv[i + 1];
+		else if (!strcmp(argv[i], "--ca-dir"))
+			ca_dir = argv[i + 1];
+		else if (!strcmp(argv[i], "--upstream-ca"))
+			snprintf(conf.upstream_ca, sizeof(conf.upstream_ca), "%s", argv[i + 1]);
+		else if (!strcmp(argv[i], "--secret"))
+			secret_arg(argv[i + 1]);
 		else
 			break;
 	}
@@ -147,6 +190,13 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 
+	if (ca_dir) {
+		if (kd_ca_open(ca_dir, &ca, &err) < 0) {
+			fprintf(stderr, "egress-test: %s\n", err.msg);
+			return 1;
+		}
+		conf.ca = ca;
+	}
 	if (kd_egress_start(&conf, &e, &err) < 0) {
 		fprintf(stderr, "egress-test: %s\n", err.msg);
 		return 1;
@@ -172,6 +222,9 @@ int main(int argc, char **argv)
 	kd_egress_remove(e, id);
 	stats(e, id);
 	kd_egress_stop(e);
+	kd_ca_free(ca);
+	for (size_t k = 0; k < nsecrets; k++)
+		free((void *)secrets[k].hosts);
 	printf("stopped\n");
 	fflush(stdout);
 	return 0;

@@ -35,10 +35,10 @@ TOOL="python3 $here/tool.py"
 
 # --- build -------------------------------------------------------------------
 # sched_time.c for sched_quote, which sched_net.c's messages use.
-SRCS="api/kilnd/kd_egress.c api/kilnd/kd_sniff.c scheduler/sched_net.c scheduler/sched_time.c lib/err.c"
+SRCS="api/kilnd/kd_egress.c api/kilnd/kd_sniff.c api/kilnd/kd_ca.c scheduler/sched_net.c scheduler/sched_time.c lib/err.c"
 CPP="-D_GNU_SOURCE -Ilib -Ischeduler -Iapi/kilnd"
 WARN="-Wall -Wextra -Wshadow -Wformat=2 -Werror"
-LIBS="-levent -levent_pthreads -lssl -lcrypto -lhttp_parser -pthread"
+LIBS="-levent -levent_pthreads -levent_openssl -lssl -lcrypto -lhttp_parser -ljansson -pthread"
 (cd "$root" &&
 	gcc $CPP -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined $WARN \
 		-o "$B/egress-test" tests/egress/egress-test.c $SRCS $LIBS &&
@@ -70,7 +70,7 @@ ip -n $HOST route add 203.0.113.0/24 via 198.51.100.2
 ip -n $INET addr add 198.51.100.2/30 dev i0
 ip -n $INET link set i0 up
 # The servers' addresses on lo (no dummy driver needed).
-for a in 10 11 12 13 53; do ip -n $INET addr add 203.0.113.$a/32 dev lo; done
+for a in 10 11 12 13 14 15 53; do ip -n $INET addr add 203.0.113.$a/32 dev lo; done
 
 ip link add kt0 netns $SBX type veth peer name eth0 netns $GUEST
 ip -n $SBX addr add 172.29.0.1/30 dev kt0
@@ -101,25 +101,29 @@ echo "nameserver 172.29.0.1" >/etc/netns/$GUEST/resolv.conf
 (cd "$W" &&
 	openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=egress-test-ca &&
 	openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=allowed.test &&
-	printf 'subjectAltName=DNS:allowed.test,DNS:blocked.test\n' >san.ext &&
-	openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile san.ext) \
+	printf 'subjectAltName=DNS:allowed.test,DNS:blocked.test,DNS:secret.test\n' >san.ext &&
+	openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile san.ext &&
+	openssl req -x509 -newkey rsa:2048 -nodes -keyout untrusted.key -out untrusted.pem -days 2 \
+		-subj /CN=untrusted.test -addext subjectAltName=DNS:untrusted.test) \
 	>/dev/null 2>&1
 ip netns exec $INET dnsmasq -k --conf-file=/dev/null --no-resolv --no-hosts --bind-interfaces \
 	--listen-address=203.0.113.53 --pid-file="$W/dnsmasq.pid" --user=root \
 	--address=/allowed.test/203.0.113.10 --address=/blocked.test/203.0.113.11 \
 	--address=/a.wild.test/203.0.113.12 --address=/wild.test/203.0.113.13 \
+	--address=/secret.test/203.0.113.14 --address=/untrusted.test/203.0.113.15 \
 	--address=/inside.test/10.0.0.1 --local=/other.test/ \
 	--address=/test/:: 2>"$W/dnsmasq.log" &
 pids+=($!)
-ip netns exec $INET $TOOL serve "$W/srv.pem" "$W/srv.key" >"$W/serve.log" 2>&1 &
+ip netns exec $INET $TOOL serve "$W/srv.pem" "$W/srv.key" "$W/untrusted.pem" "$W/untrusted.key" >"$W/serve.log" 2>&1 &
 pids+=($!)
 
 # --- the proxy ---------------------------------------------------------------
 ALLOW=(allowed.test '*.wild.test' 203.0.113.13:7 '*.other.test' inside.test 198.51.100.0/24)
 LOG=$W/driver.log
+EXTRA=()
 start_driver() {	# BINARY
 	: >"$LOG"
-	ip netns exec $HOST "$1" --netns /run/netns/$SBX --dns 203.0.113.53 "${ALLOW[@]}" >>"$LOG" 2>&1 &
+	ip netns exec $HOST "$1" --netns /run/netns/$SBX --dns 203.0.113.53 "${EXTRA[@]}" "${ALLOW[@]}" >>"$LOG" 2>&1 &
 	DRV=$!
 	pids+=($DRV)
 	for _ in $(seq 100); do
@@ -145,12 +149,17 @@ expect() {	# NAME REGEX COMMAND...
 }
 rss() { awk '/^VmRSS/ {print $2}' /proc/$DRV/status; }	# KiB
 # The driver is `ip netns exec`'s child: find the real pid.
-for _ in $(seq 20); do
-	c=$(pgrep -P $DRV | head -1 || true)
-	[ -n "$c" ] && break
-	sleep 0.1
-done
-[ -n "${c:-}" ] && DRV=$c
+real_pid() {
+	local c=
+	for _ in $(seq 20); do
+		c=$(pgrep -P $DRV | head -1 || true)
+		[ -n "$c" ] && break
+		sleep 0.1
+	done
+	[ -n "${c:-}" ] && DRV=$c
+	return 0
+}
+real_pid
 
 CURL="curl -sS -m 8"
 # --- DNS ---------------------------------------------------------------------
@@ -253,6 +262,69 @@ for ev in 'dns_refused: blocked.test: not in allow_net' 'egress_refused: blocked
 done
 echo "     events seen:"
 grep '^event' "$LOG" | sed 's/^event [^ ]* //' | sort | uniq -c | sort -rn | head -25 | sed 's/^/     /'
+
+# --- secrets: TLS terminated for secret hosts, placeholders replaced ---------
+# A second driver with the node CA in $W/nodeca, the test CA trusted for
+# upstreams, and one secret for secret.test and untrusted.test (hosts that
+# allow_net does not name: a secret's hosts are allowed by it).
+ALLOW_SAVE=("${ALLOW[@]}")
+ALLOW=(allowed.test)
+PH=KILN_SECRET_0123456789abcdef0123456789abcdef
+VAL=s3cr3t-VALUE-xyz
+EXTRA=(--ca-dir "$W/nodeca" --upstream-ca "$W/ca.pem" --secret "API_KEY,$PH,$VAL,secret.test,untrusted.test")
+start_driver "$B/egress-test"
+real_pid
+NCA=$W/nodeca/ca.crt
+if [ "$(stat -c %a "$W/nodeca/ca.key")" = 600 ] && [ "$(stat -c %a "$W/nodeca/secrets.key")" = 600 ] &&
+	[ "$(stat -c %a "$NCA")" = 644 ] &&
+	openssl x509 -in "$NCA" -noout -text | grep -q 'CA:TRUE, pathlen:0'; then
+	ok "secrets: node CA made (key 0600, certificate 0644, CA:TRUE pathlen:0)"
+else
+	bad "secrets: node CA made" "$(ls -l "$W/nodeca"; openssl x509 -in "$NCA" -noout -text 2>&1 | head -30)"
+fi
+expect "secrets: placeholder replaced on the secret's host" "^auth=Bearer $VAL\$" \
+	$G $CURL --cacert "$NCA" -H "Authorization: Bearer $PH" https://secret.test/echo
+expect "secrets: keep-alive, both requests replaced on one connection" \
+	"^auth=Bearer $VAL;body=3 1 auth=Bearer $VAL 0\$" \
+	sh -c "$G $CURL --cacert $NCA -H 'Authorization: Bearer $PH' -w '%{num_connects}\n' -d abc https://secret.test/echo \
+		--next --cacert $NCA -H 'Authorization: Bearer $PH' -w '%{num_connects}\n' https://secret.test/echo | paste -sd' '"
+expect "secrets: chunked body, then a second request, both replaced" \
+	"^auth=Bearer $VAL;body=5 auth=Bearer $VAL\$" \
+	sh -c "printf 'hello' | $G $CURL --cacert $NCA -H 'Authorization: Bearer $PH' -H 'Transfer-Encoding: chunked' \
+		-T - -X POST https://secret.test/echo --next --cacert $NCA -H 'Authorization: Bearer $PH' \
+		https://secret.test/echo | paste -sd' '"
+expect "secrets: curl --http2 gets HTTP/1.1" "^auth=Bearer $VAL 1\.1\$" \
+	sh -c "$G $CURL --http2 --cacert $NCA -H 'Authorization: Bearer $PH' -w '%{http_version}\n' https://secret.test/echo | paste -sd' '"
+expect "secrets: the guest sees the node CA's leaf, not the upstream's" 'SSL|certificate' \
+	$G $CURL --cacert "$W/ca.pem" -H "Authorization: Bearer $PH" https://secret.test/echo
+expect "secrets: another host gets the placeholder unreplaced (not terminated)" "^auth=Bearer $PH\$" \
+	$G $CURL --cacert "$W/ca.pem" -H "Authorization: Bearer $PH" https://allowed.test/echo
+expect "secrets: plain HTTP to the secret's host carries it unreplaced" "^auth=Bearer $PH\$" \
+	$G $CURL -H "Authorization: Bearer $PH" http://secret.test/echo
+expect "secrets: an upstream with an untrusted certificate fails" 'SSL|reset|Recv failure' \
+	$G $CURL --cacert "$NCA" -H "Authorization: Bearer $PH" https://untrusted.test/echo
+expect "secrets: a header block over 64 KiB is refused" 'SSL|reset|Recv failure|Empty reply|HTTP/2 stream|closed' \
+	sh -c "$G $CURL --cacert $NCA -H \"X-Big: \$(head -c 70000 /dev/zero | tr '\\0' a)\" https://secret.test/echo"
+expect "secrets: still serves after that" "^auth=Bearer $VAL\$" \
+	$G $CURL --cacert "$NCA" -H "Authorization: Bearer $PH" https://secret.test/echo
+kill -TERM $DRV
+for _ in $(seq 200); do kill -0 $DRV 2>/dev/null || break; sleep 0.1; done
+if grep -qF 'egress_refused: untrusted.test:443: upstream certificate not trusted:' "$LOG"; then
+	ok "secrets: event for the untrusted upstream"
+else
+	bad "secrets: event for the untrusted upstream" "$(grep '^event' "$LOG")"
+fi
+if grep -qF "$VAL" "$LOG" "$W/serve.log"; then bad "secrets: the value never in the driver's output" "$(grep -F "$VAL" "$LOG")"
+else ok "secrets: the value never in the driver's output"; fi
+if grep -q '^stopped$' "$LOG" && ! grep -qE 'AddressSanitizer|LeakSanitizer|runtime error' "$LOG"; then
+	ok "secrets: stop clean, sanitizers clean"
+else
+	bad "secrets: stop clean, sanitizers clean" "$(grep -A30 -E 'AddressSanitizer|LeakSanitizer|runtime error' "$LOG" | head -60; tail -5 "$LOG")"
+fi
+echo "     secrets events:"
+grep '^event' "$LOG" | sed 's/^event [^ ]* /     /'
+EXTRA=()
+ALLOW=("${ALLOW_SAVE[@]}")
 
 # --- lifetimes: remove and stop with lookups still in flight -----------------------
 # An upstream that never answers (inet drops what is not its own), so every

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Helpers for tests/egress/run.sh, run in one namespace or another.
 
-  tool.py serve CERT KEY          the fake internet's servers (in "inet")
+  tool.py serve CERT KEY [UCERT UKEY]  the fake internet's servers (in "inet");
+                                  /echo answers "auth=<Authorization header>"
   tool.py dns NAME [TYPE] [SERVER] one query; prints "RCODE addr..."
   tool.py tcp IP PORT [SEND]      connect, send, print what came back, or "reset"/"closed"
   tool.py slow IP PORT            connect, send nothing; print seconds until the proxy closes
@@ -20,7 +21,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAMES = {"203.0.113.10": "allowed.test", "203.0.113.11": "blocked.test",
-         "203.0.113.12": "a.wild.test", "203.0.113.13": "wild.test"}
+         "203.0.113.12": "a.wild.test", "203.0.113.13": "wild.test",
+         "203.0.113.14": "secret.test", "203.0.113.15": "untrusted.test"}
 BIG = 50 << 20
 
 
@@ -30,8 +32,34 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+    def echo(self, extra=""):
+        body = ("auth=%s%s\n" % (self.headers.get("Authorization", ""), extra)).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        data = b""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            n = int(self.headers.get("Content-Length", "0"))
+            data = self.rfile.read(n) if n else b""
+        self.echo(";body=%d" % len(data))
+
     def do_GET(self):
         name = NAMES.get(self.server.server_address[0], "?")
+        if self.path == "/echo":
+            self.echo()
+            return
         if self.path == "/big":
             self.send_response(200)
             self.send_header("Content-Length", str(BIG))
@@ -48,6 +76,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+class Handler11(Handler):
+    """Keep-alive: many requests on one connection (the secrets' host)."""
+    protocol_version = "HTTP/1.1"
 
 
 class Server(ThreadingHTTPServer):
@@ -78,15 +111,19 @@ def banner(ip, port):
         threading.Thread(target=one, args=(c,), daemon=True).start()
 
 
-def serve(cert, key):
+def serve(cert, key, ucert=None, ukey=None):
     for ip in NAMES:
-        s = Server((ip, 80), Handler)
+        s = Server((ip, 80), Handler11 if ip == "203.0.113.14" else Handler)
         threading.Thread(target=s.serve_forever, daemon=True).start()
-    s = Server(("203.0.113.10", 443), Handler)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    s.socket = ctx.wrap_socket(s.socket, server_side=True)
-    threading.Thread(target=s.serve_forever, daemon=True).start()
+    tls = [("203.0.113.10", Handler, cert, key), ("203.0.113.14", Handler11, cert, key)]
+    if ucert:
+        tls.append(("203.0.113.15", Handler11, ucert, ukey))
+    for ip, h, c, k in tls:
+        s = Server((ip, 443), h)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(c, k)
+        s.socket = ctx.wrap_socket(s.socket, server_side=True)
+        threading.Thread(target=s.serve_forever, daemon=True).start()
     threading.Thread(target=banner, args=("203.0.113.13", 7), daemon=True).start()
     print("serving", flush=True)
     while True:

@@ -136,12 +136,26 @@ def run_checks(state, sock, port, kd, u, t, tmp):
         ('{"memory_mb": "big"}', 400, "memory_mb must be an integer"),
         ('{"labels": {"a b": "c"}}', 400, 'label key "a b"'),
         ('[1,2]', 400, "JSON object"),
+        ('{"secrets": {"A": {"hosts": ["10.0.0.1"], "value": "sk-zzz"}}}', 400, 'secrets "A": host "10.0.0.1"'),
+        ('{"secrets": {"A": {"hosts": ["a.test"], "value": "sk-\\r\\nzzz"}}}', 400, 'secrets "A": value has a NUL, CR or LF'),
+        ('{"env": {"A": "1"}, "secrets": {"A": {"hosts": ["a.test"], "value": "sk-zzz"}}}', 400, "remove it from env"),
     ]
     for body, want, msg in bad:
         st, js, raw = req(c, "POST", "/v1/sandboxes", body, {"Content-Type": "application/json"})
         check("POST /v1/sandboxes %s -> %d %s" % (body, want, msg),
               st == want and js and js.get("code") == "bad_request" and msg in js.get("message", ""), raw)
 
+    check("no secret value in any 400 message", b"sk-" not in raw, raw)
+    # A valid secret on an image without a disk (and so without a CA bundle) is refused saying why.
+    st, js, raw = req(c, "POST", "/v1/sandboxes",
+                      '{"image": "minimal", "secrets": {"TOKEN": {"hosts": ["api.example.com"], "value": "sk-yyy"}}}')
+    check("secrets on the minimal image (or a node without networks) -> 400 with the reason, no value",
+          st == 400 and ("secrets need" in js.get("message", "")) and b"sk-yyy" not in raw, raw)
+    if os.path.exists(state + "/ca/ca.crt"):
+        check("the node CA: ca.key and secrets.key 0600, ca.crt 0644",
+              stat.S_IMODE(os.stat(state + "/ca/ca.key").st_mode) == 0o600 and
+              stat.S_IMODE(os.stat(state + "/ca/secrets.key").st_mode) == 0o600 and
+              stat.S_IMODE(os.stat(state + "/ca/ca.crt").st_mode) == 0o644, "")
     st, js, raw = req(c, "POST", "/v1/sandboxes", b"x" * 300000)
     check("a body over 256 KiB is refused with 413 before it is read",
           st == 413 and "request body is 300000 bytes (at most 262144)" in js["message"], raw)

@@ -257,6 +257,7 @@ START_TEST(test_upgrade_from_v1)
 	OK(reg_template_put(r, &t, T0, &err));
 	reg_close(r);
 	raw_exec("ALTER TABLE sandboxes DROP COLUMN net; ALTER TABLE sandboxes DROP COLUMN allow_net;"
+		 "ALTER TABLE sandboxes DROP COLUMN secrets;"
 		 "ALTER TABLE sandboxes DROP COLUMN image; DROP TABLE volume_attachments; DROP TABLE volumes;"
 		 "PRAGMA user_version = 1");
 	r = open_ok();
@@ -268,6 +269,9 @@ START_TEST(test_upgrade_from_v1)
 		char *allow;
 
 		OK(reg_sandbox_allow_net(r, sb.id, &allow, &err));
+		ck_assert_str_eq(allow, "[]");
+		free(allow);
+		OK(reg_sandbox_secrets(r, sb.id, &allow, &err));
 		ck_assert_str_eq(allow, "[]");
 		free(allow);
 	}

@@ -89,6 +89,44 @@ START_TEST(spec_full)
 }
 END_TEST
 
+START_TEST(spec_secrets)
+{
+	static const char body[] =
+		"{\"env\": {\"X\": \"1\"}, \"secrets\": {\"API_KEY\": {\"hosts\": [\"api.example.com\", \"*.example.org:443\"],"
+		" \"value\": \"sk-top secret\"}, \"_b\": {\"value\": \"v\", \"hosts\": [\"b.test\"]}}}";
+	struct kiln_err err = { { 0 } };
+	struct sched_spec s;
+	char *many;
+	size_t o = 0;
+
+	ck_assert_msg(spec_parse(body, &s, &err) == 0, "%s", err.msg);
+	ck_assert_uint_eq(s.nsecrets, 2);
+	ck_assert_str_eq(s.secrets[0].name, "API_KEY");
+	ck_assert_uint_eq(s.secrets[0].nhosts, 2);
+	ck_assert_str_eq(s.secrets[0].hosts[1], "*.example.org:443");
+	ck_assert_str_eq(s.secrets[0].value, "sk-top secret");
+	ck_assert_uint_eq(s.secrets[0].value_len, 13);
+	ck_assert_str_eq(s.secrets[1].name, "_b");
+	sched_spec_free(&s);
+	ck_assert_uint_eq(s.nsecrets, 0);
+	ck_assert_ptr_null(s.secrets);
+	/* 33 secrets: one too many. */
+	many = malloc(8192);
+	o += (size_t)snprintf(many + o, 8192 - o, "{\"secrets\": {");
+	for (int i = 0; i < 33; i++)
+		o += (size_t)snprintf(many + o, 8192 - o, "%s\"S%d\": {\"hosts\": [\"a.test\"], \"value\": \"v\"}",
+				      i ? "," : "", i);
+	snprintf(many + o, 8192 - o, "}}");
+	ck_assert_int_eq(spec_parse(many, &s, &err), -EINVAL);
+	ck_assert_str_eq(err.msg, "secrets: 33 given (at most 32)");
+	free(many);
+	/* No message quotes a value. */
+	ck_assert_int_eq(spec_parse("{\"secrets\":{\"A\":{\"hosts\":[\"1.2.3.4\"],\"value\":\"sk-hidden\"}}}", &s, &err),
+			 -EINVAL);
+	ck_assert_ptr_null(strstr(err.msg, "sk-hidden"));
+}
+END_TEST
+
 START_TEST(spec_edges)
 {
 	static const struct {
@@ -170,12 +208,12 @@ static const struct {
 	{ "{\"timeout\":\"\"}", "timeout is empty; write a duration such as 30s, 5m, 1h30m or 500ms" },
 	{ "{\"timeout\":\"0s\"}", "timeout \"0s\" is zero; it must be above zero, such as 30s, 5m, 1h30m or 500ms" },
 	{ "{\"timeout\":\"5m\\u0000\"}", "timeout \"5m\\x00\" has a NUL byte" },
-	{ "{\"foo\":1}", "unknown field \"foo\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net" },
-	{ "{\"memory\":2048}", "unknown field \"memory\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net" },
+	{ "{\"foo\":1}", "unknown field \"foo\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env, allow_net and secrets" },
+	{ "{\"memory\":2048}", "unknown field \"memory\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env, allow_net and secrets" },
 	{ "{\"Memory_MB\":2048}",
-	  "unknown field \"Memory_MB\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net" },
+	  "unknown field \"Memory_MB\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env, allow_net and secrets" },
 	{ "{\"\\u00e9\\n\":null}",
-	  "unknown field \"\\xc3\\xa9\\x0a\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env and allow_net" },
+	  "unknown field \"\\xc3\\xa9\\x0a\"; a create takes image (or root), memory_mb, vcpus, timeout, volumes, labels, env, allow_net and secrets" },
 	{ "{\"labels\":[]}", "labels must be an object of string to string, not an array" },
 	{ "{\"labels\":\"a=b\"}", "labels must be an object of string to string, not a string" },
 	{ "{\"labels\":{\"a\":1}}", "label \"a\" must be a string, not an integer" },
@@ -196,6 +234,35 @@ static const struct {
 	{ "{\"env\":{\"A\":\"x\\u0000y\"}}", "env \"A\" value has a NUL byte" },
 	{ "{\"env\":{\"A\":null}}", "env \"A\" must be a string, not null" },
 	{ "{\"env\":{\"A\":1}}", "env \"A\" must be a string, not an integer" },
+	{ "{\"secrets\":[]}", "secrets must be an object of NAME to {\"hosts\": [HOST...], \"value\": \"...\"}, not an array" },
+	{ "{\"secrets\":{\"1A\":{\"hosts\":[\"a.test\"],\"value\":\"v\"}}}",
+	  "secret name \"1A\" is not a variable name; names are 1-64 bytes matching [A-Za-z_][A-Za-z0-9_]*" },
+	{ "{\"secrets\":{\"A-B\":{\"hosts\":[\"a.test\"],\"value\":\"v\"}}}",
+	  "secret name \"A-B\" is not a variable name; names are 1-64 bytes matching [A-Za-z_][A-Za-z0-9_]*" },
+	{ "{\"secrets\":{\"A\":\"v\"}}", "secrets \"A\" must be {\"hosts\": [HOST...], \"value\": \"...\"}, not a string" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[\"a.test\"],\"value\":\"v\",\"x\":1}}}",
+	  "secrets \"A\": unknown field \"x\"; a secret takes hosts and value" },
+	{ "{\"secrets\":{\"A\":{\"value\":\"v\"}}}",
+	  "secrets \"A\": hosts must be an array of host names or *.domain, such as [\"api.example.com\"], not missing" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[],\"value\":\"v\"}}}",
+	  "secrets \"A\": hosts has 0 entries (1-16: the hosts the secret is sent to)" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[\"203.0.113.7\"],\"value\":\"v\"}}}",
+	  "secrets \"A\": host \"203.0.113.7\" is not a host name or *.domain (optionally with :PORT); secrets go only to named hosts, never to an address, range or *" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[\"*\"],\"value\":\"v\"}}}",
+	  "secrets \"A\": host \"*\" is not a host name or *.domain (optionally with :PORT); secrets go only to named hosts, never to an address, range or *" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[\"exa mple.com\"],\"value\":\"v\"}}}",
+	  "secrets \"A\": host \"exa mple.com\" is not a host name or *.domain (optionally with :PORT); secrets go only to named hosts, never to an address, range or *" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[1],\"value\":\"v\"}}}", "secrets \"A\": hosts[0] must be a string, not an integer" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[\"a.test\"]}}}", "secrets \"A\": value must be a string of 1-4096 bytes, not missing" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[\"a.test\"],\"value\":\"\"}}}", "secrets \"A\": value is 0 bytes (1-4096)" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[\"a.test\"],\"value\":\"top\\r\\nsecret\"}}}",
+	  "secrets \"A\": value has a NUL, CR or LF byte, which cannot go in an HTTP header; remove it" },
+	{ "{\"secrets\":{\"A\":{\"hosts\":[\"a.test\"],\"value\":\"top\\u0000secret\"}}}",
+	  "secrets \"A\": value has a NUL, CR or LF byte, which cannot go in an HTTP header; remove it" },
+	{ "{\"env\":{\"TOKEN\":\"x\"},\"secrets\":{\"TOKEN\":{\"hosts\":[\"a.test\"],\"value\":\"topsecret\"}}}",
+	  "secrets \"TOKEN\": env sets TOKEN too; a secret is an environment variable of its own, so remove it from env" },
+	{ "{\"secrets\":{\"TOKEN\":{\"hosts\":[\"a.test\"],\"value\":\"topsecret\"}},\"env\":{\"TOKEN\":\"x\"}}",
+	  "secrets \"TOKEN\": env sets TOKEN too; a secret is an environment variable of its own, so remove it from env" },
 	{ "[1]", "the request body must be a JSON object, not an array" },
 	{ "{\"memory_mb\":", "malformed JSON at line 1, column 13: unexpected token near end of file" },
 	{ "{\"memory_mb\":2048,\n\"memory_mb\":1024}",
@@ -558,6 +625,7 @@ TCase *tcase_sched_spec(void)
 	tcase_add_test(tc, spec_defaults);
 	tcase_add_test(tc, spec_full);
 	tcase_add_test(tc, spec_edges);
+	tcase_add_test(tc, spec_secrets);
 	tcase_add_loop_test(tc, spec_bad, 0, ROWS(bad_bodies));
 	tcase_add_test(tc, spec_bounds);
 	tcase_add_test(tc, spec_body_size);
