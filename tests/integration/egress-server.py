@@ -2,8 +2,11 @@
 """The fake internet's servers for tests/integration/egress.sh, run inside its
 namespace: HTTP on :80 and HTTPS on :443 (a test CA's certificate for every
 test name) answering "server=<address it was reached at> host=<Host header>
-auth=<Authorization header>", a TCP echo on :7, and a UDP sink on :9999 that
+auth=<Authorization header>" (a header without a kiln placeholder in it is
+shown as sha256:<16 hex digits> of it, so a secret's value never travels back
+into the guest that must not learn it), a TCP echo on :7, and a UDP sink on :9999 that
 logs what reaches it to LOG. Usage: egress-server.py CERT KEY LOG"""
+import hashlib
 import socket
 import socketserver
 import ssl
@@ -21,8 +24,11 @@ class Handler(BaseHTTPRequestHandler):
         size = 0
         if self.path.startswith("/bytes/"):
             size = int(self.path.split("/")[2])
+        auth = self.headers.get("Authorization")
+        if auth is not None and "KILN_SECRET_" not in auth:
+            auth = "sha256:" + hashlib.sha256(auth.encode()).hexdigest()[:16]
         body = ("server=%s host=%s auth=%s\n" % (self.connection.getsockname()[0], self.headers.get("Host"),
-                                                 self.headers.get("Authorization"))).encode()
+                                                 auth)).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body) + size))
         self.end_headers()

@@ -31,7 +31,7 @@ eg_net_down() { fi_down "$eg"; }
 
 eg_start() {
 	ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=16 "$eg_kilnd" --state-dir "$eg/kd" --listen "unix:$egsock" \
-		--vmm "$vmm" --default-image debian --min-free 0 --dns-upstream 203.0.113.53 "$@" >>"$eg/kilnd.log" 2>&1 &
+		--vmm "$vmm" --default-image debian --min-free 0 --dns-upstream 203.0.113.53 --upstream-ca "$eg/ca.crt" "$@" >>"$eg/kilnd.log" 2>&1 &
 	echo $! >"$eg/kilnd.pid"
 	for _ in $(seq 600); do
 		curl -s --max-time 2 --unix-socket "$egsock" http://kd/v1/node >/dev/null 2>&1 && return 0
@@ -143,16 +143,61 @@ run "egress: refusals are the sandbox's events, naming host, port and reason" 0 
 	'egress_refused .*blocked\.test:80.*not in allow_net' \
 	bash -c 'eg_api GET /v1/sandboxes/$B/events | jq -r ".events[] | .kind + \" \" + .detail"'
 
+# Secrets: sandbox D holds API_KEY for secret.test (the fake internet's HTTPS
+# server, which echoes the Authorization it gets); only kilnd knows the value.
+# The server shows a header without a placeholder only as a hash (egress-server.py).
+secret_value=kiln-s3cr3t-v4lue-0f-the-test
+secret_sha=sha256:$(printf 'Bearer %s' "$secret_value" | sha256sum | cut -c1-16)
+export secret_value
+run "egress: a create with a secret shows its name, hosts and placeholder, never its value" 0 \
+	'^201 API_KEY secret\.test KILN_SECRET_[0-9a-f]{32} value-absent$' \
+	bash -c 'd=$(eg_mk "\"allow_net\": [\"allowed.test\"], \"secrets\": {\"API_KEY\": {\"hosts\": [\"secret.test\"], \"value\": \"$secret_value\"}}")
+	         echo "$d" >$eg/d; st=$(cat $eg/status); body=$(eg_api GET /v1/sandboxes/$d)
+	         echo "$st $(echo "$body" | jq -r ".secrets[0] | .name + \" \" + (.hosts | join(\",\")) + \" \" + .placeholder") $(echo "$body" | grep -q "$secret_value" && echo value-shown || echo value-absent)"'
+D=$(cat "$eg/d" 2>/dev/null)
+export D
+run "egress: the guest holds the placeholder; kilnd puts the value into requests to the secret's host only" 0 \
+	"^env=KILN_SECRET_[0-9a-f]{32} secret-host=$secret_sha other-host=Bearer KILN_SECRET_[0-9a-f]{32}\$" \
+	bash -c 'k=$(eg_ex $D printenv API_KEY)
+	         a=$(eg_ex $D bash -c "curl -sS --max-time 10 -H \"Authorization: Bearer \$API_KEY\" https://secret.test/" | sed -n "s/.*auth=//p")
+	         "$eg_kiln" cp --uds "$eg/kd/run/$D/vsock" "$eg/ca.crt" guest:/tmp/ca.crt >/dev/null
+	         o=$(eg_ex $D bash -c "curl -sS --max-time 10 --cacert /tmp/ca.crt -H \"Authorization: Bearer \$API_KEY\" https://allowed.test/" | sed -n "s/.*auth=//p")
+	         echo "env=$k secret-host=$a other-host=$o"'
+
+run "egress: python3, git and deno in the guest trust kilnd's CA for the secret's host" 0 \
+	"^python=$secret_sha git=no-tls-error deno=$secret_sha\$" \
+	bash -c 'p=$(eg_ex $D python3 -c "
+import os, urllib.request
+r = urllib.request.Request(\"https://secret.test/\", headers={\"Authorization\": \"Bearer \" + os.environ[\"API_KEY\"]})
+print(urllib.request.urlopen(r, timeout=20).read().decode().split(\"auth=\")[1].strip())")
+	         g=$(eg_ex $D git ls-remote https://secret.test/repo.git 2>&1)
+	         case $g in *"certificate"*|*"SSL"*|*"TLS"*) g="tls-error: $g" ;; *) g=no-tls-error ;; esac
+	         d=$(eg_ex $D deno eval "const r = await fetch(\"https://secret.test/\", {headers: {Authorization: \"Bearer \" + Deno.env.get(\"API_KEY\")}}); console.log((await r.text()).split(\"auth=\")[1].trim())" 2>&1 | tail -1)
+	         echo "python=$p git=$g deno=$d"'
+
 run "egress: a bad allow_net entry is refused with the reason, from the API and the CLI" 0 \
 	'^400 .*allow_net entry .*exa mple\.com.* / 1 kiln: .*allow_net entry .*exa mple' \
 	bash -c 'm=$(eg_api POST /v1/sandboxes "{\"allow_net\": [\"exa mple.com\"]}" | jq -r .message); s=$(cat $eg/status)
 	         c=$("$eg_kiln" create --endpoint "unix:$egsock" --allow-net "exa mple.com" 2>&1); echo "$s $m / $? $c"'
 
 run "egress: after kill -9 and a restart, kilnd serves the sandboxes' networks again" 0 \
-	'^server=203\.0\.113\.10 host=allowed\.test .*/dns=fail$' \
+	"^server=203\\.0\\.113\\.10 host=allowed\\.test .*/dns=fail/secret=$secret_sha\$" \
 	bash -c 'kill -9 $(cat $eg/kilnd.pid); sleep 0.5; eg_start >/dev/null || exit 1
 	         a=$(eg_curl $B http://allowed.test/); d=$(eg_ex $A getent hosts allowed.test >/dev/null && echo ok || echo fail)
-	         echo "$a/dns=$d"'
+	         s=$(eg_ex $D bash -c "curl -sS --max-time 10 -H \"Authorization: Bearer \$API_KEY\" https://secret.test/" | sed -n "s/.*auth=//p")
+	         echo "$a/dns=$d/secret=$s"'
+
+run "egress: the secret's value is nowhere in the guest's memory (a snapshot of it), its placeholder is" 0 \
+	'^placeholder=found value=absent$' \
+	bash -c 'ph=$(eg_ex $D printenv API_KEY); rm -rf $eg/dsnap
+	         echo "snapshot $eg/dsnap" | python3 -c "
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.stdin.buffer.read()); print(s.recv(4096).decode().strip())" "$eg/kd/run/$D/control" >/dev/null
+	         for _ in $(seq 100); do [ -s $eg/dsnap/memory ] && ! pgrep -f "uds=$eg/kd/run/$D/vsock" >/dev/null && break; sleep 0.2; done
+	         m=$(ls $eg/dsnap/ | tr "\n" " ")
+	         f=$(grep -c -a -F "$ph" $eg/dsnap/memory >/dev/null && echo found || echo "missing ($m)")
+	         v=$(grep -q -a -F "$secret_value" $eg/dsnap/memory && echo present || echo absent)
+	         echo "placeholder=$f value=$v"'
 
 # Namespaces are counted by their inodes across every process (kilnd holds none of its own).
 eg_netns_count() { find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l\n' 2>/dev/null | sort -u | wc -l; }

@@ -27,7 +27,7 @@ fi_up() {
 		-out "$eg/ca.crt" >/dev/null 2>&1 || return 1
 	openssl req -newkey rsa:2048 -nodes -subj /CN=allowed.test -keyout "$eg/srv.key" -out "$eg/srv.csr" \
 		>/dev/null 2>&1 || return 1
-	printf 'subjectAltName=DNS:allowed.test,DNS:blocked.test,DNS:a.wild.test,DNS:wild.test,DNS:wild.test.evil\n' \
+	printf 'subjectAltName=DNS:allowed.test,DNS:blocked.test,DNS:a.wild.test,DNS:wild.test,DNS:wild.test.evil,DNS:secret.test\n' \
 		>"$eg/san.ext"
 	openssl x509 -req -in "$eg/srv.csr" -CA "$eg/ca.crt" -CAkey "$eg/ca.key" -CAcreateserial -days 2 \
 		-extfile "$eg/san.ext" -out "$eg/srv.crt" >/dev/null 2>&1 || return 1
@@ -36,7 +36,7 @@ fi_up() {
 		--log-queries --log-facility="$eg/dnsmasq.log" --address=/#/ \
 		--address=/allowed.test/203.0.113.10 --address=/blocked.test/203.0.113.11 \
 		--address=/a.wild.test/203.0.113.12 --address=/wild.test.evil/203.0.113.13 \
-		--address=/wild.test/203.0.113.14 || return 1
+		--address=/wild.test/203.0.113.14 --address=/secret.test/203.0.113.10 || return 1
 	ip netns exec kinet python3 "$fi_dir/../integration/egress-server.py" "$eg/srv.crt" "$eg/srv.key" "$eg/udp.log" \
 		>"$eg/server.log" 2>&1 &
 	echo $! >"$eg/server.pid"
