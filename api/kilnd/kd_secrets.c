@@ -243,24 +243,6 @@ json_t *kd_secrets_public(const char *sealed_json)
 	return out;
 }
 
-struct tr_out {
-	char text[512];
-	size_t n;
-};
-
-static int tr_collect(void *arg, int chan, const void *p, size_t n)
-{
-	struct tr_out *o = arg;
-
-	(void)chan;
-	if (n > sizeof(o->text) - 1 - o->n)
-		n = sizeof(o->text) - 1 - o->n;
-	memcpy(o->text + o->n, p, n);
-	o->n += n;
-	o->text[o->n] = '\0';
-	return 0;
-}
-
 /*
  * As root in the guest: the CA as a file of its own (NODE_EXTRA_CA_CERTS,
  * and update-ca-certificates keeps it if the user runs it), appended to the
@@ -271,14 +253,7 @@ int kd_secrets_trust(struct kd_job *j, struct kac *c)
 {
 	struct kd_ca *ca = j->kd->ca;
 	char script[8192];
-	const char *argv[] = { "/bin/sh", "-c", script, NULL };
-	struct tr_out out = { .n = 0 };
-	struct kac_exec_opts eo = { .argv = argv, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1, .sig_fd = -1,
-				    .tty_fd = -1, .out_fn = tr_collect, .out_arg = &out, .timeout_ms = KD_AGENT_TIMEOUT_MS,
-				    .set_ids = 1, .uid = 0, .gid = 0 };
-	struct kac_exit ex;
-	struct kac_err kerr;
-	int n, r;
+	int n;
 
 	if (!j->nsecrets)
 		return 0;
@@ -296,14 +271,5 @@ int kd_secrets_trust(struct kd_job *j, struct kac *c)
 		     kd_ca_pem(ca), X509_subject_name_hash(kd_ca_cert(ca)));
 	if (n < 0 || (size_t)n >= sizeof(script))
 		return kiln_fail(&j->err, E2BIG, "secrets: the trust script is too long");
-	r = kac_exec(c, &eo, &ex, &kerr);
-	if (r)
-		return kiln_fail(&j->err, -r, "installing the node CA in the guest: the agent: %s", kerr.msg);
-	if (ex.code != 0) {
-		while (out.n && out.text[out.n - 1] == '\n')
-			out.text[--out.n] = '\0';
-		return kiln_fail(&j->err, EIO, "installing the node CA in the guest failed: %s",
-				 out.n ? out.text : "(no output)");
-	}
-	return 0;
+	return kd_guest_root_sh(j, c, script, "installing the node CA in the guest");
 }

@@ -276,7 +276,7 @@ void kd_slot_args(const struct kilnd *kd, const struct reg_attach *vols, unsigne
 	}
 }
 
-/* Collect what the mount script prints, for the error message. */
+/* Collect what a root script prints, for the error message. */
 struct out_buf {
 	char text[512];
 	size_t n;
@@ -295,6 +295,28 @@ static int collect(void *arg, int chan, const void *p, size_t n)
 	return 0;
 }
 
+int kd_guest_root_sh(struct kd_job *j, struct kac *c, const char *script, const char *doing)
+{
+	const char *argv[] = { "/bin/sh", "-c", script, NULL };
+	struct out_buf out = { .n = 0 };
+	struct kac_exec_opts eo = { .argv = argv, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1, .sig_fd = -1,
+				    .tty_fd = -1, .out_fn = collect, .out_arg = &out, .timeout_ms = KD_AGENT_TIMEOUT_MS,
+				    .set_ids = 1, .uid = 0, .gid = 0 };
+	struct kac_exit ex;
+	struct kac_err kerr;
+	int r;
+
+	r = kac_exec(c, &eo, &ex, &kerr);
+	if (r)
+		return kiln_fail(&j->err, -r, "%s: the agent: %s", doing, kerr.msg);
+	if (ex.code != 0) {
+		while (out.n && out.text[out.n - 1] == '\n')
+			out.text[--out.n] = '\0';
+		return kiln_fail(&j->err, EIO, "%s failed: %s", doing, out.n ? out.text : "(no output)");
+	}
+	return 0;
+}
+
 /*
  * Mount each volume in its slot, as root, shallow paths first: wait (a few
  * seconds at most) for the driver to see the slot's new size, then mkdir
@@ -305,15 +327,7 @@ int kd_volumes_mount(struct kd_job *j, struct kac *c)
 {
 	char script[4096];
 	size_t n = 0;
-	const char *argv[] = { "/bin/sh", "-c", script, NULL };
-	struct out_buf out = { .n = 0 };
-	struct kac_exec_opts eo = { .argv = argv, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1, .sig_fd = -1,
-				    .tty_fd = -1, .out_fn = collect, .out_arg = &out, .timeout_ms = KD_AGENT_TIMEOUT_MS,
-				    .set_ids = 1, .uid = 0, .gid = 0 };
 	unsigned order[KD_SLOTS];
-	struct kac_exit ex;
-	struct kac_err kerr;
-	int r;
 
 	if (!j->nvols)
 		return 0;
@@ -343,15 +357,7 @@ int kd_volumes_mount(struct kd_job *j, struct kac *c)
 	for (unsigned i = 0; i < j->nvols; i++)
 		if (strchr(j->vols[i].path, '\''))
 			return kiln_fail(&j->err, EINVAL, "volume path %s has a quote", j->vols[i].path);
-	r = kac_exec(c, &eo, &ex, &kerr);
-	if (r)
-		return kiln_fail(&j->err, -r, "mounting the volumes: the agent: %s", kerr.msg);
-	if (ex.code != 0) {
-		while (out.n && (out.text[out.n - 1] == '\n'))
-			out.text[--out.n] = '\0';
-		return kiln_fail(&j->err, EIO, "mounting the volumes failed: %s", out.n ? out.text : "(no output)");
-	}
-	return 0;
+	return kd_guest_root_sh(j, c, script, "mounting the volumes");
 }
 
 /* ---- on the loop: /v1/volumes ---- */

@@ -277,6 +277,11 @@ int kd_volumes_prepare(struct kd_job *j);
 /* Append "--disk FILE,slot[,ro]" for each of the KD_SLOTS slots (an empty file where no volume goes). */
 void kd_slot_args(const struct kilnd *kd, const struct reg_attach *vols, unsigned nvols, char **argv, size_t max,
 		  char bufs[][KD_SLOT_ARG_MAX]);
+/*
+ * On a worker: run script with /bin/sh -c in the guest as root; a failure
+ * becomes j->err, "DOING failed: <what it printed>".
+ */
+int kd_guest_root_sh(struct kd_job *j, struct kac *c, const char *script, const char *doing);
 /* After IDENTITY: mount the job's volumes in the guest, as root. */
 int kd_volumes_mount(struct kd_job *j, struct kac *c);
 json_t *kd_sbx_vols_json(const struct reg_sandbox *sb);
