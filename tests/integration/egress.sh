@@ -197,7 +197,7 @@ s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.stdin.b
 	         m=$(ls $eg/dsnap/ | tr "\n" " ")
 	         f=$(grep -c -a -F "$ph" $eg/dsnap/memory >/dev/null && echo found || echo "missing ($m)")
 	         v=$(grep -q -a -F "$secret_value" $eg/dsnap/memory && echo present || echo absent)
-	         echo "placeholder=$f value=$v"'
+	         rm -rf $eg/dsnap; echo "placeholder=$f value=$v"'
 
 # Namespaces are counted by their inodes across every process (kilnd holds none of its own).
 eg_netns_count() { find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l\n' 2>/dev/null | sort -u | wc -l; }
@@ -219,4 +219,7 @@ if grep -q "ERROR: AddressSanitizer\|ERROR: LeakSanitizer\|runtime error" "$eg/k
 	run "egress: kilnd's sanitizers are quiet" 0 '^never$' grep -A20 "Sanitizer\|runtime error" "$eg/kilnd.log"
 fi
 eg_net_down
+# The nested host's disk is a tmpfs: the templates and layers of this kilnd
+# must not crowd out the tests that follow.
+rm -rf "$eg/kd" "$eg/dsnap"
 per_test_timeout=$saved_eg_timeout
