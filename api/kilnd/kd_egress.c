@@ -1,12 +1,8 @@
 /*
  * kilnd's egress (kd_egress.h): per sandbox, a DNS resolver and a TCP proxy
- * on one libevent loop of their own. This file holds the proxy's
- * connections up to the splice, the sandboxes and the loop with its
- * commands; the resolver is kd_egress_dns.c (which says why the guest's
- * queries are parsed there, not by evdns's server), and the terminated
- * connections of secret hosts are kd_egress_tls.c. Upstream lookups, for
- * the resolver and for the proxy's names, go through one evdns_base.
- * kd_egress_int.h holds what the three files share.
+ * on one libevent loop of their own. The guest's queries are parsed here
+ * (see the DNS section for why not by evdns's server); upstream lookups,
+ * for the resolver and for the proxy's names, go through one evdns_base.
  *
  * Every async step (an upstream DNS lookup, a getaddrinfo) carries a small
  * ticket that its callback always frees; whoever gives up on it (a removed
@@ -18,7 +14,8 @@
  * a TLS connection to one of the sandbox's secret hosts, connect is
  * followed by two handshakes (upstream first, verified; then the guest's,
  * with the ClientHello already read fed in) and the splice becomes a
- * request rewriter one way and a copy the other (kd_egress_tls.c).
+ * request rewriter one way and a copy the other (the "terminated
+ * connections" section).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -40,22 +37,40 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <event2/thread.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/util.h>
 
+#include <http_parser.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
-#include "kd_egress_int.h"
+#include "kd_ca.h"
+
+#include "kd_egress.h"
 #include "kd_sniff.h"
+#include "sched_net.h"
 
 #ifndef SO_ORIGINAL_DST
 #define SO_ORIGINAL_DST		80	/* linux/netfilter_ipv4.h, which clashes with netinet/in.h */
 #endif
 
+#define EG_ID_MAX		128	/* bytes of a sandbox id, with the NUL */
+#define EG_DNS_INFLIGHT_MAX	64	/* guest queries waiting on upstream, per sandbox */
+#define EG_DNS_TTL_MAX		60	/* seconds a guest may cache an answer */
 #define EG_CONNECT_MS		5000	/* one address */
+#define EG_CONNECT_TOTAL_MS	10000	/* all of a name's addresses, and its lookup */
+#define EG_ADDRS_MAX		16	/* addresses tried for one name */
+#define EG_SELF_MAX		64	/* host addresses remembered */
 #define EG_SELF_REFRESH_S	5
 #define EG_ACCEPT_PAUSE_MS	1000	/* after EMFILE and the like */
 #define EG_DETAIL_MAX		400
 #define EG_IO_CHUNK		(64u << 10)	/* one read or write while splicing (libevent's default: 16 KiB) */
+
+struct eg_addr {
+	int family;
+	uint8_t a[16];
+};
 
 enum eg_op { EG_ADD, EG_REMOVE, EG_STATS, EG_STOP };
 
@@ -75,6 +90,67 @@ struct eg_cmd {
 	char idbuf[EG_ID_MAX];
 };
 
+struct kd_egress {
+	struct kd_egress_conf conf;
+	struct event_base *base;
+	struct evdns_base *dns;
+	struct event *cmd_ev;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct eg_cmd *cmds, **cmds_tail;
+	struct eg_sbx *sbxs;
+	struct eg_addr self[EG_SELF_MAX];
+	size_t nself;
+	time_t self_at;
+	unsigned long tickets;		/* async callbacks still to run */
+	SSL_CTX *up_ctx;		/* TLS to upstreams of terminated connections (verifying) */
+};
+
+/* A secret, copied; value is cleansed when the sandbox goes. */
+struct eg_secret {
+	char placeholder[64];
+	size_t plen;
+	char *value;
+	size_t vlen;
+	struct sched_allow *hosts;
+	size_t nhosts;
+};
+
+struct eg_sbx {
+	struct eg_sbx *next;
+	struct kd_egress *e;
+	char id[EG_ID_MAX];
+	struct sched_allow *allow;	/* allow_net, and the secrets' hosts after it */
+	size_t nallow;
+	struct eg_secret *secrets;
+	size_t nsecrets;
+	struct evconnlistener *lis;
+	struct event *lis_pause;
+	struct event *dns_ev;
+	struct eg_conn *conns;
+	unsigned nconns;
+	struct eg_dnsq *dnsqs;
+	unsigned ndnsq;
+	struct kd_egress_stats st;
+	time_t ev_window;
+	unsigned ev_count;
+	uint64_t ev_suppressed;
+};
+
+/* One guest DNS query waiting on its upstream lookup; a ticket. */
+struct eg_dnsq {
+	struct eg_dnsq *prev, *next;
+	struct kd_egress *e;
+	struct eg_sbx *s;		/* NULL once the sandbox dropped it */
+	struct evdns_request *r;
+	struct sockaddr_storage from;
+	socklen_t fromlen;
+	uint16_t id, flags, qtype;
+	size_t qlen;
+	uint8_t question[SCHED_HOST_MAX + 8];	/* as asked, echoed in the answer */
+};
+
 struct eg_gai {				/* ticket */
 	struct kd_egress *e;
 	struct eg_conn *c;		/* NULL once the connection is closed */
@@ -82,6 +158,51 @@ struct eg_gai {				/* ticket */
 	int calling, done, err;
 	struct evutil_addrinfo *res;
 };
+
+enum eg_state { EG_SNIFF, EG_RESOLVE, EG_CONNECT, EG_SPLICE, EG_TLS_UP, EG_TLS_GUEST, EG_DRAIN };
+enum eg_rw { RW_HEAD, RW_BODY, RW_RAW };
+
+/* Index 0 is the guest's side, 1 the upstream's. */
+struct eg_conn {
+	struct eg_conn *prev, *next;
+	struct eg_sbx *s;
+	enum eg_state state;
+	struct bufferevent *bev[2];
+	struct event *tmo;
+	struct sockaddr_in orig;
+	char dst[INET_ADDRSTRLEN + 8];	/* the original destination, "ip:port" */
+	char host[SCHED_HOST_MAX + 1];	/* the sniffed name, "" when going by address */
+	struct eg_gai *gai;
+	struct sockaddr_storage addrs[EG_ADDRS_MAX];
+	socklen_t addrlen[EG_ADDRS_MAX];
+	unsigned naddrs, next_addr;
+	long long deadline_ms;
+	int last_err;
+	int eof[2], shut[2], paused[2];
+	int tls;			/* the sniffed bytes were a TLS ClientHello */
+	int by_addr;			/* allow_net lets the original address through as it is */
+	uint32_t secmask;		/* the secrets whose hosts this is: terminate (bit k: s->secrets[k]) */
+	/* terminated connections: the guest's requests, one at a time */
+	http_parser hp;
+	enum eg_rw rw;
+	int rw_done;
+	long long drain_until;
+};
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct timeval ms_tv(long long ms)
+{
+	struct timeval tv = { .tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000 };
+
+	return tv;
+}
 
 /* --- events and counters ------------------------------------------------ */
 
@@ -93,7 +214,9 @@ static void printable(char *s)
 }
 
 /* Report a refusal, at most KD_EGRESS_EVENTS_PER_MIN a minute per sandbox. */
-void eg_sbx_event(struct eg_sbx *s, const char *kind, const char *fmt, ...)
+static void sbx_event(struct eg_sbx *s, const char *kind, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void sbx_event(struct eg_sbx *s, const char *kind, const char *fmt, ...)
 {
 	char detail[EG_DETAIL_MAX];
 	time_t now = (time_t)(now_ms() / 1000);
@@ -125,7 +248,7 @@ void eg_sbx_event(struct eg_sbx *s, const char *kind, const char *fmt, ...)
 
 /* --- the host's own addresses ------------------------------------------- */
 
-void eg_self_refresh(struct kd_egress *e, int force)
+static void self_refresh(struct kd_egress *e, int force)
 {
 	time_t now = (time_t)(now_ms() / 1000);
 	struct ifaddrs *ifa, *i;
@@ -166,7 +289,7 @@ static int self_is(const struct kd_egress *e, int family, const void *addr)
 }
 
 /* Special or the host's own: no sandbox goes there. */
-int eg_addr_forbidden(const struct kd_egress *e, int family, const void *addr)
+static int addr_forbidden(const struct kd_egress *e, int family, const void *addr)
 {
 	return sched_addr_special(family, addr) || self_is(e, family, addr);
 }
@@ -200,7 +323,7 @@ static void gai_done(int err, struct evutil_addrinfo *res, void *arg)
 
 /* --- connections -------------------------------------------------------- */
 
-void eg_conn_close(struct eg_conn *c)
+static void conn_close(struct eg_conn *c)
 {
 	struct eg_sbx *s = c->s;
 
@@ -232,7 +355,8 @@ static void rst_close(evutil_socket_t fd)
 	evutil_closesocket(fd);
 }
 
-void eg_conn_refuse(struct eg_conn *c, const char *fmt, ...)
+static void conn_refuse(struct eg_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void conn_refuse(struct eg_conn *c, const char *fmt, ...)
 {
 	char detail[EG_DETAIL_MAX];
 	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
@@ -244,12 +368,12 @@ void eg_conn_refuse(struct eg_conn *c, const char *fmt, ...)
 	if (c->bev[0])
 		setsockopt(bufferevent_getfd(c->bev[0]), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	c->s->st.conns_refused++;
-	eg_sbx_event(c->s, "egress_refused", "%s", detail);
-	eg_conn_close(c);
+	sbx_event(c->s, "egress_refused", "%s", detail);
+	conn_close(c);
 }
 
 /* What a message calls the connection: the name it asked for, else the address. */
-const char *eg_conn_name(const struct eg_conn *c, char *buf, size_t n)
+static const char *conn_name(const struct eg_conn *c, char *buf, size_t n)
 {
 	if (c->host[0])
 		snprintf(buf, n, "%s:%u", c->host, ntohs(c->orig.sin_port));
@@ -258,7 +382,7 @@ const char *eg_conn_name(const struct eg_conn *c, char *buf, size_t n)
 	return buf;
 }
 
-int eg_conn_side(const struct eg_conn *c, const struct bufferevent *bev)
+static int conn_side(const struct eg_conn *c, const struct bufferevent *bev)
 {
 	return bev == c->bev[1];
 }
@@ -266,13 +390,13 @@ int eg_conn_side(const struct eg_conn *c, const struct bufferevent *bev)
 static void splice_check_done(struct eg_conn *c)
 {
 	if (c->eof[0] && c->eof[1] && c->shut[0] && c->shut[1])
-		eg_conn_close(c);
+		conn_close(c);
 }
 
 static void splice_read(struct bufferevent *bev, void *arg)
 {
 	struct eg_conn *c = arg;
-	int i = eg_conn_side(c, bev);
+	int i = conn_side(c, bev);
 	struct evbuffer *in = bufferevent_get_input(bev);
 	struct evbuffer *out = bufferevent_get_output(c->bev[!i]);
 	size_t have = evbuffer_get_length(out), room = have < KD_EGRESS_BUF_MAX ? KD_EGRESS_BUF_MAX - have : 0;
@@ -299,7 +423,7 @@ static void splice_read(struct bufferevent *bev, void *arg)
 static void splice_write(struct bufferevent *bev, void *arg)
 {
 	struct eg_conn *c = arg;
-	int j = eg_conn_side(c, bev);
+	int j = conn_side(c, bev);
 
 	if (c->paused[!j]) {
 		c->paused[!j] = 0;
@@ -318,11 +442,11 @@ static void splice_write(struct bufferevent *bev, void *arg)
 static void splice_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct eg_conn *c = arg;
-	int i = eg_conn_side(c, bev);
+	int i = conn_side(c, bev);
 	struct bufferevent *to = c->bev[!i];
 
 	if (!(what & BEV_EVENT_EOF)) {	/* an error or a reset: drop both sides */
-		eg_conn_close(c);
+		conn_close(c);
 		return;
 	}
 	c->eof[i] = 1;
@@ -355,15 +479,379 @@ static void conn_splice(struct eg_conn *c)
 	}
 }
 
+static void tls_up_start(struct eg_conn *c);
+
 /* Both ends are open: splice them, or terminate TLS first for a secret host. */
 static void conn_upstream_ready(struct eg_conn *c)
 {
 	if (c->secmask) {
-		eg_tls_up_start(c);
+		tls_up_start(c);
 		return;
 	}
 	c->s->st.conns_ok++;
 	conn_splice(c);
+}
+
+/* --- terminated connections (secrets) ------------------------------------ */
+
+/*
+ * A connection to a secret host: TLS ends here on both sides. The guest's
+ * side is an OpenSSL filter over its socket's bufferevent, whose input still
+ * holds the ClientHello the sniff read; the upstream's is a filter over the
+ * connected socket, verified against the host's trust store with the name
+ * as SNI and as the name checked. Guest to upstream, each HTTP/1.1 request's
+ * header block (at most KD_EGRESS_HEAD_MAX) is collected, the placeholders
+ * of the secrets for this host are replaced in its header lines (not the
+ * request line), and its body follows as http-parser delimits it
+ * (Content-Length or chunked); then the next request of the keep-alive
+ * connection. Upstream to guest is copied as it is.
+ */
+#define EG_REWRITE_MAX		(1u << 20)	/* one rewritten header block */
+#define EG_DRAIN_TICK_MS	20
+#define EG_DRAIN_MS		10000
+
+static const unsigned char eg_alpn_h11[] = "\x08http/1.1";
+
+static void tls_read(struct bufferevent *bev, void *arg);
+static void tls_write(struct bufferevent *bev, void *arg);
+static void tls_event(struct bufferevent *bev, short what, void *arg);
+
+static int rw_message_complete(http_parser *p)
+{
+	struct eg_conn *c = p->data;
+
+	c->rw_done = 1;
+	http_parser_pause(p, 1);	/* stop at the message's end: the next one's head is collected whole */
+	return 0;
+}
+
+static const http_parser_settings rw_settings = { .on_message_complete = rw_message_complete };
+
+/* The header block h (hlen bytes) to out with this connection's placeholders replaced. 0, or -1 when too big. */
+static int rw_head_out(struct eg_conn *c, const char *h, size_t hlen, struct evbuffer *out)
+{
+	static const char pre[] = KD_SECRET_PREFIX;
+	const char *eol = memmem(h, hlen, "\r\n", 2);
+	size_t done = 0, i = eol ? (size_t)(eol - h) + 2 : hlen, total = hlen;
+
+	while (i < hlen) {
+		const char *p = memmem(h + i, hlen - i, pre, sizeof(pre) - 1);
+		size_t off;
+		int hit = 0;
+
+		if (!p)
+			break;
+		off = (size_t)(p - h);
+		for (size_t k = 0; k < c->s->nsecrets && !hit; k++) {
+			const struct eg_secret *x = &c->s->secrets[k];
+
+			if (!(c->secmask & (1u << k)) || off + x->plen > hlen || memcmp(p, x->placeholder, x->plen))
+				continue;
+			total += x->vlen;
+			if (total > EG_REWRITE_MAX)
+				return -1;
+			evbuffer_add(out, h + done, off - done);
+			evbuffer_add(out, x->value, x->vlen);
+			done = i = off + x->plen;
+			hit = 1;
+		}
+		if (!hit)
+			i = off + 1;
+	}
+	evbuffer_add(out, h + done, hlen - done);
+	return 0;
+}
+
+static void tls_fail(struct eg_conn *c, const char *why)
+{
+	char name[SCHED_HOST_MAX + 16];
+
+	sbx_event(c->s, "egress_refused", "%s: %s", conn_name(c, name, sizeof(name)), why);
+	c->s->st.conns_refused++;
+	conn_close(c);
+}
+
+/* Guest to upstream: whole header blocks, rewritten; bodies as they come. */
+static void tls_pump_out(struct eg_conn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev[0]);
+	struct evbuffer *out = bufferevent_get_output(c->bev[1]);
+
+	for (;;) {
+		size_t have = evbuffer_get_length(in), queued = evbuffer_get_length(out), room, n;
+		enum http_errno he;
+
+		if (!have)
+			return;
+		if (queued >= KD_EGRESS_BUF_MAX) {
+			bufferevent_disable(c->bev[0], EV_READ);
+			c->paused[0] = 1;
+			return;
+		}
+		room = KD_EGRESS_BUF_MAX - queued;
+		if (c->rw == RW_RAW) {
+			int m = evbuffer_remove_buffer(in, out, room);
+
+			if (m > 0)
+				c->s->st.bytes_out += (uint64_t)m;
+			continue;
+		}
+		if (c->rw == RW_HEAD) {
+			struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+			const char *h;
+			size_t hlen;
+
+			if (end.pos < 0) {
+				if (have > KD_EGRESS_HEAD_MAX)
+					tls_fail(c, "a request's header block is over 64 KiB");
+				return;
+			}
+			hlen = (size_t)end.pos + 4;
+			if (hlen > KD_EGRESS_HEAD_MAX) {
+				tls_fail(c, "a request's header block is over 64 KiB");
+				return;
+			}
+			h = (const char *)evbuffer_pullup(in, (ev_ssize_t)hlen);
+			c->rw_done = 0;
+			n = http_parser_execute(&c->hp, &rw_settings, h, hlen);
+			he = HTTP_PARSER_ERRNO(&c->hp);
+			if ((he != HPE_OK && he != HPE_PAUSED) || n != hlen) {
+				tls_fail(c, "not an HTTP/1.1 request (only HTTP/1.1 is spoken to secret hosts)");
+				return;
+			}
+			if (rw_head_out(c, h, hlen, out) < 0) {
+				tls_fail(c, "a request's header block is over 1 MiB with its secrets in");
+				return;
+			}
+			evbuffer_drain(in, hlen);
+			c->s->st.bytes_out += hlen;
+			if (c->hp.upgrade)
+				c->rw = RW_RAW;	/* another protocol from here: nothing more is rewritten */
+			else if (c->rw_done)
+				http_parser_pause(&c->hp, 0);
+			else
+				c->rw = RW_BODY;
+			continue;
+		}
+		/* RW_BODY: through the parser only to find where the message ends. */
+		{
+			struct evbuffer_iovec v;
+			size_t len;
+
+			if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+				return;
+			len = v.iov_len < room ? v.iov_len : room;
+			c->rw_done = 0;
+			n = http_parser_execute(&c->hp, &rw_settings, v.iov_base, len);
+			he = HTTP_PARSER_ERRNO(&c->hp);
+			if (he != HPE_OK && he != HPE_PAUSED) {
+				tls_fail(c, "a request's body is not valid HTTP/1.1 framing");
+				return;
+			}
+			evbuffer_remove_buffer(in, out, n);
+			c->s->st.bytes_out += n;
+			if (c->rw_done) {
+				http_parser_pause(&c->hp, 0);
+				c->rw = c->hp.upgrade ? RW_RAW : RW_HEAD;
+			}
+		}
+	}
+}
+
+/* Upstream to guest: as it is, within the guest's buffer. */
+static void tls_copy_in(struct eg_conn *c)
+{
+	struct evbuffer *in = bufferevent_get_input(c->bev[1]);
+	struct evbuffer *out = bufferevent_get_output(c->bev[0]);
+	size_t have = evbuffer_get_length(out), room = have < KD_EGRESS_BUF_MAX ? KD_EGRESS_BUF_MAX - have : 0;
+	int n = evbuffer_remove_buffer(in, out, room);
+
+	if (n > 0)
+		c->s->st.bytes_in += (uint64_t)n;
+	if (evbuffer_get_length(in) && c->state != EG_DRAIN) {
+		bufferevent_disable(c->bev[1], EV_READ);
+		c->paused[1] = 1;
+	}
+}
+
+static void tls_read(struct bufferevent *bev, void *arg)
+{
+	struct eg_conn *c = arg;
+
+	if (c->state == EG_DRAIN)
+		return;
+	if (conn_side(c, bev) == 0)
+		tls_pump_out(c);
+	else
+		tls_copy_in(c);
+}
+
+static void tls_write(struct bufferevent *bev, void *arg)
+{
+	struct eg_conn *c = arg;
+	int j = conn_side(c, bev);
+
+	if (c->state == EG_DRAIN || !c->paused[!j])
+		return;
+	c->paused[!j] = 0;
+	bufferevent_enable(c->bev[!j], EV_READ);
+	tls_read(c->bev[!j], c);
+}
+
+static size_t bev_pending_out(struct bufferevent *bev)
+{
+	struct bufferevent *u = bufferevent_get_underlying(bev);
+
+	return evbuffer_get_length(bufferevent_get_output(bev)) + (u ? evbuffer_get_length(bufferevent_get_output(u)) : 0);
+}
+
+/* After the upstream's end: what it sent still goes to the guest, then both close. */
+static void tls_drain_tick(struct eg_conn *c)
+{
+	struct timeval tv = ms_tv(EG_DRAIN_TICK_MS);
+
+	tls_copy_in(c);
+	if ((!evbuffer_get_length(bufferevent_get_input(c->bev[1])) && !bev_pending_out(c->bev[0])) ||
+	    now_ms() >= c->drain_until || c->eof[0]) {
+		conn_close(c);
+		return;
+	}
+	evtimer_add(c->tmo, &tv);
+}
+
+static void tls_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct eg_conn *c = arg;
+	int i = conn_side(c, bev);
+
+	c->eof[i] = 1;
+	if (i == 0 || !(what & BEV_EVENT_EOF) || c->state == EG_DRAIN) {
+		conn_close(c);	/* the guest is done, or an error: nothing more to deliver */
+		return;
+	}
+	c->state = EG_DRAIN;
+	c->drain_until = now_ms() + EG_DRAIN_MS;
+	bufferevent_disable(c->bev[0], EV_READ);
+	bufferevent_disable(c->bev[1], EV_READ);
+	tls_drain_tick(c);
+}
+
+/* The guest's handshake is done: rewrite one way, copy the other. */
+static void tls_guest_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct eg_conn *c = arg;
+
+	(void)bev;
+	if (!(what & BEV_EVENT_CONNECTED)) {
+		tls_fail(c, "the guest's TLS handshake failed (does it trust the node CA?)");
+		return;
+	}
+	evtimer_del(c->tmo);
+	c->state = EG_SPLICE;
+	c->s->st.conns_ok++;
+	http_parser_init(&c->hp, HTTP_REQUEST);
+	c->hp.data = c;
+	c->rw = RW_HEAD;
+	for (int i = 0; i < 2; i++) {
+		bufferevent_setcb(c->bev[i], tls_read, tls_write, tls_event, c);
+		bufferevent_setwatermark(c->bev[i], EV_READ, 0, 0);
+		bufferevent_setwatermark(c->bev[i], EV_WRITE, KD_EGRESS_BUF_MAX / 2, 0);
+		bufferevent_enable(c->bev[i], EV_READ | EV_WRITE);
+	}
+	tls_pump_out(c);
+}
+
+/* The upstream's handshake: verified, so now the guest's, with the leaf for this name. */
+static void tls_up_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct eg_conn *c = arg;
+	struct kd_egress *e = c->s->e;
+	struct timeval tv = ms_tv(EG_CONNECT_TOTAL_MS);
+	struct kiln_err err = { "" };
+	struct bufferevent *g;
+	SSL_CTX *ctx;
+	SSL *ssl;
+	char why[300];
+
+	if (!(what & BEV_EVENT_CONNECTED)) {
+		long v = X509_V_OK;
+		unsigned long code = bufferevent_get_openssl_error(bev);
+
+		ssl = bufferevent_openssl_get_ssl(bev);
+		if (ssl)
+			v = SSL_get_verify_result(ssl);
+		if (v != X509_V_OK) {
+			snprintf(why, sizeof(why), "upstream certificate not trusted: %s", X509_verify_cert_error_string(v));
+		} else if (code) {
+			char buf[200];
+
+			ERR_error_string_n(code, buf, sizeof(buf));
+			snprintf(why, sizeof(why), "upstream TLS handshake failed: %s", buf);
+		} else {
+			snprintf(why, sizeof(why), "upstream TLS handshake failed: the connection closed");
+		}
+		while (bufferevent_get_openssl_error(bev))
+			;
+		/* The guest's TCP is reset: its TLS fails, with no certificate of ours to accept. */
+		conn_refuse(c, "%s:%u: %s", c->host, ntohs(c->orig.sin_port), why);
+		return;
+	}
+	evtimer_del(c->tmo);
+	ctx = kd_ca_leaf_ctx(e->conf.ca, c->host, &err);
+	ssl = ctx ? SSL_new(ctx) : NULL;
+	if (ctx)
+		SSL_CTX_free(ctx);	/* the SSL holds its own reference */
+	if (!ssl) {
+		conn_refuse(c, "%s: no leaf certificate: %s", c->host, err.msg[0] ? err.msg : "out of memory");
+		return;
+	}
+	g = bufferevent_openssl_filter_new(e->base, c->bev[0], ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (!g) {
+		SSL_free(ssl);
+		conn_refuse(c, "%s: out of memory", c->host);
+		return;
+	}
+	c->bev[0] = g;
+	c->state = EG_TLS_GUEST;
+	bufferevent_openssl_set_allow_dirty_shutdown(g, 1);
+	bufferevent_setcb(g, NULL, NULL, tls_guest_event, c);
+	bufferevent_setcb(c->bev[1], NULL, NULL, tls_event, c);
+	bufferevent_enable(g, EV_READ | EV_WRITE);
+	evtimer_add(c->tmo, &tv);
+	/* The ClientHello is in the socket's input already: nothing would wake the handshake for it. */
+	bufferevent_trigger(bufferevent_get_underlying(g), EV_READ, BEV_TRIG_IGNORE_WATERMARKS);
+}
+
+static void tls_up_start(struct eg_conn *c)
+{
+	struct kd_egress *e = c->s->e;
+	struct timeval tv = ms_tv(EG_CONNECT_TOTAL_MS);
+	struct bufferevent *f;
+	SSL *ssl;
+
+	evtimer_del(c->tmo);
+	ssl = e->up_ctx ? SSL_new(e->up_ctx) : NULL;
+	if (!ssl || !SSL_set_tlsext_host_name(ssl, c->host) ||
+	    !X509_VERIFY_PARAM_set1_host(SSL_get0_param(ssl), c->host, 0) ||
+	    SSL_set_alpn_protos(ssl, eg_alpn_h11, sizeof(eg_alpn_h11) - 1)) {
+		SSL_free(ssl);
+		conn_refuse(c, "%s: cannot set up TLS to the upstream", c->host);
+		return;
+	}
+	f = bufferevent_openssl_filter_new(e->base, c->bev[1], ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+	if (!f) {
+		SSL_free(ssl);
+		conn_refuse(c, "%s: out of memory", c->host);
+		return;
+	}
+	c->bev[1] = f;
+	c->state = EG_TLS_UP;
+	bufferevent_openssl_set_allow_dirty_shutdown(f, 1);
+	bufferevent_setcb(f, NULL, NULL, tls_up_event, c);
+	bufferevent_enable(f, EV_READ | EV_WRITE);
+	evtimer_add(c->tmo, &tv);
+	/* Nothing is queued to write yet, so nothing would start the handshake: start it. */
+	bufferevent_trigger(bufferevent_get_underlying(f), EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS);
 }
 
 static void conn_connect_next(struct eg_conn *c);
@@ -427,7 +915,7 @@ static void conn_connect_next(struct eg_conn *c)
 		evtimer_add(c->tmo, &tv);
 		return;
 	}
-	eg_conn_refuse(c, "%s: connect: %s", eg_conn_name(c, name, sizeof(name)),
+	conn_refuse(c, "%s: connect: %s", conn_name(c, name, sizeof(name)),
 		    strerror(c->last_err ? c->last_err : EHOSTUNREACH));
 }
 
@@ -465,10 +953,10 @@ static void conn_resolved(struct eg_conn *c, int err, struct evutil_addrinfo *re
 	if (err) {
 		if (res)
 			evutil_freeaddrinfo(res);
-		eg_conn_refuse(c, "%s: no address (%s)", c->host, evutil_gai_strerror(err));
+		conn_refuse(c, "%s: no address (%s)", c->host, evutil_gai_strerror(err));
 		return;
 	}
-	eg_self_refresh(e, 0);
+	self_refresh(e, 0);
 	/* IPv4 first: the host is likelier to route it. */
 	for (int fam = 0; fam < 2; fam++)
 		for (struct evutil_addrinfo *ai = res; ai; ai = ai->ai_next) {
@@ -480,7 +968,7 @@ static void conn_resolved(struct eg_conn *c, int err, struct evutil_addrinfo *re
 				a = &((struct sockaddr_in *)ai->ai_addr)->sin_addr;
 			else
 				a = &((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
-			if (eg_addr_forbidden(e, ai->ai_family, a)) {
+			if (addr_forbidden(e, ai->ai_family, a)) {
 				forbidden++;
 				continue;
 			}
@@ -490,9 +978,9 @@ static void conn_resolved(struct eg_conn *c, int err, struct evutil_addrinfo *re
 		evutil_freeaddrinfo(res);
 	if (!c->naddrs) {
 		if (forbidden)
-			eg_conn_refuse(c, "%s: resolves only to special addresses", c->host);
+			conn_refuse(c, "%s: resolves only to special addresses", c->host);
 		else
-			eg_conn_refuse(c, "%s: no address", c->host);
+			conn_refuse(c, "%s: no address", c->host);
 		return;
 	}
 	conn_connect_start(c);
@@ -510,7 +998,7 @@ static void conn_resolve(struct eg_conn *c)
 	struct evutil_addrinfo *res;
 
 	if (!t) {
-		eg_conn_refuse(c, "%s: out of memory", c->host);
+		conn_refuse(c, "%s: out of memory", c->host);
 		return;
 	}
 	t->e = e;
@@ -550,11 +1038,11 @@ static void conn_named(struct eg_conn *c)
 		const void *a = fam == AF_INET ? (const void *)&lit.v4.sin_addr : (const void *)&lit.v6.sin6_addr;
 
 		if (!sched_allow_addr(s->allow, s->nallow, fam, a, port)) {
-			eg_conn_refuse(c, "%s:%u: not in allow_net", c->host, port);
+			conn_refuse(c, "%s:%u: not in allow_net", c->host, port);
 			return;
 		}
-		if (eg_addr_forbidden(s->e, fam, a)) {
-			eg_conn_refuse(c, "%s:%u: special address (private, loopback, link-local, ...)", c->host, port);
+		if (addr_forbidden(s->e, fam, a)) {
+			conn_refuse(c, "%s:%u: special address (private, loopback, link-local, ...)", c->host, port);
 			return;
 		}
 		if (fam == AF_INET)
@@ -576,7 +1064,7 @@ static void conn_named(struct eg_conn *c)
 		return;
 	}
 	if (!sched_allow_name(s->allow, s->nallow, c->host, port)) {
-		eg_conn_refuse(c, "%s:%u: not in allow_net", c->host, port);
+		conn_refuse(c, "%s:%u: not in allow_net", c->host, port);
 		return;
 	}
 	conn_resolve(c);
@@ -597,13 +1085,13 @@ static void sniff_read(struct bufferevent *bev, void *arg)
 		if (len >= KD_EGRESS_SNIFF_MAX && c->by_addr)
 			break;
 		if (len >= KD_EGRESS_SNIFF_MAX)
-			eg_conn_refuse(c, "%s: no server name in the first %u bytes", c->dst, KD_EGRESS_SNIFF_MAX);
+			conn_refuse(c, "%s: no server name in the first %u bytes", c->dst, KD_EGRESS_SNIFF_MAX);
 		return;
 	case KD_SNIFF_NONE:
 		c->host[0] = '\0';
 		if (c->by_addr)
 			break;
-		eg_conn_refuse(c, "%s: %s", c->dst, why[0] ? why : "neither TLS nor HTTP");
+		conn_refuse(c, "%s: %s", c->dst, why[0] ? why : "neither TLS nor HTTP");
 		return;
 	case KD_SNIFF_TLS:
 		c->tls = 1;
@@ -628,8 +1116,10 @@ static void sniff_event(struct bufferevent *bev, short what, void *arg)
 {
 	(void)bev;
 	(void)what;
-	eg_conn_close(arg);	/* gone before it said where to */
+	conn_close(arg);	/* gone before it said where to */
 }
+
+static void tls_drain_tick(struct eg_conn *c);
 
 static void conn_timeout(evutil_socket_t fd, short what, void *arg)
 {
@@ -645,17 +1135,17 @@ static void conn_timeout(evutil_socket_t fd, short what, void *arg)
 			conn_connect_start(c);
 			break;
 		}
-		eg_conn_refuse(c, "%s: no server name within %d s", c->dst, KD_EGRESS_SNIFF_MS / 1000);
+		conn_refuse(c, "%s: no server name within %d s", c->dst, KD_EGRESS_SNIFF_MS / 1000);
 		break;
 	case EG_TLS_UP:
 	case EG_TLS_GUEST:
-		eg_conn_refuse(c, "%s: TLS handshake timed out", c->host);
+		conn_refuse(c, "%s: TLS handshake timed out", c->host);
 		break;
 	case EG_DRAIN:
-		eg_tls_drain_tick(c);
+		tls_drain_tick(c);
 		break;
 	case EG_RESOLVE:
-		eg_conn_refuse(c, "%s: no address (lookup timed out)", c->host);
+		conn_refuse(c, "%s: no address (lookup timed out)", c->host);
 		break;
 	case EG_CONNECT:
 		bufferevent_free(c->bev[1]);
@@ -664,7 +1154,7 @@ static void conn_timeout(evutil_socket_t fd, short what, void *arg)
 		conn_connect_next(c);
 		break;
 	case EG_SPLICE:
-		eg_conn_close(c);	/* not armed while splicing */
+		conn_close(c);	/* not armed while splicing */
 		break;
 	}
 }
@@ -700,7 +1190,7 @@ static void conn_accept(struct evconnlistener *lis, evutil_socket_t fd, struct s
 	if (s->nconns >= KD_EGRESS_CONNS_MAX) {
 		rst_close(fd);
 		s->st.conns_refused++;
-		eg_sbx_event(s, "egress_refused", "more than %u connections open", KD_EGRESS_CONNS_MAX);
+		sbx_event(s, "egress_refused", "more than %u connections open", KD_EGRESS_CONNS_MAX);
 		return;
 	}
 	c = calloc(1, sizeof(*c));
@@ -720,25 +1210,25 @@ static void conn_accept(struct evconnlistener *lis, evutil_socket_t fd, struct s
 	if (!c->bev[0] || !c->tmo) {
 		if (!c->bev[0])
 			rst_close(fd);
-		eg_conn_refuse(c, "out of memory");
+		conn_refuse(c, "out of memory");
 		return;
 	}
 	/* The redirect happened in the sandbox's namespace, where fd lives. */
 	if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &c->orig, &olen) < 0 || c->orig.sin_family != AF_INET) {
 		snprintf(c->dst, sizeof(c->dst), "?");
-		eg_conn_refuse(c, "no original destination (%s)", strerror(errno));
+		conn_refuse(c, "no original destination (%s)", strerror(errno));
 		return;
 	}
 	port = ntohs(c->orig.sin_port);
 	inet_ntop(AF_INET, &c->orig.sin_addr, c->dst, INET_ADDRSTRLEN);
 	snprintf(c->dst + strlen(c->dst), sizeof(c->dst) - strlen(c->dst), ":%u", port);
-	eg_self_refresh(e, 0);
+	self_refresh(e, 0);
 	if (sched_addr_special(AF_INET, &c->orig.sin_addr)) {
-		eg_conn_refuse(c, "%s: special address (private, loopback, link-local, ...)", c->dst);
+		conn_refuse(c, "%s: special address (private, loopback, link-local, ...)", c->dst);
 		return;
 	}
 	if (self_is(e, AF_INET, &c->orig.sin_addr)) {
-		eg_conn_refuse(c, "%s: the host's own address", c->dst);
+		conn_refuse(c, "%s: the host's own address", c->dst);
 		return;
 	}
 	if (sched_allow_addr(s->allow, s->nallow, AF_INET, &c->orig.sin_addr, port)) {
@@ -778,7 +1268,210 @@ static void lis_error(struct evconnlistener *lis, void *arg)
 
 	evconnlistener_disable(lis);
 	evtimer_add(s->lis_pause, &tv);
-	eg_sbx_event(s, "egress_refused", "accept: %s", strerror(err));
+	sbx_event(s, "egress_refused", "accept: %s", strerror(err));
+}
+
+/* --- DNS ---------------------------------------------------------------- */
+
+/*
+ * The guest's side of DNS is parsed here, not by evdns's server: libevent
+ * 2.1.12's request_parse() dereferences NULL on any datagram shorter than a
+ * header (fixed upstream after 2.1.12, not in Debian 12), so one 9-byte
+ * packet from a guest would kill kilnd. A query is one question (RFC 1035
+ * 4.1); the answer echoes it and carries at most what fits in 512 bytes.
+ */
+#define DNS_HDR		12
+#define DNS_UDP_MAX	512
+#define DNS_QR		0x8000
+#define DNS_OPCODE	0x7800
+#define DNS_RD		0x0100
+#define DNS_RA		0x0080
+#define DNS_T_A		1
+#define DNS_T_AAAA	28
+#define DNS_C_IN	1
+#define DNS_READS_MAX	32	/* datagrams read per wakeup */
+
+enum { RC_NOERROR, RC_FORMERR, RC_SERVFAIL, RC_NXDOMAIN, RC_NOTIMP, RC_REFUSED };
+
+static void dns_send(struct eg_sbx *s, const struct sockaddr_storage *to, socklen_t tolen, uint16_t id, uint16_t qflags,
+		     const uint8_t *question, size_t qlen, int rcode, int type, const uint8_t *addrs, int n, int ttl)
+{
+	uint8_t p[DNS_UDP_MAX];
+	size_t alen = type == DNS_T_A ? 4 : 16, off;
+	uint16_t flags = DNS_QR | DNS_RA | (qflags & DNS_RD) | (uint16_t)rcode;
+	int room;
+
+	if (DNS_HDR + qlen > sizeof(p))
+		return;
+	room = (int)((sizeof(p) - DNS_HDR - qlen) / (12 + alen));
+	if (n > room)
+		n = room;
+	p[0] = id >> 8, p[1] = id & 0xff;
+	p[2] = flags >> 8, p[3] = flags & 0xff;
+	p[4] = 0, p[5] = qlen ? 1 : 0;
+	p[6] = 0, p[7] = (uint8_t)n;
+	memset(p + 8, 0, 4);
+	if (qlen)
+		memcpy(p + DNS_HDR, question, qlen);
+	off = DNS_HDR + qlen;
+	for (int i = 0; i < n; i++) {
+		uint8_t *r = p + off;
+
+		r[0] = 0xc0, r[1] = DNS_HDR;	/* the name: a pointer to the question's */
+		r[2] = 0, r[3] = (uint8_t)type;
+		r[4] = 0, r[5] = DNS_C_IN;
+		r[6] = 0, r[7] = 0, r[8] = 0, r[9] = (uint8_t)ttl;
+		r[10] = 0, r[11] = (uint8_t)alen;
+		memcpy(r + 12, addrs + (size_t)i * alen, alen);
+		off += 12 + alen;
+	}
+	/* A full socket buffer drops the answer; the guest's resolver asks again. */
+	(void)sendto(event_get_fd(s->dns_ev), p, off, MSG_DONTWAIT, (const struct sockaddr *)to, tolen);
+}
+
+static void dnsq_unlink(struct eg_dnsq *q)
+{
+	struct eg_sbx *s = q->s;
+
+	if (q->prev)
+		q->prev->next = q->next;
+	else
+		s->dnsqs = q->next;
+	if (q->next)
+		q->next->prev = q->prev;
+	s->ndnsq--;
+	q->s = NULL;
+}
+
+static void dns_upstream(int result, char type, int count, int ttl, void *addrs, void *arg)
+{
+	struct eg_dnsq *q = arg;
+	struct eg_sbx *s = q->s;
+	struct kd_egress *e = q->e;
+	uint8_t ok[16 * 16];
+	int n = 0, rcode = RC_NOERROR;
+
+	e->tickets--;
+	if (!s) {		/* the sandbox went; nobody to answer */
+		free(q);
+		return;
+	}
+	dnsq_unlink(q);
+	if (result == DNS_ERR_NONE && count > 0 && (type == DNS_IPv4_A || type == DNS_IPv6_AAAA) &&
+	    (type == DNS_IPv4_A) == (q->qtype == DNS_T_A)) {
+		int fam = type == DNS_IPv4_A ? AF_INET : AF_INET6;
+		size_t len = fam == AF_INET ? 4 : 16;
+
+		self_refresh(e, 0);
+		/* A name that points inside gets no answer the guest could use anyway. */
+		for (int k = 0; k < count && n < 16; k++) {
+			const uint8_t *a = (const uint8_t *)addrs + (size_t)k * len;
+
+			if (!addr_forbidden(e, fam, a))
+				memcpy(ok + (size_t)n++ * len, a, len);
+		}
+	} else if (result == DNS_ERR_NOTEXIST) {
+		rcode = RC_NXDOMAIN;
+	} else if (result != DNS_ERR_NONE && result != DNS_ERR_NODATA) {
+		rcode = RC_SERVFAIL;
+	}
+	if (ttl < 0 || ttl > EG_DNS_TTL_MAX)
+		ttl = EG_DNS_TTL_MAX;
+	s->st.dns_ok++;
+	dns_send(s, &q->from, q->fromlen, q->id, q->flags, q->question, q->qlen, rcode, q->qtype, ok, n, ttl);
+	free(q);
+}
+
+/* The sandbox goes: its queries stay unanswered, their lookups are cancelled. */
+static void dnsq_drop(struct kd_egress *e, struct eg_dnsq *q)
+{
+	dnsq_unlink(q);
+	evdns_cancel_request(e->dns, q->r);	/* dns_upstream still runs, and frees q */
+}
+
+static void dns_query(struct eg_sbx *s, const uint8_t *p, size_t len, const struct sockaddr_storage *from,
+		      socklen_t fromlen)
+{
+	struct kd_egress *e = s->e;
+	char name[SCHED_HOST_MAX + 2];
+	uint16_t id, flags, type, cls;
+	struct eg_dnsq *q;
+	size_t qlen;
+
+	if (len < DNS_HDR)
+		return;
+	id = (uint16_t)(p[0] << 8 | p[1]);
+	flags = (uint16_t)(p[2] << 8 | p[3]);
+	if (flags & DNS_QR)
+		return;		/* an answer: never reply to one */
+	if (flags & DNS_OPCODE) {
+		dns_send(s, from, fromlen, id, flags, NULL, 0, RC_NOTIMP, DNS_T_A, NULL, 0, 0);
+		return;
+	}
+	qlen = (p[4] || p[5] != 1) ? 0 : kd_dns_question(p, len, name, sizeof(name), &type, &cls);
+	if (!qlen) {
+		dns_send(s, from, fromlen, id, flags, NULL, 0, RC_FORMERR, DNS_T_A, NULL, 0, 0);
+		return;
+	}
+	if (!sched_allow_name(s->allow, s->nallow, name, 0)) {
+		s->st.dns_refused++;
+		sbx_event(s, "dns_refused", "%s: not in allow_net", name);
+		dns_send(s, from, fromlen, id, flags, p + DNS_HDR, qlen, RC_REFUSED, DNS_T_A, NULL, 0, 0);
+		return;
+	}
+	/* Other types (MX, TXT, HTTPS ...) and classes get an empty NOERROR. */
+	if (cls != DNS_C_IN || (type != DNS_T_A && type != DNS_T_AAAA)) {
+		s->st.dns_ok++;
+		dns_send(s, from, fromlen, id, flags, p + DNS_HDR, qlen, RC_NOERROR, DNS_T_A, NULL, 0, 0);
+		return;
+	}
+	if (s->ndnsq >= EG_DNS_INFLIGHT_MAX || !(q = calloc(1, sizeof(*q)))) {
+		dns_send(s, from, fromlen, id, flags, p + DNS_HDR, qlen, RC_SERVFAIL, DNS_T_A, NULL, 0, 0);
+		return;
+	}
+	q->e = e;
+	q->from = *from;
+	q->fromlen = fromlen;
+	q->id = id;
+	q->flags = flags;
+	q->qtype = type;
+	q->qlen = qlen;
+	memcpy(q->question, p + DNS_HDR, qlen);
+	if (type == DNS_T_A)
+		q->r = evdns_base_resolve_ipv4(e->dns, name, DNS_QUERY_NO_SEARCH, dns_upstream, q);
+	else
+		q->r = evdns_base_resolve_ipv6(e->dns, name, DNS_QUERY_NO_SEARCH, dns_upstream, q);
+	if (!q->r) {
+		free(q);
+		dns_send(s, from, fromlen, id, flags, p + DNS_HDR, qlen, RC_SERVFAIL, DNS_T_A, NULL, 0, 0);
+		return;
+	}
+	e->tickets++;
+	q->s = s;
+	q->next = s->dnsqs;
+	if (s->dnsqs)
+		s->dnsqs->prev = q;
+	s->dnsqs = q;
+	s->ndnsq++;
+}
+
+static void dns_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct eg_sbx *s = arg;
+	uint8_t p[DNS_UDP_MAX];
+
+	(void)what;
+	for (int i = 0; i < DNS_READS_MAX; i++) {
+		struct sockaddr_storage from;
+		socklen_t fromlen = sizeof(from);
+		ssize_t n = recvfrom(fd, p, sizeof(p), MSG_DONTWAIT | MSG_TRUNC, (struct sockaddr *)&from, &fromlen);
+
+		if (n < 0)
+			return;
+		if ((size_t)n > sizeof(p))
+			continue;	/* bigger than a query needs to be */
+		dns_query(s, p, (size_t)n, &from, fromlen);
+	}
 }
 
 /* --- sandboxes ---------------------------------------------------------- */
@@ -798,9 +1491,9 @@ static void sbx_free(struct kd_egress *e, struct eg_sbx *s)
 	if (s->lis_pause)
 		event_free(s->lis_pause);
 	while (s->conns)
-		eg_conn_close(s->conns);
+		conn_close(s->conns);
 	while (s->dnsqs)
-		eg_dnsq_drop(e, s->dnsqs);
+		dnsq_drop(e, s->dnsqs);
 	if (s->dns_ev) {
 		close(event_get_fd(s->dns_ev));
 		event_free(s->dns_ev);
@@ -934,7 +1627,7 @@ static int sbx_add(struct kd_egress *e, struct eg_cmd *cmd)
 	}
 	cmd->tcp_fd = -1;
 	evconnlistener_set_error_cb(s->lis, lis_error);
-	s->dns_ev = event_new(e->base, cmd->udp_fd, EV_READ | EV_PERSIST, eg_dns_read, s);
+	s->dns_ev = event_new(e->base, cmd->udp_fd, EV_READ | EV_PERSIST, dns_read, s);
 	if (!s->dns_ev) {
 		r = kiln_fail(cmd->err, ENOMEM, "egress: out of memory");
 		goto fail;
@@ -944,7 +1637,7 @@ static int sbx_add(struct kd_egress *e, struct eg_cmd *cmd)
 		r = kiln_fail(cmd->err, ENOMEM, "egress: sandbox %s: cannot watch the resolver socket", cmd->id);
 		goto fail;
 	}
-	eg_self_refresh(e, 0);
+	self_refresh(e, 0);
 	s->next = e->sbxs;
 	e->sbxs = s;
 	return 0;
@@ -1070,6 +1763,50 @@ static void eg_threads_init(void)
 	eg_threads_ok = evthread_use_pthreads() == 0;
 }
 
+static int dns_setup(struct kd_egress *e, struct kiln_err *err)
+{
+	int r;
+
+	if (e->conf.dns_upstream[0]) {
+		r = evdns_base_nameserver_ip_add(e->dns, e->conf.dns_upstream);
+		if (r)
+			return kiln_fail(err, EINVAL, "egress: dns_upstream \"%s\" is not IP or IP:PORT",
+					 e->conf.dns_upstream);
+	} else {
+		/* Name servers only: no search domains, no /etc/hosts for a guest's names. */
+		r = evdns_base_resolv_conf_parse(e->dns, DNS_OPTION_NAMESERVERS | DNS_OPTION_NAMESERVERS_NO_DEFAULT,
+						 "/etc/resolv.conf");
+		(void)r;	/* 6, "no nameserver", and read errors alike: what counts is below */
+		if (!evdns_base_count_nameservers(e->dns))
+			return kiln_fail(err, ENOENT,
+					 "egress: no name server in /etc/resolv.conf; set dns_upstream in kilnd's config");
+	}
+	evdns_base_set_option(e->dns, "timeout:", "2");
+	evdns_base_set_option(e->dns, "attempts:", "2");
+	return 0;
+}
+
+/* TLS to the real upstreams of terminated connections: verified, by the system's store and --upstream-ca. */
+static int up_ctx_make(struct kd_egress *e, struct kiln_err *err)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (!ctx)
+		return kiln_fail(err, ENOMEM, "egress: cannot make a TLS context");
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if (SSL_CTX_set_default_verify_paths(ctx) != 1)
+		ERR_clear_error();	/* no system store: only upstream_ca, if any, is trusted */
+	if (e->conf.upstream_ca[0] && SSL_CTX_load_verify_locations(ctx, e->conf.upstream_ca, NULL) != 1) {
+		ERR_clear_error();
+		SSL_CTX_free(ctx);
+		return kiln_fail(err, EINVAL, "egress: --upstream-ca %s is not a readable PEM file of certificates",
+				 e->conf.upstream_ca);
+	}
+	e->up_ctx = ctx;
+	return 0;
+}
+
 int kd_egress_start(const struct kd_egress_conf *conf, struct kd_egress **out, struct kiln_err *err)
 {
 	struct kd_egress *e;
@@ -1097,15 +1834,15 @@ int kd_egress_start(const struct kd_egress_conf *conf, struct kd_egress **out, s
 	e->dns = evdns_base_new(e->base, 0);
 	if (!e->cmd_ev || !e->dns)
 		goto fail;
-	r = eg_dns_setup(e, err);
+	r = dns_setup(e, err);
 	if (r < 0)
 		goto fail_quiet;
 	if (e->conf.ca) {
-		r = eg_up_ctx_make(e, err);
+		r = up_ctx_make(e, err);
 		if (r < 0)
 			goto fail_quiet;
 	}
-	eg_self_refresh(e, 1);
+	self_refresh(e, 1);
 	/* The thread takes no signals: SIGPIPE from a reset peer must not kill kilnd. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);

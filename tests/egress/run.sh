@@ -1,5 +1,5 @@
 #!/bin/bash
-# kilnd's egress (api/kilnd/kd_egress*.c) without a VM: four network
+# kilnd's egress (api/kilnd/kd_egress.c) without a VM: four network
 # namespaces play the parts, and egress-test.c plays kilnd.
 #
 #   $P-inet   the fake internet: 203.0.113.x on its lo, dnsmasq at .53,
@@ -35,7 +35,7 @@ TOOL="python3 $here/tool.py"
 
 # --- build -------------------------------------------------------------------
 # sched_time.c for sched_quote, which sched_net.c's messages use.
-SRCS="api/kilnd/kd_egress.c api/kilnd/kd_egress_tls.c api/kilnd/kd_egress_dns.c api/kilnd/kd_sniff.c api/kilnd/kd_ca.c scheduler/sched_net.c scheduler/sched_time.c lib/err.c"
+SRCS="api/kilnd/kd_egress.c api/kilnd/kd_sniff.c api/kilnd/kd_ca.c scheduler/sched_net.c scheduler/sched_time.c lib/err.c"
 CPP="-D_GNU_SOURCE -Ilib -Ischeduler -Iapi/kilnd"
 WARN="-Wall -Wextra -Wshadow -Wformat=2 -Werror"
 LIBS="-levent -levent_pthreads -levent_openssl -lssl -lcrypto -lhttp_parser -ljansson -pthread"
