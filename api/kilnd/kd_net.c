@@ -17,8 +17,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <event2/event.h>
-
 #include "kd_ca.h"
 #include "kd_egress.h"
 #include "kilnd.h"
@@ -31,15 +29,6 @@ static void egress_event(void *arg, const char *id, const char *kind, const char
 	reg_event_add(kd->reg, id, kind, detail, (int64_t)kd_now_ms(), NULL);
 	pthread_mutex_unlock(&kd->reg_lock);
 	lwsl_user("kilnd: %s: %s: %s\n", id, kind, detail);
-}
-
-/* libevent's own messages ("nameserver ... has failed") go to kilnd's log, not raw stderr. */
-static void libevent_log(int severity, const char *msg)
-{
-	if (severity >= EVENT_LOG_WARN)
-		lwsl_user("kilnd: egress: %s\n", msg);
-	else if (severity == EVENT_LOG_MSG)
-		lwsl_notice("kilnd: egress: %s\n", msg);
 }
 
 void kd_net_init(struct kilnd *kd)
@@ -57,7 +46,6 @@ void kd_net_init(struct kilnd *kd)
 		lwsl_user("kilnd: sandboxes get no network: %s\n", err.msg);
 		return;
 	}
-	event_set_log_callback(libevent_log);
 	snprintf(ec.dns_upstream, sizeof(ec.dns_upstream), "%s", kd->conf.dns_upstream);
 	snprintf(ec.upstream_ca, sizeof(ec.upstream_ca), "%s", kd->conf.upstream_ca);
 	/* The node CA (secrets): without it sandboxes still get networks, but a create with secrets is refused. */
