@@ -221,5 +221,7 @@ fi
 eg_net_down
 # The nested host's disk is a tmpfs: the templates and layers of this kilnd
 # must not crowd out the tests that follow.
+pkill -9 -f "kiln-vmm .*$eg/kd/" 2>/dev/null
+sleep 0.5
 rm -rf "$eg/kd" "$eg/dsnap"
 per_test_timeout=$saved_eg_timeout
