@@ -93,6 +93,11 @@ $(O)/asan/kac-pipeline-test: tests/agent-host/kac_pipeline.c $(KAC_SRCS) $(KAC_H
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ tests/agent-host/kac_pipeline.c $(KAC_SRCS) $(PROTO_SRCS)
 
+# The path operations (chmod ... umask) against a kiln-agent-host of its own (tests/agent-host/).
+$(O)/asan/kac-path-test: tests/agent-host/kac_path.c $(KAC_SRCS) $(KAC_HDRS) $(PROTO_SRCS) $(PROTO_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iapi $(ASAN_FLAGS) $(WARN) -o $@ tests/agent-host/kac_path.c $(KAC_SRCS) $(PROTO_SRCS)
+
 # The guest agent (guest/agent/): the guest's PID 1 links it, and so do its host-side tests.
 AGENT_SRCS := $(sort $(wildcard guest/agent/*.c))
 AGENT_HDRS := $(wildcard guest/agent/*.h)
@@ -220,11 +225,13 @@ unit: $(O)/asan/fake-kilnd $(O)/asan/kiln
 
 test-unit: $(O)/unit-tests $(O)/agent-unit-tests $(O)/asan/kiln-agent-host $(O)/kiln $(O)/asan/kac-pipeline-test
 test-unit: $(O)/registry-unit-tests $(O)/asan/fake-kilnd $(O)/asan/kiln
+test-unit: $(O)/asan/kac-path-test
 	CK_DEFAULT_TIMEOUT=120 $(O)/unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/registry-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/agent-unit-tests
 	CK_DEFAULT_TIMEOUT=120 $(O)/sched-unit-tests
 	tests/agent-host/run.sh $(O)/asan/kiln-agent-host $(O)/kiln $(O)/asan/kac-pipeline-test
+	$(O)/asan/kac-path-test $(O)/asan/kiln-agent-host
 	tests/kilnd-cli/tunnel.sh $(O)/asan/fake-kilnd $(O)/asan/kiln-agent-host $(O)/asan/kiln
 
 # Integration tests boot real guests: directly where /dev/kvm works, else

@@ -1,4 +1,7 @@
-/* kiln agent client: file transfer, stat, directories, in-guest copy and walk. */
+/*
+ * kiln agent client: file transfer, stat, directories, path operations
+ * (chmod ... umask), in-guest copy and walk.
+ */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,6 +180,162 @@ int kac_remove(struct kac *c, const char *path, int recursive, struct kac_err *e
 int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *err)
 {
 	return ac_simple_str(c, KP_OP_RENAME, KT_PATH, from, KT_PATH2, to, err);
+}
+
+/* ---- path operations: chmod, chown, links, truncate, utime, mktemp, umask ------ */
+
+int kac_chmod(struct kac *c, const char *path, uint32_t mode, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	ac_op_start(c, &o, &w, KP_OP_CHMOD);
+	kp_put_str(&w, KT_PATH, path);
+	kp_put_u64(&w, KT_MODE, mode & 07777);
+	return ac_simple(c, &o, &w, err);
+}
+
+int kac_chown(struct kac *c, const char *path, int64_t uid, int64_t gid, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	/* -1 is "unchanged", sent as an absent field; the agent checks the upper bound. */
+	if (uid < -1 || gid < -1)
+		return ac_fail(err, EINVAL, "chown %s: %s %lld is no id (-1 leaves it unchanged)", path,
+			       uid < -1 ? "uid" : "gid", (long long)(uid < -1 ? uid : gid));
+	ac_op_start(c, &o, &w, KP_OP_CHOWN);
+	kp_put_str(&w, KT_PATH, path);
+	if (uid >= 0)
+		kp_put_u64(&w, KT_UID, (uint64_t)uid);
+	if (gid >= 0)
+		kp_put_u64(&w, KT_GID, (uint64_t)gid);
+	return ac_simple(c, &o, &w, err);
+}
+
+/* LINK and SYMLINK: KT_PATH is what the link points to, KT_PATH2 the new name. */
+int kac_link(struct kac *c, const char *target, const char *path, struct kac_err *err)
+{
+	return ac_simple_str(c, KP_OP_LINK, KT_PATH, target, KT_PATH2, path, err);
+}
+
+int kac_symlink(struct kac *c, const char *target, const char *path, struct kac_err *err)
+{
+	return ac_simple_str(c, KP_OP_SYMLINK, KT_PATH, target, KT_PATH2, path, err);
+}
+
+/* on_rec for READLINK, REALPATH and MKTEMP: the answer's KT_PATH, malloc'd, into *(char **)o->arg. */
+static int path_rec(struct op *o, const struct kp_frame *f)
+{
+	char **out = o->arg;
+	struct kp_field fl;
+
+	if (kp_rec_find(f->payload, f->len, KT_PATH, &fl) != 1 || fl.kind != KP_K_STR)
+		return -EPROTO;
+	free(*out);
+	*out = malloc(fl.len + 1);
+	if (!*out)
+		return -ENOMEM;
+	kp_field_str(&fl, *out, fl.len + 1);
+	return 0;
+}
+
+/* Run o, a request answered by one KT_PATH (path_rec), and hand the path over only on success. */
+static int path_run(struct kac *c, struct op *o, struct kp_recw *w, char **out, struct kac_err *err)
+{
+	int ret = ac_simple(c, o, w, err);
+
+	if (!ret && !*out)
+		ret = ac_fail(err, EPROTO, "agent: an answer without its path");
+	if (ret) {
+		free(*out);
+		*out = NULL;
+	}
+	return ret;
+}
+
+/* READLINK or REALPATH of path into *out. */
+static int path_query(struct kac *c, uint64_t op, const char *path, char **out, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	*out = NULL;
+	ac_op_start_rec(c, &o, &w, op, path_rec, out);
+	kp_put_str(&w, KT_PATH, path);
+	return path_run(c, &o, &w, out, err);
+}
+
+int kac_readlink(struct kac *c, const char *path, char **out, struct kac_err *err)
+{
+	return path_query(c, KP_OP_READLINK, path, out, err);
+}
+
+int kac_realpath(struct kac *c, const char *path, char **out, struct kac_err *err)
+{
+	return path_query(c, KP_OP_REALPATH, path, out, err);
+}
+
+int kac_truncate(struct kac *c, const char *path, uint64_t length, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	ac_op_start(c, &o, &w, KP_OP_TRUNCATE);
+	kp_put_str(&w, KT_PATH, path);
+	kp_put_u64(&w, KT_LENGTH, length);
+	return ac_simple(c, &o, &w, err);
+}
+
+int kac_utime(struct kac *c, const char *path, int64_t atime_ns, int64_t mtime_ns, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	ac_op_start(c, &o, &w, KP_OP_UTIME);
+	kp_put_str(&w, KT_PATH, path);
+	kp_put_i64(&w, KT_ATIME, atime_ns);
+	kp_put_i64(&w, KT_MTIME, mtime_ns);
+	return ac_simple(c, &o, &w, err);
+}
+
+int kac_mktemp(struct kac *c, int directory, const char *dir, const char *prefix, const char *suffix,
+	       char **out, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+
+	*out = NULL;
+	ac_op_start_rec(c, &o, &w, KP_OP_MKTEMP, path_rec, out);
+	/* What is left out is the agent's default (/tmp, "tmp", no suffix). */
+	if (dir)
+		kp_put_str(&w, KT_PATH, dir);
+	if (prefix)
+		kp_put_str(&w, KT_PREFIX, prefix);
+	if (suffix)
+		kp_put_str(&w, KT_SUFFIX, suffix);
+	if (directory)
+		kp_put_bool(&w, KT_DIRECTORY, 1);
+	return path_run(c, &o, &w, out, err);
+}
+
+int kac_umask(struct kac *c, int set, uint32_t mask, uint32_t *old, struct kac_err *err)
+{
+	struct kp_recw w;
+	struct op o;
+	int ret;
+
+	ac_op_start_u64(c, &o, &w, KP_OP_UMASK, KT_MODE);
+	if (set)
+		kp_put_u64(&w, KT_MODE, mask & 0777);
+	ret = ac_simple(c, &o, &w, err);
+	if (ret)
+		return ret;
+	if (o.size < 0 || o.size > 0777)
+		return ac_fail(err, EPROTO, "agent: a umask answer without a valid previous mask");
+	if (old)
+		*old = (uint32_t)o.size;
+	return 0;
 }
 
 /* ---- in-guest copy, walk, file handles --------------------------------------- */

@@ -221,6 +221,70 @@ int kac_remove(struct kac *c, const char *path, int recursive, struct kac_err *e
 /* rename(2) within the guest. */
 int kac_rename(struct kac *c, const char *from, const char *to, struct kac_err *err);
 
+/*
+ * chmod(2): set path's permission bits to mode (bits beyond 07777, such as
+ * the S_IFMT bits of a kac_stat's mode, are dropped). A symlink is followed.
+ */
+int kac_chmod(struct kac *c, const char *path, uint32_t mode, struct kac_err *err);
+
+/*
+ * chown(2): path's owner to uid and group to gid; -1 leaves that one
+ * unchanged. A symlink is followed: the agent has no lchown. Another
+ * negative id is -EINVAL here; the agent refuses ids of 2^32 - 1 and more
+ * (-EINVAL).
+ */
+int kac_chown(struct kac *c, const char *path, int64_t uid, int64_t gid, struct kac_err *err);
+
+/* Hard link: path becomes a new name for the existing file target (-EEXIST if path exists). */
+int kac_link(struct kac *c, const char *target, const char *path, struct kac_err *err);
+
+/*
+ * Symbolic link: path is created pointing to target, which is stored as
+ * given, unchecked and unresolved (-EEXIST if path exists).
+ */
+int kac_symlink(struct kac *c, const char *target, const char *path, struct kac_err *err);
+
+/*
+ * readlink(2): the target of the symlink path, as it was stored, into *out
+ * (malloc'd and NUL-terminated; the caller frees it; NULL on failure).
+ * -EINVAL if path is no symlink.
+ */
+int kac_readlink(struct kac *c, const char *path, char **out, struct kac_err *err);
+
+/*
+ * realpath(3): path made absolute with every symlink, "." and ".." resolved
+ * (it must exist), into *out (malloc'd, as for kac_readlink).
+ */
+int kac_realpath(struct kac *c, const char *path, char **out, struct kac_err *err);
+
+/* truncate(2): cut or extend (with zeros) the file path to length bytes (2^63 or more: -EINVAL). */
+int kac_truncate(struct kac *c, const char *path, uint64_t length, struct kac_err *err);
+
+/*
+ * Set path's access and modification times, in ns since the epoch
+ * (negative before it). A symlink is followed; both times are always set.
+ */
+int kac_utime(struct kac *c, const char *path, int64_t atime_ns, int64_t mtime_ns, struct kac_err *err);
+
+/*
+ * Create a new file (mode 0600), or a directory (0700) with directory, both
+ * less the agent's umask, named prefix + six random characters + suffix in
+ * dir, and put its path, dir + "/" + name, into *out (malloc'd, as for
+ * kac_readlink; absolute when dir is). NULL dir is /tmp (the agent does not
+ * read $TMPDIR), NULL prefix "tmp", NULL suffix none. prefix and suffix are
+ * at most 64 bytes without '/', and a directory takes no suffix (else
+ * -EINVAL). The file is created, not left open.
+ */
+int kac_mktemp(struct kac *c, int directory, const char *dir, const char *prefix, const char *suffix,
+	       char **out, struct kac_err *err);
+
+/*
+ * The agent's umask, which its later execs and file operations inherit:
+ * *old (if not NULL) gets the mask in force before the call; with set, the
+ * mask becomes mask & 0777 (as umask(2)), else it is only read.
+ */
+int kac_umask(struct kac *c, int set, uint32_t mask, uint32_t *old, struct kac_err *err);
+
 /* ---- in-guest copy, walk, file handles (docs/agent-protocol.md, "Files") ---- */
 
 /*
