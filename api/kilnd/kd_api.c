@@ -512,6 +512,8 @@ int kd_api_route(struct kilnd *kd, const struct kd_req *r, json_t **body, char *
 		*text = kd_metrics_text(kd);
 		return *text ? 200 : fail(body, 500, "out of memory");
 	}
+	if (!strncmp(p, "/api/", 5))
+		return kd_deno_route(kd, r, body);
 	if (!strcmp(p, "/v1/node"))
 		return m == LWSHUMETH_GET ? node_info(kd, body) : fail(body, 405, "/v1/node takes GET");
 	if (!strncmp(p, "/v1/volumes", 11) && (!p[11] || p[11] == '/'))

@@ -215,7 +215,12 @@ static int start_request(struct kilnd *kd, struct lws *wsi, struct kd_pss *p, co
 	}
 	st = authorize(kd, wsi, p->req.is_unix, msg, sizeof(msg));
 	if (st) {
-		reply_json(p, st, kd_err_json(st, msg));
+		/* The Deno SDK special-cases INVALID_TOKEN (protocol §2.4). */
+		if (!strncmp(p->req.path, "/api/", 5))
+			reply_json(p, st, json_pack("{s:s, s:s}", "code", st == 401 ? "INVALID_TOKEN" : "FORBIDDEN",
+						    "message", msg));
+		else
+			reply_json(p, st, kd_err_json(st, msg));
 		return lws_callback_on_writable(wsi), 0;
 	}
 	if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
@@ -304,8 +309,11 @@ static int http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user
 		 * Every wsi ends here, also one that never got CLOSED_HTTP; its user
 		 * data may be another protocol's by now, so only forget the wsi.
 		 */
+		kd_v3_wsi_gone(kd, wsi);
 		kd_conn_closed(kd, wsi);
 		return 0;
+	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+		return kd_v3_confirm(kd, wsi);
 	case LWS_CALLBACK_CLOSED_HTTP:
 		if (p) {
 			free(p->req.body);
@@ -330,5 +338,7 @@ const struct lws_protocols kd_protocols[] = {
 	{ "http", http_cb, sizeof(struct kd_pss), 0, 0, NULL, 0 },
 	{ "kiln-agent.v1", kd_tunnel_cb, 64, 4096, 0, NULL, 0 },
 	{ "kiln-agent-raw", kd_raw_cb, 0, 0, 0, NULL, 0 },
+	/* The Deno SDK names no protocol: the vhosts make this one the default (main.c). */
+	{ "deno-sandbox", kd_v3_cb, 0, 65536, 0, NULL, 0 },
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };

@@ -434,6 +434,10 @@ static void prepare_socket(const char *path)
 	unlink(path);
 }
 
+/* A WebSocket that names no protocol (the Deno SDK's) goes to deno-sandbox. */
+static const struct lws_protocol_vhost_options pvo_default = { NULL, NULL, "default", "1" };
+static const struct lws_protocol_vhost_options pvo_deno = { NULL, &pvo_default, "deno-sandbox", "" };
+
 static void make_vhosts(struct kilnd *kd)
 {
 	for (unsigned i = 0; i < kd->conf.nlisten; i++) {
@@ -443,7 +447,9 @@ static void make_vhosts(struct kilnd *kd)
 		memset(&info, 0, sizeof(info));
 		info.protocols = kd_protocols;
 		info.vhost_name = l->is_unix ? "unix" : "tcp";
-		info.max_http_header_data = 8192;
+		/* The Deno SDK's config header carries labels and secrets: several KiB. */
+		info.max_http_header_data = 61440;
+		info.pvo = &pvo_deno;
 		info.timeout_secs = 30;
 		info.keepalive_timeout = 60;
 		if (l->is_unix) {

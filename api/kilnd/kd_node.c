@@ -76,6 +76,7 @@ void kd_sbx_end(struct kilnd *kd, struct kd_sbx *s, enum reg_end why, const char
 	if (!kd_run_dir(kd, s->id, dir, sizeof(dir)))
 		kd_rmtree(dir);
 	kd_tunnels_close(kd, s->id);
+	kd_v3_sbx_ended(kd, s->id, why, detail);
 	if (sched_release(&kd->admit, s->memory_mb, s->vcpus))
 		lwsl_err("kilnd: %s: released more than was admitted\n", s->id);
 	pthread_mutex_lock(&kd->reg_lock);
@@ -452,6 +453,7 @@ void kd_create_done(struct kilnd *kd, struct kd_job *j)
 		kd_sbx_end(kd, s, REG_END_KILLED, "killed while it was being created");
 		return;
 	}
+	kd_v3_sbx_ready(kd, s);
 	if (s->creator) {
 		struct kiln_err err;
 		int st;

@@ -146,6 +146,7 @@ struct kd_metrics {
 
 struct kd_job;
 struct kd_tun;
+struct kd_v3;
 struct kd_egress;
 
 struct kilnd {
@@ -167,6 +168,7 @@ struct kilnd {
 	struct kd_job *pending;		/* jobs out, the loop's list: a closed connection is unhooked */
 	unsigned jobs_running;
 	struct kd_tun *tunnels;		/* agent WebSockets (tunnel.c) */
+	struct kd_v3 *v3s;		/* the Deno SDK's control sockets (v3.c) */
 	pthread_mutex_t vol_lock;	/* one host-side journal replay at a time */
 	int net_ok;			/* sandboxes get a network namespace (kd_net_init) */
 	char net_why[600];		/* why not, when not */
@@ -457,6 +459,23 @@ int kd_tunnel_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, 
 int kd_raw_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len);
 /* Close every tunnel to a sandbox that ended. */
 void kd_tunnels_close(struct kilnd *kd, const char *id);
+
+/* ---- v3.c: the @deno/sandbox protocol (kd_deno.h) ---- */
+int kd_v3_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len);
+/*
+ * An upgrade to a WebSocket: for /api/v3 paths, authorize, then admit and
+ * start the create, or find the sandbox to connect to. 0 lets the upgrade
+ * go on, 1 means it was refused with a JSON answer, -1 hangs up.
+ */
+int kd_v3_confirm(struct kilnd *kd, struct lws *wsi);
+/* A connection went away: if it was a control socket, forget it. */
+void kd_v3_wsi_gone(struct kilnd *kd, struct lws *wsi);
+/* A sandbox is running: its sockets' requests may start. */
+void kd_v3_sbx_ready(struct kilnd *kd, const struct kd_sbx *s);
+/* A sandbox ended: close its sockets (1000 killed, 1001 timed out or stopped, 1011 failed). */
+void kd_v3_sbx_ended(struct kilnd *kd, const char *id, enum reg_end why, const char *detail);
+/* /api/v3/sandbox/ID (kill, extendTimeout, expose) and /api/v2 as REST. */
+int kd_deno_route(struct kilnd *kd, const struct kd_req *r, json_t **body);
 
 /* ---- metrics.c ---- */
 void kd_metrics_create(struct kilnd *kd, double seconds);
