@@ -21,6 +21,7 @@ struct kac {
 	int fd;				/* non-blocking: every wait is a poll with a deadline */
 	int timeout_ms;			/* kac_set_timeout; 0: no limit */
 	int broken;			/* -errno once the connection is unusable (why says why) */
+	int as_user;			/* kac_set_fs_user: file ops carry KT_AS_USER */
 	char why[sizeof(((struct kac_err *)0)->msg)];
 	uint64_t pings;			/* PINGs sent (their opaque values) */
 	uint32_t next_id;

@@ -34,6 +34,13 @@ void ac_req_begin(struct kac *c, struct kp_recw *w, uint64_t op)
 {
 	kp_recw_init(w, c->sbuf + KP_HDR_LEN, KAC_SBUF - KP_HDR_LEN);
 	kp_put_u64(w, KT_OP, op);
+	if (c->as_user && op >= KP_OP_STAT && op <= KP_OP_FH_CLOSE)
+		kp_put_bool(w, KT_AS_USER, 1);
+}
+
+void kac_set_fs_user(struct kac *c, int on)
+{
+	c->as_user = !!on;
 }
 
 int ac_req_send(struct kac *c, uint32_t id, struct kp_recw *w, struct kac_err *err)

@@ -83,6 +83,14 @@ void kac_close(struct kac *c);
  */
 void kac_set_timeout(struct kac *c, int timeout_ms);
 
+/*
+ * Run this connection's file operations (by path and by handle) as the
+ * agent's default user (kiln.user=, the image's user) instead of root: its
+ * permissions apply and what it creates is its own, as for its commands.
+ * An agent without a default user, or one older than KT_AS_USER, stays root.
+ */
+void kac_set_fs_user(struct kac *c, int on);
+
 /* The agent's name and build from its HELLO ("" if it sent none). */
 const char *kac_agent_name(const struct kac *c);
 

@@ -43,6 +43,7 @@
 #include <time.h>
 #include <sys/io.h>
 #include <sys/file.h>
+#include <sys/fsuid.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/sysinfo.h>

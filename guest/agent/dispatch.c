@@ -200,6 +200,28 @@ static int jail_ok(const struct kp_frame *f)
 	return 1;
 }
 
+/*
+ * KT_AS_USER: the op's file system checks and the files it creates are the
+ * default user's. The agent is one thread, so its filesystem ids and
+ * groups may change for the length of one op and come back to root's after
+ * (a descriptor opened meanwhile keeps the access it was opened with).
+ */
+static void run_as_user(struct conn *c, const struct op_desc *d, const struct req *r)
+{
+	const struct agent_user *u = &c->ag->user;
+
+	if (setgroups(u->ngroups, (const gid_t *)u->groups)) {
+		send_error(c, r->f->id, KP_ERR_OS, errno, "%s: setgroups: %s", d->name, strerror(errno));
+		return;
+	}
+	setfsgid(u->gid);
+	setfsuid(u->uid);
+	d->run(c, r);
+	setfsuid(0);
+	setfsgid(0);
+	setgroups(0, NULL);
+}
+
 static void handle_request(struct conn *c, const struct kp_frame *f)
 {
 	struct agent *a = c->ag;
@@ -239,7 +261,10 @@ static void handle_request(struct conn *c, const struct kp_frame *f)
 		send_error(c, f->id, KP_ERR_BAD_ARGS, 0, "%s", why);
 		return;
 	}
-	d->run(c, &r);
+	if (r.op >= KP_OP_STAT && r.op <= KP_OP_FH_CLOSE && a->has_user && arg_u64(f, KT_AS_USER, 0, &bad) == 1)
+		run_as_user(c, d, &r);
+	else
+		d->run(c, &r);
 }
 
 /* ---- frames from the host ----------------------------------------------------------- */
