@@ -203,12 +203,19 @@ NET_LIBS   := $(shell pkg-config --libs libnftnl libmnl libevent libevent_pthrea
                 echo -lnftnl -lmnl -levent -levent_pthreads -levent_openssl -lssl -lcrypto) -lhttp_parser
 KILND_LIBS := $(LWS_LIBS) $(JANSSON_LIBS) $(REG_LIBS) $(NET_LIBS) -pthread -lm
 
-$(O)/kilnd: $(KILND_SRCS) $(KILND_HDRS) | $(O)
-	$(CC) $(CPPFLAGS) -Iapi -Iapi/kilnd $(CFLAGS) $(WARN) -o $@ $(KILND_SRCS) $(KILND_LIBS)
-
-$(O)/asan/kilnd: $(KILND_SRCS) $(KILND_HDRS)
+# The Deno SDK's REPL (issue 17) is a script kilnd writes into the guest:
+# guest/deno/repl.js as a C array, so kilnd needs nothing from the image but deno.
+$(O)/gen/kd_repl_js.h: guest/deno/repl.js
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) -Iapi -Iapi/kilnd $(ASAN_FLAGS) $(WARN) -o $@ $(KILND_SRCS) $(KILND_LIBS)
+	{ echo '/* generated from guest/deno/repl.js by the Makefile */'; echo 'static const char kd_repl_js[] = {'; \
+	  od -An -v -tx1 $< | sed -e 's/ *\([0-9a-f][0-9a-f]\)/0x\1,/g'; echo '0x00 };'; } >$@.tmp && mv $@.tmp $@
+
+$(O)/kilnd: $(KILND_SRCS) $(KILND_HDRS) $(O)/gen/kd_repl_js.h | $(O)
+	$(CC) $(CPPFLAGS) -Iapi -Iapi/kilnd -I$(O)/gen $(CFLAGS) $(WARN) -o $@ $(KILND_SRCS) $(KILND_LIBS)
+
+$(O)/asan/kilnd: $(KILND_SRCS) $(KILND_HDRS) $(O)/gen/kd_repl_js.h
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iapi -Iapi/kilnd -I$(O)/gen $(ASAN_FLAGS) $(WARN) -o $@ $(KILND_SRCS) $(KILND_LIBS)
 
 vmm: $(O)/kilnd
 asan: $(O)/asan/kilnd
@@ -295,6 +302,12 @@ $(O)/fuzz/fuzz_agent: tests/fuzz/fuzz_agent.c $(AGENT_SRCS) $(AGENT_HDRS) $(PROT
 $(O)/fuzz/fuzz_sched_spec: tests/fuzz/fuzz_sched_spec.c $(SCHED_CORE_SRCS) $(SCHED_CORE_HDRS)
 	@mkdir -p $(@D)
 	clang $(CPPFLAGS) -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(SCHED_CORE_SRCS) $(JANSSON_LIBS) -lm
+
+# The Deno SDK's create config header, decoded by kilnd, then kiln's create-body parser.
+$(O)/fuzz/fuzz_v3conf: tests/fuzz/fuzz_v3conf.c api/kilnd/kd_v3conf.c api/kilnd/kd_v3conf.h $(SCHED_CORE_SRCS) $(SCHED_CORE_HDRS)
+	@mkdir -p $(@D)
+	clang $(CPPFLAGS) -Iapi/kilnd -g -O1 -fsanitize=fuzzer,address,undefined -o $@ $< api/kilnd/kd_v3conf.c \
+	  $(SCHED_CORE_SRCS) $(JANSSON_LIBS) $(shell pkg-config --libs libcrypto 2>/dev/null || echo -lcrypto) -lm
 
 # What the egress proxy reads before it knows where a connection goes (TLS SNI, HTTP Host).
 $(O)/fuzz/fuzz_sniff: tests/fuzz/fuzz_sniff.c api/kilnd/kd_sniff.c api/kilnd/kd_sniff.h

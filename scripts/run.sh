@@ -16,7 +16,7 @@
 # Ctrl-C (or SIGTERM) stops kilnd, and the nested host with it.  kilnd on this
 # machine leaves its sandboxes running, and its next start adopts them.
 #
-# Environment: KILN_PORT (default 8080), KILN_STATE_DIR (the state dir where
+# Environment: KILN_PORT (default 8080), KILN_EXPOSE_PORT (exposed ports, 8443), KILN_STATE_DIR (the state dir where
 # kilnd runs here), KILN_RUN_MEM (the nested host's MiB, default 6144).
 #
 # Usage: scripts/run.sh
@@ -51,7 +51,11 @@ serve() { # ADDR PORT STATE_DIR SOCKET ENDPOINT
 	((${#sock} < 108)) || die "unix socket path $sock is too long (at most 107 bytes); set KILN_STATE_DIR to a shorter path"
 	(umask 077 && mkdir -p -- "$state") || die "cannot create $state (set KILN_STATE_DIR to a writable dir)"
 	mkdir -p -- "$(dirname -- "$sock")" || die "cannot create the directory of $sock"
-	"$kilnd" --listen "unix:$sock" --listen "tcp:$addr:$port" --state-dir "$state" &
+	# Exposed ports (the Deno SDK's exposeHttp) on KILN_EXPOSE_PORT: the ingress's
+	# certificates come from the node CA, which kilnd has as root.
+	local expose=()
+	(($(id -u) == 0)) && expose=(--expose-listen "$addr:${KILN_EXPOSE_PORT:-8443}")
+	"$kilnd" --listen "unix:$sock" --listen "tcp:$addr:$port" --state-dir "$state" "${expose[@]}" &
 	kpid=$!
 	trap 'stop=130; kill -TERM "$kpid" 2>/dev/null' INT
 	trap 'stop=143; kill -TERM "$kpid" 2>/dev/null' TERM
@@ -93,6 +97,8 @@ serve() { # ADDR PORT STATE_DIR SOCKET ENDPOINT
 	echo "kilnd: serving on $endpoint (token $token)"
 	echo "try:  export KILN_ENDPOINT=$endpoint KILN_TOKEN=$token"
 	echo "      id=\$(build/kiln create) && build/kiln exec \$id -- uname -a"
+	echo "Deno Sandbox's SDK (docs/deno-sdk.md):"
+	echo "      export DENO_SANDBOX_ENDPOINT=$endpoint DENO_DEPLOY_ENDPOINT=$endpoint DENO_DEPLOY_TOKEN=$token"
 	if [[ ${KILN_NESTED_HOST:-} == 1 ]]; then
 		echo "(kilnd runs in a nested KVM host under TCG: guests are about 10x slower and cannot reach out; its state is on a tmpfs in there; Ctrl-C stops it)"
 	else
@@ -125,6 +131,12 @@ for b in "$kilnd" "$kiln" "$root/build/kiln-vmm"; do
 done
 command -v python3 >/dev/null || die "python3 not found (install python3; make run does)"
 port_free "$port" || die "127.0.0.1:$port is in use (another make run or kilnd?): stop it, or pick another port with KILN_PORT=$((port == 65535 ? 8081 : port + 1)) make run"
+eport=${KILN_EXPOSE_PORT:-8443}
+if [[ ! $eport =~ ^[1-9][0-9]{0,4}$ ]] || ((eport > 65535)) || ((eport == port)); then
+	die "KILN_EXPOSE_PORT=$eport is not a port number (1-65535) other than KILN_PORT"
+fi
+port_free "$eport" || die "127.0.0.1:$eport (exposed ports) is in use: stop what holds it, or pick another with KILN_EXPOSE_PORT=N make run"
+export KILN_EXPOSE_PORT=$eport
 
 case $(tests/nested/kvm-host.sh --probe) in
 direct)
@@ -137,7 +149,8 @@ direct)
 	;;
 nested)
 	note "no hardware KVM here: kilnd runs in a nested KVM host under QEMU's TCG, its port forwarded to 127.0.0.1:$port (tests/nested/README.md)"
-	exec tests/nested/kvm-host.sh --timeout 0 --mem "${KILN_RUN_MEM:-6144}" --forward "$port" -- \
+	KILN_NESTED_PASSENV="${KILN_NESTED_PASSENV:-} KILN_EXPOSE_PORT" \
+		exec tests/nested/kvm-host.sh --timeout 0 --mem "${KILN_RUN_MEM:-6144}" --forward "$port" --forward "$eport" -- \
 		scripts/run.sh --serve 10.0.2.15 "$port" /tmp/kiln/state /tmp/kiln/kilnd.sock "http://127.0.0.1:$port"
 	;;
 *) die "tests/nested/kvm-host.sh --probe failed" ;;

@@ -58,6 +58,11 @@ struct kd_v3_proc {
 	uint64_t handle;
 	int done;
 	struct kac_exit ex;
+	/* a REPL (spawnDenoRepl): requests go to its stdin, answers come marked on its stderr */
+	int repl;
+	int repl_in;			/* its stdin's write end; -1 once closed */
+	uint64_t repl_seq;
+	json_t *replies;		/* answers not yet taken, by id */
 };
 
 /* The agent connections of one sandbox, shared by its sockets. */

@@ -62,6 +62,9 @@ static const char usage_text[] =
 "  --min-free SIZE         refuse creates while the state dir has less free (default 1G; 0: never)\n"
 "  --dns-upstream IP[:PORT] where the sandboxes' resolver looks allowed names up\n"
 "  --upstream-ca FILE       also trust these CAs (PEM) for the upstreams of secret hosts (tests)\n"
+"  --expose-listen ADDR:PORT  serve the Deno SDK's exposeHttp names over TLS here (off by default;\n"
+"                          make run uses 127.0.0.1:8443); certificates from the node CA\n"
+"  --expose-domain NAME     exposed names are NAME's subdomains (default localhost)\n"
 "                          (default: the nameservers in /etc/resolv.conf)\n"
 "  --no-net                sandboxes get no network device (the default when kilnd\n"
 "                          cannot make network namespaces: it runs as root)\n"
@@ -240,7 +243,7 @@ static void default_paths(struct kd_conf *c)
 static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 {
 	enum { O_STATE = 256, O_GROUP, O_VMM, O_KERNEL, O_INITRD, O_RESERVE, O_MEMOC, O_CPUOC, O_MAXLIFE, O_GRACE,
-	       O_REGION, O_POOL, O_IMAGE, O_DEFIMAGE, O_LAYER, O_MINFREE, O_NONET, O_DNS, O_UPCA };
+	       O_REGION, O_POOL, O_IMAGE, O_DEFIMAGE, O_LAYER, O_MINFREE, O_NONET, O_DNS, O_UPCA, O_EXPOSE, O_EXPDOM };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },	{ "state-dir", required_argument, NULL, O_STATE },
 		{ "socket-group", required_argument, NULL, O_GROUP }, { "vmm", required_argument, NULL, O_VMM },
@@ -255,6 +258,8 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 		{ "layer-size", required_argument, NULL, O_LAYER }, { "min-free", required_argument, NULL, O_MINFREE },
 		{ "no-net", no_argument, NULL, O_NONET },	{ "dns-upstream", required_argument, NULL, O_DNS },
 		{ "upstream-ca", required_argument, NULL, O_UPCA },
+		{ "expose-listen", required_argument, NULL, O_EXPOSE },
+		{ "expose-domain", required_argument, NULL, O_EXPDOM },
 		{ "verbose", no_argument, NULL, 'v' },		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -343,6 +348,17 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 			if (strlen(optarg) >= sizeof(c->dns_upstream) || !*optarg)
 				die("--dns-upstream %.80s: give an IP address, optionally with :PORT", optarg);
 			snprintf(c->dns_upstream, sizeof(c->dns_upstream), "%s", optarg);
+			break;
+		case O_EXPOSE:
+			if (strlen(optarg) >= sizeof(c->expose_listen) || !strchr(optarg, ':'))
+				die("--expose-listen %.80s: give ADDR:PORT, such as 127.0.0.1:8443", optarg);
+			snprintf(c->expose_listen, sizeof(c->expose_listen), "%s", optarg);
+			break;
+		case O_EXPDOM:
+			if (strlen(optarg) >= sizeof(c->expose_domain) || !*optarg || strspn(optarg,
+			    "abcdefghijklmnopqrstuvwxyz0123456789.-") != strlen(optarg) || optarg[0] == '.' || optarg[0] == '-')
+				die("--expose-domain %.80s: give a DNS name (a-z 0-9 . -), such as localhost", optarg);
+			snprintf(c->expose_domain, sizeof(c->expose_domain), "%s", optarg);
 			break;
 		case O_UPCA:
 			if (strlen(optarg) >= sizeof(c->upstream_ca) || access(optarg, R_OK))
@@ -531,11 +547,15 @@ int main(int argc, char **argv)
 	if (kd_template_hashes(kd, &err) || kd_images_probe(kd, beside, &err))
 		die("%s", err.msg);
 	kd_net_init(kd);
+	if (kd_ingress_start(kd, &err))
+		die("%s", err.msg);
 	if (kd_readopt(kd, &err))
 		die("%s", err.msg);
 
 	memset(&info, 0, sizeof(info));
 	info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+	/* Header buffers are the context's: the Deno SDK's config header needs more than lws's 4 KiB. */
+	info.max_http_header_data = 61440;
 	info.user = kd;
 	info.timeout_secs = 30;
 	kd->ctx = lws_create_context(&info);

@@ -556,7 +556,22 @@ static void m_mktemp(struct rpc *q, int dir)
 	}
 	if (!conn(q))
 		return;
-	r = kac_mktemp(q->c, dir, d, pre, suf, &out, &q->err);
+	r = kac_mktemp(q->c, dir, d, pre, dir ? NULL : suf, &out, &q->err);
+	if (!r && dir && suf && *suf) {
+		/* The agent's MKTEMP gives a directory no suffix: its random name gets one by a rename. */
+		char *named = NULL;
+
+		if (strchr(suf, '/') || asprintf(&named, "%s%s", out, suf) < 0) {
+			r = -EINVAL;
+		} else if ((r = kac_rename(q->c, out, named, &q->err))) {
+			kac_remove(q->c, out, 0, &q->err);
+		} else {
+			free(out);
+			out = named;
+			named = NULL;
+		}
+		free(named);
+	}
 	if (r)
 		agent_fail(q, r, dir ? "mkdtemp" : "mkstemp", d ? d : "/tmp");
 	else
@@ -580,6 +595,7 @@ static struct kac *fh_conn(struct rpc *q)
 		}
 		/* fileLock waits for as long as another holder keeps the lock. */
 		kac_set_timeout(q->v->fh, KAC_TIMEOUT_DEFAULT_MS);
+		kac_set_fs_user(q->v->fh, 1);
 	}
 	return q->v->fh;
 }
@@ -1090,6 +1106,17 @@ struct spawn {
 	struct kd_v3_proc *p;
 	uint64_t sid[3];		/* 1 stdout, 2 stderr; 0: "null" */
 	int replied;
+	const char *watcher;		/* spawnDeno --watch: its watcherId (restarts are told) */
+	int deno;			/* spawnDeno: the answer has a watcherId */
+	int own;			/* fetch: out() answers the request itself */
+	int (*out)(struct spawn *s, int chan, const void *p, size_t n);
+	void *ctx;			/* out()'s */
+	int exit_code;
+	int repl;			/* spawnDenoRepl: stdin is repl_rd/repl_wr, stderr carries answers */
+	int repl_rd, repl_wr;
+	char *rline;			/* an answer line being read (RS .. LF) */
+	size_t rlen;
+	int in_answer, mid_line;			/* the process's exit status when it ended (own) */
 };
 
 static void spawn_started(void *arg, uint64_t pid)
@@ -1107,21 +1134,103 @@ static void spawn_started(void *arg, uint64_t pid)
 			struct kd_v3_proc *d = *pp;
 
 			*pp = d->next;
+			json_decref(d->replies);
 			free(d);
 			continue;
 		}
 		pp = &(*pp)->next;
 	}
+	s->p->repl_in = -1;
+	if (s->repl) {
+		s->p->repl = 1;
+		s->p->repl_in = s->repl_wr;
+		s->p->replies = json_array();
+	}
 	s->p->next = v->procs;
 	v->procs = s->p;
 	pthread_mutex_unlock(&v->m);
-	kd_v3_ok(v, s->q->id, json_pack("{s:I, s:o, s:o}", "pid", (json_int_t)s->p->handle, "stdoutStreamId",
-					s->sid[1] ? json_integer((json_int_t)s->sid[1]) : json_null(), "stderrStreamId",
-					s->sid[2] ? json_integer((json_int_t)s->sid[2]) : json_null()));
+	s->replied = 1;
+	if (s->own)
+		return;
+	json_t *res = json_pack("{s:I, s:o, s:o}", "pid", (json_int_t)s->p->handle, "stdoutStreamId",
+				s->sid[1] ? json_integer((json_int_t)s->sid[1]) : json_null(), "stderrStreamId",
+				s->sid[2] ? json_integer((json_int_t)s->sid[2]) : json_null());
+
+	if (s->deno)
+		json_object_set_new(res, "watcherId", s->watcher ? json_string(s->watcher) : json_null());
+	kd_v3_ok(v, s->q->id, res);
 	for (int ch = 1; ch <= 2; ch++)
 		if (s->sid[ch])
 			kd_v3_stream_start(v, s->sid[ch]);
-	s->replied = 1;
+}
+
+static int spawn_out(void *arg, int chan, const void *p, size_t n);
+
+/* An answer line from the REPL (without RS and LF): to its proc, for the request waiting on it. */
+static void repl_answer(struct spawn *s, const char *line, size_t n)
+{
+	json_t *a = json_loadb(line, n, 0, NULL);
+	struct kd_v3 *v = s->q->v;
+
+	if (!json_is_object(a) || !json_is_integer(json_object_get(a, "id"))) {
+		json_decref(a);
+		return;
+	}
+	pthread_mutex_lock(&v->m);
+	json_array_append_new(s->p->replies, a);
+	pthread_cond_broadcast(&v->cv);
+	pthread_mutex_unlock(&v->m);
+}
+
+/* The REPL's stderr: lines that start with RS are answers; the rest is the program's and goes to the SDK. */
+static int repl_filter(struct spawn *s, const unsigned char *p, size_t n)
+{
+	size_t i = 0, start = 0;
+
+	while (i < n) {
+		if (s->in_answer) {
+			const unsigned char *nl = memchr(p + i, '\n', n - i);
+			size_t k = nl ? (size_t)(nl - (p + i)) : n - i;
+
+			if (s->rlen + k <= (8u << 20)) {
+				char *t = realloc(s->rline, s->rlen + k + 1);
+
+				if (t) {
+					memcpy(t + s->rlen, p + i, k);
+					s->rline = t;
+					s->rlen += k;
+				}
+			}
+			i += k;
+			if (nl) {
+				repl_answer(s, s->rline, s->rlen);
+				s->rlen = 0;
+				s->in_answer = 0;
+				s->mid_line = 0;
+				i++;
+			}
+			start = i;
+			continue;
+		}
+		if (!s->mid_line && p[i] == 0x1e) {
+			if (i > start) {
+				s->repl = 0;
+				spawn_out(s, 2, p + start, i - start);
+				s->repl = 1;
+			}
+			s->in_answer = 1;
+			i++;
+			continue;
+		}
+		s->mid_line = p[i] != '\n';
+		i++;
+	}
+	if (!s->in_answer && n > start) {
+		s->repl = 0;
+		spawn_out(s, 2, p + start, n - start);
+		s->repl = 1;
+	}
+	return 0;
 }
 
 /* Output of the process: to its stream in chunks; a full queue to the client stalls the guest process. */
@@ -1130,6 +1239,14 @@ static int spawn_out(void *arg, int chan, const void *p, size_t n)
 	struct spawn *s = arg;
 	const unsigned char *b = p;
 
+	if (s->out)
+		return s->out(s, chan, p, n);
+	if (s->repl && chan == 2)
+		return repl_filter(s, p, n);
+	/* deno --watch says so on stderr when it restarts the program (§4.10.7). */
+	if (s->watcher && chan == 2 && memmem(p, n, "Restarting!", 11))
+		kd_v3_send(s->q->v, json_pack("{s:s, s:s, s:{s:s}}", "jsonrpc", "2.0", "method",
+					      "$sandbox.deno.watcher.restart", "params", "watcherId", s->watcher), 1);
 	if (chan < 1 || chan > 2 || !s->sid[chan] || kd_v3_sid_cancelled(s->q->v, s->sid[chan]))
 		return 0;
 	while (n) {
@@ -1175,7 +1292,13 @@ done:
 	return NULL;
 }
 
-static void m_spawn(struct rpc *q)
+/*
+ * Run params' command (spawn's params: command, args, env, cwd,
+ * stdinStreamId, stdout, stderr) as the process of s. Answers the request
+ * unless s->own. Returns when the process has exited: 0, or -errno if it
+ * never started (answered) or the agent went away.
+ */
+static int spawn_run(struct rpc *q, struct spawn *preset)
 {
 	struct kd_v3 *v = q->v;
 	const char *cmd = pstr(q, "command"), *cwd = pstr(q, "cwd");
@@ -1192,7 +1315,9 @@ static void m_spawn(struct rpc *q)
 	const char *k;
 	json_t *val;
 
-	memset(&s, 0, sizeof(s));
+	int ret = -EINVAL;
+
+	s = *preset;
 	s.q = q;
 	if (!cmd || !*cmd) {
 		bad_params(q, "command must be a non-empty string");
@@ -1240,7 +1365,9 @@ static void m_spawn(struct rpc *q)
 	o.tty_fd = -1;
 	o.started_fn = spawn_started;
 	o.started_arg = &s;
-	if (json_is_integer(in)) {
+	if (s.repl) {
+		o.stdin_fd = s.repl_rd;
+	} else if (json_is_integer(in)) {
 		if (pipe2(pipefd, O_CLOEXEC))
 			goto drop_in;
 		fd.id = (uint64_t)json_integer_value(in);
@@ -1257,7 +1384,13 @@ static void m_spawn(struct rpc *q)
 		goto stop_feeder;
 	/* Processes outlive their request: no timeout on the call itself. */
 	r = kac_exec(q->c, &o, &s.p->ex, &q->err);
+	ret = r;
+	preset->exit_code = (int)(s.p->ex.signal ? 128 + s.p->ex.signal : s.p->ex.code);
+	preset->replied = s.replied;
 	if (!s.replied) {
+		ret = r ? r : -EIO;
+		if (s.own)
+			goto stop_feeder;	/* the caller answers */
 		if (r == -ENOENT || r == -EACCES)
 			kd_v3_fail(v, q->id, kd_v3_serr_errno(r, "Failed to spawn '%s'", cmd));
 		else
@@ -1269,7 +1402,7 @@ static void m_spawn(struct rpc *q)
 	if (r)
 		q->broken = 1;
 	/* All output before the status (§4.10.6): processWait answers after these ends. */
-	for (int ch = 1; ch <= 2; ch++)
+	for (int ch = 1; ch <= 2 && !s.own; ch++)
 		if (s.sid[ch]) {
 			if (r && r != -ENOENT)
 				kd_v3_stream_error(v, s.sid[ch], kd_v3_serr("Error", NULL, "the sandbox's agent went "
@@ -1284,6 +1417,9 @@ static void m_spawn(struct rpc *q)
 		s.p->ex.signal = SIGKILL;
 	}
 	s.p->done = 1;
+	if (s.p->repl_in >= 0)
+		close(s.p->repl_in);
+	s.p->repl_in = -1;
 	pthread_cond_broadcast(&v->cv);
 	pthread_mutex_unlock(&v->m);
 	s.p = NULL;	/* v->procs owns it */
@@ -1304,6 +1440,594 @@ drop_in:
 		free((char *)envv[i]);
 	free(envv);
 	free(argv);
+	free(s.rline);
+	return ret;
+}
+
+static void m_spawn(struct rpc *q)
+{
+	struct spawn s;
+
+	memset(&s, 0, sizeof(s));
+	spawn_run(q, &s);
+}
+
+/* Copy the spawn-like keys of the request's params into o. */
+static void copy_spawn_keys(const struct rpc *q, json_t *o)
+{
+	static const char *const keys[] = { "env", "clearEnv", "cwd", "stdinStreamId", "stdout", "stderr" };
+
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		json_t *v = json_object_get(q->params, keys[i]);
+
+		if (v && !json_is_null(v))
+			json_object_set(o, keys[i], v);
+	}
+}
+
+/* deno asks dl.deno.land for a newer release at every start: not from a sandbox whose network is closed. */
+static void deno_env(json_t *params)
+{
+	json_t *env = json_object_get(params, "env");
+
+	if (!json_is_object(env)) {
+		env = json_object();
+		json_object_set_new(params, "env", env);
+	}
+	if (!json_object_get(env, "DENO_NO_UPDATE_CHECK"))
+		json_object_set_new(env, "DENO_NO_UPDATE_CHECK", json_string("1"));
+}
+
+/* Code to a file in the guest's /tmp, readable by the image's user; its path in out. 0, or -1 having answered. */
+static int code_file(struct rpc *q, const char *code, const char *ext, char *out, size_t n)
+{
+	char suffix[16], *path = NULL;
+	uint64_t fh;
+	int r;
+
+	snprintf(suffix, sizeof(suffix), ".%s", ext);
+	if (!conn(q))
+		return -1;
+	r = kac_mktemp(q->c, 0, "/tmp", "kiln-deno-", suffix, &path, &q->err);
+	if (!r)
+		r = kac_chmod(q->c, path, 0644, &q->err);
+	if (!r)
+		r = kac_fh_open(q->c, path, KAC_FH_WRITE | KAC_FH_TRUNCATE, 0644, &fh, &q->err);
+	if (!r) {
+		r = write_all(q, q->c, fh, (const unsigned char *)code, strlen(code));
+		if (kac_fh_close(q->c, fh, &q->err) && !r)
+			r = -EIO;
+	}
+	if (r) {
+		agent_fail(q, r, "write", path ? path : "/tmp");
+		free(path);
+		return -1;
+	}
+	snprintf(out, n, "%s", path);
+	free(path);
+	return 0;
+}
+
+/* spawnDeno (§4.10.7): deno run -A [--watch] ENTRYPOINT|CODEFILE ARGS..., with the deno in the image. */
+static void m_spawn_deno(struct rpc *q)
+{
+	static const char *const exts[] = { "js", "cjs", "mjs", "ts", "cts", "mts", "jsx", "tsx" };
+	const char *entry = pstr(q, "entrypoint"), *code = pstr(q, "code"), *ext = pstr(q, "extension");
+	json_t *watch = json_object_get(q->params, "watch"), *sargs = json_object_get(q->params, "scriptArgs");
+	json_t *params = json_object(), *args = json_array(), *saved = q->params, *e;
+	char file[KD_PATH_MAX], wid[40], watchopt[4096];
+	struct spawn s;
+	size_t i;
+	int ok = 0;
+
+	memset(&s, 0, sizeof(s));
+	s.deno = 1;
+	if (!!entry == !!code) {
+		bad_params(q, "spawnDeno takes exactly one of entrypoint and code");
+		goto out;
+	}
+	if (code) {
+		for (i = 0; i < sizeof(exts) / sizeof(exts[0]); i++)
+			ok |= ext && !strcmp(ext, exts[i]);
+		if (!ok) {
+			bad_params(q, "extension must be one of js, cjs, mjs, ts, cts, mts, jsx, tsx");
+			goto out;
+		}
+		if (code_file(q, code, ext, file, sizeof(file)))
+			goto out;
+		entry = file;
+	}
+	json_array_append_new(args, json_string("run"));
+	json_array_append_new(args, json_string("-A"));
+	if (json_is_true(watch) || json_is_array(watch)) {
+		size_t off = (size_t)snprintf(watchopt, sizeof(watchopt), "--watch");
+
+		json_array_foreach(watch, i, e)
+			if (json_is_string(e) && off < sizeof(watchopt))
+				off += (size_t)snprintf(watchopt + off, sizeof(watchopt) - off, "%s%s", i ? "," : "=",
+							json_string_value(e));
+		json_array_append_new(args, json_string(watchopt));
+		snprintf(wid, sizeof(wid), "w%llu", (unsigned long long)kd_v3_sid_new());
+		s.watcher = wid;
+	}
+	json_array_append_new(args, json_string(entry));
+	json_array_foreach(sargs, i, e)
+		if (json_is_string(e))
+			json_array_append(args, e);
+	json_object_set_new(params, "command", json_string("deno"));
+	json_object_set(params, "args", args);
+	copy_spawn_keys(q, params);
+	deno_env(params);
+	q->params = params;
+	spawn_run(q, &s);
+	q->params = saved;
+out:
+	json_decref(args);
+	json_decref(params);
+}
+
+/* The guest pid of a process of this socket, or 0; *done whether it has exited. */
+static uint64_t guest_pid(struct kd_v3 *v, json_t *pid, int *done)
+{
+	struct kd_v3_proc *p;
+	uint64_t g = 0;
+
+	pthread_mutex_lock(&v->m);
+	p = json_is_integer(pid) ? proc_find(v, (uint64_t)json_integer_value(pid)) : NULL;
+	if (p) {
+		g = p->ex.pid;
+		*done = p->done;
+	}
+	pthread_mutex_unlock(&v->m);
+	return g;
+}
+
+/* denoHttpWait: true once the runtime (or a child) listens on a TCP port, false if it exits first. */
+static void m_http_wait(struct rpc *q)
+{
+	json_t *pid = json_object_get(q->params, "pid");
+	struct kac_listener l;
+	int done = 0, r;
+	uint64_t g = guest_pid(q->v, pid, &done);
+
+	if (!g) {
+		kd_v3_fail(q->v, q->id, kd_v3_serr("NotFound", "ENOENT", "no process %lld on this connection",
+						   (long long)json_integer_value(pid)));
+		return;
+	}
+	if (!conn(q))
+		return;
+	for (;;) {
+		r = kac_port_wait(q->c, 0, g, 1000, &l, &q->err);
+		if (!r) {
+			kd_v3_ok(q->v, q->id, json_true());
+			return;
+		}
+		guest_pid(q->v, pid, &done);
+		if (done || (r != -ETIMEDOUT) || q->v->closed) {
+			if (r != -ETIMEDOUT && (q->err.code == 0 || q->err.code == KAC_ERR_TIMEOUT))
+				q->broken = 1;
+			kd_v3_ok(q->v, q->id, json_false());
+			return;
+		}
+	}
+}
+
+/*
+ * fetch (§4.10.8) from inside the sandbox: curl in the guest, so that the
+ * request takes the sandbox's own network and its allow_net. curl writes
+ * the response's header blocks to stderr (-D) and the body to stdout; the
+ * answer goes once the final block is in (after 1xx, and after redirects
+ * when following them), then the body streams.
+ */
+struct fetch {
+	struct spawn s;
+	int follow, head;
+	char hdr[65536];
+	size_t hlen;
+	int replied;
+	uint64_t sid;			/* the body's stream; 0: none */
+	char tail[512];			/* what curl said after the headers (an error) */
+	size_t tlen;
+};
+
+static json_t *header_block(char *b, int *status, char *text, size_t tn)
+{
+	json_t *h = json_array();
+	char *save = NULL, *line = strtok_r(b, "\r\n", &save);
+
+	*status = 0;
+	if (line && !strncmp(line, "HTTP/", 5)) {
+		char *sp = strchr(line, ' ');
+
+		*status = sp ? atoi(sp + 1) : 0;
+		sp = sp ? strchr(sp + 1, ' ') : NULL;
+		snprintf(text, tn, "%s", sp ? sp + 1 : "");
+	}
+	while ((line = strtok_r(NULL, "\r\n", &save))) {
+		char *colon = strchr(line, ':');
+		char *val;
+
+		if (!colon || colon == line)
+			continue;
+		*colon = '\0';
+		for (char *c = line; *c; c++)
+			*c = (char)tolower((unsigned char)*c);
+		val = colon + 1;
+		while (*val == ' ' || *val == '\t')
+			val++;
+		json_array_append_new(h, json_pack("[s, s]", line, val));
+	}
+	return h;
+}
+
+static int fetch_body(struct fetch *f, struct kd_v3 *v, const unsigned char *b, size_t n)
+{
+	while (f->sid && n && !kd_v3_sid_cancelled(v, f->sid)) {
+		size_t k = n > RPC_CHUNK ? RPC_CHUNK : n;
+
+		if (kd_v3_stream_data(v, f->sid, b, k) < 0)
+			return 0;
+		b += k;
+		n -= k;
+	}
+	return 0;
+}
+
+/* stdout: curl's header blocks (-D -), then the final response's body; stderr: curl's own errors. */
+static int fetch_out(struct spawn *sp, int chan, const void *p, size_t n)
+{
+	struct fetch *f = sp->ctx;
+	struct kd_v3 *v = sp->q->v;
+
+	if (chan == 2) {
+		size_t k = n < sizeof(f->tail) - 1 - f->tlen ? n : sizeof(f->tail) - 1 - f->tlen;
+
+		memcpy(f->tail + f->tlen, p, k);
+		f->tlen += k;
+		f->tail[f->tlen] = '\0';
+		return 0;
+	}
+	if (f->replied)
+		return fetch_body(f, v, p, n);
+	if (f->hlen + n >= sizeof(f->hdr)) {
+		/* A header block over 64 KiB: not a response the SDK could take either. */
+		n = sizeof(f->hdr) - 1 - f->hlen;
+	}
+	memcpy(f->hdr + f->hlen, p, n);
+	f->hlen += n;
+	f->hdr[f->hlen] = '\0';
+	for (;;) {
+		char *end = memmem(f->hdr, f->hlen, "\r\n\r\n", 4), text[256];
+		size_t blen, rest;
+		int status, more;
+		json_t *h;
+
+		if (!end || strncmp(f->hdr, "HTTP/", 5))
+			return 0;
+		blen = (size_t)(end - f->hdr) + 4;
+		*end = '\0';
+		h = header_block(f->hdr, &status, text, sizeof(text));
+		rest = f->hlen - blen;
+		memmove(f->hdr, f->hdr + blen, rest);
+		f->hlen = rest;
+		f->hdr[rest] = '\0';
+		more = status < 200;
+		if (!more && f->follow && status >= 300 && status < 400) {
+			size_t i;
+			json_t *e;
+
+			json_array_foreach(h, i, e)
+				more |= !strcmp(json_string_value(json_array_get(e, 0)), "location");
+		}
+		if (more || status > 599) {
+			json_decref(h);
+			continue;
+		}
+		if (!f->head && status != 204 && status != 205 && status != 304)
+			f->sid = kd_v3_sid_new();
+		kd_v3_ok(v, sp->q->id, json_pack("{s:i, s:s, s:o, s:o}", "status", status, "statusText", text,
+						 "headers", h, "bodyStreamId",
+						 f->sid ? json_integer((json_int_t)f->sid) : json_null()));
+		f->replied = 1;
+		if (f->sid)
+			kd_v3_stream_start(v, f->sid);
+		if (rest)
+			fetch_body(f, v, (const unsigned char *)f->hdr, rest);
+		f->hlen = 0;
+		return 0;
+	}
+}
+
+static int port_first(void *arg, const struct kac_listener *l)
+{
+	*(uint16_t *)arg = l->port;
+	return 1;	/* stop at the first */
+}
+
+static void m_fetch(struct rpc *q)
+{
+	const char *url = pstr(q, "url"), *method = pstr(q, "method"), *redir = pstr(q, "redirect");
+	json_t *hdrs = json_object_get(q->params, "headers"), *body = json_object_get(q->params, "bodyStreamId");
+	json_t *pid = json_object_get(q->params, "pid"), *params = json_object(), *args = json_array(), *e;
+	json_t *saved = q->params;
+	struct fetch *f = calloc(1, sizeof(*f));
+	char target[8192];
+	size_t i;
+	int r;
+
+	if (!f || !url || strncmp(url, "http", 4)) {
+		bad_params(q, "url must be an http or https URL");
+		goto out;
+	}
+	snprintf(target, sizeof(target), "%s", url);
+	if (json_is_integer(pid)) {
+		/* DenoProcess.fetch: that runtime's server, whatever the URL's host. */
+		int done = 0;
+		uint64_t g = guest_pid(q->v, pid, &done);
+		uint16_t port = 0;
+		const char *path = strstr(url, "://");
+
+		path = path ? strchr(path + 3, '/') : NULL;
+		if (!g || !conn(q)) {
+			if (!g)
+				kd_v3_fail(q->v, q->id, kd_v3_serr("NotFound", "ENOENT", "no process %lld on this "
+								   "connection", (long long)json_integer_value(pid)));
+			goto out;
+		}
+		r = kac_port_list(q->c, g, port_first, &port, &q->err);
+		if ((r < 0 && r != 1) || !port) {
+			kd_v3_fail(q->v, q->id, kd_v3_serr("TypeError", NULL, "process %lld has no HTTP server "
+							   "listening yet", (long long)json_integer_value(pid)));
+			goto out;
+		}
+		snprintf(target, sizeof(target), "http://127.0.0.1:%u%s", port, path ? path : "/");
+	}
+	f->follow = !redir || strcmp(redir, "manual");
+	f->head = method && !strcasecmp(method, "HEAD");
+	f->s.own = 1;
+	f->s.out = fetch_out;
+	f->s.ctx = f;
+	/* Headers and body both on stdout (-D -): /dev/stderr, a pipe of the agent's, is not the user's to open. */
+	json_array_append_new(args, json_string("-sS"));
+	if (f->head) {
+		json_array_append_new(args, json_string("-I"));
+	} else {
+		json_array_append_new(args, json_string("-D"));
+		json_array_append_new(args, json_string("-"));
+	}
+	if (!f->head && method && strcasecmp(method, "GET")) {
+		json_array_append_new(args, json_string("-X"));
+		json_array_append_new(args, json_string(method));
+	}
+	if (f->follow) {
+		json_array_append_new(args, json_string("-L"));
+		json_array_append_new(args, json_string("--max-redirs"));
+		json_array_append_new(args, json_string("20"));
+	}
+	json_array_foreach(hdrs, i, e) {
+		const char *n = json_string_value(json_array_get(e, 0)), *val = json_string_value(json_array_get(e, 1));
+		char h[8192];
+
+		if (!n || !val || !strcasecmp(n, "content-length"))
+			continue;
+		snprintf(h, sizeof(h), *val ? "%s: %s" : "%s;", n, val);
+		json_array_append_new(args, json_string("-H"));
+		json_array_append_new(args, json_string(h));
+	}
+	if (json_is_integer(body)) {
+		json_array_append_new(args, json_string("--data-binary"));
+		json_array_append_new(args, json_string("@-"));
+		json_object_set(params, "stdinStreamId", body);
+		body = NULL;
+	}
+	json_array_append_new(args, json_string("--url"));
+	json_array_append_new(args, json_string(target));
+	json_object_set_new(params, "command", json_string("curl"));
+	json_object_set(params, "args", args);
+	q->params = params;
+	r = spawn_run(q, &f->s);
+	q->params = saved;
+	if (!f->replied) {
+		char *msg = f->tail;
+
+		while (*msg == ' ' || *msg == '\n')
+			msg++;
+		msg[strcspn(msg, "\n")] = '\0';
+		if (r && !f->s.replied)
+			kd_v3_fail(q->v, q->id, kd_v3_serr("TypeError", NULL, "error sending request for url (%s): %s",
+							   url, q->err.msg));
+		else
+			kd_v3_fail(q->v, q->id, kd_v3_serr("TypeError", NULL, "error sending request for url (%s): %s",
+							   url, *msg ? msg : "no response"));
+	} else if (f->sid) {
+		if (f->s.exit_code && f->tlen)
+			kd_v3_stream_error(q->v, f->sid, kd_v3_serr("TypeError", NULL, "error reading a body from "
+								    "connection: %s", f->tail));
+		else
+			kd_v3_stream_end(q->v, f->sid);
+	}
+out:
+	if (json_is_integer(body))
+		kd_v3_cs_drop(q->v, (uint64_t)json_integer_value(body), 1);
+	free(f);
+	json_decref(args);
+	json_decref(params);
+}
+
+#include "kd_repl_js.h"
+
+/* spawnDenoRepl: kiln's REPL script (guest/deno/repl.js) under deno, its stdin ours. */
+static void m_spawn_repl(struct rpc *q)
+{
+	json_t *params = json_object(), *args = json_array(), *saved = q->params, *e;
+	json_t *in = json_object_get(q->params, "stdinStreamId");
+	char file[KD_PATH_MAX];
+	int pfd[2] = { -1, -1 };
+	struct spawn s;
+	size_t i;
+
+	memset(&s, 0, sizeof(s));
+	/* Its stdin carries kilnd's requests: a stream of the client's has no place there. */
+	if (json_is_integer(in))
+		kd_v3_cs_drop(q->v, (uint64_t)json_integer_value(in), 1);
+	if (code_file(q, kd_repl_js, "js", file, sizeof(file)))
+		goto out;
+	if (pipe2(pfd, O_CLOEXEC)) {
+		kd_v3_fail(q->v, q->id, kd_v3_serr_errno(-errno, "pipe"));
+		goto out;
+	}
+	s.repl = 1;
+	s.repl_rd = pfd[0];
+	s.repl_wr = pfd[1];
+	json_array_append_new(args, json_string("run"));
+	json_array_append_new(args, json_string("-A"));
+	json_array_append_new(args, json_string(file));
+	json_array_foreach(json_object_get(q->params, "scriptArgs"), i, e)
+		if (json_is_string(e))
+			json_array_append(args, e);
+	json_object_set_new(params, "command", json_string("deno"));
+	json_object_set(params, "args", args);
+	copy_spawn_keys(q, params);
+	json_object_del(params, "stdinStreamId");
+	deno_env(params);
+	q->params = params;
+	spawn_run(q, &s);
+	q->params = saved;
+	close(pfd[0]);
+	/* The write end went to the proc (closed when it exited), unless it never started. */
+	if (!s.replied)
+		close(pfd[1]);
+out:
+	json_decref(args);
+	json_decref(params);
+}
+
+/* denoReplEval, denoReplCall: one request line to the REPL, then wait for its answer. */
+static void m_repl_req(struct rpc *q, int call)
+{
+	struct kd_v3 *v = q->v;
+	json_t *pid = json_object_get(q->params, "pid"), *req, *ans = NULL;
+	struct kd_v3_proc *p;
+	uint64_t id;
+	char *line;
+	int fd = -1;
+
+	if (call ? !json_is_string(json_object_get(q->params, "fn")) : !json_is_string(json_object_get(q->params, "code"))) {
+		bad_params(q, call ? "fn must be a string" : "code must be a string");
+		return;
+	}
+	pthread_mutex_lock(&v->m);
+	p = json_is_integer(pid) ? proc_find(v, (uint64_t)json_integer_value(pid)) : NULL;
+	if (p && p->repl && !p->done && p->repl_in >= 0)
+		fd = dup(p->repl_in);
+	id = p ? ++p->repl_seq : 0;
+	pthread_mutex_unlock(&v->m);
+	if (fd < 0) {
+		kd_v3_fail(v, q->id, kd_v3_serr("NotFound", "ENOENT", "no REPL %lld is running on this connection",
+						(long long)json_integer_value(pid)));
+		return;
+	}
+	req = call ? json_pack("{s:I, s:s, s:O, s:O}", "id", (json_int_t)id, "op", "call", "fn",
+			       json_object_get(q->params, "fn"), "args",
+			       json_is_array(json_object_get(q->params, "args")) ? json_object_get(q->params, "args")
+										 : json_array())
+		   : json_pack("{s:I, s:s, s:O}", "id", (json_int_t)id, "op", "eval", "code", json_object_get(q->params, "code"));
+	line = req ? json_dumps(req, JSON_COMPACT) : NULL;
+	json_decref(req);
+	if (line) {
+		size_t n = strlen(line), off = 0;
+
+		line[n++] = '\n';	/* json_dumps' NUL becomes the line's end */
+		while (off < n) {
+			ssize_t w = write(fd, line + off, n - off);
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				break;
+			off += (size_t)w;
+		}
+	}
+	free(line);
+	close(fd);
+	pthread_mutex_lock(&v->m);
+	for (;;) {
+		size_t i;
+		json_t *a;
+
+		json_array_foreach(p->replies, i, a)
+			if ((uint64_t)json_integer_value(json_object_get(a, "id")) == id) {
+				ans = json_incref(a);
+				json_array_remove(p->replies, i);
+				break;
+			}
+		if (ans || p->done || v->closed)
+			break;
+		pthread_cond_wait(&v->cv, &v->m);
+	}
+	pthread_mutex_unlock(&v->m);
+	if (!ans) {
+		kd_v3_fail(v, q->id, kd_v3_serr("Error", NULL, "the REPL exited before it answered"));
+		return;
+	}
+	if (json_is_object(json_object_get(ans, "error")) &&
+	    json_is_string(json_object_get(json_object_get(ans, "error"), "constructorName")))
+		kd_v3_fail(v, q->id, json_incref(json_object_get(ans, "error")));
+	else
+		kd_v3_ok(v, q->id, json_incref(json_object_get(ans, "ok")));
+	json_decref(ans);
+}
+
+/* denoReplClose: end its input, and the script exits. ENOENT when it is gone (the SDK swallows that). */
+static void m_repl_close(struct rpc *q)
+{
+	struct kd_v3 *v = q->v;
+	json_t *pid = json_object_get(q->params, "pid");
+	struct kd_v3_proc *p;
+	int ok = 0;
+
+	pthread_mutex_lock(&v->m);
+	p = json_is_integer(pid) ? proc_find(v, (uint64_t)json_integer_value(pid)) : NULL;
+	if (p && p->repl && !p->done && p->repl_in >= 0) {
+		close(p->repl_in);
+		p->repl_in = -1;
+		ok = 1;
+	}
+	pthread_mutex_unlock(&v->m);
+	if (ok)
+		kd_v3_ok(v, q->id, NULL);
+	else
+		kd_v3_fail(v, q->id, kd_v3_serr("NotFound", "ENOENT", "no REPL %lld is running on this connection",
+						(long long)json_integer_value(pid)));
+}
+
+/* exposeHttp {domain, port | pid}: bind a name the REST call gave this sandbox. */
+static void m_expose(struct rpc *q)
+{
+	const char *domain = pstr(q, "domain");
+	json_t *port = json_object_get(q->params, "port"), *pid = json_object_get(q->params, "pid");
+	struct kiln_err err;
+	uint64_t g = 0;
+	int done = 0, r;
+
+	if (!domain || (json_is_integer(port) == json_is_integer(pid)) ||
+	    (json_is_integer(port) && (json_integer_value(port) < 1 || json_integer_value(port) > 65535))) {
+		bad_params(q, "exposeHttp takes a domain and one of port (1-65535) and pid");
+		return;
+	}
+	if (json_is_integer(pid) && !(g = guest_pid(q->v, pid, &done))) {
+		kd_v3_fail(q->v, q->id, kd_v3_serr("NotFound", "ENOENT", "no process %lld on this connection",
+						   (long long)json_integer_value(pid)));
+		return;
+	}
+	r = kd_ingress_bind(q->v->kd, q->v->id, domain, json_is_integer(port) ? (uint16_t)json_integer_value(port) : 0,
+			    g, &err);
+	if (r)
+		kd_v3_fail(q->v, q->id, kd_v3_serr(r == -ENOENT ? "NotFound" : "NotSupported",
+						   r == -ENOENT ? "ENOENT" : "ENOTSUP", "%s", err.msg));
+	else
+		kd_v3_ok(q->v, q->id, NULL);
 }
 
 static void m_wait(struct rpc *q)
@@ -1477,8 +2201,21 @@ void kd_rpc_serve(struct kd_v3 *v, json_t *msg)
 		m_umask(&q);
 	else if (!strcmp(m, "makeTempDir") || !strcmp(m, "makeTempFile"))
 		m_mktemp(&q, m[8] == 'D');
-	else if (!strncmp(m, "deno", 4) || !strncmp(m, "spawnDeno", 9) || !strcmp(m, "fetch") ||
-		 !strcmp(m, "exposeHttp") || !strcmp(m, "vscode"))
+	else if (!strcmp(m, "spawnDeno"))
+		m_spawn_deno(&q);
+	else if (!strcmp(m, "denoHttpWait"))
+		m_http_wait(&q);
+	else if (!strcmp(m, "fetch"))
+		m_fetch(&q);
+	else if (!strcmp(m, "spawnDenoRepl"))
+		m_spawn_repl(&q);
+	else if (!strcmp(m, "denoReplEval") || !strcmp(m, "denoReplCall"))
+		m_repl_req(&q, m[8] == 'C');
+	else if (!strcmp(m, "denoReplClose"))
+		m_repl_close(&q);
+	else if (!strcmp(m, "exposeHttp"))
+		m_expose(&q);
+	else if (!strcmp(m, "vscode"))
 		kd_v3_fail(v, q.id, kd_v3_serr("NotSupported", "ENOTSUP", "kiln does not serve %s yet (issue 17 "
 					       "leaves Deno runtimes, fetch, expose and VS Code for later): run deno "
 					       "or curl with sandbox.sh or spawn instead", m));
@@ -1495,6 +2232,9 @@ void kd_rpc_socket_gone(struct kd_v3 *v)
 		struct kd_v3_proc *p = v->procs;
 
 		v->procs = p->next;
+		if (p->repl_in >= 0)
+			close(p->repl_in);
+		json_decref(p->replies);
 		free(p);
 	}
 	if (v->fh)

@@ -23,6 +23,7 @@
 #include <openssl/evp.h>
 
 #include "kd_deno.h"
+#include "kd_v3conf.h"
 
 #define V3_CREATE	"/api/v3/sandboxes/create"
 #define V3_SANDBOX	"/api/v3/sandbox/"
@@ -494,6 +495,8 @@ struct kac *kd_v3_conn_get(struct kd_v3 *v, struct kac_err *err)
 		return NULL;
 	}
 	kac_set_timeout(c, KAC_TIMEOUT_DEFAULT_MS);
+	/* The SDK's file calls act as the sandbox's user, as its commands do. */
+	kac_set_fs_user(c, 1);
 	return c;
 }
 
@@ -824,6 +827,7 @@ void kd_v3_sbx_ended(struct kilnd *kd, const char *id, enum reg_end why, const c
 	default: code = 1001; snprintf(reason, sizeof(reason), "sandbox stopped: %s", reg_end_name(why)); break;
 	}
 	pool_kill(id);
+	kd_ingress_forget(kd, id);
 	for (struct kd_v3 *v = kd->v3s; v; v = v->next)
 		if (!strcmp(v->id, id))
 			v3_close(v, code, reason);
@@ -996,115 +1000,16 @@ static int refuse(struct lws *wsi, int status, const char *code, const char *msg
 	return 1;
 }
 
-/* ISO-8859-1 bytes to UTF-8 (btoa's input is Latin-1 code units, §2.2). */
-static char *latin1_to_utf8(const unsigned char *p, size_t n)
-{
-	char *o = malloc(2 * n + 1), *q = o;
-
-	if (!o)
-		return NULL;
-	for (size_t i = 0; i < n; i++) {
-		if (p[i] < 0x80) {
-			*q++ = (char)p[i];
-		} else {
-			*q++ = (char)(0xc0 | p[i] >> 6);
-			*q++ = (char)(0x80 | (p[i] & 0x3f));
-		}
-	}
-	*q = '\0';
-	return o;
-}
-
-/*
- * The SDK's config (§2.2) as kiln's create body (sched_spec_from_json):
- * memory_mb, labels, allow_net and secrets as they are; volumes from
- * [{volume, path}] to {path: volume}; root's volume as the image; and
- * stop_at_ms, a deadline on the client's clock, as a timeout from now.
- * Keys kiln does not know are left out, so a newer SDK still creates.
- */
-static json_t *config_to_spec(json_t *c, char *msg, size_t n)
-{
-	json_t *o = json_object(), *v;
-
-	if (!json_is_object(c)) {
-		snprintf(msg, n, "x-deno-sandbox-config must hold a JSON object");
-		json_decref(o);
-		return NULL;
-	}
-	static const char *const same[] = { "memory_mb", "labels", "allow_net", "secrets" };
-	for (size_t i = 0; i < sizeof(same) / sizeof(same[0]); i++)
-		if ((v = json_object_get(c, same[i])) && !json_is_null(v))
-			json_object_set(o, same[i], v);
-	if ((v = json_object_get(c, "volumes")) && !json_is_null(v)) {
-		json_t *vols = json_object(), *e;
-		size_t i;
-
-		if (!json_is_array(v)) {
-			snprintf(msg, n, "volumes must be an array of {\"volume\", \"path\"}");
-			goto bad;
-		}
-		json_array_foreach(v, i, e) {
-			json_t *vol = json_object_get(e, "volume"), *path = json_object_get(e, "path");
-
-			if (!json_is_string(vol) || !json_is_string(path)) {
-				snprintf(msg, n, "volumes[%zu] must be {\"volume\": NAME, \"path\": MOUNT_PATH}", i);
-				json_decref(vols);
-				goto bad;
-			}
-			json_object_set(vols, json_string_value(path), vol);
-		}
-		if (json_object_size(vols))
-			json_object_set_new(o, "volumes", vols);
-		else
-			json_decref(vols);
-	}
-	if ((v = json_object_get(c, "root")) && !json_is_null(v)) {
-		json_t *vol = json_object_get(v, "volume");
-
-		if (!json_is_string(vol)) {
-			snprintf(msg, n, "root must be {\"volume\": IMAGE}");
-			goto bad;
-		}
-		json_object_set(o, "root", vol);
-	}
-	v = json_object_get(c, "stop_at_ms");
-	if (v && !json_is_null(v)) {
-		int64_t now = (int64_t)kd_now_ms(), at;
-		char t[32];
-
-		if (!json_is_integer(v) && !json_is_real(v)) {
-			snprintf(msg, n, "stop_at_ms must be a number (ms since the epoch)");
-			goto bad;
-		}
-		at = json_is_integer(v) ? json_integer_value(v) : (int64_t)json_real_value(v);
-		if (at <= now) {
-			snprintf(msg, n, "stop_at_ms %lld is not in the future (kilnd's clock says %lld): check the "
-				 "client's clock", (long long)at, (long long)now);
-			goto bad;
-		}
-		snprintf(t, sizeof(t), "%lldms", (long long)(at - now));
-		json_object_set_new(o, "timeout", json_string(t));
-	} else {
-		json_object_set_new(o, "timeout", json_string("session"));
-	}
-	return o;
-bad:
-	json_decref(o);
-	return NULL;
-}
-
 static int confirm_create(struct kilnd *kd, struct lws *wsi)
 {
 	int hlen = lws_hdr_custom_length(wsi, V3_CONFIG_HDR, (int)strlen(V3_CONFIG_HDR));
-	char msg[600], *hdr = NULL, *text = NULL, *body = NULL;
-	unsigned char *raw = NULL;
+	char msg[600], *hdr = NULL, *body = NULL;
 	struct sched_spec spec;
 	struct kiln_err err;
 	struct kd_sbx *s;
 	struct kd_v3 *v;
-	json_error_t je;
-	json_t *cfg = NULL, *sj = NULL;
-	int n, r, st = 0;
+	json_t *sj = NULL;
+	int r, st = 0;
 
 	sched_spec_init(&spec);
 	if (hlen <= 0 || hlen > V3_CONFIG_MAX) {
@@ -1113,25 +1018,11 @@ static int confirm_create(struct kilnd *kd, struct lws *wsi)
 		return refuse(wsi, 400, "INVALID_CONFIG", msg);
 	}
 	hdr = malloc((size_t)hlen + 1);
-	raw = malloc((size_t)hlen + 1);
-	if (!hdr || !raw || lws_hdr_custom_copy(wsi, hdr, hlen + 1, V3_CONFIG_HDR, (int)strlen(V3_CONFIG_HDR)) < 0) {
+	if (!hdr || lws_hdr_custom_copy(wsi, hdr, hlen + 1, V3_CONFIG_HDR, (int)strlen(V3_CONFIG_HDR)) < 0) {
 		st = refuse(wsi, 500, "INTERNAL", "kilnd could not read the config header");
 		goto out;
 	}
-	n = EVP_DecodeBlock(raw, (unsigned char *)hdr, hlen);
-	if (n < 0 || hlen % 4) {
-		st = refuse(wsi, 400, "INVALID_CONFIG", "x-deno-sandbox-config is not base64");
-		goto out;
-	}
-	n -= (hlen >= 1 && hdr[hlen - 1] == '=') + (hlen >= 2 && hdr[hlen - 2] == '=');
-	text = latin1_to_utf8(raw, (size_t)n);
-	cfg = text ? json_loads(text, JSON_REJECT_DUPLICATES, &je) : NULL;
-	if (!cfg) {
-		snprintf(msg, sizeof(msg), "x-deno-sandbox-config is not JSON: %s", text ? je.text : "out of memory");
-		st = refuse(wsi, 400, "INVALID_CONFIG", msg);
-		goto out;
-	}
-	sj = config_to_spec(cfg, msg, sizeof(msg));
+	sj = kd_v3_config_spec(hdr, (size_t)hlen, kd_now_ms(), msg, sizeof(msg));
 	body = sj ? json_dumps(sj, JSON_COMPACT) : NULL;
 	if (!body) {
 		st = refuse(wsi, 400, "INVALID_CONFIG", sj ? "out of memory" : msg);
@@ -1162,11 +1053,8 @@ static int confirm_create(struct kilnd *kd, struct lws *wsi)
 	lws_set_opaque_user_data(wsi, v);
 out:
 	sched_spec_free(&spec);
-	json_decref(cfg);
 	json_decref(sj);
 	free(hdr);
-	free(raw);
-	free(text);
 	free(body);
 	return st;
 }
@@ -1290,6 +1178,25 @@ static int v3_extend(struct kilnd *kd, const struct kd_req *r, const char *id, j
 	return 200;
 }
 
+/* expose/http (§6.1.3): a name for the sandbox; the RPC exposeHttp binds it to a port. */
+static int v3_expose(struct kilnd *kd, const char *id, json_t **body)
+{
+	struct kd_sbx *s = kd_sbx_find(kd, id);
+	char domain[200];
+	struct kiln_err err;
+	int r;
+
+	if (!s || s->state != REG_RUNNING)
+		return dfail(body, s ? 409 : 404, s ? "SANDBOX_NOT_READY" : "SANDBOX_NOT_FOUND", "sandbox %s is %s", id,
+			     s ? "still being created" : "not running on this node");
+	r = kd_ingress_alloc(kd, id, s->vmm.vsock_path, domain, sizeof(domain), &err);
+	if (r)
+		return dfail(body, r == -ENOTSUP ? 501 : r == -ENOSPC ? 429 : 500,
+			     r == -ENOTSUP ? "NOT_SUPPORTED" : r == -ENOSPC ? "LIMIT" : "INTERNAL", "%s", err.msg);
+	*body = json_pack("{s:s}", "domain", domain);
+	return 200;
+}
+
 static json_t *iso_json(int64_t ms)
 {
 	char b[40];
@@ -1378,10 +1285,11 @@ int kd_deno_route(struct kilnd *kd, const struct kd_req *r, json_t **body)
 				     "(extendTimeout)");
 		if (!strcmp(rest, "/connect"))
 			return dfail(body, 400, "BAD_REQUEST", "/api/v3/sandbox/ID/connect is a WebSocket");
+		if ((!strcmp(rest, "/expose/http") || !strcmp(rest, "/expose/vscode")) && m == LWSHUMETH_POST)
+			return v3_expose(kd, id, body);
 		if (!strncmp(rest, "/expose/", 8) && m == LWSHUMETH_POST)
-			return dfail(body, 501, "NOT_SUPPORTED", "kiln does not serve expose/%.16s yet: exposeHttp, "
-				     "exposeSsh and exposeVscode are not built (issue 17); reach a guest port with "
-				     "`kiln port-forward`", rest + 8);
+			return dfail(body, 501, "NOT_SUPPORTED", "kiln does not serve expose/%.16s yet: there is no SSH "
+				     "gateway (issue 17); reach the guest with `kiln exec` or `kiln port-forward`", rest + 8);
 		return dfail(body, 404, "NOT_FOUND", "no such path %.80s", p);
 	}
 	if (!strcmp(p, "/api/v3/sandboxes/create"))

@@ -94,6 +94,8 @@ struct kd_conf {
 	uint64_t min_free_bytes;	/* --min-free: the state dir's floor */
 	int no_net;			/* --no-net: sandboxes get no network device at all */
 	char dns_upstream[64];		/* --dns-upstream: the resolver's upstream ("": /etc/resolv.conf) */
+	char expose_listen[64];		/* --expose-listen ADDR:PORT: the ingress of exposed ports ("": none) */
+	char expose_domain[96];		/* --expose-domain: exposed names are under it (default localhost) */
 	char upstream_ca[512];		/* --upstream-ca: a PEM file of CAs trusted for secret hosts' upstreams,
 					 * besides the system's store (tests) */
 };
@@ -147,6 +149,7 @@ struct kd_metrics {
 struct kd_job;
 struct kd_tun;
 struct kd_v3;
+struct kd_ingress;
 struct kd_egress;
 
 struct kilnd {
@@ -169,6 +172,7 @@ struct kilnd {
 	unsigned jobs_running;
 	struct kd_tun *tunnels;		/* agent WebSockets (tunnel.c) */
 	struct kd_v3 *v3s;		/* the Deno SDK's control sockets (v3.c) */
+	struct kd_ingress *ingress;	/* exposed HTTP (ingress.c); NULL without --expose-listen */
 	pthread_mutex_t vol_lock;	/* one host-side journal replay at a time */
 	int net_ok;			/* sandboxes get a network namespace (kd_net_init) */
 	char net_why[600];		/* why not, when not */
@@ -476,6 +480,17 @@ void kd_v3_sbx_ready(struct kilnd *kd, const struct kd_sbx *s);
 void kd_v3_sbx_ended(struct kilnd *kd, const char *id, enum reg_end why, const char *detail);
 /* /api/v3/sandbox/ID (kill, extendTimeout, expose) and /api/v2 as REST. */
 int kd_deno_route(struct kilnd *kd, const struct kd_req *r, json_t **body);
+
+/* ---- ingress.c: exposed HTTP (the SDK's exposeHttp) ---- */
+/* With --expose-listen: listen, and serve exposed names on threads of its own. 0 or -errno with err. */
+int kd_ingress_start(struct kilnd *kd, struct kiln_err *err);
+/* A new name for sandbox id (host[:port] into domain), bound to nothing yet. -ENOTSUP without an ingress. */
+int kd_ingress_alloc(struct kilnd *kd, const char *id, const char *vsock, char *domain, size_t n, struct kiln_err *err);
+/* Bind id's name domain to a guest port, or (port 0) to the port guest process guest_pid listens on. Thread-safe. */
+int kd_ingress_bind(struct kilnd *kd, const char *id, const char *domain, uint16_t port, uint64_t guest_pid,
+		    struct kiln_err *err);
+/* A sandbox ended: its names die. */
+void kd_ingress_forget(struct kilnd *kd, const char *id);
 
 /* ---- metrics.c ---- */
 void kd_metrics_create(struct kilnd *kd, double seconds);
