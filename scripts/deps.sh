@@ -21,7 +21,10 @@ image_pkgs=(mmdebstrap e2fsprogs)
 pkgs=("${build_pkgs[@]}")
 case "${1:-build}" in
 build) ;;
-test|bench) pkgs+=("${test_pkgs[@]}") ;;
+test|bench)
+	pkgs+=("${test_pkgs[@]}")
+	# npm for tests/sdk (sdk_npm below), unless one (e.g. NodeSource's nodejs) is already there.
+	[ "$1" = bench ] || command -v npm >/dev/null || pkgs+=(npm) ;;
 image)
 	pkgs=("${image_pkgs[@]}")
 	# Debian's npm, unless an npm (e.g. with NodeSource's nodejs) is already there.
@@ -29,13 +32,24 @@ image)
 *) echo "usage: scripts/deps.sh [build|test|bench|image]" >&2; exit 2 ;;
 esac
 
+# make test's sdk group (tests/integration/sdk.sh) runs the @deno/sandbox SDK
+# from tests/sdk/node_modules: install it here, as the nested host has no network.
+sdk_npm() {
+	local d
+	d=$(cd "$(dirname "$0")/.." && pwd)/tests/sdk
+	[ "${1:-build}" = test ] || return 0
+	[ -d "$d/node_modules" ] && ! [ "$d/package-lock.json" -nt "$d/node_modules" ] && return 0
+	echo "deps: npm ci in tests/sdk (@deno/sandbox for the sdk tests)" >&2
+	(cd "$d" && npm ci --no-audit --no-fund >&2) || echo "deps: npm ci in tests/sdk failed: the sdk tests will fail" >&2
+}
+
 missing=()
 for p in "${pkgs[@]}"; do
 	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
 		missing+=("$p")
 	fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+[ ${#missing[@]} -eq 0 ] && { sdk_npm "${1:-build}"; exit 0; }
 
 sudo=
 if [ "$(id -u)" != 0 ]; then
@@ -49,3 +63,4 @@ echo "deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q >&2
 $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+sdk_npm "${1:-build}"

@@ -91,6 +91,143 @@ def req(conn, method, path, body=None, headers=None):
     return r.status, js, data
 
 
+def ws_handshake(port, path, headers, timeout=20):
+    """A WebSocket upgrade by hand: (status line, header dict, socket, leftover bytes)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    h = "".join("%s: %s\r\n" % kv for kv in headers.items())
+    s.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+               "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n%s\r\n"
+               % (path, port, h)).encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    hd = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        hd[k.strip().lower()] = v.strip()
+    if "content-length" in hd:
+        while len(rest) < int(hd["content-length"]):
+            d = s.recv(65536)
+            if not d:
+                break
+            rest += d
+    return lines[0] if lines else "", hd, s, rest
+
+
+def ws_send(s, text, opcode=1):
+    data = text if isinstance(text, bytes) else text.encode()
+    mask = os.urandom(4)
+    n = len(data)
+    hdr = bytes([0x80 | opcode])
+    if n < 126:
+        hdr += bytes([0x80 | n])
+    elif n < 65536:
+        hdr += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        hdr += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    s.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+
+def ws_recv(s, buf):
+    """One frame: (opcode, payload, rest of buf)."""
+    def need(k):
+        nonlocal buf
+        while len(buf) < k:
+            d = s.recv(65536)
+            if not d:
+                raise EOFError("closed")
+            buf += d
+    need(2)
+    op, n = buf[0] & 0x0F, buf[1] & 0x7F
+    off = 2
+    if n == 126:
+        need(4)
+        n, off = int.from_bytes(buf[2:4], "big"), 4
+    elif n == 127:
+        need(10)
+        n, off = int.from_bytes(buf[2:10], "big"), 10
+    need(off + n)
+    return op, buf[off:off + n], buf[off + n:]
+
+
+def deno_checks(port, u):
+    """The @deno/sandbox protocol's front door without a VM: handshakes refused
+    in the SDK's JSON shape, REST routes, and a control socket's framing (ping,
+    malformed JSON-RPC) answered before its sandbox runs; then the create,
+    which fails here for want of KVM, closes the socket with 1011 and why."""
+    import base64
+    tok = req(u(), "POST", "/v1/tokens")[1]["token"]
+    cfg = lambda o: base64.b64encode(json.dumps(o).encode("latin-1")).decode()
+    auth = {"Authorization": "Bearer " + tok}
+    st, hd, s, body = ws_handshake(port, "/api/v3/sandboxes/create", {"Authorization": "Bearer ddo_bogus",
+                                                                      "x-deno-sandbox-config": cfg({"memory_mb": 1280})})
+    s.close()
+    check("v3: a create with a bad token -> 401 INVALID_TOKEN (the SDK's InvalidTokenError)",
+          " 401 " in st and b'"INVALID_TOKEN"' in body, st + " " + body.decode("latin-1"))
+    st, hd, s, body = ws_handshake(port, "/api/v3/sandboxes/create", auth)
+    s.close()
+    check("v3: a create without x-deno-sandbox-config -> 400 INVALID_CONFIG naming the header",
+          " 400 " in st and b"INVALID_CONFIG" in body and b"x-deno-sandbox-config" in body, body)
+    st, hd, s, body = ws_handshake(port, "/api/v3/sandboxes/create", dict(auth, **{"x-deno-sandbox-config": "%%%%"}))
+    s.close()
+    check("v3: a config that is not base64 -> 400", " 400 " in st and b"not base64" in body, body)
+    st, hd, s, body = ws_handshake(port, "/api/v3/sandboxes/create",
+                                   dict(auth, **{"x-deno-sandbox-config": cfg({"memory_mb": 600, "volumes": []})}))
+    s.close()
+    check("v3: memory_mb 600 -> 400 saying the range", " 400 " in st and b"768" in body and b"4096" in body, body)
+    big = cfg({"memory_mb": 1280, "volumes": [], "labels": {"k": "v"}, "x": "y" * 20000})
+    st, hd, s, body = ws_handshake(port, "/api/v3/sandboxes/create", dict(auth, **{"x-deno-sandbox-config": big,
+                                                                                  "x-bad": "1"}))
+    s.close()
+    check("v3: a 27 KB config header is read whole (its unknown keys ignored), not cut off",
+          st != "" and " 101 " in st, st)
+    st, hd, s, body = ws_handshake(port, "/api/v3/sandbox/sbx_loc_00000000000000000000/connect", auth)
+    s.close()
+    check("v3: connect to an unknown id -> 404 SANDBOX_NOT_FOUND", " 404 " in st and b"SANDBOX_NOT_FOUND" in body, body)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    st2, js, raw = req(c, "GET", "/api/v2/apps", headers=auth)
+    check("v2: Deno Deploy's apps -> 501 NOT_SUPPORTED saying kiln is not Deploy",
+          st2 == 501 and js["code"] == "NOT_SUPPORTED" and "Deploy" in js["message"], raw)
+    st2, js, raw = req(c, "DELETE", "/api/v3/sandbox/sbx_loc_00000000000000000000", headers=auth)
+    check("v3: kill of an unknown sandbox -> 404 SANDBOX_NOT_FOUND", st2 == 404 and js["code"] == "SANDBOX_NOT_FOUND", raw)
+    st2, js, raw = req(c, "GET", "/api/v2/sandboxes?labels%5Bnone%5D=x", headers=auth)
+    check("v2: the sandbox list with a label filter is a bare array", st2 == 200 and isinstance(js, list), raw)
+    # A real create: 101 with the id at once; the socket answers while the sandbox is made.
+    st, hd, s, rest = ws_handshake(port, "/api/v3/sandboxes/create",
+                                   dict(auth, **{"x-deno-sandbox-config": cfg({"memory_mb": 768, "volumes": []})}))
+    import re
+    check("v3: a create answers 101 with x-deno-sandbox-id in the SDK's shape",
+          " 101 " in st and re.match(r"^sbx_[a-z]{3}_[0-9a-hjkmnp-z]{20}$", hd.get("x-deno-sandbox-id", "")), (st, hd))
+    got = []
+    try:
+        ws_send(s, "ping")
+        ws_send(s, '{"jsonrpc":"2.0","id":0,"method":"nope","params":{}}')
+        ws_send(s, '{"jsonrpc":"2.0","id":')
+        ws_send(s, '{"jsonrpc":"2.0","id":7,"method":"stat"}')
+        close = None
+        while close is None:
+            op, payload, rest = ws_recv(s, rest)
+            if op == 8:
+                close = (int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None, payload[2:].decode())
+            elif op == 1:
+                got.append(payload.decode())
+    except (OSError, EOFError) as e:
+        close = ("error", str(e))
+    s.close()
+    msgs = [g if g == "pong" else json.loads(g) for g in got]
+    check("v3: text ping -> pong; unknown method -> -32601 with id 0; bad JSON -> -32700; no params -> -32602",
+          "pong" in msgs and any(isinstance(m, dict) and m.get("id") == 0 and m["error"]["code"] == -32601 for m in msgs)
+          and any(isinstance(m, dict) and m["error"]["code"] == -32700 for m in msgs)
+          and any(isinstance(m, dict) and m.get("id") == 7 and m["error"]["code"] == -32602 for m in msgs), got)
+    check("v3: a create that fails (no KVM here) closes the socket with 1011 and the reason",
+          close[0] == 1011 and "could not be created" in close[1], close)
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="kd-api.")
     os.chmod(tmp, 0o755)
@@ -200,16 +337,18 @@ def run_checks(state, sock, port, kd, u, t, tmp):
     st, js, raw = req(tc, "GET", "/v1/sandboxes", headers={"Authorization": "Bearer " + tok})
     check("a revoked token -> 401", st == 401, raw)
 
+    deno_checks(port, u)
+
     # Oversized headers: the connection is refused, and kilnd keeps serving.
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(b"GET /v1/node HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    s.sendall(b"GET /v1/node HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
     try:
         got = s.recv(4096)
     except OSError:
         got = b""
     s.close()
     st, js, raw = req(u(), "GET", "/v1/node")
-    check("headers over 8 KiB get no answer but a closed connection, and kilnd serves the next client",
+    check("headers over 60 KiB get no answer but a closed connection, and kilnd serves the next client",
           not got.startswith(b"HTTP/1.1 200") and st == 200, got[:200])
 
     # A client that sends a byte at a time does not hold up the others.
