@@ -27,6 +27,7 @@
 #include <openssl/ssl.h>
 
 #include "agent_client.h"
+#include "io.h"
 #include "kd_ca.h"
 #include "kilnd.h"
 
@@ -105,21 +106,6 @@ static int first_port(void *arg, const struct kac_listener *l)
 	return 1;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, p, n);
-
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 struct conn_arg {
 	struct kd_ingress *in;
 	int fd;
@@ -155,7 +141,7 @@ static void pump(SSL *ssl, int fd, int rfd)
 						return;
 				}
 			}
-			if (write_all(rfd, buf, (size_t)n))
+			if (write_full(rfd, buf, (size_t)n) < 0)
 				return;
 		}
 		if (p[1].revents & (POLLIN | POLLHUP | POLLERR)) {

@@ -20,6 +20,7 @@
 
 #include <openssl/evp.h>
 
+#include "io.h"
 #include "kd_deno.h"
 
 #define RPC_FILE_MAX	(32u << 20)	/* readFile's answer travels in one frame: bigger wants fs.open */
@@ -1273,20 +1274,9 @@ static void *feed_main(void *arg)
 	unsigned char buf[65536];
 	ssize_t n;
 
-	while ((n = kd_v3_cs_read(f->v, f->id, buf, sizeof(buf))) > 0) {
-		ssize_t off = 0;
-
-		while (off < n) {
-			ssize_t w = write(f->fd, buf + off, (size_t)(n - off));
-
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0)
-				goto done;
-			off += w;
-		}
-	}
-done:
+	while ((n = kd_v3_cs_read(f->v, f->id, buf, sizeof(buf))) > 0)
+		if (write_full(f->fd, buf, (size_t)n) < 0)
+			break;
 	close(f->fd);
 	f->fd = -1;
 	return NULL;
@@ -1936,18 +1926,10 @@ static void m_repl_req(struct rpc *q, int call)
 	line = req ? json_dumps(req, JSON_COMPACT) : NULL;
 	json_decref(req);
 	if (line) {
-		size_t n = strlen(line), off = 0;
+		size_t n = strlen(line);
 
 		line[n++] = '\n';	/* json_dumps' NUL becomes the line's end */
-		while (off < n) {
-			ssize_t w = write(fd, line + off, n - off);
-
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0)
-				break;
-			off += (size_t)w;
-		}
+		write_full(fd, line, n);
 	}
 	free(line);
 	close(fd);

@@ -163,13 +163,10 @@ void kd_v3_rpc_error(struct kd_v3 *v, json_t *id, int code, const char *msg)
 }
 
 /* From the loop: never waits (its messages are small and rare; flow() bounds them). */
-static void loop_send(struct kd_v3 *v, json_t *msg)
+static void loop_queue(struct kd_v3 *v, const char *text, size_t len)
 {
-	char *s = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
-	struct kd_v3_frame *f = s ? frame_new(s, strlen(s)) : NULL;
+	struct kd_v3_frame *f = text ? frame_new(text, len) : NULL;
 
-	free(s);
-	json_decref(msg);
 	if (!f)
 		return;
 	pthread_mutex_lock(&v->m);
@@ -180,6 +177,15 @@ static void loop_send(struct kd_v3 *v, json_t *msg)
 	pthread_mutex_unlock(&v->m);
 	if (v->wsi)
 		lws_callback_on_writable(v->wsi);
+}
+
+static void loop_send(struct kd_v3 *v, json_t *msg)
+{
+	char *s = msg ? json_dumps(msg, JSON_COMPACT) : NULL;
+
+	json_decref(msg);
+	loop_queue(v, s, s ? strlen(s) : 0);
+	free(s);
 }
 
 /* ---- server streams --------------------------------------------------------- */
@@ -681,17 +687,7 @@ static void on_message(struct kd_v3 *v, const unsigned char *p, size_t n)
 	const char *method;
 
 	if (n == 4 && !memcmp(p, "ping", 4)) {
-		struct kd_v3_frame *f = frame_new("pong", 4);
-
-		if (!f)
-			return;
-		pthread_mutex_lock(&v->m);
-		if (v->closed)
-			free(f);
-		else
-			queue_locked(v, f);
-		pthread_mutex_unlock(&v->m);
-		lws_callback_on_writable(v->wsi);
+		loop_queue(v, "pong", 4);
 		return;
 	}
 	msg = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, &je);
