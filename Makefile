@@ -8,6 +8,7 @@
 #   make bench-snapshot  snapshot restore against cold boot (also bench-agent,
 #                   bench-vsock, bench-blk, bench-net)
 #   make bench-create    kilnd's create against a raw restore and a cold boot
+#   make bench-sdk  the @deno/sandbox SDK against kiln's CLI through kilnd
 #   make fuzz       run the libFuzzer targets briefly
 
 CC      ?= gcc
@@ -412,6 +413,17 @@ bench-create: deps-test
 	@$(MAKE) --no-print-directory all image $(O)/kilnd $(O)/kiln-firstexec
 	KILN_NESTED_PASSENV="$${KILN_NESTED_PASSENV:-} $(BENCH_CREATE_ENV)" \
 	  tests/nested/kvm-host.sh --timeout 1800 -- bench/create.sh $(O)/kiln-vmm $(O)/kilnd $(O)/kiln $(O)/kiln-firstexec
+
+# The @deno/sandbox SDK (tests/sdk) against kiln's CLI through one kilnd: create
+# -> first exec, exec round trips, file and directory throughput (bench/sdk.sh).
+# Knobs: BENCH_SDK_ROUNDS (10), BENCH_SDK_SH (50), BENCH_SDK_XFER (3),
+# BENCH_SDK_MIB (31), BENCH_SDK_TIMEOUT (s per step, 120; 300 nested).
+BENCH_SDK_ENV = BENCH_SDK_ROUNDS BENCH_SDK_SH BENCH_SDK_XFER BENCH_SDK_MIB BENCH_SDK_TIMEOUT
+.PHONY: bench-sdk
+bench-sdk: deps-test
+	@$(MAKE) --no-print-directory all image $(O)/kilnd $(O)/kiln
+	KILN_NESTED_PASSENV="$${KILN_NESTED_PASSENV:-} $(BENCH_SDK_ENV)" \
+	  tests/nested/kvm-host.sh --timeout 1800 -- bench/sdk.sh $(O)/kiln-vmm $(O)/kilnd $(O)/kiln
 
 clean:
 	rm -rf $(O)

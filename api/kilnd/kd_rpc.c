@@ -262,7 +262,10 @@ static void m_read_file(struct rpc *q, int text)
 			size_t nc = cap ? cap * 2 : 256 * 1024;
 			unsigned char *t;
 
-			if (nc > RPC_FILE_MAX + RPC_IO_CHUNK) {
+			/* Room for RPC_FILE_MAX and one more read, which tells a file of exactly that size from a bigger one. */
+			if (nc > RPC_FILE_MAX + RPC_IO_CHUNK)
+				nc = RPC_FILE_MAX + RPC_IO_CHUNK;
+			if (nc < len + RPC_IO_CHUNK) {
 				r = -EFBIG;
 				break;
 			}
