@@ -42,7 +42,7 @@ PROTO_HDRS := $(LIB_HDRS)
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 .PHONY: all vmm guest kernel image test-image initramfs unit asan demo test check-layers test-unit test-integration test-client test-kilnd-api \
-        test-kilnd-cli test-net-host \
+        test-kilnd-cli test-net-host test-ssh-host \
         bench-boot bench-blk bench-net bench-vsock bench-agent bench-snapshot fuzz fuzz-build deps deps-test clean FORCE
 
 all: vmm guest
@@ -202,7 +202,9 @@ KILND_HDRS := $(wildcard api/kilnd/*.h) $(SCHED_CORE_HDRS) $(REG_HDRS) $(KAC_HDR
 # Host with http-parser.
 NET_LIBS   := $(shell pkg-config --libs libnftnl libmnl libevent libevent_pthreads libevent_openssl libssl libcrypto 2>/dev/null || \
                 echo -lnftnl -lmnl -levent -levent_pthreads -levent_openssl -lssl -lcrypto) -lhttp_parser
-KILND_LIBS := $(LWS_LIBS) $(JANSSON_LIBS) $(REG_LIBS) $(NET_LIBS) -pthread -lm
+# The SSH gateway (kd_ssh.c): libssh's server API.
+SSH_LIBS   := $(shell pkg-config --libs libssh 2>/dev/null || echo -lssh)
+KILND_LIBS := $(LWS_LIBS) $(JANSSON_LIBS) $(REG_LIBS) $(NET_LIBS) $(SSH_LIBS) -pthread -lm
 
 # The Deno SDK's REPL (issue 17) is a script kilnd writes into the guest:
 # guest/deno/repl.js as a C array, so kilnd needs nothing from the image but deno.
@@ -275,7 +277,7 @@ test: deps-test
 	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory all asan unit fuzz-build image
 	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-kilnd-api test-kilnd-cli test-image \
-	  test-net-host test-integration
+	  test-net-host test-ssh-host test-integration
 
 # Sandbox networks without a VM (issue 16), as root: the namespace and its
 # nftables rules with real packets from a stand-in guest (tests/netns/); the
@@ -284,6 +286,18 @@ test: deps-test
 test-net-host:
 	tests/netns/run.sh $(O)/netns
 	tests/egress/run.sh $(O)/egress
+
+# kilnd's SSH gateway without a VM (tests/ssh/): kd_ssh.c with ASan in a
+# driver of its own, kiln-agent-host as the sandbox's agent, and OpenSSH's
+# ssh, scp and sftp as clients.
+$(O)/asan/kd-ssh-test: tests/ssh/ssh_host.c api/kilnd/kd_ssh.c api/kilnd/kd_ssh.h lib/err.c $(KAC_SRCS) $(KAC_HDRS) \
+		       $(PROTO_SRCS) $(PROTO_HDRS)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -Iapi -Iapi/kilnd $(ASAN_FLAGS) $(WARN) -o $@ tests/ssh/ssh_host.c api/kilnd/kd_ssh.c lib/err.c \
+	  $(KAC_SRCS) $(PROTO_SRCS) $(SSH_LIBS) -pthread
+
+test-ssh-host: $(O)/asan/kd-ssh-test $(O)/asan/kiln-agent-host
+	tests/ssh/run.sh $(O)/asan/kd-ssh-test $(O)/asan/kiln-agent-host
 
 # ---- fuzzing (libFuzzer, Debian's clang) -------------------------------------
 

@@ -12,8 +12,12 @@ build_pkgs+=(libmnl-dev libevent-dev libhttp-parser-dev)
 build_pkgs+=(libjansson-dev)
 # kilnd's HTTP and WebSocket front, and the CLI's client of it.
 build_pkgs+=(libwebsockets-dev)
+# kilnd's SSH gateway (api/kilnd/kd_ssh.c): libssh's server API.
+build_pkgs+=(libssh-dev)
 test_pkgs=(qemu-system-x86 linux-image-amd64 kmod clang libclang-rt-14-dev util-linux python3 mount e2fsprogs iproute2
 	curl jq dnsmasq-base nftables openssl)
+# tests/ssh: OpenSSH's ssh, scp and sftp against the gateway, sftp-server behind it.
+test_pkgs+=(openssh-client openssh-sftp-server)
 
 # The Debian base image (guest/mkimage.sh): mmdebstrap, e2fsprogs, and npm for deno.
 image_pkgs=(mmdebstrap e2fsprogs)
