@@ -16,7 +16,7 @@
 # Ctrl-C (or SIGTERM) stops kilnd, and the nested host with it.  kilnd on this
 # machine leaves its sandboxes running, and its next start adopts them.
 #
-# Environment: KILN_PORT (default 8080), KILN_EXPOSE_PORT (exposed ports, 8443), KILN_STATE_DIR (the state dir where
+# Environment: KILN_PORT (default 8080), KILN_EXPOSE_PORT (exposed ports, 8443), KILN_SSH_PORT (exposeSsh: 22 where free, else 2222), KILN_STATE_DIR (the state dir where
 # kilnd runs here), KILN_RUN_MEM (the nested host's MiB, default 6144).
 #
 # Usage: scripts/run.sh
@@ -55,6 +55,8 @@ serve() { # ADDR PORT STATE_DIR SOCKET ENDPOINT
 	# certificates come from the node CA, which kilnd has as root.
 	local expose=()
 	(($(id -u) == 0)) && expose=(--expose-listen "$addr:${KILN_EXPOSE_PORT:-8443}")
+	# exposeSsh: users ssh to 127.0.0.1 (port 22 when it was free here).
+	expose+=(--ssh-listen "$addr:${KILN_SSH_PORT:-2222}" --ssh-hostname 127.0.0.1)
 	"$kilnd" --listen "unix:$sock" --listen "tcp:$addr:$port" --state-dir "$state" "${expose[@]}" &
 	kpid=$!
 	trap 'stop=130; kill -TERM "$kpid" 2>/dev/null' INT
@@ -137,6 +139,17 @@ if [[ ! $eport =~ ^[1-9][0-9]{0,4}$ ]] || ((eport > 65535)) || ((eport == port))
 fi
 port_free "$eport" || die "127.0.0.1:$eport (exposed ports) is in use: stop what holds it, or pick another with KILN_EXPOSE_PORT=N make run"
 export KILN_EXPOSE_PORT=$eport
+# The SSH gateway (exposeSsh): 22 where this machine has it free (the SDK
+# tells users "ssh USER@HOST", no port), else 2222; KILN_SSH_PORT chooses.
+if [[ -z ${KILN_SSH_PORT:-} ]]; then
+	if (($(id -u) == 0)) && port_free 22; then KILN_SSH_PORT=22; else KILN_SSH_PORT=2222; fi
+fi
+sport=$KILN_SSH_PORT
+if [[ ! $sport =~ ^[1-9][0-9]{0,4}$ ]] || ((sport > 65535)) || ((sport == port || sport == eport)); then
+	die "KILN_SSH_PORT=$sport is not a port number (1-65535) other than KILN_PORT and KILN_EXPOSE_PORT"
+fi
+port_free "$sport" || die "127.0.0.1:$sport (SSH) is in use: pick another with KILN_SSH_PORT=N make run"
+export KILN_SSH_PORT=$sport
 
 case $(tests/nested/kvm-host.sh --probe) in
 direct)
@@ -149,8 +162,9 @@ direct)
 	;;
 nested)
 	note "no hardware KVM here: kilnd runs in a nested KVM host under QEMU's TCG, its port forwarded to 127.0.0.1:$port (tests/nested/README.md)"
-	KILN_NESTED_PASSENV="${KILN_NESTED_PASSENV:-} KILN_EXPOSE_PORT" \
-		exec tests/nested/kvm-host.sh --timeout 0 --mem "${KILN_RUN_MEM:-6144}" --forward "$port" --forward "$eport" -- \
+	KILN_NESTED_PASSENV="${KILN_NESTED_PASSENV:-} KILN_EXPOSE_PORT KILN_SSH_PORT" \
+		exec tests/nested/kvm-host.sh --timeout 0 --mem "${KILN_RUN_MEM:-6144}" --forward "$port" --forward "$eport" \
+		--forward "$sport" -- \
 		scripts/run.sh --serve 10.0.2.15 "$port" /tmp/kiln/state /tmp/kiln/kilnd.sock "http://127.0.0.1:$port"
 	;;
 *) die "tests/nested/kvm-host.sh --probe failed" ;;

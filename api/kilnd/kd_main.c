@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kd_ssh.h"
 #include "kilnd.h"
 
 static const char usage_text[] =
@@ -65,6 +66,9 @@ static const char usage_text[] =
 "  --expose-listen ADDR:PORT  serve the Deno SDK's exposeHttp names over TLS here (off by default;\n"
 "                          make run uses 127.0.0.1:8443); certificates from the node CA\n"
 "  --expose-domain NAME     exposed names are NAME's subdomains (default localhost)\n"
+"  --ssh-listen ADDR:PORT   serve the Deno SDK's exposeSsh here (off by default; make run uses\n"
+"                          port 22 where free, else 2222); host key STATE/ssh_host_ed25519_key\n"
+"  --ssh-hostname NAME      the host exposeSsh names (default: the listen address)\n"
 "                          (default: the nameservers in /etc/resolv.conf)\n"
 "  --no-net                sandboxes get no network device (the default when kilnd\n"
 "                          cannot make network namespaces: it runs as root)\n"
@@ -243,7 +247,8 @@ static void default_paths(struct kd_conf *c)
 static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 {
 	enum { O_STATE = 256, O_GROUP, O_VMM, O_KERNEL, O_INITRD, O_RESERVE, O_MEMOC, O_CPUOC, O_MAXLIFE, O_GRACE,
-	       O_REGION, O_POOL, O_IMAGE, O_DEFIMAGE, O_LAYER, O_MINFREE, O_NONET, O_DNS, O_UPCA, O_EXPOSE, O_EXPDOM };
+	       O_REGION, O_POOL, O_IMAGE, O_DEFIMAGE, O_LAYER, O_MINFREE, O_NONET, O_DNS, O_UPCA, O_EXPOSE, O_EXPDOM,
+	       O_SSH, O_SSHHOST };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, 'l' },	{ "state-dir", required_argument, NULL, O_STATE },
 		{ "socket-group", required_argument, NULL, O_GROUP }, { "vmm", required_argument, NULL, O_VMM },
@@ -260,6 +265,8 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 		{ "upstream-ca", required_argument, NULL, O_UPCA },
 		{ "expose-listen", required_argument, NULL, O_EXPOSE },
 		{ "expose-domain", required_argument, NULL, O_EXPDOM },
+		{ "ssh-listen", required_argument, NULL, O_SSH },
+		{ "ssh-hostname", required_argument, NULL, O_SSHHOST },
 		{ "verbose", no_argument, NULL, 'v' },		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -359,6 +366,17 @@ static void parse_opts(struct kilnd *kd, int argc, char **argv, int *verbose)
 			    "abcdefghijklmnopqrstuvwxyz0123456789.-") != strlen(optarg) || optarg[0] == '.' || optarg[0] == '-')
 				die("--expose-domain %.80s: give a DNS name (a-z 0-9 . -), such as localhost", optarg);
 			snprintf(c->expose_domain, sizeof(c->expose_domain), "%s", optarg);
+			break;
+		case O_SSH:
+			if (strlen(optarg) >= sizeof(c->ssh_listen) || !strchr(optarg, ':'))
+				die("--ssh-listen %.80s: give ADDR:PORT, such as 0.0.0.0:22", optarg);
+			snprintf(c->ssh_listen, sizeof(c->ssh_listen), "%s", optarg);
+			break;
+		case O_SSHHOST:
+			if (strlen(optarg) >= sizeof(c->ssh_hostname) || !*optarg || strspn(optarg,
+			    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:") != strlen(optarg))
+				die("--ssh-hostname %.80s: give a host name or address", optarg);
+			snprintf(c->ssh_hostname, sizeof(c->ssh_hostname), "%s", optarg);
 			break;
 		case O_UPCA:
 			if (strlen(optarg) >= sizeof(c->upstream_ca) || access(optarg, R_OK))
@@ -549,6 +567,21 @@ int main(int argc, char **argv)
 	kd_net_init(kd);
 	if (kd_ingress_start(kd, &err))
 		die("%s", err.msg);
+	if (kd->conf.ssh_listen[0]) {
+		if (kd_ssh_start(kd->conf.ssh_listen, kd->conf.state_dir, &kd->ssh, &err))
+			die("--ssh-listen %s: %s", kd->conf.ssh_listen, err.msg);
+		if (!kd->conf.ssh_hostname[0]) {
+			/* The listen address, unless it is every address: then the machine's name. */
+			size_t hl = strcspn(kd->conf.ssh_listen, ":");
+
+			snprintf(kd->conf.ssh_hostname, sizeof(kd->conf.ssh_hostname), "%.*s", (int)hl, kd->conf.ssh_listen);
+			if (!strcmp(kd->conf.ssh_hostname, "0.0.0.0"))
+				gethostname(kd->conf.ssh_hostname, sizeof(kd->conf.ssh_hostname) - 1);
+		}
+		lwsl_user("kilnd: exposeSsh served on %s (users: ssh USER@%s%s%s)\n", kd->conf.ssh_listen,
+			  kd->conf.ssh_hostname, strcmp(strrchr(kd->conf.ssh_listen, ':'), ":22") ? " -p " : "",
+			  strcmp(strrchr(kd->conf.ssh_listen, ':'), ":22") ? strrchr(kd->conf.ssh_listen, ':') + 1 : "");
+	}
 	if (kd_readopt(kd, &err))
 		die("%s", err.msg);
 
@@ -575,6 +608,8 @@ int main(int argc, char **argv)
 		if (lws_service(kd->ctx, 0) < 0)
 			break;
 	kd_pool_drain(kd);
+	if (kd->ssh)
+		kd_ssh_stop(kd->ssh);
 	lwsl_user("kilnd: stopping; %u sandbox(es) keep running and are re-adopted at the next start\n",
 		  kd->admit.sandboxes);
 	for (unsigned i = 0; i < kd->conf.nlisten; i++)

@@ -23,6 +23,7 @@
 #include <openssl/evp.h>
 
 #include "kd_deno.h"
+#include "kd_ssh.h"
 #include "kd_v3conf.h"
 
 #define V3_CREATE	"/api/v3/sandboxes/create"
@@ -824,6 +825,8 @@ void kd_v3_sbx_ended(struct kilnd *kd, const char *id, enum reg_end why, const c
 	}
 	pool_kill(id);
 	kd_ingress_forget(kd, id);
+	if (kd->ssh)
+		kd_ssh_forget(kd->ssh, id);
 	for (struct kd_v3 *v = kd->v3s; v; v = v->next)
 		if (!strcmp(v->id, id))
 			v3_close(v, code, reason);
@@ -1193,6 +1196,27 @@ static int v3_expose(struct kilnd *kd, const char *id, json_t **body)
 	return 200;
 }
 
+/* expose/ssh (§6.1.3): a username that is the credential for this sandbox, for its lifetime. */
+static int v3_expose_ssh(struct kilnd *kd, const char *id, json_t **body)
+{
+	struct kd_sbx *s = kd_sbx_find(kd, id);
+	char user[KD_SSH_USER_MAX];
+	struct kiln_err err;
+	int r;
+
+	if (!s || s->state != REG_RUNNING)
+		return dfail(body, s ? 409 : 404, s ? "SANDBOX_NOT_READY" : "SANDBOX_NOT_FOUND", "sandbox %s is %s", id,
+			     s ? "still being created" : "not running on this node");
+	if (!kd->ssh)
+		return dfail(body, 501, "NOT_SUPPORTED", "this node has no SSH gateway: start kilnd with --ssh-listen "
+			     "ADDR:PORT (make run does)");
+	r = kd_ssh_user_new(kd->ssh, id, s->vmm.vsock_path, user, sizeof(user), &err);
+	if (r)
+		return dfail(body, r == -ENOSPC ? 429 : 500, r == -ENOSPC ? "LIMIT" : "INTERNAL", "%s", err.msg);
+	*body = json_pack("{s:s, s:s}", "hostname", kd->conf.ssh_hostname, "username", user);
+	return 200;
+}
+
 static json_t *iso_json(int64_t ms)
 {
 	char b[40];
@@ -1283,9 +1307,8 @@ int kd_deno_route(struct kilnd *kd, const struct kd_req *r, json_t **body)
 			return dfail(body, 400, "BAD_REQUEST", "/api/v3/sandbox/ID/connect is a WebSocket");
 		if ((!strcmp(rest, "/expose/http") || !strcmp(rest, "/expose/vscode")) && m == LWSHUMETH_POST)
 			return v3_expose(kd, id, body);
-		if (!strncmp(rest, "/expose/", 8) && m == LWSHUMETH_POST)
-			return dfail(body, 501, "NOT_SUPPORTED", "kiln does not serve expose/%.16s yet: there is no SSH "
-				     "gateway (issue 17); reach the guest with `kiln exec` or `kiln port-forward`", rest + 8);
+		if (!strcmp(rest, "/expose/ssh") && m == LWSHUMETH_POST)
+			return v3_expose_ssh(kd, id, body);
 		return dfail(body, 404, "NOT_FOUND", "no such path %.80s", p);
 	}
 	if (!strcmp(p, "/api/v3/sandboxes/create"))

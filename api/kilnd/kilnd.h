@@ -96,6 +96,8 @@ struct kd_conf {
 	char dns_upstream[64];		/* --dns-upstream: the resolver's upstream ("": /etc/resolv.conf) */
 	char expose_listen[64];		/* --expose-listen ADDR:PORT: the ingress of exposed ports ("": none) */
 	char expose_domain[96];		/* --expose-domain: exposed names are under it (default localhost) */
+	char ssh_listen[64];		/* --ssh-listen ADDR:PORT: the SSH gateway (exposeSsh; "": none) */
+	char ssh_hostname[96];		/* --ssh-hostname: what exposeSsh tells users to ssh to */
 	char upstream_ca[512];		/* --upstream-ca: a PEM file of CAs trusted for secret hosts' upstreams,
 					 * besides the system's store (tests) */
 };
@@ -173,6 +175,7 @@ struct kilnd {
 	struct kd_tun *tunnels;		/* agent WebSockets (tunnel.c) */
 	struct kd_v3 *v3s;		/* the Deno SDK's control sockets (v3.c) */
 	struct kd_ingress *ingress;	/* exposed HTTP (ingress.c); NULL without --expose-listen */
+	struct kd_ssh *ssh;		/* the SSH gateway (ssh.c); NULL without --ssh-listen */
 	pthread_mutex_t vol_lock;	/* one host-side journal replay at a time */
 	int net_ok;			/* sandboxes get a network namespace (kd_net_init) */
 	char net_why[600];		/* why not, when not */

@@ -32,7 +32,7 @@ export sdk sdk_sock sdk_port
 sdk_start() {
 	ASAN_OPTIONS=detect_leaks=1:quarantine_size_mb=16 "$sdk_kilnd" --state-dir "$sdk/kd" --listen "unix:$sdk_sock" \
 		--listen "tcp:127.0.0.1:$sdk_port" --vmm "$vmm" --default-image debian --min-free 256M \
-		--expose-listen 127.0.0.1:18443 "$@" \
+		--expose-listen 127.0.0.1:18443 --ssh-listen 127.0.0.1:18022 --ssh-hostname 127.0.0.1 "$@" \
 		>>"$sdk/kilnd.log" 2>&1 &
 	echo $! >"$sdk/kilnd.pid"
 	for _ in $(seq 600); do
@@ -131,7 +131,7 @@ echo "# sdk: kilnd on 127.0.0.1:$sdk_port with $(sdk_api GET /v1/node | jq -r .c
 rm -f "$sdk/tap"
 mkfifo "$sdk/tap"
 (cd "$sdk_dir" && DENO_SANDBOX_ENDPOINT=http://127.0.0.1:$sdk_port DENO_DEPLOY_ENDPOINT=http://127.0.0.1:$sdk_port \
-	DENO_DEPLOY_TOKEN=$sdk_tok SDK_TEST_DEADLINE=$sdk_deadline KILN_SDK_CA=$sdk/kd/ca/ca.crt \
+	DENO_DEPLOY_TOKEN=$sdk_tok SDK_TEST_DEADLINE=$sdk_deadline KILN_SDK_CA=$sdk/kd/ca/ca.crt KILN_SDK_SSH_PORT=18022 \
 	timeout -k 10 $((sdk_deadline + 420)) node sdk-test.mjs ${sdk_only[@]+"${sdk_only[@]}"} </dev/null 2>"$sdk/node.err"
 	echo "# sdk-test.mjs exited with status $?") >"$sdk/tap" &
 sdk_tap "$sdk/tap"

@@ -771,6 +771,60 @@ check("expose: exposeHttp({pid}) follows a Deno runtime's own port", ["main", "r
 	await p.kill("SIGKILL").catch(() => {});
 });
 
+// ---- exposeSsh: kilnd's SSH gateway, with OpenSSH's clients ----
+
+const SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+	"-o", "BatchMode=yes", "-o", "ConnectTimeout=30"];
+async function run(cmd, args, input) {
+	const { spawn } = await import("node:child_process");
+	return await new Promise((resolve) => {
+		const p = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"] });
+		let out = "", err = "";
+		p.stdout.on("data", (d) => (out += d));
+		p.stderr.on("data", (d) => (err += d));
+		const t = setTimeout(() => p.kill("SIGKILL"), 90_000);
+		p.on("close", (code) => { clearTimeout(t); resolve({ code, out, err }); });
+		p.stdin.end(input ?? "");
+	});
+}
+const sshPort = () => process.env.KILN_SDK_SSH_PORT || "22";
+
+check("expose: exposeSsh's username logs in with ssh, scp, sftp and ssh -L", ["main", "root"], async ({ main, root }) => {
+	const { hostname, username } = await main.exposeSsh();
+	assert(/^kiln-[0-9a-z]{24}$/.test(username), `username ${username}`);
+	const dest = `${username}@${hostname}`;
+	let r = await run("ssh", ["-p", sshPort(), ...SSH_OPTS, dest, "echo hi; whoami; exit 3"]);
+	eq(`${r.code} ${r.out}`, "3 hi\napp\n", `ssh exec (stderr ${r.err})`);
+	const { mkdtempSync, writeFileSync, readFileSync } = await import("node:fs");
+	const dir = mkdtempSync("/tmp/kiln-sdk-ssh-");
+	const blob = randomBytes(1 << 20);
+	writeFileSync(`${dir}/up.bin`, blob);
+	r = await run("scp", ["-P", sshPort(), ...SSH_OPTS, `${dir}/up.bin`, `${dest}:${root}/up.bin`]);
+	eq(r.code, 0, `scp up (${r.err})`);
+	eq(await main.sh`sha256sum ${root}/up.bin | cut -d' ' -f1`.text().then((t) => t.trim()), sha256(blob), "scp'd bytes");
+	r = await run("sftp", ["-P", sshPort(), ...SSH_OPTS, "-b", "-", dest], `get ${root}/up.bin ${dir}/down.bin\n`);
+	eq(r.code, 0, `sftp get (${r.err})`);
+	eq(sha256(readFileSync(`${dir}/down.bin`)), sha256(blob), "sftp'd bytes");
+	// ssh -L to a server in the guest.
+	await main.fs.writeTextFile(`${root}/fwd.ts`, "Deno.serve({ port: 8128, onListen() {} }, () => new Response('through ssh -L'));");
+	const p = await main.deno.run({ entrypoint: `${root}/fwd.ts`, stdout: "piped", stderr: "piped" });
+	eq(await p.httpReady, true, "httpReady");
+	const { spawn } = await import("node:child_process");
+	const lport = 20000 + Math.floor(Math.random() * 20000);
+	const fwd = spawn("ssh", ["-p", sshPort(), ...SSH_OPTS, "-N", "-L", `${lport}:127.0.0.1:8128`, dest], { stdio: "ignore" });
+	try {
+		let body = "";
+		for (let i = 0; i < 60 && body !== "through ssh -L"; i++) {
+			await sleep(500);
+			body = await fetch(`http://127.0.0.1:${lport}/`).then((x) => x.text()).catch(() => "");
+		}
+		eq(body, "through ssh -L", "a page through ssh -L");
+	} finally {
+		fwd.kill("SIGKILL");
+		await p.kill("SIGKILL").catch(() => {});
+	}
+});
+
 check("timeout: extendTimeout('15m') returns a Date in the future", ["main"], async ({ main }) => {
 	const d = await main.extendTimeout("15m");
 	assert(d instanceof Date && !isNaN(d), `got ${fmt(d)}`);
@@ -807,8 +861,9 @@ check("list: Client().sandboxes.list({labels}) shows this run's sandboxes runnin
 
 check("kill: kill() resolves, and a later connect to it is refused", ["victim"], async ({ victim }) => {
 	const c = victimConn ?? (victimConn = await connectTracked(victim.id));
-	// A name to check after the kill ("expose: a name dies with its sandbox").
+	// A name and an SSH login to check after the kill ("expose: ... dies with its sandbox").
 	globalThis.kilnVictimUrl = await c.exposeHttp({ port: 8000 }).catch(() => null);
+	globalThis.kilnVictimSsh = await c.exposeSsh().catch(() => null);
 	await withTimeout(c.kill(), 30_000, "kill()");
 	killed.add(victim.id);
 	const e = await rejects(withTimeout(connectTracked(victim.id), 30_000, "connect"), "Sandbox.connect of a killed sandbox");
@@ -824,6 +879,14 @@ check("expose: a name dies with its sandbox", ["victim"], async ({ victim }) => 
 	const r = await ingressGet(url, "/").catch((e) => ({ status: 0, body: String(e.message) }));
 	assert(r.status !== 200, `the name still answers: ${r.status} ${r.body}`);
 	note(`after the kill: ${r.status || r.body}`);
+});
+
+check("expose: an exposeSsh username dies with its sandbox", ["victim"], async ({ victim }) => {
+	const creds = globalThis.kilnVictimSsh;
+	if (!creds) throw new CheckFailed("no SSH login was exposed for the victim before its kill");
+	const r = await run("ssh", ["-p", sshPort(), ...SSH_OPTS, `${creds.username}@${creds.hostname}`, "true"]);
+	assert(r.code === 255, `ssh after the kill: exit ${r.code} ${r.err}`);
+	note(`ssh after the kill: ${r.err.trim()}`);
 });
 
 check("list: the killed sandbox is listed stopped, with stoppedAt; the label filter holds", ["main", "victim"], async ({ main, victim }) => {
