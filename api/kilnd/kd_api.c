@@ -312,19 +312,21 @@ static int sbx_events(struct kilnd *kd, const struct kd_req *r, const char *id, 
 	size_t n = 0;
 	int64_t after = 0;
 	char arg[64];
+	const char *val;
 	json_t *a;
 	int ret;
 
 	if ((ret = sbx_get(kd, id, body)) != 200)
 		return ret;
 	json_decref(*body);
-	if (lws_get_urlarg_by_name(r->wsi, "after=", arg, sizeof(arg))) {
+	/* lws answers a pointer just past "after=" inside arg (the buffer holds the name too). */
+	if ((val = lws_get_urlarg_by_name(r->wsi, "after=", arg, sizeof(arg)))) {
 		char *end;
 
 		errno = 0;
-		after = strtoll(arg, &end, 10);
+		after = strtoll(val, &end, 10);
 		if (errno || *end || after < 0)
-			return fail(body, 400, "after \"%.32s\" is not an event sequence number", arg);
+			return fail(body, 400, "after \"%.32s\" is not an event sequence number", val);
 	}
 	pthread_mutex_lock(&kd->reg_lock);
 	ret = reg_event_list(kd->reg, id, after, 10000, &ev, &n, &err);
