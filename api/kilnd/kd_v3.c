@@ -1317,8 +1317,7 @@ int kd_deno_route(struct kilnd *kd, const struct kd_req *r, json_t **body)
 	if (!strcmp(p, "/api/v2/sandboxes") && m == LWSHUMETH_GET)
 		return v2_list(kd, r, body);
 	if (!strncmp(p, "/api/v2/volumes", 15) || !strncmp(p, "/api/v2/snapshots", 17))
-		return dfail(body, 501, "NOT_SUPPORTED", "kiln does not serve the Deno volume and snapshot API yet: "
-			     "use kiln's own (kiln volume create, kiln volume snapshot; docs/kilnd.md)");
+		return kd_v2_volumes_route(kd, r, body);
 	if (!strncmp(p, "/api/v2/", 8))
 		return dfail(body, 501, "NOT_SUPPORTED", "%.80s is part of Deno Deploy (apps, layers, revisions, "
 			     "timelines, deploy), which kiln is not", p);

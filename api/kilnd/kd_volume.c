@@ -386,6 +386,7 @@ static int start_job(struct kilnd *kd, const struct kd_req *r, const char *name,
 	if (snap)
 		snprintf(j->snap_name, sizeof(j->snap_name), "%s", snap);
 	j->wsi = r->wsi;
+	j->deno = r->deno;
 	snprintf(j->vol_name, sizeof(j->vol_name), "%s", name);
 	if (kd_job_start(kd, j, &err)) {
 		free(j);
@@ -408,10 +409,14 @@ void kd_volume_done(struct kilnd *kd, struct kd_job *j)
 			j->ret = r;
 		if (!j->wsi)
 			return;
-		if (j->ret)
+		if (j->ret) {
 			kd_http_reply(j->wsi, kd_errno_status(j->ret), kd_err_json(kd_errno_status(j->ret), j->err.msg));
-		else
-			kd_http_reply(j->wsi, 201, kd_image_json(kd, kd_image_find(kd, j->snap_name)));
+		} else {
+			json_t *img = kd_image_json(kd, kd_image_find(kd, j->snap_name));
+
+			kd_http_reply(j->wsi, 201, j->deno ? kd_v2_snapshot_json(kd, img) : json_incref(img));
+			json_decref(img);
+		}
 		return;
 	}
 	if (!j->wsi)
@@ -425,7 +430,12 @@ void kd_volume_done(struct kilnd *kd, struct kd_job *j)
 	pthread_mutex_unlock(&kd->reg_lock);
 	if (r)
 		kd_http_reply(j->wsi, kd_errno_status(r), kd_err_json(kd_errno_status(r), err.msg));
-	else
+	else if (j->deno) {
+		json_t *o = volume_json(&v, (int64_t)kd_now_ms());
+
+		kd_http_reply(j->wsi, 201, kd_v2_volume_json(kd, o));
+		json_decref(o);
+	} else
 		kd_http_reply(j->wsi, j->vol_op == KD_VOL_CREATE ? 201 : 200, volume_json(&v, (int64_t)kd_now_ms()));
 }
 

@@ -410,6 +410,7 @@ struct kd_job {
 	int pooled;			/* CREATE: its VM came from the warm pool */
 	struct kac *agent;		/* CREATE from the pool: the agent, connected; POOL: out */
 	double restore_ms, identity_ms;
+	int deno;			/* VOLUME: answer in the Deno API's shape (v2vol.c) */
 };
 
 /* Run j on a new thread; it comes back through kd_jobs_drain. 0 or -errno. */
@@ -452,6 +453,7 @@ struct kd_req {
 	size_t body_len;
 	int is_unix;
 	struct lws *wsi;
+	int deno;			/* a translated Deno API call: a later answer takes the Deno shape */
 };
 /*
  * Route one request; returns the status and sets *body (a JSON object, or a
@@ -481,6 +483,11 @@ void kd_v3_wsi_gone(struct kilnd *kd, struct lws *wsi);
 void kd_v3_sbx_ready(struct kilnd *kd, const struct kd_sbx *s);
 /* A sandbox ended: close its sockets (1000 killed, 1001 timed out or stopped, 1011 failed). */
 void kd_v3_sbx_ended(struct kilnd *kd, const char *id, enum reg_end why, const char *detail);
+/* v2vol.c: the Deno volume and snapshot API on kiln's volumes and images. */
+int kd_v2_volumes_route(struct kilnd *kd, const struct kd_req *r, json_t **body);
+/* kiln's volume JSON (/v1) as a Deno volume; an image's as a Deno snapshot. */
+json_t *kd_v2_volume_json(const struct kilnd *kd, const json_t *v);
+json_t *kd_v2_snapshot_json(const struct kilnd *kd, const json_t *img);
 /* /api/v3/sandbox/ID (kill, extendTimeout, expose) and /api/v2 as REST. */
 int kd_deno_route(struct kilnd *kd, const struct kd_req *r, json_t **body);
 

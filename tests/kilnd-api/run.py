@@ -195,6 +195,19 @@ def deno_checks(port, u):
           st2 == 501 and js["code"] == "NOT_SUPPORTED" and "Deploy" in js["message"], raw)
     st2, js, raw = req(c, "DELETE", "/api/v3/sandbox/sbx_loc_00000000000000000000", headers=auth)
     check("v3: kill of an unknown sandbox -> 404 SANDBOX_NOT_FOUND", st2 == 404 and js["code"] == "SANDBOX_NOT_FOUND", raw)
+    jh = dict(auth, **{"Content-Type": "application/json"})
+    st2, js, raw = req(c, "POST", "/api/v2/volumes", json.dumps({"slug": "dv-1", "region": "ord", "capacity": "320MiB",
+                                                                  "token": tok}), headers=jh)
+    check("v2: a volume create answers a Deno volume (id, slug, capacity in bytes)",
+          st2 == 201 and js["slug"] == "dv-1" and js["capacity"] == 320 << 20 and js["is_bootable"] is False, raw)
+    st2, js, raw = req(c, "GET", "/api/v2/volumes?search=dv-", headers=auth)
+    check("v2: the volume list is a bare array", st2 == 200 and [v["slug"] for v in js] == ["dv-1"], raw)
+    st2, js, raw = req(c, "GET", "/api/v2/volumes/dv-2", headers=auth)
+    check("v2: an unknown volume -> 404 (the SDK's null)", st2 == 404 and isinstance(js["code"], str), raw)
+    st2, js, raw = req(c, "POST", "/api/v2/volumes", json.dumps({"slug": "dv-3", "capacity": "lots"}), headers=jh)
+    check("v2: a capacity that is not a size -> 400 saying what one is", st2 == 400 and "512MiB" in js["message"], raw)
+    st2, js, raw = req(c, "DELETE", "/api/v2/volumes/dv-1", headers=auth)
+    check("v2: delete of the volume -> 200", st2 == 200, raw)
     st2, js, raw = req(c, "GET", "/api/v2/sandboxes?labels%5Bnone%5D=x", headers=auth)
     check("v2: the sandbox list with a label filter is a bare array", st2 == 200 and isinstance(js, list), raw)
     # A real create: 101 with the id at once; the socket answers while the sandbox is made.
@@ -226,6 +239,12 @@ def deno_checks(port, u):
           and any(isinstance(m, dict) and m.get("id") == 7 and m["error"]["code"] == -32602 for m in msgs), got)
     check("v3: a create that fails (no KVM here) closes the socket with 1011 and the reason",
           close[0] == 1011 and "could not be created" in close[1], close)
+    sid = hd.get("x-deno-sandbox-id", "")
+    st2, js, raw = req(u(), "GET", "/v1/sandboxes/%s/events" % sid)
+    evs = js.get("events", []) if isinstance(js, dict) else []
+    st3, js3, raw3 = req(u(), "GET", "/v1/sandboxes/%s/events?after=%d" % (sid, evs[0]["seq"] if evs else 0))
+    check("events?after=SEQ pages past SEQ (the failed create's events)",
+          st2 == 200 and len(evs) >= 2 and st3 == 200 and len(js3.get("events", [])) == len(evs) - 1, (raw, raw3))
 
 
 def main():
