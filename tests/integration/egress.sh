@@ -202,9 +202,9 @@ s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.stdin.b
 # Namespaces are counted by their inodes across every process (kilnd holds none of its own).
 eg_netns_count() { find /proc/[0-9]*/ns/net -maxdepth 0 -printf '%l\n' 2>/dev/null | sort -u | wc -l; }
 export -f eg_netns_count
-run "egress: 20 create/kill cycles leave no namespace, tap or kilnd descriptor behind" 0 '^ns=same fds=same$' \
+run "egress: 10 create/kill cycles leave no namespace, tap or kilnd descriptor behind" 0 '^ns=same fds=same$' \
 	bash -c 'n0=$(eg_netns_count); f0=$(ls /proc/$(cat $eg/kilnd.pid)/fd | wc -l)
-	         for i in $(seq 20); do id=$(eg_mk "\"allow_net\": [\"allowed.test\"]"); [ -n "$id" ] || exit 1
+	         for i in $(seq 10); do id=$(eg_mk "\"allow_net\": [\"allowed.test\"]"); [ -n "$id" ] || exit 1
 	           eg_api DELETE /v1/sandboxes/$id >/dev/null; done; sleep 1
 	         n1=$(eg_netns_count); f1=$(ls /proc/$(cat $eg/kilnd.pid)/fd | wc -l)
 	         echo "ns=$([ $n1 -le $n0 ] && echo same || echo "$n0->$n1") fds=$([ $f1 -le $((f0 + 2)) ] && echo same || echo "$f0->$f1")"'
