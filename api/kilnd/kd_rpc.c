@@ -18,10 +18,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 
 #include "io.h"
 #include "kd_deno.h"
+#include "kd_v3conf.h"
 
 #define RPC_FILE_MAX	(32u << 20)	/* readFile's answer travels in one frame: bigger wants fs.open */
 #define RPC_IO_CHUNK	(240u << 10)	/* the agent's FH_READ/FH_WRITE limit per call */
@@ -167,38 +167,19 @@ static json_t *fileinfo(const struct kac_stat *st, int lstat)
 static int b64_decode(const char *s, unsigned char **out, size_t *n)
 {
 	size_t len = s ? strlen(s) : 0;
-	int r;
+	long r;
 
 	*out = malloc(len / 4 * 3 + 3);
 	if (!*out)
 		return -ENOMEM;
-	if (len % 4) {
-		free(*out);
-		*out = NULL;
-		return -EINVAL;
-	}
-	r = len ? EVP_DecodeBlock(*out, (const unsigned char *)s, (int)len) : 0;
+	r = kd_b64_decode(s, len, *out);
 	if (r < 0) {
 		free(*out);
 		*out = NULL;
 		return -EINVAL;
 	}
-	r -= (len >= 1 && s[len - 1] == '=') + (len >= 2 && s[len - 2] == '=');
 	*n = (size_t)r;
 	return 0;
-}
-
-static json_t *b64_json(const unsigned char *p, size_t n)
-{
-	char *b = malloc(4 * ((n + 2) / 3) + 1);
-	json_t *j;
-
-	if (!b)
-		return NULL;
-	EVP_EncodeBlock((unsigned char *)b, p, (int)n);
-	j = json_string(b);
-	free(b);
-	return j;
 }
 
 /* Bytes as a JSON string, invalid UTF-8 replaced by U+FFFD (readTextFile, §4.10.2). */
@@ -298,7 +279,7 @@ static void m_read_file(struct rpc *q, int text)
 	else if (r < 0)
 		agent_fail(q, r, "readfile", path);
 	else
-		kd_v3_ok(q->v, q->id, text ? utf8_json(buf, len) : b64_json(buf, len));
+		kd_v3_ok(q->v, q->id, text ? utf8_json(buf, len) : kd_b64_json(buf, len));
 	free(buf);
 }
 
@@ -691,7 +672,7 @@ static void m_fh(struct rpc *q, const char *m)
 		}
 		if (!r)
 			/* EOF is null, never "" (§4.10.4): FsFile.readable loops until null. */
-			res = json_pack("{s:o}", "data", got ? b64_json(buf, got) : json_null());
+			res = json_pack("{s:o}", "data", got ? kd_b64_json(buf, got) : json_null());
 		free(buf);
 	} else if (!strcmp(m, "fileWrite")) {
 		unsigned char *data = NULL;

@@ -58,12 +58,6 @@ static uint64_t capacity_of(const json_t *c)
 	return 0;
 }
 
-static int v2fail(json_t **body, int status, const char *code, const char *msg)
-{
-	*body = json_pack("{s:s, s:s}", "code", code, "message", msg);
-	return status;
-}
-
 /* A copy of r with another body, answered in the Deno shape when it finishes on a worker. */
 static int route_as(struct kilnd *kd, const struct kd_req *r, const char *rest, json_t *in, json_t **body)
 {
@@ -110,7 +104,7 @@ static int volumes(struct kilnd *kd, const struct kd_req *r, const char *rest, j
 
 		if (!slug || !bytes) {
 			json_decref(d);
-			return v2fail(body, 400, "INVALID_VOLUME", "a volume takes a slug and a capacity (bytes, or a size "
+			return kd_deno_fail(body, 400, "INVALID_VOLUME", "a volume takes a slug and a capacity (bytes, or a size "
 				      "such as \"10GB\" or \"512MiB\")");
 		}
 		/* Deno's token, org and apiEndpoint ride in this body too: they are left out here. */
@@ -125,7 +119,7 @@ static int volumes(struct kilnd *kd, const struct kd_req *r, const char *rest, j
 		return st;
 	}
 	if (rest[0] != '/')
-		return v2fail(body, 404, "NOT_FOUND", "no such volume path");
+		return kd_deno_fail(body, 404, "NOT_FOUND", "no such volume path");
 	if (r->method == LWSHUMETH_GET || r->method == LWSHUMETH_DELETE) {
 		st = kd_volumes_route(kd, r, rest, &out);
 		if (st == 200)
@@ -142,7 +136,7 @@ static int volumes(struct kilnd *kd, const struct kd_req *r, const char *rest, j
 
 		if (!slug) {
 			json_decref(d);
-			return v2fail(body, 400, "INVALID_SNAPSHOT", "a snapshot takes a slug");
+			return kd_deno_fail(body, 400, "INVALID_SNAPSHOT", "a snapshot takes a slug");
 		}
 		in = json_pack("{s:s}", "image", slug);
 		json_decref(d);
@@ -150,7 +144,7 @@ static int volumes(struct kilnd *kd, const struct kd_req *r, const char *rest, j
 		json_decref(in);
 		return st;
 	}
-	return v2fail(body, 405, "METHOD_NOT_ALLOWED", "volumes: GET or POST /api/v2/volumes; GET or DELETE "
+	return kd_deno_fail(body, 405, "METHOD_NOT_ALLOWED", "volumes: GET or POST /api/v2/volumes; GET or DELETE "
 		      "/api/v2/volumes/ID; POST /api/v2/volumes/ID/snapshot");
 }
 
@@ -171,10 +165,10 @@ static int snapshots(struct kilnd *kd, const struct kd_req *r, const char *rest,
 		return 200;
 	}
 	if (rest[0] != '/' || !rest[1])
-		return v2fail(body, 404, "NOT_FOUND", "no such snapshot path");
+		return kd_deno_fail(body, 404, "NOT_FOUND", "no such snapshot path");
 	img = kd_image_find(kd, rest + 1);
 	if (!img || !img->snapshot || img->removed)
-		return v2fail(body, 404, "SNAPSHOT_NOT_FOUND", "no snapshot of that id or slug on this node");
+		return kd_deno_fail(body, 404, "SNAPSHOT_NOT_FOUND", "no snapshot of that id or slug on this node");
 	if (r->method == LWSHUMETH_GET) {
 		json_t *j = kd_image_json(kd, img);
 
@@ -186,12 +180,12 @@ static int snapshots(struct kilnd *kd, const struct kd_req *r, const char *rest,
 		int st = kd_image_remove(kd, rest + 1, &err);
 
 		if (st)
-			return v2fail(body, kd_errno_status(st), st == -EBUSY ? "SNAPSHOT_IN_USE" : "INVALID_SNAPSHOT",
-				      err.msg);
+			return kd_deno_fail(body, kd_errno_status(st), st == -EBUSY ? "SNAPSHOT_IN_USE" : "INVALID_SNAPSHOT",
+				      "%s", err.msg);
 		*body = json_object();
 		return 200;
 	}
-	return v2fail(body, 405, "METHOD_NOT_ALLOWED", "snapshots: GET /api/v2/snapshots[/ID], DELETE /api/v2/snapshots/ID");
+	return kd_deno_fail(body, 405, "METHOD_NOT_ALLOWED", "snapshots: GET /api/v2/snapshots[/ID], DELETE /api/v2/snapshots/ID");
 }
 
 int kd_v2_volumes_route(struct kilnd *kd, const struct kd_req *r, json_t **body)
@@ -200,5 +194,5 @@ int kd_v2_volumes_route(struct kilnd *kd, const struct kd_req *r, json_t **body)
 		return volumes(kd, r, r->path + 15, body);
 	if (!strncmp(r->path, "/api/v2/snapshots", 17) && (!r->path[17] || r->path[17] == '/'))
 		return snapshots(kd, r, r->path + 17, body);
-	return v2fail(body, 404, "NOT_FOUND", "no such path");
+	return kd_deno_fail(body, 404, "NOT_FOUND", "no such path");
 }

@@ -20,7 +20,6 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 
 #include "kd_deno.h"
 #include "kd_ssh.h"
@@ -246,21 +245,15 @@ int kd_v3_stream_start(struct kd_v3 *v, uint64_t sid)
 
 int kd_v3_stream_data(struct kd_v3 *v, uint64_t sid, const void *p, size_t n)
 {
-	char *b64;
-	json_t *params;
-	int r;
+	json_t *data;
 
 	/* An empty chunk errors the SDK's byte stream and then crashes its process (§4.6). */
 	if (!n)
 		return 0;
-	b64 = malloc(4 * ((n + 2) / 3) + 1);
-	if (!b64)
+	data = kd_b64_json(p, n);
+	if (!data)
 		return -ENOMEM;
-	EVP_EncodeBlock((unsigned char *)b64, p, (int)n);
-	params = json_pack("{s:I, s:s}", "streamId", (json_int_t)sid, "data", b64);
-	free(b64);
-	r = notify(v, "$sandbox.stream.enqueue", params);
-	return r;
+	return notify(v, "$sandbox.stream.enqueue", json_pack("{s:I, s:o}", "streamId", (json_int_t)sid, "data", data));
 }
 
 int kd_v3_stream_end(struct kd_v3 *v, uint64_t sid)
@@ -389,11 +382,9 @@ static void on_stream_note(struct kd_v3 *v, const char *method, json_t *params)
 		const char *b64 = json_string_value(json_object_get(params, "data"));
 		size_t blen = b64 ? strlen(b64) : 0;
 		struct kd_v3_chunk *k = blen ? malloc(sizeof(*k) + blen / 4 * 3 + 3) : NULL;
-		int n = k ? EVP_DecodeBlock(k->data, (const unsigned char *)b64, (int)blen) : -1;
+		long n = k ? kd_b64_decode(b64, blen, k->data) : -1;
 
-		if (n >= 0 && blen % 4 == 0) {
-			/* EVP_DecodeBlock counts the padding as zero bytes. */
-			n -= (blen >= 1 && b64[blen - 1] == '=') + (blen >= 2 && b64[blen - 2] == '=');
+		if (n >= 0) {
 			k->len = (size_t)n;
 			k->off = 0;
 			k->next = NULL;
@@ -1110,8 +1101,7 @@ int kd_v3_confirm(struct kilnd *kd, struct lws *wsi)
 
 /* ---- REST: /api/v3/sandbox/ID and /api/v2 ------------------------------------ */
 
-static int dfail(json_t **body, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int dfail(json_t **body, int status, const char *code, const char *fmt, ...)
+int kd_deno_fail(json_t **body, int status, const char *code, const char *fmt, ...)
 {
 	char msg[600];
 	va_list ap;
@@ -1128,7 +1118,7 @@ static int v3_kill(struct kilnd *kd, const char *id, json_t **body)
 	struct kd_sbx *s = kd_sbx_find(kd, id);
 
 	if (!s)
-		return dfail(body, 404, "SANDBOX_NOT_FOUND", "sandbox %s is not running on this node", id);
+		return kd_deno_fail(body, 404, "SANDBOX_NOT_FOUND", "sandbox %s is not running on this node", id);
 	if (s->state == REG_CREATING)
 		s->kill_asked = 1;
 	else
@@ -1137,27 +1127,42 @@ static int v3_kill(struct kilnd *kd, const char *id, json_t **body)
 	return 200;
 }
 
+/* id's sandbox if it runs, else NULL (then sbx_not_running answers why). */
+static struct kd_sbx *running_sbx(struct kilnd *kd, const char *id)
+{
+	struct kd_sbx *s = kd_sbx_find(kd, id);
+
+	return s && s->state == REG_RUNNING ? s : NULL;
+}
+
+static int sbx_not_running(struct kilnd *kd, const char *id, json_t **body)
+{
+	int creating = kd_sbx_find(kd, id) != NULL;
+
+	return kd_deno_fail(body, creating ? 409 : 404, creating ? "SANDBOX_NOT_READY" : "SANDBOX_NOT_FOUND", "sandbox %s is %s",
+		     id, creating ? "still being created" : "not running on this node");
+}
+
 /* extendTimeout (§6.1.2): an absolute target on the client's clock; at most 30 minutes on, never shorter. */
 static int v3_extend(struct kilnd *kd, const struct kd_req *r, const char *id, json_t **body)
 {
-	struct kd_sbx *s = kd_sbx_find(kd, id);
+	struct kd_sbx *s = running_sbx(kd, id);
 	uint64_t now = kd_now_ms(), target;
 	struct kiln_err err;
 	json_error_t je;
 	json_t *in, *v;
 	int ret;
 
-	if (!s || s->state != REG_RUNNING)
-		return dfail(body, s ? 409 : 404, s ? "SANDBOX_NOT_READY" : "SANDBOX_NOT_FOUND", "sandbox %s is %s", id,
-			     s ? "still being created" : "not running on this node");
+	if (!s)
+		return sbx_not_running(kd, id, body);
 	if (s->life.kind == SCHED_TIMEOUT_SESSION)
-		return dfail(body, 400, "INVALID_TIMEOUT", "sandbox %s lives as long as its creating connection "
+		return kd_deno_fail(body, 400, "INVALID_TIMEOUT", "sandbox %s lives as long as its creating connection "
 			     "(timeout \"session\"): create it with a timeout such as \"10m\" to extend it", id);
 	in = json_loadb(r->body ? r->body : "", r->body_len, 0, &je);
 	v = json_object_get(in, "stop_at_ms");
 	if (!json_is_integer(v) || json_integer_value(v) <= 0) {
 		json_decref(in);
-		return dfail(body, 400, "INVALID_TIMEOUT", "extend takes {\"stop_at_ms\": N}, N in ms since the epoch");
+		return kd_deno_fail(body, 400, "INVALID_TIMEOUT", "extend takes {\"stop_at_ms\": N}, N in ms since the epoch");
 	}
 	target = (uint64_t)json_integer_value(v);
 	json_decref(in);
@@ -1166,12 +1171,12 @@ static int v3_extend(struct kilnd *kd, const struct kd_req *r, const char *id, j
 	if (target > s->life.stop_at_ms) {
 		ret = sched_life_extend_to(&s->life, target, now, &err);
 		if (ret < 0)
-			return dfail(body, 400, "INVALID_TIMEOUT", "%s", err.msg);
+			return kd_deno_fail(body, 400, "INVALID_TIMEOUT", "%s", err.msg);
 		pthread_mutex_lock(&kd->reg_lock);
 		ret = reg_sandbox_set_stop_at(kd->reg, id, (int64_t)s->life.stop_at_ms, (int64_t)now, NULL);
 		pthread_mutex_unlock(&kd->reg_lock);
 		if (ret)
-			return dfail(body, 500, "INTERNAL", "the registry did not take the new deadline");
+			return kd_deno_fail(body, 500, "INTERNAL", "the registry did not take the new deadline");
 	}
 	*body = json_pack("{s:I}", "stop_at_ms", (json_int_t)s->life.stop_at_ms);
 	return 200;
@@ -1180,17 +1185,16 @@ static int v3_extend(struct kilnd *kd, const struct kd_req *r, const char *id, j
 /* expose/http (§6.1.3): a name for the sandbox; the RPC exposeHttp binds it to a port. */
 static int v3_expose(struct kilnd *kd, const char *id, json_t **body)
 {
-	struct kd_sbx *s = kd_sbx_find(kd, id);
+	struct kd_sbx *s = running_sbx(kd, id);
 	char domain[200];
 	struct kiln_err err;
 	int r;
 
-	if (!s || s->state != REG_RUNNING)
-		return dfail(body, s ? 409 : 404, s ? "SANDBOX_NOT_READY" : "SANDBOX_NOT_FOUND", "sandbox %s is %s", id,
-			     s ? "still being created" : "not running on this node");
+	if (!s)
+		return sbx_not_running(kd, id, body);
 	r = kd_ingress_alloc(kd, id, s->vmm.vsock_path, domain, sizeof(domain), &err);
 	if (r)
-		return dfail(body, r == -ENOTSUP ? 501 : r == -ENOSPC ? 429 : 500,
+		return kd_deno_fail(body, r == -ENOTSUP ? 501 : r == -ENOSPC ? 429 : 500,
 			     r == -ENOTSUP ? "NOT_SUPPORTED" : r == -ENOSPC ? "LIMIT" : "INTERNAL", "%s", err.msg);
 	*body = json_pack("{s:s}", "domain", domain);
 	return 200;
@@ -1199,20 +1203,19 @@ static int v3_expose(struct kilnd *kd, const char *id, json_t **body)
 /* expose/ssh (§6.1.3): a username that is the credential for this sandbox, for its lifetime. */
 static int v3_expose_ssh(struct kilnd *kd, const char *id, json_t **body)
 {
-	struct kd_sbx *s = kd_sbx_find(kd, id);
+	struct kd_sbx *s = running_sbx(kd, id);
 	char user[KD_SSH_USER_MAX];
 	struct kiln_err err;
 	int r;
 
-	if (!s || s->state != REG_RUNNING)
-		return dfail(body, s ? 409 : 404, s ? "SANDBOX_NOT_READY" : "SANDBOX_NOT_FOUND", "sandbox %s is %s", id,
-			     s ? "still being created" : "not running on this node");
+	if (!s)
+		return sbx_not_running(kd, id, body);
 	if (!kd->ssh)
-		return dfail(body, 501, "NOT_SUPPORTED", "this node has no SSH gateway: start kilnd with --ssh-listen "
+		return kd_deno_fail(body, 501, "NOT_SUPPORTED", "this node has no SSH gateway: start kilnd with --ssh-listen "
 			     "ADDR:PORT (make run does)");
 	r = kd_ssh_user_new(kd->ssh, id, s->vmm.vsock_path, user, sizeof(user), &err);
 	if (r)
-		return dfail(body, r == -ENOSPC ? 429 : 500, r == -ENOSPC ? "LIMIT" : "INTERNAL", "%s", err.msg);
+		return kd_deno_fail(body, r == -ENOSPC ? 429 : 500, r == -ENOSPC ? "LIMIT" : "INTERNAL", "%s", err.msg);
 	*body = json_pack("{s:s, s:s}", "hostname", kd->conf.ssh_hostname, "username", user);
 	return 200;
 }
@@ -1245,13 +1248,13 @@ static int v2_list(struct kilnd *kd, const struct kd_req *r, json_t **body)
 		k = arg + 7;
 		close = strstr(k, "]=");
 		if (!close)
-			return dfail(body, 400, "INVALID_QUERY", "label filter \"%.64s\" is not labels[K]=V", arg);
+			return kd_deno_fail(body, 400, "INVALID_QUERY", "label filter \"%.64s\" is not labels[K]=V", arg);
 		*close = '\0';
 		val = close + 2;
 		if (sched_label_check(k, strlen(k), val, strlen(val), &err))
-			return dfail(body, 400, "INVALID_QUERY", "%s", err.msg);
+			return kd_deno_fail(body, 400, "INVALID_QUERY", "%s", err.msg);
 		if (nf == REG_LABELS_MAX)
-			return dfail(body, 400, "INVALID_QUERY", "more than %d label filters", REG_LABELS_MAX);
+			return kd_deno_fail(body, 400, "INVALID_QUERY", "more than %d label filters", REG_LABELS_MAX);
 		snprintf(f[nf].key, sizeof(f[nf].key), "%.63s", k);
 		snprintf(f[nf].value, sizeof(f[nf].value), "%.128s", val);
 		nf++;
@@ -1260,7 +1263,7 @@ static int v2_list(struct kilnd *kd, const struct kd_req *r, json_t **body)
 	ret = reg_sandbox_list(kd->reg, 0, f, nf, &rows, &n, &err);
 	pthread_mutex_unlock(&kd->reg_lock);
 	if (ret)
-		return dfail(body, 500, "INTERNAL", "%s", err.msg);
+		return kd_deno_fail(body, 500, "INTERNAL", "%s", err.msg);
 	a = json_array();
 	for (size_t i = 0; i < n; i++) {
 		json_t *labels = json_object();
@@ -1290,37 +1293,37 @@ int kd_deno_route(struct kilnd *kd, const struct kd_req *r, json_t **body)
 		struct kiln_err err;
 
 		if (strlen(rest) < REG_ID_LEN)
-			return dfail(body, 404, "SANDBOX_NOT_FOUND", "no sandbox id in %.80s", p);
+			return kd_deno_fail(body, 404, "SANDBOX_NOT_FOUND", "no sandbox id in %.80s", p);
 		memcpy(id, rest, REG_ID_LEN);
 		id[REG_ID_LEN] = '\0';
 		if (reg_sandbox_id_check(id, &err))
-			return dfail(body, 404, "SANDBOX_NOT_FOUND", "%s", err.msg);
+			return kd_deno_fail(body, 404, "SANDBOX_NOT_FOUND", "%s", err.msg);
 		rest += REG_ID_LEN;
 		if (!*rest && m == LWSHUMETH_DELETE)
 			return v3_kill(kd, id, body);
 		if (!*rest && m == LWSHUMETH_PATCH)
 			return v3_extend(kd, r, id, body);
 		if (!*rest)
-			return dfail(body, 405, "METHOD_NOT_ALLOWED", "/api/v3/sandbox/ID takes DELETE (kill) or PATCH "
+			return kd_deno_fail(body, 405, "METHOD_NOT_ALLOWED", "/api/v3/sandbox/ID takes DELETE (kill) or PATCH "
 				     "(extendTimeout)");
 		if (!strcmp(rest, "/connect"))
-			return dfail(body, 400, "BAD_REQUEST", "/api/v3/sandbox/ID/connect is a WebSocket");
+			return kd_deno_fail(body, 400, "BAD_REQUEST", "/api/v3/sandbox/ID/connect is a WebSocket");
 		if ((!strcmp(rest, "/expose/http") || !strcmp(rest, "/expose/vscode")) && m == LWSHUMETH_POST)
 			return v3_expose(kd, id, body);
 		if (!strcmp(rest, "/expose/ssh") && m == LWSHUMETH_POST)
 			return v3_expose_ssh(kd, id, body);
-		return dfail(body, 404, "NOT_FOUND", "no such path %.80s", p);
+		return kd_deno_fail(body, 404, "NOT_FOUND", "no such path %.80s", p);
 	}
 	if (!strcmp(p, "/api/v3/sandboxes/create"))
-		return dfail(body, 400, "BAD_REQUEST", "/api/v3/sandboxes/create is a WebSocket (upgrade with the "
+		return kd_deno_fail(body, 400, "BAD_REQUEST", "/api/v3/sandboxes/create is a WebSocket (upgrade with the "
 			     "x-deno-sandbox-config header)");
 	if (!strcmp(p, "/api/v2/sandboxes") && m == LWSHUMETH_GET)
 		return v2_list(kd, r, body);
 	if (!strncmp(p, "/api/v2/volumes", 15) || !strncmp(p, "/api/v2/snapshots", 17))
 		return kd_v2_volumes_route(kd, r, body);
 	if (!strncmp(p, "/api/v2/", 8))
-		return dfail(body, 501, "NOT_SUPPORTED", "%.80s is part of Deno Deploy (apps, layers, revisions, "
+		return kd_deno_fail(body, 501, "NOT_SUPPORTED", "%.80s is part of Deno Deploy (apps, layers, revisions, "
 			     "timelines, deploy), which kiln is not", p);
-	return dfail(body, 404, "NOT_FOUND", "no such path %.80s: kiln serves /api/v3 (sandboxes) and /api/v2 "
+	return kd_deno_fail(body, 404, "NOT_FOUND", "no such path %.80s: kiln serves /api/v3 (sandboxes) and /api/v2 "
 		     "(the sandbox list)", p);
 }

@@ -107,25 +107,49 @@ bad:
 	return NULL;
 }
 
+long kd_b64_decode(const char *s, size_t len, unsigned char *out)
+{
+	int k;
+
+	if (len % 4 || len > (size_t)1 << 30)
+		return -1;
+	k = len ? EVP_DecodeBlock(out, (const unsigned char *)s, (int)len) : 0;
+	if (k < 0)
+		return -1;
+	/* EVP_DecodeBlock counts the padding as zero bytes. */
+	return k - (len >= 1 && s[len - 1] == '=') - (len >= 2 && s[len - 2] == '=');
+}
+
+json_t *kd_b64_json(const void *p, size_t n)
+{
+	char *b = malloc(4 * ((n + 2) / 3) + 1);
+	json_t *j;
+
+	if (!b)
+		return NULL;
+	EVP_EncodeBlock((unsigned char *)b, p, (int)n);
+	j = json_string(b);
+	free(b);
+	return j;
+}
+
 json_t *kd_v3_config_spec(const char *hdr, size_t len, uint64_t now_ms, char *msg, size_t n)
 {
 	unsigned char *raw = malloc(len / 4 * 3 + 3);
 	char *text = NULL;
 	json_error_t je;
 	json_t *cfg = NULL, *spec = NULL;
-	int k;
+	long k;
 
 	if (!raw) {
 		snprintf(msg, n, "out of memory");
 		return NULL;
 	}
-	k = len % 4 ? -1 : EVP_DecodeBlock(raw, (const unsigned char *)hdr, (int)len);
+	k = kd_b64_decode(hdr, len, raw);
 	if (k < 0) {
 		snprintf(msg, n, "x-deno-sandbox-config is not base64");
 		goto out;
 	}
-	/* EVP_DecodeBlock counts the padding as zero bytes. */
-	k -= (len >= 1 && hdr[len - 1] == '=') + (len >= 2 && hdr[len - 2] == '=');
 	text = latin1_to_utf8(raw, (size_t)k);
 	cfg = text ? json_loadb(text, strlen(text), JSON_REJECT_DUPLICATES, &je) : NULL;
 	if (!cfg) {

@@ -19,4 +19,13 @@
  */
 json_t *kd_v3_config_spec(const char *hdr, size_t len, uint64_t now_ms, char *msg, size_t n);
 
+/*
+ * Standard base64 with padding, the encoding of every byte string of the
+ * protocol (§4.5): len characters at s into out, which has room for
+ * len / 4 * 3 + 3 bytes. The byte count, or -1 if s is not base64.
+ */
+long kd_b64_decode(const char *s, size_t len, unsigned char *out);
+/* n bytes as a base64 JSON string (NULL when out of memory). */
+json_t *kd_b64_json(const void *p, size_t n);
+
 #endif

@@ -488,6 +488,8 @@ int kd_v2_volumes_route(struct kilnd *kd, const struct kd_req *r, json_t **body)
 /* kiln's volume JSON (/v1) as a Deno volume; an image's as a Deno snapshot. */
 json_t *kd_v2_volume_json(const struct kilnd *kd, const json_t *v);
 json_t *kd_v2_snapshot_json(const struct kilnd *kd, const json_t *img);
+/* A refusal in the Deno API's shape, {"code", "message"}: *body set, status returned. */
+int kd_deno_fail(json_t **body, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* /api/v3/sandbox/ID (kill, extendTimeout, expose) and /api/v2 as REST. */
 int kd_deno_route(struct kilnd *kd, const struct kd_req *r, json_t **body);
 
