@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -249,6 +250,21 @@ static struct kac *conn_new(void)
 	return c;
 }
 
+static int hello_take(struct kac *c, const struct kp_frame *f, struct kac_err *err);
+
+/* Send HELLO on c's (non-blocking from now) socket; the answer is the caller's to read. */
+static int hello_send(struct kac *c, const char *name, struct kac_err *err)
+{
+	int n;
+
+	if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0)
+		return ac_fail(err, errno, "%s: fcntl: %s", name, strerror(errno));
+	n = kp_enc_hello(c->sbuf, KAC_SBUF, KAC_WINDOW, KP_MAX_PAYLOAD, "kiln 0.1");
+	if (n < 0)
+		return ac_fail(err, EINVAL, "HELLO: %s", kp_strerror(n));
+	return ac_send_frame(c, c->sbuf, (size_t)n, err);
+}
+
 /*
  * The HELLO exchange on c's connected stream, which it makes non-blocking;
  * the agent's HELLO is due by deadline. Returns 0 or -errno with err set.
@@ -256,27 +272,26 @@ static struct kac *conn_new(void)
 static int conn_hello(struct kac *c, const char *name, int64_t deadline, struct kac_err *err)
 {
 	struct kp_frame f;
-	struct kp_rec r;
-	struct kp_field fl;
-	uint64_t v, version = 0;
-	int ret, n;
+	int ret = hello_send(c, name, err);
 
-	if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0)
-		return ac_fail(err, errno, "%s: fcntl: %s", name, strerror(errno));
-	n = kp_enc_hello(c->sbuf, KAC_SBUF, KAC_WINDOW, KP_MAX_PAYLOAD, "kiln 0.1");
-	if (n < 0)
-		return ac_fail(err, EINVAL, "HELLO: %s", kp_strerror(n));
-	ret = ac_send_frame(c, c->sbuf, (size_t)n, err);
 	if (ret)
 		return ret;
 	ret = ac_read_frame(c, &f, deadline, err);
-	if (ret)
-		return ret;
-	if (f.type != KP_HELLO)
-		return ac_fail(err, EPROTO, "agent: sent %s before HELLO", kp_type_name(f.type));
+	return ret ? ret : hello_take(c, &f, err);
+}
+
+/* The agent's HELLO: its version, credit and frame size into c. */
+static int hello_take(struct kac *c, const struct kp_frame *f, struct kac_err *err)
+{
+	struct kp_rec r;
+	struct kp_field fl;
+	uint64_t v, version = 0;
+
+	if (f->type != KP_HELLO)
+		return ac_fail(err, EPROTO, "agent: sent %s before HELLO", kp_type_name(f->type));
 	c->peer_window = KP_DEFAULT_WINDOW;
 	c->peer_max = KP_MAX_PAYLOAD;
-	kp_rec_open(&r, f.payload, f.len);
+	kp_rec_open(&r, f->payload, f->len);
 	while (kp_rec_next(&r, &fl) == 1) {
 		if (fl.tag == KT_VERSION && !kp_field_u64(&fl, &v))
 			version = v;
@@ -354,6 +369,136 @@ err_free:
 	return ret;
 }
 
+/*
+ * Wait (at most until deadline) for something to be made in uds's directory,
+ * with inotify where it can watch it: polling the path instead would take the
+ * CPU from the VMM that is restoring the VM (in a one-CPU host, most of it).
+ * *ifd is the inotify fd, made on the first call (-1: cannot watch; sleep).
+ */
+static void wait_for_socket(const char *uds, int *ifd, int64_t deadline)
+{
+	char dir[sizeof(((struct sockaddr_un *)0)->sun_path)], buf[4096];
+	int64_t left = deadline - ac_now_ms();
+	struct pollfd p;
+	char *slash;
+
+	if (left <= 0)
+		return;
+	if (*ifd == -2) {
+		snprintf(dir, sizeof(dir), "%s", uds);
+		slash = strrchr(dir, '/');
+		if (slash == dir)
+			dir[1] = '\0';
+		else if (slash)
+			*slash = '\0';
+		else
+			snprintf(dir, sizeof(dir), ".");
+		*ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+		if (*ifd >= 0 && inotify_add_watch(*ifd, dir, IN_CREATE | IN_MOVED_TO) < 0) {
+			close(*ifd);
+			*ifd = -1;
+		}
+		return;		/* watching now: the caller tries once more before waiting */
+	}
+	if (*ifd < 0) {
+		usleep(KAC_EARLY_POLL_US);
+		return;
+	}
+	p = (struct pollfd){ .fd = *ifd, .events = POLLIN };
+	/* (a bound on the wait, so a missed event costs at most that) */
+	if (poll(&p, 1, (int)(left < KAC_EARLY_WAIT_MS ? left : KAC_EARLY_WAIT_MS)) > 0)
+		while (read(*ifd, buf, sizeof(buf)) > 0)
+			;
+}
+
+int kac_connect_early(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
+{
+	int64_t deadline = ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char line[32];
+	struct kac *c;
+	int ret, ifd = -2;
+
+	if (err)
+		err->code = 0;
+	if (strlen(uds) >= sizeof(sa.sun_path))
+		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
+			       sizeof(sa.sun_path) - 1);
+	memcpy(sa.sun_path, uds, strlen(uds));
+	if (!(c = conn_new()))
+		return ac_fail(err, ENOMEM, "out of memory");
+	/* The VMM may not have made its socket yet: a restore does so within milliseconds. */
+	for (;;) {
+		c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (c->fd < 0) {
+			ret = ac_fail(err, errno, "socket: %s", strerror(errno));
+			goto fail;
+		}
+		if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			break;
+		ret = -errno;
+		close(c->fd);
+		c->fd = -1;
+		if ((ret != -ENOENT && ret != -ECONNREFUSED) || ac_now_ms() >= deadline) {
+			ret = ac_fail(err, -ret, "%s: %s%s", uds, strerror(-ret), ret == -ENOENT || ret == -ECONNREFUSED ?
+				      " (no VM listening: start kiln-vmm with --vsock cid=3,uds=PATH)" : "");
+			goto fail;
+		}
+		/* Bound but not yet listening: a moment. Not there: until it is made. */
+		if (ret == -ECONNREFUSED)
+			usleep(KAC_EARLY_POLL_US);
+		else
+			wait_for_socket(uds, &ifd, deadline);
+	}
+	if (ifd >= 0)
+		close(ifd);
+	ifd = -1;
+	snprintf(line, sizeof(line), "CONNECT %u\n", KP_VSOCK_PORT);
+	if ((ret = write_full(c->fd, line, strlen(line))) < 0) {
+		ret = ac_fail(err, -ret, "%s: %s", uds, strerror(-ret));
+		goto fail;
+	}
+	if ((ret = hello_send(c, uds, err)) < 0)
+		goto fail;
+	/* Until the agent's HELLO says otherwise: the smallest frame every agent takes. */
+	c->peer_window = KP_DEFAULT_WINDOW;
+	c->peer_max = KP_MIN_PAYLOAD_CAP;
+	c->greet = KAC_GREET_OK | KAC_GREET_HELLO;
+	*out = c;
+	return 0;
+fail:
+	if (ifd >= 0)
+		close(ifd);
+	if (c->fd >= 0)
+		close(c->fd);
+	conn_free(c);
+	return ret;
+}
+
+/*
+ * kac_connect_early's greeting, ahead of the first frame: the VMM's
+ * "OK <port>\n", consumed from the bytes read. 1 once it is all in, 0 when
+ * more must be read, or -errno.
+ */
+static int greet_ok(struct kac *c, struct kac_err *err)
+{
+	while (c->rpos < c->rlen) {
+		char ch = (char)c->rbuf[c->rpos++];
+
+		if (ch == '\n') {
+			c->okline[c->okn] = '\0';
+			if (strncmp(c->okline, "OK ", 3) != 0)
+				return ac_fail(err, EPROTO, "vsock socket: \"%s\" instead of \"OK <port>\"", c->okline);
+			c->greet &= ~KAC_GREET_OK;
+			return 1;
+		}
+		if (c->okn == sizeof(c->okline) - 1)
+			return ac_fail(err, EPROTO, "vsock socket: a greeting line longer than %zu bytes", sizeof(c->okline));
+		c->okline[c->okn++] = ch;
+	}
+	return 0;
+}
+
 int kac_connect_fd(struct kac **out, int fd, int timeout_ms, struct kac_err *err)
 {
 	struct kac *c;
@@ -409,11 +554,19 @@ int ac_next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_er
 	int ret;
 
 	for (;;) {
-		if (c->rpos < c->rlen) {
+		if ((c->greet & KAC_GREET_OK) && (ret = greet_ok(c, err)) < 0)
+			return ret;
+		if (!(c->greet & KAC_GREET_OK) && c->rpos < c->rlen) {
 			ret = kp_dec_feed(&c->dec, c->rbuf + c->rpos, c->rlen - c->rpos, &used, f);
 			c->rpos += (uint32_t)used;
 			if (ret < 0)
 				return ac_fail(err, EPROTO, "agent: malformed frame: %s", kp_strerror(ret));
+			if (ret == 1 && (c->greet & KAC_GREET_HELLO)) {
+				c->greet &= ~KAC_GREET_HELLO;
+				if ((ret = hello_take(c, f, err)) < 0)
+					return ret;
+				continue;
+			}
 			if (ret == 1)
 				return 0;
 		}
@@ -428,6 +581,9 @@ int ac_next_frame(struct kac *c, struct kp_frame *f, int may_read, struct kac_er
 			return -EAGAIN;
 		if (r < 0)
 			return ac_fail(err, errno, "agent connection: %s", strerror(errno));
+		if (r == 0 && (c->greet & KAC_GREET_OK))
+			return ac_fail(err, ECONNREFUSED, "the VM did not accept a connection to the agent's port %u (not listening yet?)",
+				       KP_VSOCK_PORT);
 		if (r == 0)
 			return ac_fail(err, ECONNRESET, "agent closed the connection (did the VM stop?)");
 		c->rlen = (uint32_t)r;

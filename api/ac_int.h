@@ -34,11 +34,20 @@ struct kac {
 	uint32_t rpos, rlen;
 	uint8_t *sbuf;			/* record frames we send */
 	uint8_t *chunk;			/* stream input bytes we send */
+	/* kac_connect_early: the VMM's "OK" line and the agent's HELLO, still to read. */
+	int greet;
+	char okline[64];
+	uint32_t okn;
 	/* An IDENTITY sent ahead of later requests (kac_identity_send): its answer. */
 	uint32_t pend_id;		/* 0: none in flight */
 	int pend_done, pend_ret;
 	char pend_msg[sizeof(((struct kac_err *)0)->msg)];
 };
+
+#define KAC_GREET_OK		1
+#define KAC_GREET_HELLO		2
+#define KAC_EARLY_POLL_US	1000	/* kac_connect_early: a socket bound, not yet listening */
+#define KAC_EARLY_WAIT_MS	20	/* kac_connect_early: longest wait on inotify between tries */
 
 /* How long a request may go without a frame (kac_set_timeout). */
 enum op_wait {

@@ -51,6 +51,19 @@ struct kac;
 int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err);
 
 /*
+ * kac_connect without its round trips, for a VM known to be coming up with
+ * its agent listening (a restore: the VMM holds a connection made while it
+ * restores until the guest can take it). Connects to uds (waiting up to
+ * timeout_ms for the socket to appear), writes the CONNECT line and HELLO,
+ * and returns at once: requests made on the connection go out behind them,
+ * and the VMM's "OK" and the agent's HELLO are read ahead of their answers.
+ * A VM that refuses the connection fails the first request with
+ * -ECONNREFUSED (connect again). Returns 0 with *out set, or -errno
+ * (-ENOENT/-ECONNREFUSED: no VM listening on uds by timeout_ms).
+ */
+int kac_connect_early(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err);
+
+/*
  * One try at the agent's stream without the HELLO: connect to uds and
  * CONNECT to the agent's vsock port, for a caller that relays the stream
  * (kilnd's agent WebSocket). 0 with *fd (blocking, close-on-exec), or -errno.

@@ -102,5 +102,29 @@ int main(int argc, char **argv)
 		fail("identity_send then identity_wait at once", err.msg);
 	printf("ok identity_wait right after identity_send reads the answer itself\n");
 	kac_close(c);
+
+	/*
+	 * kac_connect_early: CONNECT, HELLO, IDENTITY and the exec in one go;
+	 * the "OK" line and HELLO are read ahead of the answers.
+	 */
+	if (kac_connect_early(&c, argv[1], 10000, &err))
+		fail("kac_connect_early", err.msg);
+	if (kac_identity_send(c, &id, &err))
+		fail("identity_send on an early connection", err.msg);
+	if ((r = run_sh(c, "echo $KILN_SANDBOX_ID $KILN_PIPE_TEST", &err)) || strcmp(out, "pipe-1 piped\n"))
+		fail("the exec on an early connection", r < 0 ? err.msg : out);
+	if (kac_identity_wait(c, &err))
+		fail("identity_wait on an early connection", err.msg);
+	if (!kac_agent_name(c)[0])
+		fail("the agent's HELLO on an early connection", "no agent name taken from it");
+	printf("ok an early connection sends CONNECT, HELLO, IDENTITY and an exec at once (agent %s)\n",
+	       kac_agent_name(c));
+	kac_close(c);
+
+	/* Nobody listening: the socket never appears within the timeout. */
+	r = kac_connect_early(&c, "/nonexistent/kiln-early.sock", 30, &err);
+	if (r != -ENOENT || !strstr(err.msg, "no VM listening"))
+		fail("kac_connect_early without a socket", r ? err.msg : "connected");
+	printf("ok kac_connect_early without a socket fails with ENOENT and says why\n");
 	return 0;
 }

@@ -2,7 +2,7 @@
 # The guest agent on the host: build/asan/kiln-agent-host (the agent built
 # with ASan and UBSan, serving a unix socket) driven by python and build/kiln,
 # no VM needed, and build/asan/kac-pipeline-test (IDENTITY sent ahead of an
-# exec, through the C client). Run by `make test-unit`.
+# exec, and kac_connect_early, through the C client). Run by `make test-unit`.
 # Usage: tests/agent-host/run.sh AGENT KILN PIPELINE_TEST
 set -u
 [ $# = 3 ] || { echo "usage: $0 AGENT KILN PIPELINE_TEST" >&2; exit 2; }
@@ -53,8 +53,8 @@ check "kiln exec through the CONNECT/OK exchange (stdout, exit status)" \
 	"$([ "$out" = hi ] && [ $st = 3 ] && echo 1)" "status $st: $out"
 
 out=$("$pipeline" "$sock" 2>&1); st=$?
-check "IDENTITY sent ahead: the exec behind it runs as the new identity, a refusal still comes back" \
-	"$([ $st = 0 ] && [ "$(grep -c '^ok ' <<<"$out")" = 4 ] && echo 1)" "status $st: $out"
+check "IDENTITY sent ahead: the exec behind it runs as the new identity, a refusal still comes back; an early connection sends all at once" \
+	"$([ $st = 0 ] && [ "$(grep -c '^ok ' <<<"$out")" = 6 ] && echo 1)" "status $st: $out"
 
 # 1,900 processes that exit at once while a background child keeps their
 # pipes open: each stays attached until its pipes close, and each adds poll
