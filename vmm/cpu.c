@@ -291,9 +291,11 @@ int vcpu_create_bare(struct vm *vm, int id, struct kiln_err *err)
 	memset(v, 0, sizeof(*v));
 	v->vm = vm;
 	v->id = id;
+	v->ks.fd = -1;
 	v->fd = KVM_IOCTL(vm->fd, KVM_CREATE_VCPU, (unsigned long)id, err);
 	if (v->fd < 0)
 		return kiln_err_prefix(err, v->fd, "vCPU %d", id);
+	(void)kvm_stats_open(&v->ks, v->fd);	/* only for reports: a kernel without them reads zeros */
 	sz = KVM_IOCTL(vm->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0, err);
 	if (sz < 0)
 		return sz;

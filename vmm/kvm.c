@@ -193,6 +193,7 @@ void vm_destroy(struct vm *vm)
 			munmap(vm->vcpus[i].run, vm->vcpus[i].run_size);
 		if (vm->vcpus[i].fd >= 0)
 			close(vm->vcpus[i].fd);
+		kvm_stats_close(&vm->vcpus[i].ks);
 	}
 	vm->nvcpus = 0;
 	if (vm->fd >= 0)

@@ -1,5 +1,7 @@
 /* The process's start-up timeline (timeline.h). */
+#include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -21,6 +23,7 @@ static const char *const names[] = {
 _Static_assert(sizeof(names) / sizeof(names[0]) == TL_N, "a name for every milestone");
 
 static struct tl_point points[TL_N], samples[TL_SAMPLES];
+static void (*kvm_counters)(uint64_t v[KS_N]);
 static int claimed[TL_N], done[TL_N], sample_done[TL_SAMPLES];
 static unsigned nsamples;
 
@@ -35,6 +38,16 @@ static void take(struct tl_point *p)
 		p->minflt = (uint64_t)ru.ru_minflt;
 		p->majflt = (uint64_t)ru.ru_majflt;
 	}
+	void (*fn)(uint64_t v[KS_N]) = __atomic_load_n(&kvm_counters, __ATOMIC_ACQUIRE);
+
+	memset(p->kvm, 0, sizeof(p->kvm));
+	if (fn)
+		fn(p->kvm);
+}
+
+void tl_set_kvm_counters(void (*fn)(uint64_t v[KS_N]))
+{
+	__atomic_store_n(&kvm_counters, fn, __ATOMIC_RELEASE);
 }
 
 void tl_mark(enum tl_mark m)
@@ -71,36 +84,52 @@ const char *tl_name(enum tl_mark m)
 	return (unsigned)m < TL_N ? names[m] : "?";
 }
 
+/* Append to buf (len bytes) at *n, as snprintf: *n counts what was needed. */
+static void app(char *buf, size_t len, size_t *n, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void app(char *buf, size_t len, size_t *n, const char *fmt, ...)
+{
+	va_list ap;
+	int w;
+
+	va_start(ap, fmt);
+	w = vsnprintf(*n < len ? buf + *n : NULL, *n < len ? len - *n : 0, fmt, ap);
+	va_end(ap);
+	if (w > 0)
+		*n += (size_t)w;
+}
+
 int tl_json(char *buf, size_t len)
 {
 	struct tl_point t0, p;
 	size_t n = 0;
-	int i, first = 1, w;
+	int i, k, first = 1;
 
 	if (!tl_get(TL_START, &t0))
-		t0 = (struct tl_point){ 0, 0, 0 };
-	w = snprintf(buf, len, "{\"t0_ns\":%llu,\"marks\":[", (unsigned long long)t0.ns);
-	n += (size_t)w;
+		memset(&t0, 0, sizeof(t0));
+	app(buf, len, &n, "{\"t0_ns\":%llu,\"marks\":[", (unsigned long long)t0.ns);
 	for (i = 0; i < TL_N; i++) {
 		if (!tl_get((enum tl_mark)i, &p))
 			continue;
-		w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0,
-			     "%s{\"name\":\"%s\",\"ms\":%.3f,\"minflt\":%llu,\"majflt\":%llu}", first ? "" : ",",
-			     names[i], (double)(p.ns - t0.ns) / 1e6, (unsigned long long)p.minflt,
-			     (unsigned long long)p.majflt);
-		n += (size_t)w;
+		app(buf, len, &n, "%s{\"name\":\"%s\",\"ms\":%.3f,\"minflt\":%llu,\"majflt\":%llu,\"kvm\":{",
+		    first ? "" : ",", names[i], (double)(p.ns - t0.ns) / 1e6,
+		    (unsigned long long)p.minflt, (unsigned long long)p.majflt);
+		for (k = 0; k < KS_N; k++)
+			app(buf, len, &n, "%s\"%s\":%llu", k ? "," : "", kvm_stat_name((enum kvm_stat)k),
+			    (unsigned long long)p.kvm[k]);
+		app(buf, len, &n, "}}");
 		first = 0;
 	}
-	w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0, "],\"samples\":[");
-	n += (size_t)w;
+	app(buf, len, &n, "],\"samples\":[");
 	for (i = 0; i < TL_SAMPLES; i++) {
 		if (!__atomic_load_n(&sample_done[i], __ATOMIC_ACQUIRE))
 			break;
 		p = samples[i];
-		w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0, "%s[%.3f,%llu,%llu]", i ? "," : "",
-			     (double)(p.ns - t0.ns) / 1e6, (unsigned long long)p.minflt, (unsigned long long)p.majflt);
-		n += (size_t)w;
+		app(buf, len, &n, "%s[%.3f,%llu,%llu", i ? "," : "", (double)(p.ns - t0.ns) / 1e6,
+		    (unsigned long long)p.minflt, (unsigned long long)p.majflt);
+		for (k = 0; k < KS_N; k++)
+			app(buf, len, &n, ",%llu", (unsigned long long)p.kvm[k]);
+		app(buf, len, &n, "]");
 	}
-	w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0, "]}");
-	return (int)(n + (size_t)w);
+	app(buf, len, &n, "]}");
+	return (int)n;
 }

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvmstats.h"
+
 enum tl_mark {
 	TL_START,		/* main() entered */
 	TL_PARSED,		/* restore: state file read and checked */
@@ -29,7 +31,14 @@ enum tl_mark {
 struct tl_point {
 	uint64_t ns;		/* CLOCK_MONOTONIC */
 	uint64_t minflt, majflt;	/* the process's page faults so far (getrusage) */
+	uint64_t kvm[KS_N];	/* KVM's counters so far, all vCPUs (tl_set_kvm_counters) */
 };
+
+/*
+ * Where points read KVM's counters: fn adds every vCPU's into v (kvmstats.h).
+ * Without it (or before it is set) they read zeros.
+ */
+void tl_set_kvm_counters(void (*fn)(uint64_t v[KS_N]));
 
 /* Record milestone m now, unless it was reached before. Any thread. */
 void tl_mark(enum tl_mark m);
@@ -51,8 +60,9 @@ const char *tl_name(enum tl_mark m);
 
 /*
  * The timeline as a JSON object into buf (len bytes, NUL-terminated):
- * {"t0_ns":N,"marks":[{"name":"parsed","ms":F,"minflt":N,"majflt":N},...],
- *  "samples":[[MS,MINFLT,MAJFLT],...]}
+ * {"t0_ns":N,"marks":[{"name":"parsed","ms":F,"minflt":N,"majflt":N,
+ *  "kvm":{"exits":N,"npf":N,...}},...], "samples":[[MS,MINFLT,MAJFLT,EXITS,NPF,...],...]}
+ * (the samples' KVM counters in enum kvm_stat's order)
  * with ms counted from TL_START, only the milestones reached, in order, and
  * the samples taken so far.
  * Returns the length it needed (as snprintf).

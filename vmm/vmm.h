@@ -15,6 +15,7 @@
 #include <time.h>
 #include "abi.h"
 #include "err.h"
+#include "kvmstats.h"
 
 #define KIB (1ULL << 10)
 #define MIB (1ULL << 20)
@@ -188,6 +189,7 @@ struct vcpu {
 	pthread_t thread;
 	int started;		/* thread is running */
 	uint64_t exits;
+	struct kvm_stats ks;	/* KVM's own counters (fd -1 on kernels without them) */
 };
 
 /* Why the VM stopped. */

@@ -32,7 +32,7 @@
 
 /* Output for one answer: bounded, never more than one line. */
 struct out {
-	char buf[16384];
+	char buf[32768];
 	size_t len;
 };
 
@@ -138,18 +138,24 @@ static void req_snapshot(struct control *c, const char *dir, struct out *o)
 static void req_stats(struct control *c, struct out *o)
 {
 	struct vm *vm = c->src->vm;
-	uint64_t exits = 0, touched, priv;
-	char dev[1024], tl[4096];
-	int i;
+	uint64_t exits = 0, touched, priv, kv[KS_N] = { 0 };
+	char dev[1024], tl[12288];
+	int i, k;
 
 	outf(o, "{\"ok\":true,\"state\":\"%s\",\"uptime_ms\":%.3f,\"vcpus\":[", state_name(c),
 	     (double)(now_ns() - c->t_start) / 1e6);
 	for (i = 0; i < vm->nvcpus; i++) {
 		exits += vm->vcpus[i].exits;
 		outf(o, "%s{\"id\":%d,\"exits\":%llu}", i ? "," : "", i, (unsigned long long)vm->vcpus[i].exits);
+		(void)kvm_stats_add(&vm->vcpus[i].ks, kv);
 	}
+	/* KVM's own counters, every vCPU's: exits the VMM never sees (nested page faults, halts). */
+	outf(o, "],\"kvm\":{");
+	for (k = 0; k < KS_N; k++)
+		outf(o, "%s\"%s\":%llu", k ? "," : "", kvm_stat_name((enum kvm_stat)k), (unsigned long long)kv[k]);
+	outf(o, "}");
 	guest_mem_usage(&vm->mem, &touched, &priv);
-	outf(o, "],\"exits\":%llu,\"memory\":{\"size\":%llu,\"touched\":%llu,\"private\":%llu},\"io\":{\"completions\":%llu,\"devices\":[",
+	outf(o, ",\"exits\":%llu,\"memory\":{\"size\":%llu,\"touched\":%llu,\"private\":%llu},\"io\":{\"completions\":%llu,\"devices\":[",
 	     (unsigned long long)exits, (unsigned long long)vm->mem.size,
 	     (unsigned long long)touched, (unsigned long long)priv,
 	     (unsigned long long)c->src->loop->completions);

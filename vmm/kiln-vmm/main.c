@@ -790,6 +790,15 @@ static void print_restore_times(void)
 	fprintf(stderr, "kiln-vmm: restored in %.2f ms (%s; minor/major page faults)\n", (double)(p.ns - t0.ns) / 1e6, buf);
 }
 
+/* The timeline's KVM counters: every vCPU's (tl_set_kvm_counters, once they all exist). */
+static void kvm_counters(uint64_t v[KS_N])
+{
+	int i;
+
+	for (i = 0; i < vm.nvcpus; i++)
+		(void)kvm_stats_add(&vm.vcpus[i].ks, v);
+}
+
 static void resume_device(void *arg)
 {
 	virtio_mmio_resumed(arg);
@@ -874,6 +883,7 @@ int main(int argc, char **argv)
 	if (o.restore && (rc = snap_prefetch_wait(&src)) < 0)
 		fprintf(stderr, "kiln-vmm: prefetching the working set: %s (the guest faults its pages in itself)\n",
 			strerror(-rc));
+	tl_set_kvm_counters(kvm_counters);
 	for (i = 0; i < vm.nvcpus; i++) {
 		pthread_mutex_lock(&vm.lock);
 		rc = pthread_create(&vm.vcpus[i].thread, NULL, vcpu_thread, &vm.vcpus[i]);
