@@ -277,8 +277,12 @@ static int restore_kvm(struct restore_ctx *c, const struct snap_state *st, struc
 	char vendor[13];
 	int i, r;
 
-	if ((r = vm_create(vm, vm->kvm_fd, mem, err)) < 0)
+	/* A standby VMM made the VM (and maybe its vCPUs) before it knew the snapshot. */
+	if ((!vm->made && (r = vm_create_bare(vm, vm->kvm_fd, err)) < 0) || (r = vm_set_memory(vm, mem, err)) < 0)
 		return r;
+	if (vm->nvcpus_made && vm->nvcpus_made != (int)st->meta.vcpus)
+		return kiln_fail(err, EINVAL, "--restore %s: the snapshot's guest has %u vCPUs, not the %d this standby VMM made (--vcpus)",
+				 c->state_path, st->meta.vcpus, vm->nvcpus_made);
 	vm->nvcpus = (int)st->meta.vcpus;
 	snap_cpuid_vendor(vm->cpuid, vendor);
 	if (strcmp(vendor, st->meta.vendor))
@@ -290,7 +294,7 @@ static int restore_kvm(struct restore_ctx *c, const struct snap_state *st, struc
 	if ((r = vm_state_apply(vm, &st->vm, err)) < 0)
 		goto bad;
 	for (i = 0; i < vm->nvcpus; i++) {
-		if ((r = vcpu_create_bare(vm, i, err)) < 0)
+		if (i >= vm->nvcpus_made && (r = vcpu_create_bare(vm, i, err)) < 0)
 			return r;
 		if ((r = vcpu_state_apply(&vm->vcpus[i], &st->vcpu[i], err)) < 0)
 			goto bad;

@@ -137,7 +137,7 @@ static int set_memory_slot(struct vm *vm, uint32_t slot, uint64_t gpa, uint64_t 
 	return KVM_IOCTL(vm->fd, KVM_SET_USER_MEMORY_REGION, &r, err);
 }
 
-int vm_create(struct vm *vm, int kvm_fd, struct guest_mem *m, struct kiln_err *err)
+int vm_create_bare(struct vm *vm, int kvm_fd, struct kiln_err *err)
 {
 	struct kvm_pit_config pit = { .flags = 0 };
 	uint64_t ident = GUEST_IDENTITY_MAP;
@@ -169,19 +169,29 @@ int vm_create(struct vm *vm, int kvm_fd, struct guest_mem *m, struct kiln_err *e
 	r = KVM_IOCTL(vm->fd, KVM_CREATE_PIT2, &pit, err);
 	if (r < 0)
 		return r;
+	r = get_supported_cpuid(vm, err);
+	vm->made = r == 0;
+	return r;
+}
+
+int vm_set_memory(struct vm *vm, struct guest_mem *m, struct kiln_err *err)
+{
+	int r;
 
 	vm->mem = *m;
 	memset(m, 0, sizeof(*m));
 	r = set_memory_slot(vm, 0, 0, vm->mem.low_size, vm->mem.host, err);
-	if (r < 0)
+	if (r < 0 || vm->mem.size <= vm->mem.low_size)
 		return r;
-	if (vm->mem.size > vm->mem.low_size) {
-		r = set_memory_slot(vm, 1, GUEST_MMIO_GAP_END, vm->mem.size - vm->mem.low_size,
-				    vm->mem.host + vm->mem.low_size, err);
-		if (r < 0)
-			return r;
-	}
-	return get_supported_cpuid(vm, err);
+	return set_memory_slot(vm, 1, GUEST_MMIO_GAP_END, vm->mem.size - vm->mem.low_size,
+			       vm->mem.host + vm->mem.low_size, err);
+}
+
+int vm_create(struct vm *vm, int kvm_fd, struct guest_mem *m, struct kiln_err *err)
+{
+	int r = vm_create_bare(vm, kvm_fd, err);
+
+	return r < 0 ? r : vm_set_memory(vm, m, err);
 }
 
 void vm_destroy(struct vm *vm)

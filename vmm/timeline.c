@@ -9,6 +9,8 @@
 
 static const char *const names[] = {
 	[TL_START] = "start",
+	[TL_STANDBY] = "standby",
+	[TL_REQUEST] = "request",
 	[TL_PARSED] = "parsed",
 	[TL_MAPPED] = "mapped",
 	[TL_KVM] = "kvm_state",
@@ -79,6 +81,11 @@ int tl_get(enum tl_mark m, struct tl_point *p)
 	return 1;
 }
 
+int tl_origin(struct tl_point *p)
+{
+	return tl_get(TL_REQUEST, p) || tl_get(TL_START, p);
+}
+
 const char *tl_name(enum tl_mark m)
 {
 	return (unsigned)m < TL_N ? names[m] : "?";
@@ -104,14 +111,14 @@ int tl_json(char *buf, size_t len)
 	size_t n = 0;
 	int i, k, first = 1;
 
-	if (!tl_get(TL_START, &t0))
+	if (!tl_origin(&t0))
 		memset(&t0, 0, sizeof(t0));
 	app(buf, len, &n, "{\"t0_ns\":%llu,\"marks\":[", (unsigned long long)t0.ns);
 	for (i = 0; i < TL_N; i++) {
 		if (!tl_get((enum tl_mark)i, &p))
 			continue;
 		app(buf, len, &n, "%s{\"name\":\"%s\",\"ms\":%.3f,\"minflt\":%llu,\"majflt\":%llu,\"kvm\":{",
-		    first ? "" : ",", names[i], (double)(p.ns - t0.ns) / 1e6,
+		    first ? "" : ",", names[i], (double)(int64_t)(p.ns - t0.ns) / 1e6,
 		    (unsigned long long)p.minflt, (unsigned long long)p.majflt);
 		for (k = 0; k < KS_N; k++)
 			app(buf, len, &n, "%s\"%s\":%llu", k ? "," : "", kvm_stat_name((enum kvm_stat)k),
@@ -124,7 +131,7 @@ int tl_json(char *buf, size_t len)
 		if (!__atomic_load_n(&sample_done[i], __ATOMIC_ACQUIRE))
 			break;
 		p = samples[i];
-		app(buf, len, &n, "%s[%.3f,%llu,%llu", i ? "," : "", (double)(p.ns - t0.ns) / 1e6,
+		app(buf, len, &n, "%s[%.3f,%llu,%llu", i ? "," : "", (double)(int64_t)(p.ns - t0.ns) / 1e6,
 		    (unsigned long long)p.minflt, (unsigned long long)p.majflt);
 		for (k = 0; k < KS_N; k++)
 			app(buf, len, &n, ",%llu", (unsigned long long)p.kvm[k]);

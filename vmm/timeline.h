@@ -15,6 +15,8 @@
 
 enum tl_mark {
 	TL_START,		/* main() entered */
+	TL_STANDBY,		/* --standby: VM made, waiting for its snapshot */
+	TL_REQUEST,		/* --standby: the restore was asked for */
 	TL_PARSED,		/* restore: state file read and checked */
 	TL_MAPPED,		/* restore: memory file mapped */
 	TL_KVM,			/* restore: VM, irqchip, clock and vCPU state applied */
@@ -55,6 +57,12 @@ void tl_sample(void);
 /* Milestone m's point into p: 1 if it was reached, else 0. */
 int tl_get(enum tl_mark m, struct tl_point *p);
 
+/*
+ * Where a start's clock begins: TL_REQUEST for a standby VMM (its restore
+ * was asked for), else TL_START. 0 if neither was marked.
+ */
+int tl_origin(struct tl_point *p);
+
 /* m's name in tl_json and -v output ("parsed", "accept", ...). */
 const char *tl_name(enum tl_mark m);
 
@@ -63,7 +71,8 @@ const char *tl_name(enum tl_mark m);
  * {"t0_ns":N,"marks":[{"name":"parsed","ms":F,"minflt":N,"majflt":N,
  *  "kvm":{"exits":N,"npf":N,...}},...], "samples":[[MS,MINFLT,MAJFLT,EXITS,NPF,...],...]}
  * (the samples' KVM counters in enum kvm_stat's order)
- * with ms counted from TL_START, only the milestones reached, in order, and
+ * with ms counted from tl_origin (t0_ns), only the milestones reached, in order (a
+ * standby VMM's "start" and "standby" before t0, so negative), and
  * the samples taken so far.
  * Returns the length it needed (as snprintf).
  */

@@ -227,8 +227,10 @@ const struct bus_dev *bus_find(const struct bus *b, uint64_t addr);
 struct vm {
 	int kvm_fd;
 	int fd;
+	int made;			/* vm_create_bare done (a standby VMM's VM) */
 	struct guest_mem mem;
 	int nvcpus;
+	int nvcpus_made;		/* vCPUs created ahead of their state (standby) */
 	struct vcpu vcpus[KILN_MAX_VCPUS];
 	struct kvm_cpuid2 *cpuid;	/* supported CPUID, filtered per vCPU */
 	struct bus pio;			/* port I/O devices, see exit.c */
@@ -261,6 +263,13 @@ int kvm_open(const char *path, struct kiln_err *err);
  * m (ownership moves to vm), supported CPUID. Returns 0 or -errno with err.
  */
 int vm_create(struct vm *vm, int kvm_fd, struct guest_mem *m, struct kiln_err *err);
+/*
+ * vm_create in two steps: the VM without memory (what a standby VMM makes
+ * before it knows its snapshot), then the memory slots for m (ownership
+ * moves to vm).
+ */
+int vm_create_bare(struct vm *vm, int kvm_fd, struct kiln_err *err);
+int vm_set_memory(struct vm *vm, struct guest_mem *m, struct kiln_err *err);
 void vm_destroy(struct vm *vm);
 
 /* Assert (level 1) or deassert (0) an interrupt line of the in-kernel irqchip. */

@@ -15,14 +15,23 @@ export kiln sn vmm snapedit
 # clone NAME [ARGS...]: restore $sn/tpl in the background as clone NAME, with
 # its own vsock socket ($sn/NAME.sock) and console; the pid goes to $sn/NAME.pid.
 # Each clone brings its memory in by one of the --prefetch strategies, chosen
-# by its name (ARGS may name one), so every test runs with each of them.
+# by its name (ARGS may name one), so every test runs with each of them; and
+# by the same hash, half of them are restored by a kiln-vmm --standby told
+# the snapshot on stdin instead of by --restore.
 clone() {
-	local n=$1 modes=(auto none all)
+	local n=$1 modes=(auto none all) h
 	shift
-	local m=${modes[$(($(printf %s "$n" | cksum | cut -d" " -f1) % 3))]}
-	echo "prefetch: $m" >"$sn/$n.err"
-	"$vmm" --restore "$sn/tpl" --prefetch "$m" --vsock "cid=3,uds=$sn/$n.sock" --console "$sn/$n.console" \
-		--control "$sn/$n.ctl" --timeout 600 "$@" </dev/null 2>>"$sn/$n.err" &
+	h=$(printf %s "$n" | cksum | cut -d" " -f1)
+	local m=${modes[$((h % 3))]}
+	if [ $((h / 3 % 2)) = 1 ]; then
+		echo "prefetch: $m, standby" >"$sn/$n.err"
+		echo "restore $sn/tpl" | "$vmm" --standby --prefetch "$m" --vsock "cid=3,uds=$sn/$n.sock" \
+			--console "$sn/$n.console" --control "$sn/$n.ctl" --timeout 600 "$@" 2>>"$sn/$n.err" &
+	else
+		echo "prefetch: $m" >"$sn/$n.err"
+		"$vmm" --restore "$sn/tpl" --prefetch "$m" --vsock "cid=3,uds=$sn/$n.sock" --console "$sn/$n.console" \
+			--control "$sn/$n.ctl" --timeout 600 "$@" </dev/null 2>>"$sn/$n.err" &
+	fi
 	echo $! >"$sn/$n.pid"
 }
 # ctl SOCKET REQUEST: one control request; prints the answer.
@@ -116,6 +125,38 @@ run "$v: snapshot: every --prefetch strategy restores the same guest, and keeps 
 	         for m in ws all; do
 	           [ "$(pv $m)" -le $(($(pv none) + 64 * 4096)) ] && echo -n " $m<=none" || echo -n " $m=$(pv $m)>none=$(pv none)"
 	         done; echo'
+
+# A VMM started ahead of its snapshot (--standby): the VM is made, then it is
+# told which snapshot to restore; its timeline counts from that request.
+run "$v: snapshot: a standby VMM restores the snapshot it is told on stdin, timed from the request" 0 \
+	'^standby-first=1 sb-1 restored-from-request=1 marks=standby kvm-exits=1$' \
+	bash -c 'mkfifo "$sn/sb.in"
+	         "$vmm" --standby --vcpus 1 --vsock "cid=3,uds=$sn/sb.sock" --console "$sn/sb.console" \
+	           --control "$sn/sb.ctl" --timeout 600 -v <"$sn/sb.in" 2>"$sn/sb.err" &
+	         echo $! >"$sn/sb.pid"; exec 3>"$sn/sb.in"; trap "exec 3>&-; unclone sb" EXIT
+	         for i in $(seq 600); do grep -q "kiln-vmm: standby" "$sn/sb.err" && break; sleep 0.1; done
+	         # (nothing restored yet: no vsock socket, no control socket)
+	         f=$([ ! -e "$sn/sb.sock" ] && [ ! -e "$sn/sb.ctl" ] && grep -c "kiln-vmm: standby" "$sn/sb.err")
+	         echo "restore $sn/tpl" >&3
+	         "$kiln" identity --uds "$sn/sb.sock" --connect-timeout 60 --id sb-1 >/dev/null || { diag sb; exit 1; }
+	         out=$("$kiln" exec --uds "$sn/sb.sock" -- sh -c "echo \$KILN_SANDBOX_ID")
+	         st=$(ctl "$sn/sb.ctl" stats)
+	         # the restore is timed from the request, not from the process start
+	         r=$(echo "$st" | jq "[.timeline.marks[] | select(.name == \"request\" or .name == \"running\") | .ms] |
+	                             (.[0] == 0 and .[1] > 0)")
+	         marks=$(echo "$st" | jq -r "[.timeline.marks[] | select(.ms < 0) | .name] - [\"start\"] | join(\",\")")
+	         echo "standby-first=$f $out restored-from-request=$([ "$r" = true ] && echo 1)" \
+	              "marks=$marks kvm-exits=$(echo "$st" | jq ".kvm.exits > 0 and .kvm.exits >= .kvm.npf" | sed "s/true/1/")"'
+run "$v: snapshot: a standby VMM of another vCPU count refuses the snapshot" 125 \
+	'the snapshot.s guest has 1 vCPUs, not 2' \
+	bash -c 'echo "restore $sn/tpl" | "$vmm" --standby --vcpus 2 --vsock "cid=3,uds=$sn/x.sock" --timeout 60'
+run "$v: snapshot: a standby VMM refuses a line that is not a restore" 125 'standby: "snapshot now" on stdin: want "restore DIR"' \
+	bash -c 'echo "snapshot now" | "$vmm" --standby --vsock "cid=3,uds=$sn/x.sock" --timeout 60'
+run "$v: snapshot: a standby VMM whose input ends without a request exits 0" 0 '^exit=0 standby$' \
+	bash -c '"$vmm" --standby --vsock "cid=3,uds=$sn/x.sock" --timeout 60 </dev/null 2>"$sn/sbx.err"
+	         echo "exit=$? $(grep -o standby "$sn/sbx.err")"'
+run "$v: snapshot: --standby takes no --restore" 125 'standby takes its snapshot on stdin' \
+	"$vmm" --standby --restore "$sn/tpl"
 
 run "$v: snapshot: a clone'\''s wall clock is right after IDENTITY, though the template is older" 0 '^clock-ok$' \
 	bash -c 'sleep 3; clone c; trap "unclone c" EXIT

@@ -64,7 +64,8 @@ struct opts {
 	const char *control;	/* --control PATH */
 	const char *control_group;	/* --control-group NAME: shares the control socket */
 	const char *template_dir;	/* --template DIR: boot, wait for the agent, snapshot, stop */
-	const char *restore;	/* --restore DIR or STATE */
+	const char *restore;	/* --restore DIR or STATE, or a standby's "restore" line */
+	int standby;		/* --standby: the snapshot comes on stdin */
 	const char *memory;	/* --memory FILE (restore) */
 	const char *clone_dir;	/* --clone-dir DIR (restore): keep the disks' copies there */
 	enum snap_prefetch prefetch;	/* --prefetch (restore) */
@@ -130,6 +131,12 @@ static void usage(FILE *f)
 "                    and --vsock replace the snapshot's devices of that kind\n"
 "                    in order; its vsock and net devices and read-only disks\n"
 "                    must be given so (each clone its own uds and tap)\n"
+"  --standby         make everything a restore needs but its snapshot (the VM,\n"
+"                    its irqchip and PIT, with --vcpus its vCPUs, the I/O and\n"
+"                    console threads), say \"kiln-vmm: standby\" on stderr, then\n"
+"                    wait for one line \"restore DIR|STATE\" on stdin and restore\n"
+"                    it as --restore would; -v and the control socket's stats\n"
+"                    count the restore from that line (end of input: exit 0)\n"
 "  --memory FILE     the snapshot's memory file (default: beside STATE)\n"
 "  --clone-dir DIR   keep the copies of the snapshot's writable disks in DIR\n"
 "                    (default: unnamed files that vanish with the VM)\n"
@@ -235,7 +242,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 	enum { OPT_KERNEL = 256, OPT_INITRD, OPT_MEM, OPT_VCPUS, OPT_CMDLINE, OPT_CONSOLE,
 	       OPT_TIMEOUT, OPT_HUGEPAGES, OPT_KVM, OPT_VERSION, OPT_DEVICE, OPT_CONTROL,
 	       OPT_TEMPLATE, OPT_RESTORE, OPT_MEMORY, OPT_CLONE_DIR, OPT_PREFETCH,
-	       OPT_CONTROL_GROUP };
+	       OPT_CONTROL_GROUP, OPT_STANDBY };
 	static const struct option longopts[] = {
 		{ "kernel", required_argument, NULL, OPT_KERNEL },
 		{ "initrd", required_argument, NULL, OPT_INITRD },
@@ -253,6 +260,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		{ "control-group", required_argument, NULL, OPT_CONTROL_GROUP },
 		{ "template", required_argument, NULL, OPT_TEMPLATE },
 		{ "restore", required_argument, NULL, OPT_RESTORE },
+		{ "standby", no_argument, NULL, OPT_STANDBY },
 		{ "prefetch", required_argument, NULL, OPT_PREFETCH },
 		{ "memory", required_argument, NULL, OPT_MEMORY },
 		{ "clone-dir", required_argument, NULL, OPT_CLONE_DIR },
@@ -281,6 +289,7 @@ static void parse_args(int argc, char **argv, struct opts *o)
 		case OPT_CONTROL_GROUP: o->control_group = optarg; break;
 		case OPT_TEMPLATE: o->template_dir = optarg; break;
 		case OPT_RESTORE: o->restore = optarg; break;
+		case OPT_STANDBY: o->standby = 1; break;
 		case OPT_MEMORY: o->memory = optarg; break;
 		case OPT_CLONE_DIR: o->clone_dir = optarg; break;
 		case OPT_PREFETCH:
@@ -320,14 +329,18 @@ static void parse_args(int argc, char **argv, struct opts *o)
 	}
 	if (o->template_dir && o->restore)
 		die("--template and --restore: one or the other (a template boots; a restore starts from one)");
+	if (o->standby && (o->restore || o->template_dir || o->memory))
+		die("--standby takes its snapshot on stdin (\"restore DIR\"): drop --restore, --template and --memory");
+	if (o->standby && (o->ncmd || *o->cmdline || o->hugepages))
+		die("--standby restores a running guest: a command, --cmdline and --hugepages do not apply");
 	if (o->template_dir && o->ncmd)
 		die("--template runs the agent, not a command: drop the command after --");
 	if (o->restore && (o->ncmd || *o->cmdline || o->hugepages))
 		die("--restore resumes a running guest: a command, --cmdline and --hugepages do not apply");
 	if (o->control_group && !o->control)
 		die("--control-group goes with --control (the socket it lets the group use)");
-	if ((o->memory || o->clone_dir || o->prefetch_set) && !o->restore)
-		die("--memory, --clone-dir and --prefetch go with --restore");
+	if ((o->memory || o->clone_dir || o->prefetch_set) && !o->restore && !o->standby)
+		die("--memory, --clone-dir and --prefetch go with --restore (or --standby)");
 	if (!o->kernel)
 		o->kernel = beside_exe("guest/vmlinux");
 	if (!o->initrd)
@@ -740,6 +753,51 @@ static void boot_prepare(const struct opts *o)
 }
 
 /*
+ * --standby: the VM without memory (and with --vcpus its vCPUs) now, then
+ * the snapshot's path from a line "restore DIR|STATE" on stdin. Exits 0 at
+ * the end of input: the VMM was never needed.
+ */
+static void standby_wait(struct opts *o, int kvm_fd)
+{
+	static char line[PATH_MAX + 16];
+	struct kiln_err err = { { 0 } };
+	size_t n = 0;
+	int i;
+
+	if (vm_create_bare(&vm, kvm_fd, &err) < 0)
+		die("%s", err.msg);
+	for (i = 0; i < (o->vcpus_set ? o->vcpus : 0); i++)
+		if (vcpu_create_bare(&vm, i, &err) < 0)
+			die("%s", err.msg);
+	vm.nvcpus_made = i;
+	tl_mark(TL_STANDBY);
+	fprintf(stderr, "kiln-vmm: standby\n");
+	/* A byte at a time: what follows the line is not ours to read. */
+	for (;;) {
+		ssize_t r = read(STDIN_FILENO, line + n, 1);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			die("--standby: reading stdin: %s", strerror(errno));
+		if (r == 0) {
+			if (n)
+				die("--standby: stdin ended inside a line (want \"restore DIR\\n\")");
+			exit(0);
+		}
+		if (line[n] == '\n')
+			break;
+		if (++n == sizeof(line) - 1)
+			die("--standby: a line of more than %zu bytes on stdin (want \"restore DIR\")", sizeof(line) - 2);
+	}
+	tl_mark(TL_REQUEST);
+	line[n] = '\0';
+	if (strncmp(line, "restore ", 8) != 0 || !line[8])
+		die("--standby: \"%.80s\" on stdin: want \"restore DIR\" or \"restore STATE\"", line);
+	o->restore = line + 8;
+}
+
+/*
  * Restore: the snapshot layer maps the memory file and brings back KVM,
  * vCPU and device state (snapshot/restore.c).
  */
@@ -776,7 +834,7 @@ static void print_restore_times(void)
 	size_t n = 0;
 	unsigned i;
 
-	if (!tl_get(TL_START, &t0) || !tl_get(TL_RUNNING, &p))
+	if (!tl_origin(&t0) || !tl_get(TL_RUNNING, &p))
 		return;
 	prev = t0;
 	for (i = 0; i < sizeof(steps) / sizeof(steps[0]) && n < sizeof(buf); i++) {
@@ -837,6 +895,8 @@ int main(int argc, char **argv)
 	src.uart = &uart;
 	src.loop = &loop;
 	src.devs = devs;
+	if (o.standby)
+		standby_wait(&o, kvm_fd);
 	if (o.restore) {
 		vm.kvm_fd = kvm_fd;
 		restore_prepare(&o);
