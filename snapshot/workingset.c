@@ -232,6 +232,8 @@ bad:
 int snap_ws_prefetch(const struct vm *vm, const struct snap_ws *ws, int *pre_faulted)
 {
 	const struct guest_mem *mem = &vm->mem;
+	/* KVM's pre-fault brings a page into kiln-vmm's page tables itself, as a read. */
+	int kvm_maps = vm->fd >= 0 && vm_can_pre_fault(vm);
 	uint32_t i;
 	int ret = 0;
 
@@ -245,6 +247,8 @@ int snap_ws_prefetch(const struct vm *vm, const struct snap_ws *ws, int *pre_fau
 
 		if (x->page * SNAP_WS_PAGE + len > mem->size)
 			return -EINVAL;	/* (snap_ws_parse refused such a range) */
+		if (kvm_maps && x->flags != SNAP_WS_WRITE)
+			continue;
 		if (madvise(p, len, x->flags == SNAP_WS_WRITE ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) == 0)
 			continue;
 		if (errno != EINVAL) {
@@ -260,7 +264,7 @@ int snap_ws_prefetch(const struct vm *vm, const struct snap_ws *ws, int *pre_fau
 				*b = v;
 		}
 	}
-	if (ret || vm->fd < 0 || !vm_can_pre_fault(vm))
+	if (ret || !kvm_maps)
 		return ret;
 	for (i = 0; i < ws->n && !ret; i++)
 		ret = vm_pre_fault(vm, ws->r[i].page * SNAP_WS_PAGE, (uint64_t)ws->r[i].npages * SNAP_WS_PAGE);
