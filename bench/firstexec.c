@@ -1,7 +1,9 @@
 /*
  * kiln-firstexec: the client half of bench/snapshot.sh, started before the
  * VM so that its own start-up (exec, dynamic linking: slow in the nested
- * host) is not part of what is measured. It waits for "go" on stdin, the
+ * host) is not part of what is measured. It says "ready" on stdout once
+ * started (so that nothing of its start-up shares the CPU with what is
+ * measured), then waits for "go" on stdin, the
  * moment its VM was started, then connects to the VM's vsock socket (as soon
  * as it exists and the agent answers), sends IDENTITY if asked (a clone
  * must have one before it is used), runs `true` through the agent and prints
@@ -14,7 +16,9 @@
  * came, HELLO and IDENTITY were answered (with --pipeline, IDENTITY sent:
  * the exec follows it in the same round trip), the agent said `true` started
  * and its exit status arrived; with --again, a second `true` on the same
- * connection (the steady-state cost of an exec). What a daemon holding a
+ * connection (the steady-state cost of an exec). With --early the connection
+ * is kac_connect_early's: CONNECT, HELLO and the requests go out together,
+ * so t_hello is only the moment they were sent. What a daemon holding a
  * client library would see, without a CLI process started per request.
  */
 #include <errno.h>
@@ -51,10 +55,11 @@ static void on_started(void *arg, uint64_t pid)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: kiln-firstexec --uds PATH [--identity NAME [--pipeline]] [--again] [--timeout SEC] [--verbose]\n"
-		   "Waits for a line on stdin, then connects to the agent behind PATH, sends\n"
+	fprintf(f, "usage: kiln-firstexec --uds PATH [--identity NAME [--pipeline]] [--early] [--again] [--timeout SEC] [--verbose]\n"
+		   "Says \"ready\", waits for a line on stdin, then connects to the agent behind PATH, sends\n"
 		   "IDENTITY NAME if given (with --pipeline, the exec follows it without waiting\n"
 		   "for its answer), runs `true` (twice with --again), and prints\n"
+		   "(--early: CONNECT and HELLO are not waited for, kac_connect_early)\n"
 		   "\"ok MS RETRIES t_go=NS t_hello=NS t_identity=NS t_started=NS t_exit=NS [again_ms=MS]\"\n"
 		   "or \"error MESSAGE\" (MS: from the line to the exit status).\n");
 }
@@ -68,6 +73,7 @@ int main(int argc, char **argv)
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "again", no_argument, NULL, 'a' },
 		{ "pipeline", no_argument, NULL, 'p' },
+		{ "early", no_argument, NULL, 'e' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -81,7 +87,7 @@ int main(int argc, char **argv)
 	char line[64];
 	double t0, deadline;
 	long timeout_s = 120;
-	int opt, r, retries = 0, verbose = 0, again = 0, pipeline = 0;
+	int opt, r, retries = 0, verbose = 0, again = 0, pipeline = 0, early = 0;
 	double t_conn = 0, t_id = 0, t_exit, again_ms = 0;
 	uint64_t ns_go, ns_hello = 0, ns_id = 0, ns_started = 0, ns_exit;
 
@@ -99,6 +105,7 @@ int main(int argc, char **argv)
 		case 'v': verbose = 1; break;
 		case 'a': again = 1; break;
 		case 'p': pipeline = 1; break;
+		case 'e': early = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -108,6 +115,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	printf("ready\n");
 	if (!fgets(line, sizeof(line), stdin))
 		return 1;	/* the benchmark went away before starting the VM */
 	t0 = now_ms();
@@ -129,7 +137,7 @@ int main(int argc, char **argv)
 			       err.msg[0] ? err.msg : "-");
 			return 1;
 		}
-		r = kac_connect(&c, uds, left, &err);
+		r = early ? kac_connect_early(&c, uds, left, &err) : kac_connect(&c, uds, left, &err);
 		t_conn = now_ms();
 		ns_hello = mono_ns();
 		if (r == 0 && name) {

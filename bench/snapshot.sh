@@ -40,16 +40,25 @@ if ! [ -c /dev/kvm ] || ! { : <>/dev/kvm; } 2>/dev/null; then
 fi
 # Short paths: every VM's vsock socket lives here (sun_path holds 107 bytes).
 tmp=$(mktemp -d /tmp/bsnap.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+trap 'umount "$tmp/huge" 2>/dev/null; rm -rf "$tmp"' EXIT
+# A copy of the template on a tmpfs that keeps files in 2 MiB pages, where
+# this user may mount one: guest memory the clones only read is then mapped
+# (by the host, and so by KVM) in 2 MiB pages, a nested page fault for each
+# instead of one per 4 KiB.
+huge=$tmp/huge
+if ! { mkdir "$huge" && mount -t tmpfs -o huge=always,mode=0700 kiln-huge "$huge"; } 2>/dev/null; then
+	echo "bench-snapshot: no tmpfs with huge=always here (needs root): the huge-page row is left out" >&2
+	huge=
+fi
 
 bench_host_banner
 python3 - "$vmm" "$firstexec" "$rounds" "$clones" "${BENCH_SNAP_MEMVMS:-10}" \
-	"${BENCH_SNAP_MEM:-256}" "${BENCH_SNAP_TIMEOUT:-$dt}" "$tmp" "$nested" <<'PY'
+	"${BENCH_SNAP_MEM:-256}" "${BENCH_SNAP_TIMEOUT:-$dt}" "$tmp" "$nested" "$huge" <<'PY'
 import ctypes, json, os, signal, socket, subprocess, sys, threading, time
 
 vmm, firstexec = sys.argv[1], sys.argv[2]
 rounds, nclones, nmem, mem_mib, tmo = (int(a) for a in sys.argv[3:8])
-tmp, nested = sys.argv[8], sys.argv[9] == "1"
+tmp, nested, huge = sys.argv[8], sys.argv[9] == "1", sys.argv[10]
 CID = 3                      # a clone's CID must be the template's
 READY = b"kiln-agent: ready"
 
@@ -69,7 +78,7 @@ seq = [0]
 
 class VM:
     """One kiln-vmm: a cold boot (restore=None) or a restore of a template."""
-    def __init__(self, kind, restore=None, prefetch=None, pipeline=True):
+    def __init__(self, kind, restore=None, prefetch=None, pipeline=True, standby=False, early=True):
         seq[0] += 1
         self.name = "%s%d" % (kind, seq[0])
         self.uds = os.path.join(tmp, self.name + ".sock")
@@ -77,7 +86,12 @@ class VM:
         # A control socket on both kinds (stats when a VM fails; same VMM RSS).
         self.ctl = os.path.join(tmp, self.name + ".ctl")
         argv = [vmm, "--timeout", "3600", "--vsock", "cid=%d,uds=%s" % (CID, self.uds), "--control", self.ctl]
-        if restore:
+        if restore and standby:
+            # Started ahead: the VM is made, and the clock starts when it
+            # is told which snapshot to restore (the moment Firecracker's
+            # restore latency counts from: its snapshot load request).
+            argv += ["--standby", "--vcpus", "1", "-v"] + (["--prefetch", prefetch] if prefetch else [])
+        elif restore:
             argv += ["--restore", restore, "-v"] + (["--prefetch", prefetch] if prefetch else [])
         else:
             argv += ["--mem", str(mem_mib), "--cmdline", "kiln.agent"]
@@ -87,20 +101,41 @@ class VM:
         # Its client first, waiting for "go": its own start-up is not measured.
         self.cli = subprocess.Popen([firstexec, "--uds", self.uds, "--timeout", str(tmo), "--again"] +
                                     (["--identity", self.name] if restore else []) +
-                                    (["--pipeline"] if restore and pipeline else []),
+                                    (["--pipeline"] if restore and pipeline else []) +
+                                    (["--early"] if restore and early else []),
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=die_with_us)
+        if self.cli.stdout.readline() != b"ready\n":
+            fail("%s: kiln-firstexec did not start" % self.name)
         err = open(self.errpath, "wb")
         self.t0 = time.perf_counter()
         self.t0_ns = time.monotonic_ns()
         # No preexec_fn: without one Python starts the VMM with vfork, not a
         # fork of this whole interpreter, which in the nested host alone
         # cost ~60 ms of "start" (the finally below and --timeout stop it).
-        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE if standby else subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=err)
         err.close()
-        self.cli.stdin.write(b"go\n")
-        self.cli.stdin.close()
         live.append(self)
         threading.Thread(target=self._console, daemon=True).start()
+        # (and after the request, nothing of the benchmark's own but a write
+        # and a blocking read: in a one-CPU host it would delay the restore)
+        if standby:
+            self._standby(restore)
+        self.cli.stdin.write(b"go\n")
+        self.cli.stdin.close()
+
+    def _standby(self, restore):
+        """Wait for "kiln-vmm: standby", then start the clock and ask for the restore."""
+        deadline = time.perf_counter() + tmo
+        while b"kiln-vmm: standby" not in open(self.errpath, "rb").read(4096):
+            if self.p.poll() is not None or time.perf_counter() > deadline:
+                self.cli.kill()
+                fail("%s: no \"kiln-vmm: standby\" (%s)" % (self.name, self.why()))
+            time.sleep(0.002)
+        self.t0 = time.perf_counter()
+        self.t0_ns = time.monotonic_ns()
+        self.p.stdin.write(("restore %s\n" % restore).encode())
+        self.p.stdin.close()
 
     def _console(self):
         buf = b""
@@ -154,6 +189,8 @@ class VM:
     def timeline(self):
         """kiln-vmm's own timeline (control "stats"), or None."""
         st = self.control("stats")
+        # (whether the working set also went into KVM's page tables: KVM_PRE_FAULT_MEMORY)
+        self.kvm_mapped = bool(st and st.get("prefetched", {}).get("kvm_mapped"))
         return st.get("timeline") if st else None
 
     def stop(self):
@@ -191,14 +228,15 @@ def first_exec(vm, res):
                ready_ms=(vm.t_ready - vm.t0) * 1e3 if vm.t_ready else None)
     res.update((k, float(v)) for k, v in (w.split("=", 1) for w in line[3:] if "=" in w))
 
-def start(kind, prefetch=None, pipeline=True):
-    vm = VM(kind, None if kind == "cold" else tpl, prefetch, pipeline)
+def start(kind, prefetch=None, pipeline=True, early=True):
+    src = None if kind == "cold" else tpl_huge if kind == "huge" else tpl
+    vm = VM(kind, src, prefetch, pipeline, kind in ("standby", "huge"), early)
     vm.restored = kind != "cold"
     return vm
 
 # The phases of a start, in order: (name, where its end is read). "vmm:X" is
 # kiln-vmm's timeline mark X, "cli:X" kiln-firstexec's moment t_X.
-PHASES = [("spawn -> main()", "vmm:start"), ("state file parsed", "vmm:parsed"),
+PHASES = [("spawn -> main() (standby: asked)", "vmm:start"), ("state file parsed", "vmm:parsed"),
           ("memory mapped", "vmm:mapped"), ("vCPU, irqchip, clock state", "vmm:kvm_state"),
           ("devices restored", "vmm:devices"), ("working set prefetched", "vmm:prefetched"),
           ("vCPUs running", "vmm:running"), ("guest userspace (cold)", "vmm:userspace"),
@@ -207,18 +245,24 @@ PHASES = [("spawn -> main()", "vmm:start"), ("state file parsed", "vmm:parsed"),
           ("identity done", "cli:identity"), ("first exec spawned", "cli:started"),
           ("first exec answered", "cli:exit")]
 
+# KVM's counters in kiln-vmm's timeline (vmm/kvmstats.h), in its order.
+KVM = ("exits", "npf", "halt", "mmio", "pio", "irqs")
+
 def phases(vm, res, tl):
     """Each phase's (ms, minor faults, major faults) for one start, from both timelines."""
     if not tl:
         return {}
     t0 = tl["t0_ns"]
-    marks = {m["name"]: (m["ms"], m["minflt"], m["majflt"]) for m in tl["marks"]}
-    samples = tl.get("samples", [])
-    start = marks.get("start", (0, 0, 0))
-    points = {"vmm:start": (0.0, start[1], start[2])}
-    for name, (ms, mn, mj) in marks.items():
-        points["vmm:" + name] = (ms, mn, mj)
-    last = max([marks[k] for k in marks], key=lambda m: m[0], default=(0, 0, 0))
+    zero = [0] * len(KVM)
+    marks = {m["name"]: (m["ms"], m["minflt"], m["majflt"], [m.get("kvm", {}).get(k, 0) for k in KVM])
+             for m in tl["marks"]}
+    # [ms, minflt, majflt, then KVM's counters in KVM's order]
+    samples = [(x[0], x[1], x[2], list(x[3:3 + len(KVM)]) + zero[len(x[3:]):]) for x in tl.get("samples", [])]
+    start = marks.get("request", marks.get("start", (0, 0, 0, zero)))   # t0: the request, for a standby VMM
+    points = {"vmm:" + name: m for name, m in marks.items()}
+    # (a standby VMM's own "start" came long before t0)
+    points["vmm:start"] = (0.0, start[1], start[2], start[3])
+    last = max([marks[k] for k in marks], key=lambda m: m[0], default=(0, 0, 0, zero))
     for key in ("hello", "identity", "started", "exit"):
         ns = res.get("t_" + key)
         if not ns:
@@ -227,7 +271,7 @@ def phases(vm, res, tl):
         # faults: the VMM's last sample (or mark) before the client saw it
         before = [x for x in samples if x[0] <= ms] + [m for m in marks.values() if m[0] <= ms]
         f = max(before, key=lambda x: x[0], default=last)
-        points["cli:" + key] = (ms, f[1], f[2])
+        points["cli:" + key] = (ms, f[1], f[2], f[3])
     # Spawn -> main() is the bench's clock to kiln-vmm's; each later phase
     # ends at its point and starts at the previous one reached.
     out, prev = {PHASES[0][0]: ((t0 - vm.t0_ns) / 1e6, 0, 0)}, points["vmm:start"]
@@ -240,15 +284,17 @@ def phases(vm, res, tl):
         run, ex = points["vmm:running"], points["cli:exit"]
         res["after_resume_ms"] = ex[0] - run[0]
         res["after_resume_flt"] = (ex[1] - run[1], ex[2] - run[2])
+        res["after_resume_kvm"] = [a - b for a, b in zip(ex[3], run[3])]
     return out
 
-def one(kind, prefetch=None, pipeline=True):
-    vm = start(kind, prefetch, pipeline)
+def one(kind, prefetch=None, pipeline=True, early=True):
+    vm = start(kind, prefetch, pipeline, early)
     res = {}
     try:
         first_exec(vm, res)
         if "error" not in res:
             res["phases"] = phases(vm, res, vm.timeline())
+            res["kvm_mapped"] = vm.kvm_mapped
     finally:
         vm.stop()
     res["restore_ms"] = vm.restore_ms()
@@ -267,11 +313,13 @@ def smaps(pid, guest_path):
             head = line.split()
             if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
                 lo, hi = (int(x, 16) for x in head[0].split("-"))
-                cur = [hi - lo, head[4], " ".join(head[5:]), 0]
+                cur = [hi - lo, head[4], " ".join(head[5:]), 0, 0]
                 maps.append(cur)
             elif head[0] == "Rss:":
                 total += int(head[1])
                 cur[3] = int(head[1])
+            elif head[0] == "FilePmdMapped:":
+                cur[4] = int(head[1])
     # Guest memory: the restored memory file (MAP_PRIVATE), or the smallest
     # anonymous mapping at least as big as guest RAM (a cold boot's mmap).
     want = mem_mib << 20
@@ -279,7 +327,7 @@ def smaps(pid, guest_path):
     if not cand:
         fail("pid %d: no guest memory mapping of %d MiB in smaps" % (pid, mem_mib))
     g = sorted(cand, key=lambda m: (m[2] != guest_path, m[0]))[0]
-    return pss, total - g[3], g[3]
+    return pss, total - g[3], g[3], g[4]
 
 def batch(kind, n, prefetch=None):
     """n VMs started at once, each to its first exec: (VMs/s of those that answered, results, VMs that answered)."""
@@ -305,8 +353,8 @@ def batch(kind, n, prefetch=None):
 def memory(vms, guest_path):
     s = [smaps(vm.p.pid, guest_path) for vm in vms]
     if not s:
-        return None, None, None, 0
-    return sum(x[0] for x in s), med([x[1] for x in s]), med([x[2] for x in s]), len(s)
+        return None, None, None, 0, None
+    return sum(x[0] for x in s), med([x[1] for x in s]), med([x[2] for x in s]), len(s), med([x[3] for x in s])
 
 def pct(v, q):
     v = sorted(x for x in v if x is not None)
@@ -318,6 +366,7 @@ def med(v):
     return pct(v, 50)
 
 tpl = os.path.join(tmp, "tpl")
+tpl_huge = os.path.join(huge, "tpl") if huge else None
 failures = []
 try:
     # The template: boot with the agent, snapshot the moment it is ready, exit 0.
@@ -345,17 +394,25 @@ try:
         fail("recording the working set: %s" % (res.get("error") or ws))
     print("bench-snapshot: working set recorded: %d pages read, %d written, in %d ranges" % (
         ws["read_pages"], ws["write_pages"], ws["ranges"]), file=sys.stderr)
+    if huge:
+        subprocess.run(["cp", "-a", "--sparse=always", tpl, tpl_huge], check=True)
+    guest_paths = {"huge": os.path.realpath(os.path.join(tpl_huge, "memory")) if huge else None}
 
     # "restore": kiln-vmm's default (--prefetch auto: the working set just
-    # recorded); "none" and "all": the other strategies, in the same rounds.
-    # "serial": the default, but the client waits for IDENTITY's answer
-    # before it sends the exec (one round trip more).
-    KINDS = ("restore", "none", "all", "serial", "cold")
+    # recorded), the client sending CONNECT, HELLO, IDENTITY and the exec
+    # at once (kac_connect_early); "none" and "all": the other strategies,
+    # in the same rounds. "hello": the client waits for the VMM's OK and
+    # the agent's HELLO first (kac_connect); "serial": and for IDENTITY's
+    # answer before it sends the exec. "standby": the default, by a
+    # kiln-vmm --standby started ahead, timed from the moment it is asked
+    # for the restore.
+    # "huge": standby, from the copy of the template on a huge-page tmpfs.
+    KINDS = ("restore", "standby") + (("huge",) if huge else ()) + ("none", "all", "hello", "serial", "cold")
     lat = {k: [] for k in KINDS}
     for i in range(rounds + 1):                     # round 0 warms the page cache
         for kind in KINDS:
-            res = one("restore" if kind in ("none", "all", "serial") else kind,
-                      kind if kind in ("none", "all") else None, kind != "serial")
+            res = one("restore" if kind in ("none", "all", "hello", "serial") else kind,
+                      kind if kind in ("none", "all") else None, kind != "serial", kind not in ("hello", "serial"))
             tag = "round %d" % i if i else "warm-up"
             if "error" in res:
                 failures.append("%s %s: %s" % (tag, kind, res["error"]))
@@ -386,12 +443,13 @@ try:
             finally:
                 for vm in vms:
                     vm.stop()
-    # Prefetching must not turn pages the clones share into private copies.
-    for mode in ("none", "all"):
+    # Prefetching must not turn pages the clones share into private copies,
+    # nor must huge pages.
+    for mode in ("none", "all") + (("huge",) if huge else ()):
         print("bench-snapshot: %d restore VMs, --prefetch %s, for memory" % (nmem, mode), file=sys.stderr)
-        _, _, vms = batch("restore", nmem, mode)
+        _, _, vms = batch("huge" if mode == "huge" else "restore", nmem, None if mode == "huge" else mode)
         try:
-            mem[mode] = memory(vms, guest_path)
+            mem[mode] = memory(vms, guest_paths.get(mode) or guest_path)
         finally:
             for vm in vms:
                 vm.stop()
@@ -424,6 +482,9 @@ print()
 print("%-38s %-5s %14s %14s %9s" % ("metric", "", "restore", "cold boot", "rest/cold"))
 row("start -> first exec returns", "p50", med([x["ms"] for x in R]), med([x["ms"] for x in C]), "ms")
 row("  (restore: IDENTITY and exec at once)", "p99", pct([x["ms"] for x in R], 99), pct([x["ms"] for x in C], 99), "ms")
+S = lat["standby"]
+row("standby VMM: restore asked -> first exec", "p50", med([x["ms"] for x in S]), med([x["ms"] for x in C]), "ms")
+row("  (kiln-vmm --standby, started ahead)", "p99", pct([x["ms"] for x in S], 99), pct([x["ms"] for x in C], 99), "ms")
 row("start -> guest running, agent up", "p50", med([x["restore_ms"] for x in R]), med([x["ready_ms"] for x in C]), "ms")
 row("  (restore: kiln-vmm -v \"restored in\";", "p99", pct([x["restore_ms"] for x in R], 99), pct([x["ready_ms"] for x in C], 99), "ms")
 print("   cold: \"kiln-agent: ready\" on the console)")
@@ -440,34 +501,55 @@ print("template (boot to agent ready + snapshot): %s; rest/cold below 1: restore
       "except VMs/s (above 1: restore starts more)" % fmt(t_tpl, "ms"))
 print()
 print("prefetch strategies (kiln-vmm --prefetch): start -> first exec, and kiln-vmm's page faults from vCPUs running to the exit status")
-print("%-30s %10s %10s %9s %16s %14s" % ("", "p50", "p99", "/cold p50", "faults after run", "PSS of %d" % nmem))
+print("%-30s %10s %10s %9s %16s %14s %14s" % ("", "p50", "p99", "/cold p50", "faults after run", "PSS of %d" % nmem,
+                                            "exits/NPF"))
 for label, key in (("ws (default: auto)", "restore"), ("none", "none"), ("all", "all"),
-                   ("ws, IDENTITY answered first", "serial")):
+                   ("ws, OK and HELLO answered first", "hello"), ("ws, and IDENTITY answered first", "serial"),
+                   ("ws, standby VMM", "standby")) + (
+                  (("ws, standby, huge-page tmpfs", "huge"),) if huge else ()):
     rows = lat[key]
     p50 = med([x["ms"] for x in rows])
     cold = med([x["ms"] for x in C])
     flt = [x["after_resume_flt"] for x in rows if "after_resume_flt" in x]
+    kv = [x["after_resume_kvm"] for x in rows if "after_resume_kvm" in x]
     m = mem.get(key)
-    print("%-30s %10s %10s %9s %16s %14s" % (label, fmt(p50, "ms"), fmt(pct([x["ms"] for x in rows], 99), "ms"),
+    print("%-30s %10s %10s %9s %16s %14s %14s" % (label, fmt(p50, "ms"), fmt(pct([x["ms"] for x in rows], 99), "ms"),
           "%.3f" % (p50 / cold) if p50 and cold else "n/a",
           "%d/%d" % (med([f[0] for f in flt]), med([f[1] for f in flt])) if flt else "n/a",
-          fmt(m[0], "MiB") if m else "n/a"))
+          fmt(m[0], "MiB") if m else "n/a",
+          "%d/%d" % (med([k[0] for k in kv]), med([k[1] for k in kv])) if kv else "n/a"))
+if mem.get("huge"):
+    print("huge-page tmpfs: per clone, %s of %s of guest memory resident is mapped in 2 MiB pages (p50)" % (
+        fmt(mem["huge"][4], "MiB"), fmt(mem["huge"][2], "MiB")))
+print("working set also mapped into KVM's page tables before the vCPUs ran (KVM_PRE_FAULT_MEMORY, Linux 6.10+): %s" % (
+    "yes" if R and all(x.get("kvm_mapped") for x in R) else "no (this host's kernel has no KVM_PRE_FAULT_MEMORY)"
+    if R and not any(x.get("kvm_mapped") for x in R) else "in some restores only"))
+print("exits/NPF: KVM's exits, and its nested page faults (pages first mapped into the guest's page tables),")
+print("from vCPUs running to the first exec's status (p50), by kind:")
+for label, key in (("ws (default)", "restore"), ("none", "none"), ("ws, standby VMM", "standby"),
+                   ("ws, standby, huge", "huge")):
+    if key not in lat:
+        continue
+    kv = [x["after_resume_kvm"] for x in lat[key] if "after_resume_kvm" in x]
+    if kv:
+        print("  %-20s %s" % (label, "  ".join("%s %d" % (n, med([k[i] for k in kv])) for i, n in enumerate(KVM))))
 print()
 print("where the time goes (p50 of each phase, ms; kiln-vmm's minor/major page faults in it)")
-print("%-30s %10s %12s %10s %12s" % ("phase", "restore", "faults", "cold boot", "faults"))
+print("%-34s %9s %9s %9s %9s %9s %9s" % ("phase", "restore", "faults", "standby", "faults", "cold boot", "faults"))
 def phase_col(rows, label):
     v = [x["phases"][label] for x in rows if label in x.get("phases", {})]
     if not v:
         return "", ""
     return fmt(med([p[0] for p in v]), "ms"), "%d/%d" % (med([p[1] for p in v]), med([p[2] for p in v]))
 for label, _ in PHASES:
-    rc, cc = phase_col(R, label), phase_col(C, label)
-    if rc[0] or cc[0]:
-        print("%-30s %10s %12s %10s %12s" % (label, rc[0], rc[1], cc[0], cc[1]))
-pen = [x["after_resume_ms"] - x["again_ms"] for x in R if "after_resume_ms" in x and "again_ms" in x]
-print("first-exec penalty (restore): vCPUs running -> first exec answered, minus a steady-state exec "
-      "on the same clone: p50 %s (steady-state exec p50 %s)" % (fmt(med(pen), "ms"),
-      fmt(med([x["again_ms"] for x in R if "again_ms" in x]), "ms")))
+    rc, sc, cc = phase_col(R, label), phase_col(S, label), phase_col(C, label)
+    if rc[0] or sc[0] or cc[0]:
+        print("%-34s %9s %9s %9s %9s %9s %9s" % (label, rc[0], rc[1], sc[0], sc[1], cc[0], cc[1]))
+for name, rows in (("restore", R), ("standby", S)):
+    pen = [x["after_resume_ms"] - x["again_ms"] for x in rows if "after_resume_ms" in x and "again_ms" in x]
+    print("first-exec penalty (%s): vCPUs running -> first exec answered, minus a steady-state exec "
+          "on the same clone: p50 %s (steady-state exec p50 %s)" % (name, fmt(med(pen), "ms"),
+          fmt(med([x["again_ms"] for x in rows if "again_ms" in x]), "ms")))
 if failures:
     print("FAILED: %d VM(s) never answered their first exec (left out above):" % len(failures))
     for f in failures:
