@@ -571,7 +571,7 @@ static struct kac *fh_conn(struct rpc *q)
 	int r;
 
 	if (!q->v->fh) {
-		r = kac_connect(&q->v->fh, q->v->pool->vsock, 10000, &q->err);
+		r = kac_connect(&q->v->fh, q->v->pool->vsock, KAC_TIMEOUT_DEFAULT_MS, &q->err);
 		if (r) {
 			q->v->fh = NULL;
 			kd_v3_fail(q->v, q->id, kd_v3_serr("Error", NULL, "cannot reach the sandbox's agent: %s",

@@ -484,7 +484,12 @@ struct kac *kd_v3_conn_get(struct kd_v3 *v, struct kac_err *err)
 	pthread_mutex_unlock(&pools_m);
 	if (c)
 		return c;
-	r = kac_connect(&c, p->vsock, 10000, err);
+	/*
+	 * As long as any other answer of the agent's may take: an agent busy
+	 * with many new connections and processes (100 SDK clients at once, in
+	 * a slow host) is late, not gone.
+	 */
+	r = kac_connect(&c, p->vsock, KAC_TIMEOUT_DEFAULT_MS, err);
 	if (r) {
 		pthread_mutex_lock(&pools_m);
 		p->out--;
