@@ -141,13 +141,17 @@ uint32_t ac_new_id(struct kac *c)
  * agent's HELLO may follow it at once). Returns 0, -EAGAIN when worth
  * retrying (socket missing or refused, or closed without OK), or -errno.
  */
-static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
+/*
+ * Connect to the VMM's socket uds (its length checked by the caller) and
+ * write the CONNECT line for the agent's port: 0 with *fdp (blocking), or
+ * -errno from the connect (-ENOENT, -ECONNREFUSED: nobody listens yet) or,
+ * as -EAGAIN, from a VMM that closed before taking the line.
+ */
+static int vsock_dial_line(const char *uds, int *fdp)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	char line[64];
-	size_t n = 0;
+	char line[32];
 	int fd, ret;
-	struct pollfd p;
 
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
@@ -164,6 +168,19 @@ static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
 		close(fd);
 		return ret == -EPIPE || ret == -ECONNRESET ? -EAGAIN : ret;
 	}
+	*fdp = fd;
+	return 0;
+}
+
+static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
+{
+	char line[64];
+	size_t n = 0;
+	int fd, ret;
+	struct pollfd p;
+
+	if ((ret = vsock_dial_line(uds, &fd)) < 0)
+		return ret;
 	for (;;) {
 		int64_t left = deadline - ac_now_ms();
 		ssize_t r;
@@ -414,30 +431,20 @@ static void wait_for_socket(const char *uds, int *ifd, int64_t deadline)
 int kac_connect_early(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
 {
 	int64_t deadline = ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	char line[32];
 	struct kac *c;
 	int ret, ifd = -2;
 
 	if (err)
 		err->code = 0;
-	if (strlen(uds) >= sizeof(sa.sun_path))
+	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
 		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
-			       sizeof(sa.sun_path) - 1);
-	memcpy(sa.sun_path, uds, strlen(uds));
+			       sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
 	if (!(c = conn_new()))
 		return ac_fail(err, ENOMEM, "out of memory");
 	/* The VMM may not have made its socket yet: a restore does so within milliseconds. */
 	for (;;) {
-		c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-		if (c->fd < 0) {
-			ret = ac_fail(err, errno, "socket: %s", strerror(errno));
-			goto fail;
-		}
-		if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+		if ((ret = vsock_dial_line(uds, &c->fd)) == 0)
 			break;
-		ret = -errno;
-		close(c->fd);
 		c->fd = -1;
 		if ((ret != -ENOENT && ret != -ECONNREFUSED) || ac_now_ms() >= deadline) {
 			ret = ac_fail(err, -ret, "%s: %s%s", uds, strerror(-ret), ret == -ENOENT || ret == -ECONNREFUSED ?
@@ -453,11 +460,6 @@ int kac_connect_early(struct kac **out, const char *uds, int timeout_ms, struct 
 	if (ifd >= 0)
 		close(ifd);
 	ifd = -1;
-	snprintf(line, sizeof(line), "CONNECT %u\n", KP_VSOCK_PORT);
-	if ((ret = write_full(c->fd, line, strlen(line))) < 0) {
-		ret = ac_fail(err, -ret, "%s: %s", uds, strerror(-ret));
-		goto fail;
-	}
 	if ((ret = hello_send(c, uds, err)) < 0)
 		goto fail;
 	/* Until the agent's HELLO says otherwise: the smallest frame every agent takes. */
