@@ -28,9 +28,9 @@ LDLIBS  := -luring -pthread
 LIB_SRCS  := lib/err.c lib/io.c lib/snapfile.c
 LIB_HDRS  := $(wildcard lib/*.h)
 VMM_SRCS  := $(LIB_SRCS) vmm/util.c vmm/memory.c vmm/loader.c vmm/boot.c vmm/kvm.c vmm/cpu.c vmm/exit.c \
-             vmm/ioloop.c vmm/vmstate.c vmm/timeline.c vmm/kvmstats.c vmm/kiln-vmm/control.c $(sort $(wildcard devices/*.c)) $(sort $(wildcard snapshot/*.c))
+             vmm/ioloop.c vmm/vmstate.c vmm/timeline.c vmm/kvmstats.c vmm/tcgkick.c vmm/kiln-vmm/control.c $(sort $(wildcard devices/*.c)) $(sort $(wildcard snapshot/*.c))
 VMM_SRCS  += $(sort $(wildcard devices/vsock/*.c))
-VMM_HDRS  := $(LIB_HDRS) vmm/vmm.h vmm/ioloop.h vmm/timeline.h vmm/kvmstats.h vmm/kiln-vmm/control.h $(wildcard snapshot/*.h) $(wildcard devices/*.h)
+VMM_HDRS  := $(LIB_HDRS) vmm/vmm.h vmm/ioloop.h vmm/timeline.h vmm/kvmstats.h vmm/tcgkick.h vmm/kiln-vmm/control.h $(wildcard snapshot/*.h) $(wildcard devices/*.h)
 VMM_HDRS  += $(wildcard devices/vsock/*.h)
 # Owner-only unix sockets with peer checks (--control, --vsock uds=).
 VMM_SRCS  += vmm/usock.c

@@ -261,15 +261,10 @@ static char *qemu_version_of(const char *qemu)
 /* The kernel command line kiln-vmm builds: its defaults, then --cmdline (no command). */
 static char *guest_cmdline(const char *defaults)
 {
-	/*
-	 * kiln-vmm adds nohz=off where the host CPU is QEMU's TCG emulator,
-	 * which the nested test host (KILN_NESTED_HOST) always is.
-	 */
-	const char *tcg = getenv("KILN_NESTED_HOST") ? " nohz=off" : "";
-	size_t len = strlen(defaults) + strlen(tcg) + 1 + strlen(GUEST_PARAMS) + 1;
+	size_t len = strlen(defaults) + 1 + strlen(GUEST_PARAMS) + 1;
 	char *out = xmalloc(len);
 
-	snprintf(out, len, "%s%s %s", defaults, tcg, GUEST_PARAMS);
+	snprintf(out, len, "%s %s", defaults, GUEST_PARAMS);
 	if (strlen(out) >= KILN_CMDLINE_MAX)
 		die("the kernel command line is too long (%zu bytes)", strlen(out));
 	return out;

@@ -29,6 +29,7 @@
 #include "control.h"
 #include "ioloop.h"
 #include "snapshot.h"
+#include "tcgkick.h"
 #include "timeline.h"
 #include "vmm.h"
 
@@ -42,12 +43,6 @@
 #define EXIT_NOTFOUND		127	/* the guest command was not found */
 
 #define DEFAULT_CMDLINE "console=ttyS0 reboot=k panic=-1 quiet no_timer_check"
-/*
- * On a host whose CPU is QEMU's TCG emulator a vCPU can halt with a wakeup
- * already spent (host_cpu_is_tcg in cpu.c): a periodic tick bounds that to
- * one tick (4 ms) instead of forever.
- */
-#define TCG_HOST_CMDLINE "nohz=off"
 #define ESCAPE_CHAR 0x01	/* Ctrl-A, then x: leave an interactive console */
 
 struct opts {
@@ -95,7 +90,6 @@ static void usage(FILE *f)
 "  --vcpus N         virtual CPUs, 1 to %d (default 1)\n"
 "  --cmdline STR     appended to the kernel command line\n"
 "                    (kiln's defaults: \"" DEFAULT_CMDLINE "\")\n"
-"                    (and " TCG_HOST_CMDLINE " where the host CPU is QEMU's TCG)\n"
 "  --console DEST    guest console: 'stdout' (default), 'none', or FILE[,max=SIZE]\n"
 "                    (a file of at most SIZE bytes, K/M/G suffixes, default\n"
 "                    16M, 0 for no cap; when full it starts over from a line\n"
@@ -381,7 +375,7 @@ static char *build_cmdline(const struct opts *o, const struct virtio_dev *devs, 
 
 	for (i = 0; i < o->ncmd; i++)
 		raw_len += strlen(o->cmd[i]) + 1;
-	len = strlen(DEFAULT_CMDLINE) + sizeof(" " TCG_HOST_CMDLINE) + 1 + strlen(o->cmdline) + 1 + (size_t)ndevs * 64 +
+	len = strlen(DEFAULT_CMDLINE) + 1 + strlen(o->cmdline) + 1 + (size_t)ndevs * 64 +
 	      sizeof(" " KILN_PARAM_AGENT) +
 	      strlen(KILN_PARAM_CMD) + b64url_encoded_len(raw_len) + 1;
 	raw = malloc(raw_len + 1);
@@ -389,11 +383,6 @@ static char *build_cmdline(const struct opts *o, const struct virtio_dev *devs, 
 	if (!raw || !out)
 		die("out of memory");
 	strcpy(out, DEFAULT_CMDLINE);
-	if (host_cpu_is_tcg()) {
-		strcat(out, " " TCG_HOST_CMDLINE);
-		if (o->verbose)
-			fprintf(stderr, "kiln-vmm: the host CPU is QEMU's TCG emulator: the guest keeps its tick (" TCG_HOST_CMDLINE ")\n");
-	}
 	for (i = 0; i < ndevs; i++) {
 		strcat(out, " ");
 		virtio_cmdline_arg(&devs[i], out + strlen(out), 64);
@@ -693,6 +682,7 @@ static struct vm vm;
 static struct serial uart;
 static struct i8042 kbc;
 static struct ioloop loop;
+static struct tcg_kick kick;
 static struct virtio_dev devs[VIRTIO_MAX_DEVICES];
 static int ndevs;
 static struct snap_source src;
@@ -871,7 +861,7 @@ int main(int argc, char **argv)
 	struct sigaction sa;
 	sigset_t block;
 	struct opts o;
-	int kvm_fd, con_fd, i, signo, rc;
+	int kvm_fd, con_fd, i, signo, rc, kick_ms;
 	uint64_t con_max;
 
 	tl_mark(TL_START);
@@ -953,10 +943,18 @@ int main(int argc, char **argv)
 			die("cannot start vCPU thread %d: %s", i, strerror(rc));
 	}
 	tl_mark(TL_RUNNING);
+	if (host_cpu_is_tcg() && (kick_ms = tcg_kick_period()) > 0) {
+		if ((rc = tcg_kick_start(&kick, &vm, kick_ms)) < 0)
+			die("cannot start the wakeup-kick thread: %s", strerror(-rc));
+		if (o.verbose)
+			fprintf(stderr, "kiln-vmm: the host CPU is QEMU's TCG emulator: every vCPU gets a wakeup kick every %d ms\n",
+				kick_ms);
+	}
 	if (o.verbose && o.restore)
 		print_restore_times();
 	signo = wait_for_stop(&vm, &uart, &o, &src);
 	vm_request_stop(&vm, VM_STOP_SIGNAL, NULL);	/* no-op if already stopped */
+	tcg_kick_stop(&kick);
 	if (o.control)
 		control_stop(&ctl);
 	for (i = 0; i < vm.nvcpus; i++)
@@ -985,6 +983,8 @@ int main(int argc, char **argv)
 				(unsigned long long)uart.rx_bytes, (unsigned long long)uart.rbr_reads, uart.nheld,
 				con_in.len - con_in.off, (unsigned long long)uart.rx_requeued,
 				uart.ier & 1 ? "on" : "off");
+		if (kick.sent)
+			fprintf(stderr, "kiln-vmm: %llu wakeup kicks (QEMU's TCG)\n", kick.sent);
 		if (uart.tx_truncations)
 			fprintf(stderr, "kiln-vmm: console file: started over %llu times at max=%llu bytes\n",
 				(unsigned long long)uart.tx_truncations, (unsigned long long)con_max);
