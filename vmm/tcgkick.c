@@ -16,15 +16,10 @@
 static void kick_all(struct tcg_kick *k)
 {
 	struct vm *vm = k->vm;
-	int paused, n;
 
+	/* Under the lock vm_pause takes: no kick lands in a paused VM's LAPICs. */
 	pthread_mutex_lock(&vm->lock);
-	paused = vm->pause_req;
-	n = vm->nvcpus;
-	pthread_mutex_unlock(&vm->lock);
-	if (paused)
-		return;
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; !vm->pause_req && i < vm->nvcpus; i++) {
 		struct kvm_msi msi;
 
 		memset(&msi, 0, sizeof(msi));
@@ -34,6 +29,7 @@ static void kick_all(struct tcg_kick *k)
 		if (ioctl(vm->fd, KVM_SIGNAL_MSI, &msi) > 0)
 			k->sent++;
 	}
+	pthread_mutex_unlock(&vm->lock);
 }
 
 static void *kick_thread(void *arg)
