@@ -136,11 +136,16 @@ uint32_t ac_new_id(struct kac *c)
 
 /* ---- connecting ------------------------------------------------------------- */
 
-/*
- * One attempt: connect, CONNECT, read the OK line a byte at a time (the
- * agent's HELLO may follow it at once). Returns 0, -EAGAIN when worth
- * retrying (socket missing or refused, or closed without OK), or -errno.
- */
+/* 0, or ENAMETOOLONG with err set when uds does not fit a unix socket address. */
+static int uds_check(const char *uds, struct kac_err *err)
+{
+	size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+
+	if (strlen(uds) > max)
+		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds, max);
+	return 0;
+}
+
 /*
  * Connect to the VMM's socket uds (its length checked by the caller) and
  * write the CONNECT line for the agent's port: 0 with *fdp (blocking), or
@@ -172,6 +177,11 @@ static int vsock_dial_line(const char *uds, int *fdp)
 	return 0;
 }
 
+/*
+ * One attempt: connect, CONNECT, read the OK line a byte at a time (the
+ * agent's HELLO may follow it at once). Returns 0, -EAGAIN when worth
+ * retrying (socket missing or refused, or closed without OK), or -errno.
+ */
 static int vsock_connect_once(const char *uds, int64_t deadline, int *fdp)
 {
 	char line[64];
@@ -336,9 +346,8 @@ int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_er
 
 	if (err)
 		err->code = 0;
-	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
-			       sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+	if ((ret = uds_check(uds, err)) < 0)
+		return ret;
 	c = conn_new();
 	if (!c)
 		return ac_fail(err, ENOMEM, "out of memory");
@@ -436,9 +445,8 @@ int kac_connect_early(struct kac **out, const char *uds, int timeout_ms, struct 
 
 	if (err)
 		err->code = 0;
-	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long (at most %zu bytes)", uds,
-			       sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+	if ((ret = uds_check(uds, err)) < 0)
+		return ret;
 	if (!(c = conn_new()))
 		return ac_fail(err, ENOMEM, "out of memory");
 	/* The VMM may not have made its socket yet: a restore does so within milliseconds. */
