@@ -35,16 +35,11 @@ static void kick_all(struct tcg_kick *k)
 static void *kick_thread(void *arg)
 {
 	struct tcg_kick *k = arg;
-	struct timespec at;
 
-	clock_gettime(CLOCK_MONOTONIC, &at);
 	pthread_mutex_lock(&k->lock);
 	while (!k->stop && !atomic_load(&k->vm->stop)) {
-		at.tv_nsec += (long)k->period_ms * 1000000L;
-		if (at.tv_nsec >= 1000000000L) {
-			at.tv_sec += at.tv_nsec / 1000000000L;
-			at.tv_nsec %= 1000000000L;
-		}
+		struct timespec at = deadline_after(CLOCK_MONOTONIC, (unsigned)k->period_ms);
+
 		if (pthread_cond_timedwait(&k->cv, &k->lock, &at) != ETIMEDOUT)
 			continue;
 		pthread_mutex_unlock(&k->lock);

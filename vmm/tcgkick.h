@@ -6,10 +6,11 @@
  * periodic guest tick (nohz=off) bounds the stall to one tick but costs
  * every idle vCPU about 1,200 exits a second, and several idle guests on
  * the nested host's one CPU then starve each other: six idle guests took
- * 11,000 exits a second each. Instead the guest keeps its tickless idle and
+ * 14,000 exits a second each. Instead the guest keeps its tickless idle and
  * a thread here sends every vCPU a reschedule IPI (vector 0xfd, what
  * Linux's own CPUs send each other to wake one) every period: a spent
- * wakeup costs at most one period, and an idle vCPU some 60 exits a second.
+ * wakeup costs at most one period, and an idle guest some 80 exits a second
+ * (200 each with six at once).
  * Real hardware never needs it, and kiln-vmm starts it only on TCG.
  */
 #ifndef KILN_TCGKICK_H
