@@ -275,11 +275,14 @@ test-kilnd-api: $(O)/asan/kilnd
 check-layers:
 	scripts/check-layers.py
 
+# The host-side tests run beside the integration tests, which in the nested
+# host keep one core busy for most of an hour (scripts/test-both.sh).
+HOST_TESTS := test-unit fuzz-smoke test-client test-kilnd-api test-kilnd-cli test-image test-net-host test-ssh-host
+
 test: deps-test
 	@$(MAKE) --no-print-directory check-layers
 	@$(MAKE) --no-print-directory all asan unit fuzz-build image
-	@$(MAKE) --no-print-directory test-unit fuzz-smoke test-client test-kilnd-api test-kilnd-cli test-image \
-	  test-net-host test-ssh-host test-integration
+	@MAKE="$(MAKE)" scripts/test-both.sh $(O)/test-host.log $(HOST_TESTS) -- test-integration
 
 # Sandbox networks without a VM (issue 16), as root: the namespace and its
 # nftables rules with real packets from a stand-in guest (tests/netns/); the
