@@ -141,8 +141,12 @@ fi
 # 2.-3. a long-running server inside, reached from here; nothing goes out
 port=$(free_port)
 t0=$EPOCHREALTIME
-set -m # own process group, and SIGINT not ignored, as under a terminal
-"$KH" --timeout 600 --forward "$port" -- python3 inner.py "$port" "$trap_port" >serve.out 2>serve.err &
+# Its own process group, and SIGINT as a terminal leaves it: set -m alone
+# does not undo an ignored SIGINT this script inherited (a `make test &`
+# from a script), which kvm-host.sh, a shell, could then never trap.
+set -m
+python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])' \
+	"$KH" --timeout 600 --forward "$port" -- python3 inner.py "$port" "$trap_port" >serve.out 2>serve.err &
 khpid=$!
 set +m
 if err=$(python3 fetch.py "$port" "$khpid" 300 2>&1); then
