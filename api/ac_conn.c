@@ -235,8 +235,8 @@ int kac_dial(const char *uds, int timeout_ms, int *fd, struct kac_err *err)
 
 	if (err)
 		err->code = 0;
-	if (strlen(uds) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-		return ac_fail(err, ENAMETOOLONG, "%s: socket path too long", uds);
+	if ((ret = uds_check(uds, err)) < 0)
+		return ret;
 	ret = vsock_connect_once(uds, ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0), fd);
 	if (ret == -EAGAIN)
 		return ac_fail(err, ECONNREFUSED, "%s: the VM did not accept a connection to the agent's port %u",
