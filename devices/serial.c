@@ -98,6 +98,7 @@ static void *serial_writer(void *arg)
 {
 	struct serial *s = arg;
 
+	pthread_setname_np(pthread_self(), "kiln-console");
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 	pthread_mutex_lock(&s->lock);
 	for (;;) {

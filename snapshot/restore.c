@@ -229,6 +229,7 @@ static void *prefetch_thread(void *arg)
 {
 	struct snap_source *src = arg;
 
+	pthread_setname_np(pthread_self(), "kiln-prefetch");
 	src->prefetch_err = snap_ws_prefetch(src->vm, &src->ws, &src->pre_faulted);
 	return NULL;
 }

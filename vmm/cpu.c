@@ -346,8 +346,12 @@ void *vcpu_thread(void *arg)
 {
 	struct vcpu *v = arg;
 	struct vm *vm = v->vm;
+	char name[16];
 	sigset_t kick;
 
+	/* (top -H, perf and the kernel's traces name the thread) */
+	snprintf(name, sizeof(name), "kiln-vcpu%d", v->id);
+	pthread_setname_np(pthread_self(), name);
 	sigemptyset(&kick);
 	sigaddset(&kick, SIGUSR1);
 	pthread_sigmask(SIG_UNBLOCK, &kick, NULL);

@@ -221,6 +221,7 @@ static void *ioloop_thread(void *arg)
 	struct ioloop *l = arg;
 	sigset_t all;
 
+	pthread_setname_np(pthread_self(), "kiln-io");
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	while (!atomic_load(&l->stopping)) {

@@ -36,6 +36,7 @@ static void *kick_thread(void *arg)
 {
 	struct tcg_kick *k = arg;
 
+	pthread_setname_np(pthread_self(), "kiln-kick");
 	pthread_mutex_lock(&k->lock);
 	while (!k->stop && !atomic_load(&k->vm->stop)) {
 		struct timespec at = deadline_after(CLOCK_MONOTONIC, (unsigned)k->period_ms);

@@ -461,6 +461,7 @@ static void *control_thread(void *arg)
 	sigset_t all;
 	int i;
 
+	pthread_setname_np(pthread_self(), "kiln-control");
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	for (;;) {
