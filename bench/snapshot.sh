@@ -54,7 +54,7 @@ fi
 bench_host_banner
 python3 - "$vmm" "$firstexec" "$rounds" "$clones" "${BENCH_SNAP_MEMVMS:-10}" \
 	"${BENCH_SNAP_MEM:-256}" "${BENCH_SNAP_TIMEOUT:-$dt}" "$tmp" "$nested" "$huge" <<'PY'
-import ctypes, json, os, signal, socket, subprocess, sys, threading, time
+import ctypes, json, os, re, signal, socket, struct, subprocess, sys, threading, time
 
 vmm, firstexec = sys.argv[1], sys.argv[2]
 rounds, nclones, nmem, mem_mib, tmo = (int(a) for a in sys.argv[3:8])
@@ -78,8 +78,10 @@ seq = [0]
 
 class VM:
     """One kiln-vmm: a cold boot (restore=None) or a restore of a template."""
-    def __init__(self, kind, restore=None, prefetch=None, pipeline=True, standby=False, early=True):
+    def __init__(self, kind, restore=None, prefetch=None, pipeline=True, standby=False, early=True,
+                 on_request=None):
         seq[0] += 1
+        self.on_request = on_request
         self.name = "%s%d" % (kind, seq[0])
         self.uds = os.path.join(tmp, self.name + ".sock")
         self.errpath = os.path.join(tmp, self.name + ".err")
@@ -132,6 +134,8 @@ class VM:
                 self.cli.kill()
                 fail("%s: no \"kiln-vmm: standby\" (%s)" % (self.name, self.why()))
             time.sleep(0.002)
+        if self.on_request:
+            self.on_request()
         self.t0 = time.perf_counter()
         self.t0_ns = time.monotonic_ns()
         self.p.stdin.write(("restore %s\n" % restore).encode())
@@ -365,6 +369,128 @@ def pct(v, q):
 def med(v):
     return pct(v, 50)
 
+def tracefs():
+    """The kernel's tracer, with the events the traced round needs, or None."""
+    for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if not os.path.isdir(os.path.join(d, "events")) and d == "/sys/kernel/tracing":
+            subprocess.run(["mount", "-t", "tracefs", "nodev", d], stderr=subprocess.DEVNULL)
+        if all(os.access(os.path.join(d, "events", e, "enable"), os.W_OK)
+               for e in ("kvm/kvm_page_fault", "kvm/kvm_entry", "sched/sched_switch")):
+            return d
+    return None
+
+def guest_kernel_regions(vmlinux):
+    """[(name, first GPA, end GPA)] of the guest kernel's image, from its ELF file: text, rodata, data, bss."""
+    try:
+        with open(vmlinux, "rb") as f:
+            elf = f.read(1 << 20)
+        phoff, = struct.unpack_from("<Q", elf, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+        loads = []
+        for i in range(phnum):
+            ptype, _, _, vaddr, paddr, _, memsz = struct.unpack_from("<IIQQQQQ", elf, phoff + i * phentsize)
+            if ptype == 1:
+                loads.append((vaddr, vaddr + memsz, paddr))
+        syms = {}
+        for line in subprocess.run(["nm", vmlinux], capture_output=True, text=True, check=True).stdout.splitlines():
+            a = line.split()
+            if len(a) == 3:
+                syms[a[2]] = int(a[0], 16)
+    except (OSError, ValueError, struct.error, subprocess.CalledProcessError):
+        return []
+    # The image is mapped linearly (its per-CPU segment aside): the segment
+    # holding _text gives the offset from a symbol to its guest-physical page.
+    text = syms.get("_text", -1)
+    delta = next((lo - pa for lo, hi, pa in loads if lo <= text < hi), None)
+    def gpa(v):
+        return None if delta is None or v < 0 else v - delta
+    out = []
+    for name, a, b in (("kernel text", "_text", "_etext"), ("kernel rodata", "__start_rodata", "__end_rodata"),
+                       ("kernel data", "_sdata", "_edata"), ("kernel bss", "__bss_start", "__bss_stop"),
+                       ("kernel image, the rest", "_text", "_end")):
+        lo, hi = gpa(syms.get(a, -1)), gpa(syms.get(b, -1))
+        if lo is not None and hi is not None and lo < hi:
+            out.append((name, lo, hi))
+    return out
+
+def traced_round():
+    """
+    One more standby restore to the first exec's status with the kernel's
+    tracer on (kvm_page_fault, kvm_entry, sched_switch): KVM's nested page
+    faults by guest-physical region, and the host CPU by thread. Tracing
+    slows everything; the counts and shares are the point, not the times.
+    """
+    tr = tracefs()
+    if not tr:
+        return {"why": "no writable tracefs with KVM's events here (needs root)"}
+    def w(rel, v):
+        with open(os.path.join(tr, rel), "w") as f:
+            f.write(v)
+    events = ("kvm/kvm_page_fault", "kvm/kvm_entry", "sched/sched_switch")
+    def on():
+        w("tracing_on", "0")
+        w("buffer_size_kb", "32768")
+        w("trace", "")
+        for e in events:
+            w("events/%s/enable" % e, "1")
+        w("tracing_on", "1")
+        w("trace_marker", "kiln-bench start")
+    vm = VM("traced", tpl, None, True, True, True, on_request=on)
+    res = {}
+    try:
+        first_exec(vm, res)
+        w("trace_marker", "kiln-bench end")
+    finally:
+        w("tracing_on", "0")
+        for e in events:
+            w("events/%s/enable" % e, "0")
+        vm.stop()
+    if "error" in res:
+        return {"why": res["error"]}
+    with open(os.path.join(tr, "trace"), errors="replace") as f:
+        text = f.read()
+    w("trace", "")
+    pat = re.compile(r"^\s*(.+?)-(\d+)\s+\[\d+\]\s+\S+\s+(\d+\.\d+): (\w+): (.*)$")
+    cpu, npf, t0, t1, cur, tcur, vcpu = {}, [], None, None, None, None, set()
+    for line in text.splitlines():
+        m = pat.match(line)
+        if not m:
+            continue
+        comm, pid, t, ev, rest = m.group(1), m.group(2), float(m.group(3)), m.group(4), m.group(5)
+        if ev == "tracing_mark_write":
+            if "kiln-bench start" in rest:
+                t0, tcur, cur = t, t, comm
+            elif "kiln-bench end" in rest and t0 is not None:
+                t1 = t
+            continue
+        if t0 is None or t1 is not None:
+            continue
+        if ev == "sched_switch":
+            sw = re.search(r"prev_comm=(.*) prev_pid=\d+ .*next_comm=(.*) next_pid=\d+", rest)
+            if sw:
+                cpu[sw.group(1)] = cpu.get(sw.group(1), 0.0) + t - tcur
+                tcur, cur = t, sw.group(2)
+        elif ev == "kvm_page_fault":
+            a = re.search(r"address (0x[0-9a-f]+)", rest)
+            if a:
+                npf.append(int(a.group(1), 16))
+        elif ev == "kvm_entry":
+            vcpu.add(comm)
+    if t1 is None:
+        return {"why": "the trace lost its end marker (buffer too small)"}
+    cpu[cur] = cpu.get(cur, 0.0) + t1 - tcur
+    regions = guest_kernel_regions(os.path.join(os.path.dirname(os.path.abspath(vmm)), "guest", "vmlinux"))
+    by = {}
+    for a in npf:
+        name = next((n for n, lo, hi in regions if lo <= a < hi), None)
+        if name is None:
+            name = "device MMIO (virtio registers)" if a >= mem_mib << 20 else \
+                   "other guest RAM (page cache, slab, page tables, user)"
+        by[name] = by.get(name, 0) + 1
+    sizes = {n: hi - lo for n, lo, hi in regions}
+    return {"span": (t1 - t0) * 1e3, "cpu": cpu, "npf": by, "sizes": sizes, "total_npf": len(npf), "vcpu": vcpu,
+            "ms": res["ms"]}
+
 tpl = os.path.join(tmp, "tpl")
 tpl_huge = os.path.join(huge, "tpl") if huge else None
 failures = []
@@ -453,6 +579,7 @@ try:
         finally:
             for vm in vms:
                 vm.stop()
+    traced = traced_round()
 finally:
     for vm in list(live):
         vm.stop()
@@ -550,6 +677,22 @@ for name, rows in (("restore", R), ("standby", S)):
     print("first-exec penalty (%s): vCPUs running -> first exec answered, minus a steady-state exec "
           "on the same clone: p50 %s (steady-state exec p50 %s)" % (name, fmt(med(pen), "ms"),
           fmt(med([x["again_ms"] for x in rows if "again_ms" in x]), "ms")))
+print()
+if "why" in traced:
+    print("traced restore: left out (%s)" % traced["why"])
+else:
+    print("one more standby restore, traced (the kernel's tracer on: %.1f ms to the first exec's status here, "
+          "slower than above; the counts and shares are the point)" % traced["ms"])
+    print("KVM's nested page faults in it, %d, by guest-physical region:" % traced["total_npf"])
+    for name, n in sorted(traced["npf"].items(), key=lambda x: -x[1]):
+        size = traced["sizes"].get(name) if name != "kernel image, the rest" else None
+        print("  %-54s %5d  %s" % (name, n, "(%d of its %d pages)" % (n, size // 4096) if size else ""))
+    print("host CPU in it (%.1f ms from the request to the first exec's status), by thread:" % traced["span"])
+    role = {"kiln-vmm": "restoring", "kiln-prefetch": "the working set", "kiln-io": "devices' I/O",
+            "kiln-firstexec": "the client", "swapper/0": "idle"}
+    for name, v in sorted(traced["cpu"].items(), key=lambda x: -x[1])[:10]:
+        what = "the guest, and KVM on its exits" if name in traced["vcpu"] else role.get(name, "")
+        print("  %-18s %-34s %7.1f ms %5.1f%%" % (name, what, v * 1e3, 100 * v * 1e3 / traced["span"]))
 if failures:
     print("FAILED: %d VM(s) never answered their first exec (left out above):" % len(failures))
     for f in failures:
