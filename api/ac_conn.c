@@ -337,64 +337,6 @@ static int hello_take(struct kac *c, const struct kp_frame *f, struct kac_err *e
 	return 0;
 }
 
-int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
-{
-	int64_t deadline = ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
-	struct kac *c;
-	int ret, last = 0;
-	useconds_t backoff_us = 1000;
-
-	if (err)
-		err->code = 0;
-	if ((ret = uds_check(uds, err)) < 0)
-		return ret;
-	c = conn_new();
-	if (!c)
-		return ac_fail(err, ENOMEM, "out of memory");
-
-	for (;;) {
-		ret = vsock_connect_once(uds, deadline, &c->fd);
-		if (ret == 0)
-			break;
-		if (ret == -ENOENT || ret == -ECONNREFUSED || ret == -EAGAIN)
-			last = ret;
-		else if (ret != -ETIMEDOUT)
-			goto err_conn;
-		if (ret == -ETIMEDOUT || ac_now_ms() >= deadline) {
-			if (last == -ENOENT || last == -ECONNREFUSED) {
-				ret = last;
-				goto err_conn;
-			}
-			ret = ac_fail(err, ETIMEDOUT, "%s: the VM is up but no agent answered on vsock port %u "
-				      "within %d ms (boot the guest with --cmdline kiln.agent)",
-				      uds, KP_VSOCK_PORT, timeout_ms);
-			goto err_free;
-		}
-		/* Quick at first (a VM being restored is up in milliseconds), then every 50 ms. */
-		usleep(backoff_us);
-		if (backoff_us < 50 * 1000)
-			backoff_us *= 2;
-	}
-	ret = conn_hello(c, uds, deadline + 10000, err);
-	if (ret)
-		goto err_close;
-	*out = c;
-	return 0;
-
-err_conn:
-	if (ret == -ENOENT || ret == -ECONNREFUSED)
-		ret = ac_fail(err, -ret, "%s: no VM listening (start kiln-vmm with --vsock cid=3,uds=%s "
-			      "--cmdline kiln.agent)", uds, uds);
-	else
-		ret = ac_fail(err, -ret, "%s: %s", uds, strerror(-ret));
-	goto err_free;
-err_close:
-	close(c->fd);
-err_free:
-	conn_free(c);
-	return ret;
-}
-
 /*
  * Wait (at most until deadline) for something to be made in uds's directory,
  * with inotify where it can watch it: polling the path instead would take the
@@ -435,6 +377,78 @@ static void wait_for_socket(const char *uds, int *ifd, int64_t deadline)
 	if (poll(&p, 1, (int)(left < KAC_EARLY_WAIT_MS ? left : KAC_EARLY_WAIT_MS)) > 0)
 		while (read(*ifd, buf, sizeof(buf)) > 0)
 			;
+}
+
+int kac_connect(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
+{
+	int64_t deadline = ac_now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+	struct kac *c;
+	int ret, last = 0, ifd = -2;
+	useconds_t backoff_us = 1000;
+
+	if (err)
+		err->code = 0;
+	if ((ret = uds_check(uds, err)) < 0)
+		return ret;
+	c = conn_new();
+	if (!c)
+		return ac_fail(err, ENOMEM, "out of memory");
+
+	for (;;) {
+		ret = vsock_connect_once(uds, deadline, &c->fd);
+		if (ret == 0)
+			break;
+		if (ret == -ENOENT || ret == -ECONNREFUSED || ret == -EAGAIN)
+			last = ret;
+		else if (ret != -ETIMEDOUT)
+			goto err_conn;
+		if (ret == -ETIMEDOUT || ac_now_ms() >= deadline) {
+			if (last == -ENOENT || last == -ECONNREFUSED) {
+				ret = last;
+				goto err_conn;
+			}
+			ret = ac_fail(err, ETIMEDOUT, "%s: the VM is up but no agent answered on vsock port %u "
+				      "within %d ms (boot the guest with --cmdline kiln.agent)",
+				      uds, KP_VSOCK_PORT, timeout_ms);
+			goto err_free;
+		}
+		/*
+		 * No socket yet: until the VMM makes it, watched with inotify (a
+		 * restore makes it milliseconds after its start; a growing sleep
+		 * could miss that by tens). Otherwise, and where the directory
+		 * cannot be watched: quick at first, then every 50 ms.
+		 */
+		if (ret == -ENOENT && ifd != -1) {
+			wait_for_socket(uds, &ifd, deadline);
+			continue;
+		}
+		usleep(backoff_us);
+		if (backoff_us < 50 * 1000)
+			backoff_us *= 2;
+	}
+	if (ifd >= 0)
+		close(ifd);
+	ifd = -1;
+	ret = conn_hello(c, uds, deadline + 10000, err);
+	if (ret)
+		goto err_close;
+	*out = c;
+	return 0;
+
+err_conn:
+	if (ret == -ENOENT || ret == -ECONNREFUSED)
+		ret = ac_fail(err, -ret, "%s: no VM listening (start kiln-vmm with --vsock cid=3,uds=%s "
+			      "--cmdline kiln.agent)", uds, uds);
+	else
+		ret = ac_fail(err, -ret, "%s: %s", uds, strerror(-ret));
+	goto err_free;
+err_close:
+	close(c->fd);
+err_free:
+	if (ifd >= 0)
+		close(ifd);
+	conn_free(c);
+	return ret;
 }
 
 int kac_connect_early(struct kac **out, const char *uds, int timeout_ms, struct kac_err *err)
