@@ -582,8 +582,12 @@ cat >"$work/fh-ops.py" <<-"EOF"
 	   got[256])
 	call("FH_CLOSE", fh(h2))
 	call("FH_CLOSE", fh(h3))
-	fds3 = nfds_settled(fdsA - 2)
-	ok("closed-with-connection", fds1 >= fdsA + 256 and fds2 == fdsA and fds3 == fdsA - 2, (fdsA, fds1, fds2, fds3))
+	fds3 = nfds_settled(fds2 - 2)
+	# Against the count with c open, not the one before it: an earlier test's
+	# connection still closing can leave fdsA high in a slow host (14 where the
+	# agent settles at 11). c's 256 handles (and its socket) go, nothing is
+	# left above where it started, and FH_CLOSE drops exactly two.
+	ok("closed-with-connection", fds1 - fds2 >= 256 and fds2 <= fdsA and fds3 == fds2 - 2, (fdsA, fds1, fds2, fds3))
 	# The agent's descriptors are not the 1024 its processes get: 5 x 256 handles.
 	conns = [apc.Agent(uds) for _ in range(5)]
 	for cc in conns:                      # pipelined: 256 requests, then their 256 answers
