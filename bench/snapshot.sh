@@ -369,13 +369,16 @@ def pct(v, q):
 def med(v):
     return pct(v, 50)
 
+# What the traced round turns on (kiln-vmm's vCPU threads it knows by their names).
+TRACE_EVENTS = ("kvm/kvm_page_fault", "sched/sched_switch")
+
 def tracefs():
     """The kernel's tracer, with the events the traced round needs, or None."""
     for d in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
         if not os.path.isdir(os.path.join(d, "events")) and d == "/sys/kernel/tracing":
             subprocess.run(["mount", "-t", "tracefs", "nodev", d], stderr=subprocess.DEVNULL)
         if all(os.access(os.path.join(d, "events", e, "enable"), os.W_OK)
-               for e in ("kvm/kvm_page_fault", "kvm/kvm_entry", "sched/sched_switch")):
+               for e in TRACE_EVENTS):
             return d
     return None
 
@@ -416,7 +419,7 @@ def guest_kernel_regions(vmlinux):
 def traced_round():
     """
     One more standby restore to the first exec's status with the kernel's
-    tracer on (kvm_page_fault, kvm_entry, sched_switch): KVM's nested page
+    tracer on (kvm_page_fault, sched_switch): KVM's nested page
     faults by guest-physical region, and the host CPU by thread. Tracing
     slows everything; the counts and shares are the point, not the times.
     """
@@ -426,12 +429,11 @@ def traced_round():
     def w(rel, v):
         with open(os.path.join(tr, rel), "w") as f:
             f.write(v)
-    events = ("kvm/kvm_page_fault", "kvm/kvm_entry", "sched/sched_switch")
     def on():
         w("tracing_on", "0")
         w("buffer_size_kb", "32768")
         w("trace", "")
-        for e in events:
+        for e in TRACE_EVENTS:
             w("events/%s/enable" % e, "1")
         w("tracing_on", "1")
         w("trace_marker", "kiln-bench start")
@@ -442,7 +444,7 @@ def traced_round():
         w("trace_marker", "kiln-bench end")
     finally:
         w("tracing_on", "0")
-        for e in events:
+        for e in TRACE_EVENTS:
             w("events/%s/enable" % e, "0")
         vm.stop()
     if "error" in res:
@@ -451,7 +453,7 @@ def traced_round():
         text = f.read()
     w("trace", "")
     pat = re.compile(r"^\s*(.+?)-(\d+)\s+\[\d+\]\s+\S+\s+(\d+\.\d+): (\w+): (.*)$")
-    cpu, npf, t0, t1, cur, tcur, vcpu = {}, [], None, None, None, None, set()
+    cpu, npf, t0, t1, cur, tcur = {}, [], None, None, None, None
     for line in text.splitlines():
         m = pat.match(line)
         if not m:
@@ -474,8 +476,6 @@ def traced_round():
             a = re.search(r"address (0x[0-9a-f]+)", rest)
             if a:
                 npf.append(int(a.group(1), 16))
-        elif ev == "kvm_entry":
-            vcpu.add(comm)
     if t1 is None:
         return {"why": "the trace lost its end marker (buffer too small)"}
     cpu[cur] = cpu.get(cur, 0.0) + t1 - tcur
@@ -488,7 +488,7 @@ def traced_round():
                    "other guest RAM (page cache, slab, page tables, user)"
         by[name] = by.get(name, 0) + 1
     sizes = {n: hi - lo for n, lo, hi in regions}
-    return {"span": (t1 - t0) * 1e3, "cpu": cpu, "npf": by, "sizes": sizes, "total_npf": len(npf), "vcpu": vcpu,
+    return {"span": (t1 - t0) * 1e3, "cpu": cpu, "npf": by, "sizes": sizes, "total_npf": len(npf),
             "ms": res["ms"]}
 
 tpl = os.path.join(tmp, "tpl")
@@ -691,7 +691,7 @@ else:
     role = {"kiln-vmm": "restoring", "kiln-prefetch": "the working set", "kiln-io": "devices' I/O",
             "kiln-firstexec": "the client", "swapper/0": "idle"}
     for name, v in sorted(traced["cpu"].items(), key=lambda x: -x[1])[:10]:
-        what = "the guest, and KVM on its exits" if name in traced["vcpu"] else role.get(name, "")
+        what = "the guest, and KVM on its exits" if name.startswith("kiln-vcpu") else role.get(name, "")
         print("  %-18s %-34s %7.1f ms %5.1f%%" % (name, what, v * 1e3, 100 * v * 1e3 / traced["span"]))
 if failures:
     print("FAILED: %d VM(s) never answered their first exec (left out above):" % len(failures))
